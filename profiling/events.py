@@ -1,0 +1,197 @@
+"""Behaviour events: the v1 wire contract, decoded and validated in one pass.
+
+`decode_event` turns the raw bytes of one Kafka record into an `Event` or a
+`Rejection` (an error code plus a human-readable detail) and never raises: a
+bad record is a value to route to the dead-letter topic, not an exception that
+stops a worker. The rules mirror `schemas/behavior_event.v1.json`; a corpus
+test holds both to the same verdicts.
+
+msgspec decodes straight into a typed struct, checking types, lengths and
+ranges on the way (about 1 µs per event); the few rules a struct cannot
+express (field count, per-type required fields, the "not in the future" bound)
+are checked afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+MAX_EVENT_BYTES: Final = 64 * 1024
+MAX_FIELDS: Final = 64
+MIN_TS_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
+FUTURE_SLACK_MS: Final = 86_400_000  # events may be at most one day ahead of the clock
+
+EVENT_TYPES: Final = (
+    "view",
+    "click",
+    "search",
+    "add_to_cart",
+    "remove_from_cart",
+    "purchase",
+    "review",
+    "login",
+)
+EventType = Literal[
+    "view", "click", "search", "add_to_cart", "remove_from_cart", "purchase", "review", "login"
+]
+NEEDS_ITEM: Final = frozenset({"view", "click", "add_to_cart", "remove_from_cart", "review"})
+
+
+def _text(max_length: int, min_length: int = 0) -> Any:
+    return Annotated[str, msgspec.Meta(min_length=min_length, max_length=max_length)]
+
+
+Money = Annotated[float, msgspec.Meta(ge=0, le=1e7)]
+# Patterns end in \Z, not $: msgspec uses Python `re.search`, where `$` also matches
+# before a trailing newline ("USD\n"); the schema's ECMA-262 `$` does not.
+
+
+class Event(msgspec.Struct, frozen=True, gc=False):
+    """One validated behaviour event (DESIGN.md §3). Unknown fields are dropped."""
+
+    event_id: _text(64, 1)  # type: ignore[valid-type]
+    user_id: _text(128, 1)  # type: ignore[valid-type]
+    type: EventType
+    ts: Annotated[int, msgspec.Meta(ge=MIN_TS_MS)]
+    session_id: _text(128) | None = None  # type: ignore[valid-type]
+    device_id: _text(128) | None = None  # type: ignore[valid-type]
+    item_id: _text(128) | None = None  # type: ignore[valid-type]
+    order_id: _text(128) | None = None  # type: ignore[valid-type]
+    brand: _text(128) | None = None  # type: ignore[valid-type]
+    title: _text(512) | None = None  # type: ignore[valid-type]
+    query: _text(512) | None = None  # type: ignore[valid-type]
+    category: _text(256) | None = None  # type: ignore[valid-type]
+    text: _text(4096) | None = None  # type: ignore[valid-type]
+    rating: Annotated[int, msgspec.Meta(ge=1, le=5)] | None = None
+    price: Money | None = None
+    amount: Money | None = None
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")] = "USD"
+    payment_method: _text(128) | None = None  # type: ignore[valid-type]
+    card_fp: _text(128) | None = None  # type: ignore[valid-type]
+    ip: _text(64) | None = None  # type: ignore[valid-type]
+    country: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}\Z")] | None = None
+    success: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a record is not a valid event. `error` is a stable, machine-readable code."""
+
+    error: str
+    detail: str
+
+
+# Error codes, stable across releases: consumers of the DLQ switch on them.
+TOO_LARGE: Final = "too_large"
+NOT_UTF8: Final = "not_utf8"
+INVALID_JSON: Final = "invalid_json"
+TOO_DEEP: Final = "too_deep"
+NOT_OBJECT: Final = "not_object"
+TOO_MANY_FIELDS: Final = "too_many_fields"
+MISSING_FIELD: Final = "missing_field"
+EMPTY_FIELD: Final = "empty_field"
+WRONG_TYPE: Final = "wrong_type"
+OUT_OF_RANGE: Final = "out_of_range"
+INVALID_VALUE: Final = "invalid_value"
+TS_IN_FUTURE: Final = "ts_in_future"
+KEY_MISMATCH: Final = "key_mismatch"
+ERROR_CODES: Final = (
+    TOO_LARGE,
+    NOT_UTF8,
+    INVALID_JSON,
+    TOO_DEEP,
+    NOT_OBJECT,
+    TOO_MANY_FIELDS,
+    MISSING_FIELD,
+    EMPTY_FIELD,
+    WRONG_TYPE,
+    OUT_OF_RANGE,
+    INVALID_VALUE,
+    TS_IN_FUTURE,
+    KEY_MISMATCH,
+)
+
+_decoder: Final = msgspec.json.Decoder(Event)
+_field_counter: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
+# The shortest JSON object with MAX_FIELDS + 1 distinct keys ({"a":0,"b":0,...})
+# is longer than this, so smaller records need no field count.
+_FIELD_COUNT_MIN_BYTES: Final = 6 * (MAX_FIELDS + 1)
+
+
+def decode_event(raw: bytes, now_ms: int) -> Event | Rejection:
+    """Decode and validate one record value against the v1 contract; never raises."""
+    if len(raw) > MAX_EVENT_BYTES:
+        return Rejection(TOO_LARGE, f"{len(raw)} bytes > {MAX_EVENT_BYTES}")
+    try:
+        event = _decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        return _classify_validation(raw, str(exc))
+    except msgspec.DecodeError as exc:
+        return _classify_decode(raw, str(exc))
+    except RecursionError:
+        return Rejection(TOO_DEEP, "nesting exceeds the decoder's depth limit")
+    except UnicodeDecodeError as exc:
+        return Rejection(NOT_UTF8, f"invalid UTF-8 at byte {exc.start}")
+    if not raw.isascii():
+        # msgspec skips unknown fields without checking their UTF-8.
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return Rejection(NOT_UTF8, f"invalid UTF-8 at byte {exc.start}")
+    if len(raw) >= _FIELD_COUNT_MIN_BYTES:
+        n_fields = len(_field_counter.decode(raw))
+        if n_fields > MAX_FIELDS:
+            return Rejection(TOO_MANY_FIELDS, f"{n_fields} fields > {MAX_FIELDS}")
+    return check_rules(event, now_ms)
+
+
+def check_rules(event: Event, now_ms: int) -> Event | Rejection:
+    """Rules that span fields or depend on the clock."""
+    if event.ts > now_ms + FUTURE_SLACK_MS:
+        return Rejection(TS_IN_FUTURE, f"ts {event.ts} is more than a day ahead of {now_ms}")
+    kind = event.type
+    if kind in NEEDS_ITEM and not event.item_id:
+        return Rejection(MISSING_FIELD, f"`item_id` is required for {kind}")
+    if kind == "search" and not event.query:
+        return Rejection(MISSING_FIELD, "`query` is required for search")
+    if kind == "purchase" and event.amount is None:
+        return Rejection(MISSING_FIELD, "`amount` is required for purchase")
+    for name in ("price", "amount"):
+        value = getattr(event, name)
+        if value is not None and not math.isfinite(value):
+            return Rejection(OUT_OF_RANGE, f"`{name}` must be finite")
+    return event
+
+
+def _classify_decode(raw: bytes, message: str) -> Rejection:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection(NOT_UTF8, f"invalid UTF-8 at byte {exc.start}")
+    return Rejection(INVALID_JSON, message)
+
+
+def _classify_validation(raw: bytes, message: str) -> Rejection:
+    if message.startswith("Expected `object`"):
+        return Rejection(NOT_OBJECT, message)
+    if message.startswith("Object missing required field"):
+        return Rejection(MISSING_FIELD, message)
+    if message.startswith("Invalid enum value") or "matching regex" in message:
+        return Rejection(INVALID_VALUE, message)
+    if "of length >= 1 " in message:
+        return Rejection(EMPTY_FIELD, message)
+    if message.startswith("Expected `") and (" >= " in message or " <= " in message):
+        return Rejection(OUT_OF_RANGE, message)
+    if "of length" in message or "out of range" in message:
+        return Rejection(OUT_OF_RANGE, message)
+    return Rejection(WRONG_TYPE, message)
+
+
+def encode_event(fields: dict[str, Any]) -> bytes:
+    """Serialise an event dict the way producers should (compact UTF-8 JSON)."""
+    return msgspec.json.encode(fields)

@@ -1,0 +1,68 @@
+"""Outgoing message bodies: profile changes and dead letters (schemas/*.v1.json)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from profiling.events import Rejection
+from profiling.profile import Profile
+
+
+def change_message(profile: Profile, changed: Iterable[str]) -> bytes:
+    """A `profile_update.v1` body: the fields downstream consumers act on."""
+    body: dict[str, Any] = {
+        "user_id": profile.user_id,
+        "version": profile.version,
+        "updated": profile.updated,
+        "changed": sorted(changed),
+        "segment": None,
+        "prev_segment": None,
+        "risk": None,
+        "risk_band": None,
+        "events": profile.events,
+        "spend": round(profile.spend, 6),
+        "orders": profile.orders,
+        "last_seen": profile.last_seen,
+        "categories": profile.top_categories(),
+    }
+    return orjson.dumps(body)
+
+
+def dead_letter(
+    rejection: Rejection,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    now_ms: int,
+) -> bytes:
+    """A `dead_letter.v1` body: why a record was refused and the record itself, intact."""
+    value_text, encoding = _as_text(value)
+    key_text, _ = _as_text(key)
+    body = {
+        "error": rejection.error,
+        "detail": rejection.detail[:1000],
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "ts": now_ms,
+        "key": key_text,
+        "value": value_text,
+        "value_encoding": encoding,
+    }
+    return orjson.dumps(body)
+
+
+def _as_text(raw: bytes | None) -> tuple[str | None, str]:
+    if raw is None:
+        return None, "text"
+    try:
+        return raw.decode("utf-8"), "text"
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii"), "base64"

@@ -1,0 +1,147 @@
+"""One consumer batch, end to end, without Kafka: records in, store written, messages out.
+
+`apply_batch` is what a worker does between fetching a batch and committing its
+offsets: decode and validate every record (rejections become dead letters),
+group the valid events by user, load those users in one store round trip,
+fold each user's events in, write every changed profile in one round trip, and
+hand back the change messages to publish. The caller publishes them and the
+dead letters, waits for the acks, and only then commits (stream/worker.py).
+
+Writes are compare-and-set on the profile version. A user whose write lost a
+race is reloaded and recomputed; its events are then usually found below the
+watermark (another worker already applied them) and nothing is written.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from profiling.errors import StoreConflictError
+from profiling.events import KEY_MISMATCH, Event, Rejection, decode_event
+from profiling.messages import change_message, dead_letter
+from profiling.profile import Delivery, Outcome, ProfileParams, apply_deliveries
+from profiling.store import ProfileStore, Write
+
+MAX_WRITE_ATTEMPTS = 3
+
+
+class SourceRecord(Protocol):
+    """The parts of a consumed Kafka record the pipeline reads (aiokafka's record fits)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What a batch produced: messages to publish and counts for metrics and logs."""
+
+    changes: list[tuple[str, bytes]] = field(default_factory=list)  # (user_id, body)
+    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)  # (key, body)
+    outcomes: Counter[str] = field(default_factory=Counter)  # applied / duplicate / replayed / ...
+    by_type: Counter[str] = field(default_factory=Counter)  # applied events per type
+    errors: Counter[str] = field(default_factory=Counter)  # dead letters per error code
+    users_written: int = 0
+    event_ts: list[int] = field(default_factory=list)  # ts of each applied event
+
+
+def decode_batch(
+    records: Sequence[SourceRecord], now_ms: int, result: BatchResult
+) -> dict[str, list[Delivery]]:
+    """Validate every record; group the valid ones by user, dead-letter the rest."""
+    by_user: dict[str, list[Delivery]] = {}
+    for record in records:
+        value = record.value
+        verdict = (
+            decode_event(value, now_ms)
+            if value is not None
+            else Rejection("invalid_json", "record has no value (null)")
+        )
+        if isinstance(verdict, Event) and record.key != verdict.user_id.encode():
+            verdict = Rejection(
+                KEY_MISMATCH, "record key must be the event's user_id (UTF-8): it partitions users"
+            )
+        if isinstance(verdict, Rejection):
+            letter = dead_letter(
+                verdict,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                key=record.key,
+                value=value,
+                now_ms=now_ms,
+            )
+            result.dead_letters.append((record.key, letter))
+            result.errors[verdict.error] += 1
+            continue
+        by_user.setdefault(verdict.user_id, []).append(
+            Delivery(verdict, record.partition, record.offset)
+        )
+    return by_user
+
+
+async def apply_batch(
+    records: Sequence[SourceRecord],
+    store: ProfileStore,
+    params: ProfileParams,
+    clock: Callable[[], int],
+) -> BatchResult:
+    """Apply one consumer batch to the store; return what to publish."""
+    result = BatchResult()
+    pending = decode_batch(records, clock(), result)
+    for _attempt in range(MAX_WRITE_ATTEMPTS):
+        if not pending:
+            return result
+        pending = await _apply_users(pending, store, params, clock(), result)
+    raise StoreConflictError(f"{len(pending)} users still conflicting after retries")
+
+
+async def _apply_users(
+    by_user: dict[str, list[Delivery]],
+    store: ProfileStore,
+    params: ProfileParams,
+    now_ms: int,
+    result: BatchResult,
+) -> dict[str, list[Delivery]]:
+    """Load, fold and write these users once; return the ones whose write lost a race."""
+    wanted = {user: [d.event.event_id for d in ds] for user, ds in by_user.items()}
+    loaded = await store.load(wanted)
+    outcomes: dict[str, Outcome] = {}
+    writes = []
+    for user_id, deliveries in by_user.items():
+        stored = loaded[user_id]
+        outcome = apply_deliveries(stored.profile, deliveries, stored.seen_ids, params, now_ms)
+        outcomes[user_id] = outcome
+        if outcome.wrote:
+            applied_ids = [(e.event_id, e.ts) for e in outcome.applied]
+            writes.append(Write(outcome.profile, stored.profile.version, applied_ids))
+    conflicts = set(await store.save(writes))
+    for user_id, outcome in outcomes.items():
+        if user_id not in conflicts:
+            _record(outcome, result)
+    return {user: by_user[user] for user in conflicts}
+
+
+def _record(outcome: Outcome, result: BatchResult) -> None:
+    result.outcomes["applied"] += len(outcome.applied)
+    result.outcomes["duplicate"] += outcome.duplicates
+    result.outcomes["replayed"] += outcome.replayed
+    for event in outcome.applied:
+        result.by_type[event.type] += 1
+        result.event_ts.append(event.ts)
+    if outcome.wrote:
+        result.users_written += 1
+    if outcome.publish:
+        profile = outcome.profile
+        result.changes.append((profile.user_id, change_message(profile, outcome.changed)))

@@ -1,0 +1,213 @@
+"""Per-user profile state and the pure function that folds events into it.
+
+`apply_deliveries` is the whole of the aggregate semantics (DESIGN.md §3, §4):
+it takes a user's stored profile, the batch's deliveries for that user and the
+event ids the store has already seen, and returns a new profile plus what
+happened to each delivery. It never mutates its inputs and reads no clock; the
+caller passes `now_ms`.
+
+Category affinity is an exponentially decayed sum in *event* time, kept at the
+reference time `last_seen`: an event at `ts` adds `w * 2**(-(last_seen - ts)/h)`,
+and moving `last_seen` forward scales every score by the same factor. The sum
+does not depend on arrival order or batch split, so a replay of the same log
+gives the same profile however it was batched (up to float rounding, and up to
+which categories the bounded table evicted).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Final, NamedTuple
+
+from profiling.events import Event
+
+MS_PER_DAY: Final = 86_400_000
+PUBLISHED_CATEGORIES: Final = 10
+
+# How much one event of each type says about a user's interest in its category.
+DEFAULT_CATEGORY_WEIGHTS: Final[Mapping[str, float]] = {
+    "view": 1.0,
+    "click": 1.5,
+    "search": 1.0,
+    "add_to_cart": 3.0,
+    "remove_from_cart": 0.0,
+    "purchase": 5.0,
+    "review": 2.0,
+    "login": 0.0,
+}
+
+
+class Delivery(NamedTuple):
+    """An event with the log position it came from (the source partition and offset)."""
+
+    event: Event
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileParams:
+    """The knobs of the aggregate semantics, as plain values."""
+
+    category_half_life_ms: float = 14 * MS_PER_DAY
+    category_slots: int = 64
+    category_weights: Mapping[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_CATEGORY_WEIGHTS)
+    )
+    heartbeat_ms: int = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Everything stored for one user. Public fields are what readers see in Redis."""
+
+    user_id: str
+    version: int = 0
+    first_seen: int = 0
+    last_seen: int = 0
+    updated: int = 0
+    events: int = 0
+    counts: Mapping[str, int] = field(default_factory=dict)
+    spend: float = 0.0
+    orders: int = 0
+    # Internal bookkeeping.
+    category_scores: Mapping[str, float] = field(default_factory=dict)  # decayed to last_seen
+    watermarks: Mapping[int, int] = field(default_factory=dict)  # partition -> last offset applied
+    published_at: int = 0  # clock ms of the last change message
+    published_version: int = 0  # version that message carried
+    # Fields changed since the last message, or carried by it if the last write published.
+    unpublished: frozenset[str] = frozenset()
+
+    @property
+    def is_new(self) -> bool:
+        return self.version == 0
+
+    def top_categories(self, n: int = PUBLISHED_CATEGORIES) -> list[tuple[str, float]]:
+        best = heapq.nlargest(n, self.category_scores.items(), key=lambda kv: (kv[1], kv[0]))
+        return [(name, round(score, 6)) for name, score in best if score > 0]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What applying one user's deliveries did."""
+
+    profile: Profile
+    applied: list[Event]
+    duplicates: int
+    replayed: int
+    changed: frozenset[str]  # what the change message reports, when there is one
+    publish: bool
+
+    @property
+    def wrote(self) -> bool:
+        return bool(self.applied)
+
+
+def apply_deliveries(
+    profile: Profile,
+    deliveries: Sequence[Delivery],
+    seen_ids: frozenset[str] | set[str],
+    params: ProfileParams,
+    now_ms: int,
+) -> Outcome:
+    """Fold a batch's deliveries for one user into `profile`; pure."""
+    fresh, duplicates, replayed, watermarks = _select_fresh(profile, deliveries, seen_ids)
+    if not fresh:
+        # A replay of a batch whose write landed but whose change message may not
+        # have been acked: publish that message again (readers drop it by version).
+        republish = (
+            replayed > 0 and not profile.is_new and profile.published_version == profile.version
+        )
+        return Outcome(profile, [], duplicates, replayed, profile.unpublished, republish)
+    fresh.sort(key=lambda event: event.ts)
+    counts = dict(profile.counts)
+    spend, orders = profile.spend, profile.orders
+    changed = {"events", "version", "updated"}
+    for event in fresh:
+        counts[event.type] = counts.get(event.type, 0) + 1
+        changed.add(f"count:{event.type}")
+        if event.type == "purchase" and event.amount is not None:
+            spend += event.amount
+            orders += 1
+            changed.update(("spend", "orders"))
+    first_seen = fresh[0].ts if profile.is_new else min(profile.first_seen, fresh[0].ts)
+    last_seen = max(profile.last_seen, fresh[-1].ts)
+    scores = decay_categories(profile.category_scores, profile.last_seen, fresh, last_seen, params)
+    if scores != profile.category_scores:
+        changed.add("categories")
+    if first_seen != profile.first_seen:
+        changed.add("first_seen")
+    if last_seen != profile.last_seen:
+        changed.add("last_seen")
+    # Fields changed since the last published message; when the last write was itself
+    # published, the fields that message carried (so a republish can repeat them).
+    carried = frozenset() if profile.published_version == profile.version else profile.unpublished
+    all_changed = carried | changed
+    publish = profile.is_new or now_ms - profile.published_at >= params.heartbeat_ms
+    version = profile.version + 1
+    updated = replace(
+        profile,
+        version=version,
+        first_seen=first_seen,
+        last_seen=last_seen,
+        updated=now_ms,
+        events=profile.events + len(fresh),
+        counts=counts,
+        spend=spend,
+        orders=orders,
+        category_scores=scores,
+        watermarks=watermarks,
+        published_at=now_ms if publish else profile.published_at,
+        published_version=version if publish else profile.published_version,
+        unpublished=all_changed,
+    )
+    return Outcome(updated, fresh, duplicates, replayed, all_changed, publish)
+
+
+def _select_fresh(
+    profile: Profile, deliveries: Sequence[Delivery], seen_ids: frozenset[str] | set[str]
+) -> tuple[list[Event], int, int, dict[int, int]]:
+    """Drop deliveries at or below the partition watermark (replays) and known event ids."""
+    watermarks = dict(profile.watermarks)
+    batch_ids: set[str] = set()
+    fresh: list[Event] = []
+    duplicates = replayed = 0
+    for event, partition, offset in deliveries:
+        if offset <= profile.watermarks.get(partition, -1):
+            replayed += 1
+            continue
+        if offset > watermarks.get(partition, -1):
+            watermarks[partition] = offset
+        if event.event_id in seen_ids or event.event_id in batch_ids:
+            duplicates += 1
+            continue
+        batch_ids.add(event.event_id)
+        fresh.append(event)
+    return fresh, duplicates, replayed, watermarks
+
+
+def decay_categories(
+    scores: Mapping[str, float],
+    reference_ms: int,
+    events: Sequence[Event],
+    new_reference_ms: int,
+    params: ProfileParams,
+) -> Mapping[str, float]:
+    """Decayed category affinity at `new_reference_ms`, bounded to the strongest slots."""
+    weights = params.category_weights
+    half_life = params.category_half_life_ms
+    tagged = [e for e in events if e.category and weights.get(e.type, 0.0) != 0.0]
+    if not tagged and new_reference_ms == reference_ms:
+        return scores
+    shift = 2.0 ** (-(new_reference_ms - reference_ms) / half_life)
+    result = {name: score * shift for name, score in scores.items()}
+    for event in tagged:
+        name = event.category or ""
+        gain = weights[event.type] * 2.0 ** (-(new_reference_ms - event.ts) / half_life)
+        result[name] = result.get(name, 0.0) + gain
+    if len(result) > params.category_slots:
+        kept = heapq.nlargest(params.category_slots, result.items(), key=lambda kv: (kv[1], kv[0]))
+        result = dict(kept)
+    return result

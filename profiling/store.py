@@ -1,0 +1,165 @@
+"""Where profiles live: the `ProfileStore` protocol, its storage layout, an in-memory twin.
+
+The layout (documented for readers in `schemas/redis_profile.md`) is three keys
+per user, all carrying the Redis Cluster hash tag `{user_id}` so they share a
+shard and one Lua script can touch them atomically:
+
+- `profile:{u}`        hash, the public profile every reader may rely on
+- `profile-state:{u}`  JSON, internal bookkeeping (category scores, watermarks, publication)
+- `profile-seen:{u}`   sorted set, recent event ids scored by event ts (the dedupe window)
+
+A write carries the version it was computed from and is refused when the stored
+version moved on (compare-and-set): a worker that lost a partition, or any
+other concurrent writer, cannot overwrite newer state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+
+from profiling.profile import Profile
+
+
+def profile_key(user_id: str) -> str:
+    return f"profile:{{{user_id}}}"
+
+
+def state_key(user_id: str) -> str:
+    return f"profile-state:{{{user_id}}}"
+
+
+def seen_key(user_id: str) -> str:
+    return f"profile-seen:{{{user_id}}}"
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A user's stored profile and which of the asked-about event ids it has seen."""
+
+    profile: Profile
+    seen_ids: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One user's new profile, the version it replaces, and the event ids it applied."""
+
+    profile: Profile
+    expected_version: int
+    applied_ids: Sequence[tuple[str, int]]  # (event_id, ts)
+
+
+class ProfileStore(Protocol):
+    """Batch-oriented profile storage: one round trip to load, one to write."""
+
+    async def load(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, Loaded]:
+        """Profiles of `wanted`'s users, and which of the listed event ids each has seen."""
+        ...
+
+    async def save(self, writes: Sequence[Write]) -> list[str]:
+        """Apply the writes; return the user ids whose write lost a version race."""
+        ...
+
+    async def read_profile(self, user_id: str) -> dict[str, str] | None:
+        """The public profile fields as a reader sees them, or None."""
+        ...
+
+
+def public_fields(profile: Profile) -> dict[str, str]:
+    """The `profile:{u}` hash fields of a profile (DESIGN.md §3)."""
+    fields = {
+        "version": str(profile.version),
+        "first_seen": str(profile.first_seen),
+        "last_seen": str(profile.last_seen),
+        "updated": str(profile.updated),
+        "events": str(profile.events),
+        "spend": repr(round(profile.spend, 6)),
+        "orders": str(profile.orders),
+        "categories": orjson.dumps(profile.top_categories()).decode(),
+    }
+    for kind, count in profile.counts.items():
+        fields[f"count:{kind}"] = str(count)
+    return fields
+
+
+def state_blob(profile: Profile) -> bytes:
+    """The `profile-state:{u}` value: what the engine needs that readers do not."""
+    return orjson.dumps(
+        {
+            "cats": profile.category_scores,
+            "wm": {str(p): o for p, o in profile.watermarks.items()},
+            "pub_at": profile.published_at,
+            "pub_v": profile.published_version,
+            "unpub": sorted(profile.unpublished),
+        }
+    )
+
+
+def profile_from_storage(
+    user_id: str, fields: Mapping[str, str], state: bytes | str | None
+) -> Profile:
+    """Rebuild a `Profile` from its public hash and state blob (both possibly empty)."""
+    if not fields:
+        return Profile(user_id)
+    internal = orjson.loads(state) if state else {}
+    counts = {k[6:]: int(v) for k, v in fields.items() if k.startswith("count:")}
+    return Profile(
+        user_id=user_id,
+        version=int(fields.get("version", 0)),
+        first_seen=int(fields.get("first_seen", 0)),
+        last_seen=int(fields.get("last_seen", 0)),
+        updated=int(fields.get("updated", 0)),
+        events=int(fields.get("events", 0)),
+        counts=counts,
+        spend=float(fields.get("spend", 0.0)),
+        orders=int(fields.get("orders", 0)),
+        category_scores=internal.get("cats", {}),
+        watermarks={int(p): int(o) for p, o in internal.get("wm", {}).items()},
+        published_at=int(internal.get("pub_at", 0)),
+        published_version=int(internal.get("pub_v", 0)),
+        unpublished=frozenset(internal.get("unpub", ())),
+    )
+
+
+class InMemoryProfileStore:
+    """The `ProfileStore` contract without a server, for unit tests and the engine's oracles."""
+
+    def __init__(self, dedupe_window: int = 2048) -> None:
+        self.dedupe_window = dedupe_window
+        self._hashes: dict[str, dict[str, str]] = {}
+        self._states: dict[str, bytes] = {}
+        self._seen: dict[str, dict[str, int]] = {}
+
+    async def load(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, Loaded]:
+        loaded = {}
+        for user_id, event_ids in wanted.items():
+            fields = self._hashes.get(user_id, {})
+            profile = profile_from_storage(user_id, fields, self._states.get(user_id))
+            seen = self._seen.get(user_id, {})
+            loaded[user_id] = Loaded(profile, frozenset(i for i in event_ids if i in seen))
+        return loaded
+
+    async def save(self, writes: Sequence[Write]) -> list[str]:
+        conflicts = []
+        for write in writes:
+            user_id = write.profile.user_id
+            stored = int(self._hashes.get(user_id, {}).get("version", 0))
+            if stored != write.expected_version:
+                conflicts.append(user_id)
+                continue
+            self._hashes.setdefault(user_id, {}).update(public_fields(write.profile))
+            self._states[user_id] = state_blob(write.profile)
+            seen = self._seen.setdefault(user_id, {})
+            seen.update(write.applied_ids)
+            if len(seen) > self.dedupe_window:
+                newest = sorted(seen.items(), key=lambda kv: (kv[1], kv[0]))[-self.dedupe_window :]
+                self._seen[user_id] = dict(newest)
+        return conflicts
+
+    async def read_profile(self, user_id: str) -> dict[str, str] | None:
+        fields = self._hashes.get(user_id)
+        return dict(fields) if fields else None

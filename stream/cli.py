@@ -1,0 +1,178 @@
+"""`profiler`: run a worker, try the whole system locally, feed it files, read profiles."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from stream.settings import Settings
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+topics_app = typer.Typer(help="Manage the topics profiler reads and writes.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+console = Console(stderr=True)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from PROFILER_* variables; a bad value is a one-line message, not a traceback."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "PROFILER_" + "_".join(str(p) for p in error["loc"]).upper()
+            console.print(f"[red]error:[/] {name}: {error['msg']}")
+        raise typer.Exit(2) from None
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+@app.command()
+def run(
+    until_idle: Annotated[
+        float | None,
+        typer.Option(help="exit 0 once nothing new arrived for this many seconds"),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Start a worker (configuration from PROFILER_* environment variables)."""
+    _configure_logging(verbose)
+    settings = load_settings()
+    from stream.runner import run_worker
+
+    stats = asyncio.run(run_worker(settings, until_idle))
+    console.print(
+        f"consumed {stats.records} records: {stats.applied} applied, {stats.duplicates} "
+        f"duplicates, {stats.dead_letters} dead-lettered; {stats.profiles_written} profile writes"
+    )
+
+
+@app.command()
+def profile(user_id: str) -> None:
+    """Print a user's stored profile as JSON."""
+    settings = load_settings()
+    from stream.lookup import read_profile_json
+
+    body = asyncio.run(read_profile_json(settings.redis_url, user_id))
+    if body is None:
+        console.print(f"no profile for user {user_id!r}")
+        raise typer.Exit(1)
+    sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@topics_app.command("create")
+def topics_create(
+    partitions: Annotated[int, typer.Option(min=1, help="partitions per topic")] = 6,
+) -> None:
+    """Create the six topics (existing ones are left as they are)."""
+    settings = load_settings()
+    from stream.devstack import create_topics, default_topics
+
+    topics = default_topics(settings, partitions)
+    asyncio.run(create_topics(settings.kafka_bootstrap, topics))
+    for name, count in topics.items():
+        console.print(f"{name}: {count} partitions")
+
+
+@app.command()
+def produce(
+    file: Annotated[Path, typer.Argument(help="JSON lines or CSV file")],
+    preset: Annotated[
+        str | None, typer.Option(help="taobao, online-retail or amazon-reviews")
+    ] = None,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="FIELD=COLUMN for CSV files, repeatable"),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="stop after this many rows")] = None,
+) -> None:
+    """Send events from a file to the events topic."""
+    settings = load_settings()
+    mapping = {}
+    for pair in map_ or []:
+        name, sep, column = pair.partition("=")
+        if not sep or not name or not column:
+            console.print(f"[red]error:[/] --map takes FIELD=COLUMN, got {pair!r}")
+            raise typer.Exit(2)
+        mapping[name] = column
+    from stream.producing import produce_file
+
+    try:
+        report = asyncio.run(produce_file(settings, file, preset, mapping or None, limit))
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    console.print(report)
+
+
+@app.command("dev-stack")
+def dev_stack(
+    partitions: Annotated[int, typer.Option(min=1, help="partitions per topic")] = 6,
+) -> None:
+    """Start a local broker and redis-server, print the PROFILER_* lines, wait for Ctrl-C."""
+    from stream.devstack import DevStack
+
+    settings = load_settings()
+    with DevStack(settings, partitions=partitions) as stack:
+        for line in stack.env_lines():
+            sys.stdout.write(f"export {line}\n")
+        sys.stdout.flush()
+        console.print("broker and redis-server running; Ctrl-C stops them")
+        _wait_for_signal()
+
+
+def _wait_for_signal() -> None:
+    received = asyncio.Event()
+
+    async def wait() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, received.set)
+        await received.wait()
+
+    asyncio.run(wait())
+
+
+@app.command()
+def demo(
+    users: Annotated[int, typer.Option(min=1, help="shoppers in the synthetic shop")] = 5000,
+    events: Annotated[int, typer.Option(min=1, help="events to stream")] = 100_000,
+    seed: Annotated[int, typer.Option(help="seed of the synthetic shop")] = 7,
+) -> None:
+    """Start a local broker and Redis, stream a synthetic shop through a worker, summarise."""
+    _configure_logging(False)
+    logging.getLogger().setLevel(logging.WARNING)
+    from stream.demo import run_demo
+
+    run_demo(users=users, events=events, seed=seed, console=Console())
+
+
+@app.command()
+def config() -> None:
+    """Print every setting, its environment variable, value and meaning."""
+    settings = load_settings()
+    for name, info in Settings.model_fields.items():
+        value = getattr(settings, name)
+        sys.stdout.write(f"PROFILER_{name.upper()}={value!s}\t# {info.description}\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Kafka clients built from `Settings`: one place for bootstrap, security and tuning."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.helpers import create_ssl_context
+
+from stream.settings import Settings
+
+
+def security_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka keyword arguments for SSL and SASL (PLAIN / SCRAM) as configured."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        context: ssl.SSLContext = create_ssl_context(cafile=settings.kafka_ssl_cafile)
+        options["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password
+        options.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=password.get_secret_value() if password else None,
+        )
+    return options
+
+
+def events_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
+    """The batch consumer of the events topic (subscribe it): manual commits, earliest offset."""
+    options = {
+        "group_id": settings.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_partition_fetch_bytes": 8 << 20,
+        "fetch_max_bytes": 64 << 20,
+        "fetch_max_wait_ms": settings.batch_max_ms,
+        "max_poll_records": settings.batch_max_events,
+        **security_options(settings),
+        **overrides,
+    }
+    return AIOKafkaConsumer(**options)
+
+
+def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """A producer that waits for all in-sync replicas: offsets are committed after its acks."""
+    options = {
+        "acks": "all",
+        "linger_ms": settings.producer_linger_ms,
+        "compression_type": settings.producer_compression or None,
+        "enable_idempotence": settings.producer_idempotence,
+        "max_batch_size": 1 << 20,
+        **security_options(settings),
+        **overrides,
+    }
+    return AIOKafkaProducer(**options)

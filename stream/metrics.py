@@ -1,0 +1,60 @@
+"""Prometheus metrics of a worker, in one registry served at `/metrics`."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS = Counter(
+    "profiler_events",
+    "Records consumed from the events topic, by event type and outcome",
+    ["type", "outcome"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "profiler_dead_letters", "Records sent to the DLQ, by error code", ["error"], registry=REGISTRY
+)
+BATCH_SIZE = Histogram(
+    "profiler_batch_records",
+    "Records per consumer batch",
+    buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 20000),
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "profiler_batch_seconds",
+    "Time from a batch's fetch to its offset commit",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=REGISTRY,
+)
+EVENT_TO_STORE_SECONDS = Histogram(
+    "profiler_event_to_store_seconds",
+    "Event ts to its profile write (includes producer clock skew and replay age)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600),
+    registry=REGISTRY,
+)
+PROFILES_WRITTEN = Counter(
+    "profiler_profiles_written", "Profile writes to the store", registry=REGISTRY
+)
+CHANGES_PUBLISHED = Counter(
+    "profiler_changes_published", "Profile change messages published", registry=REGISTRY
+)
+RETRIES = Counter(
+    "profiler_retries",
+    "Batch attempts retried after a store or broker error, by component",
+    ["component"],
+    registry=REGISTRY,
+)
+COMMIT_FAILURES = Counter(
+    "profiler_commit_failures",
+    "Offset commits refused (after a rebalance); the batch is replayed idempotently",
+    registry=REGISTRY,
+)
+ASSIGNED_PARTITIONS = Gauge(
+    "profiler_assigned_partitions", "Partitions of the events topic owned", registry=REGISTRY
+)
+
+
+def exposition() -> bytes:
+    """The registry in the Prometheus text format."""
+    return generate_latest(REGISTRY)

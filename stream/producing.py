@@ -1,0 +1,45 @@
+"""Getting events onto the events topic: from a generator, from a file."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from stream import kafka
+from stream.settings import Settings
+
+IN_FLIGHT = 20_000  # sends awaited in groups, so memory stays flat on large inputs
+
+
+async def send_all(
+    producer: AIOKafkaProducer, topic: str, records: Iterable[tuple[bytes | None, bytes]]
+) -> int:
+    """Send (key, value) records on a started producer, wait for every ack, return the count."""
+    sent = 0
+    pending = []
+    for key, value in records:
+        pending.append(await producer.send(topic, value, key=key))
+        if len(pending) >= IN_FLIGHT:
+            await asyncio.gather(*pending)
+            sent += len(pending)
+            pending.clear()
+    await asyncio.gather(*pending)
+    return sent + len(pending)
+
+
+async def send_records(
+    settings: Settings,
+    records: Iterable[tuple[bytes | None, bytes]],
+    topic: str | None = None,
+    **producer_options: Any,
+) -> int:
+    """Open a producer, send the records to `topic` (default: the events topic), close it."""
+    producer = kafka.producer(settings, **producer_options)
+    await producer.start()
+    try:
+        return await send_all(producer, topic or settings.topic_events, records)
+    finally:
+        await producer.stop()

@@ -1,0 +1,30 @@
+"""Running a worker as a process: signals, start-up, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from stream.settings import Settings
+from stream.worker import BatchWorker, WorkerStats
+
+log = logging.getLogger("profiler.runner")
+
+
+async def run_worker(settings: Settings, until_idle_s: float | None = None) -> WorkerStats:
+    """Run one worker until SIGTERM/SIGINT (drain, commit, return) or until idle."""
+    worker = BatchWorker(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.request_stop)
+    await worker.start()
+    log.info(
+        "worker started: group %s on %s, events from %s",
+        settings.group_id, settings.kafka_bootstrap, settings.topic_events,
+    )
+    try:
+        return await worker.run(until_idle_s)
+    finally:
+        await worker.close()
+        log.info("worker stopped after %d records", worker.stats.records)

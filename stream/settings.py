@@ -1,0 +1,69 @@
+"""Worker configuration: one frozen settings object, read from `PROFILER_*` variables.
+
+Every field documents itself; `profiler config` prints the table. The pure engine
+never sees this object: the edge turns it into plain arguments.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything a worker reads from its environment (prefix `PROFILER_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="PROFILER_", frozen=True, extra="ignore")
+
+    # Connections
+    kafka_bootstrap: str = Field("localhost:9092", description="Kafka bootstrap servers, comma-separated")
+    kafka_security_protocol: str = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: str = Field("PLAIN", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    kafka_sasl_username: str | None = Field(None, description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password")
+    kafka_ssl_cafile: str | None = Field(None, description="CA bundle for SSL/SASL_SSL")
+    redis_url: str = Field(
+        "redis://localhost:6379/0", description="Redis URL; rediss:// for TLS, user:pass@ for ACL"
+    )
+    group_id: str = Field("profiler", description="Kafka consumer group of the workers")
+
+    # Topics
+    topic_events: str = Field("behavior-events", description="behaviour events in (key = user_id)")
+    topic_dlq: str = Field("behavior-events.dlq", description="rejected records out, with a reason")
+    topic_updates: str = Field("profile-updates", description="significant profile changes out")
+    topic_alerts: str = Field("fraud-alerts", description="fraud alerts out")
+    topic_labels: str = Field("fraud-labels", description="delayed fraud labels in")
+    topic_commands: str = Field("profile-commands", description="erase / merge commands in")
+
+    # Batching
+    batch_max_events: int = Field(5000, ge=1, description="most events taken in one batch")
+    batch_max_ms: int = Field(50, ge=1, description="longest wait, in ms, to fill a batch")
+    producer_linger_ms: int = Field(5, ge=0, description="producer linger, in ms")
+    producer_compression: str | None = Field(
+        None, description="compression of produced batches: gzip, snappy, lz4, zstd or empty"
+    )
+    producer_idempotence: bool = Field(
+        False, description="idempotent producer (needs broker support; Tansu memory lacks it)"
+    )
+
+    # Profile semantics
+    category_half_life_days: float = Field(
+        14.0, gt=0, description="half-life of category affinity, in event-time days"
+    )
+    category_slots: int = Field(
+        64, ge=10, description="categories tracked per user (top 10 are published)"
+    )
+    dedupe_window: int = Field(
+        2048, ge=16, description="recent event_ids remembered per user for de-duplication"
+    )
+    heartbeat_s: float = Field(
+        60.0, ge=0, description="publish a counters-only change at most this often per user"
+    )
+    profile_ttl_s: int = Field(
+        0, ge=0, description="expire profiles inactive this long (seconds); 0 keeps them"
+    )
+
+    # Web / metrics
+    web_port: int = Field(6066, ge=0, le=65535, description="worker web port (/health, /metrics)")

@@ -1,0 +1,215 @@
+"""The high-volume event path: batches from Kafka, through the engine, into Redis.
+
+The order of one batch, and why it is safe to crash anywhere in it:
+
+1. `getmany` up to `batch_max_events` records or `batch_max_ms` of waiting;
+2. `apply_batch` validates, de-duplicates and writes every changed profile to
+   Redis in one round trip (compare-and-set per user, watermark inside);
+3. dead letters and profile changes are sent, and every producer ack awaited;
+4. only then are the batch's offsets committed.
+
+A crash before 4 replays the batch: events at or below a user's watermark are
+skipped, change messages of writes that landed are published again (readers
+drop repeats by `version`), dead letters may repeat. Nothing valid is lost and
+no profile changes twice. A commit refused after a rebalance is counted and
+ignored for the same reason: the partition's new owner replays idempotently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from redis.exceptions import RedisError
+
+from profiling.errors import ProfilerError
+from profiling.pipeline import BatchResult, SourceRecord, apply_batch
+from profiling.profile import MS_PER_DAY, ProfileParams
+from stream import kafka, metrics
+from stream.redis_store import RedisProfileStore, connect
+from stream.settings import Settings
+
+log = logging.getLogger("profiler.worker")
+
+MAX_BACKOFF_S = 5.0
+RETRIES_AFTER_STOP = 3
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def profile_params(settings: Settings) -> ProfileParams:
+    """The engine's plain arguments, taken from the settings."""
+    return ProfileParams(
+        category_half_life_ms=settings.category_half_life_days * MS_PER_DAY,
+        category_slots=settings.category_slots,
+        heartbeat_ms=int(settings.heartbeat_s * 1000),
+    )
+
+
+@dataclass
+class WorkerStats:
+    """Running totals, for progress displays and the end-of-run summary."""
+
+    started: float = field(default_factory=time.monotonic)
+    batches: int = 0
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    replayed: int = 0
+    dead_letters: int = 0
+    profiles_written: int = 0
+    changes_published: int = 0
+    commit_failures: int = 0
+    errors: Counter[str] = field(default_factory=Counter)  # dead letters by error code
+
+    def add(self, records: int, result: BatchResult) -> None:
+        self.batches += 1
+        self.records += records
+        self.applied += result.outcomes["applied"]
+        self.duplicates += result.outcomes["duplicate"]
+        self.replayed += result.outcomes["replayed"]
+        self.dead_letters += len(result.dead_letters)
+        self.profiles_written += result.users_written
+        self.changes_published += len(result.changes)
+        self.errors.update(result.errors)
+
+
+class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.partitions: set[TopicPartition] = set()
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.partitions -= set(revoked)
+        metrics.ASSIGNED_PARTITIONS.set(len(self.partitions))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.partitions |= set(assigned)
+        metrics.ASSIGNED_PARTITIONS.set(len(self.partitions))
+
+
+class BatchWorker:
+    """One worker process's consumer loop. `run()` until stopped or idle."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], int] = wall_clock_ms) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.params = profile_params(settings)
+        self.stats = WorkerStats()
+        self.assignment = _Assignment()
+        self.redis = connect(settings.redis_url)
+        self.store = RedisProfileStore(self.redis, settings.dedupe_window, settings.profile_ttl_s)
+        self.consumer: AIOKafkaConsumer = kafka.events_consumer(settings)
+        self.producer: AIOKafkaProducer = kafka.producer(settings)
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.redis.ping()
+        await self.producer.start()
+        await self.consumer.start()
+        self.consumer.subscribe([self.settings.topic_events], listener=self.assignment)
+
+    async def close(self) -> None:
+        await self.consumer.stop()
+        await self.producer.stop()
+        await self.redis.aclose()
+
+    def request_stop(self) -> None:
+        """Finish the batch in flight, commit it, and return from `run()` (SIGTERM)."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self, until_idle_s: float | None = None) -> WorkerStats:
+        """Consume until `request_stop()`, or until nothing arrived for `until_idle_s`."""
+        idle_since: float | None = None
+        while not self.stopping:
+            batches = await self.consumer.getmany(
+                timeout_ms=self.settings.batch_max_ms, max_records=self.settings.batch_max_events
+            )
+            records = [record for part in batches.values() for record in part]
+            if records:
+                idle_since = None
+                await self.process(records)
+                continue
+            if until_idle_s is None or not self.consumer.assignment():
+                continue
+            now = time.monotonic()
+            idle_since = idle_since or now
+            if now - idle_since >= until_idle_s:
+                break
+        return self.stats
+
+    async def process(self, records: Sequence[SourceRecord]) -> BatchResult:
+        """Apply, publish and commit one batch; retry store and broker errors with backoff."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                result = await apply_batch(records, self.store, self.params, self.clock)
+                await self._publish(result)
+                break
+            except (RedisError, KafkaError, ProfilerError, OSError) as exc:
+                attempt += 1
+                component = "redis" if isinstance(exc, RedisError | ProfilerError) else "kafka"
+                metrics.RETRIES.labels(component).inc()
+                if self.stopping and attempt > RETRIES_AFTER_STOP:
+                    raise
+                delay = min(MAX_BACKOFF_S, 0.05 * 2**attempt)
+                log.warning("batch attempt %d failed (%s: %s); retrying in %.2fs",
+                            attempt, component, exc, delay)
+                await asyncio.sleep(delay)
+        await self._commit(records)
+        self.stats.add(len(records), result)
+        self._observe(records, result, started)
+        return result
+
+    async def _publish(self, result: BatchResult) -> None:
+        send = self.producer.send
+        pending = [
+            await send(self.settings.topic_dlq, body, key=key) for key, body in result.dead_letters
+        ]
+        pending += [
+            await send(self.settings.topic_updates, body, key=user_id.encode())
+            for user_id, body in result.changes
+        ]
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def _commit(self, records: Sequence[SourceRecord]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            self.stats.commit_failures += 1
+            metrics.COMMIT_FAILURES.inc()
+            log.warning("offset commit refused (%s); the new owner replays idempotently", exc)
+
+    def _observe(self, records: Sequence[SourceRecord], result: BatchResult, started: float) -> None:
+        metrics.BATCH_SIZE.observe(len(records))
+        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
+        metrics.PROFILES_WRITTEN.inc(result.users_written)
+        metrics.CHANGES_PUBLISHED.inc(len(result.changes))
+        for kind, count in result.by_type.items():
+            metrics.EVENTS.labels(kind, "applied").inc(count)
+        for outcome in ("duplicate", "replayed"):
+            if result.outcomes[outcome]:
+                metrics.EVENTS.labels("any", outcome).inc(result.outcomes[outcome])
+        for error, count in result.errors.items():
+            metrics.DEAD_LETTERS.labels(error).inc(count)
+            metrics.EVENTS.labels("unknown", "dead_lettered").inc(count)
+        now_ms = self.clock()
+        for ts in result.event_ts[:: max(1, len(result.event_ts) // 100)]:
+            metrics.EVENT_TO_STORE_SECONDS.observe(max(0.0, (now_ms - ts) / 1000))

@@ -1,0 +1,273 @@
+"""The v1 wire contracts: decoder and JSON Schemas give the same verdicts.
+
+The corpus (tests/corpus.py) fixes the decoder's error code for every record
+and the schema's yes/no wherever JSON Schema can state the rule; hypothesis then
+checks generated events, and single-rule breakages of them, against both.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema_rs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from profiling.events import (
+    ERROR_CODES,
+    EVENT_TYPES,
+    FUTURE_SLACK_MS,
+    KEY_MISMATCH,
+    MIN_TS_MS,
+    NEEDS_ITEM,
+    Event,
+    Rejection,
+    decode_event,
+)
+from tests.corpus import CASES, NOW_MS, Case, encode
+from tests.schemas import SCHEMA_DIR, load_schema, schema_accepts, validator
+
+EVENT = "behavior_event.v1"
+REAL_DATE_MS = 1_795_824_000_000  # 2026-11-28: valid corpus events must predate the real clock
+SCHEMA_NAMES = sorted(path.stem for path in SCHEMA_DIR.glob("*.json"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_decoder_verdict(case: Case) -> None:
+    verdict = decode_event(case.raw, NOW_MS)
+    if case.error is None:
+        assert isinstance(verdict, Event), verdict
+    else:
+        assert isinstance(verdict, Rejection), f"accepted, expected {case.error}"
+        assert verdict.error == case.error, verdict.detail
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_schema_verdict(case: Case) -> None:
+    accepted = schema_accepts(EVENT, case.raw)
+    if case.schema_agrees:
+        assert accepted == (case.error is None)
+    else:  # a runtime-only rule: the flag must mark a real disagreement
+        assert accepted and case.error is not None
+
+
+def test_corpus_is_replayable() -> None:
+    names = [case.name for case in CASES]
+    assert len(names) == len(set(names))
+    valid = [json.loads(case.raw) for case in CASES if case.error is None]
+    assert len({event["event_id"] for event in valid}) == len(valid)
+    assert all(MIN_TS_MS <= event["ts"] < min(NOW_MS, REAL_DATE_MS) for event in valid)
+    assert {event["type"] for event in valid} == set(EVENT_TYPES)
+    # Every code decode_event can give is exercised; the key check lives in the pipeline.
+    assert {case.error for case in CASES} - {None} == set(ERROR_CODES) - {KEY_MISMATCH}
+
+
+def test_future_bound_is_one_day_after_the_clock() -> None:
+    base = {"event_id": "e", "user_id": "u", "type": "login"}
+    edge = encode({**base, "ts": NOW_MS + FUTURE_SLACK_MS})
+    past_edge = encode({**base, "ts": NOW_MS + FUTURE_SLACK_MS + 1})
+    assert isinstance(decode_event(edge, NOW_MS), Event)
+    assert decode_event(past_edge, NOW_MS) == Rejection(
+        "ts_in_future", f"ts {NOW_MS + FUTURE_SLACK_MS + 1} is more than a day ahead of {NOW_MS}"
+    )
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_schema_is_valid_2020_12(name: str) -> None:
+    schema = load_schema(name)
+    jsonschema_rs.meta.validate(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"].endswith(name)
+    assert schema["title"] and schema["description"]
+    assert not _undescribed(schema)
+
+
+def _undescribed(schema: Any, path: str = "") -> list[str]:
+    """Paths of properties without a description (conditionals under allOf aside)."""
+    if isinstance(schema, list):
+        return [p for i, item in enumerate(schema) for p in _undescribed(item, f"{path}/{i}")]
+    if not isinstance(schema, dict):
+        return []
+    properties = schema.get("properties", {})
+    missing = [f"{path}/{key}" for key, sub in properties.items() if "description" not in sub]
+    nested = [(k, v) for k, v in schema.items() if k != "allOf"]
+    return missing + [p for k, v in nested for p in _undescribed(v, f"{path}/{k}")]
+
+
+def test_schema_files_are_the_six_contracts() -> None:
+    assert SCHEMA_NAMES == [
+        "behavior_event.v1",
+        "dead_letter.v1",
+        "fraud_alert.v1",
+        "fraud_label.v1",
+        "profile_command.v1",
+        "profile_update.v1",
+    ]
+
+
+def test_dead_letter_error_codes_are_the_decoders() -> None:
+    assert load_schema("dead_letter.v1")["properties"]["error"]["enum"] == list(ERROR_CODES)
+
+
+# One valid example per other contract, then single changes that must break it.
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "fraud_label.v1": {"event_id": "e", "user_id": "u", "label": 1, "ts": 1_700_000_000_000},
+    "profile_command.v1": {"command": "merge", "from_user_id": "anon-1", "user_id": "u"},
+    "fraud_alert.v1": {
+        "alert_id": "a",
+        "user_id": "u",
+        "event_id": "e",
+        "ts": 1_700_000_000_000,
+        "risk": 0.93,
+        "threshold": 0.9,
+        "reasons": [{"feature": "amount_z", "contribution": 0.4}],
+        "model_version": "hst-1",
+    },
+    "profile_update.v1": {
+        "user_id": "u",
+        "version": 3,
+        "updated": 1_700_000_000_500,
+        "changed": ["count:view", "events"],
+        "segment": None,
+        "prev_segment": None,
+        "risk": None,
+        "risk_band": None,
+        "events": 3,
+        "spend": 0.0,
+        "orders": 0,
+        "last_seen": 1_700_000_000_000,
+        "categories": [["sport.shoes", 1.5]],
+        "vec_long": "AACAPw==",
+    },
+    "dead_letter.v1": {
+        "error": "not_utf8",
+        "detail": "invalid UTF-8 at byte 0",
+        "topic": "behavior-events",
+        "partition": 0,
+        "offset": 7,
+        "ts": 1_700_000_000_000,
+        "key": None,
+        "value": "/w==",
+        "value_encoding": "base64",
+    },
+}
+BREAKAGES: list[tuple[str, dict[str, Any]]] = [
+    ("fraud_label.v1", {"label": 2}),
+    ("fraud_label.v1", {"label": True}),
+    ("profile_command.v1", {"from_user_id": None}),
+    ("profile_command.v1", {"command": "delete"}),
+    ("fraud_alert.v1", {"risk": 1.5}),
+    ("fraud_alert.v1", {"reasons": [{"feature": "amount_z"}]}),
+    ("profile_update.v1", {"risk_band": "extreme"}),
+    ("profile_update.v1", {"categories": [["a", 1.0, 2]]}),
+    ("profile_update.v1", {"vec_long": "not base64!"}),
+    ("profile_update.v1", {"model": "minilm"}),
+    ("dead_letter.v1", {"error": "bad"}),
+    ("dead_letter.v1", {"value_encoding": "hex"}),
+]
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_other_contract_example_is_valid(name: str) -> None:
+    validator(name).validate(EXAMPLES[name])
+
+
+@pytest.mark.parametrize(("name", "changes"), BREAKAGES)
+def test_other_contract_breakage_is_invalid(name: str, changes: dict[str, Any]) -> None:
+    message = {**EXAMPLES[name], **changes}
+    message = {key: value for key, value in message.items() if value is not None}
+    assert not validator(name).is_valid(message)
+
+
+# --- generated events -------------------------------------------------------------------------
+
+
+def _text(max_size: int, min_size: int = 0) -> st.SearchStrategy[str]:
+    return st.text(min_size=min_size, max_size=max_size)
+
+
+_money = st.one_of(st.integers(0, 10_000_000), st.floats(0, 1e7, allow_nan=False))
+_OPTIONAL: dict[str, st.SearchStrategy[Any]] = {
+    **{name: _text(128) for name in ("session_id", "device_id", "order_id", "brand")},
+    **{name: _text(128) for name in ("payment_method", "card_fp")},
+    "item_id": _text(128),
+    "title": _text(512),
+    "query": _text(512),
+    "category": _text(256),
+    "text": _text(4096),
+    "rating": st.integers(1, 5),
+    "price": _money,
+    "amount": _money,
+    "quantity": st.integers(1, 10_000),
+    "currency": st.from_regex(r"\A[A-Z]{3}\Z"),
+    "ip": _text(64),
+    "country": st.from_regex(r"\A[A-Z]{2}\Z"),
+    "success": st.booleans(),
+}
+_unknown = st.dictionaries(
+    st.text(max_size=8).map(lambda key: f"x-{key}"),
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    max_size=20,
+)
+
+
+@st.composite
+def valid_events(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(EVENT_TYPES))
+    event: dict[str, Any] = {
+        "event_id": draw(_text(64, 1)),
+        "user_id": draw(_text(128, 1)),
+        "type": kind,
+        "ts": draw(st.integers(MIN_TS_MS, NOW_MS)),
+    }
+    event.update(draw(st.fixed_dictionaries({}, optional=_OPTIONAL)))
+    if kind in NEEDS_ITEM:
+        event["item_id"] = draw(_text(128, 1))
+    if kind == "search":
+        event["query"] = draw(_text(512, 1))
+    if kind == "purchase":
+        event["amount"] = draw(_money)
+    event.update(draw(_unknown))
+    return event
+
+
+_BREAKAGES: list[tuple[str, Any]] = [
+    ("event_id", None),
+    ("user_id", None),
+    ("type", None),
+    ("ts", None),
+    ("event_id", ""),
+    ("type", "refund"),
+    ("ts", MIN_TS_MS - 1),
+    ("ts", "1700000000000"),
+    ("quantity", 0),
+    ("quantity", 10_001),
+    ("rating", 6),
+    ("price", -1),
+    ("amount", 1e7 + 1),
+    ("currency", "usd"),
+    ("country", "DEU"),
+    ("title", "t" * 513),
+    ("success", 1),
+]
+
+
+@given(valid_events())
+def test_generated_valid_events_pass_both(event: dict[str, Any]) -> None:
+    raw = encode(event)
+    assert isinstance(decode_event(raw, NOW_MS), Event)
+    assert schema_accepts(EVENT, raw)
+
+
+@given(valid_events(), st.sampled_from(_BREAKAGES))
+def test_one_broken_rule_fails_both(event: dict[str, Any], breakage: tuple[str, Any]) -> None:
+    name, value = breakage
+    if value is None:
+        event.pop(name)  # None here means: drop the required field
+    else:
+        event[name] = value
+    raw = encode(event)
+    assert isinstance(decode_event(raw, NOW_MS), Rejection)
+    assert not schema_accepts(EVENT, raw)
