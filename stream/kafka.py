@@ -40,6 +40,9 @@ def events_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
         "fetch_max_bytes": 64 << 20,
         "fetch_max_wait_ms": settings.batch_max_ms,
         "max_poll_records": settings.batch_max_events,
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "heartbeat_interval_ms": settings.kafka_heartbeat_interval_ms,
+        "rebalance_timeout_ms": settings.kafka_session_timeout_ms,
         **security_options(settings),
         **overrides,
     }

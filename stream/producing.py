@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from itertools import islice
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from stream import kafka
+from stream.file_import import ImportReport, read_events
 from stream.settings import Settings
 
 IN_FLIGHT = 20_000  # sends awaited in groups, so memory stays flat on large inputs
@@ -43,3 +46,19 @@ async def send_records(
         return await send_all(producer, topic or settings.topic_events, records)
     finally:
         await producer.stop()
+
+
+async def produce_file(
+    settings: Settings,
+    path: Path,
+    preset: str | None,
+    mapping: dict[str, str] | None,
+    limit: int | None = None,
+) -> str:
+    """Convert `path` to events (see `stream.file_import`), send them, return a summary line."""
+    report = ImportReport()
+    records = read_events(path, preset, mapping, report=report)
+    if limit is not None:
+        records = islice(records, limit)
+    sent = await send_records(settings, records)
+    return f"sent {sent} events to {settings.topic_events}; {report.summary()}"

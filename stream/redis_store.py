@@ -80,7 +80,7 @@ class RedisProfileStore:
         loaded = {}
         for index, (user_id, event_ids) in enumerate(wanted.items()):
             raw_fields, state, scores = replies[3 * index : 3 * index + 3]
-            fields = {k.decode(): v.decode() for k, v in raw_fields.items()}
+            fields = {_text(k): _text(v) for k, v in raw_fields.items()}
             seen = frozenset(i for i, s in zip(event_ids, scores, strict=True) if s is not None)
             loaded[user_id] = Loaded(profile_from_storage(user_id, fields, state), seen)
         return loaded
@@ -97,7 +97,7 @@ class RedisProfileStore:
 
     async def read_profile(self, user_id: str) -> dict[str, str] | None:
         raw = await self.client.hgetall(profile_key(user_id))
-        return {k.decode(): v.decode() for k, v in raw.items()} or None
+        return {_text(k): _text(v) for k, v in raw.items()} or None
 
     async def _run_saves(self, sha: str, writes: Sequence[Write]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
@@ -123,3 +123,7 @@ class RedisProfileStore:
         sha = await self.client.script_load(SAVE_SCRIPT)
         self._save_sha = sha.decode() if isinstance(sha, bytes) else str(sha)
         return self._save_sha
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -21,7 +21,9 @@ async def run_worker(settings: Settings, until_idle_s: float | None = None) -> W
     await worker.start()
     log.info(
         "worker started: group %s on %s, events from %s",
-        settings.group_id, settings.kafka_bootstrap, settings.topic_events,
+        settings.group_id,
+        settings.kafka_bootstrap,
+        settings.topic_events,
     )
     try:
         return await worker.run(until_idle_s)

@@ -16,7 +16,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PROFILER_", frozen=True, extra="ignore")
 
     # Connections
-    kafka_bootstrap: str = Field("localhost:9092", description="Kafka bootstrap servers, comma-separated")
+    kafka_bootstrap: str = Field(
+        "localhost:9092", description="Kafka bootstrap servers, comma-separated"
+    )
     kafka_security_protocol: str = Field(
         "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
     )
@@ -28,6 +30,12 @@ class Settings(BaseSettings):
         "redis://localhost:6379/0", description="Redis URL; rediss:// for TLS, user:pass@ for ACL"
     )
     group_id: str = Field("profiler", description="Kafka consumer group of the workers")
+    kafka_session_timeout_ms: int = Field(
+        10_000, ge=1000, description="consumer group session timeout; a silent worker is dropped"
+    )
+    kafka_heartbeat_interval_ms: int = Field(
+        3000, ge=100, description="consumer group heartbeat interval (below a third of the session)"
+    )
 
     # Topics
     topic_events: str = Field("behavior-events", description="behaviour events in (key = user_id)")

@@ -85,6 +85,7 @@ class WorkerStats:
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self) -> None:
         self.partitions: set[TopicPartition] = set()
+        self.assigned = asyncio.Event()  # set once the group gave this worker partitions
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.partitions -= set(revoked)
@@ -93,6 +94,8 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.partitions |= set(assigned)
         metrics.ASSIGNED_PARTITIONS.set(len(self.partitions))
+        if self.partitions:
+            self.assigned.set()
 
 
 class BatchWorker:
@@ -165,8 +168,13 @@ class BatchWorker:
                 if self.stopping and attempt > RETRIES_AFTER_STOP:
                     raise
                 delay = min(MAX_BACKOFF_S, 0.05 * 2**attempt)
-                log.warning("batch attempt %d failed (%s: %s); retrying in %.2fs",
-                            attempt, component, exc, delay)
+                log.warning(
+                    "batch attempt %d failed (%s: %s); retrying in %.2fs",
+                    attempt,
+                    component,
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay)
         await self._commit(records)
         self.stats.add(len(records), result)
@@ -197,7 +205,9 @@ class BatchWorker:
             metrics.COMMIT_FAILURES.inc()
             log.warning("offset commit refused (%s); the new owner replays idempotently", exc)
 
-    def _observe(self, records: Sequence[SourceRecord], result: BatchResult, started: float) -> None:
+    def _observe(
+        self, records: Sequence[SourceRecord], result: BatchResult, started: float
+    ) -> None:
         metrics.BATCH_SIZE.observe(len(records))
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)
         metrics.PROFILES_WRITTEN.inc(result.users_written)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -27,7 +28,16 @@ from profiling.store import InMemoryProfileStore
 
 NOW = 1_750_000_000_000
 PARAMS = ProfileParams(category_half_life_ms=3_600_000.0, heartbeat_ms=0)
-TYPES = ["view", "click", "search", "add_to_cart", "remove_from_cart", "purchase", "review", "login"]
+TYPES = [
+    "view",
+    "click",
+    "search",
+    "add_to_cart",
+    "remove_from_cart",
+    "purchase",
+    "review",
+    "login",
+]
 
 
 @dataclass(frozen=True)
@@ -41,7 +51,9 @@ class Rec:
     value: bytes | None
 
 
-def make_event(i: int, user: str, kind: str, ts: int, category: str | None, amount: float) -> dict:
+def make_event(  # noqa: PLR0917 - one row of the generated log
+    i: int, user: str, kind: str, ts: int, category: str | None, amount: float
+) -> dict:
     body: dict = {"event_id": f"e{i}", "user_id": user, "type": kind, "ts": ts}
     if kind in ("view", "click", "add_to_cart", "remove_from_cart", "review"):
         body["item_id"] = f"item{i % 7}"
@@ -77,7 +89,7 @@ def to_records(rows: Sequence[tuple]) -> list[Rec]:
 
 def split(records: list[Rec], cuts: list[int]) -> list[list[Rec]]:
     bounds = sorted({c % (len(records) + 1) for c in cuts} | {0, len(records)})
-    return [records[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    return [records[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def run_batches(batches: list[list[Rec]], store: InMemoryProfileStore | None = None):
@@ -167,7 +179,9 @@ def test_resent_events_are_applied_once(rows: list[tuple]) -> None:
 
 
 def test_late_event_counts_but_never_moves_last_seen_back() -> None:
-    records = to_records([("alice", "view", NOW, "shoes", 0.0), ("alice", "view", NOW - 5000, None, 0)])
+    records = to_records(
+        [("alice", "view", NOW, "shoes", 0.0), ("alice", "view", NOW - 5000, None, 0)]
+    )
     store = run_batches([[records[0]], [records[1]]])
     profile = asyncio.run(store.load({"alice": []}))["alice"].profile
     assert profile.events == 2

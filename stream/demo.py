@@ -1,0 +1,151 @@
+"""`profiler demo`: the whole system on one machine, with nothing installed but this package.
+
+A real Kafka-compatible broker and a real redis-server start on free ports, a
+synthetic shop streams through a real worker while a live panel shows its
+progress, and a summary says what was built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from itertools import islice
+
+import orjson
+from rich.console import Console
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from stream import kafka
+from stream.devstack import DevStack
+from stream.lookup import read_profile_json
+from stream.producing import send_all
+from stream.settings import Settings
+from stream.synthetic_shop import ShopGenerator
+from stream.worker import BatchWorker, WorkerStats, wall_clock_ms
+
+HOUR_MS = 3_600_000
+MALFORMED_RATIO = 0.005
+DUPLICATE_RATIO = 0.01
+
+
+@dataclass
+class Feed:
+    """What the producer side has sent so far."""
+
+    sent: int = 0
+    done: bool = False
+
+
+def run_demo(users: int, events: int, seed: int, console: Console) -> None:
+    """Start the stack, stream the shop, print the summary; stop everything on the way out."""
+    console.print("starting a local Kafka-compatible broker (Tansu) and redis-server ...")
+    # Tansu holds a group join for about half the session timeout: keep it short here.
+    quick_groups = Settings(kafka_session_timeout_ms=3000, kafka_heartbeat_interval_ms=300)
+    with DevStack(quick_groups, partitions=4) as stack:
+        settings = stack.settings()
+        console.print(f"broker {settings.kafka_bootstrap}, redis {settings.redis_url}")
+        asyncio.run(_stream_shop(settings, users, events, seed, console))
+
+
+async def _stream_shop(
+    settings: Settings, users: int, events: int, seed: int, console: Console
+) -> None:
+    now = wall_clock_ms()
+    shop = ShopGenerator(users=users, seed=seed, start_ms=now - 6 * HOUR_MS, end_ms=now)
+    worker = BatchWorker(settings)
+    await worker.start()
+    feed = Feed()
+    consuming = asyncio.create_task(worker.run(until_idle_s=2.0))
+    # Joining the consumer group takes a few seconds; stream once the worker owns partitions.
+    await asyncio.wait(
+        [asyncio.ensure_future(worker.assignment.assigned.wait()), consuming],
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    started = time.monotonic()
+    producing = asyncio.create_task(_produce(settings, shop, events, feed))
+    try:
+        with Live(
+            _progress(feed, worker.stats, started), console=console, refresh_per_second=4
+        ) as live:
+            while not consuming.done():
+                await asyncio.sleep(0.25)
+                live.update(_progress(feed, worker.stats, started))
+                if producing.done() and producing.exception():
+                    worker.request_stop()
+            live.update(_progress(feed, worker.stats, started))
+        await producing
+        stats = await consuming
+    finally:
+        await worker.close()
+    await _summarise(settings, stats, time.monotonic() - started, console)
+
+
+async def _produce(settings: Settings, shop: ShopGenerator, events: int, feed: Feed) -> None:
+    """Stream the shop in chunks, yielding to the worker between them."""
+    records = iter(shop.records(events, MALFORMED_RATIO, DUPLICATE_RATIO))
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        while chunk := list(islice(records, 2000)):
+            feed.sent += await send_all(producer, settings.topic_events, chunk)
+    finally:
+        await producer.stop()
+        feed.done = True
+
+
+def _progress(feed: Feed, stats: WorkerStats, started: float) -> Panel:
+    elapsed = max(time.monotonic() - started, 1e-6)
+    table = Table.grid(padding=(0, 2))
+    table.add_row("produced", f"{feed.sent:,}", "done" if feed.done else "streaming ...")
+    table.add_row("consumed", f"{stats.records:,}", f"{stats.records / elapsed:,.0f} events/s")
+    table.add_row("batches", f"{stats.batches:,}", "")
+    table.add_row("applied", f"{stats.applied:,}", f"{stats.duplicates:,} duplicates dropped")
+    table.add_row("dead-lettered", f"{stats.dead_letters:,}", "to behavior-events.dlq")
+    table.add_row("profile writes", f"{stats.profiles_written:,}", "")
+    table.add_row("changes published", f"{stats.changes_published:,}", "to profile-updates")
+    return Panel(table, title="profiler demo", expand=False)
+
+
+async def _summarise(
+    settings: Settings, stats: WorkerStats, seconds: float, console: Console
+) -> None:
+    from stream.redis_store import connect
+
+    client = connect(settings.redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match="profile:{*", count=1000)]
+        spends = await _spends(client, keys)
+    finally:
+        await client.aclose()
+    top_user = max(spends, key=spends.__getitem__) if spends else None
+    console.print()
+    table = Table(title="what the demo built", show_header=False)
+    table.add_row("events streamed", f"{stats.records:,} in {seconds:.1f} s")
+    table.add_row("applied / duplicates", f"{stats.applied:,} / {stats.duplicates:,}")
+    errors = ", ".join(f"{code} {n}" for code, n in stats.errors.most_common())
+    table.add_row("dead-lettered", f"{stats.dead_letters:,} ({errors or 'none'})")
+    table.add_row("profiles in Redis", f"{len(keys):,}")
+    table.add_row(
+        "buyers / revenue",
+        f"{sum(1 for s in spends.values() if s > 0):,} / {sum(spends.values()):,.2f}",
+    )
+    console.print(table)
+    if top_user is not None:
+        body = await read_profile_json(settings.redis_url, top_user)
+        console.print(f"top spender's profile (profiler profile {top_user}):")
+        console.print_json(orjson.dumps(body).decode())
+
+
+async def _spends(client: object, keys: list[bytes]) -> dict[str, float]:
+    pipe = client.pipeline(transaction=False)  # type: ignore[attr-defined]
+    for key in keys:
+        pipe.hget(key, "spend")
+    values = await pipe.execute()
+    spends: dict[str, float] = {}
+    for key, value in zip(keys, values, strict=True):
+        user = key.decode()[len("profile:{") : -1]
+        spends[user] = float(value or 0)
+    return spends

@@ -1,0 +1,703 @@
+"""Files to behaviour-event records: what `profiler produce FILE` sends to Kafka.
+
+Three ways in:
+
+* **JSON lines, no mapping**: each non-blank line is already an event and goes
+  out byte for byte. Its key is the line's `user_id` when the line parses as an
+  object with a non-empty string `user_id`; otherwise the line is still
+  produced, with a null key, so the worker dead-letters it with a reason code
+  (the DLQ is where bad events are explained; the importer does not judge them).
+* **A mapping** (`--map field=COLUMN`, for CSV, or for JSON lines whose keys are
+  not ours): cells become typed event fields (`CsvOptions` says how: time
+  format, type value map, constants, default amount).
+* **A preset** for a public data set: `taobao`, `online-retail`, `amazon-reviews`.
+
+Converted rows are checked with `decode_event` before they leave: a row that
+does not make a valid event is skipped and counted by reason in the
+`ImportReport` (and never crashes the import), because a conversion problem
+belongs in the import summary, not in the DLQ. Strings longer than the
+contract allows are cut to the limit rather than rejected.
+
+Event ids are deterministic so that producing the same file twice is a no-op
+for the worker's dedupe: a preset with a natural key hashes it (an Amazon
+review is reviewer + product + time, so the data set's per-variant copies of
+one review collapse to one event); everything else hashes the line number and
+the raw line (identical rows on different lines stay distinct events).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import hashlib
+import math
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from statistics import NormalDist
+from typing import IO, Any, Final, Literal, cast
+
+import msgspec
+import orjson
+
+from profiling.events import Event, Rejection, decode_event
+
+Record = tuple[bytes | None, bytes]
+Format = Literal["csv", "jsonl"]
+
+EVENT_FIELDS: Final = frozenset(Event.__struct_fields__)
+_INT_FIELDS: Final = frozenset({"ts", "quantity", "rating"})
+_FLOAT_FIELDS: Final = frozenset({"price", "amount"})
+_MAX_LENGTH: Final = {
+    "event_id": 64,
+    "user_id": 128,
+    "title": 512,
+    "query": 512,
+    "category": 256,
+    "text": 4096,
+    "ip": 64,
+}
+_DEFAULT_MAX_LENGTH: Final = 128
+_DATETIME_FORMATS: Final = (
+    "%m/%d/%Y %H:%M",
+    "%m/%d/%Y %H:%M:%S",
+    "%d/%m/%Y %H:%M",
+    "%Y/%m/%d %H:%M:%S",
+)
+
+
+class FileImportError(ValueError):
+    """The import cannot start (bad preset, mapping, file); nothing was produced. Not retriable."""
+
+
+class UnknownPresetError(FileImportError):
+    """The preset name is not one of `PRESETS`."""
+
+
+class MissingColumnError(FileImportError):
+    """A mapped or preset column is not in the file's header."""
+
+
+class UnreadableFileError(FileImportError):
+    """The file cannot be opened or decompressed."""
+
+
+class SkipRow(Exception):
+    """Raised while converting one row; the row is counted under `reason` and skipped."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class ImportReport:
+    """What an import did: `rows == produced + sum(skipped.values())` once it has finished."""
+
+    rows: int = 0
+    produced: int = 0
+    unkeyed: int = 0  # produced with a null key (JSON lines the worker will dead-letter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)  # first occurrence of each reason
+
+    def skip(self, line: int, reason: str, detail: str = "") -> None:
+        self.skipped[reason] += 1
+        self.examples.setdefault(reason, f"line {line}: {detail}"[:200])
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{r} {n}" for r, n in self.skipped.most_common())
+        return (
+            f"{self.rows} rows read, {self.produced} produced"
+            f"{f' ({self.unkeyed} without key)' if self.unkeyed else ''}, "
+            f"{sum(self.skipped.values())} skipped{f': {reasons}' if reasons else ''}"
+        )
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    """How cells become event fields. Naive date-times are taken as UTC."""
+
+    ts_unit: Literal["auto", "s", "ms"] = "auto"  # auto: numbers below 1e11 are seconds
+    ts_format: str | None = None  # strptime format; default ISO 8601, then common US/EU forms
+    type_map: Mapping[str, str] = field(default_factory=dict)  # e.g. {"pv": "view"}
+    constants: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"currency": "GBP"}
+    default_amount: float | None = None  # purchases with neither amount nor price
+    delimiter: str | None = None  # default: a tab for .tsv files, else a comma
+    header: bool = True
+    columns: tuple[str, ...] = ()  # names of a header-less file's columns, in order
+    encoding: str = "utf-8"  # undecodable bytes become U+FFFD
+    format: Format | None = None  # default: from the file suffix
+
+
+def parse_pairs(pairs: Iterable[str], flag: str = "--map") -> dict[str, str]:
+    """`["user_id=CustomerID", ...]` to a dict; the CLI's `--map`, `--type-map`, `--set`."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise FileImportError(f"{flag} expects name=value, got {pair!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+# -- typed cells ------------------------------------------------------------------------------
+
+
+def parse_ts(value: Any, unit: str = "auto", fmt: str | None = None) -> int:
+    """Epoch milliseconds from epoch seconds/ms (number or digits) or a date-time string."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            return _parse_datetime(text, fmt)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise SkipRow("bad_value:ts", repr(value))
+    if not math.isfinite(number):
+        raise SkipRow("bad_value:ts", repr(value))
+    seconds = unit == "s" or (unit == "auto" and abs(number) < 1e11)
+    return round(number * 1000) if seconds else round(number)
+
+
+def _parse_datetime(text: str, fmt: str | None) -> int:
+    """`fmt` if given; else ISO 8601, then US before EU forms (3/4/2011 is March 4th)."""
+    moment = None
+    if fmt is None:
+        with contextlib.suppress(ValueError):
+            moment = datetime.fromisoformat(text)
+    for candidate in (fmt,) if fmt else _DATETIME_FORMATS:
+        if moment is not None:
+            break
+        with contextlib.suppress(ValueError):
+            moment = datetime.strptime(text, candidate)
+    if moment is None:
+        raise SkipRow("bad_value:ts", f"{text!r} is not a time{f' in {fmt!r}' if fmt else ''}")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return round(moment.timestamp() * 1000)
+
+
+def _cast(name: str, value: Any) -> Any:
+    """One event field from a cell (a string) or a JSON value; raises SkipRow when it cannot."""
+    try:
+        if name in _INT_FIELDS:
+            number = float(value)
+            if not number.is_integer():
+                raise ValueError(value)
+            return int(number)
+        if name in _FLOAT_FIELDS:
+            return float(value)
+        if name == "success":
+            return _truth(value)
+    except (TypeError, ValueError, OverflowError):
+        raise SkipRow(f"bad_value:{name}", repr(value)[:80]) from None
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return text.strip()[: _MAX_LENGTH.get(name, _DEFAULT_MAX_LENGTH)]
+
+
+def _truth(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "y", "t", "success", "ok"):
+        return True
+    if text in ("0", "false", "no", "n", "f", "failure", "failed", "fail"):
+        return False
+    raise ValueError(value)
+
+
+# -- the generic mapping ----------------------------------------------------------------------
+
+
+def check_mapping(mapping: Mapping[str, str], options: CsvOptions) -> None:
+    """Fail early on a mapping that cannot make events (typos, no user or type)."""
+    unknown = sorted(set(mapping) - EVENT_FIELDS)
+    if unknown:
+        raise FileImportError(
+            f"not event fields: {', '.join(unknown)}; choose from {', '.join(sorted(EVENT_FIELDS))}"
+        )
+    for needed in ("user_id", "type", "ts"):
+        if needed not in mapping and needed not in options.constants:
+            raise FileImportError(f"map a column to `{needed}` (--map {needed}=COLUMN)")
+
+
+def typed_constants(options: CsvOptions) -> CsvOptions:
+    """Options whose constants (strings from `--set quantity=2`) have their fields' types."""
+    typed: dict[str, Any] = {}
+    for name, value in options.constants.items():
+        if name not in EVENT_FIELDS:
+            raise FileImportError(f"cannot set {name!r}: not an event field")
+        try:
+            typed[name] = parse_ts(value) if name == "ts" else _cast(name, value)
+        except SkipRow as exc:
+            raise FileImportError(f"cannot set {name}={value!r}: {exc.reason}") from None
+    return replace(options, constants=typed)
+
+
+def convert_mapped(
+    row: Mapping[str, Any], mapping: Mapping[str, str], options: CsvOptions
+) -> dict[str, Any]:
+    """One row through a `{event_field: column}` mapping and the options' conversions."""
+    event: dict[str, Any] = dict(options.constants)
+    for name, column in mapping.items():
+        value = row.get(column)
+        if value is None or value == "":
+            continue  # an empty cell is an absent field
+        if name == "ts":
+            event["ts"] = parse_ts(value, options.ts_unit, options.ts_format)
+        else:
+            event[name] = _cast(name, value)
+    if "type" in event:
+        event["type"] = options.type_map.get(event["type"], event["type"])
+    if event.get("type") == "purchase" and "amount" not in event:
+        if "price" in event:
+            event["amount"] = round(event["price"] * event.get("quantity", 1), 2)
+        elif options.default_amount is not None:
+            event["amount"] = options.default_amount
+    return event
+
+
+def natural_event_id(source: str, key: str) -> str:
+    """A deterministic id from a natural key (or a line number and its raw text)."""
+    digest = hashlib.blake2b(f"{source}\x1f{key}".encode(), digest_size=12)
+    return f"{source}-{digest.hexdigest()}"
+
+
+# -- presets for public data sets -------------------------------------------------------------
+
+Converter = Callable[[Mapping[str, Any], CsvOptions], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A public data set's layout and how one of its rows becomes an event."""
+
+    name: str
+    tag: str  # event id prefix
+    format: Format
+    columns: tuple[tuple[str, ...], ...]  # needed; canonical name first, then header aliases
+    header: bool
+    convert: Converter
+    natural_key: Callable[[Mapping[str, Any]], str] | None
+    about: str
+
+
+_TAOBAO_TYPES: Final = {"pv": "view", "cart": "add_to_cart", "fav": "click", "buy": "purchase"}
+_TAOBAO_MEDIAN_CNY: Final = 59.0
+_STANDARD_NORMAL: Final = NormalDist()
+
+
+def estimated_taobao_price(item_id: str) -> float:
+    """A stable stand-in price in CNY for an item the data set does not price.
+
+    Taobao's UserBehavior has no prices, yet the contract needs a purchase
+    `amount`. A log-normal draw (median 59 CNY, like a typical Taobao order)
+    seeded by the item id keeps one price per item across users and runs, so
+    spend and basket features stay consistent; such events carry
+    `amount_estimated: true` (an extra field, ignored by validation).
+    """
+    digest = int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "big")
+    z = _STANDARD_NORMAL.inv_cdf((digest + 0.5) / 2**64)
+    return round(min(max(_TAOBAO_MEDIAN_CNY * math.exp(0.9 * z), 1.0), 5000.0), 2)
+
+
+def _taobao(row: Mapping[str, Any], options: CsvOptions) -> dict[str, Any]:
+    kind = _TAOBAO_TYPES.get(row["behavior"].strip())
+    if kind is None:
+        raise SkipRow("unknown_behavior", row["behavior"])
+    event = {
+        **options.constants,
+        "user_id": _cast("user_id", row["user_id"]),
+        "type": kind,
+        "ts": parse_ts(row["ts"], "s"),
+        "item_id": _cast("item_id", row["item_id"]),
+        "category": f"taobao.{row['category_id'].strip()}",
+    }
+    if kind == "purchase":
+        if options.default_amount is not None:
+            event["amount"] = options.default_amount
+        else:
+            event["amount"] = estimated_taobao_price(event["item_id"])
+            event["amount_estimated"] = True
+        event.setdefault("currency", "CNY")
+    return event
+
+
+_COUNTRY_ISO2: Final = {
+    "United Kingdom": "GB", "EIRE": "IE", "Ireland": "IE", "France": "FR", "Germany": "DE",
+    "Netherlands": "NL", "Belgium": "BE", "Switzerland": "CH", "Spain": "ES", "Portugal": "PT",
+    "Italy": "IT", "Norway": "NO", "Australia": "AU", "Lithuania": "LT", "Poland": "PL",
+    "Japan": "JP", "Sweden": "SE", "Finland": "FI", "Denmark": "DK", "Austria": "AT",
+    "Cyprus": "CY", "Iceland": "IS", "Singapore": "SG", "Israel": "IL", "Greece": "GR",
+    "Canada": "CA", "USA": "US", "United States": "US", "Czech Republic": "CZ", "Malta": "MT",
+    "Hong Kong": "HK", "Bahrain": "BH", "Lebanon": "LB", "United Arab Emirates": "AE",
+    "Saudi Arabia": "SA", "Brazil": "BR", "RSA": "ZA", "South Africa": "ZA", "Korea": "KR",
+    "Thailand": "TH", "Nigeria": "NG", "West Indies": "", "Channel Islands": "",
+    "European Community": "", "Unspecified": "",
+}  # fmt: skip
+"""UCI Online Retail country names (I and II) to ISO 3166 alpha-2; "" = no single country."""
+
+
+def _online_retail(row: Mapping[str, Any], options: CsvOptions) -> dict[str, Any]:
+    customer = str(row["CustomerID"]).strip()
+    if not customer:
+        raise SkipRow("no_customer", "CustomerID is empty")
+    quantity = _cast("quantity", row["Quantity"])
+    if quantity <= 0:
+        raise SkipRow("return", f"quantity {quantity} (invoice {row['InvoiceNo']})")
+    price = _cast("price", row["UnitPrice"])
+    if price < 0:
+        raise SkipRow("negative_price", str(price))
+    event = {
+        **options.constants,
+        "type": "purchase",
+        "user_id": customer.removesuffix(".0"),  # pandas wrote the ids as floats
+        "ts": parse_ts(row["InvoiceDate"], "auto", options.ts_format),
+        "order_id": _cast("order_id", row["InvoiceNo"]),
+        "item_id": _cast("item_id", row["StockCode"]),
+        "quantity": quantity,
+        "price": price,
+        "amount": round(quantity * price, 2),
+    }
+    event.setdefault("currency", "GBP")  # a UK retailer, prices in sterling
+    title = _cast("title", row["Description"])
+    if title:
+        event["title"] = title
+    country = _COUNTRY_ISO2.get(str(row["Country"]).strip())
+    if country:
+        event["country"] = country
+    return event
+
+
+def _amazon_review(row: Mapping[str, Any], options: CsvOptions) -> dict[str, Any]:
+    for name in ("reviewerID", "asin", "unixReviewTime"):
+        if row.get(name) in (None, ""):
+            raise SkipRow(f"missing_value:{name}")
+    event = {
+        **options.constants,
+        "type": "review",
+        "user_id": _cast("user_id", row["reviewerID"]),
+        "item_id": _cast("item_id", row["asin"]),
+        "ts": parse_ts(row["unixReviewTime"], "s"),
+    }
+    if row.get("overall") is not None:
+        event["rating"] = _cast("rating", row["overall"])
+    parts = [str(row[k]).strip() for k in ("summary", "reviewText") if row.get(k)]
+    if len(parts) == 2 and parts[0][-1:] not in ".!?":
+        parts[0] += "."
+    if parts:
+        event["text"] = _cast("text", " ".join(parts))
+    return event
+
+
+PRESETS: Final = {
+    p.name: p
+    for p in (
+        Preset(
+            name="taobao",
+            tag="tb",
+            format="csv",
+            columns=(("user_id",), ("item_id",), ("category_id",), ("behavior",), ("ts",)),
+            header=False,
+            convert=_taobao,
+            natural_key=None,
+            about="Taobao UserBehavior.csv (no header): pv/cart/fav/buy become "
+            "view/add_to_cart/click/purchase; purchases get an estimated CNY amount",
+        ),
+        Preset(
+            name="online-retail",
+            tag="or",
+            format="csv",
+            columns=(
+                ("InvoiceNo", "Invoice"),
+                ("StockCode",),
+                ("Description",),
+                ("Quantity",),
+                ("InvoiceDate",),
+                ("UnitPrice", "Price"),
+                ("CustomerID", "Customer ID"),
+                ("Country",),
+            ),
+            header=True,
+            convert=_online_retail,
+            natural_key=None,
+            about="UCI Online Retail (I or II): one purchase per line, in GBP; rows without "
+            "a customer and returns (quantity <= 0) are skipped",
+        ),
+        Preset(
+            name="amazon-reviews",
+            tag="az",
+            format="jsonl",
+            columns=(("reviewerID",), ("asin",), ("unixReviewTime",)),
+            header=False,
+            convert=_amazon_review,
+            natural_key=lambda r: f"{r['reviewerID']}|{r['asin']}|{r['unixReviewTime']}",
+            about="Amazon Reviews 2018 (Ni & McAuley) JSON lines: review events, text = summary "
+            "+ reviewText; per-variant copies of one review share an event id",
+        ),
+    )
+}
+
+
+def preset_named(name: str) -> Preset:
+    """The preset called `name`, or an error that lists the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UnknownPresetError(
+            f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
+        ) from None
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+Row = tuple[int, Mapping[str, Any], str]  # line number, cells by column name, raw text for ids
+
+
+def read_events(
+    path: Path,
+    preset: str | None = None,
+    mapping: dict[str, str] | None = None,
+    *,
+    options: CsvOptions | None = None,
+    report: ImportReport | None = None,
+    now_ms: int | None = None,
+) -> Iterator[Record]:
+    """Records `(key, value)` for `path`; fills `report` as they are consumed.
+
+    Raises `FileImportError` at once (before any record) for an unknown
+    preset, a bad mapping, a missing column or an unreadable file; errors in
+    single rows are counted in `report`, never raised. `now_ms` bounds event
+    times like the worker does (default: the wall clock).
+    """
+    path = Path(path)
+    options = typed_constants(options or CsvOptions())
+    report = report if report is not None else ImportReport()
+    chosen = preset_named(preset) if preset is not None else None
+    if chosen is not None and mapping is not None:
+        raise FileImportError("give a preset or a mapping, not both")
+    fmt = chosen.format if chosen else options.format or format_of(path)
+    if chosen is None and mapping is None:
+        if fmt == "csv":
+            raise FileImportError(f"{path}: a CSV file needs --preset or --map field=COLUMN")
+        return _passthrough(_lines(path), report)
+    if mapping is not None:
+        check_mapping(mapping, options)
+    rows = (
+        _csv_rows(path, chosen, mapping, options, report)
+        if fmt == "csv"
+        else _json_rows(_lines(path), report)
+    )
+    if chosen is None:
+        assert mapping is not None
+        chosen = Preset("mapping", "f", fmt, (), options.header, _mapped(mapping), None, "")
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    return _produce(rows, chosen, options, report, now)
+
+
+def format_of(path: Path) -> Format:
+    """`csv` for .csv/.tsv/.txt, `jsonl` for .json/.jsonl/.ndjson (optionally .gz)."""
+    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+    last = suffixes[-1] if suffixes else ""
+    if last in (".csv", ".tsv", ".txt"):
+        return "csv"
+    if last in (".json", ".jsonl", ".ndjson"):
+        return "jsonl"
+    raise FileImportError(f"{path}: cannot tell the format from the name; pass format=csv|jsonl")
+
+
+def _mapped(mapping: Mapping[str, str]) -> Converter:
+    return lambda row, options: convert_mapped(row, mapping, options)
+
+
+def _open(path: Path, mode: Literal["rb", "rt"], encoding: str = "utf-8") -> IO[Any]:
+    """Open plain or gzip files; a missing or unreadable file is a clear error."""
+    try:
+        if path.suffix.lower() == ".gz":
+            if mode == "rb":
+                return cast(IO[bytes], gzip.open(path, "rb"))
+            return gzip.open(path, "rt", encoding=encoding, errors="replace", newline="")
+        if mode == "rb":
+            return path.open("rb")
+        return path.open("r", encoding=encoding, errors="replace", newline="")
+    except OSError as exc:
+        raise UnreadableFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Non-blank lines with their 1-based numbers; opens now, so a missing file fails at once."""
+    return _numbered(path, _open(path, "rb"))
+
+
+def _numbered(path: Path, handle: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    try:
+        with handle:
+            for number, raw in enumerate(handle, 1):
+                line = raw.rstrip(b"\r\n")
+                if line.strip():
+                    yield number, line
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UnreadableFileError(f"cannot read {path}: {exc}") from exc
+
+
+def _passthrough(lines: Iterator[tuple[int, bytes]], report: ImportReport) -> Iterator[Record]:
+    for _, line in lines:
+        report.rows += 1
+        report.produced += 1
+        key = _user_key(line)
+        report.unkeyed += key is None
+        yield key, line
+
+
+def _user_key(line: bytes) -> bytes | None:
+    try:
+        user = _UserOnly.decode(line).user_id
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    return user.encode() if user else None
+
+
+class _UserIdOnly(msgspec.Struct):
+    user_id: str
+
+
+_UserOnly: Final = msgspec.json.Decoder(_UserIdOnly)
+
+
+def _json_rows(lines: Iterator[tuple[int, bytes]], report: ImportReport) -> Iterator[Row]:
+    for number, line in lines:
+        report.rows += 1
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            report.skip(number, "invalid_json", str(exc))
+            continue
+        if not isinstance(obj, dict):
+            report.skip(number, "not_object", type(obj).__name__)
+            continue
+        yield number, obj, line.decode("utf-8", "replace")
+
+
+def _csv_rows(
+    path: Path,
+    preset: Preset | None,
+    mapping: Mapping[str, str] | None,
+    options: CsvOptions,
+    report: ImportReport,
+) -> Iterator[Row]:
+    """Rows as `{column: cell}`; reads (and checks) the header before the first record."""
+    utf8 = options.encoding.lower().replace("_", "-") in ("utf-8", "utf8")
+    handle = _open(path, "rt", "utf-8-sig" if utf8 else options.encoding)  # drop a BOM
+    delimiter = options.delimiter or ("\t" if ".tsv" in path.suffixes else ",")
+    reader = csv.reader(handle, delimiter=delimiter)
+    try:
+        names = _column_names(path, reader, preset, mapping, options)
+    except BaseException:
+        handle.close()
+        raise
+    return _csv_records(path, handle, reader, names, report)
+
+
+def _csv_records(
+    path: Path, handle: IO[Any], reader: Any, names: list[tuple[str, int]], report: ImportReport
+) -> Iterator[Row]:
+    width = 1 + max((index for _, index in names), default=-1)
+    with handle:
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                report.rows += 1
+                report.skip(reader.line_num, "csv_error", str(exc))
+                continue
+            except (OSError, EOFError, zlib.error) as exc:
+                raise UnreadableFileError(f"cannot read {path}: {exc}") from exc
+            if not cells or (len(cells) == 1 and not cells[0].strip()):
+                continue
+            report.rows += 1
+            if len(cells) < width:
+                report.skip(reader.line_num, "short_row", f"{len(cells)} of {width} columns")
+                continue
+            yield reader.line_num, {name: cells[i] for name, i in names}, "\x1f".join(cells)
+
+
+def _column_names(
+    path: Path,
+    reader: Any,
+    preset: Preset | None,
+    mapping: Mapping[str, str] | None,
+    options: CsvOptions,
+) -> list[tuple[str, int]]:
+    """`(name, index)` of every column a row needs; checks the header has them all."""
+    if preset and not preset.header:
+        return [(alts[0], i) for i, alts in enumerate(preset.columns)]
+    header_line = preset.header if preset else options.header
+    if header_line:
+        try:
+            header = [cell.strip() for cell in next(reader)]
+        except StopIteration:
+            raise FileImportError(f"{path} is empty: no header line") from None
+        except (csv.Error, OSError, EOFError, zlib.error) as exc:
+            raise UnreadableFileError(f"cannot read the header of {path}: {exc}") from exc
+    else:
+        header = list(options.columns) if options.columns else []
+    mapped = dict.fromkeys((mapping or {}).values())
+    wanted = preset.columns if preset else tuple((column,) for column in mapped)
+    if not header:  # header-less, unnamed: columns are 1-based positions, as in cut and awk
+        return [(alts[0], _position(alts[0])) for alts in wanted]
+    found = []
+    for alts in wanted:
+        index = next((header.index(a) for a in alts if a in header), None)
+        if index is None:
+            raise MissingColumnError(
+                f"{path}: no column {' or '.join(map(repr, alts))}; "
+                f"columns are {', '.join(map(repr, header))}"
+            )
+        found.append((alts[0], index))
+    return found
+
+
+def _position(column: str) -> int:
+    if not column.isdigit() or int(column) < 1:
+        raise MissingColumnError(
+            f"column {column!r}: a file without a header names columns by position "
+            "(1, 2, ...) unless CsvOptions.columns names them"
+        )
+    return int(column) - 1
+
+
+def _produce(
+    rows: Iterator[Row], how: Preset, options: CsvOptions, report: ImportReport, now_ms: int
+) -> Iterator[Record]:
+    """Convert, give ids, validate like the worker, encode; count what is skipped and why."""
+    for line, row, raw in rows:
+        try:
+            event = how.convert(row, options)
+            if "event_id" not in event:
+                key = how.natural_key(row) if how.natural_key else f"{line}\x1f{raw}"
+                event["event_id"] = natural_event_id(how.tag, key)
+            value = _encode(event)
+        except SkipRow as skip:
+            report.skip(line, skip.reason, skip.detail)
+            continue
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:  # a cell we did not foresee
+            report.skip(line, "conversion_error", f"{type(exc).__name__}: {exc}")
+            continue
+        verdict = decode_event(value, now_ms)
+        if isinstance(verdict, Rejection):
+            report.skip(line, f"invalid:{verdict.error}", verdict.detail)
+            continue
+        report.produced += 1
+        yield verdict.user_id.encode(), value
+
+
+_encode: Final = msgspec.json.Encoder().encode

@@ -1,0 +1,204 @@
+"""The batch worker end to end on the real broker and the real redis-server."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from profiling.events import Event, decode_event
+from stream.producing import send_records
+from stream.settings import Settings
+from stream.synthetic_shop import ShopGenerator
+from stream.worker import BatchWorker, wall_clock_ms
+from tests.corpus import CASES
+from tests.integration.kafka_io import committed_offsets, drain, end_offsets, read_topic
+from tests.schemas import validator
+
+HOUR_MS = 3_600_000
+
+
+def shop_records(n: int, malformed: float = 0.02, duplicates: float = 0.02, seed: int = 3):
+    now = wall_clock_ms()
+    shop = ShopGenerator(users=300, seed=seed, start_ms=now - 3 * HOUR_MS, end_ms=now - 60_000)
+    return list(shop.records(n, malformed, duplicates))
+
+
+def expected_profiles(records: Sequence[tuple[bytes | None, bytes]]) -> dict[str, dict]:
+    """Recount each user's aggregates from the distinct valid events."""
+    seen: set[str] = set()
+    totals: dict[str, dict] = defaultdict(lambda: {"events": 0, "counts": Counter(), "spend": 0.0})
+    now = wall_clock_ms()
+    for key, value in records:
+        event = decode_event(value, now)
+        if not isinstance(event, Event) or key != event.user_id.encode():
+            continue
+        if event.event_id in seen:
+            continue
+        seen.add(event.event_id)
+        user = totals[event.user_id]
+        user["events"] += 1
+        user["counts"][event.type] += 1
+        if event.type == "purchase":
+            user["spend"] += event.amount or 0.0
+    return dict(totals)
+
+
+async def stored_profiles(url: str) -> dict[str, dict[str, str]]:
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        profiles = {}
+        async for key in client.scan_iter(match="profile:{*", count=1000):
+            profiles[key[len("profile:{") : -1]] = await client.hgetall(key)
+        return profiles
+    finally:
+        await client.aclose()
+
+
+async def snapshot(url: str) -> dict[str, object]:
+    """Every key and value in Redis, for before/after comparisons."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        dump = {}
+        async for key in client.scan_iter(count=1000):
+            kind = await client.type(key)
+            if kind == b"hash":
+                dump[key] = await client.hgetall(key)
+            elif kind == b"zset":
+                dump[key] = await client.zrange(key, 0, -1, withscores=True)
+            else:
+                dump[key] = await client.get(key)
+        return dump
+    finally:
+        await client.aclose()
+
+
+def assert_profiles_match(stored: dict[str, dict[str, str]], expected: dict[str, dict]) -> None:
+    assert stored.keys() == expected.keys()
+    for user, want in expected.items():
+        got = stored[user]
+        assert int(got["events"]) == want["events"], user
+        counts = {k[6:]: int(v) for k, v in got.items() if k.startswith("count:")}
+        assert counts == dict(want["counts"]), user
+        assert math.isclose(float(got["spend"]), want["spend"], rel_tol=1e-9, abs_tol=1e-4)
+
+
+async def test_end_to_end_shop_with_bad_records_and_duplicates(topics: Settings) -> None:
+    records = shop_records(4000)
+    await send_records(topics, records)
+    stats = await drain(topics)
+
+    expected = expected_profiles(records)
+    assert_profiles_match(await stored_profiles(topics.redis_url), expected)
+    n_valid = sum(u["events"] for u in expected.values())
+    assert stats.applied == n_valid
+    assert stats.records == len(records)
+
+    letters = await read_topic(topics.kafka_bootstrap, topics.topic_dlq)
+    assert len(letters) == stats.dead_letters == len(records) - n_valid - stats.duplicates
+    dlq_schema = validator("dead_letter.v1")
+    for letter in letters:
+        assert dlq_schema.is_valid(orjson.loads(letter.value))
+
+    updates = await read_topic(topics.kafka_bootstrap, topics.topic_updates)
+    update_schema = validator("profile_update.v1")
+    assert {u.key.decode() for u in updates} == expected.keys()  # every new user announced
+    for update in updates:
+        assert update_schema.is_valid(orjson.loads(update.value))
+
+    committed = await committed_offsets(topics)
+    assert committed == await end_offsets(topics, topics.topic_events)
+
+
+async def test_every_malformed_corpus_case_is_dead_lettered_and_the_worker_goes_on(
+    topics: Settings,
+) -> None:
+    records = []
+    now = wall_clock_ms()
+    for case in CASES:
+        event = decode_event(case.raw, now)
+        key = event.user_id.encode() if isinstance(event, Event) else b"corpus-user"
+        records.append((key, case.raw))
+    after = {"event_id": "after-all", "user_id": "last", "type": "login", "ts": wall_clock_ms()}
+    records.append((b"last", orjson.dumps(after)))
+    await send_records(topics, records, max_request_size=4 << 20)
+    await drain(topics)
+
+    letters = [
+        orjson.loads(r.value) for r in await read_topic(topics.kafka_bootstrap, topics.topic_dlq)
+    ]
+    invalid = [case for case in CASES if case.error is not None]
+    assert len(letters) == len(invalid)
+    assert Counter(letter["error"] for letter in letters) == Counter(c.error for c in invalid)
+    by_offset = {letter["offset"]: letter for letter in letters}
+    assert len(by_offset) == len(letters)
+    stored = await stored_profiles(topics.redis_url)
+    assert "last" in stored  # nothing stopped the worker
+    valid_users = {e.user_id for c in CASES if isinstance(e := decode_event(c.raw, now), Event)}
+    assert valid_users <= stored.keys()
+
+
+async def test_resent_events_are_applied_once(topics: Settings) -> None:
+    records = shop_records(600, malformed=0, duplicates=0, seed=5)
+    await send_records(topics, records)
+    await drain(topics)
+    before = await stored_profiles(topics.redis_url)
+    await send_records(topics, records[::3])  # a producer retrying a third of its sends
+    stats = await drain(topics)
+    assert stats.duplicates == len(records[::3])
+    assert stats.applied == 0
+    assert await stored_profiles(topics.redis_url) == before
+
+
+class Crash(Exception):
+    """The process dying, as far as the worker's batch is concerned."""
+
+
+class CrashBeforeCommit(BatchWorker):
+    """A worker that dies after the Redis write and the producer acks, before the commit."""
+
+    async def _commit(self, records: Sequence[object]) -> None:  # type: ignore[override]
+        raise Crash("killed before the offset commit")
+
+
+async def test_batch_replayed_after_a_crash_changes_nothing(topics: Settings) -> None:
+    records = shop_records(1500, malformed=0.01, duplicates=0.01, seed=9)
+    await send_records(topics, records)
+    with pytest.raises(Crash):
+        await drain(topics, worker=CrashBeforeCommit(topics))
+    assert set((await committed_offsets(topics)).values()) == {None}
+    before = await snapshot(topics.redis_url)
+    updates_before = await read_topic(topics.kafka_bootstrap, topics.topic_updates)
+    assert before
+
+    stats = await drain(topics)  # the group's next worker replays from the start
+    assert stats.replayed > 0
+    assert stats.applied == 0
+    after = await snapshot(topics.redis_url)
+    assert after == before
+    # Change messages of the crashed batch are published again, with the same versions.
+    updates = await read_topic(topics.kafka_bootstrap, topics.topic_updates)
+    first = {(u.key, orjson.loads(u.value)["version"]) for u in updates_before}
+    again = {(u.key, orjson.loads(u.value)["version"]) for u in updates[len(updates_before) :]}
+    assert again and again <= first
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+async def test_compressed_batches_are_consumed(make_settings, codec: str) -> None:
+    settings = await make_settings(partitions=2)
+    records = shop_records(500, malformed=0, duplicates=0, seed=11)
+    await send_records(settings, records, compression_type=codec)
+    stats = await drain(settings)
+    assert stats.applied == len(records)
+    assert_profiles_match(await stored_profiles(settings.redis_url), expected_profiles(records))
+
+
+async def test_key_must_be_the_user_id(topics: Settings) -> None:
+    event = {"event_id": "k1", "user_id": "alice", "type": "login", "ts": wall_clock_ms()}
+    await send_records(topics, [(b"bob", orjson.dumps(event)), (None, orjson.dumps(event))])
+    stats = await drain(topics)
+    assert stats.errors == Counter({"key_mismatch": 2})

@@ -1,0 +1,367 @@
+"""`profiler produce FILE`: JSON lines pass through, CSV maps, presets read the public data sets.
+
+Each test writes a few lines of its own; none reads the shared data folder.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from profiling.events import Event, decode_event
+from stream.file_import import (
+    CsvOptions,
+    FileImportError,
+    ImportReport,
+    MissingColumnError,
+    UnknownPresetError,
+    UnreadableFileError,
+    estimated_taobao_price,
+    parse_pairs,
+    parse_ts,
+    read_events,
+)
+from stream.synthetic_shop import ShopGenerator
+
+NOW = 1_700_000_000_000
+
+
+def run(
+    path: Path, preset: str | None = None, mapping: dict[str, str] | None = None, **options: Any
+) -> tuple[list[tuple[bytes | None, dict[str, Any]]], ImportReport]:
+    """Import `path` and return (key, decoded value) pairs plus the report."""
+    report = ImportReport()
+    opts = CsvOptions(**options) if options else None
+    records = list(read_events(path, preset, mapping, options=opts, report=report, now_ms=NOW))
+    assert report.rows == report.produced + sum(report.skipped.values())
+    return [(key, orjson.loads(value)) for key, value in records], report
+
+
+def assert_all_valid(events: list[tuple[bytes | None, dict[str, Any]]]) -> None:
+    for key, event in events:
+        verdict = decode_event(orjson.dumps(event), NOW)
+        assert isinstance(verdict, Event), (event, verdict)
+        assert key == verdict.user_id.encode()
+
+
+# -- JSON lines, passed through ----------------------------------------------------------------
+
+
+def test_json_lines_pass_through_byte_for_byte_with_user_keys(tmp_path: Path) -> None:
+    good = b'{"event_id":"e1","user_id":"alice","type":"view","ts":1699999999000,"item_id":"p1"}'
+    lines = [
+        good,
+        b"",
+        b'{"event_id":"e2","type":"login","ts":1}',
+        b"not json at all",
+        b"[1,2]",
+        b'{"user_id": 42}',
+        b'{"user_id": ""}',
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\r\n".join(lines) + b"\n")
+    report = ImportReport()
+    records = list(read_events(path, None, None, report=report))
+    assert records[0] == (b"alice", good)
+    assert [value for _, value in records] == [line for line in lines if line]
+    assert [key for key, _ in records][1:] == [None] * 5  # the worker dead-letters them
+    assert (report.rows, report.produced, report.unkeyed) == (6, 6, 5)
+
+
+def test_a_shop_stream_survives_a_round_trip_through_a_gzip_file(tmp_path: Path) -> None:
+    shop = ShopGenerator(users=20, seed=5, start_ms=NOW - 3_600_000, end_ms=NOW, products=100)
+    records = list(shop.records(300, malformed_ratio=0.0, duplicate_ratio=0.1))
+    path = tmp_path / "shop.ndjson.gz"
+    with gzip.open(path, "wb") as out:
+        out.writelines(value + b"\n" for _, value in records)
+    assert list(read_events(path, None, None)) == records
+
+
+# -- presets -----------------------------------------------------------------------------------
+
+
+def test_taobao_preset(tmp_path: Path) -> None:
+    path = tmp_path / "UserBehavior.csv"
+    path.write_text(
+        "1,2268318,2520377,pv,1511544070\n"
+        "1,2333346,2520771,cart,1511561733\n"
+        "1,2576651,149192,fav,1511572885\n"
+        "100,1603476,2951233,buy,1511579908\n"
+        "100,1603476,2951233,share,1511579908\n"
+        "301780,543546,4181361,pv,15\n"  # the truncated last line of a slice
+        "5,6,7\n"
+    )
+    events, report = run(path, "taobao")
+    assert_all_valid(events)
+    assert [e["type"] for _, e in events] == ["view", "add_to_cart", "click", "purchase"]
+    view = events[0][1]
+    assert view["user_id"] == "1" and view["item_id"] == "2268318"
+    assert view["category"] == "taobao.2520377" and view["ts"] == 1_511_544_070_000
+    purchase = events[3][1]
+    assert purchase["amount"] == estimated_taobao_price("1603476") > 0
+    assert purchase["currency"] == "CNY" and purchase["amount_estimated"] is True
+    assert report.rows == 7
+    assert report.skipped == {"unknown_behavior": 1, "invalid:out_of_range": 1, "short_row": 1}
+
+
+def test_taobao_amount_can_be_fixed_instead_of_estimated(tmp_path: Path) -> None:
+    path = tmp_path / "UserBehavior.csv"
+    path.write_text("100,1603476,2951233,buy,1511579908\n")
+    events, _ = run(path, "taobao", default_amount=0.0)
+    assert events[0][1]["amount"] == 0.0 and "amount_estimated" not in events[0][1]
+
+
+ONLINE_RETAIL = """InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country
+536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom
+536366,22633,HAND WARMER UNION JACK,6,12/1/2010 8:28,1.85,13047,EIRE
+536367,22632,HAND WARMER RED POLKA DOT,2,2010-12-01 08:34:00,1.85,,United Kingdom
+C536379,D,Discount,-1,2010-12-01 09:41:00,27.5,14527.0,United Kingdom
+536370,POST,POSTAGE,3,2010-12-01 08:45:00,18.0,12583.0,Unspecified
+536371,22086,"PAPER CHAIN KIT, 50'S CHRISTMAS",80,2010-12-01 09:00:00,2.55,13748.0,Atlantis
+536372,22087,BIG ORDER,99999,2010-12-01 09:00:00,1.0,13748.0,France
+"""
+
+
+def test_online_retail_preset(tmp_path: Path) -> None:
+    path = tmp_path / "Online Retail.csv"
+    path.write_text(ONLINE_RETAIL)
+    events, report = run(path, "online-retail")
+    assert_all_valid(events)
+    first = events[0][1]
+    assert events[0][0] == b"17850"
+    assert first == first | {
+        "type": "purchase",
+        "user_id": "17850",
+        "order_id": "536365",
+        "item_id": "85123A",
+        "title": "WHITE HANGING HEART T-LIGHT HOLDER",
+        "quantity": 6,
+        "price": 2.55,
+        "amount": 15.3,
+        "currency": "GBP",
+        "country": "GB",
+        "ts": 1_291_191_960_000,
+    }
+    assert events[1][1]["country"] == "IE"
+    assert events[1][1]["ts"] == 1_291_192_080_000  # US-style date, read as UTC
+    assert "country" not in events[2][1] and "country" not in events[3][1]
+    assert events[3][1]["title"] == "PAPER CHAIN KIT, 50'S CHRISTMAS"
+    assert report.skipped == {"no_customer": 1, "return": 1, "invalid:out_of_range": 1}
+
+
+def test_online_retail_ii_header_names_are_understood(tmp_path: Path) -> None:
+    path = tmp_path / "online_retail_II.csv"
+    path.write_text(
+        "Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID,Country\n"
+        "489434,85048,15CM CHRISTMAS GLASS BALL 20 LIGHTS,12,2009-12-01 07:45:00,6.95,13085,"
+        "United Kingdom\n"
+    )
+    events, _ = run(path, "online-retail")
+    assert events[0][1]["amount"] == 83.4 and events[0][1]["user_id"] == "13085"
+
+
+def test_amazon_reviews_preset(tmp_path: Path) -> None:
+    review = {
+        "overall": 5.0,
+        "verified": True,
+        "reviewerID": "ALJ66O1Y6SLHA",
+        "asin": "B000K2PJ4K",
+        "style": {"Size:": " Big Boys"},
+        "reviewText": "Great product and price!",
+        "summary": "Five Stars",
+        "unixReviewTime": 1441324800,
+    }
+    variant = review | {"style": {"Size:": " Little Boys"}}
+    rows = [
+        review,
+        variant,
+        {"asin": "B1", "overall": 3.0, "unixReviewTime": 1441324800},
+        {
+            "reviewerID": "R2",
+            "asin": "B2",
+            "overall": 2.0,
+            "summary": "Meh",
+            "unixReviewTime": 1441324800,
+        },
+    ]
+    path = tmp_path / "AMAZON_FASHION_5.json.gz"
+    with gzip.open(path, "wt") as out:
+        out.write("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
+    events, report = run(path, "amazon-reviews")
+    assert_all_valid(events)
+    first = events[0][1]
+    assert first["type"] == "review" and first["rating"] == 5 and first["item_id"] == "B000K2PJ4K"
+    assert first["text"] == "Five Stars. Great product and price!"
+    assert first["ts"] == 1_441_324_800_000
+    assert events[1][1]["event_id"] == first["event_id"]  # per-variant copies: one review
+    assert events[2][1]["text"] == "Meh"
+    assert report.skipped == {"missing_value:reviewerID": 1, "invalid_json": 1}
+
+
+def test_event_ids_are_deterministic_and_distinct_per_line(tmp_path: Path) -> None:
+    path = tmp_path / "UserBehavior.csv"
+    path.write_text("1,2,3,pv,1511544070\n1,2,3,pv,1511544070\n")  # the same row twice
+    first, _ = run(path, "taobao")
+    again, _ = run(path, "taobao")
+    assert first == again
+    assert first[0][1]["event_id"] != first[1][1]["event_id"]
+    assert all(len(e["event_id"]) <= 64 for _, e in first)
+
+
+# -- CSV with a mapping ------------------------------------------------------------------------
+
+
+def test_a_mapped_csv_converts_types_times_and_amounts(tmp_path: Path) -> None:
+    path = tmp_path / "shop.csv"
+    path.write_text(
+        "who,what,when,item,name,cost,n,stars\n"
+        "u1,pv,1699990000,i1,Blue Kettle,25.5,,\n"
+        "u1,buy,1699990100000,i1,Blue Kettle,25.5,2,\n"
+        "u2,fav,2023-11-14T20:00:00Z,i2,  Red Mug  ,4,,\n"
+        "u2,rate,1699990200,i2,Red Mug,4,,4\n"
+        "u3,buy,not a time,i3,Pan,9,1,\n"
+        "u3,buy,1699990300,i3,Pan,9,many,\n"
+    )
+    mapping = {
+        "user_id": "who",
+        "type": "what",
+        "ts": "when",
+        "item_id": "item",
+        "title": "name",
+        "price": "cost",
+        "quantity": "n",
+        "rating": "stars",
+    }
+    types = {"pv": "view", "buy": "purchase", "fav": "click", "rate": "review"}
+    events, report = run(path, None, mapping, type_map=types, constants={"currency": "EUR"})
+    assert_all_valid(events)
+    view, purchase, click, review = (e for _, e in events)
+    assert view["ts"] == 1_699_990_000_000 and view["type"] == "view"
+    assert purchase["ts"] == 1_699_990_100_000 and purchase["amount"] == 51.0
+    assert click["ts"] == 1_699_992_000_000 and click["title"] == "Red Mug"
+    assert review["rating"] == 4 and view["currency"] == "EUR"
+    assert report.skipped == {"bad_value:ts": 1, "bad_value:quantity": 1}
+
+
+def test_a_header_less_file_maps_columns_by_position(tmp_path: Path) -> None:
+    path = tmp_path / "clicks.tsv"
+    path.write_text("17/10/2023 10:00\tu9\tsearch\trunning shoes\n")
+    mapping = {"ts": "1", "user_id": "2", "type": "3", "query": "4"}
+    events, _ = run(path, None, mapping, header=False, ts_format="%d/%m/%Y %H:%M")
+    assert events[0][1]["query"] == "running shoes" and events[0][1]["ts"] == 1_697_536_800_000
+
+
+def test_json_lines_can_be_mapped_too(tmp_path: Path) -> None:
+    path = tmp_path / "other.jsonl"
+    path.write_text('{"uid": 7, "kind": "login", "at": 1699990000, "ok": "yes"}\n')
+    mapping = {"user_id": "uid", "type": "kind", "ts": "at", "success": "ok"}
+    events, _ = run(path, None, mapping)
+    assert events[0] == (b"7", events[0][1])
+    assert events[0][1]["success"] is True
+
+
+def test_row_errors_never_stop_an_import(tmp_path: Path) -> None:
+    path = tmp_path / "messy.csv"
+    huge = "x" * 200_000  # past the csv module's field size limit
+    path.write_text(
+        "user,type,ts,item\n"
+        f'u1,view,1699990000,"{huge}"\n'
+        "u1,view,1699990000\n"
+        "u1,teleport,1699990000,i1\n"
+        "u1,view,9999999999999,i1\n"
+        "\n"
+        "u1,view,1699990000,i1\n",
+        encoding="utf-8",
+    )
+    mapping = {"user_id": "user", "type": "type", "ts": "ts", "item_id": "item"}
+    events, report = run(path, None, mapping)
+    assert len(events) == 1 and report.rows == 5
+    assert set(report.skipped) == {
+        "csv_error",
+        "short_row",
+        "invalid:invalid_value",
+        "invalid:ts_in_future",
+    }
+    assert all(reason in report.examples for reason in report.skipped)
+    assert "5 rows read, 1 produced, 4 skipped" in report.summary()
+
+
+# -- clear errors before anything is produced --------------------------------------------------
+
+
+def test_an_unknown_preset_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("a\n")
+    with pytest.raises(UnknownPresetError, match="known presets: amazon-reviews, online-retail"):
+        read_events(path, "tmall", None)
+
+
+def test_a_missing_column_lists_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "retail.csv"
+    path.write_text("InvoiceNo,StockCode,Quantity\n1,2,3\n")
+    with pytest.raises(MissingColumnError, match=r"'Description'.*columns are 'InvoiceNo'"):
+        read_events(path, "online-retail", None)
+    with pytest.raises(MissingColumnError, match="'buyer'"):
+        read_events(path, None, {"user_id": "buyer", "type": "StockCode", "ts": "Quantity"})
+
+
+@pytest.mark.parametrize("name", ["missing.csv", "folder.jsonl"])
+def test_an_unreadable_file_is_reported(tmp_path: Path, name: str) -> None:
+    (tmp_path / "folder.jsonl").mkdir()
+    with pytest.raises(UnreadableFileError, match="cannot read"):
+        read_events(tmp_path / name, "taobao" if name.endswith(".csv") else None, None)
+
+
+def test_a_corrupt_gzip_file_is_reported_not_half_read(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl.gz"
+    path.write_bytes(b"this is not gzip")
+    with pytest.raises(UnreadableFileError):
+        list(read_events(path, None, None))
+
+
+@pytest.mark.parametrize(
+    ("preset", "mapping", "message"),
+    [
+        (None, None, "needs --preset or --map"),
+        (None, {"user": "a", "type": "b", "ts": "c"}, "not event fields: user"),
+        (None, {"user_id": "a", "ts": "c"}, "`type`"),
+        ("taobao", {"user_id": "a"}, "not both"),
+    ],
+)
+def test_unusable_requests_are_refused(
+    tmp_path: Path, preset: str | None, mapping: dict[str, str] | None, message: str
+) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("a,b,c\n")
+    with pytest.raises(FileImportError, match=message):
+        read_events(path, preset, mapping)
+
+
+def test_constants_are_typed_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("u,t\nu1,1699990000\n")
+    mapping = {"user_id": "u", "ts": "t"}
+    events, _ = run(
+        path, None, mapping, constants={"type": "add_to_cart", "item_id": "i", "quantity": "3"}
+    )
+    assert events[0][1]["quantity"] == 3
+    with pytest.raises(FileImportError, match="quantity"):
+        read_events(path, None, mapping, options=CsvOptions(constants={"quantity": "lots"}))
+
+
+def test_parse_pairs_and_parse_ts() -> None:
+    assert parse_pairs(["user_id=Customer ID", "ts = InvoiceDate"]) == {
+        "user_id": "Customer ID",
+        "ts": "InvoiceDate",
+    }
+    with pytest.raises(FileImportError, match="name=value"):
+        parse_pairs(["user_id"])
+    assert parse_ts("1511544070") == parse_ts(1511544070.0) == parse_ts("1511544070000")
+    assert parse_ts("1511544070", unit="ms") == 1_511_544_070
+    assert parse_ts("2017-11-24 17:21:10") == 1_511_544_070_000
+    assert parse_ts("2017-11-24T18:21:10+01:00") == 1_511_544_070_000
