@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
@@ -22,37 +23,60 @@ from profiling.store import (
     state_key,
 )
 
-# KEYS: profile, state, seen.
-# ARGV: expected version, ttl ms, dedupe window, state blob, n fields, then the
-#       n field/value pairs, then (event id, ts) pairs.
-# Returns 1 when written, 0 when the stored version is not the expected one.
+# Both scripts serve several users per call, three keys each (profile, state,
+# seen), and take each call's per-user arguments as one JSON document: packing a
+# few long arguments costs the client far less than thousands of short ones, and
+# the client's CPU, not the server's, is what limits a worker. Every key of one
+# user carries the same hash tag; on Redis Cluster use users_per_call=1.
+
+# ARGV[1]: JSON [[event ids asked about], ...], one list per user.
+# Returns per user {profile hash as a flat array, state or false, scores}.
+LOAD_SCRIPT: Final = """
+local asked = cjson.decode(ARGV[1])
+local out = {}
+for u = 1, #asked do
+  local k, ids, scores = 3 * u - 2, asked[u], {}
+  for i = 1, #ids, 1000 do  -- unpack() is bounded by the Lua stack: chunk
+    local part = redis.call('ZMSCORE', KEYS[k + 2], unpack(ids, i, math.min(i + 999, #ids)))
+    for j = 1, #part do scores[#scores + 1] = part[j] end
+  end
+  out[u] = {redis.call('HGETALL', KEYS[k]), redis.call('GET', KEYS[k + 1]), scores}
+end
+return out
+"""
+
+# ARGV: ttl ms, dedupe window, JSON [[expected version, state blob, [field, value,
+#       ...], [ts, event id, ...]], ...], one entry per user.
+# Returns per user 1 when written, 0 when the stored version was not the expected
+# one (compare-and-set: a stale writer changes nothing).
 SAVE_SCRIPT: Final = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
-if current ~= tonumber(ARGV[1]) then return 0 end
+local ttl, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local writes = cjson.decode(ARGV[3])
+local results = {}
 local function chunked(command, key, args)
   for i = 1, #args, 1000 do
     redis.call(command, key, unpack(args, i, math.min(i + 999, #args)))
   end
 end
-local n_fields = tonumber(ARGV[5])
-local fields = {}
-for i = 6, 5 + 2 * n_fields do fields[#fields + 1] = ARGV[i] end
-chunked('HSET', KEYS[1], fields)
-redis.call('SET', KEYS[2], ARGV[4])
-local seen = {}
-for i = 6 + 2 * n_fields, #ARGV, 2 do
-  seen[#seen + 1] = ARGV[i + 1]
-  seen[#seen + 1] = ARGV[i]
+for u = 1, #writes do
+  local k, write = 3 * u - 2, writes[u]
+  local current = tonumber(redis.call('HGET', KEYS[k], 'version') or '0')
+  if current ~= write[1] then
+    results[u] = 0
+  else
+    chunked('HSET', KEYS[k], write[3])
+    redis.call('SET', KEYS[k + 1], write[2])
+    if #write[4] > 0 then
+      chunked('ZADD', KEYS[k + 2], write[4])
+      redis.call('ZREMRANGEBYRANK', KEYS[k + 2], 0, -(window + 1))
+    end
+    if ttl > 0 then
+      for j = k, k + 2 do redis.call('PEXPIRE', KEYS[j], ttl) end
+    end
+    results[u] = 1
+  end
 end
-if #seen > 0 then
-  chunked('ZADD', KEYS[3], seen)
-  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[3]) + 1))
-end
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-  for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ttl) end
-end
-return 1
+return results
 """
 
 
@@ -64,65 +88,89 @@ def connect(url: str) -> aioredis.Redis:
 class RedisProfileStore:
     """Profiles in Redis, laid out as `profiling.store` documents."""
 
-    def __init__(self, client: aioredis.Redis, dedupe_window: int = 2048, ttl_s: int = 0) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        dedupe_window: int = 2048,
+        ttl_s: int = 0,
+        users_per_call: int = 200,
+    ) -> None:
         self.client = client
         self.dedupe_window = dedupe_window
         self.ttl_ms = ttl_s * 1000
-        self._save_sha: str | None = None
+        self.users_per_call = users_per_call
+        self._shas: dict[str, str] = {}
 
     async def load(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, Loaded]:
-        pipe = self.client.pipeline(transaction=False)
-        for user_id, event_ids in wanted.items():
-            pipe.hgetall(profile_key(user_id))
-            pipe.get(state_key(user_id))
-            pipe.zmscore(seen_key(user_id), list(event_ids))
-        replies = await pipe.execute()
+        users = list(wanted)
+        calls = [
+            (_user_keys(chunk), [orjson.dumps([wanted[user_id] for user_id in chunk])])
+            for chunk in _chunks(users, self.users_per_call)
+        ]
+        replies = await self._run(LOAD_SCRIPT, calls)
         loaded = {}
-        for index, (user_id, event_ids) in enumerate(wanted.items()):
-            raw_fields, state, scores = replies[3 * index : 3 * index + 3]
-            fields = {_text(k): _text(v) for k, v in raw_fields.items()}
-            seen = frozenset(i for i, s in zip(event_ids, scores, strict=True) if s is not None)
+        for user_id, (flat, state, scores) in zip(users, _flatten(replies), strict=True):
+            fields = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+            seen = frozenset(i for i, s in zip(wanted[user_id], scores, strict=False) if s)
             loaded[user_id] = Loaded(profile_from_storage(user_id, fields, state), seen)
         return loaded
 
     async def save(self, writes: Sequence[Write]) -> list[str]:
-        if not writes:
-            return []
-        sha = self._save_sha or await self._load_script()
-        try:
-            replies = await self._run_saves(sha, writes)
-        except NoScriptError:  # the server restarted or flushed its script cache
-            replies = await self._run_saves(await self._load_script(), writes)
-        return [w.profile.user_id for w, ok in zip(writes, replies, strict=True) if not ok]
+        calls = []
+        for chunk in _chunks(list(writes), self.users_per_call):
+            payload = [_write_entry(write) for write in chunk]
+            keys = _user_keys([write.profile.user_id for write in chunk])
+            calls.append((keys, [self.ttl_ms, self.dedupe_window, orjson.dumps(payload)]))
+        replies = await self._run(SAVE_SCRIPT, calls)
+        return [
+            w.profile.user_id for w, ok in zip(writes, _flatten(replies), strict=True) if not ok
+        ]
 
     async def read_profile(self, user_id: str) -> dict[str, str] | None:
         raw = await self.client.hgetall(profile_key(user_id))
         return {_text(k): _text(v) for k, v in raw.items()} or None
 
-    async def _run_saves(self, sha: str, writes: Sequence[Write]) -> list[Any]:
+    async def _run(self, script: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run `script` once per (keys, args) call, all in one pipelined round trip."""
+        if not calls:
+            return []
+        sha = self._shas.get(script) or await self._load(script)
+        try:
+            return await self._pipeline(sha, calls)
+        except NoScriptError:  # the server restarted or flushed its script cache
+            return await self._pipeline(await self._load(script), calls)
+
+    async def _pipeline(self, sha: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
-        for write in writes:
-            user_id = write.profile.user_id
-            fields = public_fields(write.profile)
-            args: list[Any] = [
-                write.expected_version,
-                self.ttl_ms,
-                self.dedupe_window,
-                state_blob(write.profile),
-                len(fields),
-            ]
-            for name, value in fields.items():
-                args += (name, value)
-            for event_id, ts in write.applied_ids:
-                args += (event_id, ts)
-            keys = (profile_key(user_id), state_key(user_id), seen_key(user_id))
-            pipe.evalsha(sha, 3, *keys, *args)
+        for keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
         return list(await pipe.execute())
 
-    async def _load_script(self) -> str:
-        sha = await self.client.script_load(SAVE_SCRIPT)
-        self._save_sha = sha.decode() if isinstance(sha, bytes) else str(sha)
-        return self._save_sha
+    async def _load(self, script: str) -> str:
+        sha = await self.client.script_load(script)
+        self._shas[script] = _text(sha)
+        return self._shas[script]
+
+
+def _write_entry(write: Write) -> list[Any]:
+    fields = [item for pair in public_fields(write.profile).items() for item in pair]
+    seen = [item for event_id, ts in write.applied_ids for item in (str(ts), event_id)]
+    return [write.expected_version, state_blob(write.profile).decode(), fields, seen]
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _user_keys(user_ids: Sequence[str]) -> list[str]:
+    keys = []
+    for user_id in user_ids:
+        keys += (profile_key(user_id), state_key(user_id), seen_key(user_id))
+    return keys
+
+
+def _flatten(replies: list[Any]) -> list[Any]:
+    return [item for reply in replies for item in reply]
 
 
 def _text(value: bytes | str) -> str:
