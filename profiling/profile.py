@@ -115,11 +115,10 @@ def apply_deliveries(
     """Fold a batch's deliveries for one user into `profile`; pure."""
     fresh, duplicates, replayed, watermarks = _select_fresh(profile, deliveries, seen_ids)
     if not fresh:
-        # A replay of a batch whose write landed but whose change message may not
-        # have been acked: publish that message again (readers drop it by version).
-        republish = (
-            replayed > 0 and not profile.is_new and profile.published_version == profile.version
-        )
+        # A replay of a batch whose write landed but whose change messages may not
+        # have been acked: publish the user's current state again (readers keep the
+        # highest version they saw, so a repeat or a newer version is harmless).
+        republish = replayed > 0 and not profile.is_new
         return Outcome(profile, [], duplicates, replayed, profile.unpublished, republish)
     fresh.sort(key=lambda event: event.ts)
     counts = dict(profile.counts)

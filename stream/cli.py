@@ -19,7 +19,9 @@ from stream.settings import Settings
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 topics_app = typer.Typer(help="Manage the topics profiler reads and writes.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
-console = Console(stderr=True)
+# soft_wrap: a message is one line whatever the width (80 columns when not a terminal),
+# so errors, summaries and log scrapers see whole lines.
+console = Console(stderr=True, soft_wrap=True)
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -47,6 +49,9 @@ def run(
         float | None,
         typer.Option(help="exit 0 once nothing new arrived for this many seconds"),
     ] = None,
+    stats_json: Annotated[
+        Path | None, typer.Option(help="write the run's totals and timing here as JSON")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Start a worker (configuration from PROFILER_* environment variables)."""
@@ -55,10 +60,14 @@ def run(
     from stream.runner import run_worker
 
     stats = asyncio.run(run_worker(settings, until_idle))
+    rate = f", {stats.records / stats.busy_s:,.0f} records/s while busy" if stats.busy_s else ""
     console.print(
         f"consumed {stats.records} records: {stats.applied} applied, {stats.duplicates} "
-        f"duplicates, {stats.dead_letters} dead-lettered; {stats.profiles_written} profile writes"
+        f"duplicates, {stats.dead_letters} dead-lettered; {stats.profiles_written} profile "
+        f"writes{rate}"
     )
+    if stats_json is not None:
+        stats_json.write_bytes(orjson.dumps(stats.summary(), option=orjson.OPT_INDENT_2))
 
 
 @app.command()
@@ -80,10 +89,14 @@ def topics_create(
 ) -> None:
     """Create the six topics (existing ones are left as they are)."""
     settings = load_settings()
-    from stream.devstack import create_topics, default_topics
+    from stream.devstack import DevStackError, create_topics, default_topics
 
     topics = default_topics(settings, partitions)
-    asyncio.run(create_topics(settings.kafka_bootstrap, topics))
+    try:
+        asyncio.run(create_topics(settings.kafka_bootstrap, topics))
+    except DevStackError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
     for name, count in topics.items():
         console.print(f"{name}: {count} partitions")
 

@@ -8,6 +8,9 @@ The order of one batch, and why it is safe to crash anywhere in it:
 3. dead letters and profile changes are sent, and every producer ack awaited;
 4. only then are the batch's offsets committed.
 
+Steps 3 and 4 of one batch overlap with steps 1 and 2 of the next (a worker would
+otherwise sit idle on acks and commit round trips); commits stay in order.
+
 A crash before 4 replays the batch: events at or below a user's watermark are
 skipped, change messages of writes that landed are published again (readers
 drop repeats by `version`), dead letters may repeat. Nothing valid is lost and
@@ -21,8 +24,9 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -37,6 +41,7 @@ from stream.settings import Settings
 
 log = logging.getLogger("profiler.worker")
 
+T = TypeVar("T")
 MAX_BACKOFF_S = 5.0
 RETRIES_AFTER_STOP = 3
 
@@ -59,6 +64,8 @@ class WorkerStats:
     """Running totals, for progress displays and the end-of-run summary."""
 
     started: float = field(default_factory=time.monotonic)
+    first_batch_at: float | None = None  # monotonic time the first records arrived
+    last_commit_at: float | None = None  # monotonic time the last batch was committed
     batches: int = 0
     records: int = 0
     applied: int = 0
@@ -69,6 +76,31 @@ class WorkerStats:
     changes_published: int = 0
     commit_failures: int = 0
     errors: Counter[str] = field(default_factory=Counter)  # dead letters by error code
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds from the first batch's arrival to the last commit (start-up excluded)."""
+        if self.first_batch_at is None or self.last_commit_at is None:
+            return 0.0
+        return self.last_commit_at - self.first_batch_at
+
+    def summary(self) -> dict[str, object]:
+        """The totals as plain JSON-able values."""
+        busy = self.busy_s
+        return {
+            "records": self.records,
+            "applied": self.applied,
+            "duplicates": self.duplicates,
+            "replayed": self.replayed,
+            "dead_letters": self.dead_letters,
+            "errors": dict(self.errors),
+            "batches": self.batches,
+            "profiles_written": self.profiles_written,
+            "changes_published": self.changes_published,
+            "commit_failures": self.commit_failures,
+            "busy_s": round(busy, 3),
+            "records_per_s": round(self.records / busy, 1) if busy else None,
+        }
 
     def add(self, records: int, result: BatchResult) -> None:
         self.batches += 1
@@ -133,53 +165,84 @@ class BatchWorker:
         return self._stopping.is_set()
 
     async def run(self, until_idle_s: float | None = None) -> WorkerStats:
-        """Consume until `request_stop()`, or until nothing arrived for `until_idle_s`."""
+        """Consume until `request_stop()`, or until nothing arrived for `until_idle_s`.
+
+        Batch N's producer acks and offset commit overlap with batch N+1's fetch
+        and apply; commits stay in batch order and at most one batch is in
+        flight behind the one being applied.
+        """
         idle_since: float | None = None
-        while not self.stopping:
-            batches = await self.consumer.getmany(
-                timeout_ms=self.settings.batch_max_ms, max_records=self.settings.batch_max_events
-            )
-            records = [record for part in batches.values() for record in part]
-            if records:
-                idle_since = None
-                await self.process(records)
-                continue
-            if until_idle_s is None or not self.consumer.assignment():
-                continue
-            now = time.monotonic()
-            idle_since = idle_since or now
-            if now - idle_since >= until_idle_s:
-                break
+        finishing: asyncio.Task[None] | None = None
+        try:
+            while not self.stopping:
+                batches = await self.consumer.getmany(
+                    timeout_ms=self.settings.batch_max_ms,
+                    max_records=self.settings.batch_max_events,
+                )
+                records = [record for part in batches.values() for record in part]
+                if records:
+                    idle_since = None
+                    started = time.monotonic()
+                    result = await self._apply(records, started)
+                    if finishing is not None:
+                        await finishing
+                    finishing = asyncio.create_task(self._finish(records, result, started))
+                    continue
+                if finishing is not None:
+                    await finishing
+                    finishing = None
+                if until_idle_s is None or not self.consumer.assignment():
+                    continue
+                now = time.monotonic()
+                idle_since = idle_since or now
+                if now - idle_since >= until_idle_s:
+                    break
+        finally:
+            if finishing is not None:
+                await finishing
         return self.stats
 
     async def process(self, records: Sequence[SourceRecord]) -> BatchResult:
-        """Apply, publish and commit one batch; retry store and broker errors with backoff."""
+        """Apply, publish and commit one batch, start to end."""
         started = time.monotonic()
+        result = await self._apply(records, started)
+        await self._finish(records, result, started)
+        return result
+
+    async def _apply(self, records: Sequence[SourceRecord], started: float) -> BatchResult:
+        if self.stats.first_batch_at is None:
+            self.stats.first_batch_at = started
+        return await self._retrying(
+            "redis", lambda: apply_batch(records, self.store, self.params, self.clock)
+        )
+
+    async def _finish(
+        self, records: Sequence[SourceRecord], result: BatchResult, started: float
+    ) -> None:
+        """Publish the batch's messages, wait for every ack, then commit its offsets."""
+        await self._retrying("kafka", lambda: self._publish(result))
+        await self._commit(records)
+        self.stats.last_commit_at = time.monotonic()
+        self.stats.add(len(records), result)
+        self._observe(records, result, started)
+
+    async def _retrying(self, component: str, attempt_once: Callable[[], Awaitable[T]]) -> T:
+        """Run `attempt_once` until it succeeds, backing off; both steps are idempotent."""
         attempt = 0
         while True:
             try:
-                result = await apply_batch(records, self.store, self.params, self.clock)
-                await self._publish(result)
-                break
+                return await attempt_once()
             except (RedisError, KafkaError, ProfilerError, OSError) as exc:
                 attempt += 1
-                component = "redis" if isinstance(exc, RedisError | ProfilerError) else "kafka"
                 metrics.RETRIES.labels(component).inc()
                 if self.stopping and attempt > RETRIES_AFTER_STOP:
                     raise
                 delay = min(MAX_BACKOFF_S, 0.05 * 2**attempt)
                 log.warning(
-                    "batch attempt %d failed (%s: %s); retrying in %.2fs",
-                    attempt,
-                    component,
-                    exc,
-                    delay,
-                )
+                    "%s step failed (attempt %d, %s: %s); retrying in %.2fs",
+                    component, attempt, type(exc).__name__, exc, delay,
+                )  # fmt: skip
                 await asyncio.sleep(delay)
-        await self._commit(records)
-        self.stats.add(len(records), result)
-        self._observe(records, result, started)
-        return result
 
     async def _publish(self, result: BatchResult) -> None:
         send = self.producer.send

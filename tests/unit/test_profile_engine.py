@@ -242,5 +242,5 @@ def test_publication_rules() -> None:
     later = apply_deliveries(new.profile, [Delivery(second, 0, 1)], set(), params, NOW + 61_000)
     assert later.publish
     replay = apply_deliveries(new.profile, [Delivery(first, 0, 0)], set(), params, NOW + 5)
-    assert replay.publish and not replay.wrote  # the write landed; its message may not have
+    assert replay.publish and not replay.wrote  # the write landed; its messages may not have
     assert "count:view" in replay.changed
