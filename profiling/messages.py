@@ -44,7 +44,7 @@ def dead_letter(
 ) -> bytes:
     """A `dead_letter.v1` body: why a record was refused and the record itself, intact."""
     value_text, encoding = _as_text(value)
-    key_text, _ = _as_text(key)
+    key_text, key_encoding = _as_text(key)
     body = {
         "error": rejection.error,
         "detail": rejection.detail[:1000],
@@ -53,6 +53,7 @@ def dead_letter(
         "offset": offset,
         "ts": now_ms,
         "key": key_text,
+        "key_encoding": key_encoding,
         "value": value_text,
         "value_encoding": encoding,
     }

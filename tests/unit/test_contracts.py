@@ -149,6 +149,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "offset": 7,
         "ts": 1_700_000_000_000,
         "key": None,
+        "key_encoding": "text",
         "value": "/w==",
         "value_encoding": "base64",
     },
@@ -166,6 +167,7 @@ BREAKAGES: list[tuple[str, dict[str, Any]]] = [
     ("profile_update.v1", {"model": "minilm"}),
     ("dead_letter.v1", {"error": "bad"}),
     ("dead_letter.v1", {"value_encoding": "hex"}),
+    ("dead_letter.v1", {"key_encoding": None}),
 ]
 
 
