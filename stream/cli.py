@@ -175,6 +175,29 @@ def demo(
 
 
 @app.command()
+def status(
+    url: Annotated[
+        str | None, typer.Option(help="worker base URL (default: localhost and PROFILER_WEB_PORT)")
+    ] = None,
+) -> None:
+    """Ask a running worker whether it is ready: broker, Redis, partitions, lag."""
+    import urllib.error
+    import urllib.request
+
+    base = url or f"http://localhost:{load_settings().web_port}"
+    try:
+        with urllib.request.urlopen(f"{base}/ready", timeout=5) as reply:
+            body, code = reply.read(), reply.status
+    except urllib.error.HTTPError as exc:
+        body, code = exc.read(), exc.code
+    except OSError as exc:
+        console.print(f"[red]unreachable:[/] {base} ({exc})")
+        raise typer.Exit(2) from None
+    sys.stdout.write(orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2).decode() + "\n")
+    raise typer.Exit(0 if code == 200 else 1)
+
+
+@app.command()
 def config() -> None:
     """Print every setting, its environment variable, value and meaning."""
     settings = load_settings()

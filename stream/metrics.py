@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Mapping
+
+from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -53,6 +57,24 @@ COMMIT_FAILURES = Counter(
 ASSIGNED_PARTITIONS = Gauge(
     "profiler_assigned_partitions", "Partitions of the events topic owned", registry=REGISTRY
 )
+CONSUMER_LAG = Gauge(
+    "profiler_consumer_lag",
+    "Records behind the fetch high watermark, per owned partition",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+
+
+def observe_lag(lag: Mapping[TopicPartition, int]) -> None:
+    for tp, behind in lag.items():
+        CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(behind)
+
+
+def forget_partitions(partitions: Iterable[TopicPartition]) -> None:
+    """Drop the lag series of partitions this worker no longer owns."""
+    for tp in partitions:
+        with contextlib.suppress(KeyError):
+            CONSUMER_LAG.remove(tp.topic, str(tp.partition))
 
 
 def exposition() -> bytes:

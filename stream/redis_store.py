@@ -163,7 +163,7 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
 
 
 def _user_keys(user_ids: Sequence[str]) -> list[str]:
-    keys = []
+    keys: list[str] = []
     for user_id in user_ids:
         keys += (profile_key(user_id), state_key(user_id), seen_key(user_id))
     return keys

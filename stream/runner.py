@@ -19,6 +19,11 @@ async def run_worker(settings: Settings, until_idle_s: float | None = None) -> W
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)
     await worker.start()
+    web = None
+    if settings.web_port:
+        from stream.web import start_web
+
+        web = await start_web(worker, settings.web_port, settings.ready_max_lag)
     log.info(
         "worker started: group %s on %s, events from %s",
         settings.group_id,
@@ -28,5 +33,7 @@ async def run_worker(settings: Settings, until_idle_s: float | None = None) -> W
     try:
         return await worker.run(until_idle_s)
     finally:
+        if web is not None:
+            await web.cleanup()
         await worker.close()
         log.info("worker stopped after %d records", worker.stats.records)

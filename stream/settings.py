@@ -74,4 +74,9 @@ class Settings(BaseSettings):
     )
 
     # Web / metrics
-    web_port: int = Field(6066, ge=0, le=65535, description="worker web port (/health, /metrics)")
+    web_port: int = Field(
+        6066, ge=0, le=65535, description="worker web port (/health, /ready, /metrics); 0: none"
+    )
+    ready_max_lag: int = Field(
+        100_000, ge=0, description="/ready fails while the consumer lag exceeds this many records"
+    )

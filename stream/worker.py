@@ -121,6 +121,7 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.partitions -= set(revoked)
+        metrics.forget_partitions(revoked)
         metrics.ASSIGNED_PARTITIONS.set(len(self.partitions))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -144,6 +145,7 @@ class BatchWorker:
         self.consumer: AIOKafkaConsumer = kafka.events_consumer(settings)
         self.producer: AIOKafkaProducer = kafka.producer(settings)
         self._stopping = asyncio.Event()
+        self._positions: dict[TopicPartition, int] = {}  # next offset after the last batch
 
     async def start(self) -> None:
         await self.redis.ping()
@@ -155,6 +157,24 @@ class BatchWorker:
         await self.consumer.stop()
         await self.producer.stop()
         await self.redis.aclose()
+
+    async def broker_reachable(self) -> bool | str:
+        """True when the brokers answer a metadata request now, else the reason."""
+        try:
+            await asyncio.wait_for(self.consumer.topics(), timeout=2.0)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            return f"error: {exc!r}"
+        return True
+
+    def consumer_lag(self) -> dict[TopicPartition, int]:
+        """Records behind the fetch high watermark, per owned partition with a known position."""
+        lag = {}
+        for tp in self.assignment.partitions:
+            highwater = self.consumer.highwater(tp)
+            position = self._positions.get(tp)
+            if highwater is not None and position is not None:
+                lag[tp] = max(0, highwater - position)
+        return lag
 
     def request_stop(self) -> None:
         """Finish the batch in flight, commit it, and return from `run()` (SIGTERM)."""
@@ -212,6 +232,8 @@ class BatchWorker:
     async def _apply(self, records: Sequence[SourceRecord], started: float) -> BatchResult:
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = started
+        for record in records:
+            self._positions[TopicPartition(record.topic, record.partition)] = record.offset + 1
         return await self._retrying(
             "redis", lambda: apply_batch(records, self.store, self.params, self.clock)
         )

@@ -1,0 +1,84 @@
+"""The worker's web endpoints for `profiler run`: liveness, readiness, metrics, lookup.
+
+`/health` answers while the process's event loop turns; `/ready` only when the
+broker and Redis answer, the worker owns partitions, and its consumer lag is
+under the configured bound, so a load balancer or an orchestrator can tell a
+worker that is up from one that is useful. The Faust app serves the same paths.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from stream import metrics
+from stream.lookup import read_profile_json
+from stream.worker import BatchWorker
+
+READY_TIMEOUT_S = 2.0
+
+
+async def readiness(worker: BatchWorker, max_lag: int) -> dict[str, Any]:
+    """What `/ready` and `profiler status` report: each check and the verdict."""
+    checks: dict[str, Any] = {}
+    try:
+        checks["redis"] = bool(await worker.redis.ping())
+    except Exception as exc:  # any failure means "not ready", and says why
+        checks["redis"] = f"error: {exc}"
+    checks["broker"] = await worker.broker_reachable()
+    partitions = sorted(f"{tp.topic}:{tp.partition}" for tp in worker.assignment.partitions)
+    checks["partitions"] = partitions
+    lag = worker.consumer_lag()
+    checks["lag"] = sum(lag.values())
+    ready = (
+        checks["redis"] is True
+        and checks["broker"] is True
+        and bool(partitions)
+        and checks["lag"] <= max_lag
+    )
+    return {"ready": ready, "checks": checks, "max_lag": max_lag}
+
+
+def build_app(worker: BatchWorker, max_lag: int) -> web.Application:
+    started = time.monotonic()
+
+    async def health(_: web.Request) -> web.Response:
+        body = {"status": "ok", "uptime_s": round(time.monotonic() - started, 1)}
+        return web.json_response(body)
+
+    async def ready(_: web.Request) -> web.Response:
+        report = await readiness(worker, max_lag)
+        return web.Response(
+            body=orjson.dumps(report),
+            status=200 if report["ready"] else 503,
+            content_type="application/json",
+        )
+
+    async def prometheus(_: web.Request) -> web.Response:
+        metrics.observe_lag(worker.consumer_lag())
+        return web.Response(body=metrics.exposition(), content_type="text/plain")
+
+    async def profile(request: web.Request) -> web.Response:
+        user_id = request.match_info["user_id"]
+        body = await read_profile_json(worker.settings.redis_url, user_id)
+        if body is None:
+            return web.json_response({"error": "not_found", "user_id": user_id}, status=404)
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/profile/{user_id}", profile)
+    return app
+
+
+async def start_web(worker: BatchWorker, port: int, max_lag: int) -> web.AppRunner:
+    """Serve the endpoints on 0.0.0.0:`port` until the returned runner is cleaned up."""
+    runner = web.AppRunner(build_app(worker, max_lag), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()
+    return runner

@@ -1,0 +1,89 @@
+"""`profiler run`'s web endpoints against a live worker, broker and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import orjson
+
+from stream.devstack import free_port
+from stream.producing import send_records
+from stream.settings import Settings
+from stream.web import start_web
+from stream.worker import BatchWorker, wall_clock_ms
+
+
+async def get(port: int, path: str) -> tuple[int, bytes]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}{path}") as reply,
+    ):
+        return reply.status, await reply.read()
+
+
+async def wait_for_status(port: int, path: str, status: int, timeout_s: float = 20.0) -> bytes:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        code, body = await get(port, path)
+        if code == status:
+            return body
+        assert asyncio.get_running_loop().time() < deadline, (code, body)
+        await asyncio.sleep(0.1)
+
+
+async def test_health_ready_metrics_and_profile_lookup(topics: Settings) -> None:
+    event = {"event_id": "w1", "user_id": "ada", "type": "login", "ts": wall_clock_ms()}
+    await send_records(topics, [(b"ada", orjson.dumps(event))])
+    worker = BatchWorker(topics)
+    await worker.start()
+    port = free_port()
+    web = await start_web(worker, port, max_lag=1000)
+    task = asyncio.create_task(worker.run())
+    try:
+        code, body = await get(port, "/health")
+        assert code == 200 and orjson.loads(body)["status"] == "ok"
+
+        ready = orjson.loads(await wait_for_status(port, "/ready", 200))
+        assert ready["ready"] is True
+        assert ready["checks"]["redis"] is True and ready["checks"]["broker"] is True
+        assert len(ready["checks"]["partitions"]) == 3
+
+        profile = orjson.loads(await wait_for_status(port, "/profile/ada", 200))
+        assert profile["user_id"] == "ada" and profile["count:login"] == 1
+        code, _ = await get(port, "/profile/nobody")
+        assert code == 404
+
+        code, text = await get(port, "/metrics")
+        assert code == 200
+        assert b'profiler_events_total{outcome="applied",type="login"}' in text
+        assert b"profiler_consumer_lag{" in text
+    finally:
+        worker.request_stop()
+        await task
+        await web.cleanup()
+        await worker.close()
+
+
+async def test_ready_fails_when_lag_exceeds_the_bound(topics: Settings) -> None:
+    now = wall_clock_ms()
+    events = [
+        (b"lin", orjson.dumps({"event_id": f"l{i}", "user_id": "lin", "type": "login", "ts": now}))
+        for i in range(50)
+    ]
+    await send_records(topics, events)
+    worker = BatchWorker(topics)
+    await worker.start()
+    port = free_port()
+    web = await start_web(worker, port, max_lag=10)
+    try:
+        # One batch of one record: the other 49 stay behind the high watermark.
+        batch = {}
+        while not batch:
+            batch = await worker.consumer.getmany(timeout_ms=200, max_records=1)
+        await worker.process([record for part in batch.values() for record in part])
+        report = orjson.loads(await wait_for_status(port, "/ready", 503))
+        assert report["ready"] is False and report["checks"]["lag"] > 0
+    finally:
+        await web.cleanup()
+        await worker.close()
