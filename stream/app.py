@@ -11,7 +11,9 @@ flight and commits it before the app stops.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import os
+import tempfile
+from typing import Any, ClassVar
 
 import faust
 from mode import Service
@@ -19,6 +21,7 @@ from mode import Service
 from stream import metrics
 from stream.lookup import read_profile_json
 from stream.settings import Settings
+from stream.web import readiness
 from stream.worker import BatchWorker
 
 settings = Settings()
@@ -29,6 +32,8 @@ app = faust.App(
     web_port=settings.web_port,
     web_enabled=True,
     autodiscover=False,
+    # Faust keeps table state on disk; this app has no tables, so keep it out of the cwd.
+    datadir=os.path.join(tempfile.gettempdir(), f"{settings.group_id}-faust"),
     topic_allow_declare=True,
     producer_acks=-1,
     broker_session_timeout=10,
@@ -40,23 +45,31 @@ app = faust.App(
 class EventPathService(Service):
     """Runs the batch worker for the lifetime of the Faust app."""
 
+    running: ClassVar[BatchWorker | None] = None  # the started worker, for the web pages
     worker: BatchWorker | None = None
     _task: asyncio.Task[Any] | None = None
 
     async def on_start(self) -> None:
+        # Faust starts user services once the app has started, even when a SIGTERM
+        # arrived meanwhile; by then the app has stopped its children, so a worker
+        # started now would never be stopped (its Kafka clients left open).
+        if app.should_stop:
+            return
         self.worker = BatchWorker(settings)
         await self.worker.start()
+        EventPathService.running = self.worker
         self._task = asyncio.ensure_future(self.worker.run())
 
     async def on_stop(self) -> None:
-        if self.worker is None or self._task is None:
+        if self.worker is None:
             return
         self.worker.request_stop()
-        await self._task
+        if self._task is not None:  # else stopped while its clients were starting
+            await self._task
         await self.worker.close()
 
 
-event_path = app.service(EventPathService)
+app.service(EventPathService)
 
 
 @app.page("/health")
@@ -64,8 +77,19 @@ async def health(web: Any, request: Any) -> Any:
     return web.json({"status": "ok"})
 
 
+@app.page("/ready")
+async def ready(web: Any, request: Any) -> Any:
+    worker = EventPathService.running
+    if worker is None:
+        return web.json({"ready": False, "checks": {"worker": "starting"}}, status=503)
+    report = await readiness(worker, settings.ready_max_lag)
+    return web.json(report, status=200 if report["ready"] else 503)
+
+
 @app.page("/metrics")
 async def prometheus_metrics(web: Any, request: Any) -> Any:
+    if EventPathService.running is not None:
+        metrics.observe_lag(EventPathService.running.consumer_lag())
     return web.bytes(metrics.exposition(), content_type="text/plain; version=0.0.4")
 
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -57,9 +58,16 @@ def run(
     """Start a worker (configuration from PROFILER_* environment variables)."""
     _configure_logging(verbose)
     settings = load_settings()
-    from stream.runner import run_worker
+    from aiokafka.errors import KafkaError
+    from redis.exceptions import RedisError
 
-    stats = asyncio.run(run_worker(settings, until_idle))
+    from stream.runner import StartupError, run_worker
+
+    try:
+        stats = asyncio.run(run_worker(settings, until_idle))
+    except (StartupError, KafkaError, RedisError, OSError) as exc:
+        console.print(f"[red]error:[/] cannot start the worker: {exc}")
+        raise typer.Exit(1) from None
     rate = f", {stats.records / stats.busy_s:,.0f} records/s while busy" if stats.busy_s else ""
     console.print(
         f"consumed {stats.records} records: {stats.applied} applied, {stats.duplicates} "
@@ -141,20 +149,26 @@ def dev_stack(
 
     settings = load_settings()
     with DevStack(settings, partitions=partitions) as stack:
-        for line in stack.env_lines():
-            sys.stdout.write(f"export {line}\n")
-        sys.stdout.flush()
-        console.print("broker and redis-server running; Ctrl-C stops them")
-        _wait_for_signal()
+        _wait_for_signal(lambda: _announce(stack.env_lines()))
 
 
-def _wait_for_signal() -> None:
+def _announce(env_lines: list[str]) -> None:
+    for line in env_lines:
+        sys.stdout.write(f"export {line}\n")
+    sys.stdout.flush()
+    console.print("broker and redis-server running; Ctrl-C stops them")
+
+
+def _wait_for_signal(announce: Callable[[], None]) -> None:
+    """Handle SIGINT/SIGTERM, then `announce` (a script may signal us as soon as it reads
+    that), then wait for one of them."""
     received = asyncio.Event()
 
     async def wait() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, received.set)
+        announce()
         await received.wait()
 
     asyncio.run(wait())

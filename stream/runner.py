@@ -6,10 +6,15 @@ import asyncio
 import logging
 import signal
 
+from profiling.errors import ProfilerError
 from stream.settings import Settings
 from stream.worker import BatchWorker, WorkerStats
 
 log = logging.getLogger("profiler.runner")
+
+
+class StartupError(ProfilerError):
+    """The worker could not start (a port taken, a server unreachable); the message says which."""
 
 
 async def run_worker(settings: Settings, until_idle_s: float | None = None) -> WorkerStats:
@@ -18,19 +23,22 @@ async def run_worker(settings: Settings, until_idle_s: float | None = None) -> W
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)
-    await worker.start()
     web = None
-    if settings.web_port:
-        from stream.web import start_web
-
-        web = await start_web(worker, settings.web_port, settings.ready_max_lag)
-    log.info(
-        "worker started: group %s on %s, events from %s",
-        settings.group_id,
-        settings.kafka_bootstrap,
-        settings.topic_events,
-    )
     try:
+        await worker.start()
+        if settings.web_port:
+            from stream.web import start_web
+
+            try:
+                web = await start_web(worker, settings.web_port, settings.ready_max_lag)
+            except OSError as exc:
+                raise StartupError(f"web port {settings.web_port}: {exc.strerror}") from exc
+        log.info(
+            "worker started: group %s on %s, events from %s",
+            settings.group_id,
+            settings.kafka_bootstrap,
+            settings.topic_events,
+        )
         return await worker.run(until_idle_s)
     finally:
         if web is not None:

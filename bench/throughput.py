@@ -1,0 +1,134 @@
+"""One worker process against a plain Faust app, side by side on the same topic.
+
+Fills a 6-partition `behavior-events` topic once (synthetic shop, realistic
+mix, no text encoder involved), then drains it twice, each time with a fresh
+consumer group and an empty Redis database: first with `profiler run
+--until-idle`, then with the Faust baseline (`bench/faust_baseline.py`). Both
+rates are records over busy time (first batch to last write), so process start
+and group joins are excluded, and both run on the same machine in the same run.
+
+    python bench/throughput.py --events 200000 --users 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from stream.devstack import DevStack
+from stream.producing import send_records
+from stream.settings import Settings
+from stream.synthetic_shop import ShopGenerator
+from stream.worker import wall_clock_ms
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).parent.parent
+HOUR_MS = 3_600_000
+LOG = RESULTS / "faust_baseline.log"
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PROFILER_", "BASELINE_"))}
+
+
+def run_profiler(settings: Settings, redis_url: str) -> dict[str, object]:
+    env = clean_env() | {
+        "PROFILER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "PROFILER_REDIS_URL": redis_url,
+        "PROFILER_GROUP_ID": "bench-profiler",
+        "PROFILER_KAFKA_SESSION_TIMEOUT_MS": "3000",
+        "PROFILER_KAFKA_HEARTBEAT_INTERVAL_MS": "300",
+        "PROFILER_WEB_PORT": "0",
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        stats_path = Path(tmp) / "stats.json"
+        subprocess.run(
+            [sys.executable, "-m", "stream.cli", "run", "--until-idle", "2",
+             "--stats-json", str(stats_path)],
+            env=env, check=True, cwd=ROOT,
+        )  # fmt: skip
+        stats: dict[str, object] = json.loads(stats_path.read_text())
+    return stats
+
+
+def run_faust(
+    settings: Settings, redis_url: str, expected: int, timeout_s: float
+) -> dict[str, object]:
+    env = clean_env() | {
+        "BASELINE_BOOTSTRAP": settings.kafka_bootstrap,
+        "BASELINE_REDIS_URL": redis_url,
+        "BASELINE_TOPIC": settings.topic_events,
+        "BASELINE_APP_ID": "bench-faust",
+    }
+    client = redis.Redis.from_url(redis_url)
+    log = open(LOG, "wb")  # noqa: SIM115 - closed with the process below
+    process = subprocess.Popen(
+        [sys.executable, "-m", "faust", "-A", "bench.faust_baseline", "worker", "-l", "warn"],
+        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    try:
+        while int(client.get("baseline:records") or 0) < expected:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"the Faust baseline did not consume every record; see {LOG}")
+            time.sleep(0.2)
+        first, last = float(client.get("baseline:first")), float(client.get("baseline:last"))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        log.close()
+    # The first timestamp is written after the first batch: count that batch's records
+    # out of the rate rather than pretend they took no time.
+    busy = last - first
+    records = int(client.get("baseline:records") or 0)
+    return {"records": records, "busy_s": round(busy, 3), "records_per_s": round(records / busy, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--out", type=Path, default=RESULTS / "throughput.json")
+    args = parser.parse_args()
+
+    with DevStack(Settings(), partitions=6) as stack:
+        settings = stack.settings()
+        now = wall_clock_ms()
+        shop = ShopGenerator(args.users, seed=42, start_ms=now - 24 * HOUR_MS, end_ms=now)
+        sent = asyncio.run(send_records(settings, shop.records(args.events)))
+        base_url = stack.redis.url.rsplit("/", 1)[0]
+        ours = run_profiler(settings, f"{base_url}/1")
+        theirs = run_faust(settings, f"{base_url}/2", sent, timeout_s=600)
+    ratio = ours["records_per_s"] / theirs["records_per_s"]  # type: ignore[operator]
+    result = {
+        "benchmark": "throughput",
+        "command": "python bench/throughput.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "events": sent,
+        "users": args.users,
+        "profiler": ours,
+        "faust_baseline": theirs,
+        "ratio": round(ratio, 2),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,601 @@
+"""The commands as an operator runs them: real processes, real broker, real Redis, signals.
+
+Each test starts `profiler` (or `faust -A stream.app worker`) as a child process
+configured only through `PROFILER_*` variables built from a `Settings` object,
+bounds every wait with a timeout, and judges the outcome from outside: exit
+codes, what the process printed, what landed in Redis and which offsets the
+group committed. Oracles recount each user's aggregates from the records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import re
+import signal
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import SecretStr
+
+from profiling.events import Event, decode_event
+from stream import kafka
+from stream.devstack import LocalBroker, default_topics, free_port, kafka_metadata_brokers
+from stream.lookup import profile_json
+from stream.producing import send_records
+from stream.settings import Settings
+from stream.synthetic_shop import ShopGenerator
+from stream.worker import wall_clock_ms
+from tests.integration.kafka_io import committed_offsets, end_offsets, read_topic
+
+BIN = Path(sys.executable).parent
+PROFILER = str(BIN / "profiler")
+FAUST = str(BIN / "faust")
+HOUR_MS = 3_600_000
+Record = tuple[bytes | None, bytes]
+SettingsFactory = Callable[..., Awaitable[Settings]]
+
+# --- running commands -------------------------------------------------------------
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """This environment without any PROFILER_* or colour forcing, plus `extra`."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("PROFILER_") and k != "FORCE_COLOR"
+    }
+    return {**env, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def profiler_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that gives a child process exactly `settings` (plus `extra`),
+    except for the web port: a free one each time, so that workers never clash on
+    the default (6066) with each other or with another test run on this machine."""
+    variables = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        variables[f"PROFILER_{name.upper()}"] = text
+    variables["PROFILER_WEB_PORT"] = str(free_port())
+    return base_env(**{**variables, **extra})
+
+
+@dataclass(frozen=True)
+class Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_command(
+    *argv: str, env: dict[str, str], cwd: Path, timeout_s: float = 60.0
+) -> Finished:
+    """Run a command to its end; fail the test (after killing it) past `timeout_s`."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        env=env,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        pytest.fail(f"{' '.join(argv)} still running after {timeout_s}s")
+    assert proc.returncode is not None
+    return Finished(proc.returncode, out.decode(), err.decode())
+
+
+async def profiler(*args: str, env: dict[str, str], cwd: Path, timeout_s: float = 60.0) -> Finished:
+    return await run_command(PROFILER, *args, env=env, cwd=cwd, timeout_s=timeout_s)
+
+
+@dataclass(frozen=True)
+class Child:
+    """A long-running child process and the file its output goes to."""
+
+    proc: asyncio.subprocess.Process
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def sigterm(self, timeout_s: float) -> float:
+        """SIGTERM it, wait for it to exit; the seconds that took (fail past timeout_s)."""
+        began = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout_s)
+        except TimeoutError:
+            pytest.fail(f"still running {timeout_s}s after SIGTERM:\n{self.log()[-3000:]}")
+        return time.monotonic() - began
+
+
+@contextlib.asynccontextmanager
+async def started(
+    argv: Sequence[str], env: dict[str, str], cwd: Path, stdout: int | None = None
+) -> AsyncIterator[Child]:
+    """A long-running child, its stderr (and by default stdout) in a log file in `cwd`;
+    killed on the way out if the test left it running, so a failed test leaves no process."""
+    log_path = cwd / f"{Path(argv[0]).name}-{uuid.uuid4().hex[:6]}.log"
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            env=env,
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log if stdout is None else stdout,
+            stderr=log,
+        )
+        try:
+            yield Child(proc, log_path)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout_s}s")
+        await asyncio.sleep(0.1)
+
+
+SUMMARY = re.compile(
+    r"consumed (\d+) records: (\d+) applied, (\d+) duplicates, (\d+) dead-lettered"
+)
+
+
+def consumed(stderr: str) -> tuple[int, int, int, int]:
+    """(records, applied, duplicates, dead letters) from a worker's end-of-run line."""
+    found = SUMMARY.search(stderr)
+    assert found, f"no end-of-run summary in:\n{stderr[-3000:]}"
+    records, applied, duplicates, letters = (int(g) for g in found.groups())
+    return records, applied, duplicates, letters
+
+
+# --- data and oracles -------------------------------------------------------------
+
+
+def shop_records(
+    n: int, seed: int, malformed: float = 0.02, duplicates: float = 0.02
+) -> list[tuple[bytes, bytes]]:
+    now = wall_clock_ms()
+    shop = ShopGenerator(users=300, seed=seed, start_ms=now - 3 * HOUR_MS, end_ms=now - 60_000)
+    return list(shop.records(n, malformed, duplicates))
+
+
+@dataclass
+class Totals:
+    events: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    spend: float = 0.0
+
+
+def expected_totals(records: Iterable[Record]) -> dict[str, Totals]:
+    """Each user's aggregates recounted from the distinct valid events among `records`."""
+    now, seen = wall_clock_ms(), set()
+    totals: dict[str, Totals] = {}
+    for key, value in records:
+        event = decode_event(value, now)
+        if not isinstance(event, Event) or key != event.user_id.encode():
+            continue
+        if event.event_id in seen:
+            continue
+        seen.add(event.event_id)
+        user = totals.setdefault(event.user_id, Totals())
+        user.events += 1
+        user.counts[event.type] += 1
+        if event.type == "purchase":
+            user.spend += event.amount or 0.0
+    return totals
+
+
+async def stored_totals(redis_url: str) -> dict[str, Totals]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        stored = {}
+        async for key in client.scan_iter(match="profile:{*", count=1000):
+            fields = await client.hgetall(key)
+            counts = Counter({k[6:]: int(v) for k, v in fields.items() if k.startswith("count:")})
+            stored[key[len("profile:{") : -1]] = Totals(
+                int(fields["events"]), counts, float(fields["spend"])
+            )
+        return stored
+    finally:
+        await client.aclose()
+
+
+def assert_totals_equal(stored: dict[str, Totals], expected: dict[str, Totals]) -> None:
+    assert stored.keys() == expected.keys()
+    for user, want in expected.items():
+        got = stored[user]
+        assert (got.events, +got.counts) == (want.events, +want.counts), user
+        assert math.isclose(got.spend, want.spend, rel_tol=1e-9, abs_tol=1e-4), user
+
+
+# --- profiler run -----------------------------------------------------------------
+
+
+async def test_run_until_idle_applies_a_filled_topic_and_commits_its_end(
+    topics: Settings, tmp_path: Path
+) -> None:
+    records = shop_records(3000, seed=21)
+    await send_records(topics, records)
+
+    done = await profiler("run", "--until-idle", "1", env=profiler_env(topics), cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    expected = expected_totals(records)
+    assert_totals_equal(await stored_totals(topics.redis_url), expected)
+    assert await committed_offsets(topics) == await end_offsets(topics, topics.topic_events)
+    n_records, applied, _, letters = consumed(done.stderr)
+    assert n_records == len(records)
+    assert applied == sum(t.events for t in expected.values())
+    assert letters == len(await read_topic(topics.kafka_bootstrap, topics.topic_dlq)) > 0
+
+
+async def produce_paced(
+    settings: Settings, records: Sequence[Record], stop: asyncio.Event, per_second: int
+) -> int:
+    """Send `records` in small paced chunks until `stop` is set; the count sent (all acked)."""
+    producer = kafka.producer(settings)
+    await producer.start()
+    sent, chunk = 0, max(1, per_second // 50)
+    try:
+        while sent < len(records) and not stop.is_set():
+            pending = [
+                await producer.send(settings.topic_events, value, key=key)
+                for key, value in records[sent : sent + chunk]
+            ]
+            await asyncio.gather(*pending)
+            sent += len(pending)
+            await asyncio.sleep(0.02)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def test_sigterm_drains_the_batch_in_flight_and_commits_what_it_applied(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """A stopped worker leaves Redis exactly at its committed offsets: every batch it
+    took was applied *and* committed, none half-way; the next worker takes over there.
+
+    A backlog keeps the worker busy with one batch after another from its first
+    write on, so the signal lands while a batch is being applied or acked; records
+    still arriving make sure it lands before the end of the topic."""
+    settings = await make_settings(partitions=3, batch_max_events=2000)
+    records = shop_records(60_000, seed=22)
+    backlog = 30_000
+    await send_records(settings, records[:backlog])
+    stop_producing = asyncio.Event()
+    producing = asyncio.create_task(
+        produce_paced(settings, records[backlog:], stop_producing, per_second=2000)
+    )
+    redis_client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        async with started([PROFILER, "run"], profiler_env(settings), tmp_path) as worker:
+
+            async def applying() -> bool:
+                assert worker.proc.returncode is None, worker.log()
+                return await redis_client.dbsize() > 0
+
+            await eventually(applying, 30, "the worker applying events")
+            took = await worker.sigterm(timeout_s=15)
+            first_log = worker.log()
+        assert worker.proc.returncode == 0, first_log
+        assert took < 15
+        assert "Traceback" not in first_log
+    finally:
+        stop_producing.set()
+        sent = backlog + await producing
+        await redis_client.aclose()
+    in_topic = await read_topic(settings.kafka_bootstrap, settings.topic_events)
+    assert len(in_topic) == sent
+
+    committed = {p: offset or 0 for p, offset in (await committed_offsets(settings)).items()}
+    n_committed = sum(committed.values())
+    assert 0 < n_committed < sent, "SIGTERM should land while records are still arriving"
+    assert consumed(first_log)[0] == n_committed  # nothing taken was left uncommitted
+    below_commit = [(r.key, r.value) for r in in_topic if r.offset < committed[r.partition]]
+    assert_totals_equal(await stored_totals(settings.redis_url), expected_totals(below_commit))
+
+    done = await profiler("run", "--until-idle", "1", env=profiler_env(settings), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert consumed(done.stderr)[0] == sent - n_committed  # resumed exactly at the commit
+    all_sent = [(r.key, r.value) for r in in_topic]
+    assert_totals_equal(await stored_totals(settings.redis_url), expected_totals(all_sent))
+    assert await committed_offsets(settings) == await end_offsets(settings, settings.topic_events)
+
+
+# --- the Faust app ----------------------------------------------------------------
+
+
+async def test_faust_worker_applies_events_serves_its_pages_and_stops_on_sigterm(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    settings = await make_settings(partitions=2)
+    records = shop_records(1500, seed=23)
+    await send_records(settings, records)
+    expected = expected_totals(records)
+    n_applied = sum(t.events for t in expected.values())
+    env = profiler_env(settings)
+    port = int(env["PROFILER_WEB_PORT"])
+    argv = [FAUST, "-A", "stream.app", "worker", "-l", "info"]
+
+    async with (
+        started(argv, env, tmp_path) as worker,  # cwd: Faust writes its data dir there
+        aiohttp.ClientSession(f"http://127.0.0.1:{port}") as web,
+    ):
+
+        async def all_applied() -> bool:
+            assert worker.proc.returncode is None, worker.log()[-5000:]
+            stored = await stored_totals(settings.redis_url)
+            return sum(t.events for t in stored.values()) >= n_applied
+
+        await eventually(all_applied, 40, "the Faust worker applying the topic")
+        assert_totals_equal(await stored_totals(settings.redis_url), expected)
+
+        async with web.get("/health") as response:
+            assert response.status == 200
+            assert (await response.json())["status"] == "ok"
+        async with web.get("/metrics") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/plain")
+            exposition = await response.text()
+        applied = re.findall(r"^profiler_events_total\{(.*)\} (\S+)$", exposition, re.M)
+        assert sum(float(v) for labels, v in applied if 'outcome="applied"' in labels) == n_applied
+
+        user = max(expected, key=lambda u: expected[u].events)
+        async with web.get(f"/profile/{user}") as response:
+            assert response.status == 200
+            body = await response.json()
+        client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        try:
+            stored_hash = await client.hgetall(f"profile:{{{user}}}")
+        finally:
+            await client.aclose()
+        assert body == {"user_id": user, **profile_json(stored_hash)}
+        assert body["events"] == expected[user].events
+        async with web.get("/profile/no-such-user") as response:
+            assert response.status == 404
+            assert (await response.json())["user_id"] == "no-such-user"
+
+        await worker.sigterm(timeout_s=20)
+        log = worker.log()
+    assert worker.proc.returncode == 0, log[-5000:]
+    assert "Traceback" not in log and "Unclosed AIOKafka" not in log, log[-5000:]
+    assert await committed_offsets(settings) == await end_offsets(settings, settings.topic_events)
+
+
+async def test_faust_worker_stopped_while_starting_closes_its_event_path(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """SIGTERM before the app finished starting: Faust still starts user services
+    after the stop began; the event path must then not start (or must close)."""
+    settings = await make_settings(partitions=1)
+    env = profiler_env(settings)
+    argv = [FAUST, "-A", "stream.app", "worker", "-l", "info"]
+    async with started(argv, env, tmp_path) as worker:
+
+        async def starting() -> bool:
+            assert worker.proc.returncode is None, worker.log()[-5000:]
+            return "Waiting for tables to be registered" in worker.log()
+
+        await eventually(starting, 30, "the Faust app starting")
+        await worker.sigterm(timeout_s=20)
+        log = worker.log()
+    assert worker.proc.returncode == 0, log[-5000:]
+    assert "Unclosed AIOKafka" not in log, log[-5000:]
+    assert "Traceback" not in log, log[-5000:]
+
+
+# --- produce, profile -------------------------------------------------------------
+
+RETAIL_CSV = """\
+InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country
+536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,12/1/2010 8:26,2.55,17850.0,United Kingdom
+536365,71053,WHITE METAL LANTERN,6,12/1/2010 8:26,3.39,17850.0,United Kingdom
+536366,22633,HAND WARMER UNION JACK,6,12/1/2010 8:28,1.85,17850.0,United Kingdom
+536367,84879,ASSORTED COLOUR BIRD ORNAMENT,32,12/1/2010 8:34,1.69,13047.0,France
+C536379,D,Discount,-1,12/1/2010 9:41,27.5,14527.0,United Kingdom
+536414,22139,RETROSPOT TEA SET,56,12/1/2010 11:52,0,,United Kingdom
+"""
+
+
+def jsonl_events(now: int) -> list[dict[str, Any]]:
+    return [
+        {"event_id": "j1", "user_id": "jl-ann", "type": "login", "ts": now - 5000},
+        {"event_id": "j2", "user_id": "jl-ann", "type": "view", "item_id": "p1",
+         "category": "books", "ts": now - 4000},
+        {"event_id": "j3", "user_id": "jl-ann", "type": "purchase", "item_id": "p1",
+         "amount": 12.5, "ts": now - 3000},
+        {"event_id": "j4", "user_id": "jl-bo", "type": "search", "query": "red shoes",
+         "ts": now - 2000},
+    ]  # fmt: skip
+
+
+async def test_produce_files_then_run_then_look_profiles_up(
+    topics: Settings, tmp_path: Path
+) -> None:
+    env = profiler_env(topics)
+    jsonl = tmp_path / "events.jsonl"
+    lines = [orjson.dumps(e).decode() for e in jsonl_events(wall_clock_ms())]
+    jsonl.write_text("\n".join([*lines[:2], "", *lines[2:], '{"user_id": "jl-bo"}']) + "\n")
+    csv = tmp_path / "retail.csv"
+    csv.write_text(RETAIL_CSV)
+
+    from_jsonl, from_csv = await asyncio.gather(
+        profiler("produce", str(jsonl), env=env, cwd=tmp_path),
+        profiler("produce", str(csv), "--preset", "online-retail", env=env, cwd=tmp_path),
+    )
+    assert from_jsonl.returncode == 0, from_jsonl.stderr
+    assert f"sent 5 events to {topics.topic_events}" in from_jsonl.stderr
+    assert from_csv.returncode == 0, from_csv.stderr
+    assert f"sent 4 events to {topics.topic_events}" in from_csv.stderr
+    assert "6 rows read, 4 produced, 2 skipped" in from_csv.stderr
+
+    done = await profiler("run", "--until-idle", "1", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert consumed(done.stderr) == (9, 8, 0, 1)  # the event without type/ts is dead-lettered
+
+    shown = await asyncio.gather(
+        *(profiler("profile", u, env=env, cwd=tmp_path) for u in ("17850", "jl-ann", "nobody"))
+    )
+    retail, ann, unknown = shown
+    assert retail.returncode == 0, retail.stderr
+    body = orjson.loads(retail.stdout)
+    assert body["user_id"] == "17850"
+    assert (body["events"], body["orders"], body["count:purchase"]) == (3, 3, 3)
+    assert math.isclose(body["spend"], 6 * 2.55 + 6 * 3.39 + 6 * 1.85)
+    assert body["first_seen"] == 1291191960000  # 2010-12-01 08:26 UTC
+    assert ann.returncode == 0, ann.stderr
+    body = orjson.loads(ann.stdout)
+    assert (body["events"], body["count:login"], body["count:view"], body["spend"]) == (
+        3, 1, 1, 12.5,
+    )  # fmt: skip
+    assert body["categories"][0][0] == "books"
+    assert unknown.returncode == 1
+    assert unknown.stdout == ""
+    assert "no profile" in unknown.stderr and "nobody" in unknown.stderr
+
+
+# --- topics, configuration --------------------------------------------------------
+
+
+async def test_topics_create_makes_the_six_topics_and_may_run_twice(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    settings = Settings(
+        kafka_bootstrap=broker.bootstrap,
+        topic_events=f"ev-{suffix}",
+        topic_dlq=f"ev-{suffix}.dlq",
+        topic_updates=f"up-{suffix}",
+        topic_alerts=f"al-{suffix}",
+        topic_labels=f"la-{suffix}",
+        topic_commands=f"co-{suffix}",
+    )
+    wanted = default_topics(settings, 2)
+    env = profiler_env(settings)
+    for _ in range(2):
+        done = await profiler("topics", "create", "--partitions", "2", env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        for name in wanted:
+            assert f"{name}: 2 partitions" in done.stderr
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(wanted))
+    finally:
+        await admin.close()
+    assert {t["topic"]: (t["error_code"], len(t["partitions"])) for t in described} == {
+        name: (0, 2) for name in wanted
+    }
+
+    other = await profiler("topics", "create", "--partitions", "3", env=env, cwd=tmp_path)
+    assert other.returncode == 2
+    assert "Traceback" not in other.stderr
+    assert [line for line in other.stderr.splitlines() if line.strip()] == [
+        f"error: topic {settings.topic_events} exists with 2 partitions, wanted 3"
+    ]
+
+
+@pytest.mark.parametrize("value", ["0", "abc"])
+async def test_bad_configuration_is_one_line_naming_the_variable(
+    value: str, tmp_path: Path
+) -> None:
+    env = base_env(PROFILER_BATCH_MAX_EVENTS=value, COLUMNS="60")
+    done = await profiler("run", env=env, cwd=tmp_path, timeout_s=30)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: PROFILER_BATCH_MAX_EVENTS: ")
+    assert done.stdout == ""
+
+
+# --- dev-stack --------------------------------------------------------------------
+
+
+def children_of(pid: int) -> set[int]:
+    """Live processes whose parent is `pid` (from /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(stat[1]) == pid and stat[0] not in ("Z", "X"):
+            found.add(int(entry.name))
+    return found
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+async def test_dev_stack_prints_reachable_servers_and_stops_them_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    argv = [PROFILER, "dev-stack", "--partitions", "1"]
+    async with started(argv, base_env(), tmp_path, stdout=asyncio.subprocess.PIPE) as stack:
+        assert stack.proc.stdout is not None
+        exports: dict[str, str] = {}
+        while len(exports) < 2:
+            line = (await asyncio.wait_for(stack.proc.stdout.readline(), 30)).decode()
+            assert line, f"dev-stack ended early:\n{stack.log()}"
+            name, _, value = line.removeprefix("export ").strip().partition("=")
+            exports[name] = value
+        assert exports.keys() == {"PROFILER_KAFKA_BOOTSTRAP", "PROFILER_REDIS_URL"}
+        bootstrap, redis_url = exports["PROFILER_KAFKA_BOOTSTRAP"], exports["PROFILER_REDIS_URL"]
+
+        kafka_port = int(bootstrap.rsplit(":", 1)[1])
+        assert [p for _, _, p in kafka_metadata_brokers(kafka_port) or []] == [kafka_port]
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            assert await client.ping()
+        finally:
+            await client.aclose()
+        servers = children_of(stack.proc.pid)
+        assert len(servers) == 2, servers
+        workdirs = [Path(os.readlink(f"/proc/{pid}/cwd")) for pid in servers]
+
+        await stack.sigterm(timeout_s=15)
+        assert stack.proc.returncode == 0, stack.log()
+
+    async def servers_gone() -> bool:
+        return all(process_gone(pid) for pid in servers)
+
+    await eventually(servers_gone, 5, "dev-stack's servers exiting with it")
+    assert kafka_metadata_brokers(kafka_port) is None
+    assert not any(workdir.exists() for workdir in workdirs)  # logs and data cleaned up

@@ -1,0 +1,261 @@
+"""One contract, two stores: the in-memory twin and the real Redis behave the same.
+
+Every test here runs over `InMemoryProfileStore` (what the engine's unit tests
+trust) and `RedisProfileStore` on the session redis-server, through the
+`ProfileStore` protocol only, so a difference between the twin and the real
+thing fails here rather than in production. What only Redis can show (TTLs,
+the hash-tagged key layout) is tested for Redis alone, at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from profiling.profile import Profile
+from profiling.store import (
+    InMemoryProfileStore,
+    Loaded,
+    ProfileStore,
+    Write,
+    profile_key,
+    public_fields,
+    seen_key,
+    state_key,
+)
+from stream.redis_store import RedisProfileStore, connect
+
+WINDOW = 16  # a small dedupe window, so tests can overflow it
+T0 = 1_700_000_000_000
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[ProfileStore]:
+    """The same contract over each implementation (Redis flushed before each test)."""
+    if request.param == "memory":
+        yield InMemoryProfileStore(dedupe_window=WINDOW)
+        return
+    client = connect(request.getfixturevalue("redis_url"))
+    try:
+        yield RedisProfileStore(client, dedupe_window=WINDOW)
+    finally:
+        await client.aclose()
+
+
+def rich_profile(user_id: str = "alice", version: int = 3) -> Profile:
+    """A profile with every field away from its default."""
+    return Profile(
+        user_id=user_id,
+        version=version,
+        first_seen=T0,
+        last_seen=T0 + 86_400_000,
+        updated=T0 + 90_000_000,
+        events=11,
+        counts={"view": 6, "click": 2, "purchase": 2, "login": 1},
+        spend=123.456789,
+        orders=2,
+        category_scores={
+            "electronics.smartphone": 7.123456789012345,
+            "home.kitchen": 0.1 + 0.2,
+            "books": 1e-9,
+        },
+        watermarks={0: 41, 2: 7, 5: 1_000_000},
+        published_at=T0 + 80_000_000,
+        published_version=version - 1,
+        unpublished=frozenset({"events", "count:view", "categories"}),
+    )
+
+
+async def write(
+    store: ProfileStore,
+    profile: Profile,
+    expected_version: int,
+    applied_ids: list[tuple[str, int]] | None = None,
+) -> list[str]:
+    return await store.save([Write(profile, expected_version, applied_ids or [])])
+
+
+async def load_one(store: ProfileStore, user_id: str, ids: list[str] | None = None) -> Loaded:
+    loaded = await store.load({user_id: ids or []})
+    assert set(loaded) == {user_id}
+    return loaded[user_id]
+
+
+# --- the contract ---------------------------------------------------------------
+
+
+async def test_unknown_users_load_as_empty_profiles(store: ProfileStore) -> None:
+    loaded = await store.load({"nobody": ["e1", "e2"], "ghost": []})
+    assert set(loaded) == {"nobody", "ghost"}
+    for user_id, found in loaded.items():
+        assert found.profile == Profile(user_id)
+        assert found.profile.is_new
+        assert found.seen_ids == frozenset()
+    assert await store.read_profile("nobody") is None
+
+
+async def test_save_then_load_round_trips_every_field(store: ProfileStore) -> None:
+    profile = rich_profile()
+    assert await write(store, profile, 0, [("e1", T0)]) == []
+    loaded = await load_one(store, "alice")
+    assert loaded.profile == profile  # counts, spend, scores, watermarks, publication, unpublished
+    assert loaded.profile.watermarks == {0: 41, 2: 7, 5: 1_000_000}  # int partitions, not "0"
+    assert loaded.profile.category_scores["home.kitchen"] == 0.1 + 0.2  # floats exact
+
+
+async def test_a_second_write_replaces_the_first(store: ProfileStore) -> None:
+    first = rich_profile(version=1)
+    assert await write(store, first, 0) == []
+    second = replace(
+        first,
+        version=2,
+        events=12,
+        counts={**first.counts, "view": 7, "review": 1},
+        spend=0.0,
+        category_scores={"toys": 2.5},
+        watermarks={0: 42},
+        unpublished=frozenset(),
+    )
+    assert await write(store, second, 1) == []
+    assert (await load_one(store, "alice")).profile == second
+
+
+async def test_many_users_in_one_save_and_one_load(store: ProfileStore) -> None:
+    profiles = [rich_profile(f"user-{i}", version=1) for i in range(250)]
+    writes = [Write(p, 0, [(f"e-{p.user_id}", T0)]) for p in profiles]
+    assert await store.save(writes) == []
+    loaded = await store.load({p.user_id: [f"e-{p.user_id}", "other"] for p in profiles})
+    assert {u: found.profile for u, found in loaded.items()} == {p.user_id: p for p in profiles}
+    assert all(found.seen_ids == {f"e-{u}"} for u, found in loaded.items())
+    assert await store.save([]) == []
+    assert await store.load({}) == {}
+
+
+async def test_seen_ids_are_exactly_the_saved_ones_among_those_asked(store: ProfileStore) -> None:
+    saved = [("e1", T0 + 1), ("e2", T0 + 2), ("e3", T0 + 3)]
+    await write(store, rich_profile("alice", 1), 0, saved)
+    await write(store, rich_profile("bob", 1), 0, [("b1", T0)])
+
+    found = await load_one(store, "alice", ["e2", "e9", "e3", "b1", ""])
+    assert found.seen_ids == {"e2", "e3"}  # never another user's ids, never unasked ones
+    assert (await load_one(store, "alice", [])).seen_ids == frozenset()
+    assert (await load_one(store, "bob", ["e1", "b1"])).seen_ids == {"b1"}
+
+
+async def test_dedupe_window_keeps_the_newest_ids_by_event_time(store: ProfileStore) -> None:
+    # Ten ids, then ten more whose times interleave with the first ones (late events):
+    # the window keeps the WINDOW newest by ts, whatever the write they came in.
+    first = [(f"a{i}", T0 + 10 * i) for i in range(10)]  # ts 0, 10, ..., 90
+    second = [(f"b{i}", T0 + 10 * i + 5) for i in range(10)]  # ts 5, 15, ..., 95
+    await write(store, rich_profile(version=1), 0, first)
+    await write(store, rich_profile(version=2), 1, second)
+
+    by_ts = sorted(first + second, key=lambda pair: pair[1])
+    newest = {event_id for event_id, _ in by_ts[-WINDOW:]}
+    asked = [event_id for event_id, _ in first + second]
+    assert (await load_one(store, "alice", asked)).seen_ids == newest
+    assert {"a0", "b0", "a1", "b1"}.isdisjoint(newest)
+
+
+async def test_one_write_larger_than_the_window_keeps_its_newest(store: ProfileStore) -> None:
+    applied = [(f"e{i:03d}", T0 + (i * 7919) % 1000) for i in range(3 * WINDOW)]  # shuffled ts
+    await write(store, rich_profile(version=1), 0, applied)
+    newest = {e for e, _ in sorted(applied, key=lambda pair: pair[1])[-WINDOW:]}
+    assert (await load_one(store, "alice", [e for e, _ in applied])).seen_ids == newest
+
+
+@pytest.mark.parametrize("stale", [0, 1, 5])  # behind, one behind, ahead: all refused
+async def test_a_write_with_a_wrong_expected_version_is_refused(
+    store: ProfileStore, stale: int
+) -> None:
+    stored = rich_profile(version=2)
+    await write(store, rich_profile(version=1), 0, [("e1", T0)])
+    await write(store, stored, 1, [("e2", T0 + 1)])
+    before = await store.read_profile("alice")
+
+    loser = replace(stored, version=stale + 1, events=999, counts={"view": 999}, watermarks={})
+    other = rich_profile("bob", version=1)
+    conflicts = await store.save(
+        [Write(loser, stale, [("lost", T0 + 2)]), Write(other, 0, [("b1", T0)])]
+    )
+
+    assert conflicts == ["alice"]  # the conflict is returned, the other write goes through
+    found = await load_one(store, "alice", ["e1", "e2", "lost"])
+    assert found.profile == stored  # nothing of the refused write landed
+    assert found.seen_ids == {"e1", "e2"}
+    assert await store.read_profile("alice") == before
+    assert (await load_one(store, "bob")).profile == other
+
+
+async def test_creating_a_profile_that_exists_is_a_conflict(store: ProfileStore) -> None:
+    await write(store, rich_profile(version=1), 0)
+    assert await write(store, replace(rich_profile(version=1), events=1), 0) == ["alice"]
+    assert (await load_one(store, "alice")).profile == rich_profile(version=1)
+
+
+async def test_read_profile_shows_the_public_fields_only(store: ProfileStore) -> None:
+    profile = rich_profile()
+    await write(store, profile, 0, [("e1", T0)])
+    fields = await store.read_profile("alice")
+    assert fields == public_fields(profile)
+    assert fields is not None
+    assert fields["version"] == "3" and fields["count:view"] == "6"
+    assert fields["spend"] == "123.456789"
+    assert fields["categories"].startswith('[["electronics.smartphone",7.123457]')
+    internal = {"cats", "wm", "pub_at", "pub_v", "unpub", "watermarks", "unpublished"}
+    assert internal.isdisjoint(fields)
+    assert await store.read_profile("bob") is None
+
+
+# --- what only the Redis store can show -----------------------------------------
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = connect(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("ttl_s", [0, 60])
+async def test_redis_ttl_applies_to_every_key_of_the_user(
+    redis_client: aioredis.Redis, ttl_s: int
+) -> None:
+    store = RedisProfileStore(redis_client, dedupe_window=WINDOW, ttl_s=ttl_s)
+    await write(store, rich_profile(version=1), 0, [("e1", T0)])
+    keys = [profile_key("alice"), state_key("alice"), seen_key("alice")]
+    ttls = [await redis_client.ttl(key) for key in keys]
+    if ttl_s:
+        assert all(ttl_s - 5 <= ttl <= ttl_s for ttl in ttls), ttls
+    else:
+        assert ttls == [-1, -1, -1]  # kept for ever
+
+
+async def test_redis_refused_write_does_not_refresh_the_ttl(redis_client: aioredis.Redis) -> None:
+    await write(RedisProfileStore(redis_client, ttl_s=60), rich_profile(version=1), 0)
+    longer = RedisProfileStore(redis_client, ttl_s=3600)
+    assert await write(longer, rich_profile(version=1), 0) == ["alice"]
+    assert await redis_client.ttl(profile_key("alice")) <= 60
+
+
+async def test_redis_keys_of_a_user_share_its_hash_tag(redis_client: aioredis.Redis) -> None:
+    store = RedisProfileStore(redis_client, dedupe_window=WINDOW)
+    users = ["alice", "user:42", "ünï cödé"]
+    await store.save([Write(rich_profile(u, 1), 0, [(f"e-{u}", T0)]) for u in users])
+
+    keys = {key.decode() async for key in redis_client.scan_iter(count=1000)}
+    expected = {k for u in users for k in (profile_key(u), state_key(u), seen_key(u))}
+    assert keys == expected
+    for user_id in users:
+        tagged = [k for k in keys if f"{{{user_id}}}" in k]
+        assert len(tagged) == 3
+        assert {key_slot(k.encode()) for k in tagged} == {key_slot(user_id.encode())}
+    assert await redis_client.type(profile_key("alice")) == b"hash"
+    assert await redis_client.type(state_key("alice")) == b"string"
+    assert await redis_client.type(seen_key("alice")) == b"zset"
