@@ -15,8 +15,8 @@ its /metrics at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import asyncio
+import contextlib
 import json
 import os
 import platform
