@@ -12,7 +12,7 @@ from profiling.events import Rejection
 from profiling.profile import Profile
 
 
-def change_message(profile: Profile, changed: Iterable[str]) -> bytes:
+def change_message(profile: Profile, changed: Iterable[str], with_vector: bool = False) -> bytes:
     """A `profile_update.v1` body: the fields downstream consumers act on."""
     body: dict[str, Any] = {
         "user_id": profile.user_id,
@@ -29,6 +29,8 @@ def change_message(profile: Profile, changed: Iterable[str]) -> bytes:
         "last_seen": profile.last_seen,
         "categories": profile.top_categories(),
     }
+    if with_vector and profile.interest is not None and profile.interest.vec_long is not None:
+        body["vec_long"] = base64.b64encode(profile.interest.vec_long).decode("ascii")
     return orjson.dumps(body)
 
 

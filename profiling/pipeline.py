@@ -21,6 +21,7 @@ from typing import Protocol
 
 from profiling.errors import StoreConflictError
 from profiling.events import KEY_MISMATCH, Event, Rejection, decode_event
+from profiling.interests import InterestModel
 from profiling.messages import change_message, dead_letter
 from profiling.profile import Delivery, Outcome, ProfileParams, apply_deliveries
 from profiling.store import ProfileStore, Write
@@ -91,11 +92,20 @@ def decode_batch(
     return by_user
 
 
+@dataclass(frozen=True, slots=True)
+class Stages:
+    """What a batch goes through besides the aggregates: vectors, and what messages carry."""
+
+    interests: InterestModel | None = None
+    vector_in_updates: bool = False
+
+
 async def apply_batch(
     records: Sequence[SourceRecord],
     store: ProfileStore,
     params: ProfileParams,
     clock: Callable[[], int],
+    stages: Stages = Stages(),
 ) -> BatchResult:
     """Apply one consumer batch to the store; return what to publish."""
     result = BatchResult()
@@ -103,7 +113,7 @@ async def apply_batch(
     for _attempt in range(MAX_WRITE_ATTEMPTS):
         if not pending:
             return result
-        pending = await _apply_users(pending, store, params, clock(), result)
+        pending = await _apply_users(pending, store, params, clock(), result, stages=stages)
     raise StoreConflictError(f"{len(pending)} users still conflicting after retries")
 
 
@@ -113,27 +123,35 @@ async def _apply_users(
     params: ProfileParams,
     now_ms: int,
     result: BatchResult,
+    *,
+    stages: Stages,
 ) -> dict[str, list[Delivery]]:
     """Load, fold and write these users once; return the ones whose write lost a race."""
     wanted = {user: [d.event.event_id for d in ds] for user, ds in by_user.items()}
     loaded = await store.load(wanted)
-    outcomes: dict[str, Outcome] = {}
-    writes = []
-    for user_id, deliveries in by_user.items():
-        stored = loaded[user_id]
-        outcome = apply_deliveries(stored.profile, deliveries, stored.seen_ids, params, now_ms)
-        outcomes[user_id] = outcome
-        if outcome.wrote:
-            applied_ids = [(e.event_id, e.ts) for e in outcome.applied]
-            writes.append(Write(outcome.profile, stored.profile.version, applied_ids))
+    outcomes = [
+        apply_deliveries(loaded[user].profile, deliveries, loaded[user].seen_ids, params, now_ms)
+        for user, deliveries in by_user.items()
+    ]
+    if stages.interests is not None:
+        outcomes = await stages.interests.update(outcomes, now_ms)
+    writes = [
+        Write(
+            o.profile,
+            loaded[o.profile.user_id].profile.version,
+            [(e.event_id, e.ts) for e in o.applied],
+        )
+        for o in outcomes
+        if o.wrote
+    ]
     conflicts = set(await store.save(writes))
-    for user_id, outcome in outcomes.items():
-        if user_id not in conflicts:
-            _record(outcome, result)
+    for outcome in outcomes:
+        if outcome.profile.user_id not in conflicts:
+            _record(outcome, result, stages.vector_in_updates)
     return {user: by_user[user] for user in conflicts}
 
 
-def _record(outcome: Outcome, result: BatchResult) -> None:
+def _record(outcome: Outcome, result: BatchResult, with_vector: bool) -> None:
     result.outcomes["applied"] += len(outcome.applied)
     result.outcomes["duplicate"] += outcome.duplicates
     result.outcomes["replayed"] += outcome.replayed
@@ -144,4 +162,5 @@ def _record(outcome: Outcome, result: BatchResult) -> None:
         result.users_written += 1
     if outcome.publish:
         profile = outcome.profile
-        result.changes.append((profile.user_id, change_message(profile, outcome.changed)))
+        body = change_message(profile, outcome.changed, with_vector)
+        result.changes.append((profile.user_id, body))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Final, NamedTuple
 
 from profiling.events import Event
+from profiling.vectors import StoredInterest
 
 MS_PER_DAY: Final = 86_400_000
 PUBLISHED_CATEGORIES: Final = 10
@@ -79,6 +80,9 @@ class Profile:
     published_version: int = 0  # version that message carried
     # Fields changed since the last message, or carried by it if the last write published.
     unpublished: frozenset[str] = frozenset()
+    # Interest vectors (profiling.interests), when an encoder runs.
+    interest: StoredInterest | None = None
+    model: str | None = None
 
     @property
     def is_new(self) -> bool:
@@ -158,11 +162,18 @@ def apply_deliveries(
         orders=orders,
         category_scores=scores,
         watermarks=watermarks,
-        published_at=now_ms if publish else profile.published_at,
-        published_version=version if publish else profile.published_version,
         unpublished=all_changed,
     )
-    return Outcome(updated, fresh, duplicates, replayed, all_changed, publish)
+    outcome = Outcome(updated, fresh, duplicates, replayed, all_changed, False)
+    return with_publication(outcome, now_ms) if publish else outcome
+
+
+def with_publication(outcome: Outcome, now_ms: int) -> Outcome:
+    """The outcome with a change message due: the profile records what it published."""
+    profile = replace(
+        outcome.profile, published_at=now_ms, published_version=outcome.profile.version
+    )
+    return replace(outcome, profile=profile, publish=True)
 
 
 def _select_fresh(

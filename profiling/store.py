@@ -15,6 +15,7 @@ other concurrent writer, cannot overwrite newer state.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,6 +23,7 @@ from typing import Protocol
 import orjson
 
 from profiling.profile import Profile
+from profiling.vectors import StoredInterest
 
 
 def profile_key(user_id: str) -> str:
@@ -65,7 +67,7 @@ class ProfileStore(Protocol):
         ...
 
     async def read_profile(self, user_id: str) -> dict[str, str] | None:
-        """The public profile fields as a reader sees them, or None."""
+        """The public profile fields as a reader sees them (vectors in base64), or None."""
         ...
 
 
@@ -83,7 +85,21 @@ def public_fields(profile: Profile) -> dict[str, str]:
     }
     for kind, count in profile.counts.items():
         fields[f"count:{kind}"] = str(count)
+    if profile.model is not None:
+        fields["model"] = profile.model
     return fields
+
+
+VECTOR_FIELDS = ("vec_long", "vec_short")
+
+
+def vector_fields(profile: Profile) -> dict[str, bytes]:
+    """The binary `profile:{u}` fields: float32 little-endian interest vectors, when present."""
+    interest = profile.interest
+    if interest is None:
+        return {}
+    pairs = (("vec_long", interest.vec_long), ("vec_short", interest.vec_short))
+    return {name: value for name, value in pairs if value is not None}
 
 
 def state_blob(profile: Profile) -> bytes:
@@ -95,17 +111,28 @@ def state_blob(profile: Profile) -> bytes:
             "pub_at": profile.published_at,
             "pub_v": profile.published_version,
             "unpub": sorted(profile.unpublished),
+            "interest": profile.interest.to_json() if profile.interest else None,
         }
     )
 
 
 def profile_from_storage(
-    user_id: str, fields: Mapping[str, str], state: bytes | str | None
+    user_id: str,
+    fields: Mapping[str, str],
+    state: bytes | str | None,
+    vectors: Mapping[str, bytes] | None = None,
 ) -> Profile:
-    """Rebuild a `Profile` from its public hash and state blob (both possibly empty)."""
+    """Rebuild a `Profile` from its public hash (text and binary fields) and state blob."""
     if not fields:
         return Profile(user_id)
     internal = orjson.loads(state) if state else {}
+    vectors = vectors or {}
+    interest_json = internal.get("interest")
+    interest = (
+        StoredInterest.from_json(interest_json, vectors.get("vec_long"), vectors.get("vec_short"))
+        if interest_json is not None
+        else None
+    )
     counts = {k[6:]: int(v) for k, v in fields.items() if k.startswith("count:")}
     return Profile(
         user_id=user_id,
@@ -122,6 +149,8 @@ def profile_from_storage(
         published_at=int(internal.get("pub_at", 0)),
         published_version=int(internal.get("pub_v", 0)),
         unpublished=frozenset(internal.get("unpub", ())),
+        interest=interest,
+        model=fields.get("model"),
     )
 
 
@@ -131,6 +160,7 @@ class InMemoryProfileStore:
     def __init__(self, dedupe_window: int = 2048) -> None:
         self.dedupe_window = dedupe_window
         self._hashes: dict[str, dict[str, str]] = {}
+        self._vectors: dict[str, dict[str, bytes]] = {}
         self._states: dict[str, bytes] = {}
         self._seen: dict[str, dict[str, int]] = {}
 
@@ -138,7 +168,8 @@ class InMemoryProfileStore:
         loaded = {}
         for user_id, event_ids in wanted.items():
             fields = self._hashes.get(user_id, {})
-            profile = profile_from_storage(user_id, fields, self._states.get(user_id))
+            state = self._states.get(user_id)
+            profile = profile_from_storage(user_id, fields, state, self._vectors.get(user_id))
             seen = self._seen.get(user_id, {})
             loaded[user_id] = Loaded(profile, frozenset(i for i in event_ids if i in seen))
         return loaded
@@ -152,6 +183,7 @@ class InMemoryProfileStore:
                 conflicts.append(user_id)
                 continue
             self._hashes.setdefault(user_id, {}).update(public_fields(write.profile))
+            self._vectors.setdefault(user_id, {}).update(vector_fields(write.profile))
             self._states[user_id] = state_blob(write.profile)
             seen = self._seen.setdefault(user_id, {})
             seen.update(write.applied_ids)
@@ -162,4 +194,7 @@ class InMemoryProfileStore:
 
     async def read_profile(self, user_id: str) -> dict[str, str] | None:
         fields = self._hashes.get(user_id)
-        return dict(fields) if fields else None
+        if not fields:
+            return None
+        vectors = self._vectors.get(user_id, {})
+        return {**fields, **{k: base64.b64encode(v).decode() for k, v in vectors.items()}}

@@ -32,6 +32,7 @@ enough for `cosine_drift` to within about 1e-5.
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -350,3 +351,59 @@ def decode_sketch(data: bytes) -> npt.NDArray[np.int8]:
 def _frozen(vector: Vector) -> Vector:
     vector.flags.writeable = False
     return vector
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StoredInterest:
+    """The vector part of a stored profile: published bytes, norms and the drift sketch."""
+
+    vec_long: bytes | None = None
+    vec_short: bytes | None = None
+    log2_long: float | None = None
+    log2_short: float | None = None
+    sketch: bytes | None = None  # int8 sketch of the last published vec_long
+
+    def state(self, ref_ms: int, dim: int) -> InterestState:
+        return InterestState(
+            ref_ms,
+            Interest.from_stored(self.vec_long, self.log2_long, dim),
+            Interest.from_stored(self.vec_short, self.log2_short, dim),
+        )
+
+    @classmethod
+    def of(cls, state: InterestState, sketch: bytes | None) -> StoredInterest:
+        return cls(
+            state.long.published(),
+            state.short.published(),
+            _finite(state.long.log2_norm),
+            _finite(state.short.log2_norm),
+            sketch,
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "log2_long": self.log2_long,
+            "log2_short": self.log2_short,
+            "sketch": base64.b64encode(self.sketch).decode() if self.sketch else None,
+        }
+
+    @classmethod
+    def from_json(
+        cls, data: dict[str, object], vec_long: bytes | None, vec_short: bytes | None
+    ) -> StoredInterest:
+        sketch = data.get("sketch")
+        return cls(
+            vec_long,
+            vec_short,
+            _float(data.get("log2_long")),
+            _float(data.get("log2_short")),
+            base64.b64decode(sketch) if isinstance(sketch, str) else None,
+        )
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None

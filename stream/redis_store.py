@@ -5,6 +5,7 @@ hash-tagged keys (so it is atomic on a single node and on Redis Cluster alike).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -13,6 +14,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from profiling.store import (
+    VECTOR_FIELDS,
     Loaded,
     Write,
     profile_from_storage,
@@ -21,6 +23,7 @@ from profiling.store import (
     seen_key,
     state_blob,
     state_key,
+    vector_fields,
 )
 
 # Both scripts serve several users per call, three keys each (profile, state,
@@ -46,7 +49,8 @@ return out
 """
 
 # ARGV: ttl ms, dedupe window, JSON [[expected version, state blob, [field, value,
-#       ...], [ts, event id, ...]], ...], one entry per user.
+#       ...], [ts, event id, ...], [binary field, ARGV index, ...]], ...], one entry
+#       per user, then the binary field values (vectors), which JSON cannot carry.
 # Returns per user 1 when written, 0 when the stored version was not the expected
 # one (compare-and-set: a stale writer changes nothing).
 SAVE_SCRIPT: Final = """
@@ -65,6 +69,8 @@ for u = 1, #writes do
     results[u] = 0
   else
     chunked('HSET', KEYS[k], write[3])
+    local binary = write[5]
+    for j = 1, #binary, 2 do redis.call('HSET', KEYS[k], binary[j], ARGV[binary[j + 1]]) end
     redis.call('SET', KEYS[k + 1], write[2])
     if #write[4] > 0 then
       chunked('ZADD', KEYS[k + 2], write[4])
@@ -110,17 +116,20 @@ class RedisProfileStore:
         replies = await self._run(LOAD_SCRIPT, calls)
         loaded = {}
         for user_id, (flat, state, scores) in zip(users, _flatten(replies), strict=True):
-            fields = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+            fields, vectors = _split_fields(flat)
             seen = frozenset(i for i, s in zip(wanted[user_id], scores, strict=False) if s)
-            loaded[user_id] = Loaded(profile_from_storage(user_id, fields, state), seen)
+            profile = profile_from_storage(user_id, fields, state, vectors)
+            loaded[user_id] = Loaded(profile, seen)
         return loaded
 
     async def save(self, writes: Sequence[Write]) -> list[str]:
         calls = []
         for chunk in _chunks(list(writes), self.users_per_call):
-            payload = [_write_entry(write) for write in chunk]
+            binary: list[bytes] = []
+            payload = [_write_entry(write, binary) for write in chunk]
             keys = _user_keys([write.profile.user_id for write in chunk])
-            calls.append((keys, [self.ttl_ms, self.dedupe_window, orjson.dumps(payload)]))
+            args = [self.ttl_ms, self.dedupe_window, orjson.dumps(payload), *binary]
+            calls.append((keys, args))
         replies = await self._run(SAVE_SCRIPT, calls)
         return [
             w.profile.user_id for w, ok in zip(writes, _flatten(replies), strict=True) if not ok
@@ -128,7 +137,10 @@ class RedisProfileStore:
 
     async def read_profile(self, user_id: str) -> dict[str, str] | None:
         raw = await self.client.hgetall(profile_key(user_id))
-        return {_text(k): _text(v) for k, v in raw.items()} or None
+        flat = [item for pair in raw.items() for item in pair]
+        fields, vectors = _split_fields(flat)
+        encoded = {name: base64.b64encode(value).decode() for name, value in vectors.items()}
+        return {**fields, **encoded} or None
 
     async def _run(self, script: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """Run `script` once per (keys, args) call, all in one pipelined round trip."""
@@ -152,10 +164,29 @@ class RedisProfileStore:
         return self._shas[script]
 
 
-def _write_entry(write: Write) -> list[Any]:
+def _write_entry(write: Write, binary: list[bytes]) -> list[Any]:
+    """One user's part of the save script's JSON; binary values are appended to `binary`."""
     fields = [item for pair in public_fields(write.profile).items() for item in pair]
     seen = [item for event_id, ts in write.applied_ids for item in (str(ts), event_id)]
-    return [write.expected_version, state_blob(write.profile).decode(), fields, seen]
+    refs: list[Any] = []
+    for name, value in vector_fields(write.profile).items():
+        binary.append(value)
+        refs += (name, 3 + len(binary))  # ARGV index (1-based) after ttl, window, JSON
+    return [write.expected_version, state_blob(write.profile).decode(), fields, seen, refs]
+
+
+def _split_fields(flat: Sequence[bytes | str]) -> tuple[dict[str, str], dict[str, bytes]]:
+    """A flat HGETALL reply as text fields and binary (vector) fields."""
+    fields: dict[str, str] = {}
+    vectors: dict[str, bytes] = {}
+    for i in range(0, len(flat), 2):
+        name = _text(flat[i])
+        if name in VECTOR_FIELDS:
+            value = flat[i + 1]
+            vectors[name] = value if isinstance(value, bytes) else value.encode()
+        else:
+            fields[name] = _text(flat[i + 1])
+    return fields, vectors
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:

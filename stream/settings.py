@@ -73,6 +73,25 @@ class Settings(BaseSettings):
         0, ge=0, description="expire profiles inactive this long (seconds); 0 keeps them"
     )
 
+    # Interest vectors
+    encoder: str = Field(
+        "auto",
+        description="text encoder: auto (MiniLM if installed, else none), minilm, hashing, "
+        "none, or a local Hugging Face model folder",
+    )
+    device: str | None = Field(None, description="encoder device (cpu, cuda, cuda:1); default auto")
+    encoder_max_tokens: int = Field(128, ge=2, description="texts are cut to this many tokens")
+    vector_long_half_life_days: float = Field(30.0, gt=0, description="half-life of vec_long")
+    vector_short_half_life_hours: float = Field(1.0, gt=0, description="half-life of vec_short")
+    vector_drift_threshold: float = Field(
+        0.05, ge=0, le=2, description="publish when vec_long turned this far (1 - cosine)"
+    )
+    vector_in_updates: bool = Field(False, description="add vec_long (base64) to change messages")
+    embedding_cache_size: int = Field(50_000, ge=0, description="in-process embedding LRU entries")
+    embedding_cache_ttl_s: int = Field(
+        7 * 86_400, ge=0, description="TTL of embeddings shared in Redis (0: not shared)"
+    )
+
     # Web / metrics
     web_port: int = Field(
         6066, ge=0, le=65535, description="worker web port (/health, /ready, /metrics); 0: none"

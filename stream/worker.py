@@ -33,9 +33,10 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from redis.exceptions import RedisError
 
 from profiling.errors import ProfilerError
-from profiling.pipeline import BatchResult, SourceRecord, apply_batch
+from profiling.pipeline import BatchResult, SourceRecord, Stages, apply_batch
 from profiling.profile import MS_PER_DAY, ProfileParams
 from stream import kafka, metrics
+from stream.interest_setup import interest_model
 from stream.redis_store import RedisProfileStore, connect
 from stream.settings import Settings
 
@@ -142,6 +143,7 @@ class BatchWorker:
         self.assignment = _Assignment()
         self.redis = connect(settings.redis_url)
         self.store = RedisProfileStore(self.redis, settings.dedupe_window, settings.profile_ttl_s)
+        self.stages = Stages(interest_model(settings, self.redis), settings.vector_in_updates)
         self.consumer: AIOKafkaConsumer = kafka.events_consumer(settings)
         self.producer: AIOKafkaProducer = kafka.producer(settings)
         self._stopping = asyncio.Event()
@@ -235,7 +237,7 @@ class BatchWorker:
         for record in records:
             self._positions[TopicPartition(record.topic, record.partition)] = record.offset + 1
         return await self._retrying(
-            "redis", lambda: apply_batch(records, self.store, self.params, self.clock)
+            "redis", lambda: apply_batch(records, self.store, self.params, self.clock, self.stages)
         )
 
     async def _finish(

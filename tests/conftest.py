@@ -112,6 +112,9 @@ def make_settings(
             # Tansu holds a join for about half the session timeout: keep groups quick.
             "kafka_session_timeout_ms": 2000,
             "kafka_heartbeat_interval_ms": 200,
+            # The deterministic hashing encoder keeps pipeline tests fast; the real
+            # MiniLM path has its own tests (test_interest_vectors.py).
+            "encoder": "hashing",
             **names,
             **overrides,
         }

@@ -36,10 +36,12 @@ from stream import kafka
 from stream.devstack import LocalBroker, default_topics, free_port, kafka_metadata_brokers
 from stream.lookup import profile_json
 from stream.producing import send_records
+from stream.redis_store import RedisProfileStore, connect
 from stream.settings import Settings
 from stream.synthetic_shop import ShopGenerator
 from stream.worker import wall_clock_ms
 from tests.integration.kafka_io import committed_offsets, end_offsets, read_topic
+from tests.integration.test_worker import stored_profiles
 
 BIN = Path(sys.executable).parent
 PROFILER = str(BIN / "profiler")
@@ -213,18 +215,11 @@ def expected_totals(records: Iterable[Record]) -> dict[str, Totals]:
 
 
 async def stored_totals(redis_url: str) -> dict[str, Totals]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        stored = {}
-        async for key in client.scan_iter(match="profile:{*", count=1000):
-            fields = await client.hgetall(key)
-            counts = Counter({k[6:]: int(v) for k, v in fields.items() if k.startswith("count:")})
-            stored[key[len("profile:{") : -1]] = Totals(
-                int(fields["events"]), counts, float(fields["spend"])
-            )
-        return stored
-    finally:
-        await client.aclose()
+    stored = {}
+    for user, fields in (await stored_profiles(redis_url)).items():
+        counts = Counter({k[6:]: int(v) for k, v in fields.items() if k.startswith("count:")})
+        stored[user] = Totals(int(fields["events"]), counts, float(fields["spend"]))
+    return stored
 
 
 def assert_totals_equal(stored: dict[str, Totals], expected: dict[str, Totals]) -> None:
@@ -372,11 +367,12 @@ async def test_faust_worker_applies_events_serves_its_pages_and_stops_on_sigterm
         async with web.get(f"/profile/{user}") as response:
             assert response.status == 200
             body = await response.json()
-        client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        client = connect(settings.redis_url)
         try:
-            stored_hash = await client.hgetall(f"profile:{{{user}}}")
+            stored_hash = await RedisProfileStore(client).read_profile(user)
         finally:
             await client.aclose()
+        assert stored_hash is not None
         assert body == {"user_id": user, **profile_json(stored_hash)}
         assert body["events"] == expected[user].events
         async with web.get("/profile/no-such-user") as response:

@@ -49,11 +49,17 @@ def expected_profiles(records: Sequence[tuple[bytes | None, bytes]]) -> dict[str
 
 
 async def stored_profiles(url: str) -> dict[str, dict[str, str]]:
-    client = aioredis.Redis.from_url(url, decode_responses=True)
+    """Every profile's text fields (the binary vectors left out)."""
+    client = aioredis.Redis.from_url(url)
     try:
         profiles = {}
         async for key in client.scan_iter(match="profile:{*", count=1000):
-            profiles[key[len("profile:{") : -1]] = await client.hgetall(key)
+            fields = await client.hgetall(key)
+            profiles[key.decode()[len("profile:{") : -1]] = {
+                name.decode(): value.decode()
+                for name, value in fields.items()
+                if not name.startswith(b"vec_")
+            }
         return profiles
     finally:
         await client.aclose()
