@@ -2,10 +2,14 @@
 
 Starts a local Tansu broker and redis-server, fills `behavior-events` with a
 synthetic shop (realistic mix, 0.5 % malformed, 1 % re-sent), then times a
-separate `profiler run --until-idle 2` process. The rate is records over the
-worker's busy time, from its first batch to its last commit, so process start,
-group join and the idle wait at the end are excluded; the wall time of the
-whole process is reported beside it.
+separate `profiler run --until-idle 2` process per pass, each with a new
+consumer group on the same topic: without vectors, with the MiniLM encoder
+and an empty embedding cache (cold), and again with the cache the cold pass
+filled (warm: a new process, so its in-process LRU is empty; the shared Redis
+cache is what is warm). The rate is records over the worker's busy time, from
+its first batch to its last commit, so process start, model load, group join
+and the idle wait at the end are excluded; each process's wall time is
+reported beside it.
 
     python bench/drain.py --events 200000 --users 20000
 """
@@ -23,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import redis
+
 from stream.devstack import DevStack
 from stream.producing import send_records
 from stream.settings import Settings
@@ -33,16 +39,62 @@ RESULTS = Path(__file__).parent / "results"
 HOUR_MS = 3_600_000
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
+def worker_env(settings: Settings, group: str, encoder: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROFILER_")}
     env.update(
         PROFILER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
         PROFILER_REDIS_URL=settings.redis_url,
-        PROFILER_GROUP_ID="bench-drain",
+        PROFILER_GROUP_ID=group,
+        PROFILER_ENCODER_MODEL=encoder,
         PROFILER_KAFKA_SESSION_TIMEOUT_MS="3000",
         PROFILER_KAFKA_HEARTBEAT_INTERVAL_MS="300",
+        PROFILER_WEB_PORT="0",
     )
     return env
+
+
+# (label, encoder, keep the shared embedding cache from the pass before)
+PASSES = {
+    "no-vectors": ("none", False),
+    "vectors-cold": ("minilm", False),
+    "vectors-warm": ("minilm", True),
+}
+
+
+def forget_profiles(redis_url: str, keep_embeddings: bool) -> None:
+    """Empty Redis for the next pass (a new group replays the topic from the start)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        if not keep_embeddings:
+            client.flushdb()
+            return
+        for pattern in ("profile:*", "profile-state:*", "profile-seen:*"):
+            keys = list(client.scan_iter(match=pattern, count=10_000))
+            for i in range(0, len(keys), 10_000):
+                client.delete(*keys[i : i + 10_000])
+    finally:
+        client.close()
+
+
+def run_pass(
+    settings: Settings, label: str, profile: Path | None
+) -> tuple[dict[str, object], float]:
+    encoder, keep = PASSES[label]
+    forget_profiles(settings.redis_url, keep)
+    with tempfile.TemporaryDirectory() as tmp:
+        stats_path = Path(tmp) / "stats.json"
+        runner = [sys.executable]
+        if profile:
+            runner += ["-m", "pyinstrument", "-o", f"{profile}.{label}.txt"]
+        t0 = time.perf_counter()
+        subprocess.run(
+            [*runner, "-m", "stream.cli", "run", "--until-idle", "2",
+             "--stats-json", str(stats_path)],
+            env=worker_env(settings, f"bench-drain-{label}", encoder), check=True,
+        )  # fmt: skip
+        wall_s = time.perf_counter() - t0
+        stats: dict[str, object] = json.loads(stats_path.read_text())
+    return stats, wall_s
 
 
 def main() -> None:
@@ -50,9 +102,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--passes", nargs="+", choices=list(PASSES), default=list(PASSES))
     parser.add_argument("--out", type=Path, default=RESULTS / "drain.json")
     parser.add_argument(
-        "--profile", type=Path, help="run the worker under pyinstrument, text report here"
+        "--profile", type=Path, help="run the worker under pyinstrument, text reports here"
     )
     args = parser.parse_args()
 
@@ -63,19 +116,12 @@ def main() -> None:
         t0 = time.perf_counter()
         sent = asyncio.run(send_records(settings, shop.records(args.events, 0.005, 0.01)))
         fill_s = time.perf_counter() - t0
-        with tempfile.TemporaryDirectory() as tmp:
-            stats_path = Path(tmp) / "stats.json"
-            t0 = time.perf_counter()
-            runner = [sys.executable]
-            if args.profile:
-                runner += ["-m", "pyinstrument", "-o", str(args.profile)]
-            subprocess.run(
-                [*runner, "-m", "stream.cli", "run", "--until-idle", "2",
-                 "--stats-json", str(stats_path)],
-                env=worker_env(settings), check=True,
-            )  # fmt: skip
-            wall_s = time.perf_counter() - t0
-            stats = json.loads(stats_path.read_text())
+        passes = {}
+        for label in args.passes:
+            stats, wall_s = run_pass(settings, label, args.profile)
+            passes[label] = {"worker_wall_s": round(wall_s, 2), **stats}
+            print(label, json.dumps(stats))
+    rates = {label: p["records_per_s"] for label, p in passes.items()}
     result = {
         "benchmark": "drain",
         "command": "python bench/drain.py " + " ".join(sys.argv[1:]),
@@ -84,12 +130,14 @@ def main() -> None:
         "users": args.users,
         "partitions": args.partitions,
         "fill_s": round(fill_s, 2),
-        "worker_wall_s": round(wall_s, 2),
-        "worker": stats,
+        "records_per_s": rates,
+        "passes": passes,
     }
+    if "no-vectors" in rates and "vectors-warm" in rates:
+        result["warm_vectors_slowdown"] = round(rates["no-vectors"] / rates["vectors-warm"], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "passes"}, indent=2))
 
 
 def machine() -> str:

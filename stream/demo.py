@@ -12,16 +12,20 @@ import time
 from dataclasses import dataclass
 from itertools import islice
 
+import numpy as np
 import orjson
 from rich.console import Console
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from profiling.embedding_cache import embed_texts
+from profiling.interests import InterestModel
 from stream import kafka
 from stream.devstack import DevStack
 from stream.lookup import read_profile_json
 from stream.producing import send_all
+from stream.redis_store import connect
 from stream.settings import Settings
 from stream.synthetic_shop import ShopGenerator
 from stream.worker import BatchWorker, WorkerStats, wall_clock_ms
@@ -81,6 +85,8 @@ async def _stream_shop(
     finally:
         await worker.close()
     await _summarise(settings, stats, time.monotonic() - started, console)
+    if worker.stages.interests is not None:
+        await _show_interests(settings, shop, worker.stages.interests, console)
 
 
 async def _produce(settings: Settings, shop: ShopGenerator, events: int, feed: Feed) -> None:
@@ -112,8 +118,6 @@ def _progress(feed: Feed, stats: WorkerStats, started: float) -> Panel:
 async def _summarise(
     settings: Settings, stats: WorkerStats, seconds: float, console: Console
 ) -> None:
-    from stream.redis_store import connect
-
     client = connect(settings.redis_url)
     try:
         keys = [key async for key in client.scan_iter(match="profile:{*", count=1000)]
@@ -135,8 +139,41 @@ async def _summarise(
     console.print(table)
     if top_user is not None:
         body = await read_profile_json(settings.redis_url, top_user)
+        assert body is not None
+        for name in ("vec_long", "vec_short"):
+            if name in body:
+                body[name] = f"<{len(body[name]) * 3 // 4} bytes: float32 x 384, base64 in full>"
         console.print(f"top spender's profile (profiler profile {top_user}):")
         console.print_json(orjson.dumps(body).decode())
+
+
+async def _show_interests(
+    settings: Settings, shop: ShopGenerator, interests: InterestModel, console: Console
+) -> None:
+    """What vec_long means: the catalogue titles nearest to a few users' long-term vectors."""
+    titles = sorted({product.fields["title"] for product in shop.catalog.products})
+    vectors = await embed_texts(titles, interests.encoder, interests.lru, interests.shared)
+    client = connect(settings.redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match="profile:{*", count=1000)]
+        table = Table(title="nearest catalogue titles to vec_long", show_header=True)
+        table.add_column("user")
+        table.add_column("events")
+        table.add_column("top titles by cosine")
+        for key in sorted(keys)[:5]:
+            raw_vec, events = await client.hmget(key, ["vec_long", "events"])
+            if not isinstance(raw_vec, bytes) or not isinstance(events, bytes):
+                continue
+            scores = vectors @ np.frombuffer(raw_vec, dtype="<f4")
+            best = np.argsort(scores)[::-1][:3]
+            table.add_row(
+                key.decode()[len("profile:{") : -1],
+                events.decode(),
+                "\n".join(f"{scores[i]:.2f}  {titles[i]}" for i in best),
+            )
+        console.print(table)
+    finally:
+        await client.aclose()
 
 
 async def _spends(client: object, keys: list[bytes]) -> dict[str, float]:

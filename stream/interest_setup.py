@@ -43,7 +43,7 @@ class RedisEmbeddingCache:
 
 @lru_cache(maxsize=4)
 def load_encoder(name: str, device: str | None, max_tokens: int) -> Encoder | None:
-    """The encoder `name` names (see `Settings.encoder`), loaded once per process."""
+    """The encoder `name` names (see `Settings.encoder_model`), loaded once per process."""
     if name == "none":
         return None
     if name == "hashing":
@@ -62,7 +62,7 @@ def load_encoder(name: str, device: str | None, max_tokens: int) -> Encoder | No
 
 def interest_model(settings: Settings, client: aioredis.Redis) -> InterestModel | None:
     """The worker's vector stage, or None when no encoder is configured or installed."""
-    encoder = load_encoder(settings.encoder, settings.device, settings.encoder_max_tokens)
+    encoder = load_encoder(settings.encoder_model, settings.device, settings.encoder_max_tokens)
     if encoder is None:
         return None
     params = VectorParams(

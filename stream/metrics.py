@@ -57,6 +57,36 @@ COMMIT_FAILURES = Counter(
 ASSIGNED_PARTITIONS = Gauge(
     "profiler_assigned_partitions", "Partitions of the events topic owned", registry=REGISTRY
 )
+EMBEDDINGS = Counter(
+    "profiler_embeddings",
+    "Distinct texts looked up per batch, by where the vector came from: "
+    "lru (in process), shared (Redis), encoded (encoder call)",
+    ["source"],
+    registry=REGISTRY,
+)
+EMBEDDING_HIT_RATIO = Gauge(
+    "profiler_embedding_cache_hit_ratio",
+    "Share of text lookups since start that needed no encoder call",
+    registry=REGISTRY,
+)
+ENCODER_CALLS = Counter(
+    "profiler_encoder_calls", "Batches that ran the encoder on cache misses", registry=REGISTRY
+)
+
+
+def observe_embeddings(before: tuple[int, int, int], after: tuple[int, int, int]) -> None:
+    """Count one batch's lookups from cumulative (lru hits, shared hits, encoded) totals."""
+    lru, shared, encoded = (now - then for now, then in zip(after, before, strict=True))
+    EMBEDDINGS.labels("lru").inc(lru)
+    EMBEDDINGS.labels("shared").inc(shared)
+    EMBEDDINGS.labels("encoded").inc(encoded)
+    if encoded:
+        ENCODER_CALLS.inc()
+    total = sum(after)
+    if total:
+        EMBEDDING_HIT_RATIO.set(1 - after[2] / total)
+
+
 CONSUMER_LAG = Gauge(
     "profiler_consumer_lag",
     "Records behind the fetch high watermark, per owned partition",

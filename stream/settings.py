@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     )
 
     # Interest vectors
-    encoder: str = Field(
+    encoder_model: str = Field(
         "auto",
         description="text encoder: auto (MiniLM if installed, else none), minilm, hashing, "
         "none, or a local Hugging Face model folder",

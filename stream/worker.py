@@ -236,9 +236,20 @@ class BatchWorker:
             self.stats.first_batch_at = started
         for record in records:
             self._positions[TopicPartition(record.topic, record.partition)] = record.offset + 1
-        return await self._retrying(
+        lookups = self._embedding_totals()
+        result = await self._retrying(
             "redis", lambda: apply_batch(records, self.store, self.params, self.clock, self.stages)
         )
+        if lookups is not None:
+            metrics.observe_embeddings(lookups, self._embedding_totals() or lookups)
+        return result
+
+    def _embedding_totals(self) -> tuple[int, int, int] | None:
+        interests = self.stages.interests
+        if interests is None:
+            return None
+        stats = interests.lru.stats
+        return stats.hits, stats.shared_hits, stats.encoded
 
     async def _finish(
         self, records: Sequence[SourceRecord], result: BatchResult, started: float

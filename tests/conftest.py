@@ -114,7 +114,7 @@ def make_settings(
             "kafka_heartbeat_interval_ms": 200,
             # The deterministic hashing encoder keeps pipeline tests fast; the real
             # MiniLM path has its own tests (test_interest_vectors.py).
-            "encoder": "hashing",
+            "encoder_model": "hashing",
             **names,
             **overrides,
         }

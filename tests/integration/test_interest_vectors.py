@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from profiling.events import Event, decode_event
 from profiling.vectors import VectorParams, event_text, event_weight
+from stream import metrics
 from stream.interest_setup import load_encoder
 from stream.producing import send_records
 from stream.settings import Settings
@@ -65,7 +66,7 @@ def oracle_vectors(
 
 
 async def test_every_profile_that_saw_text_has_the_oracle_vectors(make_settings) -> None:
-    settings: Settings = await make_settings(encoder="minilm", vector_in_updates=True)
+    settings: Settings = await make_settings(encoder_model="minilm", vector_in_updates=True)
     records = shop(1200)
     await send_records(settings, records)
     await drain(settings)
@@ -92,7 +93,7 @@ async def test_every_profile_that_saw_text_has_the_oracle_vectors(make_settings)
 
 
 async def test_a_warm_cache_encodes_nothing(make_settings) -> None:
-    settings: Settings = await make_settings(encoder="minilm")
+    settings: Settings = await make_settings(encoder_model="minilm")
     records = shop(600)
     await send_records(settings, records)
     await drain(settings)
@@ -106,6 +107,9 @@ async def test_a_warm_cache_encodes_nothing(make_settings) -> None:
     finally:
         await client.aclose()
     replay = settings.model_copy(update={"group_id": settings.group_id + "-again"})
+    shared_before = metrics.REGISTRY.get_sample_value(
+        "profiler_embeddings_total", {"source": "shared"}
+    ) or 0.0
     worker = BatchWorker(replay)
     assert worker.stages.interests is not None
     stats = await drain(replay, worker=worker)
@@ -113,3 +117,8 @@ async def test_a_warm_cache_encodes_nothing(make_settings) -> None:
     cache = worker.stages.interests.lru.stats
     assert cache.encoded == 0
     assert cache.shared_hits > 0
+    shared_after = metrics.REGISTRY.get_sample_value(
+        "profiler_embeddings_total", {"source": "shared"}
+    )
+    assert shared_after == shared_before + cache.shared_hits
+    assert metrics.REGISTRY.get_sample_value("profiler_embedding_cache_hit_ratio") is not None
