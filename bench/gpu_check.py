@@ -15,7 +15,7 @@ so a run cut short still leaves what it measured:
     float32 embeddings of the ORIGINAL fp32 weights: on the CPU from the fp16
     weights cast up (what rounding the weights alone costs), then on the device
     in float32 (min cosine >= 0.999, asserted), bfloat16 and float16 (>= 0.99,
-    asserted), and sentence-transformers fp16 (reported).
+    asserted), and sentence-transformers fp16 (reported; fp32 with --device cpu).
  2. fixed shapes, eager: model forward + mean pooling on real token ids padded to
     16 tokens (short, titles and queries, ~12 real tokens) and 64 tokens (medium,
     descriptions), batch 64..4096, float32 / bfloat16 / float16; texts/s from
@@ -74,10 +74,11 @@ ST_RATIO_TARGET = 2.0  # ours / sentence-transformers fp16, end to end
 
 SEQ_LEN = {"short": 16, "medium": 64}  # fixed-shape padding per text set
 BATCHES = (64, 256, 1024, 4096)
-QUICK_BATCHES = (8, 32)
+QUICK_BATCHES = (4, 16)
 EAGER_DTYPES = ("float32", "bfloat16", "float16")
-COMPILE_DTYPES = ("float32", "bfloat16")
+COMPILE_DTYPES = ("bfloat16", "float32")  # bf16 first: the GPU default, if time runs out
 ST_BATCHES = (256, 1024)
+SHORT_NAME = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 BIG_BUDGET = (65_536, 4096)  # padded tokens, rows: a fuller GPU batch than GPU_BATCH
 
 Row = dict[str, Any]
@@ -115,14 +116,22 @@ class Data:
         with gzip.open(folder / "texts.json.gz", "rt", encoding="utf-8") as fh:
             sets: dict[str, list[str]] = json.load(fh)
         if quick:
-            sets = {"short": sets["short"][:64], "medium": sets["medium"][:64], "mix": sets["mix"][:512]}
+            sets = {
+                "short": sets["short"][:32],
+                "medium": sets["medium"][:32],
+                "mix": sets["mix"][:128],
+            }
         self.sets = {name: sets[name] for name in ("mix", "short", "medium")}
         self.manifest = json.loads((folder / "manifest.json").read_text())
 
 
 def cosines(got: np.ndarray, expected: np.ndarray) -> dict[str, float]:
     cos = np.sum(got.astype(np.float64) * expected.astype(np.float64), axis=1)
-    return {"min": float(cos.min()), "mean": float(cos.mean()), "finite": bool(np.isfinite(got).all())}
+    return {
+        "min": float(cos.min()),
+        "mean": float(cos.mean()),
+        "finite": bool(np.isfinite(got).all()),
+    }
 
 
 # -- timing -------------------------------------------------------------------------------------
@@ -212,8 +221,8 @@ def fixed_inputs(tokenizer: Any, texts: Sequence[str], seq: int, device: str) ->
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
-def speed_row(mode: str, dtype: str, name: str, batch: int, mask: Any, per_call: float) -> Row:
-    seq = int(mask.shape[1])
+def speed_row(mode: str, dtype: str, name: str, mask: Any, per_call: float) -> Row:
+    batch, seq = (int(n) for n in mask.shape)
     return {
         "mode": mode,
         "dtype": dtype,
@@ -234,8 +243,10 @@ def correctness(args: argparse.Namespace, data: Data, report: Row) -> dict[str, 
 
     texts, expected = data.ref_texts, data.reference
     short = np.array([k == "short" for k in data.ref_kinds])
-    out: dict[str, Any] = {"texts": len(texts), "thresholds": {"float32": FP32_MIN_COSINE,
-                                                                "half": HALF_MIN_COSINE}}
+    out: dict[str, Any] = {
+        "texts": len(texts),
+        "thresholds": {"float32": FP32_MIN_COSINE, "half": HALF_MIN_COSINE},
+    }
     cpu = TransformerEncoder(args.model, device="cpu", dtype="float32", dedupe=False).encode(texts)
     out["cpu_float32_from_fp16_weights"] = {
         **cosines(cpu, expected),
@@ -260,11 +271,16 @@ def correctness(args: argparse.Namespace, data: Data, report: Row) -> dict[str, 
         check(report, key, out, threshold)
     try:
         st = st_model(args)
-        got = st.encode(texts, batch_size=256, convert_to_numpy=True, normalize_embeddings=True,
-                        show_progress_bar=False)
-        out["sentence_transformers_fp16"] = cosines(got, expected)  # reported, not asserted
+        got = st.encode(
+            texts,
+            batch_size=256,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        out[f"sentence_transformers_{args.st_dtype}"] = cosines(got, expected)  # reported only
     except Exception as exc:  # not our code: a broken ST is a finding, not a crash
-        out["sentence_transformers_fp16"] = {"error": repr(exc)}
+        out[f"sentence_transformers_{args.st_dtype}"] = {"error": repr(exc)}
         report["failures"].append(f"sentence-transformers: {exc!r}")
     return out
 
@@ -273,8 +289,10 @@ def check(report: Row, key: str, rows: dict[str, Any], threshold: float) -> None
     row = rows[key]
     row["threshold"] = threshold
     row["pass"] = bool(row["finite"] and row["min"] >= threshold)
-    log(f"correctness {key:32s} min cos {row['min']:.6f} mean {row['mean']:.6f} "
-        f"(>= {threshold}) {'ok' if row['pass'] else 'FAIL'}")
+    log(
+        f"correctness {key:32s} min cos {row['min']:.6f} mean {row['mean']:.6f} "
+        f"(>= {threshold}) {'ok' if row['pass'] else 'FAIL'}"
+    )
     if not row["pass"]:
         report["failures"].append(f"{key}: min cosine {row['min']:.6f} < {threshold}")
 
@@ -282,7 +300,12 @@ def check(report: Row, key: str, rows: dict[str, Any], threshold: float) -> None
 def st_model(args: argparse.Namespace) -> Any:
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(str(args.model), device=args.device).half()
+    dtype = getattr(torch, args.st_dtype)
+    try:  # load straight in the target dtype (the folder's weights are fp16)
+        st = SentenceTransformer(str(args.model), device=args.device, model_kwargs={"dtype": dtype})
+    except TypeError:  # a sentence-transformers or transformers without that keyword
+        st = SentenceTransformer(str(args.model), device=args.device)
+    st = st.half() if args.st_dtype == "float16" else st.to(dtype)  # .half(): as the issue asks
     st.max_seq_length = 128  # TransformerEncoder's max_tokens; the texts are shorter anyway
     return st
 
@@ -293,30 +316,41 @@ def st_model(args: argparse.Namespace) -> Any:
 def fixed_eager(args: argparse.Namespace, data: Data, clock: Clock) -> list[Row]:
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model, local_files_only=True)
     rows: list[Row] = []
-    for dtype in EAGER_DTYPES:
+    for dtype in args.eager_dtypes:
         model = load_model(args.model, args.device, dtype)
-        forward = pooled_forward(model)
         for name, seq in SEQ_LEN.items():
-            ids, mask = fixed_inputs(tokenizer, data.sets[name][: max(args.batches)], seq, args.device)
+            texts = data.sets[name][: max(args.batches)]
+            ids, mask = fixed_inputs(tokenizer, texts, seq, args.device)
             for batch in args.batches:
                 if clock.left() < args.reserve_s:
-                    rows.append({"mode": "eager", "dtype": dtype, "set": name, "batch": batch,
-                                 "skipped": "time budget"})
+                    skipped = {"mode": "eager", "dtype": dtype, "set": name, "batch": batch}
+                    rows.append({**skipped, "skipped": "time budget"})
+                    log(f"eager   {dtype:8s} {name:6s} B={batch}: skipped, time budget")
                     continue
                 x, m = ids[:batch], mask[:batch]
-                with torch.inference_mode():
-                    per_call, iters = seconds_per_call(lambda: forward(x, m), args.device, args.min_s)
-                row = speed_row("eager", dtype, name, batch, m, per_call)
-                row["iters"] = iters
-                row["tflops"] = round(flops(model, batch, seq) / per_call / 1e12, 2)
-                rows.append(row)
-                log(f"eager   {dtype:8s} {name:6s} L={seq:<3d} B={batch:<5d} "
-                    f"{row['texts_per_s']:>12,.0f} texts/s  {row['ms_per_batch']:8.3f} ms  "
-                    f"{row['tflops']:6.1f} TFLOP/s")
-        del model, forward
+                rows.append(eager_shape(args, model, dtype=dtype, name=name, ids=x, mask=m))
+        del model
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
     return rows
+
+
+def eager_shape(
+    args: argparse.Namespace, model: Any, *, dtype: str, name: str, ids: Any, mask: Any
+) -> Row:
+    """Texts/s of the eager pooled forward at one fixed (batch, length)."""
+    forward = pooled_forward(model)
+    with torch.inference_mode():
+        per_call, iters = seconds_per_call(lambda: forward(ids, mask), args.device, args.min_s)
+    row = speed_row("eager", dtype, name, mask, per_call)
+    row["iters"] = iters
+    row["tflops"] = round(flops(model, *mask.shape) / per_call / 1e12, 2)
+    log(
+        f"eager   {dtype:8s} {name:6s} L={row['seq_len']:<3d} B={row['batch']:<5d} "
+        f"{row['texts_per_s']:>12,.0f} texts/s  {row['ms_per_batch']:8.3f} ms  "
+        f"{row['tflops']:6.1f} TFLOP/s"
+    )
+    return row
 
 
 # -- phase 3: end to end ------------------------------------------------------------------------
@@ -325,24 +359,27 @@ def fixed_eager(args: argparse.Namespace, data: Data, clock: Clock) -> list[Row]
 def end_to_end(args: argparse.Namespace, data: Data, clock: Clock, report: Row) -> list[Row]:
     from profiling.encoder import TransformerEncoder
 
+    cuda = args.device.startswith("cuda")
+    main = "bfloat16" if cuda else "float32"  # what TransformerEncoder picks by itself
     encoders = {
         dtype: TransformerEncoder(args.model, device=args.device, dtype=dtype)
-        for dtype in ("bfloat16", "float16", "float32")
+        for dtype in ((main, "float16", "float32") if cuda else (main,))
     }
-    default = (encoders["float32"].token_budget, encoders["float32"].max_batch)
+    default = (encoders[main].token_budget, encoders[main].max_batch)
+    tag = SHORT_NAME[main]
     ours: list[tuple[str, str, bool, tuple[int, int]]] = [
-        ("ours bf16 dedupe (worker)", "bfloat16", True, default),
-        ("ours bf16", "bfloat16", False, default),
-        ("ours bf16 big-batch", "bfloat16", False, BIG_BUDGET),
-        ("ours fp16", "float16", False, default),
-        ("ours fp32", "float32", False, default),
+        (f"ours {tag} dedupe (worker)", main, True, default),
+        (f"ours {tag}", main, False, default),
+        (f"ours {tag} big-batch", main, False, BIG_BUDGET),
     ]
+    ours += [(f"ours {SHORT_NAME[d]}", d, False, default) for d in encoders if d != main]
     methods: list[tuple[str, dict[str, Any], Callable[[list[str]], Any]]] = []
     for label, dtype, dedupe, (budget, rows) in ours:
         enc = encoders[dtype]
 
-        def run(texts: list[str], enc: Any = enc, d: bool = dedupe, b: int = budget,
-                r: int = rows) -> Any:
+        def run(
+            texts: list[str], enc: Any = enc, d: bool = dedupe, b: int = budget, r: int = rows
+        ) -> Any:
             enc.dedupe, enc.token_budget, enc.max_batch = d, b, r
             return enc.encode(texts)
 
@@ -353,11 +390,21 @@ def end_to_end(args: argparse.Namespace, data: Data, clock: Clock, report: Row) 
         for bs in ST_BATCHES:
 
             def st_run(texts: list[str], bs: int = bs) -> Any:
-                return st.encode(texts, batch_size=bs, convert_to_numpy=True,
-                                 normalize_embeddings=True, show_progress_bar=False)
+                return st.encode(
+                    texts,
+                    batch_size=bs,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
 
-            methods.append((f"sentence-transformers fp16 b{bs}",
-                            {"dtype": "float16", "batch_size": bs}, st_run))
+            methods.append(
+                (
+                    f"sentence-transformers {SHORT_NAME[args.st_dtype]} b{bs}",
+                    {"dtype": args.st_dtype, "batch_size": bs},
+                    st_run,
+                )
+            )
     except Exception as exc:
         report["failures"].append(f"sentence-transformers load: {exc!r}")
     out: list[Row] = []
@@ -365,13 +412,22 @@ def end_to_end(args: argparse.Namespace, data: Data, clock: Clock, report: Row) 
         for label, info, run in methods:
             if clock.left() < args.reserve_s:
                 out.append({"set": name, "method": label, "skipped": "time budget"})
+                log(f"e2e     {name:6s} {label:34s} skipped, time budget")
                 continue
-            out.append(timed_encode(args, name, label, info, run, texts))
+            row = timed_encode(args, name=name, label=label, info=info, run=run, texts=texts)
+            out.append(row)
     return out
 
 
-def timed_encode(args: argparse.Namespace, name: str, label: str, info: dict[str, Any],
-                 run: Callable[[list[str]], Any], texts: list[str]) -> Row:
+def timed_encode(
+    args: argparse.Namespace,
+    *,
+    name: str,
+    label: str,
+    info: dict[str, Any],
+    run: Callable[[list[str]], Any],
+    texts: list[str],
+) -> Row:
     run(texts)  # warm-up on the same texts: every bucket shape seen once
     walls = []
     for _ in range(args.repeats):
@@ -390,8 +446,10 @@ def timed_encode(args: argparse.Namespace, name: str, label: str, info: dict[str
         "texts_per_s_best": round(len(texts) / min(walls), 1),
         "texts_per_s_median": round(len(texts) / statistics.median(walls), 1),
     }
-    log(f"e2e     {name:6s} {label:34s} {row['texts_per_s_best']:>12,.0f} texts/s (best of "
-        f"{args.repeats})")
+    log(
+        f"e2e     {name:6s} {label:34s} {row['texts_per_s_best']:>12,.0f} texts/s (best of "
+        f"{args.repeats})"
+    )
     return row
 
 
@@ -402,15 +460,37 @@ def compile_parent(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
     """Run the compile phase in a child under the deadline; collect whatever rows it wrote."""
     fd, path = tempfile.mkstemp(prefix="gpu_check_compile_", suffix=".jsonl")
     os.close(fd)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", "compile", "--jsonl", path,
-           "--deadline", f"{clock.deadline:.3f}", "--device", args.device, "--model",
-           str(args.model), "--compile-mode", args.compile_mode, "--compile-shapes",
-           args.compile_shapes, "--compile-cap-s", str(args.compile_cap_s),
-           "--min-s", str(args.min_s), "--batches", *map(str, args.batches)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--phase",
+        "compile",
+        "--jsonl",
+        path,
+        "--deadline",
+        f"{clock.deadline:.3f}",
+        "--device",
+        args.device,
+        "--model",
+        str(args.model),
+        "--compile-mode",
+        args.compile_mode,
+        "--compile-shapes",
+        args.compile_shapes,
+        "--compile-cap-s",
+        str(args.compile_cap_s),
+        "--min-s",
+        str(args.min_s),
+        "--batches",
+        *map(str, args.batches),
+    ]
     started = time.time()
     child = subprocess.Popen(cmd, process_group=0)  # its own group: killable with its workers
-    status: dict[str, Any] = {"mode": args.compile_mode, "shapes": args.compile_shapes,
-                              "cap_s": args.compile_cap_s}
+    status: dict[str, Any] = {
+        "mode": args.compile_mode,
+        "shapes": args.compile_shapes,
+        "cap_s": args.compile_cap_s,
+    }
     try:
         status["rc"] = child.wait(timeout=max(1.0, clock.left()))
     except subprocess.TimeoutExpired:
@@ -434,10 +514,17 @@ def compile_child(args: argparse.Namespace) -> None:
     watchdog.daemon = True
     watchdog.start()  # the parent kills us at the deadline; this is the belt to its braces
     limits = torch._dynamo.config
-    for knob in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
-                 "accumulated_cache_size_limit"):
+    for knob in (
+        "recompile_limit",
+        "cache_size_limit",
+        "accumulated_recompile_limit",
+        "accumulated_cache_size_limit",
+    ):
         if hasattr(limits, knob):
             setattr(limits, knob, 256)  # 16 shapes x 2 models share one code object
+    # Only the batch dimension (marked below) may go dynamic: the length stays a constant, so a
+    # second length compiles its own fixed-length graph instead of widening the first one.
+    limits.automatic_dynamic_shapes = False
     data = Data(args.model, quick=False)
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model, local_files_only=True)
     with open(args.jsonl, "a", buffering=1) as sink:
@@ -449,21 +536,37 @@ def compile_child(args: argparse.Namespace) -> None:
             model = load_model(args.model, args.device, dtype)
             eager = pooled_forward(model)
             for name, seq in SEQ_LEN.items():
-                ids, mask = fixed_inputs(tokenizer, data.sets[name][: max(args.batches)], seq,
-                                         args.device)
+                ids, mask = fixed_inputs(
+                    tokenizer, data.sets[name][: max(args.batches)], seq, args.device
+                )
                 compiled = torch.compile(
                     pooled_forward(model),
                     mode=None if args.compile_mode == "default" else args.compile_mode,
                     dynamic=False if args.compile_shapes == "static" else None,
                 )
-                compiled_shapes(args, clock, emit, (dtype, name, seq), (ids, mask), (eager, compiled),
-                                model)
+                compiled_shapes(
+                    args,
+                    clock=clock,
+                    emit=emit,
+                    key=(dtype, name, seq),
+                    inputs=(ids, mask),
+                    fns=(eager, compiled),
+                    model=model,
+                )
             del model
 
 
-def compiled_shapes(args: argparse.Namespace, clock: Clock, emit: Callable[[Row], None],
-                    key: tuple[str, str, int], inputs: tuple[Any, Any],
-                    fns: tuple[Callable[..., Any], Callable[..., Any]], model: Any) -> None:
+def compiled_shapes(
+    args: argparse.Namespace,
+    *,
+    clock: Clock,
+    emit: Callable[[Row], None],
+    key: tuple[str, str, int],
+    inputs: tuple[Any, Any],
+    fns: tuple[Callable[..., Any], Callable[..., Any]],
+    model: Any,
+) -> None:
+    """Per batch size: the first call (a compile, when one is due), agreement, texts/s."""
     dtype, name, seq = key
     ids, mask = inputs
     eager, compiled = fns
@@ -471,8 +574,14 @@ def compiled_shapes(args: argparse.Namespace, clock: Clock, emit: Callable[[Row]
     for batch in args.batches:
         needs_compile = args.compile_shapes == "static" or not compiled_once
         if needs_compile and clock.left() < args.compile_cap_s:
-            row = {"mode": "compile", "dtype": dtype, "set": name, "seq_len": seq, "batch": batch,
-                   "skipped": f"less than {args.compile_cap_s:.0f} s left for a compile"}
+            row = {
+                "mode": "compile",
+                "dtype": dtype,
+                "set": name,
+                "seq_len": seq,
+                "batch": batch,
+                "skipped": f"less than {args.compile_cap_s:.0f} s left for a compile",
+            }
             emit(row)
             log(f"compile {dtype:8s} {name:6s} L={seq:<3d} B={batch:<5d} skipped: {row['skipped']}")
             continue
@@ -487,40 +596,65 @@ def compiled_shapes(args: argparse.Namespace, clock: Clock, emit: Callable[[Row]
                 sync(args.device)
                 first = time.perf_counter() - start
                 agree = cosines(got.float().cpu().numpy(), eager(x, m).float().cpu().numpy())
-                per_call, iters = seconds_per_call(lambda: compiled(x, m), args.device, args.min_s)
+                per_call, iters = seconds_per_call(
+                    lambda x=x, m=m: compiled(x, m), args.device, args.min_s
+                )
         except Exception as exc:
-            emit({"mode": "compile", "dtype": dtype, "set": name, "seq_len": seq, "batch": batch,
-                  "error": repr(exc)[:500]})
+            emit(
+                {
+                    "mode": "compile",
+                    "dtype": dtype,
+                    "set": name,
+                    "seq_len": seq,
+                    "batch": batch,
+                    "error": repr(exc)[:500],
+                }
+            )
             log(f"compile {dtype:8s} {name:6s} B={batch}: ERROR {exc!r}"[:300])
             traceback.print_exc()
             return
         compiled_once = True
-        row = speed_row("compile", dtype, name, batch, m, per_call)
-        row.update(first_call_s=round(first, 2), iters=iters, min_cos_vs_eager=agree["min"],
-                   tflops=round(flops(model, batch, seq) / per_call / 1e12, 2))
+        row = speed_row("compile", dtype, name, m, per_call)
+        row.update(
+            first_call_s=round(first, 2),
+            iters=iters,
+            min_cos_vs_eager=agree["min"],
+            tflops=round(flops(model, batch, seq) / per_call / 1e12, 2),
+        )
         emit(row)
-        log(f"compile {dtype:8s} {name:6s} L={seq:<3d} B={batch:<5d} "
+        log(
+            f"compile {dtype:8s} {name:6s} L={seq:<3d} B={batch:<5d} "
             f"{row['texts_per_s']:>12,.0f} texts/s  {row['ms_per_batch']:8.3f} ms  first call "
-            f"{first:6.1f} s  cos vs eager {agree['min']:.5f}")
+            f"{first:6.1f} s  cos vs eager {agree['min']:.5f}"
+        )
 
 
 # -- report -------------------------------------------------------------------------------------
 
 
 def environment(device: str) -> dict[str, Any]:
-    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                           "transformers": transformers.__version__, "numpy": np.__version__,
-                           "cpus": os.cpu_count(), "device": device}
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "cpus": os.cpu_count(),
+        "device": device,
+    }
     try:
         env["sentence_transformers"] = metadata.version("sentence-transformers")
     except metadata.PackageNotFoundError:
         env["sentence_transformers"] = None
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(device)
-        env.update(cuda=torch.version.cuda, gpu=props.name, sms=props.multi_processor_count,
-                   gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                   capability=list(torch.cuda.get_device_capability(device)),
-                   tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+        env.update(
+            cuda=torch.version.cuda,
+            gpu=props.name,
+            sms=props.multi_processor_count,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            capability=list(torch.cuda.get_device_capability(device)),
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+        )
     env["float32_matmul_precision"] = torch.get_float32_matmul_precision()
     return env
 
@@ -528,8 +662,10 @@ def environment(device: str) -> dict[str, Any]:
 def targets(report: Row) -> dict[str, Any]:
     """The issue's targets, read off the rows: best short texts/s, and ours / ST end to end."""
     fixed = [r for r in report.get("fixed_shape", []) if "texts_per_s" in r and r["set"] == "short"]
-    out: dict[str, Any] = {"short_texts_per_s_target": SHORT_TARGET,
-                           "st_ratio_target": ST_RATIO_TARGET}
+    out: dict[str, Any] = {
+        "short_texts_per_s_target": SHORT_TARGET,
+        "st_ratio_target": ST_RATIO_TARGET,
+    }
     if fixed:
         best = max(fixed, key=lambda r: r["texts_per_s"])
         out["short_fixed_best"] = {k: best[k] for k in ("mode", "dtype", "batch", "texts_per_s")}
@@ -551,7 +687,9 @@ def targets(report: Row) -> dict[str, Any]:
             "ratio_worker": round(worker["texts_per_s_best"] / st_best["texts_per_s_best"], 2),
             "ratio_no_dedupe": round(
                 max(r["texts_per_s_best"] for r in ours if not r["dedupe"])
-                / st_best["texts_per_s_best"], 2),
+                / st_best["texts_per_s_best"],
+                2,
+            ),
         }
         if name == "short":
             out["short_e2e_met"] = ours_best["texts_per_s_best"] >= SHORT_TARGET
@@ -560,11 +698,16 @@ def targets(report: Row) -> dict[str, Any]:
 
 def print_tables(report: Row) -> None:
     fixed = [r for r in report.get("fixed_shape", []) if "texts_per_s" in r]
-    columns = sorted({(r["mode"], r["dtype"]) for r in fixed}, key=lambda c: (c[1], c[0]))
+    order = list(SHORT_NAME)
+    columns = sorted(
+        {(r["mode"], r["dtype"]) for r in fixed}, key=lambda c: (order.index(c[1]), c[0] != "eager")
+    )
     if columns:
         log("\nfixed shapes, texts/s (k = 1000)")
-        log(f"{'set':7s}{'L':>4s}{'batch':>7s}" + "".join(f"{d[:4] + ' ' + m[:7]:>15s}"
-                                                          for m, d in columns))
+        log(
+            f"{'set':7s}{'L':>4s}{'batch':>7s}"
+            + "".join(f"{SHORT_NAME[d] + ' ' + m:>15s}" for m, d in columns)
+        )
         cells = {(r["set"], r["batch"], r["mode"], r["dtype"]): r["texts_per_s"] for r in fixed}
         for name, seq in SEQ_LEN.items():
             for batch in sorted({r["batch"] for r in fixed}):
@@ -580,12 +723,24 @@ def print_tables(report: Row) -> None:
         log(f"{'method':36s}" + "".join(f"{n:>14s}" for n in names))
         best = {(r["method"], r["set"]): r["texts_per_s_best"] for r in e2e}
         for method in dict.fromkeys(r["method"] for r in e2e):
-            log(f"{method:36s}" + "".join(
-                f"{best[(method, n)]:>14,.0f}" if (method, n) in best else f"{'-':>14s}"
-                for n in names))
+            log(
+                f"{method:36s}"
+                + "".join(
+                    f"{best[(method, n)]:>14,.0f}" if (method, n) in best else f"{'-':>14s}"
+                    for n in names
+                )
+            )
     log("\ntargets: " + json.dumps(report.get("targets", {})))
-    log("correctness: " + json.dumps({k: v.get("min") for k, v in report.get("correctness", {})
-                                      .items() if isinstance(v, dict) and "min" in v}))
+    log(
+        "correctness: "
+        + json.dumps(
+            {
+                k: v.get("min")
+                for k, v in report.get("correctness", {}).items()
+                if isinstance(v, dict) and "min" in v
+            }
+        )
+    )
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -596,35 +751,84 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", type=Path, default=MODEL)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, no compile: a smoke test")
-    parser.add_argument("--out", type=Path, default=None, help="folder (default $OUT, else bench/results)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="folder (default $OUT, else bench/results)"
+    )
     parser.add_argument("--budget-s", type=float, default=250.0, help="whole run, compile included")
     parser.add_argument("--reserve-s", type=float, default=15.0, help="kept back for the report")
-    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                        help="auto: on for cuda unless --quick")
-    parser.add_argument("--compile-mode", default="default",
-                        help="default, max-autotune-no-cudagraphs, reduce-overhead, ...")
-    parser.add_argument("--compile-shapes", choices=("dynamic-batch", "static"),
-                        default="dynamic-batch", help="one compile per length, or per shape")
-    parser.add_argument("--compile-cap-s", type=float, default=60.0,
-                        help="start no compile with less than this left")
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="auto: on for cuda unless --quick",
+    )
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        help="default, max-autotune-no-cudagraphs, reduce-overhead, ...",
+    )
+    parser.add_argument(
+        "--compile-shapes",
+        choices=("dynamic-batch", "static"),
+        default="dynamic-batch",
+        help="one compile per length, or per shape",
+    )
+    parser.add_argument(
+        "--compile-cap-s",
+        type=float,
+        default=60.0,
+        help="start no compile with less than this left",
+    )
+    parser.add_argument(
+        "--st-dtype",
+        choices=tuple(SHORT_NAME),
+        default=None,
+        help="sentence-transformers precision (default float16; float32 on cpu)",
+    )
     parser.add_argument("--min-s", type=float, default=None, help="timed seconds per shape")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per end-to-end row")
     parser.add_argument("--batches", type=int, nargs="+", default=None)
-    parser.add_argument("--phase", choices=("main", "compile"), default="main", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--phase", choices=("main", "compile"), default="main", help=argparse.SUPPRESS
+    )
     parser.add_argument("--jsonl", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.batches = tuple(args.batches or (QUICK_BATCHES if args.quick else BATCHES))
     args.min_s = args.min_s if args.min_s is not None else (0.02 if args.quick else 0.15)
     args.repeats = args.repeats or (1 if args.quick else 3)
+    cuda = args.device.startswith("cuda")
+    args.st_dtype = args.st_dtype or ("float16" if cuda else "float32")  # fp16 crawls on CPUs
+    args.eager_dtypes = EAGER_DTYPES if cuda else ("float32",)
     if args.compile == "auto":
         args.compile = "on" if args.device.startswith("cuda") and not args.quick else "off"
     return args
 
 
+def compile_findings(report: Row) -> None:
+    """Compile rows join the fixed-shape table; errors, skips and crashes become warnings."""
+    status = report.get("compile", {})
+    rows = status.pop("rows", [])
+    report["fixed_shape"] = report.get("fixed_shape", []) + rows
+    for row in rows:
+        if "error" in row or "skipped" in row:
+            what = row.get("error") or row.get("skipped")
+            report["warnings"].append(
+                f"compile {row['dtype']} {row['set']} B={row['batch']}: {what}"
+            )
+    if status.get("killed_at_deadline"):
+        report["warnings"].append(
+            f"compile child killed at the deadline after {status.get('seconds')} s, "
+            f"{sum('texts_per_s' in r for r in rows)} shapes measured"
+        )
+    elif status.get("rc") not in (0, None):
+        report["warnings"].append(f"compile child exited with status {status['rc']}")
+
+
 def run_phase(report: Row, name: str, fn: Callable[[], Any], save: Callable[[], None]) -> None:
     start = time.perf_counter()
     log(f"\n== {name}")
+    report["phase"] = name
     try:
         report[name] = fn()
     except Exception as exc:
@@ -645,10 +849,18 @@ def main() -> int:
     out_dir = args.out or Path(os.environ.get("OUT") or ROOT / "bench" / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
     out_path = out_dir / "gpu_check.json"
-    report: Row = {"what": "MiniLM-L6 on one GPU: agreement with CPU fp32 and texts/s",
-                   "ok": False, "failures": [], "phase_seconds": {},
-                   "settings": {k: (str(v) if isinstance(v, Path) else v)
-                                for k, v in vars(args).items() if k not in ("jsonl", "deadline")}}
+    report: Row = {
+        "what": "MiniLM-L6 on one GPU: agreement with CPU fp32 and texts/s",
+        "ok": False,
+        "failures": [],
+        "warnings": [],
+        "phase_seconds": {},
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if k not in ("jsonl", "deadline")
+        },
+    }
 
     def save() -> None:
         report["ok"] = not report["failures"]
@@ -660,21 +872,38 @@ def main() -> int:
         report["env"] = environment(args.device)
         log(json.dumps(report["env"]))
         data = Data(args.model, args.quick)
-        report["texts"] = {"sets": {n: len(t) for n, t in data.sets.items()},
-                           "prepared": data.manifest.get("sets"), "seq_len": SEQ_LEN}
+        report["texts"] = {
+            "sets": {n: len(t) for n, t in data.sets.items()},
+            "prepared": data.manifest.get("sets"),
+            "seq_len": SEQ_LEN,
+        }
         run_phase(report, "correctness", lambda: correctness(args, data, report), save)
         run_phase(report, "fixed_shape", lambda: fixed_eager(args, data, clock), save)
         run_phase(report, "end_to_end", lambda: end_to_end(args, data, clock, report), save)
+        skipped = [
+            r for p in ("fixed_shape", "end_to_end") for r in report.get(p, []) if "skipped" in r
+        ]
+        if skipped:
+            report["warnings"].append(f"{len(skipped)} eager/end-to-end rows skipped: time budget")
         if args.compile == "on":
             run_phase(report, "compile", lambda: compile_parent(args, clock), save)
-            rows = report.get("compile", {}).get("rows", [])
-            report["fixed_shape"] = report.get("fixed_shape", []) + rows
+            compile_findings(report)
+        report["phase"] = "done"
+    except BaseException as exc:  # SIGTERM from `timeout`, Ctrl-C: say where it stopped
+        report["failures"].append(f"interrupted in phase {report.get('phase')}: {exc!r}")
+        raise
     finally:
+        if "correctness" not in report and not report["failures"]:
+            report["failures"].append("the correctness phase did not run")
         report["seconds_total"] = round(time.perf_counter() - started, 1)
         save()
         print_tables(report)
-        log(f"\nwrote {out_path}; {report['seconds_total']} s; "
-            f"{'OK' if report['ok'] else 'FAILED: ' + '; '.join(report['failures'])}")
+        for warning in report["warnings"]:
+            log(f"warning: {warning}")
+        log(
+            f"\nwrote {out_path}; {report['seconds_total']} s; "
+            f"{'OK' if report['ok'] else 'FAILED: ' + '; '.join(report['failures'])}"
+        )
     return 0 if report["ok"] else 1
 
 

@@ -125,7 +125,7 @@ def speed_sets(pool: int, mix: int, seed: int) -> dict[str, list[str]]:
 
 
 def reference_texts(sets: dict[str, list[str]], n_short: int, n_medium: int) -> list[str]:
-    """The correctness set: the probe texts, short texts, stream texts (reviews) and descriptions."""
+    """The correctness set: probe texts, stream reviews, short texts, then descriptions."""
     reviews = [t for t in dict.fromkeys(sets["mix"]) if len(t) > 60][: n_short // 4]
     short = list(PROBE_TEXTS) + reviews
     short += sets["short"][: n_short - len(short)]
@@ -197,7 +197,7 @@ def main() -> None:
         json.dump(sets, fh)
 
     manifest = {
-        "what": "MiniLM-L6 (fp16 weights) + reference embeddings + text sets for bench/gpu_check.py",
+        "what": "MiniLM-L6 fp16 weights, reference embeddings, text sets: bench/gpu_check.py",
         "source": str(source),
         "weights": {**weights, "dtype": "float16"},
         "reference": {
@@ -221,7 +221,9 @@ def main() -> None:
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     size = folder_bytes(out)
     print(json.dumps({k: manifest[k] for k in ("reference", "sets")}, indent=2))
-    print(f"{out}: {size / 2**20:.1f} MiB ({size} bytes), carry limit {CARRY_LIMIT / 2**20:.0f} MiB")
+    print(
+        f"{out}: {size / 2**20:.1f} MiB ({size} bytes), carry limit {CARRY_LIMIT / 2**20:.0f} MiB"
+    )
     if size > 0.8 * CARRY_LIMIT:
         raise SystemExit(f"{out} is {size} bytes: too close to the 64 MiB carry limit")
 

@@ -1,11 +1,13 @@
 """One worker process against a plain Faust app, side by side on the same topic.
 
 Fills a 6-partition `behavior-events` topic once (synthetic shop, realistic
-mix, no text encoder involved), then drains it twice, each time with a fresh
-consumer group and an empty Redis database: first with `profiler run
---until-idle`, then with the Faust baseline (`bench/faust_baseline.py`). Both
-rates are records over busy time (first batch to last write), so process start
-and group joins are excluded, and both run on the same machine in the same run.
+mix), then drains it with a fresh consumer group each time: `profiler run
+--until-idle` without vectors, with vectors and a cold embedding cache, with
+vectors and the cache the cold pass filled (the production steady state), and
+then the Faust baseline (`bench/faust_baseline.py`) into its own Redis
+database. Every rate is records over busy time (first batch to last write), so
+process start, model load and group joins are excluded, and all run on the
+same machine in the same run.
 
     python bench/throughput.py --events 200000 --users 20000
 """
@@ -20,11 +22,11 @@ import platform
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import redis
+from drain import PASSES, run_pass  # bench/drain.py: one timed `profiler run` per pass
 
 from stream.devstack import DevStack
 from stream.producing import send_records
@@ -42,26 +44,6 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("PROFILER_", "BASELINE_"))}
 
 
-def run_profiler(settings: Settings, redis_url: str) -> dict[str, object]:
-    env = clean_env() | {
-        "PROFILER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "PROFILER_REDIS_URL": redis_url,
-        "PROFILER_GROUP_ID": "bench-profiler",
-        "PROFILER_KAFKA_SESSION_TIMEOUT_MS": "3000",
-        "PROFILER_KAFKA_HEARTBEAT_INTERVAL_MS": "300",
-        "PROFILER_WEB_PORT": "0",
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        stats_path = Path(tmp) / "stats.json"
-        subprocess.run(
-            [sys.executable, "-m", "stream.cli", "run", "--until-idle", "2",
-             "--stats-json", str(stats_path)],
-            env=env, check=True, cwd=ROOT,
-        )  # fmt: skip
-        stats: dict[str, object] = json.loads(stats_path.read_text())
-    return stats
-
-
 def run_faust(
     settings: Settings, redis_url: str, expected: int, timeout_s: float
 ) -> dict[str, object]:
@@ -73,10 +55,10 @@ def run_faust(
     }
     client = redis.Redis.from_url(redis_url)
     log = open(LOG, "wb")  # noqa: SIM115 - closed with the process below
+    command = ["-m", "faust", "-A", "bench.faust_baseline", "worker", "-l", "warn", "--without-web"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "faust", "-A", "bench.faust_baseline", "worker", "-l", "warn"],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [sys.executable, *command], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+    )
     deadline = time.monotonic() + timeout_s
     try:
         while int(client.get("baseline:records") or 0) < expected:
@@ -108,9 +90,15 @@ def main() -> None:
         shop = ShopGenerator(args.users, seed=42, start_ms=now - 24 * HOUR_MS, end_ms=now)
         sent = asyncio.run(send_records(settings, shop.records(args.events)))
         base_url = stack.redis.url.rsplit("/", 1)[0]
-        ours = run_profiler(settings, f"{base_url}/1")
+        ours_settings = settings.model_copy(update={"redis_url": f"{base_url}/1"})
+        ours = {label: run_pass(ours_settings, label, None)[0] for label in PASSES}
         theirs = run_faust(settings, f"{base_url}/2", sent, timeout_s=600)
-    ratio = ours["records_per_s"] / theirs["records_per_s"]  # type: ignore[operator]
+    faust_rate = theirs["records_per_s"]
+    ratios = {
+        label: round(stats["records_per_s"] / faust_rate, 2)  # type: ignore[operator]
+        for label, stats in ours.items()
+        if label != "vectors-cold"
+    }
     result = {
         "benchmark": "throughput",
         "command": "python bench/throughput.py " + " ".join(sys.argv[1:]),
@@ -119,7 +107,7 @@ def main() -> None:
         "users": args.users,
         "profiler": ours,
         "faust_baseline": theirs,
-        "ratio": round(ratio, 2),
+        "ratio_to_faust": ratios,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
