@@ -249,7 +249,7 @@ async def _remember_items(
     for item_id, vector in titles.items():
         key = item_key(model, item_id)
         known = lru.peek(key)
-        if known is None or not np.array_equal(known, vector):
+        if known is None or (known is not vector and not np.array_equal(known, vector)):
             changed.append((key, vector))
     await _store(changed, lru, shared, ttl_s)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from profiling.embedding_cache import EmbeddingCache, EmbeddingLRU, embed_events
 from profiling.encoder import Encoder
-from profiling.profile import Outcome, Profile, with_publication
+from profiling.profile import Outcome, Profile
 from profiling.vectors import (
     InterestState,
     StoredInterest,
@@ -65,6 +65,7 @@ class InterestModel:
         return stored.state(profile.last_seen, self.encoder.dim)
 
     def _fold(self, outcome: Outcome, new: InterestState, now_ms: int) -> Outcome:
+        """The outcome with `new` vectors stored, published if they drifted (one copy each)."""
         profile = outcome.profile
         previous = profile.interest or StoredInterest()
         stored = StoredInterest.of(new, previous.sketch)
@@ -81,18 +82,15 @@ class InterestModel:
             or cosine_drift(decode_sketch(previous.sketch), new.long.direction)
             > self.drift_threshold
         )
+        publish = outcome.publish or drifted
+        if publish and stored.vec_long is not None:
+            stored = replace(stored, sketch=drift_sketch(new.long.direction))
         profile = replace(
             profile,
             interest=stored,
             model=self.encoder.model_id,
             unpublished=profile.unpublished | moved,
+            published_at=now_ms if publish else profile.published_at,
+            published_version=profile.version if publish else profile.published_version,
         )
-        result = replace(outcome, profile=profile, changed=outcome.changed | moved)
-        if drifted and not result.publish:
-            result = with_publication(result, now_ms)
-        if result.publish and stored.vec_long is not None:
-            sketch = drift_sketch(new.long.direction)
-            result = replace(
-                result, profile=replace(result.profile, interest=replace(stored, sketch=sketch))
-            )
-        return result
+        return replace(outcome, profile=profile, changed=outcome.changed | moved, publish=publish)
