@@ -85,20 +85,26 @@ async def feed(settings: Settings, rate: int, seconds: float, probes: dict[str, 
 async def watch(
     redis_url: str, probes: dict[str, float], seen: dict[str, float], until: asyncio.Event
 ) -> None:
-    """Poll the probe users' event counts every millisecond; note when each probe lands."""
+    """Poll the users with a probe in flight every millisecond; note when each probe lands.
+
+    Only those users are read, and each user's count is compared with the last
+    one seen, so the watcher's own cost stays small next to the worker's.
+    """
     client = aioredis.Redis.from_url(redis_url)
+    landed = [0] * PROBE_USERS  # probes of each user seen so far
     try:
         while not (until.is_set() and len(seen) >= len(probes)):
-            pipe = client.pipeline(transaction=False)
-            for user in range(PROBE_USERS):
-                pipe.hget(f"profile:{{probe{user}}}", "events")
-            counts = await pipe.execute()
-            now = time.monotonic()
-            for user, count in enumerate(counts):
-                for n in range(1, int(count or 0) + 1):
-                    key = f"probe{user}:{n}"
-                    if key in probes and key not in seen:
-                        seen[key] = now
+            waiting = [u for u in range(PROBE_USERS) if f"probe{u}:{landed[u] + 1}" in probes]
+            if waiting:
+                pipe = client.pipeline(transaction=False)
+                for user in waiting:
+                    pipe.hget(f"profile:{{probe{user}}}", "events")
+                counts = await pipe.execute()
+                now = time.monotonic()
+                for user, count in zip(waiting, counts, strict=True):
+                    for n in range(landed[user] + 1, int(count or 0) + 1):
+                        seen[f"probe{user}:{n}"] = now
+                    landed[user] = max(landed[user], int(count or 0))
             await asyncio.sleep(0.001)
     finally:
         await client.aclose()
@@ -140,6 +146,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", type=int, nargs="+", default=[10_000, 20_000])
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--encoder",
+        default="none",
+        help="PROFILER_ENCODER_MODEL of the worker (default none: the aggregate path alone)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "freshness.json")
     args = parser.parse_args()
 
@@ -162,6 +173,7 @@ def main() -> None:
                 "PROFILER_KAFKA_SESSION_TIMEOUT_MS": "3000",
                 "PROFILER_KAFKA_HEARTBEAT_INTERVAL_MS": "300",
                 "PROFILER_WEB_PORT": str(port),
+                "PROFILER_ENCODER_MODEL": args.encoder,
             }
             worker = subprocess.Popen(
                 [sys.executable, "-m", "stream.cli", "run"], env=env, cwd=ROOT
@@ -173,6 +185,7 @@ def main() -> None:
             finally:
                 worker.terminate()
                 worker.wait(timeout=60)
+            result["encoder"] = args.encoder
             runs.append(result)
             print(json.dumps(result))
     report = {
