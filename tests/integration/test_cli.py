@@ -31,7 +31,6 @@ import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
-from profiling.events import Event, decode_event
 from stream import kafka
 from stream.devstack import LocalBroker, default_topics, free_port, kafka_metadata_brokers
 from stream.lookup import profile_json
@@ -41,7 +40,7 @@ from stream.settings import Settings
 from stream.synthetic_shop import ShopGenerator
 from stream.worker import wall_clock_ms
 from tests.integration.kafka_io import committed_offsets, end_offsets, read_topic
-from tests.integration.test_worker import stored_profiles
+from tests.integration.test_worker import expected_profiles, stored_profiles
 
 BIN = Path(sys.executable).parent
 PROFILER = str(BIN / "profiler")
@@ -197,21 +196,10 @@ class Totals:
 
 def expected_totals(records: Iterable[Record]) -> dict[str, Totals]:
     """Each user's aggregates recounted from the distinct valid events among `records`."""
-    now, seen = wall_clock_ms(), set()
-    totals: dict[str, Totals] = {}
-    for key, value in records:
-        event = decode_event(value, now)
-        if not isinstance(event, Event) or key != event.user_id.encode():
-            continue
-        if event.event_id in seen:
-            continue
-        seen.add(event.event_id)
-        user = totals.setdefault(event.user_id, Totals())
-        user.events += 1
-        user.counts[event.type] += 1
-        if event.type == "purchase":
-            user.spend += event.amount or 0.0
-    return totals
+    return {
+        user: Totals(want["events"], want["counts"], want["spend"])
+        for user, want in expected_profiles(list(records)).items()
+    }
 
 
 async def stored_totals(redis_url: str) -> dict[str, Totals]:

@@ -15,7 +15,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from profiling.events import Event, decode_event
+from profiling.events import EVENT_TYPES, Event, decode_event
 from profiling.pipeline import apply_batch
 from profiling.profile import (
     DEFAULT_CATEGORY_WEIGHTS,
@@ -28,16 +28,7 @@ from profiling.store import InMemoryProfileStore
 
 NOW = 1_750_000_000_000
 PARAMS = ProfileParams(category_half_life_ms=3_600_000.0, heartbeat_ms=0)
-TYPES = [
-    "view",
-    "click",
-    "search",
-    "add_to_cart",
-    "remove_from_cart",
-    "purchase",
-    "review",
-    "login",
-]
+TYPES = list(EVENT_TYPES)
 
 
 @dataclass(frozen=True)
