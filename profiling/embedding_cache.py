@@ -26,6 +26,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
@@ -60,8 +61,11 @@ def item_key(model_id: str, item_id: str) -> CacheKey:
     return CacheKey(model_id, ITEM, _sha1(item_id))
 
 
+@lru_cache(maxsize=1 << 15)
 def _sha1(text: str) -> str:
-    # surrogatepass: a JSON "\ud800" escape decodes to a lone surrogate, still a valid key.
+    # Memoised: titles and queries repeat batch after batch, and a dict probe costs
+    # far less than a digest. surrogatepass: a JSON "\ud800" escape decodes to a lone
+    # surrogate, still a valid key.
     return hashlib.sha1(text.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()
 
 
