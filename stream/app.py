@@ -1,7 +1,7 @@
 """The Faust application: `faust -A stream.app worker -l info`.
 
 Faust gives the worker its lifecycle, signal handling and web server
-(`/health`, `/metrics`, `/profile/{user_id}`); the high-volume event path is
+(`/health`, `/ready`, `/metrics`, `/profile/{user_id}`); the high-volume event path is
 the same `BatchWorker` that `profiler run` starts, running as a Faust service,
 because aiokafka `getmany` batches are far cheaper per event than Faust's
 per-event stream (DESIGN.md §5). On shutdown the service drains the batch in
@@ -36,9 +36,10 @@ app = faust.App(
     datadir=os.path.join(tempfile.gettempdir(), f"{settings.group_id}-faust"),
     topic_allow_declare=True,
     producer_acks=-1,
-    broker_session_timeout=10,
-    broker_rebalance_timeout=10,
-    broker_heartbeat_interval=1,
+    # Faust's own group (no agents yet) follows the worker's group timing.
+    broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
+    broker_rebalance_timeout=settings.kafka_session_timeout_ms / 1000,
+    broker_heartbeat_interval=settings.kafka_heartbeat_interval_ms / 1000,
 )
 
 
