@@ -1,6 +1,6 @@
 """GPU check of the MiniLM encoder: agreement with CPU float32, then texts/s, in under 5 minutes.
 
-Runs on the H200 device machine with only what its image holds (torch,
+Runs on a GPU machine (sized for one H200) with only what a stock PyTorch image holds (torch,
 transformers, sentence-transformers, numpy, safetensors): msgspec and orjson are
 blocked at start, so a run here proves the script never needs them, and only
 `profiling.encoder` (numpy alone) is imported from this package. The model
@@ -65,7 +65,7 @@ import transformers
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "bench" / "gpu_model"
-ABSENT_THERE = ("msgspec", "orjson")  # not installed on the device machine
+ABSENT_THERE = ("msgspec", "orjson")  # not needed, and often absent, on the GPU machine
 
 FP32_MIN_COSINE = 0.999
 HALF_MIN_COSINE = 0.99

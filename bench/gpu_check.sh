@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
-# GPU check of the MiniLM encoder on the H200 device machine: correctness against
+# GPU check of the MiniLM encoder on a GPU machine (sized for one H200): correctness against
 # CPU float32 (min cosine >= 0.999 fp32, >= 0.99 bf16/fp16), then texts/s for
 # fixed shapes (eager and torch.compile), TransformerEncoder end to end, and
 # sentence-transformers fp16 on the same texts. Under 5 minutes; see
 # bench/gpu_check.py for what each phase measures.
 #
-# 1. HERE first (CPU, ~20 s): build the folder that travels (git-ignored, ~45 MiB:
-#    fp16 weights, tokenizer, reference embeddings, text sets):
+# 1. First, on any machine with the encoder extra (CPU, ~20 s): build the folder
+#    the GPU machine needs (git-ignored, ~45 MiB: fp16 weights, tokenizer,
+#    reference embeddings, text sets):
 #
 #        . .venv/bin/activate && python bench/gpu_prepare.py
 #
-# 2. The device call (the `run` tool), exactly:
+# 2. On the GPU machine, in a copy of the repository that includes
+#    bench/gpu_model/ (it needs only torch, transformers, sentence-transformers,
+#    numpy and safetensors; allow about 330 s):
 #
-#        command:   bash bench/gpu_check.sh
-#        carry:     ["bench/gpu_model"]
-#        timeout_s: 330
+#        bash bench/gpu_check.sh
 #
-#    Results come back as $OUT/gpu_check.json and $OUT/gpu_check.log (the whole
-#    output, also when the run is cut short). Call give_back afterwards unless
-#    you rerun at once.
+#    Results: $OUT/gpu_check.json and $OUT/gpu_check.log (the whole output, also
+#    when the run is cut short; OUT defaults to bench/results).
 #
 # Here, as a smoke test (seconds, no compile): bash bench/gpu_check.sh --device cpu --quick
 # Extra arguments go to gpu_check.py (e.g. --compile off, --compile-mode max-autotune-no-cudagraphs).
@@ -29,8 +29,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ ! -f bench/gpu_model/reference.npz || ! -f bench/gpu_model/model.safetensors ]]; then
-    echo "bench/gpu_model/ is missing: run 'python bench/gpu_prepare.py' here, then carry" \
-        "[\"bench/gpu_model\"] with the device call" >&2
+    echo "bench/gpu_model/ is missing: run 'python bench/gpu_prepare.py' on a machine with" \
+        "the encoder extra, then copy bench/gpu_model/ here with the repository" >&2
     exit 2
 fi
 

