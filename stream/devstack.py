@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -118,7 +119,7 @@ def _death_signal_hook() -> Callable[[], None] | None:
 # --- a managed server process -----------------------------------------------
 
 
-class _LocalServer:
+class _LocalServer(ABC):
     """One server binary on a free port: start, wait until it answers, stop, clean up."""
 
     name = "server"
@@ -131,11 +132,13 @@ class _LocalServer:
         self._proc: subprocess.Popen[bytes] | None = None
 
     # What a concrete server provides.
+    @abstractmethod
     def _command(self, port: int, workdir: Path) -> list[str]:
-        raise NotImplementedError
+        """The command line that starts the server on `port`, working in `workdir`."""
 
+    @abstractmethod
     def _answers(self, port: int) -> bool:
-        raise NotImplementedError
+        """Whether the server on `port` answers its protocol (not merely accepts TCP)."""
 
     def _environment(self) -> dict[str, str]:
         return dict(os.environ)

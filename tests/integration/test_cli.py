@@ -40,6 +40,7 @@ from stream.settings import Settings
 from stream.synthetic_shop import ShopGenerator
 from stream.worker import wall_clock_ms
 from tests.integration.kafka_io import committed_offsets, end_offsets, read_topic
+from tests.integration.test_devstack import process_gone
 from tests.integration.test_worker import expected_profiles, stored_profiles
 
 BIN = Path(sys.executable).parent
@@ -538,14 +539,6 @@ def children_of(pid: int) -> set[int]:
         if int(stat[1]) == pid and stat[0] not in ("Z", "X"):
             found.add(int(entry.name))
     return found
-
-
-def process_gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")
 
 
 async def test_dev_stack_prints_reachable_servers_and_stops_them_on_sigterm(
