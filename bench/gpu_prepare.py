@@ -221,9 +221,7 @@ def main() -> None:
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     size = folder_bytes(out)
     print(json.dumps({k: manifest[k] for k in ("reference", "sets")}, indent=2))
-    print(
-        f"{out}: {size / 2**20:.1f} MiB ({size} bytes), copy limit {CARRY_LIMIT / 2**20:.0f} MiB"
-    )
+    print(f"{out}: {size / 2**20:.1f} MiB ({size} bytes), copy limit {CARRY_LIMIT / 2**20:.0f} MiB")
     if size > 0.8 * CARRY_LIMIT:
         raise SystemExit(f"{out} is {size} bytes: too close to the 64 MiB copy limit")
 

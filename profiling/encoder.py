@@ -27,9 +27,11 @@ import hashlib
 import os
 import re
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -45,9 +47,11 @@ MINILM_ID: Final = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MAX_TOKENS: Final = 128
 # Padded tokens and rows per forward pass. On 2 CPU cores, 2048 tokens / 128 rows
 # ran fastest of 1024..8192 (bench/encoder_bench.py): bigger batches fall out of cache.
-# A GPU wants fuller batches.
+# A GPU wants fuller batches: on an H200, MiniLM's eager forward costs about the
+# same 4.4 ms (launch-bound) from 64 to 1024 short rows, and 65,536 tokens / 4096
+# rows ran end to end 1.4-2.1x faster than 8192 / 512 (bench/gpu_check.py).
 CPU_BATCH: Final = (2048, 128)
-GPU_BATCH: Final = (8192, 512)
+GPU_BATCH: Final = (65_536, 4096)
 INT8_MIN_COSINE: Final = 0.99
 DTYPES: Final = ("float32", "bfloat16", "float16")
 
@@ -175,7 +179,12 @@ class TransformerEncoder:
         self.precision = dtype or _default_dtype(torch, self.device)
         self._model.to(device=self.device, dtype=getattr(torch, self.precision))
         self._pad_id = int(self._tokenizer.pad_token_id or 0)
+        self._fast = _truncating_backend(self._tokenizer, max_tokens)
         self.dim = int(self._model.config.hidden_size)
+        self.tokenize_seconds = 0.0
+        """Seconds spent tokenising, summed over calls (see `forward_seconds`)."""
+        self.forward_seconds = 0.0
+        """Wall time spent in padded forward passes and copying rows back, summed over calls."""
         self.int8_cosine: float | None = None
         if int8 and self.device == "cpu":
             self._try_int8(int8_min_cosine)
@@ -196,13 +205,19 @@ class TransformerEncoder:
             return [len(ids) for ids in self._tokenize(list(texts))]
 
     def _encode_distinct(self, texts: list[str]) -> Vectors:
+        started = time.perf_counter()
         ids = self._tokenize(texts)
+        tokenized = time.perf_counter()
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         for batch in plan_batches([len(row) for row in ids], self.token_budget, self.max_batch):
             out[batch] = self._forward([ids[i] for i in batch])
+        self.tokenize_seconds += tokenized - started
+        self.forward_seconds += time.perf_counter() - tokenized
         return out
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        if self._fast is not None:  # the Rust tokenizer directly: no Python-side BatchEncoding
+            return [encoding.ids for encoding in self._fast(texts)]
         encoded = self._tokenizer(
             texts,
             add_special_tokens=True,
@@ -216,12 +231,11 @@ class TransformerEncoder:
     def _forward(self, rows: list[list[int]]) -> Vectors:
         """One padded batch through the model; mean over real tokens, then L2 norm."""
         torch = self._torch
-        width = max(len(row) for row in rows)
-        ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for r, row in enumerate(rows):
-            ids[r, : len(row)] = row
-            mask[r, : len(row)] = 1
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        real = np.arange(int(lengths.max()))[None, :] < lengths[:, None]
+        ids = np.full(real.shape, self._pad_id, dtype=np.int64)
+        ids[real] = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+        mask = real.astype(np.int64)
         with torch.inference_mode():
             input_ids = torch.from_numpy(ids).to(self.device)
             attention = torch.from_numpy(mask).to(self.device)
@@ -290,6 +304,28 @@ def _load(transformers: Any, folder: Path) -> tuple[Any, Any]:
             transformers.utils.logging.enable_progress_bar()
     model.eval()
     return tokenizer, model
+
+
+def _truncating_backend(tokenizer: Any, max_tokens: int) -> Any:
+    """A private copy of a fast tokenizer's Rust backend, set to truncate and never pad.
+
+    Calling it directly skips the per-call reconfiguration and the Python-side
+    BatchEncoding of the `transformers` wrapper. None for a slow tokenizer, or
+    where the copy cannot be made: then `_tokenize` goes through the wrapper.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    try:
+        from tokenizers import Tokenizer
+
+        copy = Tokenizer.from_str(backend.to_str())
+        copy.no_padding()
+        copy.enable_truncation(max_tokens)
+    except Exception:  # an exotic backend: the wrapper path is always correct
+        return None
+    # encode_batch_fast (tokenizers >= 0.21) skips character offsets, which pooling never reads
+    return getattr(copy, "encode_batch_fast", copy.encode_batch)
 
 
 def _default_dtype(torch: Any, device: str) -> str:

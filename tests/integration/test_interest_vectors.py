@@ -107,9 +107,9 @@ async def test_a_warm_cache_encodes_nothing(make_settings) -> None:
     finally:
         await client.aclose()
     replay = settings.model_copy(update={"group_id": settings.group_id + "-again"})
-    shared_before = metrics.REGISTRY.get_sample_value(
-        "profiler_embeddings_total", {"source": "shared"}
-    ) or 0.0
+    shared_before = (
+        metrics.REGISTRY.get_sample_value("profiler_embeddings_total", {"source": "shared"}) or 0.0
+    )
     worker = BatchWorker(replay)
     assert worker.stages.interests is not None
     stats = await drain(replay, worker=worker)

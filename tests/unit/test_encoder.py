@@ -156,6 +156,24 @@ def test_minilm_truncates_to_max_tokens(minilm: TransformerEncoder) -> None:
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_minilm_direct_tokenizer_matches_the_transformers_wrapper(
+    minilm: TransformerEncoder,
+) -> None:
+    texts = [
+        *TEXTS,
+        "",
+        "   ",
+        "Café crème brûlée — 2× größer, ½ price!",
+        "日本語のタイトル 手作り 陶器",
+        " ".join(["waterproof hiking boots"] * 40),
+    ]
+    assert minilm._fast is not None  # the fast path is the one under test
+    wrapper = minilm._tokenizer(texts, truncation=True, max_length=minilm.max_tokens)["input_ids"]
+    assert minilm._tokenize(texts) == [list(ids) for ids in wrapper]
+    minilm.encode(texts)
+    assert minilm.tokenize_seconds > 0 and minilm.forward_seconds > 0
+
+
 def test_minilm_int8_is_kept_only_when_close_to_float32() -> None:
     require_model()
     encoder = TransformerEncoder(max_tokens=32, int8=True)
