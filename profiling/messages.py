@@ -10,19 +10,29 @@ import orjson
 
 from profiling.events import Rejection
 from profiling.profile import Profile
+from profiling.risk import risk_band
 
 
-def change_message(profile: Profile, changed: Iterable[str], with_vector: bool = False) -> bytes:
+def change_message(
+    profile: Profile,
+    changed: Iterable[str],
+    with_vector: bool = False,
+    alert_threshold: float = 0.8,
+) -> bytes:
     """A `profile_update.v1` body: the fields downstream consumers act on."""
+    changed = frozenset(changed)
+    # prev_segment is the segment the previous message carried: it differs only when
+    # the segment moved since then (a move is always published at once).
+    prev_segment = profile.prev_segment if "segment" in changed else profile.segment
     body: dict[str, Any] = {
         "user_id": profile.user_id,
         "version": profile.version,
         "updated": profile.updated,
         "changed": sorted(changed),
-        "segment": None,
-        "prev_segment": None,
-        "risk": None,
-        "risk_band": None,
+        "segment": profile.segment,
+        "prev_segment": prev_segment,
+        "risk": profile.risk,
+        "risk_band": risk_band(profile.risk, alert_threshold),
         "events": profile.events,
         "spend": round(profile.spend, 6),
         "orders": profile.orders,

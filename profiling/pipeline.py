@@ -23,6 +23,7 @@ from profiling.errors import StoreConflictError
 from profiling.events import KEY_MISMATCH, Event, Rejection, decode_event
 from profiling.interests import InterestModel
 from profiling.messages import change_message, dead_letter
+from profiling.models import ProfileModels
 from profiling.profile import Delivery, Outcome, ProfileParams, apply_deliveries
 from profiling.store import ProfileStore, Write
 
@@ -49,12 +50,17 @@ class BatchResult:
     """What a batch produced: messages to publish and counts for metrics and logs."""
 
     changes: list[tuple[str, bytes]] = field(default_factory=list)  # (user_id, body)
+    alerts: list[tuple[str, bytes]] = field(default_factory=list)  # (user_id, fraud alert body)
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)  # (key, body)
     outcomes: Counter[str] = field(default_factory=Counter)  # applied / duplicate / replayed / ...
     by_type: Counter[str] = field(default_factory=Counter)  # applied events per type
     errors: Counter[str] = field(default_factory=Counter)  # dead letters per error code
     users_written: int = 0
     event_ts: list[int] = field(default_factory=list)  # ts of each applied event
+    labels: Counter[str] = field(default_factory=Counter)  # label records by outcome
+    risk_scores: list[tuple[str, float]] = field(default_factory=list)  # (event_id, risk)
+    model_drifts: int = 0  # drifts ADWIN detected in the risk scores
+    segment_moves: int = 0
 
 
 def decode_batch(
@@ -94,10 +100,11 @@ def decode_batch(
 
 @dataclass(frozen=True, slots=True)
 class Stages:
-    """What a batch goes through besides the aggregates: vectors, and what messages carry."""
+    """What a batch goes through besides the aggregates: vectors, models, what messages carry."""
 
     interests: InterestModel | None = None
     vector_in_updates: bool = False
+    models: ProfileModels | None = None
 
 
 async def apply_batch(
@@ -135,11 +142,18 @@ async def _apply_users(
     ]
     if stages.interests is not None:
         outcomes = await stages.interests.update(outcomes, now_ms)
+    if stages.models is not None:
+        outcomes = stages.models.update(outcomes, now_ms)
+        scores, drifts, moves = stages.models.observations()
+        result.risk_scores += scores
+        result.model_drifts += drifts
+        result.segment_moves += moves
     writes = [
         Write(
             o.profile,
             loaded[o.profile.user_id].profile.version,
             [(e.event_id, e.ts) for e in o.applied],
+            o.scored,
         )
         for o in outcomes
         if o.wrote
@@ -147,11 +161,11 @@ async def _apply_users(
     conflicts = set(await store.save(writes))
     for outcome in outcomes:
         if outcome.profile.user_id not in conflicts:
-            _record(outcome, result, stages.vector_in_updates)
+            _record(outcome, result, stages)
     return {user: by_user[user] for user in conflicts}
 
 
-def _record(outcome: Outcome, result: BatchResult, with_vector: bool) -> None:
+def _record(outcome: Outcome, result: BatchResult, stages: Stages) -> None:
     result.outcomes["applied"] += len(outcome.applied)
     result.outcomes["duplicate"] += outcome.duplicates
     result.outcomes["replayed"] += outcome.replayed
@@ -160,7 +174,10 @@ def _record(outcome: Outcome, result: BatchResult, with_vector: bool) -> None:
         result.event_ts.append(event.ts)
     if outcome.wrote:
         result.users_written += 1
+    profile = outcome.profile
     if outcome.publish:
-        profile = outcome.profile
-        body = change_message(profile, outcome.changed, with_vector)
+        threshold = stages.models.alert_threshold if stages.models else 0.8
+        body = change_message(profile, outcome.changed, stages.vector_in_updates, threshold)
         result.changes.append((profile.user_id, body))
+    if outcome.wrote or outcome.publish:  # a replay sends the last write's alerts again
+        result.alerts.extend((profile.user_id, alert.encode()) for alert in profile.alerts)

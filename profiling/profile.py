@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, NamedTuple
 
+from profiling.behaviour import Behaviour
 from profiling.events import Event
 from profiling.vectors import StoredInterest
 
@@ -83,6 +84,14 @@ class Profile:
     # Interest vectors (profiling.interests), when an encoder runs.
     interest: StoredInterest | None = None
     model: str | None = None
+    # Segments and risk (profiling.models), when the models run.
+    behaviour: Behaviour | None = None  # bounded state behind the risk and segment features
+    segment: int | None = None
+    prev_segment: int | None = None  # the segment before the last move
+    segment_dwell: int = 0  # updates spent in `segment`
+    risk: float | None = None  # of the latest purchase or login
+    risk_reasons: str | None = None  # JSON [{feature, contribution, detail}]
+    alerts: tuple[str, ...] = ()  # alert bodies raised by the write of this version
 
     @property
     def is_new(self) -> bool:
@@ -103,6 +112,7 @@ class Outcome:
     replayed: int
     changed: frozenset[str]  # what the change message reports, when there is one
     publish: bool
+    scored: tuple[tuple[str, bytes], ...] = ()  # (event_id, features JSON) kept for labels
 
     @property
     def wrote(self) -> bool:
@@ -163,6 +173,7 @@ def apply_deliveries(
         category_scores=scores,
         watermarks=watermarks,
         unpublished=all_changed,
+        alerts=(),
     )
     outcome = Outcome(updated, fresh, duplicates, replayed, all_changed, False)
     return with_publication(outcome, now_ms) if publish else outcome

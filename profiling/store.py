@@ -22,6 +22,7 @@ from typing import Protocol
 
 import orjson
 
+from profiling.behaviour import Behaviour
 from profiling.profile import Profile
 from profiling.vectors import StoredInterest
 
@@ -36,6 +37,11 @@ def state_key(user_id: str) -> str:
 
 def seen_key(user_id: str) -> str:
     return f"profile-seen:{{{user_id}}}"
+
+
+def scored_key(user_id: str, event_id: str) -> str:
+    """Features of one scored event, kept (with a TTL) until its fraud label arrives."""
+    return f"profile-scored:{{{user_id}}}:{event_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +59,7 @@ class Write:
     profile: Profile
     expected_version: int
     applied_ids: Sequence[tuple[str, int]]  # (event_id, ts)
+    scored: Sequence[tuple[str, bytes]] = ()  # (event_id, features JSON) of scored events
 
 
 class ProfileStore(Protocol):
@@ -68,6 +75,10 @@ class ProfileStore(Protocol):
 
     async def read_profile(self, user_id: str) -> dict[str, str] | None:
         """The public profile fields as a reader sees them (vectors in base64), or None."""
+        ...
+
+    async def load_scored(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
+        """Features kept for each (user_id, event_id) when it was scored; None once expired."""
         ...
 
 
@@ -87,6 +98,11 @@ def public_fields(profile: Profile) -> dict[str, str]:
         fields[f"count:{kind}"] = str(count)
     if profile.model is not None:
         fields["model"] = profile.model
+    if profile.segment is not None:
+        fields["segment"] = str(profile.segment)
+    if profile.risk is not None:
+        fields["risk"] = repr(profile.risk)
+        fields["risk_reasons"] = profile.risk_reasons or "[]"
     return fields
 
 
@@ -112,6 +128,9 @@ def state_blob(profile: Profile) -> bytes:
             "pub_v": profile.published_version,
             "unpub": sorted(profile.unpublished),
             "interest": profile.interest.to_json() if profile.interest else None,
+            "beh": profile.behaviour.to_json() if profile.behaviour else None,
+            "seg": [profile.prev_segment, profile.segment_dwell],
+            "alerts": profile.alerts,
         }
     )
 
@@ -134,6 +153,8 @@ def profile_from_storage(
         else None
     )
     counts = {k[6:]: int(v) for k, v in fields.items() if k.startswith("count:")}
+    behaviour = internal.get("beh")
+    prev_segment, dwell = internal.get("seg") or (None, 0)
     return Profile(
         user_id=user_id,
         version=int(fields.get("version", 0)),
@@ -151,6 +172,13 @@ def profile_from_storage(
         unpublished=frozenset(internal.get("unpub", ())),
         interest=interest,
         model=fields.get("model"),
+        behaviour=Behaviour.from_json(behaviour) if behaviour else None,
+        segment=int(fields["segment"]) if "segment" in fields else None,
+        prev_segment=prev_segment,
+        segment_dwell=int(dwell),
+        risk=float(fields["risk"]) if "risk" in fields else None,
+        risk_reasons=fields.get("risk_reasons"),
+        alerts=tuple(internal.get("alerts", ())),
     )
 
 
@@ -163,6 +191,7 @@ class InMemoryProfileStore:
         self._vectors: dict[str, dict[str, bytes]] = {}
         self._states: dict[str, bytes] = {}
         self._seen: dict[str, dict[str, int]] = {}
+        self._scored: dict[tuple[str, str], bytes] = {}
 
     async def load(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, Loaded]:
         loaded = {}
@@ -185,6 +214,8 @@ class InMemoryProfileStore:
             self._hashes.setdefault(user_id, {}).update(public_fields(write.profile))
             self._vectors.setdefault(user_id, {}).update(vector_fields(write.profile))
             self._states[user_id] = state_blob(write.profile)
+            for event_id, features in write.scored:
+                self._scored[(user_id, event_id)] = features
             seen = self._seen.setdefault(user_id, {})
             seen.update(write.applied_ids)
             if len(seen) > self.dedupe_window:
@@ -198,3 +229,6 @@ class InMemoryProfileStore:
             return None
         vectors = self._vectors.get(user_id, {})
         return {**fields, **{k: base64.b64encode(v).decode() for k, v in vectors.items()}}
+
+    async def load_scored(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
+        return [self._scored.get(key) for key in keys]

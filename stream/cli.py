@@ -61,11 +61,12 @@ def run(
     from aiokafka.errors import KafkaError
     from redis.exceptions import RedisError
 
+    from profiling.snapshots import SnapshotRefusedError
     from stream.runner import StartupError, run_worker
 
     try:
         stats = asyncio.run(run_worker(settings, until_idle))
-    except (StartupError, KafkaError, RedisError, OSError) as exc:
+    except (StartupError, SnapshotRefusedError, KafkaError, RedisError, OSError) as exc:
         console.print(f"[red]error:[/] cannot start the worker: {exc}")
         raise typer.Exit(1) from None
     rate = f", {stats.records / stats.busy_s:,.0f} records/s while busy" if stats.busy_s else ""
@@ -209,6 +210,23 @@ def status(
         raise typer.Exit(2) from None
     sys.stdout.write(orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2).decode() + "\n")
     raise typer.Exit(0 if code == 200 else 1)
+
+
+@app.command()
+def segments() -> None:
+    """Print each segment's size and what its centre means, from the group's saved models."""
+    from profiling.snapshots import SnapshotRefusedError
+    from stream.model_setup import segment_report
+
+    settings = load_settings()
+    try:
+        rows = asyncio.run(segment_report(settings))
+    except (SnapshotRefusedError, OSError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    total = sum(size for _, size, _ in rows) or 1
+    for segment, size, words in rows:
+        sys.stdout.write(f"segment {segment}\t{size} users\t{100 * size / total:.1f} %\t{words}\n")
 
 
 @app.command()

@@ -74,6 +74,37 @@ ENCODER_CALLS = Counter(
 )
 
 
+ALERTS = Counter("profiler_fraud_alerts", "Fraud alerts published", registry=REGISTRY)
+RISK_SCORES = Histogram(
+    "profiler_risk_score",
+    "Risk scores of purchases and logins",
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
+    registry=REGISTRY,
+)
+LABELS = Counter(
+    "profiler_fraud_labels",
+    "Fraud label records, by outcome: learnt, unknown (features expired or never scored), "
+    "skipped (learnt before the restored snapshot), invalid (dead-lettered)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+MODEL_DRIFT = Counter(
+    "profiler_model_drift",
+    "Drift detected by ADWIN in a model's output stream",
+    ["model"],
+    registry=REGISTRY,
+)
+SEGMENT_MOVES = Counter(
+    "profiler_segment_moves", "Users moved to another segment", registry=REGISTRY
+)
+MODEL_SNAPSHOTS = Counter(
+    "profiler_model_snapshots",
+    "Model snapshots, by outcome: saved, restored, refused",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
+
 def observe_embeddings(before: tuple[int, int, int], after: tuple[int, int, int]) -> None:
     """Count one batch's lookups from cumulative (lru hits, shared hits, encoded) totals."""
     lru, shared, encoded = (now - then for now, then in zip(after, before, strict=True))

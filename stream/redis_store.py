@@ -20,6 +20,7 @@ from profiling.store import (
     profile_from_storage,
     profile_key,
     public_fields,
+    scored_key,
     seen_key,
     state_blob,
     state_key,
@@ -100,10 +101,12 @@ class RedisProfileStore:
         dedupe_window: int = 2048,
         ttl_s: int = 0,
         users_per_call: int = 200,
+        scored_ttl_s: int = 30 * 86_400,
     ) -> None:
         self.client = client
         self.dedupe_window = dedupe_window
         self.ttl_ms = ttl_s * 1000
+        self.scored_ttl_s = scored_ttl_s
         self.users_per_call = users_per_call
         self._shas: dict[str, str] = {}
 
@@ -130,10 +133,23 @@ class RedisProfileStore:
             keys = _user_keys([write.profile.user_id for write in chunk])
             args = [self.ttl_ms, self.dedupe_window, orjson.dumps(payload), *binary]
             calls.append((keys, args))
-        replies = await self._run(SAVE_SCRIPT, calls)
+        # Features of scored events ride in the same round trip; a write that loses its
+        # race recomputes them under the same keys, so writing them regardless is safe.
+        scored = [
+            (scored_key(w.profile.user_id, event_id), features)
+            for w in writes
+            for event_id, features in w.scored
+        ]
+        replies = await self._run(SAVE_SCRIPT, calls, scored)
         return [
             w.profile.user_id for w, ok in zip(writes, _flatten(replies), strict=True) if not ok
         ]
+
+    async def load_scored(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
+        if not keys:
+            return []
+        values = await self.client.mget([scored_key(u, e) for u, e in keys])
+        return [value.encode() if isinstance(value, str) else value for value in values]
 
     async def read_profile(self, user_id: str) -> dict[str, str] | None:
         raw = await self.client.hgetall(profile_key(user_id))
@@ -142,21 +158,36 @@ class RedisProfileStore:
         encoded = {name: base64.b64encode(value).decode() for name, value in vectors.items()}
         return {**fields, **encoded} or None
 
-    async def _run(self, script: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """Run `script` once per (keys, args) call, all in one pipelined round trip."""
+    async def _run(
+        self,
+        script: str,
+        calls: list[tuple[list[str], list[Any]]],
+        expiring: Sequence[tuple[str, bytes]] = (),
+    ) -> list[Any]:
+        """Run `script` once per (keys, args) call, all in one pipelined round trip.
+
+        `expiring` (key, value) pairs are SET with the scored-features TTL in the same trip.
+        """
         if not calls:
             return []
         sha = self._shas.get(script) or await self._load(script)
         try:
-            return await self._pipeline(sha, calls)
+            return await self._pipeline(sha, calls, expiring)
         except NoScriptError:  # the server restarted or flushed its script cache
-            return await self._pipeline(await self._load(script), calls)
+            return await self._pipeline(await self._load(script), calls, expiring)
 
-    async def _pipeline(self, sha: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    async def _pipeline(
+        self,
+        sha: str,
+        calls: list[tuple[list[str], list[Any]]],
+        expiring: Sequence[tuple[str, bytes]],
+    ) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
         for keys, args in calls:
             pipe.evalsha(sha, len(keys), *keys, *args)
-        return list(await pipe.execute())
+        for key, value in expiring:
+            pipe.set(key, value, ex=self.scored_ttl_s)
+        return list(await pipe.execute())[: len(calls)]
 
     async def _load(self, script: str) -> str:
         sha = await self.client.script_load(script)

@@ -92,6 +92,29 @@ class Settings(BaseSettings):
         7 * 86_400, ge=0, description="TTL of embeddings shared in Redis (0: not shared)"
     )
 
+    # Segments and fraud risk (River)
+    models: bool = Field(True, description="run the online segment and fraud-risk models")
+    risk_alert_threshold: float = Field(
+        0.8, gt=0, le=1, description="publish a fraud alert when an event's risk reaches this"
+    )
+    segments: int = Field(8, ge=2, le=64, description="number of online k-means segments")
+    segment_switch_margin: float = Field(
+        0.8, gt=0, le=1, description="move a user only to a centre nearer than this x the current"
+    )
+    segment_min_dwell: int = Field(
+        3, ge=0, description="updates a user stays in a segment before it may move"
+    )
+    model_secret: SecretStr | None = Field(
+        None,
+        description="HMAC key (16+ bytes) signing model snapshots in Redis; unset: no snapshots",
+    )
+    model_checkpoint_s: float = Field(
+        60.0, gt=0, description="snapshot the models to Redis this often (and at shutdown)"
+    )
+    scored_ttl_days: float = Field(
+        30.0, gt=0, description="keep each scored event's features this long, awaiting its label"
+    )
+
     # Web / metrics
     web_port: int = Field(
         6066, ge=0, le=65535, description="worker web port (/health, /ready, /metrics); 0: none"

@@ -33,10 +33,12 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from redis.exceptions import RedisError
 
 from profiling.errors import ProfilerError
+from profiling.labels import apply_labels
 from profiling.pipeline import BatchResult, SourceRecord, Stages, apply_batch
 from profiling.profile import MS_PER_DAY, ProfileParams
 from stream import kafka, metrics
 from stream.interest_setup import interest_model
+from stream.model_setup import build_models, restore_models, save_models
 from stream.redis_store import RedisProfileStore, connect
 from stream.settings import Settings
 
@@ -75,6 +77,8 @@ class WorkerStats:
     dead_letters: int = 0
     profiles_written: int = 0
     changes_published: int = 0
+    alerts_published: int = 0
+    labels: Counter[str] = field(default_factory=Counter)  # label records by outcome
     commit_failures: int = 0
     errors: Counter[str] = field(default_factory=Counter)  # dead letters by error code
 
@@ -98,6 +102,8 @@ class WorkerStats:
             "batches": self.batches,
             "profiles_written": self.profiles_written,
             "changes_published": self.changes_published,
+            "alerts_published": self.alerts_published,
+            "labels": dict(self.labels),
             "commit_failures": self.commit_failures,
             "busy_s": round(busy, 3),
             "records_per_s": round(self.records / busy, 1) if busy else None,
@@ -112,11 +118,16 @@ class WorkerStats:
         self.dead_letters += len(result.dead_letters)
         self.profiles_written += result.users_written
         self.changes_published += len(result.changes)
+        self.alerts_published += len(result.alerts)
+        self.labels.update(result.labels)
         self.errors.update(result.errors)
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self) -> None:
+    """The events-topic partitions this worker owns (labels partitions come along unlisted)."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
         self.partitions: set[TopicPartition] = set()
         self.assigned = asyncio.Event()  # set once the group gave this worker partitions
 
@@ -126,7 +137,7 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         metrics.ASSIGNED_PARTITIONS.set(len(self.partitions))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.partitions |= set(assigned)
+        self.partitions |= {tp for tp in assigned if tp.topic == self.topic}
         metrics.ASSIGNED_PARTITIONS.set(len(self.partitions))
         if self.partitions:
             self.assigned.set()
@@ -140,10 +151,19 @@ class BatchWorker:
         self.clock = clock
         self.params = profile_params(settings)
         self.stats = WorkerStats()
-        self.assignment = _Assignment()
+        self.assignment = _Assignment(settings.topic_events)
         self.redis = connect(settings.redis_url)
-        self.store = RedisProfileStore(self.redis, settings.dedupe_window, settings.profile_ttl_s)
-        self.stages = Stages(interest_model(settings, self.redis), settings.vector_in_updates)
+        self.store = RedisProfileStore(
+            self.redis,
+            settings.dedupe_window,
+            settings.profile_ttl_s,
+            scored_ttl_s=int(settings.scored_ttl_days * 86_400),
+        )
+        interests = interest_model(settings, self.redis)
+        self.models = build_models(settings, interests.encoder.dim if interests else 384)
+        self.stages = Stages(interests, settings.vector_in_updates, self.models)
+        self._checkpointed = time.monotonic()
+        self._snapshots_allowed = False
         self.consumer: AIOKafkaConsumer = kafka.events_consumer(settings)
         self.producer: AIOKafkaProducer = kafka.producer(settings)
         self._stopping = asyncio.Event()
@@ -151,11 +171,29 @@ class BatchWorker:
 
     async def start(self) -> None:
         await self.redis.ping()
+        if self.models is not None:
+            await restore_models(self.models, self.redis, self.settings)
+            self._snapshots_allowed = True  # never overwrite a snapshot we could not read
         await self.producer.start()
         await self.consumer.start()
-        self.consumer.subscribe([self.settings.topic_events], listener=self.assignment)
+        topics = [self.settings.topic_events]
+        if self.models is not None:
+            topics.append(self.settings.topic_labels)  # co-partitioned with the events
+        self.consumer.subscribe(topics, listener=self.assignment)
+
+    async def checkpoint(self) -> bool:
+        """Save a signed snapshot of the models (with their offsets) when a secret is set."""
+        self._checkpointed = time.monotonic()
+        if self.models is None or not self._snapshots_allowed:
+            return False
+        return await save_models(self.models, self.redis, self.settings)
 
     async def close(self) -> None:
+        if self.models is not None:
+            try:
+                await self.checkpoint()
+            except (RedisError, OSError) as exc:
+                log.warning("model snapshot at shutdown failed: %s", exc)
         await self.consumer.stop()
         await self.producer.stop()
         await self.redis.aclose()
@@ -236,13 +274,29 @@ class BatchWorker:
             self.stats.first_batch_at = started
         for record in records:
             self._positions[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        events = [r for r in records if r.topic == self.settings.topic_events]
         lookups = self._embedding_totals()
         result = await self._retrying(
-            "redis", lambda: apply_batch(records, self.store, self.params, self.clock, self.stages)
+            "redis", lambda: apply_batch(events, self.store, self.params, self.clock, self.stages)
         )
         if lookups is not None:
             metrics.observe_embeddings(lookups, self._embedding_totals() or lookups)
+        if self.models is not None:
+            labels = [r for r in records if r.topic != self.settings.topic_events]
+            await self._learn_labels(labels, result)
+            for record in events:
+                self.models.advance(record.topic, record.partition, record.offset)
         return result
+
+    async def _learn_labels(self, records: Sequence[SourceRecord], result: BatchResult) -> None:
+        if not records or self.models is None:
+            return
+        models = self.models
+        learnt = await self._retrying(
+            "redis", lambda: apply_labels(records, self.store, models, self.clock())
+        )
+        result.dead_letters += learnt.dead_letters
+        result.labels.update(learnt.outcomes)
 
     def _embedding_totals(self) -> tuple[int, int, int] | None:
         interests = self.stages.interests
@@ -260,6 +314,12 @@ class BatchWorker:
         self.stats.last_commit_at = time.monotonic()
         self.stats.add(len(records), result)
         self._observe(records, result, started)
+        if time.monotonic() - self._checkpointed >= self.settings.model_checkpoint_s:
+            try:
+                await self.checkpoint()
+            except (RedisError, OSError) as exc:
+                log.warning("model snapshot failed (next try in %ss): %s",
+                            self.settings.model_checkpoint_s, exc)  # fmt: skip
 
     async def _retrying(self, component: str, attempt_once: Callable[[], Awaitable[T]]) -> T:
         """Run `attempt_once` until it succeeds, backing off; both steps are idempotent."""
@@ -288,6 +348,10 @@ class BatchWorker:
             await send(self.settings.topic_updates, body, key=user_id.encode())
             for user_id, body in result.changes
         ]
+        pending += [
+            await send(self.settings.topic_alerts, body, key=user_id.encode())
+            for user_id, body in result.alerts
+        ]
         if pending:
             await asyncio.gather(*pending)
 
@@ -310,6 +374,17 @@ class BatchWorker:
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)
         metrics.PROFILES_WRITTEN.inc(result.users_written)
         metrics.CHANGES_PUBLISHED.inc(len(result.changes))
+        metrics.ALERTS.inc(len(result.alerts))
+        for outcome, count in result.labels.items():
+            metrics.LABELS.labels(outcome).inc(count)
+        for _, score in result.risk_scores:
+            metrics.RISK_SCORES.observe(score)
+        if result.model_drifts:
+            metrics.MODEL_DRIFT.labels("risk").inc(result.model_drifts)
+            log.warning("risk score drift detected by ADWIN (%d in this batch)",
+                        result.model_drifts)  # fmt: skip
+        if result.segment_moves:
+            metrics.SEGMENT_MOVES.inc(result.segment_moves)
         for kind, count in result.by_type.items():
             metrics.EVENTS.labels(kind, "applied").inc(count)
         for outcome in ("duplicate", "replayed"):

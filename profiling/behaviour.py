@@ -1,0 +1,299 @@
+"""Per-user behaviour state and the feature dicts the River models read.
+
+`Behaviour` is a small, fixed-size record of what a user did recently: the
+timestamps of their last events, orders and failed logins, the devices,
+countries and cards they used (as short digests, never raw), a running mean
+and variance of their order amounts, their last login and last cart. It is
+stored with the profile and folded forward only by events the engine applies,
+so it is idempotent like every other aggregate.
+
+`observe` folds one event in and, for a purchase or a login, returns the
+transactional features *as they were when the event happened* (the state
+before it): amount against the user's own history, velocity in the last
+minute / hour / day, what is new about it. Everything is event time, so a
+replay of the same log computes the same features. `profile_features`
+summarises a whole profile for segmentation: recency, frequency, monetary
+value, the event-type mix, average price, category concentration and a
+4-dimensional projection of `vec_long`.
+
+Every feature is a plain float; the dicts have tens of entries, never the
+384-dimensional vector itself (DESIGN.md §7: River costs per feature).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Final
+
+import numpy as np
+
+from profiling.events import Event
+
+MINUTE_MS: Final = 60_000
+HOUR_MS: Final = 60 * MINUTE_MS
+DAY_MS: Final = 24 * HOUR_MS
+RECENT_EVENTS: Final = 32  # timestamps kept: velocity counts saturate at this
+RECENT_ORDERS: Final = 32
+RECENT_FAILURES: Final = 16
+KNOWN_TOKENS: Final = 8  # devices, countries, cards remembered per user
+NO_HISTORY_MS: Final = 30 * DAY_MS  # "never": how far back a missing login or cart counts
+TOKEN_BYTES: Final = 6
+SCORED_TYPES: Final = frozenset({"purchase", "login"})
+MIX_TYPES: Final = ("view", "click", "search", "add_to_cart", "purchase", "review", "login")
+VECTOR_PROJECTION_DIMS: Final = 4
+
+TRANSACTION_FEATURES: Final = (
+    "amount_log",
+    "amount_vs_usual",
+    "first_order",
+    "orders_1m",
+    "orders_1h",
+    "events_1m",
+    "events_1h",
+    "new_device",
+    "new_country",
+    "new_card",
+    "cards_24h",
+    "failed_logins_1h",
+    "account_age_days",
+    "since_login_hours",
+    "cart_to_purchase_min",
+    "is_login",
+    "login_failed",
+)
+
+
+@lru_cache(maxsize=1 << 16)
+def token(value: str) -> str:
+    """A short digest of an identifier (device, country, card): profiles keep no raw values."""
+    return hashlib.blake2b(value.encode(), digest_size=TOKEN_BYTES, person=b"profiler").hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Behaviour:
+    """Bounded per-user state behind the features. Tuples are oldest first."""
+
+    first_ts: int = 0
+    last_ts: int = 0
+    events: tuple[int, ...] = ()  # ts of the last RECENT_EVENTS events
+    orders: tuple[int, ...] = ()  # ts of the last RECENT_ORDERS purchases
+    failures: tuple[int, ...] = ()  # ts of the last failed logins
+    devices: tuple[str, ...] = ()
+    countries: tuple[str, ...] = ()
+    cards: tuple[tuple[str, int], ...] = ()  # (card token, last used ts)
+    amount_n: int = 0
+    amount_mean: float = 0.0
+    amount_m2: float = 0.0  # Welford's sum of squared deviations
+    price_n: int = 0
+    price_sum: float = 0.0
+    last_login: int = 0
+    last_cart: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Behaviour:
+        values = {name: raw[name] for name in _FIELDS if name in raw}
+        for name in ("events", "orders", "failures", "devices", "countries"):
+            values[name] = tuple(values.get(name, ()))
+        values["cards"] = tuple((card, int(ts)) for card, ts in values.get("cards", ()))
+        return cls(**values)
+
+
+_FIELDS: Final = tuple(Behaviour.__dataclass_fields__)
+
+
+def observe(state: Behaviour, event: Event) -> tuple[Behaviour, dict[str, float] | None]:
+    """`state` with `event` folded in, and the event's features if it is a purchase or login."""
+    state, [features] = observe_all(state, [event])
+    return state, features
+
+
+def observe_all(
+    state: Behaviour, events: Sequence[Event]
+) -> tuple[Behaviour, list[dict[str, float] | None]]:
+    """Fold `events` in order; for each, its features (purchases and logins) or None.
+
+    One mutable working copy for the whole run and one frozen result at the end:
+    a user's batch costs one `Behaviour`, not one per event.
+    """
+    work = _Working(state)
+    features: list[dict[str, float] | None] = []
+    for event in events:
+        if event.type in SCORED_TYPES:
+            features.append(transaction_features(work.frozen(), event))
+        else:
+            features.append(None)
+        work.fold(event)
+    return work.frozen(), features
+
+
+def transaction_features(state: Behaviour, event: Event) -> dict[str, float]:
+    """What a fraud model should know about this purchase or login, from the state before it."""
+    ts = event.ts
+    purchase = event.type == "purchase"
+    amount = float(event.amount or 0.0) if purchase else 0.0
+    card = token(event.card_fp) if purchase and event.card_fp else None
+    known_cards = {c for c, _ in state.cards}
+    cards_24h = {c for c, used in state.cards if ts - used <= DAY_MS}
+    if card is not None:
+        cards_24h.add(card)
+    history = state.last_ts > 0
+    return {
+        "amount_log": math.log1p(amount),
+        "amount_vs_usual": _amount_vs_usual(state, amount) if purchase else 0.0,
+        "first_order": float(purchase and state.amount_n == 0),
+        "orders_1m": float(_within(state.orders, ts, MINUTE_MS)),
+        "orders_1h": float(_within(state.orders, ts, HOUR_MS)),
+        "events_1m": float(_within(state.events, ts, MINUTE_MS)),
+        "events_1h": float(_within(state.events, ts, HOUR_MS)),
+        "new_device": float(
+            history and event.device_id is not None and token(event.device_id) not in state.devices
+        ),
+        "new_country": float(
+            history and event.country is not None and token(event.country) not in state.countries
+        ),
+        "new_card": float(card is not None and card not in known_cards),
+        "cards_24h": float(len(cards_24h)),
+        "failed_logins_1h": float(_within(state.failures, ts, HOUR_MS)),
+        "account_age_days": math.log1p(max(0, ts - state.first_ts) / DAY_MS if history else 0.0),
+        "since_login_hours": math.log1p(_since(state.last_login, ts) / HOUR_MS),
+        "cart_to_purchase_min": math.log1p(_since(state.last_cart, ts) / MINUTE_MS)
+        if purchase
+        else 0.0,
+        "is_login": float(not purchase),
+        "login_failed": float(not purchase and event.success is False),
+    }
+
+
+def _amount_vs_usual(state: Behaviour, amount: float) -> float:
+    """log2 of this amount over the user's mean order (0 with no history: nothing to compare)."""
+    if state.amount_n == 0:
+        return 0.0
+    return math.log2((amount + 1.0) / (state.amount_mean + 1.0))
+
+
+def _within(stamps: tuple[int, ...], ts: int, window_ms: int) -> int:
+    return sum(1 for t in stamps if 0 <= ts - t <= window_ms)
+
+
+def _since(then: int, ts: int) -> float:
+    return float(min(NO_HISTORY_MS, ts - then)) if then else float(NO_HISTORY_MS)
+
+
+class _Working:
+    """A mutable copy of a `Behaviour` while a batch of one user's events is folded in."""
+
+    def __init__(self, state: Behaviour) -> None:
+        self.values = state.to_json()
+        self._frozen: Behaviour | None = state
+
+    def frozen(self) -> Behaviour:
+        if self._frozen is None:
+            self._frozen = Behaviour(**self.values)
+        return self._frozen
+
+    def fold(self, event: Event) -> None:
+        v, ts = self.values, event.ts
+        self._frozen = None
+        v["first_ts"] = min(v["first_ts"], ts) if v["first_ts"] else ts
+        v["last_ts"] = max(v["last_ts"], ts)
+        v["events"] = _push(v["events"], ts, RECENT_EVENTS)
+        if event.device_id is not None:
+            v["devices"] = _remember(v["devices"], token(event.device_id))
+        if event.country is not None:
+            v["countries"] = _remember(v["countries"], token(event.country))
+        if event.price is not None:
+            v["price_n"], v["price_sum"] = v["price_n"] + 1, v["price_sum"] + event.price
+        if event.type == "purchase":
+            self._purchase(event)
+        elif event.type == "login":
+            if event.success is False:
+                v["failures"] = _push(v["failures"], ts, RECENT_FAILURES)
+            else:
+                v["last_login"] = max(v["last_login"], ts)
+        elif event.type == "add_to_cart":
+            v["last_cart"] = max(v["last_cart"], ts)
+
+    def _purchase(self, event: Event) -> None:
+        v = self.values
+        amount = float(event.amount or 0.0)
+        n = v["amount_n"] + 1
+        delta = amount - v["amount_mean"]
+        mean = v["amount_mean"] + delta / n
+        v["orders"] = _push(v["orders"], event.ts, RECENT_ORDERS)
+        v["amount_n"], v["amount_mean"] = n, mean
+        v["amount_m2"] += delta * (amount - mean)
+        if event.card_fp is not None:
+            card = token(event.card_fp)
+            others = tuple(c for c in v["cards"] if c[0] != card)
+            v["cards"] = (*others, (card, event.ts))[-KNOWN_TOKENS:]
+
+
+def _push(stamps: tuple[int, ...], ts: int, bound: int) -> tuple[int, ...]:
+    return (*stamps, ts)[-bound:] if not stamps or ts >= stamps[-1] else _insort(stamps, ts, bound)
+
+
+def _insort(stamps: tuple[int, ...], ts: int, bound: int) -> tuple[int, ...]:
+    return tuple(sorted((*stamps, ts)))[-bound:]  # a late event: keep the newest `bound`
+
+
+def _remember(tokens: tuple[str, ...], value: str) -> tuple[str, ...]:
+    """Most recently used last; the least recently used falls out past KNOWN_TOKENS."""
+    if tokens and tokens[-1] == value:
+        return tokens
+    return (*(t for t in tokens if t != value), value)[-KNOWN_TOKENS:]
+
+
+# --- profile features, for segmentation --------------------------------------------------------
+
+
+def profile_features(
+    *,
+    counts: Mapping[str, int],
+    events: int,
+    spend: float,
+    orders: int,
+    first_seen: int,
+    last_seen: int,
+    previous_seen: int,
+    behaviour: Behaviour,
+    category_focus: float,
+    vector: np.ndarray[Any, np.dtype[np.float32]] | None,
+    projection: np.ndarray[Any, np.dtype[np.float64]],
+) -> dict[str, float]:
+    """Recency, frequency, monetary value, event mix, price level, focus and taste, as floats."""
+    active_days = max(1.0, (last_seen - first_seen) / DAY_MS)
+    total = max(1, events)
+    features = {
+        "recency_gap_days": math.log1p(max(0, last_seen - previous_seen) / DAY_MS)
+        if previous_seen
+        else 0.0,
+        "frequency": math.log1p(events / active_days),
+        "monetary": math.log1p(spend),
+        "orders": math.log1p(orders),
+        "avg_order": math.log1p(spend / orders) if orders else 0.0,
+        "avg_price": math.log1p(behaviour.price_sum / behaviour.price_n)
+        if behaviour.price_n
+        else 0.0,
+        "category_focus": category_focus,
+    }
+    for kind in MIX_TYPES:
+        features[f"share_{kind}"] = counts.get(kind, 0) / total
+    taste = projection @ vector if vector is not None else np.zeros(len(projection))
+    for i, value in enumerate(taste):
+        features[f"taste_{i}"] = float(value)
+    return features
+
+
+def vector_projection(dim: int, seed: int = 20_26) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """A fixed random projection of unit vectors to VECTOR_PROJECTION_DIMS coordinates."""
+    rng = np.random.default_rng(seed)
+    matrix = rng.standard_normal((VECTOR_PROJECTION_DIMS, dim))
+    scale: np.ndarray[Any, np.dtype[np.float64]] = matrix / np.linalg.norm(matrix, axis=1)[:, None]
+    return scale * math.sqrt(dim / VECTOR_PROJECTION_DIMS)  # unit-ish spread per coordinate

@@ -1,0 +1,97 @@
+"""Delayed fraud labels: join each with the features its event had when scored, and learn.
+
+A `fraud-labels` record says, days after the fact, whether one scored event was
+fraud (`schemas/fraud_label.v1.json`). `apply_labels` decodes a batch of them
+(bad records become dead letters, like bad events), fetches the features kept
+at scoring time in one store round trip, and teaches the risk classifier.
+A label whose features are gone (never scored here, or past their TTL) is
+counted as `unknown`, not an error. Records at or below the offsets the
+restored model snapshot had learnt are skipped, so a replay after a restart
+does not teach the same label twice.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+import msgspec
+import orjson
+
+from profiling.events import MIN_TS_MS, Rejection
+from profiling.messages import dead_letter
+from profiling.models import ProfileModels
+from profiling.pipeline import SourceRecord
+from profiling.store import ProfileStore
+
+
+class Label(msgspec.Struct, frozen=True):
+    """One fraud verdict on an earlier event (unknown extra fields are ignored)."""
+
+    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    label: Literal[0, 1]
+    ts: Annotated[int, msgspec.Meta(ge=MIN_TS_MS)]
+
+
+_decoder = msgspec.json.Decoder(Label)
+
+
+@dataclass(slots=True)
+class LabelResult:
+    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)  # learnt / unknown / skipped / invalid
+
+
+def decode_label(raw: bytes | None) -> Label | Rejection:
+    """A label, or why the record is not one."""
+    if raw is None:
+        return Rejection("invalid_json", "record has no value (null)")
+    try:
+        return _decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        return Rejection("invalid_label", str(exc))
+    except msgspec.DecodeError as exc:
+        return Rejection("invalid_json", str(exc))
+
+
+async def apply_labels(
+    records: Sequence[SourceRecord], store: ProfileStore, models: ProfileModels, now_ms: int
+) -> LabelResult:
+    """Learn from a batch of label records; return dead letters and counts."""
+    result = LabelResult()
+    pending: list[Label] = []
+    for record in records:
+        if models.learnt(record.topic, record.partition, record.offset):
+            result.outcomes["skipped"] += 1
+            continue
+        verdict = decode_label(record.value)
+        if isinstance(verdict, Rejection):
+            result.outcomes["invalid"] += 1
+            result.dead_letters.append((record.key, _letter(record, verdict, now_ms)))
+        else:
+            pending.append(verdict)
+    kept = await store.load_scored([(label.user_id, label.event_id) for label in pending])
+    for label, features in zip(pending, kept, strict=True):
+        if features is None:
+            result.outcomes["unknown"] += 1
+            continue
+        models.learn_label(orjson.loads(features), bool(label.label))
+        result.outcomes["learnt"] += 1
+    for record in records:
+        models.advance(record.topic, record.partition, record.offset)
+    return result
+
+
+def _letter(record: SourceRecord, rejection: Rejection, now_ms: int) -> bytes:
+    return dead_letter(
+        rejection,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        now_ms=now_ms,
+    )

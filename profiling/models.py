@@ -1,0 +1,231 @@
+"""Segments and fraud risk in the batch pipeline: the stage between folding and writing.
+
+`ProfileModels.update` runs after the aggregates (and vectors) of a batch are
+folded, before the profiles are written. For each user it walks the applied
+events in event time through the bounded behaviour state
+(`profiling.behaviour`), scores every purchase and login (`profiling.risk`),
+keeps the features each scored event had (so a fraud label arriving days
+later can be learnt from them), raises an alert at or above the threshold,
+and assigns the user's segment (`profiling.segments`). A segment move or a
+risk band change makes the profile's change message due.
+
+Alerts are stored on the profile with the version that raised them, so a
+replayed batch (crash after the write, before the acks) sends the same alerts
+again; `alert_id` is a digest of (user_id, event_id), so consumers see one alert.
+
+`snapshot` / `restore` carry the models and the Kafka offsets they have learnt
+up to; the edge signs them (`profiling.snapshots`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+import numpy as np
+import orjson
+
+from profiling.behaviour import Behaviour, observe_all, profile_features, vector_projection
+from profiling.events import Event
+from profiling.profile import Outcome, Profile
+from profiling.risk import ANOMALY, Risk, RiskModel, risk_band
+from profiling.segments import SegmentModel
+
+SNAPSHOT_FORMAT: Final = 1
+
+
+def alert_id(user_id: str, event_id: str) -> str:
+    """The same event always gives the same alert id (replays, restarts, other workers)."""
+    digest = hashlib.blake2b(f"{user_id}\x1f{event_id}".encode(), digest_size=16)
+    return digest.hexdigest()
+
+
+@dataclass
+class ProfileModels:
+    """The River models of one worker and how their verdicts reach profiles."""
+
+    risk: RiskModel = field(default_factory=RiskModel)
+    segments: SegmentModel = field(default_factory=SegmentModel)
+    alert_threshold: float = 0.8
+    dim: int = 384
+    offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> last learnt
+    alerts_raised: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alert_threshold <= 1:
+            raise ValueError("alert_threshold must be in (0, 1]")
+        if self.risk.calibration_threshold != self.alert_threshold:
+            self.risk.recalibrate(self.alert_threshold)
+        self._projection = vector_projection(self.dim)
+        self._scores: list[tuple[str, float]] = []  # (event_id, risk) since observations()
+        self._moves = 0
+        self._drifts_seen = self.risk.drifts
+
+    def observations(self) -> tuple[list[tuple[str, float]], int, int]:
+        """(event_id, risk) of events scored, drifts and segment moves since the last call."""
+        scores, self._scores = self._scores, []
+        moves, self._moves = self._moves, 0
+        drifts, self._drifts_seen = self.risk.drifts - self._drifts_seen, self.risk.drifts
+        return scores, drifts, moves
+
+    def update(self, outcomes: Sequence[Outcome], now_ms: int) -> list[Outcome]:
+        """The outcomes with behaviour, risk, alerts and segments folded into their profiles."""
+        written = [o for o in outcomes if o.wrote]
+        if not written:
+            return list(outcomes)
+        scored = [self._score_user(o) for o in written]
+        features = [f for _, f, _ in scored]
+        current = [(o.profile.segment, o.profile.segment_dwell) for o in written]
+        tops = [_top_category(o.profile) for o in written]
+        assignments = self.segments.assign(features, current, tops)
+        updated = {}
+        for outcome, (profile, _, extra), assignment in zip(
+            written, scored, assignments, strict=True
+        ):
+            updated[id(outcome)] = self._fold(outcome, profile, extra, assignment)
+        return [updated.get(id(o), o) for o in outcomes]
+
+    def _score_user(
+        self, outcome: Outcome
+    ) -> tuple[Profile, dict[str, float], tuple[tuple[str, bytes], ...]]:
+        """Walk the user's applied events; return the profile, its segment features, snapshots."""
+        profile = outcome.profile
+        state = profile.behaviour or Behaviour()
+        previous_seen = state.last_ts
+        state, all_features = observe_all(state, outcome.applied)
+        snapshots: list[tuple[str, bytes]] = []
+        alerts: list[str] = []
+        last: tuple[float, dict[str, float]] | None = None
+        for event, features in zip(outcome.applied, all_features, strict=True):
+            if features is None:
+                continue
+            risk, anomaly = self.risk.score(features)
+            features[ANOMALY] = anomaly  # ours: a fresh dict per event
+            self._scores.append((event.event_id, risk))
+            last = (risk, features)
+            snapshots.append((event.event_id, orjson.dumps(features)))
+            if risk >= self.alert_threshold:
+                explained = self.risk.explain(features, risk)
+                alerts.append(self._alert(profile.user_id, event, explained, features))
+        changes: dict[str, Any] = {"behaviour": state, "alerts": tuple(alerts)}
+        if last is not None:
+            explained = self.risk.explain(last[1], last[0])
+            changes["risk"] = round(explained.score, 6)
+            changes["risk_reasons"] = orjson.dumps(explained.reasons_json(last[1])).decode()
+        profile = replace(profile, **changes)
+        return profile, self._profile_features(profile, previous_seen), tuple(snapshots)
+
+    def _alert(self, user_id: str, event: Event, risk: Risk, features: Mapping[str, float]) -> str:
+        self.alerts_raised += 1
+        body = {
+            "alert_id": alert_id(user_id, event.event_id),
+            "user_id": user_id,
+            "event_id": event.event_id,
+            "ts": event.ts,
+            "risk": round(risk.score, 6),
+            "threshold": self.alert_threshold,
+            "reasons": risk.reasons_json(features),
+            "model_version": self.risk.version,
+        }
+        return orjson.dumps(body).decode()
+
+    def _profile_features(self, profile: Profile, previous_seen: int) -> dict[str, float]:
+        scores = profile.category_scores
+        total = sum(scores.values())
+        interest = profile.interest
+        vector = (
+            np.frombuffer(interest.vec_long, dtype="<f4")
+            if interest is not None and interest.vec_long is not None
+            else None
+        )
+        if vector is not None and len(vector) != self.dim:
+            vector = None  # another encoder's space: no projection for it
+        return profile_features(
+            counts=profile.counts,
+            events=profile.events,
+            spend=profile.spend,
+            orders=profile.orders,
+            first_seen=profile.first_seen,
+            last_seen=profile.last_seen,
+            previous_seen=previous_seen,
+            behaviour=profile.behaviour or Behaviour(),
+            category_focus=max(scores.values()) / total if total > 0 else 0.0,
+            vector=vector,
+            projection=self._projection,
+        )
+
+    def _fold(
+        self,
+        outcome: Outcome,
+        profile: Profile,
+        snapshots: tuple[tuple[str, bytes], ...],
+        assignment: Any,
+    ) -> Outcome:
+        before = outcome.profile
+        moved = before.segment != assignment.segment
+        profile = replace(
+            profile,
+            segment=assignment.segment,
+            segment_dwell=assignment.since,
+            prev_segment=before.segment if moved else before.prev_segment,
+        )
+        changed = set()
+        if moved:
+            changed.add("segment")
+            self._moves += before.segment is not None
+        if profile.risk != before.risk:
+            changed.update(("risk", "risk_reasons"))
+        band_moved = risk_band(profile.risk, self.alert_threshold) != risk_band(
+            before.risk, self.alert_threshold
+        )
+        publish = outcome.publish or moved or band_moved
+        if publish and not outcome.publish:
+            profile = replace(
+                profile, published_at=profile.updated, published_version=profile.version
+            )
+        profile = replace(profile, unpublished=profile.unpublished | changed)
+        return replace(
+            outcome,
+            profile=profile,
+            changed=outcome.changed | changed,
+            publish=publish,
+            scored=snapshots,
+        )
+
+    def learn_label(self, features: Mapping[str, float], label: bool) -> None:
+        self.risk.learn_label(features, label)
+
+    def learnt(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether the record at this position was learnt before the snapshot we restored."""
+        return offset <= self.offsets.get(f"{topic}:{partition}", -1)
+
+    def advance(self, topic: str, partition: int, offset: int) -> None:
+        key = f"{topic}:{partition}"
+        if offset > self.offsets.get(key, -1):
+            self.offsets[key] = offset
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "risk": self.risk,
+            "segments": self.segments,
+            "offsets": dict(self.offsets),
+            "alerts_raised": self.alerts_raised,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        if state.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"unknown model snapshot format {state.get('format')!r}")
+        self.risk, self.segments = state["risk"], state["segments"]
+        self.offsets = dict(state["offsets"])
+        self.alerts_raised = int(state.get("alerts_raised", 0))
+        self._drifts_seen = self.risk.drifts
+
+
+def _top_category(profile: Profile) -> str | None:
+    scores = profile.category_scores
+    if not scores:
+        return None
+    return max(scores.items(), key=lambda kv: (kv[1], kv[0]))[0]

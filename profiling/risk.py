@@ -1,0 +1,289 @@
+"""Fraud risk of purchases and logins: an anomaly model, blended with a classifier once labels come.
+
+Before any label arrives, risk is River's HalfSpaceTrees anomaly score over the
+transactional features (`profiling.behaviour`), min-max scaled online: events
+unlike the shop's usual traffic score high. Fraud labels arrive days later
+(`learn_label`); from then on a logistic regression learns which features mean
+fraud, and its probability takes over the blend as labels accumulate
+(weight labels / (labels + `label_half_weight`), at most `max_label_weight`,
+and only once both classes were seen).
+
+Reasons: each feature's share of the risk, top 3. The classifier's part is its
+weight times the standardised feature; the anomaly part is how far the
+feature sits above the shop's mean (in standard deviations, from a scaler that
+sees every scored event). Shares are scaled to sum to the risk, so a reader
+can say "this much of 0.93 came from the new card".
+
+The models are global to a worker and learn online; they are not part of a
+profile's idempotent state (DESIGN.md §8: checkpointed with offsets instead).
+A drift detector (ADWIN) watches the stream of risk scores.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+from river import anomaly, compose, drift, linear_model, optim, preprocessing
+
+from profiling.behaviour import TRANSACTION_FEATURES
+
+RISK_MODEL: Final = "hst-lr-v1"
+ANOMALY: Final = "anomaly"  # the raw HalfSpaceTrees score, a feature of the classifier
+
+
+def risk_band(risk: float | None, threshold: float = 0.8) -> str | None:
+    """A coarse label of risk that changes rarely: publication follows band changes, not noise."""
+    if risk is None:
+        return None
+    if risk >= threshold:
+        return "high"
+    return "medium" if risk >= min(0.5, threshold) else "low"
+
+
+@dataclass(frozen=True, slots=True)
+class Risk:
+    """A score in [0, 1] and the features that made it, largest share first."""
+
+    score: float
+    reasons: tuple[tuple[str, float], ...]  # (feature, contribution), top 3
+
+    def reasons_json(self, features: Mapping[str, float]) -> list[dict[str, Any]]:
+        return [
+            {"feature": name, "contribution": round(share, 4), "detail": explain(name, features)}
+            for name, share in self.reasons
+        ]
+
+
+class RiskModel:
+    """HalfSpaceTrees (unsupervised) blended with logistic regression (from delayed labels)."""
+
+    def __init__(
+        self,
+        *,
+        seed: int = 42,
+        n_trees: int = 10,
+        height: int = 8,
+        window_size: int = 250,
+        label_half_weight: float = 100.0,
+        max_label_weight: float = 0.95,
+        alert_threshold: float = 0.8,
+        anomaly_alert_share: float = 0.005,
+        label_replays: int = 4,
+        replay_size: int = 5000,
+    ) -> None:
+        if n_trees < 1 or height < 1 or window_size < 1:
+            raise ValueError("n_trees, height and window_size must be at least 1")
+        if label_half_weight <= 0 or not 0 <= max_label_weight <= 1:
+            raise ValueError("label_half_weight must be > 0 and max_label_weight in [0, 1]")
+        self.scaler = preprocessing.MinMaxScaler()  # HalfSpaceTrees wants features in [0, 1]
+        self.trees = anomaly.HalfSpaceTrees(
+            n_trees=n_trees, height=height, window_size=window_size, seed=seed
+        )
+        self.anomaly_alert_share = anomaly_alert_share
+        self.calibration_threshold = alert_threshold
+        self.calibration = Calibration.for_share(anomaly_alert_share, alert_threshold)
+        self.population = Population(TRANSACTION_FEATURES)  # what "unusual" is measured against
+        self.classifier = compose.Pipeline(
+            preprocessing.StandardScaler(),
+            linear_model.LogisticRegression(optimizer=optim.SGD(0.05), l2=1e-4),
+        )
+        self.label_replays = label_replays
+        self.replay: deque[tuple[dict[str, float], bool]] = deque(maxlen=replay_size)
+        self._rng = random.Random(seed)
+        self.label_half_weight = label_half_weight
+        self.max_label_weight = max_label_weight
+        self.labels = {0: 0, 1: 0}
+        self.scored = 0
+        self.drift = drift.ADWIN()
+        self.drifts = 0
+
+    def recalibrate(self, alert_threshold: float) -> None:
+        """Bend the anomaly risk so the top `anomaly_alert_share` reaches this threshold."""
+        self.calibration.gamma = Calibration.for_share(
+            self.anomaly_alert_share, alert_threshold
+        ).gamma
+        self.calibration_threshold = alert_threshold
+
+    @property
+    def label_weight(self) -> float:
+        """How much of the risk comes from the classifier now."""
+        if not (self.labels[0] and self.labels[1]):
+            return 0.0
+        n = self.labels[0] + self.labels[1]
+        return min(self.max_label_weight, n / (n + self.label_half_weight))
+
+    @property
+    def version(self) -> str:
+        return f"{RISK_MODEL}+{self.labels[0] + self.labels[1]}labels"
+
+    def score(self, features: Mapping[str, float], *, learn: bool = True) -> tuple[float, float]:
+        """(risk in [0, 1], raw anomaly score) of one event; then (by default) learn it.
+
+        The raw anomaly score is a feature of the classifier too (stacking): keep it
+        with the features, so the label joins with exactly what was scored.
+        Reasons cost as much as the score, so they are asked for separately
+        (`explain`), for the events whose reasons are kept: the latest per
+        user and every alert.
+        """
+        x = {name: value for name, value in features.items() if name != ANOMALY}
+        if learn:
+            self.scaler.learn_one(x)
+        scaled = self.scaler.transform_one(x)
+        raw = float(self.trees.score_one(scaled))
+        unsupervised = self.calibration.risk(raw)
+        weight = self.label_weight
+        supervised = (
+            float(self.classifier.predict_proba_one({**x, ANOMALY: raw}).get(True, 0.0))
+            if weight
+            else 0.0
+        )
+        risk = min(1.0, max(0.0, (1 - weight) * unsupervised + weight * supervised))
+        if learn:
+            self.trees.learn_one(scaled)
+            self.calibration.learn(raw)
+            self.population.learn(x)
+            self.scored += 1
+            self.drift.update(risk)
+            if self.drift.drift_detected:
+                self.drifts += 1
+        return risk, raw
+
+    def explain(self, features: Mapping[str, float], risk: float) -> Risk:
+        """`risk` with its top-3 reasons, as the models stand now."""
+        return Risk(risk, self._reasons(features, risk, self.label_weight))
+
+    def learn_label(self, features: Mapping[str, float], label: bool) -> None:
+        """A delayed fraud label for an event scored earlier, with the features it had then.
+
+        Labels are few and precious: each is learnt once now and replayed
+        `label_replays` times later, drawn at random from the last
+        `replay_size` labels (several passes, as a batch learner would make).
+        """
+        x = dict(features)
+        self.classifier.learn_one(x, bool(label))
+        for _ in range(self.label_replays if self.replay else 0):
+            old_x, old_label = self.replay[self._rng.randrange(len(self.replay))]
+            self.classifier.learn_one(old_x, old_label)
+        self.replay.append((x, bool(label)))
+        self.labels[int(bool(label))] += 1
+
+    def _reasons(
+        self, x: Mapping[str, float], risk: float, weight: float
+    ) -> tuple[tuple[str, float], ...]:
+        pushes = {
+            name: (1 - weight) * min(max(0.0, z), 10.0)
+            for name, z in zip(TRANSACTION_FEATURES, self.population.z(x), strict=True)
+        }
+        if weight:
+            scaler = self.classifier["StandardScaler"]
+            coefficients = self.classifier["LogisticRegression"].weights
+            for name in (*TRANSACTION_FEATURES, ANOMALY):
+                spread = math.sqrt(scaler.vars.get(name, 0.0)) or 1.0
+                z = (x.get(name, 0.0) - scaler.means.get(name, 0.0)) / spread
+                push = weight * max(0.0, coefficients.get(name, 0.0) * z)
+                pushes[name] = pushes.get(name, 0.0) + push
+        total = sum(pushes.values())
+        if total <= 0:
+            return ()
+        top = sorted(pushes.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        return tuple((name, risk * push / total) for name, push in top if push > 0)
+
+
+class Calibration:
+    """Raw anomaly scores to risk: their percentile among recent scores, bent at one point.
+
+    HalfSpaceTrees' raw scores are not probabilities, and where they sit depends on
+    the traffic. A decayed histogram of recent raw scores gives each new score its
+    percentile p; risk = p ** gamma, with gamma chosen so that the top `share` of
+    traffic lands at or above the alert threshold. Before labels, that bounds the
+    alert rate; afterwards the classifier's probability takes over.
+    """
+
+    def __init__(self, gamma: float, bins: int = 256, half_life: float = 20_000.0) -> None:
+        self.gamma = gamma
+        self.counts = np.zeros(bins)
+        self.increment = 1.0
+        self.growth = 2.0 ** (1.0 / half_life)  # newer scores weigh more: decay, lazily
+
+    @classmethod
+    def for_share(cls, share: float, threshold: float) -> Calibration:
+        if not 0 < share < 1 or not 0 < threshold < 1:
+            raise ValueError("anomaly_alert_share and alert_threshold must be in (0, 1)")
+        return cls(math.log(threshold) / math.log(1.0 - share))
+
+    def _bin(self, raw: float) -> int:
+        return min(len(self.counts) - 1, max(0, int(raw * len(self.counts))))
+
+    def risk(self, raw: float) -> float:
+        total = self.counts.sum()
+        if total <= 0:
+            return 0.0
+        b = self._bin(raw)
+        below = self.counts[:b].sum() + 0.5 * self.counts[b]
+        return float((below / total) ** self.gamma)
+
+    def learn(self, raw: float) -> None:
+        self.counts[self._bin(raw)] += self.increment
+        self.increment *= self.growth
+        if self.increment > 1e12:
+            self.counts /= self.increment
+            self.increment = 1.0
+
+
+class Population:
+    """Running mean and variance of each feature over every scored event (Welford)."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.n = 0
+        self.means = [0.0] * len(names)
+        self.m2 = [0.0] * len(names)
+
+    def learn(self, x: Mapping[str, float]) -> None:
+        self.n += 1
+        for i, name in enumerate(self.names):
+            value = x.get(name, 0.0)
+            delta = value - self.means[i]
+            self.means[i] += delta / self.n
+            self.m2[i] += delta * (value - self.means[i])
+
+    def z(self, x: Mapping[str, float]) -> list[float]:
+        """How many standard deviations each feature of `x` sits above the mean."""
+        out = []
+        for i, name in enumerate(self.names):
+            spread = math.sqrt(self.m2[i] / self.n) if self.n > 1 else 0.0
+            out.append((x.get(name, 0.0) - self.means[i]) / (spread or 1.0))
+        return out
+
+
+def explain(feature: str, x: Mapping[str, float]) -> str:
+    """A reason in words a fraud analyst can act on."""
+    value = x.get(feature, 0.0)
+    count = round(value)
+    words = {
+        "amount_log": f"order amount {math.expm1(value):,.2f}",
+        "amount_vs_usual": f"order is {2**value:.1f}x this user's usual amount",
+        "first_order": "first order of this account",
+        "orders_1m": f"{count} other orders in the last minute",
+        "orders_1h": f"{count} other orders in the last hour",
+        "events_1m": f"{count} events in the last minute",
+        "events_1h": f"{count} events in the last hour",
+        "new_device": "device never seen on this account",
+        "new_country": "country never seen on this account",
+        "new_card": "card never used by this account",
+        "cards_24h": f"{count} different cards in 24 h",
+        "failed_logins_1h": f"{count} failed logins in the last hour",
+        "account_age_days": f"account {math.expm1(value):.2f} days old",
+        "since_login_hours": f"{math.expm1(value):.1f} h since the last successful login",
+        "cart_to_purchase_min": f"{math.expm1(value):.0f} min from cart to purchase",
+        "is_login": "a login",
+        "login_failed": "failed login",
+        ANOMALY: f"unlike this shop's usual traffic (anomaly score {value:.2f})",
+    }
+    return words.get(feature, feature)

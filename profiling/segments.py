@@ -1,0 +1,194 @@
+"""Live customer segments: River's online k-means over standardised profile features.
+
+Every updated profile is assigned to the nearest centre. Assignment is
+vectorised per batch (numpy, over the centres River holds); learning goes
+through River (`StandardScaler` then `KMeans.learn_one`) for every
+`learn_every`-th update, which keeps the cost per event in microseconds while
+the centres follow the shop.
+
+A user's segment does not flap: they move only when the new centre is nearer
+than `switch_margin` times the distance to their current one, and only after
+`min_dwell` updates in the current segment. A move is a significant change
+(published with `prev_segment`).
+
+`describe` turns a centre into plain words ("frequent, high spend, mostly
+electronics"): each feature's centre coordinate is in standard deviations
+from the shop's mean, and the segment's most common top category is counted
+as users are assigned.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+from river import cluster, preprocessing
+
+SEGMENT_FEATURES: Final = (
+    "recency_gap_days",
+    "frequency",
+    "monetary",
+    "orders",
+    "avg_order",
+    "avg_price",
+    "category_focus",
+    "share_view",
+    "share_click",
+    "share_search",
+    "share_add_to_cart",
+    "share_purchase",
+    "share_review",
+    "share_login",
+    "taste_0",
+    "taste_1",
+    "taste_2",
+    "taste_3",
+)
+
+# (feature, words when the centre is above the mean, words when below), strongest first.
+WORDS: Final = (
+    ("frequency", "frequent", "occasional"),
+    ("monetary", "high spend", "low spend"),
+    ("orders", "many orders", "few orders"),
+    ("avg_price", "premium items", "budget items"),
+    ("recency_gap_days", "returning after a break", None),
+    ("share_search", "search-led", None),
+    ("share_add_to_cart", "cart builders", None),
+    ("share_review", "reviewers", None),
+    ("category_focus", "focused on few categories", "broad interests"),
+)
+MAX_CATEGORIES: Final = 32  # top categories counted per segment, for its description
+WORD_THRESHOLD: Final = 0.5  # standard deviations from the mean before a word applies
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    segment: int
+    since: int  # updates spent in this segment (the dwell counter)
+    moved_from: int | None  # the previous segment when this update moved the user
+
+
+class SegmentModel:
+    """Online k-means segments with hysteresis."""
+
+    def __init__(
+        self,
+        *,
+        n_segments: int = 8,
+        seed: int = 42,
+        halflife: float = 0.05,
+        switch_margin: float = 0.8,
+        min_dwell: int = 3,
+        learn_every: int = 4,
+    ) -> None:
+        if n_segments < 2 or learn_every < 1 or min_dwell < 0 or not 0 < switch_margin <= 1:
+            raise ValueError(
+                "n_segments >= 2, learn_every >= 1, min_dwell >= 0, 0 < switch_margin <= 1"
+            )
+        self.scaler = preprocessing.StandardScaler()
+        self.kmeans = cluster.KMeans(n_clusters=n_segments, halflife=halflife, sigma=1.0, seed=seed)
+        self.n_segments = n_segments
+        self.switch_margin = switch_margin
+        self.min_dwell = min_dwell
+        self.learn_every = learn_every
+        self.updates = 0
+        self.seeded = 0  # centres placed on real profiles so far (then k-means moves them)
+        self.top_categories: dict[int, Counter[str]] = {}
+
+    def assign(
+        self,
+        features: Sequence[Mapping[str, float]],
+        current: Sequence[tuple[int | None, int]],
+        categories: Sequence[str | None],
+        *,
+        learn: bool = True,
+    ) -> list[Assignment]:
+        """A segment for each profile, given each one's (segment, dwell) so far."""
+        if not features:
+            return []
+        matrix = np.array([[f.get(name, 0.0) for name in SEGMENT_FEATURES] for f in features])
+        if learn:
+            self._learn(features)
+        distances = self._distances(self._standardise(matrix))
+        out = []
+        for row, (segment, dwell), category in zip(distances, current, categories, strict=True):
+            assigned = self._hysteresis(row, segment, dwell)
+            if category:
+                counter = self.top_categories.setdefault(assigned.segment, Counter())
+                counter[category] += 1
+                if len(counter) > 2 * MAX_CATEGORIES:  # bounded: keep the strongest
+                    self.top_categories[assigned.segment] = Counter(
+                        dict(counter.most_common(MAX_CATEGORIES))
+                    )
+            out.append(assigned)
+        return out
+
+    def _hysteresis(self, row: np.ndarray[Any, Any], segment: int | None, dwell: int) -> Assignment:
+        best = int(np.argmin(row))
+        if segment is None or not 0 <= segment < self.n_segments:
+            return Assignment(best, 1, None)
+        if best == segment or dwell < self.min_dwell:
+            return Assignment(segment, dwell + 1, None)
+        if row[best] < self.switch_margin * row[segment]:
+            return Assignment(best, 1, segment)
+        return Assignment(segment, dwell + 1, None)
+
+    def _learn(self, features: Sequence[Mapping[str, float]]) -> None:
+        for f in features:
+            self.updates += 1
+            if self.updates % self.learn_every:
+                continue
+            x = {name: f.get(name, 0.0) for name in SEGMENT_FEATURES}
+            self.scaler.learn_one(x)
+            scaled = self.scaler.transform_one(x)
+            if self.seeded < self.n_segments and self._distinct(scaled):
+                # River starts centres at random points, where a centre far from every
+                # profile never wins one; the first distinct profiles seed them instead.
+                self.kmeans.centers[self.seeded].update(scaled)
+                self.seeded += 1
+            else:
+                self.kmeans.learn_one(scaled)
+
+    def _distinct(self, scaled: Mapping[str, float]) -> bool:
+        point = np.array([scaled.get(name, 0.0) for name in SEGMENT_FEATURES])
+        seeds = self.centres()[: self.seeded]
+        return not len(seeds) or bool(np.min(np.linalg.norm(seeds - point, axis=1)) > 0.5)
+
+    def _standardise(self, matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        means = np.array([self.scaler.means.get(n, 0.0) for n in SEGMENT_FEATURES])
+        variances = np.array([self.scaler.vars.get(n, 0.0) for n in SEGMENT_FEATURES])
+        spread = np.sqrt(variances)
+        spread[spread == 0] = 1.0
+        return (matrix - means) / spread  # type: ignore[no-any-return]
+
+    def centres(self) -> np.ndarray[Any, Any]:
+        """(n_segments, features) centre coordinates in standard deviations."""
+        return np.array(
+            [
+                [self.kmeans.centers[k].get(name, 0.0) for name in SEGMENT_FEATURES]
+                for k in range(self.n_segments)
+            ]
+        )
+
+    def _distances(self, standardised: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        centres = self.centres()
+        diff = standardised[:, None, :] - centres[None, :, :]
+        return np.sqrt((diff * diff).sum(axis=2))  # type: ignore[no-any-return]
+
+    def describe(self, segment: int) -> str:
+        """Plain words for a segment's centre, e.g. "frequent, high spend, mostly electronics"."""
+        centre = dict(zip(SEGMENT_FEATURES, self.centres()[segment], strict=True))
+        words = []
+        for feature, high, low in WORDS:
+            value = centre[feature]
+            if value >= WORD_THRESHOLD and high:
+                words.append(high)
+            elif value <= -WORD_THRESHOLD and low:
+                words.append(low)
+        categories = self.top_categories.get(segment)
+        if categories:
+            words.append(f"mostly {categories.most_common(1)[0][0]}")
+        return ", ".join(words) or "average shoppers"

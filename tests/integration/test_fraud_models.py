@@ -1,0 +1,128 @@
+"""Segments, risk, alerts, delayed labels and signed snapshots on the real broker and Redis."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from profiling.models import alert_id
+from profiling.snapshots import SnapshotRefusedError
+from stream.model_setup import segment_report, snapshot_key
+from stream.producing import send_records
+from stream.settings import Settings
+from stream.worker import BatchWorker, wall_clock_ms
+from tests.integration.kafka_io import drain, read_topic
+from tests.integration.test_cli import profiler, profiler_env
+from tests.schemas import schema_accepts
+from tests.unit.test_models import shopper, takeover
+
+SECRET = "integration-test-secret-0123456789"
+DAY_MS = 86_400_000
+
+
+def as_records(bodies: list[dict[str, object]]) -> list[tuple[bytes | None, bytes]]:
+    ordered = sorted(bodies, key=lambda b: int(str(b["ts"])))
+    return [(str(b["user_id"]).encode(), orjson.dumps(b)) for b in ordered]
+
+
+def shop_with_takeover(now: int) -> list[dict[str, object]]:
+    rng = random.Random(11)
+    bodies = [b for u in range(40) for b in shopper(f"u{u}", 6, now - 40 * DAY_MS, rng)]
+    return bodies + takeover("u7", now - 3_600_000)
+
+
+@pytest.fixture
+async def models_settings(make_settings) -> Settings:  # type: ignore[no-untyped-def]
+    return await make_settings(
+        partitions=3, model_secret=SECRET, risk_alert_threshold=0.5, model_checkpoint_s=3600
+    )
+
+
+async def test_alerts_labels_and_snapshots_end_to_end(
+    models_settings: Settings, tmp_path: Path
+) -> None:
+    settings = models_settings
+    now = wall_clock_ms()
+    await send_records(settings, as_records(shop_with_takeover(now)))
+    stats = await drain(settings)
+    assert stats.alerts_published >= 1
+
+    alerts = await read_topic(settings.kafka_bootstrap, settings.topic_alerts)
+    bodies = [orjson.loads(r.value) for r in alerts]
+    assert all(schema_accepts("fraud_alert.v1", r.value) for r in alerts)
+    assert all(b["alert_id"] == alert_id(b["user_id"], b["event_id"]) for b in bodies)
+    assert all(b["risk"] >= 0.5 and b["reasons"] for b in bodies)
+    assert len({b["alert_id"] for b in bodies}) == len(bodies)  # one alert per event
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        raw = await client.hgetall("profile:{u7}")
+        profile = {k.decode(): v for k, v in raw.items() if not k.startswith(b"vec_")}
+        assert 0 <= float(profile["risk"]) <= 1 and int(profile["segment"]) >= 0
+        assert orjson.loads(profile["risk_reasons"])
+        assert await client.exists("profile-scored:{u7}:u7-xp")  # kept for its label
+        assert await client.exists(snapshot_key(settings.group_id))  # saved at shutdown
+    finally:
+        await client.aclose()
+
+    labels = [
+        {"event_id": "u7-xp", "user_id": "u7", "label": 1, "ts": now},
+        *({"event_id": f"u{u}-p0", "user_id": f"u{u}", "label": 0, "ts": now} for u in range(10)),
+        {"event_id": "nobody-scored-this", "user_id": "u1", "label": 1, "ts": now},
+    ]
+    label_records = [(str(b["user_id"]).encode(), orjson.dumps(b)) for b in labels]
+    label_records.append((b"u2", b'{"event_id": "u2-p1", "user_id": "u2", "label": "yes"}'))
+    await send_records(settings, label_records, topic=settings.topic_labels)
+    restarted = BatchWorker(settings)
+    stats = await drain(settings, worker=restarted)  # restores the snapshot, learns the labels
+    assert stats.labels == {"learnt": 11, "unknown": 1, "invalid": 1}
+    assert restarted.models is not None and restarted.models.risk.labels == {0: 10, 1: 1}
+    letters = await read_topic(settings.kafka_bootstrap, settings.topic_dlq)
+    assert [orjson.loads(r.value)["error"] for r in letters] == ["invalid_label"]
+
+    again = BatchWorker(settings)  # a third start: the snapshot carries what was learnt
+    await again.start()
+    try:
+        assert again.models is not None and again.models.risk.labels == {0: 10, 1: 1}
+        assert any(key.startswith(f"{settings.topic_labels}:") for key in again.models.offsets)
+    finally:
+        await again.close()
+
+    report = await segment_report(settings)
+    assert sum(size for _, size, _ in report) == 40
+    done = await profiler("segments", env=profiler_env(settings), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("segment ") == settings.segments
+
+
+async def test_a_tampered_snapshot_stops_the_worker_with_a_clear_error(
+    models_settings: Settings, tmp_path: Path
+) -> None:
+    settings = models_settings
+    await send_records(
+        settings, as_records(shopper("u1", 2, wall_clock_ms() - DAY_MS, random.Random(1)))
+    )
+    await drain(settings)
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        key = snapshot_key(settings.group_id)
+        blob = await client.get(key)
+        await client.set(key, blob[:-1] + bytes([blob[-1] ^ 0xFF]))
+    finally:
+        await client.aclose()
+    worker = BatchWorker(settings)
+    with pytest.raises(SnapshotRefusedError, match="signature"):
+        await worker.start()
+    await worker.close()  # and closing does not overwrite the snapshot it could not read
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        assert await client.get(snapshot_key(settings.group_id)) != blob
+        assert (await client.get(snapshot_key(settings.group_id)))[-1] == blob[-1] ^ 0xFF
+    finally:
+        await client.aclose()
+    done = await profiler("run", "--until-idle", "1", env=profiler_env(settings), cwd=tmp_path)
+    assert done.returncode != 0 and "signature" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,180 @@
+"""Behaviour features against a from-scratch oracle over the user's whole history."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from profiling.behaviour import (
+    DAY_MS,
+    HOUR_MS,
+    MINUTE_MS,
+    NO_HISTORY_MS,
+    TRANSACTION_FEATURES,
+    Behaviour,
+    observe,
+    token,
+)
+from profiling.events import Event
+
+START = 1_750_000_000_000
+DEVICES = ("phone-a", "laptop-b", "tablet-c")
+COUNTRIES = ("DE", "FR", "US")
+CARDS = ("card-1", "card-2", "card-3", "card-4")
+KINDS = ("view", "add_to_cart", "purchase", "login", "search")
+
+
+def history(seed: int, n: int) -> list[Event]:
+    """A user's events in ts order: bursts (velocity) and gaps (days)."""
+    rng = random.Random(seed)
+    ts, events = START, []
+    for i in range(n):
+        ts += rng.choice((1_000, 20_000, 5 * MINUTE_MS, 3 * HOUR_MS, 2 * DAY_MS))
+        kind = rng.choice(KINDS)
+        events.append(
+            Event(
+                event_id=f"e{i}",
+                user_id="u",
+                type=kind,
+                ts=ts,
+                device_id=rng.choice(DEVICES) if rng.random() < 0.8 else None,
+                country=rng.choice(COUNTRIES) if rng.random() < 0.5 else None,
+                item_id="item" if kind != "search" else None,
+                query="shoes" if kind == "search" else None,
+                amount=round(rng.uniform(1, 500), 2) if kind == "purchase" else None,
+                card_fp=rng.choice(CARDS) if kind == "purchase" else None,
+                success=(rng.random() < 0.7) if kind == "login" else None,
+                price=round(rng.uniform(5, 50), 2) if kind == "view" else None,
+            )
+        )
+    return events
+
+
+def oracle(past: list[Event], event: Event) -> dict[str, float]:
+    """The features of `event`, recomputed from every earlier event (no bounded state)."""
+    ts, purchase = event.ts, event.type == "purchase"
+
+    def count(kind: str | None, window: int, failed: bool = False) -> int:
+        return sum(
+            1
+            for e in past
+            if (kind is None or e.type == kind)
+            and (not failed or e.success is False)
+            and ts - e.ts <= window
+        )
+
+    amounts = np.array([e.amount for e in past if e.type == "purchase"], dtype=float)
+    logins = [e.ts for e in past if e.type == "login" and e.success is not False]
+    carts = [e.ts for e in past if e.type == "add_to_cart"]
+    cards = {e.card_fp for e in past if e.type == "purchase"}
+    recent_cards = {e.card_fp for e in past if e.type == "purchase" and ts - e.ts <= DAY_MS}
+    if purchase:
+        recent_cards.add(event.card_fp)
+    amount = event.amount or 0.0
+    since_login = min(NO_HISTORY_MS, ts - logins[-1]) if logins else NO_HISTORY_MS
+    since_cart = min(NO_HISTORY_MS, ts - carts[-1]) if carts else NO_HISTORY_MS
+    return {
+        "amount_log": math.log1p(amount if purchase else 0.0),
+        "amount_vs_usual": math.log2((amount + 1) / (amounts.mean() + 1))
+        if purchase and len(amounts)
+        else 0.0,
+        "first_order": float(purchase and not len(amounts)),
+        "orders_1m": count("purchase", MINUTE_MS),
+        "orders_1h": count("purchase", HOUR_MS),
+        "events_1m": count(None, MINUTE_MS),
+        "events_1h": count(None, HOUR_MS),
+        "new_device": float(
+            bool(past) and event.device_id is not None and event.device_id not in
+            {e.device_id for e in past}
+        ),
+        "new_country": float(
+            bool(past) and event.country is not None and event.country not in
+            {e.country for e in past}
+        ),
+        "new_card": float(purchase and event.card_fp not in cards),
+        "cards_24h": float(len(recent_cards - {None})),
+        "failed_logins_1h": count("login", HOUR_MS, failed=True),
+        "account_age_days": math.log1p((ts - past[0].ts) / DAY_MS if past else 0.0),
+        "since_login_hours": math.log1p(since_login / HOUR_MS),
+        "cart_to_purchase_min": math.log1p(since_cart / MINUTE_MS) if purchase else 0.0,
+        "is_login": float(not purchase),
+        "login_failed": float(not purchase and event.success is False),
+    }  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 30))
+def test_incremental_features_match_the_oracle(seed: int, n: int) -> None:
+    events = history(seed, n)  # under 32 events, 8 devices/cards: no bound is reached
+    state = Behaviour()
+    for i, event in enumerate(events):
+        state, features = observe(state, event)
+        if event.type not in ("purchase", "login"):
+            assert features is None
+            continue
+        assert features is not None and tuple(features) == TRANSACTION_FEATURES
+        expected = oracle(events[:i], event)
+        for name in TRANSACTION_FEATURES:
+            assert math.isclose(features[name], expected[name], rel_tol=1e-9, abs_tol=1e-9), name
+
+
+def test_state_is_bounded_and_survives_json() -> None:
+    state = Behaviour()
+    rng = random.Random(3)
+    for i in range(500):
+        event = Event(
+            event_id=f"e{i}",
+            user_id="u",
+            type="purchase",
+            ts=START + i * 1000,
+            amount=10.0,
+            card_fp=f"card-{rng.randrange(100)}",
+            device_id=f"device-{rng.randrange(100)}",
+            country=rng.choice(COUNTRIES),
+        )
+        state, _ = observe(state, event)
+    assert len(state.events) == 32 and len(state.orders) == 32
+    assert len(state.cards) <= 8 and len(state.devices) <= 8
+    raw = orjson.dumps(state.to_json())
+    assert len(raw) < 3000
+    assert Behaviour.from_json(orjson.loads(raw)) == state
+
+
+def test_no_raw_identifier_is_stored() -> None:
+    event = Event(
+        event_id="e1",
+        user_id="u",
+        type="purchase",
+        ts=START,
+        amount=5.0,
+        card_fp="4111-1111-fingerprint",
+        device_id="device-serial-123",
+        country="DE",
+    )
+    state, _ = observe(Behaviour(), event)
+    stored = orjson.dumps(state.to_json()).decode()
+    assert "4111" not in stored and "serial" not in stored and "DE" not in stored
+    assert token("4111-1111-fingerprint") in stored
+
+
+def test_a_late_event_keeps_the_newest_timestamps() -> None:
+    state = Behaviour()
+    for ts in (START + 10_000, START + 20_000, START + 5_000):
+        state, _ = observe(state, Event(event_id=str(ts), user_id="u", type="login", ts=ts))
+    assert state.events == (START + 5_000, START + 10_000, START + 20_000)
+    assert state.last_ts == START + 20_000 and state.first_ts == START + 5_000
+
+
+@pytest.mark.parametrize("kind", ["view", "search", "add_to_cart"])
+def test_only_purchases_and_logins_are_scored(kind: str) -> None:
+    event = Event(
+        event_id="e", user_id="u", type=kind, ts=START, item_id="i", query="q" * (kind == "search")
+    )
+    _, features = observe(Behaviour(), event)
+    assert features is None

@@ -1,0 +1,249 @@
+"""Segments, risk, alerts and delayed labels through the batch pipeline, on the in-memory store."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import pytest
+
+from profiling.labels import apply_labels
+from profiling.models import ProfileModels, alert_id
+from profiling.pipeline import Stages, apply_batch
+from profiling.profile import ProfileParams
+from profiling.risk import RiskModel
+from profiling.segments import SEGMENT_FEATURES, SegmentModel
+from profiling.store import InMemoryProfileStore
+from tests.schemas import schema_accepts
+
+NOW = 1_750_000_000_000
+PARAMS = ProfileParams(heartbeat_ms=0)
+
+
+@dataclass(frozen=True)
+class Rec:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def records(bodies: list[dict[str, object]], topic: str = "events", start: int = 0) -> list[Rec]:
+    return [
+        Rec(topic, 0, start + i, str(b["user_id"]).encode(), orjson.dumps(b))
+        for i, b in enumerate(bodies)
+    ]
+
+
+def shopper(user: str, n: int, start_ts: int, rng: random.Random) -> list[dict[str, object]]:
+    """A regular customer: logs in from home, carts, buys ordinary amounts with their card."""
+    out: list[dict[str, object]] = []
+    ts = start_ts
+    for i in range(n):
+        ts += rng.randint(2, 20) * 3_600_000
+        out.append(
+            {
+                "event_id": f"{user}-l{i}",
+                "user_id": user,
+                "type": "login",
+                "ts": ts,
+                "device_id": f"{user}-phone",
+                "country": "DE",
+                "success": True,
+            }
+        )
+        out.append(
+            {
+                "event_id": f"{user}-c{i}",
+                "user_id": user,
+                "type": "add_to_cart",
+                "ts": ts + 60_000,
+                "item_id": "i1",
+                "price": 30.0,
+                "category": "books",
+            }
+        )
+        out.append(
+            {
+                "event_id": f"{user}-p{i}",
+                "user_id": user,
+                "type": "purchase",
+                "ts": ts + 600_000,
+                "amount": round(rng.uniform(20, 60), 2),
+                "card_fp": f"{user}-card",
+                "device_id": f"{user}-phone",
+                "country": "DE",
+            }
+        )
+    return out  # fmt: skip
+
+
+def takeover(user: str, ts: int) -> list[dict[str, object]]:
+    """Failed logins from a new device abroad, then a large order with a new card."""
+    out: list[dict[str, object]] = [
+        {
+            "event_id": f"{user}-x{i}",
+            "user_id": user,
+            "type": "login",
+            "ts": ts + i * 10_000,
+            "device_id": "attacker",
+            "country": "RU",
+            "success": False,
+        }
+        for i in range(5)
+    ]
+    out.append(
+        {
+            "event_id": f"{user}-xp",
+            "user_id": user,
+            "type": "purchase",
+            "ts": ts + 90_000,
+            "amount": 1900.0,
+            "card_fp": "stolen",
+            "device_id": "attacker",
+            "country": "RU",
+        }
+    )
+    return out  # fmt: skip
+
+
+async def run(models: ProfileModels, bodies: list[dict[str, object]], store: InMemoryProfileStore):  # type: ignore[no-untyped-def]
+    return await apply_batch(records(bodies), store, PARAMS, lambda: NOW, Stages(models=models))
+
+
+def auc(scores: list[float], labels: list[int]) -> float:
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+async def test_profiles_get_segment_risk_and_reasons() -> None:
+    store, models = InMemoryProfileStore(), ProfileModels()
+    rng = random.Random(1)
+    bodies = [b for u in range(20) for b in shopper(f"u{u}", 5, NOW - 30 * 86_400_000, rng)]
+    result = await run(models, sorted(bodies, key=lambda b: b["ts"]), store)  # type: ignore[arg-type, return-value]
+    stored = await store.read_profile("u3")
+    assert stored is not None
+    assert 0 <= int(stored["segment"]) < models.segments.n_segments
+    assert 0.0 <= float(stored["risk"]) <= 1.0
+    reasons = orjson.loads(stored["risk_reasons"])
+    assert len(reasons) <= 3
+    assert all({"feature", "contribution", "detail"} <= set(r) for r in reasons)
+    change = orjson.loads(next(body for user, body in result.changes if user == "u3"))
+    assert change["segment"] == int(stored["segment"]) and change["prev_segment"] is None
+    assert change["risk_band"] in ("low", "medium", "high")
+    assert len(result.risk_scores) == 200
+
+
+async def test_an_alert_is_raised_once_and_replayed_identically() -> None:
+    store, models = InMemoryProfileStore(), ProfileModels(alert_threshold=0.5)
+    rng = random.Random(2)
+    history = [b for u in range(30) for b in shopper(f"u{u}", 6, NOW - 40 * 86_400_000, rng)]
+    await run(models, sorted(history, key=lambda b: b["ts"]), store)  # type: ignore[arg-type]
+    attack = records(takeover("u7", NOW - 3_600_000), start=10_000)
+    first = await apply_batch(attack, store, PARAMS, lambda: NOW, Stages(models=models))
+    assert first.alerts, "the takeover purchase should alert at threshold 0.5"
+    bodies = [orjson.loads(body) for _, body in first.alerts]
+    assert {b["alert_id"] for b in bodies} == {alert_id("u7", b["event_id"]) for b in bodies}
+    assert all(0.5 <= b["risk"] <= 1 and b["reasons"] for b in bodies)
+    assert all(schema_accepts("fraud_alert.v1", body) for _, body in first.alerts)
+    assert all(schema_accepts("profile_update.v1", body) for _, body in first.changes)
+    # The same records again (a crash after the write, before the acks): same alerts, no new ones.
+    again = await apply_batch(attack, store, PARAMS, lambda: NOW + 1, Stages(models=models))
+    assert again.outcomes["applied"] == 0 and again.alerts == first.alerts
+    later = records(shopper("u7", 1, NOW, rng), start=20_000)
+    quiet = await apply_batch(later, store, PARAMS, lambda: NOW + 2, Stages(models=models))
+    assert all(orjson.loads(b)["event_id"] not in {x["event_id"] for x in bodies}
+               for _, b in quiet.alerts)  # fmt: skip
+
+
+async def test_labels_join_the_features_kept_at_scoring_time() -> None:
+    store, models = InMemoryProfileStore(), ProfileModels()
+    rng = random.Random(3)
+    await run(models, shopper("u1", 3, NOW - 10 * 86_400_000, rng), store)  # type: ignore[arg-type]
+    labels = [
+        {"event_id": "u1-p0", "user_id": "u1", "label": 0, "ts": NOW},
+        {"event_id": "u1-p1", "user_id": "u1", "label": 1, "ts": NOW},
+        {"event_id": "never-scored", "user_id": "u1", "label": 1, "ts": NOW},
+        {"event_id": "u1-p2", "user_id": "u1", "label": 7, "ts": NOW},
+    ]
+    batch = [*records(labels, topic="fraud-labels"), Rec("fraud-labels", 0, 4, b"u1", b"{oops")]
+    result = await apply_labels(batch, store, models, NOW)
+    assert result.outcomes == {"learnt": 2, "unknown": 1, "invalid": 2}
+    errors = [orjson.loads(letter)["error"] for _, letter in result.dead_letters]
+    assert sorted(errors) == ["invalid_json", "invalid_label"]
+    assert models.risk.labels == {0: 1, 1: 1}
+    replay = await apply_labels(batch, store, models, NOW)  # after a restart from the snapshot
+    assert replay.outcomes == {"skipped": 5} and models.risk.labels == {0: 1, 1: 1}
+
+
+def test_labels_make_risk_separate_fraud_better() -> None:
+    rng = np.random.default_rng(5)
+
+    def sample(fraud: bool) -> dict[str, float]:
+        x = {
+            "amount_log": rng.normal(3.5, 0.8),
+            "new_card": float(rng.random() < 0.1),
+            "new_device": float(rng.random() < 0.1),
+            "failed_logins_1h": float(rng.poisson(0.1)),
+            "amount_vs_usual": rng.normal(0, 0.7),
+            "orders_1h": float(rng.poisson(0.2)),
+        }
+        if fraud:  # subtle: fraud looks like a slightly bigger order on a new card
+            x["new_card"] = float(rng.random() < 0.7)
+            x["amount_vs_usual"] += 1.2
+        return x  # fmt: skip
+
+    model = RiskModel(seed=3)
+    for _ in range(1500):
+        model.score(sample(False))
+    test = [(sample(y), y) for y in ([0] * 400 + [1] * 40)]
+    before = auc([model.score(x, learn=False)[0] for x, _ in test], [y for _, y in test])
+    for _ in range(800):
+        y = rng.random() < 0.1
+        model.learn_label(sample(bool(y)), bool(y))
+    after = auc([model.score(x, learn=False)[0] for x, _ in test], [y for _, y in test])
+    assert after > before + 0.05 and after > 0.85, (before, after)
+    assert model.label_weight > 0.5
+
+
+def test_segments_do_not_flap_between_two_close_centres() -> None:
+    model = SegmentModel(n_segments=2, min_dwell=3, switch_margin=0.8, learn_every=1, seed=1)
+    a = dict.fromkeys(SEGMENT_FEATURES, 0.0)
+    b = {**a, "frequency": 1.0, "monetary": 1.0}
+    for _ in range(200):  # teach two clusters
+        model.assign([a, b], [(None, 0), (None, 0)], [None, None])
+    middle_a = {**a, "frequency": 0.45, "monetary": 0.45}  # nearer a, barely
+    middle_b = {**a, "frequency": 0.55, "monetary": 0.55}  # nearer b, barely
+    state: tuple[int | None, int] = (None, 0)
+    segments = []
+    for i in range(40):
+        [assigned] = model.assign([middle_a if i % 2 else middle_b], [state], [None], learn=False)
+        state = (assigned.segment, assigned.since)
+        segments.append(assigned.segment)
+    assert len(set(segments)) == 1  # inside the margin: the user stays put
+    far = {**a, "frequency": 3.0, "monetary": 3.0}
+    [moved] = model.assign([far], [(segments[0], 10)], [None], learn=False)
+    [held] = model.assign([far], [(1 - moved.segment, 1)], [None], learn=False)
+    assert held.moved_from is None and held.since == 2  # min dwell not reached yet
+
+
+def test_segment_words_describe_the_centre() -> None:
+    model = SegmentModel(n_segments=2, learn_every=1, seed=4)
+    low = dict.fromkeys(SEGMENT_FEATURES, 0.0)
+    high = {**low, "frequency": 3.0, "monetary": 6.0, "orders": 2.5}
+    for i in range(400):
+        model.assign([low, high], [(None, 0), (None, 0)], ["books", "electronics"])
+        del i
+    words = {model.describe(k) for k in range(2)}
+    assert any("frequent" in w and "high spend" in w and "electronics" in w for w in words), words
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.5])
+def test_bad_threshold_is_refused(threshold: float) -> None:
+    with pytest.raises(ValueError, match="alert_threshold"):
+        ProfileModels(alert_threshold=threshold)
