@@ -40,6 +40,7 @@ RECENT_EVENTS: Final = 32  # timestamps kept: velocity counts saturate at this
 RECENT_ORDERS: Final = 32
 RECENT_FAILURES: Final = 16
 KNOWN_TOKENS: Final = 8  # devices, countries, cards remembered per user
+TRUST_MS: Final = 24 * 3_600_000  # a device, country or card is familiar a day after first use
 NO_HISTORY_MS: Final = 30 * DAY_MS  # "never": how far back a missing login or cart counts
 TOKEN_BYTES: Final = 6
 SCORED_TYPES: Final = frozenset({"purchase", "login"})
@@ -82,9 +83,12 @@ class Behaviour:
     events: tuple[int, ...] = ()  # ts of the last RECENT_EVENTS events
     orders: tuple[int, ...] = ()  # ts of the last RECENT_ORDERS purchases
     failures: tuple[int, ...] = ()  # ts of the last failed logins
-    devices: tuple[str, ...] = ()
-    countries: tuple[str, ...] = ()
-    cards: tuple[tuple[str, int], ...] = ()  # (card token, last used ts)
+    # (digest, first used ts, last used ts), least recently used first. A failed
+    # login does not count as use: an attacker's device never becomes familiar
+    # by failing, and a burst of fraud from one new device stays "new" all along.
+    devices: tuple[tuple[str, int, int], ...] = ()
+    countries: tuple[tuple[str, int, int], ...] = ()
+    cards: tuple[tuple[str, int, int], ...] = ()
     amount_n: int = 0
     amount_mean: float = 0.0
     amount_m2: float = 0.0  # Welford's sum of squared deviations
@@ -99,9 +103,10 @@ class Behaviour:
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Behaviour:
         values = {name: raw[name] for name in _FIELDS if name in raw}
-        for name in ("events", "orders", "failures", "devices", "countries"):
+        for name in ("events", "orders", "failures"):
             values[name] = tuple(values.get(name, ()))
-        values["cards"] = tuple((card, int(ts)) for card, ts in values.get("cards", ()))
+        for name in ("devices", "countries", "cards"):
+            values[name] = tuple((d, int(a), int(b)) for d, a, b in values.get(name, ()))
         return cls(**values)
 
 
@@ -139,11 +144,11 @@ def transaction_features(state: Behaviour, event: Event) -> dict[str, float]:
     purchase = event.type == "purchase"
     amount = float(event.amount or 0.0) if purchase else 0.0
     card = token(event.card_fp) if purchase and event.card_fp else None
-    known_cards = {c for c, _ in state.cards}
-    cards_24h = {c for c, used in state.cards if ts - used <= DAY_MS}
+    cards_24h = {c for c, _, used in state.cards if ts - used <= DAY_MS}
     if card is not None:
         cards_24h.add(card)
-    history = state.last_ts > 0
+    device = token(event.device_id) if event.device_id is not None else None
+    country = token(event.country) if event.country is not None else None
     return {
         "amount_log": math.log1p(amount),
         "amount_vs_usual": _amount_vs_usual(state, amount) if purchase else 0.0,
@@ -152,16 +157,14 @@ def transaction_features(state: Behaviour, event: Event) -> dict[str, float]:
         "orders_1h": float(_within(state.orders, ts, HOUR_MS)),
         "events_1m": float(_within(state.events, ts, MINUTE_MS)),
         "events_1h": float(_within(state.events, ts, HOUR_MS)),
-        "new_device": float(
-            history and event.device_id is not None and token(event.device_id) not in state.devices
-        ),
-        "new_country": float(
-            history and event.country is not None and token(event.country) not in state.countries
-        ),
-        "new_card": float(card is not None and card not in known_cards),
+        "new_device": float(device is not None and not _familiar(state.devices, device, ts)),
+        "new_country": float(country is not None and not _familiar(state.countries, country, ts)),
+        "new_card": float(card is not None and not _familiar(state.cards, card, ts)),
         "cards_24h": float(len(cards_24h)),
         "failed_logins_1h": float(_within(state.failures, ts, HOUR_MS)),
-        "account_age_days": math.log1p(max(0, ts - state.first_ts) / DAY_MS if history else 0.0),
+        "account_age_days": math.log1p(
+            max(0, ts - state.first_ts) / DAY_MS if state.first_ts else 0.0
+        ),
         "since_login_hours": math.log1p(_since(state.last_login, ts) / HOUR_MS),
         "cart_to_purchase_min": math.log1p(_since(state.last_cart, ts) / MINUTE_MS)
         if purchase
@@ -176,6 +179,10 @@ def _amount_vs_usual(state: Behaviour, amount: float) -> float:
     if state.amount_n == 0:
         return 0.0
     return math.log2((amount + 1.0) / (state.amount_mean + 1.0))
+
+
+def _familiar(known: tuple[tuple[str, int, int], ...], value: str, ts: int) -> bool:
+    return any(d == value and ts - first >= TRUST_MS for d, first, _ in known)
 
 
 def _within(stamps: tuple[int, ...], ts: int, window_ms: int) -> int:
@@ -204,10 +211,11 @@ class _Working:
         v["first_ts"] = min(v["first_ts"], ts) if v["first_ts"] else ts
         v["last_ts"] = max(v["last_ts"], ts)
         v["events"] = _push(v["events"], ts, RECENT_EVENTS)
-        if event.device_id is not None:
-            v["devices"] = _remember(v["devices"], token(event.device_id))
-        if event.country is not None:
-            v["countries"] = _remember(v["countries"], token(event.country))
+        used = not (event.type == "login" and event.success is False)
+        if used and event.device_id is not None:
+            v["devices"] = _remember(v["devices"], token(event.device_id), ts)
+        if used and event.country is not None:
+            v["countries"] = _remember(v["countries"], token(event.country), ts)
         if event.price is not None:
             v["price_n"], v["price_sum"] = v["price_n"] + 1, v["price_sum"] + event.price
         if event.type == "purchase":
@@ -230,9 +238,7 @@ class _Working:
         v["amount_n"], v["amount_mean"] = n, mean
         v["amount_m2"] += delta * (amount - mean)
         if event.card_fp is not None:
-            card = token(event.card_fp)
-            others = tuple(c for c in v["cards"] if c[0] != card)
-            v["cards"] = (*others, (card, event.ts))[-KNOWN_TOKENS:]
+            v["cards"] = _remember(v["cards"], token(event.card_fp), event.ts)
 
 
 def _push(stamps: tuple[int, ...], ts: int, bound: int) -> tuple[int, ...]:
@@ -243,11 +249,21 @@ def _insort(stamps: tuple[int, ...], ts: int, bound: int) -> tuple[int, ...]:
     return tuple(sorted((*stamps, ts)))[-bound:]  # a late event: keep the newest `bound`
 
 
-def _remember(tokens: tuple[str, ...], value: str) -> tuple[str, ...]:
-    """Most recently used last; the least recently used falls out past KNOWN_TOKENS."""
-    if tokens and tokens[-1] == value:
-        return tokens
-    return (*(t for t in tokens if t != value), value)[-KNOWN_TOKENS:]
+def _remember(
+    known: tuple[tuple[str, int, int], ...], value: str, ts: int
+) -> tuple[tuple[str, int, int], ...]:
+    """`value` used at `ts`: first use kept, last use moved on, most recently used last.
+
+    The least recently used falls out past KNOWN_TOKENS.
+    """
+    first, last = ts, ts
+    rest = []
+    for entry in known:
+        if entry[0] == value:
+            first, last = min(entry[1], ts), max(entry[2], ts)
+        else:
+            rest.append(entry)
+    return (*rest, (value, first, last))[-KNOWN_TOKENS:]
 
 
 # --- profile features, for segmentation --------------------------------------------------------

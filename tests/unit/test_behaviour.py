@@ -17,6 +17,7 @@ from profiling.behaviour import (
     MINUTE_MS,
     NO_HISTORY_MS,
     TRANSACTION_FEATURES,
+    TRUST_MS,
     Behaviour,
     observe,
     token,
@@ -69,10 +70,17 @@ def oracle(past: list[Event], event: Event) -> dict[str, float]:
             and ts - e.ts <= window
         )
 
+    def trusted(field: str) -> set[object]:
+        """Values used (not by a failed login) at least TRUST_MS before this event."""
+        return {
+            getattr(e, field)
+            for e in past
+            if not (e.type == "login" and e.success is False) and ts - e.ts >= TRUST_MS
+        }
+
     amounts = np.array([e.amount for e in past if e.type == "purchase"], dtype=float)
     logins = [e.ts for e in past if e.type == "login" and e.success is not False]
     carts = [e.ts for e in past if e.type == "add_to_cart"]
-    cards = {e.card_fp for e in past if e.type == "purchase"}
     recent_cards = {e.card_fp for e in past if e.type == "purchase" and ts - e.ts <= DAY_MS}
     if purchase:
         recent_cards.add(event.card_fp)
@@ -89,15 +97,11 @@ def oracle(past: list[Event], event: Event) -> dict[str, float]:
         "orders_1h": count("purchase", HOUR_MS),
         "events_1m": count(None, MINUTE_MS),
         "events_1h": count(None, HOUR_MS),
-        "new_device": float(
-            bool(past) and event.device_id is not None and event.device_id not in
-            {e.device_id for e in past}
-        ),
-        "new_country": float(
-            bool(past) and event.country is not None and event.country not in
-            {e.country for e in past}
-        ),
-        "new_card": float(purchase and event.card_fp not in cards),
+        "new_device": float(event.device_id is not None
+                            and event.device_id not in trusted("device_id")),
+        "new_country": float(event.country is not None
+                             and event.country not in trusted("country")),
+        "new_card": float(purchase and event.card_fp not in trusted("card_fp")),
         "cards_24h": float(len(recent_cards - {None})),
         "failed_logins_1h": count("login", HOUR_MS, failed=True),
         "account_age_days": math.log1p((ts - past[0].ts) / DAY_MS if past else 0.0),
@@ -161,6 +165,19 @@ def test_no_raw_identifier_is_stored() -> None:
     stored = orjson.dumps(state.to_json()).decode()
     assert "4111" not in stored and "serial" not in stored and "DE" not in stored
     assert token("4111-1111-fingerprint") in stored
+
+
+def test_a_device_is_familiar_a_day_after_its_first_use_and_failures_do_not_count() -> None:
+    def login(ts: int, success: bool) -> Event:
+        return Event(event_id=str(ts), user_id="u", type="login", ts=ts, device_id="d",
+                     success=success)  # fmt: skip
+
+    state, first = observe(Behaviour(), login(START, False))
+    state, second = observe(state, login(START + 2 * DAY_MS, True))
+    state, third = observe(state, login(START + 2 * DAY_MS + HOUR_MS, True))
+    state, fourth = observe(state, login(START + 3 * DAY_MS + HOUR_MS, True))
+    assert first and second and third and fourth
+    assert [f["new_device"] for f in (first, second, third, fourth)] == [1.0, 1.0, 1.0, 0.0]
 
 
 def test_a_late_event_keeps_the_newest_timestamps() -> None:
