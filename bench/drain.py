@@ -3,8 +3,9 @@
 Starts a local Tansu broker and redis-server, fills `behavior-events` with a
 synthetic shop (realistic mix, 0.5 % malformed, 1 % re-sent), then times a
 separate `profiler run --until-idle 2` process per pass, each with a new
-consumer group on the same topic: without vectors, with the MiniLM encoder
-and an empty embedding cache (cold), and again with the cache the cold pass
+consumer group on the same topic: without vectors or River models (plain),
+with the models (segments and risk), then with models and the MiniLM encoder
+on an empty embedding cache (cold), and again with the cache the cold pass
 filled (warm: a new process, so its in-process LRU is empty; the shared Redis
 cache is what is warm). The rate is records over the worker's busy time, from
 its first batch to its last commit, so process start, model load, group join
@@ -39,13 +40,14 @@ RESULTS = Path(__file__).parent / "results"
 HOUR_MS = 3_600_000
 
 
-def worker_env(settings: Settings, group: str, encoder: str) -> dict[str, str]:
+def worker_env(settings: Settings, group: str, encoder: str, models: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROFILER_")}
     env.update(
         PROFILER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
         PROFILER_REDIS_URL=settings.redis_url,
         PROFILER_GROUP_ID=group,
         PROFILER_ENCODER_MODEL=encoder,
+        PROFILER_MODELS=str(models).lower(),
         PROFILER_KAFKA_SESSION_TIMEOUT_MS="3000",
         PROFILER_KAFKA_HEARTBEAT_INTERVAL_MS="300",
         PROFILER_WEB_PORT="0",
@@ -53,11 +55,12 @@ def worker_env(settings: Settings, group: str, encoder: str) -> dict[str, str]:
     return env
 
 
-# (label, encoder, keep the shared embedding cache from the pass before)
+# (label, encoder, keep the shared embedding cache from the pass before, River models)
 PASSES = {
-    "no-vectors": ("none", False),
-    "vectors-cold": ("minilm", False),
-    "vectors-warm": ("minilm", True),
+    "plain": ("none", False, False),
+    "models": ("none", False, True),
+    "vectors-cold": ("minilm", False, True),
+    "vectors-warm": ("minilm", True, True),
 }
 
 
@@ -79,7 +82,7 @@ def forget_profiles(redis_url: str, keep_embeddings: bool) -> None:
 def run_pass(
     settings: Settings, label: str, profile: Path | None
 ) -> tuple[dict[str, object], float]:
-    encoder, keep = PASSES[label]
+    encoder, keep, models = PASSES[label]
     forget_profiles(settings.redis_url, keep)
     with tempfile.TemporaryDirectory() as tmp:
         stats_path = Path(tmp) / "stats.json"
@@ -90,7 +93,7 @@ def run_pass(
         subprocess.run(
             [*runner, "-m", "stream.cli", "run", "--until-idle", "2",
              "--stats-json", str(stats_path)],
-            env=worker_env(settings, f"bench-drain-{label}", encoder), check=True,
+            env=worker_env(settings, f"bench-drain-{label}", encoder, models), check=True,
         )  # fmt: skip
         wall_s = time.perf_counter() - t0
         stats: dict[str, object] = json.loads(stats_path.read_text())
@@ -133,8 +136,10 @@ def main() -> None:
         "records_per_s": rates,
         "passes": passes,
     }
-    if "no-vectors" in rates and "vectors-warm" in rates:
-        result["warm_vectors_slowdown"] = round(rates["no-vectors"] / rates["vectors-warm"], 2)
+    if "plain" in rates and "models" in rates:
+        result["models_slowdown"] = round(rates["plain"] / rates["models"], 2)
+    if "models" in rates and "vectors-warm" in rates:
+        result["warm_vectors_slowdown"] = round(rates["models"] / rates["vectors-warm"], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "passes"}, indent=2))

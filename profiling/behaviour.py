@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from bisect import insort
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -83,7 +84,8 @@ class Behaviour:
     events: tuple[int, ...] = ()  # ts of the last RECENT_EVENTS events
     orders: tuple[int, ...] = ()  # ts of the last RECENT_ORDERS purchases
     failures: tuple[int, ...] = ()  # ts of the last failed logins
-    # (digest, first used ts, last used ts), least recently used first. A failed
+    # (digest, first used ts, last used ts), least recently used first; for devices and
+    # countries the last use is refreshed when they become the most recent. A failed
     # login does not count as use: an attacker's device never becomes familiar
     # by failing, and a burst of fraud from one new device stays "new" all along.
     devices: tuple[tuple[str, int, int], ...] = ()
@@ -194,39 +196,57 @@ def _since(then: int, ts: int) -> float:
 
 
 class _Working:
-    """A mutable copy of a `Behaviour` while a batch of one user's events is folded in."""
+    """A mutable copy of a `Behaviour` while a batch of one user's events is folded in.
+
+    Timestamp runs are lists here (appended, trimmed now and then) and tuples again
+    in `frozen()`; a device or country equal to the previous event's is skipped
+    before it is even digested (most events of a session share both).
+    """
 
     def __init__(self, state: Behaviour) -> None:
         self.values = state.to_json()
+        for name in ("events", "orders", "failures"):
+            self.values[name] = list(self.values[name])
         self._frozen: Behaviour | None = state
+        self._device: str | None = None  # raw id of the most recent device folded in
+        self._country: str | None = None
 
     def frozen(self) -> Behaviour:
         if self._frozen is None:
-            self._frozen = Behaviour(**self.values)
+            v = dict(self.values)
+            v["events"] = tuple(v["events"][-RECENT_EVENTS:])
+            v["orders"] = tuple(v["orders"][-RECENT_ORDERS:])
+            v["failures"] = tuple(v["failures"][-RECENT_FAILURES:])
+            self._frozen = Behaviour(**v)
         return self._frozen
 
     def fold(self, event: Event) -> None:
         v, ts = self.values, event.ts
         self._frozen = None
-        v["first_ts"] = min(v["first_ts"], ts) if v["first_ts"] else ts
+        first = v["first_ts"]
+        v["first_ts"] = ts if not first or ts < first else first
         v["last_ts"] = max(v["last_ts"], ts)
-        v["events"] = _push(v["events"], ts, RECENT_EVENTS)
-        used = not (event.type == "login" and event.success is False)
-        if used and event.device_id is not None:
-            v["devices"] = _remember(v["devices"], token(event.device_id), ts)
-        if used and event.country is not None:
-            v["countries"] = _remember(v["countries"], token(event.country), ts)
+        _append(v["events"], ts, RECENT_EVENTS)
+        kind = event.type
+        if not (kind == "login" and event.success is False):
+            device, country = event.device_id, event.country
+            if device is not None and device != self._device:
+                v["devices"] = _touch(v["devices"], token(device), ts)
+                self._device = device
+            if country is not None and country != self._country:
+                v["countries"] = _touch(v["countries"], token(country), ts)
+                self._country = country
         if event.price is not None:
             v["price_n"], v["price_sum"] = v["price_n"] + 1, v["price_sum"] + event.price
-        if event.type == "purchase":
+        if kind == "purchase":
             self._purchase(event)
-        elif event.type == "login":
+        elif kind == "login":
             if event.success is False:
-                v["failures"] = _push(v["failures"], ts, RECENT_FAILURES)
-            else:
-                v["last_login"] = max(v["last_login"], ts)
-        elif event.type == "add_to_cart":
-            v["last_cart"] = max(v["last_cart"], ts)
+                _append(v["failures"], ts, RECENT_FAILURES)
+            elif ts > v["last_login"]:
+                v["last_login"] = ts
+        elif kind == "add_to_cart" and ts > v["last_cart"]:
+            v["last_cart"] = ts
 
     def _purchase(self, event: Event) -> None:
         v = self.values
@@ -234,19 +254,30 @@ class _Working:
         n = v["amount_n"] + 1
         delta = amount - v["amount_mean"]
         mean = v["amount_mean"] + delta / n
-        v["orders"] = _push(v["orders"], event.ts, RECENT_ORDERS)
+        _append(v["orders"], event.ts, RECENT_ORDERS)
         v["amount_n"], v["amount_mean"] = n, mean
         v["amount_m2"] += delta * (amount - mean)
         if event.card_fp is not None:
             v["cards"] = _remember(v["cards"], token(event.card_fp), event.ts)
 
 
-def _push(stamps: tuple[int, ...], ts: int, bound: int) -> tuple[int, ...]:
-    return (*stamps, ts)[-bound:] if not stamps or ts >= stamps[-1] else _insort(stamps, ts, bound)
+def _append(stamps: list[int], ts: int, bound: int) -> None:
+    """Add `ts` in order (a late event is inserted); drop the oldest past twice `bound`."""
+    if not stamps or ts >= stamps[-1]:
+        stamps.append(ts)
+    else:
+        insort(stamps, ts)
+    if len(stamps) > 2 * bound:
+        del stamps[:-bound]
 
 
-def _insort(stamps: tuple[int, ...], ts: int, bound: int) -> tuple[int, ...]:
-    return tuple(sorted((*stamps, ts)))[-bound:]  # a late event: keep the newest `bound`
+def _touch(
+    known: tuple[tuple[str, int, int], ...], value: str, ts: int
+) -> tuple[tuple[str, int, int], ...]:
+    """`_remember`, with a shortcut for the common case: the most recent one, used again."""
+    if known and known[-1][0] == value and known[-1][1] <= ts:
+        return known  # first use unchanged; its last use is only refreshed by a switch
+    return _remember(known, value, ts)
 
 
 def _remember(

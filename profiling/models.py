@@ -31,9 +31,10 @@ from profiling.behaviour import Behaviour, observe_all, profile_features, vector
 from profiling.events import Event
 from profiling.profile import Outcome, Profile
 from profiling.risk import ANOMALY, Risk, RiskModel, risk_band
-from profiling.segments import SegmentModel
+from profiling.segments import Assignment, SegmentModel
 
 SNAPSHOT_FORMAT: Final = 1
+REASONS_FLOOR: Final = 0.1  # below this risk, reasons say nothing an analyst needs
 
 
 def alert_id(user_id: str, event_id: str) -> str:
@@ -81,16 +82,16 @@ class ProfileModels:
         tops = [_top_category(o.profile) for o in written]
         assignments = self.segments.assign(features, current, tops)
         updated = {}
-        for outcome, (profile, _, extra), assignment in zip(
+        for outcome, (changes, _, kept), assignment in zip(
             written, scored, assignments, strict=True
         ):
-            updated[id(outcome)] = self._fold(outcome, profile, extra, assignment)
+            updated[id(outcome)] = self._fold(outcome, changes, kept, assignment)
         return [updated.get(id(o), o) for o in outcomes]
 
     def _score_user(
         self, outcome: Outcome
-    ) -> tuple[Profile, dict[str, float], tuple[tuple[str, bytes], ...]]:
-        """Walk the user's applied events; return the profile, its segment features, snapshots."""
+    ) -> tuple[dict[str, Any], dict[str, float], tuple[tuple[str, bytes], ...]]:
+        """Walk the user's applied events: profile changes, segment features, kept features."""
         profile = outcome.profile
         state = profile.behaviour or Behaviour()
         previous_seen = state.last_ts
@@ -111,11 +112,15 @@ class ProfileModels:
                 alerts.append(self._alert(profile.user_id, event, explained, features))
         changes: dict[str, Any] = {"behaviour": state, "alerts": tuple(alerts)}
         if last is not None:
-            explained = self.risk.explain(last[1], last[0])
-            changes["risk"] = round(explained.score, 6)
-            changes["risk_reasons"] = orjson.dumps(explained.reasons_json(last[1])).decode()
-        profile = replace(profile, **changes)
-        return profile, self._profile_features(profile, previous_seen), tuple(snapshots)
+            changes["risk"] = round(last[0], 6)
+            reasons = (
+                self.risk.explain(last[1], last[0]).reasons_json(last[1])
+                if last[0] >= REASONS_FLOOR
+                else []
+            )
+            changes["risk_reasons"] = orjson.dumps(reasons).decode()
+        features = self._profile_features(profile, state, previous_seen)
+        return changes, features, tuple(snapshots)
 
     def _alert(self, user_id: str, event: Event, risk: Risk, features: Mapping[str, float]) -> str:
         self.alerts_raised += 1
@@ -131,7 +136,9 @@ class ProfileModels:
         }
         return orjson.dumps(body).decode()
 
-    def _profile_features(self, profile: Profile, previous_seen: int) -> dict[str, float]:
+    def _profile_features(
+        self, profile: Profile, behaviour: Behaviour, previous_seen: int
+    ) -> dict[str, float]:
         scores = profile.category_scores
         total = sum(scores.values())
         interest = profile.interest
@@ -150,7 +157,7 @@ class ProfileModels:
             first_seen=profile.first_seen,
             last_seen=profile.last_seen,
             previous_seen=previous_seen,
-            behaviour=profile.behaviour or Behaviour(),
+            behaviour=behaviour,
             category_focus=max(scores.values()) / total if total > 0 else 0.0,
             vector=vector,
             projection=self._projection,
@@ -159,33 +166,34 @@ class ProfileModels:
     def _fold(
         self,
         outcome: Outcome,
-        profile: Profile,
+        changes: dict[str, Any],
         snapshots: tuple[tuple[str, bytes], ...],
-        assignment: Any,
+        assignment: Assignment,
     ) -> Outcome:
+        """The outcome with the models' verdicts in its profile (one copy of the profile)."""
         before = outcome.profile
         moved = before.segment != assignment.segment
-        profile = replace(
-            profile,
-            segment=assignment.segment,
-            segment_dwell=assignment.since,
-            prev_segment=before.segment if moved else before.prev_segment,
-        )
+        risk = changes.get("risk", before.risk)
         changed = set()
         if moved:
             changed.add("segment")
             self._moves += before.segment is not None
-        if profile.risk != before.risk:
+        if risk != before.risk:
             changed.update(("risk", "risk_reasons"))
-        band_moved = risk_band(profile.risk, self.alert_threshold) != risk_band(
+        band_moved = risk_band(risk, self.alert_threshold) != risk_band(
             before.risk, self.alert_threshold
         )
         publish = outcome.publish or moved or band_moved
         if publish and not outcome.publish:
-            profile = replace(
-                profile, published_at=profile.updated, published_version=profile.version
-            )
-        profile = replace(profile, unpublished=profile.unpublished | changed)
+            changes["published_at"], changes["published_version"] = before.updated, before.version
+        profile = replace(
+            before,
+            **changes,
+            segment=assignment.segment,
+            segment_dwell=assignment.since,
+            prev_segment=before.segment if moved else before.prev_segment,
+            unpublished=before.unpublished | changed,
+        )
         return replace(
             outcome,
             profile=profile,

@@ -34,6 +34,7 @@ from river import anomaly, compose, drift, linear_model, optim, preprocessing
 from profiling.behaviour import TRANSACTION_FEATURES
 
 RISK_MODEL: Final = "hst-lr-v1"
+REFRESH_EVERY: Final = 64
 ANOMALY: Final = "anomaly"  # the raw HalfSpaceTrees score, a feature of the classifier
 
 
@@ -67,7 +68,7 @@ class RiskModel:
         self,
         *,
         seed: int = 42,
-        n_trees: int = 10,
+        n_trees: int = 5,
         height: int = 8,
         window_size: int = 250,
         label_half_weight: float = 100.0,
@@ -81,14 +82,15 @@ class RiskModel:
             raise ValueError("n_trees, height and window_size must be at least 1")
         if label_half_weight <= 0 or not 0 <= max_label_weight <= 1:
             raise ValueError("label_half_weight must be > 0 and max_label_weight in [0, 1]")
-        self.scaler = preprocessing.MinMaxScaler()  # HalfSpaceTrees wants features in [0, 1]
         self.trees = anomaly.HalfSpaceTrees(
             n_trees=n_trees, height=height, window_size=window_size, seed=seed
         )
         self.anomaly_alert_share = anomaly_alert_share
         self.calibration_threshold = alert_threshold
         self.calibration = Calibration.for_share(anomaly_alert_share, alert_threshold)
-        self.population = Population(TRANSACTION_FEATURES)  # what "unusual" is measured against
+        # Min-max scaling for the trees (they want [0, 1]) and the mean and spread that
+        # "unusual" is measured against, kept in one pass over each event's features.
+        self.population = Population(TRANSACTION_FEATURES)
         self.classifier = compose.Pipeline(
             preprocessing.StandardScaler(),
             linear_model.LogisticRegression(optimizer=optim.SGD(0.05), l2=1e-4),
@@ -132,9 +134,7 @@ class RiskModel:
         user and every alert.
         """
         x = {name: value for name, value in features.items() if name != ANOMALY}
-        if learn:
-            self.scaler.learn_one(x)
-        scaled = self.scaler.transform_one(x)
+        scaled = self.population.learn_and_scale(x) if learn else self.population.scale(x)
         raw = float(self.trees.score_one(scaled))
         unsupervised = self.calibration.risk(raw)
         weight = self.label_weight
@@ -147,7 +147,6 @@ class RiskModel:
         if learn:
             self.trees.learn_one(scaled)
             self.calibration.learn(raw)
-            self.population.learn(x)
             self.scored += 1
             self.drift.update(risk)
             if self.drift.drift_detected:
@@ -210,6 +209,8 @@ class Calibration:
         self.counts = np.zeros(bins)
         self.increment = 1.0
         self.growth = 2.0 ** (1.0 / half_life)  # newer scores weigh more: decay, lazily
+        self._learnt = 0
+        self._cdf: list[float] | None = None
 
     @classmethod
     def for_share(cls, share: float, threshold: float) -> Calibration:
@@ -221,37 +222,60 @@ class Calibration:
         return min(len(self.counts) - 1, max(0, int(raw * len(self.counts))))
 
     def risk(self, raw: float) -> float:
-        total = self.counts.sum()
-        if total <= 0:
-            return 0.0
-        b = self._bin(raw)
-        below = self.counts[:b].sum() + 0.5 * self.counts[b]
-        return float((below / total) ** self.gamma)
+        if self._cdf is None:
+            total = self.counts.sum()
+            if total <= 0:
+                return 0.0
+            below = np.cumsum(self.counts) - 0.5 * self.counts  # half of one's own bin
+            self._cdf = (below / total).tolist()
+        return float(self._cdf[self._bin(raw)] ** self.gamma)
 
     def learn(self, raw: float) -> None:
         self.counts[self._bin(raw)] += self.increment
         self.increment *= self.growth
+        self._learnt += 1
+        if self._learnt % REFRESH_EVERY == 0 or self._learnt < REFRESH_EVERY:
+            self._cdf = None  # percentiles move slowly: recomputed every REFRESH_EVERY scores
         if self.increment > 1e12:
             self.counts /= self.increment
             self.increment = 1.0
+            self._cdf = None
 
 
 class Population:
-    """Running mean and variance of each feature over every scored event (Welford)."""
+    """Per feature over every scored event: min and max (for scaling), mean and variance."""
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = names
         self.n = 0
+        self.low = [math.inf] * len(names)
+        self.high = [-math.inf] * len(names)
         self.means = [0.0] * len(names)
         self.m2 = [0.0] * len(names)
 
-    def learn(self, x: Mapping[str, float]) -> None:
+    def learn_and_scale(self, x: Mapping[str, float]) -> dict[str, float]:
+        """Learn `x` (Welford, min, max), then return it min-max scaled to [0, 1]."""
         self.n += 1
+        scaled = {}
+        low, high, means, m2 = self.low, self.high, self.means, self.m2
         for i, name in enumerate(self.names):
             value = x.get(name, 0.0)
-            delta = value - self.means[i]
-            self.means[i] += delta / self.n
-            self.m2[i] += delta * (value - self.means[i])
+            low[i] = min(low[i], value)
+            high[i] = max(high[i], value)
+            delta = value - means[i]
+            means[i] += delta / self.n
+            m2[i] += delta * (value - means[i])
+            span = high[i] - low[i]
+            scaled[name] = (value - low[i]) / span if span > 0 else 0.0
+        return scaled
+
+    def scale(self, x: Mapping[str, float]) -> dict[str, float]:
+        scaled = {}
+        for i, name in enumerate(self.names):
+            span = self.high[i] - self.low[i]
+            value = min(max(x.get(name, 0.0), self.low[i]), self.high[i])
+            scaled[name] = (value - self.low[i]) / span if span > 0 else 0.0
+        return scaled
 
     def z(self, x: Mapping[str, float]) -> list[float]:
         """How many standard deviations each feature of `x` sits above the mean."""

@@ -21,9 +21,11 @@ from rich.table import Table
 
 from profiling.embedding_cache import embed_texts
 from profiling.interests import InterestModel
+from profiling.models import ProfileModels
 from stream import kafka
 from stream.devstack import DevStack
 from stream.lookup import read_profile_json
+from stream.model_setup import segment_sizes
 from stream.producing import send_all
 from stream.redis_store import connect
 from stream.settings import Settings
@@ -87,6 +89,8 @@ async def _stream_shop(
     await _summarise(settings, stats, time.monotonic() - started, console)
     if worker.stages.interests is not None:
         await _show_interests(settings, shop, worker.stages.interests, console)
+    if worker.models is not None:
+        await _show_segments(settings, worker.models, console)
 
 
 async def _produce(settings: Settings, shop: ShopGenerator, events: int, feed: Feed) -> None:
@@ -112,6 +116,7 @@ def _progress(feed: Feed, stats: WorkerStats, started: float) -> Panel:
     table.add_row("dead-lettered", f"{stats.dead_letters:,}", "to behavior-events.dlq")
     table.add_row("profile writes", f"{stats.profiles_written:,}", "")
     table.add_row("changes published", f"{stats.changes_published:,}", "to profile-updates")
+    table.add_row("fraud alerts", f"{stats.alerts_published:,}", "to fraud-alerts")
     return Panel(table, title="profiler demo", expand=False)
 
 
@@ -174,6 +179,23 @@ async def _show_interests(
         console.print(table)
     finally:
         await client.aclose()
+
+
+async def _show_segments(settings: Settings, models: ProfileModels, console: Console) -> None:
+    """What the live segments are: size and the words of each centre (as `profiler segments`)."""
+    client = connect(settings.redis_url)
+    try:
+        sizes = await segment_sizes(client)
+    finally:
+        await client.aclose()
+    table = Table(title="segments (River k-means, live)", show_header=True)
+    table.add_column("segment")
+    table.add_column("users", justify="right")
+    table.add_column("centre, in words")
+    for segment in range(models.segments.n_segments):
+        if sizes.get(segment):
+            table.add_row(str(segment), f"{sizes[segment]:,}", models.segments.describe(segment))
+    console.print(table)
 
 
 async def _spends(client: object, keys: list[bytes]) -> dict[str, float]:
