@@ -76,51 +76,62 @@ class ProfileModels:
         written = [o for o in outcomes if o.wrote]
         if not written:
             return list(outcomes)
-        scored = [self._score_user(o) for o in written]
-        features = [f for _, f, _ in scored]
+        folded = [observe_all(o.profile.behaviour or Behaviour(), o.applied) for o in written]
+        scored = [
+            (user, event, features)
+            for user, (outcome, (_, all_features)) in enumerate(zip(written, folded, strict=True))
+            for event, features in zip(outcome.applied, all_features, strict=True)
+            if features is not None
+        ]
+        risks = self.risk.score_batch([features for _, _, features in scored])
+        per_user: list[list[tuple[Event, dict[str, float], float]]] = [[] for _ in written]
+        for (user, event, features), (risk, anomaly) in zip(scored, risks, strict=True):
+            features[ANOMALY] = anomaly  # ours: a fresh dict per event
+            per_user[user].append((event, features, risk))
+            self._scores.append((event.event_id, risk))
+        verdicts = [
+            self._verdicts(o, state, events)
+            for o, (state, _), events in zip(written, folded, per_user, strict=True)
+        ]
         current = [(o.profile.segment, o.profile.segment_dwell) for o in written]
         tops = [_top_category(o.profile) for o in written]
-        assignments = self.segments.assign(features, current, tops)
+        assignments = self.segments.assign([f for _, f, _ in verdicts], current, tops)
         updated = {}
         for outcome, (changes, _, kept), assignment in zip(
-            written, scored, assignments, strict=True
+            written, verdicts, assignments, strict=True
         ):
             updated[id(outcome)] = self._fold(outcome, changes, kept, assignment)
         return [updated.get(id(o), o) for o in outcomes]
 
-    def _score_user(
-        self, outcome: Outcome
+    def _verdicts(
+        self,
+        outcome: Outcome,
+        state: Behaviour,
+        scored: list[tuple[Event, dict[str, float], float]],
     ) -> tuple[dict[str, Any], dict[str, float], tuple[tuple[str, bytes], ...]]:
-        """Walk the user's applied events: profile changes, segment features, kept features."""
+        """One user's profile changes, segment features and kept features, from their scores."""
         profile = outcome.profile
-        state = profile.behaviour or Behaviour()
-        previous_seen = state.last_ts
-        state, all_features = observe_all(state, outcome.applied)
         snapshots: list[tuple[str, bytes]] = []
         alerts: list[str] = []
-        last: tuple[float, dict[str, float]] | None = None
-        for event, features in zip(outcome.applied, all_features, strict=True):
-            if features is None:
-                continue
-            risk, anomaly = self.risk.score(features)
-            features[ANOMALY] = anomaly  # ours: a fresh dict per event
-            self._scores.append((event.event_id, risk))
-            last = (risk, features)
-            snapshots.append((event.event_id, orjson.dumps(features)))
+        for event, features, risk in scored:
+            kept = {name: round(value, 6) for name, value in features.items() if value}
+            snapshots.append((event.event_id, orjson.dumps(kept)))  # absent = 0.0
             if risk >= self.alert_threshold:
                 explained = self.risk.explain(features, risk)
                 alerts.append(self._alert(profile.user_id, event, explained, features))
         changes: dict[str, Any] = {"behaviour": state, "alerts": tuple(alerts)}
-        if last is not None:
-            changes["risk"] = round(last[0], 6)
+        if scored:
+            _, features, risk = scored[-1]
+            changes["risk"] = round(risk, 6)
             reasons = (
-                self.risk.explain(last[1], last[0]).reasons_json(last[1])
-                if last[0] >= REASONS_FLOOR
+                self.risk.explain(features, risk).reasons_json(features)
+                if risk >= REASONS_FLOOR
                 else []
             )
             changes["risk_reasons"] = orjson.dumps(reasons).decode()
-        features = self._profile_features(profile, state, previous_seen)
-        return changes, features, tuple(snapshots)
+        previous_seen = (profile.behaviour or Behaviour()).last_ts
+        segment_features = self._profile_features(profile, state, previous_seen)
+        return changes, segment_features, tuple(snapshots)
 
     def _alert(self, user_id: str, event: Event, risk: Risk, features: Mapping[str, float]) -> str:
         self.alerts_raised += 1

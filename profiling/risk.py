@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -35,6 +35,7 @@ from profiling.behaviour import TRANSACTION_FEATURES
 
 RISK_MODEL: Final = "hst-lr-v1"
 REFRESH_EVERY: Final = 64
+_ZEROS: Final = dict.fromkeys((*TRANSACTION_FEATURES, "anomaly"), 0.0)
 ANOMALY: Final = "anomaly"  # the raw HalfSpaceTrees score, a feature of the classifier
 
 
@@ -125,33 +126,46 @@ class RiskModel:
         return f"{RISK_MODEL}+{self.labels[0] + self.labels[1]}labels"
 
     def score(self, features: Mapping[str, float], *, learn: bool = True) -> tuple[float, float]:
-        """(risk in [0, 1], raw anomaly score) of one event; then (by default) learn it.
+        """(risk in [0, 1], raw anomaly score) of one event; then (by default) learn it."""
+        return self.score_batch([features], learn=learn)[0]
 
-        The raw anomaly score is a feature of the classifier too (stacking): keep it
-        with the features, so the label joins with exactly what was scored.
+    def score_batch(
+        self, batch: Sequence[Mapping[str, float]], *, learn: bool = True
+    ) -> list[tuple[float, float]]:
+        """(risk, raw anomaly score) of each event, in order, learning each after its score.
+
+        The batch's features first update the shop-wide statistics in one
+        vectorised step, then every event is min-max scaled against them (the
+        trees want [0, 1]) and goes through the trees one by one. The raw
+        anomaly score is a feature of the classifier too (stacking): keep it
+        with the features, so a label joins with exactly what was scored.
         Reasons cost as much as the score, so they are asked for separately
-        (`explain`), for the events whose reasons are kept: the latest per
-        user and every alert.
+        (`explain`), for the events whose reasons are kept.
         """
-        x = {name: value for name, value in features.items() if name != ANOMALY}
-        scaled = self.population.learn_and_scale(x) if learn else self.population.scale(x)
-        raw = float(self.trees.score_one(scaled))
-        unsupervised = self.calibration.risk(raw)
-        weight = self.label_weight
-        supervised = (
-            float(self.classifier.predict_proba_one({**x, ANOMALY: raw}).get(True, 0.0))
-            if weight
-            else 0.0
-        )
-        risk = min(1.0, max(0.0, (1 - weight) * unsupervised + weight * supervised))
+        if not batch:
+            return []
+        matrix = np.array([[x.get(name, 0.0) for name in TRANSACTION_FEATURES] for x in batch])
         if learn:
-            self.trees.learn_one(scaled)
-            self.calibration.learn(raw)
-            self.scored += 1
-            self.drift.update(risk)
-            if self.drift.drift_detected:
-                self.drifts += 1
-        return risk, raw
+            self.population.learn(matrix)
+        weight = self.label_weight
+        out = []
+        for x, scaled in zip(batch, self.population.scale(matrix), strict=True):
+            raw = float(self.trees.score_one(scaled))
+            risk = (1 - weight) * self.calibration.risk(raw)
+            if weight:
+                plain = {name: value for name, value in x.items() if name != ANOMALY}
+                proba = self.classifier.predict_proba_one({**plain, ANOMALY: raw}).get(True, 0.0)
+                risk += weight * float(proba)
+            risk = min(1.0, max(0.0, risk))
+            if learn:
+                self.trees.learn_one(scaled)
+                self.calibration.learn(raw)
+                self.scored += 1
+                self.drift.update(risk)
+                if self.drift.drift_detected:
+                    self.drifts += 1
+            out.append((risk, raw))
+        return out
 
     def explain(self, features: Mapping[str, float], risk: float) -> Risk:
         """`risk` with its top-3 reasons, as the models stand now."""
@@ -164,7 +178,7 @@ class RiskModel:
         `label_replays` times later, drawn at random from the last
         `replay_size` labels (several passes, as a batch learner would make).
         """
-        x = dict(features)
+        x = {**_ZEROS, **features}  # kept features leave zeros out
         self.classifier.learn_one(x, bool(label))
         for _ in range(self.label_replays if self.replay else 0):
             old_x, old_label = self.replay[self._rng.randrange(len(self.replay))]
@@ -243,47 +257,48 @@ class Calibration:
 
 
 class Population:
-    """Per feature over every scored event: min and max (for scaling), mean and variance."""
+    """Per feature over every scored event: min and max (for scaling), mean and variance.
+
+    Updated a batch at a time (Chan et al.'s pairwise combination of means and
+    sums of squared deviations), so the cost per event is one numpy row.
+    """
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = names
         self.n = 0
-        self.low = [math.inf] * len(names)
-        self.high = [-math.inf] * len(names)
-        self.means = [0.0] * len(names)
-        self.m2 = [0.0] * len(names)
+        self.low = np.full(len(names), np.inf)
+        self.high = np.full(len(names), -np.inf)
+        self.means = np.zeros(len(names))
+        self.m2 = np.zeros(len(names))
 
-    def learn_and_scale(self, x: Mapping[str, float]) -> dict[str, float]:
-        """Learn `x` (Welford, min, max), then return it min-max scaled to [0, 1]."""
-        self.n += 1
-        scaled = {}
-        low, high, means, m2 = self.low, self.high, self.means, self.m2
-        for i, name in enumerate(self.names):
-            value = x.get(name, 0.0)
-            low[i] = min(low[i], value)
-            high[i] = max(high[i], value)
-            delta = value - means[i]
-            means[i] += delta / self.n
-            m2[i] += delta * (value - means[i])
-            span = high[i] - low[i]
-            scaled[name] = (value - low[i]) / span if span > 0 else 0.0
-        return scaled
+    def learn(self, matrix: np.ndarray[Any, Any]) -> None:
+        """Fold in a batch of rows (one per event, columns in `names` order)."""
+        count = len(matrix)
+        batch_mean = matrix.mean(axis=0)
+        batch_m2 = ((matrix - batch_mean) ** 2).sum(axis=0)
+        total = self.n + count
+        delta = batch_mean - self.means
+        self.m2 = self.m2 + batch_m2 + delta**2 * self.n * count / total
+        self.means = self.means + delta * count / total
+        self.n = total
+        self.low = np.minimum(self.low, matrix.min(axis=0))
+        self.high = np.maximum(self.high, matrix.max(axis=0))
 
-    def scale(self, x: Mapping[str, float]) -> dict[str, float]:
-        scaled = {}
-        for i, name in enumerate(self.names):
-            span = self.high[i] - self.low[i]
-            value = min(max(x.get(name, 0.0), self.low[i]), self.high[i])
-            scaled[name] = (value - self.low[i]) / span if span > 0 else 0.0
-        return scaled
+    def scale(self, matrix: np.ndarray[Any, Any]) -> list[dict[str, float]]:
+        """Rows min-max scaled to [0, 1] (clipped), as the dicts River's trees read."""
+        span = self.high - self.low
+        safe = np.where(span > 0, span, 1.0)
+        scaled = np.clip((matrix - self.low) / safe, 0.0, 1.0)
+        scaled[:, span <= 0] = 0.0
+        return [dict(zip(self.names, row, strict=True)) for row in scaled.tolist()]
 
     def z(self, x: Mapping[str, float]) -> list[float]:
         """How many standard deviations each feature of `x` sits above the mean."""
-        out = []
-        for i, name in enumerate(self.names):
-            spread = math.sqrt(self.m2[i] / self.n) if self.n > 1 else 0.0
-            out.append((x.get(name, 0.0) - self.means[i]) / (spread or 1.0))
-        return out
+        values = np.array([x.get(name, 0.0) for name in self.names])
+        spread = np.sqrt(self.m2 / self.n) if self.n > 1 else np.zeros(len(self.names))
+        spread = np.where(spread > 0, spread, 1.0)
+        z: list[float] = ((values - self.means) / spread).tolist()
+        return z
 
 
 def explain(feature: str, x: Mapping[str, float]) -> str:

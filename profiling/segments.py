@@ -82,7 +82,7 @@ class SegmentModel:
         halflife: float = 0.05,
         switch_margin: float = 0.8,
         min_dwell: int = 3,
-        learn_every: int = 4,
+        learn_every: int = 8,
     ) -> None:
         if n_segments < 2 or learn_every < 1 or min_dwell < 0 or not 0 < switch_margin <= 1:
             raise ValueError(

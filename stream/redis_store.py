@@ -49,9 +49,10 @@ end
 return out
 """
 
-# ARGV: ttl ms, dedupe window, JSON [[expected version, state blob, [field, value,
-#       ...], [ts, event id, ...], [binary field, ARGV index, ...]], ...], one entry
-#       per user, then the binary field values (vectors), which JSON cannot carry.
+# ARGV: ttl ms, dedupe window, JSON [[expected version, ARGV index of the state blob,
+#       [field, value, ...], [ts, event id, ...], [binary field, ARGV index, ...]], ...],
+#       one entry per user, then the binary values: vectors, which JSON cannot carry,
+#       and state blobs, which would otherwise be escaped into the JSON and back.
 # Returns per user 1 when written, 0 when the stored version was not the expected
 # one (compare-and-set: a stale writer changes nothing).
 SAVE_SCRIPT: Final = """
@@ -72,7 +73,7 @@ for u = 1, #writes do
     chunked('HSET', KEYS[k], write[3])
     local binary = write[5]
     for j = 1, #binary, 2 do redis.call('HSET', KEYS[k], binary[j], ARGV[binary[j + 1]]) end
-    redis.call('SET', KEYS[k + 1], write[2])
+    redis.call('SET', KEYS[k + 1], ARGV[write[2]])
     if #write[4] > 0 then
       chunked('ZADD', KEYS[k + 2], write[4])
       redis.call('ZREMRANGEBYRANK', KEYS[k + 2], 0, -(window + 1))
@@ -203,7 +204,9 @@ def _write_entry(write: Write, binary: list[bytes]) -> list[Any]:
     for name, value in vector_fields(write.profile).items():
         binary.append(value)
         refs += (name, 3 + len(binary))  # ARGV index (1-based) after ttl, window, JSON
-    return [write.expected_version, state_blob(write.profile).decode(), fields, seen, refs]
+    binary.append(state_blob(write.profile))  # raw, not escaped inside the JSON document
+    state_ref = 3 + len(binary)
+    return [write.expected_version, state_ref, fields, seen, refs]
 
 
 def _split_fields(flat: Sequence[bytes | str]) -> tuple[dict[str, str], dict[str, bytes]]:

@@ -62,7 +62,8 @@ async def test_alerts_labels_and_snapshots_end_to_end(
         raw = await client.hgetall("profile:{u7}")
         profile = {k.decode(): v for k, v in raw.items() if not k.startswith(b"vec_")}
         assert 0 <= float(profile["risk"]) <= 1 and int(profile["segment"]) >= 0
-        assert orjson.loads(profile["risk_reasons"])
+        reasons = orjson.loads(profile["risk_reasons"])
+        assert isinstance(reasons, list) and (bool(reasons) or float(profile["risk"]) < 0.1)
         assert await client.exists("profile-scored:{u7}:u7-xp")  # kept for its label
         assert await client.exists(snapshot_key(settings.group_id))  # saved at shutdown
     finally:
