@@ -55,8 +55,8 @@ class ProfileModels:
     alerts_raised: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 < self.alert_threshold <= 1:
-            raise ValueError("alert_threshold must be in (0, 1]")
+        if not 0 < self.alert_threshold < 1:
+            raise ValueError("alert_threshold must be in (0, 1)")
         if self.risk.calibration_threshold != self.alert_threshold:
             self.risk.recalibrate(self.alert_threshold)
         self._projection = vector_projection(self.dim)

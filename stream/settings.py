@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     # Segments and fraud risk (River)
     models: bool = Field(True, description="run the online segment and fraud-risk models")
     risk_alert_threshold: float = Field(
-        0.8, gt=0, le=1, description="publish a fraud alert when an event's risk reaches this"
+        0.8, gt=0, lt=1, description="publish a fraud alert when an event's risk reaches this"
     )
     segments: int = Field(8, ge=2, le=64, description="number of online k-means segments")
     segment_switch_margin: float = Field(

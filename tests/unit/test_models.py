@@ -243,7 +243,7 @@ def test_segment_words_describe_the_centre() -> None:
     assert any("frequent" in w and "high spend" in w and "electronics" in w for w in words), words
 
 
-@pytest.mark.parametrize("threshold", [0.0, 1.5])
+@pytest.mark.parametrize("threshold", [0.0, 1.0, 1.5])
 def test_bad_threshold_is_refused(threshold: float) -> None:
     with pytest.raises(ValueError, match="alert_threshold"):
         ProfileModels(alert_threshold=threshold)
