@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from bisect import insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -188,7 +188,8 @@ def _familiar(known: tuple[tuple[str, int, int], ...], value: str, ts: int) -> b
 
 
 def _within(stamps: tuple[int, ...], ts: int, window_ms: int) -> int:
-    return sum(1 for t in stamps if 0 <= ts - t <= window_ms)
+    """How many of the (sorted) stamps lie in [ts - window_ms, ts]."""
+    return bisect_right(stamps, ts) - bisect_left(stamps, ts - window_ms)
 
 
 def _since(then: int, ts: int) -> float:
