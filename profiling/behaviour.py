@@ -133,7 +133,7 @@ def observe_all(
     features: list[dict[str, float] | None] = []
     for event in events:
         if event.type in SCORED_TYPES:
-            features.append(transaction_features(work.frozen(), event))
+            features.append(_features(work.values, event))
         else:
             features.append(None)
         work.fold(event)
@@ -142,33 +142,41 @@ def observe_all(
 
 def transaction_features(state: Behaviour, event: Event) -> dict[str, float]:
     """What a fraud model should know about this purchase or login, from the state before it."""
+    return _features(state.to_json(), event)
+
+
+def _features(v: Mapping[str, Any], event: Event) -> dict[str, float]:
+    """`transaction_features` over a state's fields (a `Behaviour`'s, or a working copy's)."""
     ts = event.ts
     purchase = event.type == "purchase"
     amount = float(event.amount or 0.0) if purchase else 0.0
     card = token(event.card_fp) if purchase and event.card_fp else None
-    cards_24h = {c for c, _, used in state.cards if ts - used <= DAY_MS}
+    cards_24h = {c for c, _, used in v["cards"] if ts - used <= DAY_MS}
     if card is not None:
         cards_24h.add(card)
     device = token(event.device_id) if event.device_id is not None else None
     country = token(event.country) if event.country is not None else None
+    orders = v["orders"][-RECENT_ORDERS:]  # a working copy's runs may hold more
+    events = v["events"][-RECENT_EVENTS:]
+    amount_n, first_ts = v["amount_n"], v["first_ts"]
     return {
         "amount_log": math.log1p(amount),
-        "amount_vs_usual": _amount_vs_usual(state, amount) if purchase else 0.0,
-        "first_order": float(purchase and state.amount_n == 0),
-        "orders_1m": float(_within(state.orders, ts, MINUTE_MS)),
-        "orders_1h": float(_within(state.orders, ts, HOUR_MS)),
-        "events_1m": float(_within(state.events, ts, MINUTE_MS)),
-        "events_1h": float(_within(state.events, ts, HOUR_MS)),
-        "new_device": float(device is not None and not _familiar(state.devices, device, ts)),
-        "new_country": float(country is not None and not _familiar(state.countries, country, ts)),
-        "new_card": float(card is not None and not _familiar(state.cards, card, ts)),
+        "amount_vs_usual": math.log2((amount + 1.0) / (v["amount_mean"] + 1.0))
+        if purchase and amount_n
+        else 0.0,
+        "first_order": float(purchase and amount_n == 0),
+        "orders_1m": float(_within(orders, ts, MINUTE_MS)),
+        "orders_1h": float(_within(orders, ts, HOUR_MS)),
+        "events_1m": float(_within(events, ts, MINUTE_MS)),
+        "events_1h": float(_within(events, ts, HOUR_MS)),
+        "new_device": float(device is not None and not _familiar(v["devices"], device, ts)),
+        "new_country": float(country is not None and not _familiar(v["countries"], country, ts)),
+        "new_card": float(card is not None and not _familiar(v["cards"], card, ts)),
         "cards_24h": float(len(cards_24h)),
-        "failed_logins_1h": float(_within(state.failures, ts, HOUR_MS)),
-        "account_age_days": math.log1p(
-            max(0, ts - state.first_ts) / DAY_MS if state.first_ts else 0.0
-        ),
-        "since_login_hours": math.log1p(_since(state.last_login, ts) / HOUR_MS),
-        "cart_to_purchase_min": math.log1p(_since(state.last_cart, ts) / MINUTE_MS)
+        "failed_logins_1h": float(_within(v["failures"][-RECENT_FAILURES:], ts, HOUR_MS)),
+        "account_age_days": math.log1p(max(0, ts - first_ts) / DAY_MS if first_ts else 0.0),
+        "since_login_hours": math.log1p(_since(v["last_login"], ts) / HOUR_MS),
+        "cart_to_purchase_min": math.log1p(_since(v["last_cart"], ts) / MINUTE_MS)
         if purchase
         else 0.0,
         "is_login": float(not purchase),
@@ -176,18 +184,11 @@ def transaction_features(state: Behaviour, event: Event) -> dict[str, float]:
     }
 
 
-def _amount_vs_usual(state: Behaviour, amount: float) -> float:
-    """log2 of this amount over the user's mean order (0 with no history: nothing to compare)."""
-    if state.amount_n == 0:
-        return 0.0
-    return math.log2((amount + 1.0) / (state.amount_mean + 1.0))
-
-
 def _familiar(known: tuple[tuple[str, int, int], ...], value: str, ts: int) -> bool:
     return any(d == value and ts - first >= TRUST_MS for d, first, _ in known)
 
 
-def _within(stamps: tuple[int, ...], ts: int, window_ms: int) -> int:
+def _within(stamps: Sequence[int], ts: int, window_ms: int) -> int:
     """How many of the (sorted) stamps lie in [ts - window_ms, ts]."""
     return bisect_right(stamps, ts) - bisect_left(stamps, ts - window_ms)
 

@@ -205,12 +205,14 @@ class ProfileModels:
             prev_segment=before.segment if moved else before.prev_segment,
             unpublished=before.unpublished | changed,
         )
-        return replace(
-            outcome,
-            profile=profile,
-            changed=outcome.changed | changed,
-            publish=publish,
-            scored=snapshots,
+        return Outcome(
+            profile,
+            outcome.applied,
+            outcome.duplicates,
+            outcome.replayed,
+            outcome.changed | changed,
+            publish,
+            snapshots,
         )
 
     def learn_label(self, features: Mapping[str, float], label: bool) -> None:
