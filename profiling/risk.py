@@ -4,9 +4,11 @@ Before any label arrives, risk is River's HalfSpaceTrees anomaly score over the
 transactional features (`profiling.behaviour`), min-max scaled online: events
 unlike the shop's usual traffic score high. Fraud labels arrive days later
 (`learn_label`); from then on a logistic regression learns which features mean
-fraud, and its probability takes over the blend as labels accumulate
-(weight labels / (labels + `label_half_weight`), at most `max_label_weight`,
-and only once both classes were seen).
+fraud, and its probability, weighted by labels / (labels + `label_half_weight`)
+(at most `max_label_weight`, and only once both classes were seen), joins the
+anomaly risk as a noisy-or: 1 - (1 - weighted probability) x (1 - anomaly
+risk). Either side can raise the risk, so a kind of fraud that no label has
+shown yet still alerts through the anomaly side.
 
 Reasons: each feature's share of the risk, top 3. The classifier's part is its
 weight times the standardised feature; the anomaly part is how far the
@@ -151,12 +153,15 @@ class RiskModel:
         out = []
         for x, scaled in zip(batch, self.population.scale(matrix), strict=True):
             raw = float(self.trees.score_one(scaled))
-            risk = (1 - weight) * self.calibration.risk(raw)
+            anomalous = self.calibration.risk(raw)
+            supervised = 0.0
             if weight:
                 plain = {name: value for name, value in x.items() if name != ANOMALY}
                 proba = self.classifier.predict_proba_one({**plain, ANOMALY: raw}).get(True, 0.0)
-                risk += weight * float(proba)
-            risk = min(1.0, max(0.0, risk))
+                supervised = weight * float(proba)
+            # Noisy-or: either side can raise the risk. A kind of fraud no label has
+            # shown yet still alerts through the anomaly side (its top share of traffic).
+            risk = min(1.0, max(0.0, 1.0 - (1.0 - supervised) * (1.0 - anomalous)))
             if learn:
                 self.trees.learn_one(scaled)
                 self.calibration.learn(raw)

@@ -47,8 +47,10 @@ def build_models(settings: Settings, dim: int = 384) -> ProfileModels | None:
 
 
 def _secret(settings: Settings) -> bytes | None:
+    """The snapshot key; None when unset or empty (an empty variable means "no snapshots")."""
     secret = settings.model_secret
-    return secret.get_secret_value().encode() if secret is not None else None
+    value = secret.get_secret_value() if secret is not None else ""
+    return value.encode() if value else None
 
 
 async def restore_models(models: ProfileModels, client: aioredis.Redis, settings: Settings) -> bool:

@@ -6,8 +6,10 @@ never sees this object: the edge turns it into plain arguments.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from profiling.snapshots import MIN_SECRET_BYTES
 
 
 class Settings(BaseSettings):
@@ -122,3 +124,13 @@ class Settings(BaseSettings):
     ready_max_lag: int = Field(
         100_000, ge=0, description="/ready fails while the consumer lag exceeds this many records"
     )
+
+    @field_validator("model_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        """An HMAC key shorter than 16 bytes is refused at start, not at the first snapshot."""
+        if value is not None and 0 < len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"must be at least {MIN_SECRET_BYTES} bytes (empty: no model snapshots)"
+            )
+        return value

@@ -70,3 +70,15 @@ def test_another_secret_is_refused_with_a_clear_message(tmp_path: Path) -> None:
 def test_a_short_secret_is_rejected() -> None:
     with pytest.raises(ValueError, match="16 bytes"):
         sign({}, b"short")
+
+
+def test_settings_refuse_a_short_secret_and_read_empty_as_none() -> None:
+    from pydantic import ValidationError
+
+    from stream.model_setup import _secret
+    from stream.settings import Settings
+
+    with pytest.raises(ValidationError, match="at least 16 bytes"):
+        Settings(model_secret="short")
+    assert _secret(Settings(model_secret="")) is None
+    assert _secret(Settings(model_secret=SECRET.decode())) == SECRET
