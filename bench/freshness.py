@@ -10,6 +10,7 @@ the poll interval. The worker's own event-to-store histogram is scraped from
 its /metrics at the end.
 
     python bench/freshness.py --rates 10000 20000 --seconds 20
+    python bench/freshness.py --rates 10000 --worker-env PROFILER_BATCH_MAX_MS=10
 """
 
 from __future__ import annotations
@@ -151,8 +152,16 @@ def main() -> None:
         default="none",
         help="PROFILER_ENCODER_MODEL of the worker (default none: the aggregate path alone)",
     )
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra PROFILER_* setting for the worker, e.g. PROFILER_BATCH_MAX_MS=10",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "freshness.json")
     args = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in args.worker_env)
 
     runs = []
     with DevStack(Settings(), partitions=6) as stack:
@@ -174,6 +183,7 @@ def main() -> None:
                 "PROFILER_KAFKA_HEARTBEAT_INTERVAL_MS": "300",
                 "PROFILER_WEB_PORT": str(port),
                 "PROFILER_ENCODER_MODEL": args.encoder,
+                **extra,
             }
             worker = subprocess.Popen(
                 [sys.executable, "-m", "stream.cli", "run"], env=env, cwd=ROOT
@@ -186,6 +196,7 @@ def main() -> None:
                 worker.terminate()
                 worker.wait(timeout=60)
             result["encoder"] = args.encoder
+            result["worker_env"] = extra
             runs.append(result)
             print(json.dumps(result))
     report = {
