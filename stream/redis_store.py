@@ -88,6 +88,16 @@ return results
 """
 
 
+# KEYS: the scored-feature keys of some users; ARGV[1]: TTL in seconds, then one value per
+# key. One call per chunk of users instead of one SET per scored event: a client pays
+# for every command in a pipeline, and a batch scores hundreds of events.
+SCORED_SCRIPT: Final = """
+local ttl = tonumber(ARGV[1])
+for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl) end
+return #KEYS
+"""
+
+
 def connect(url: str) -> aioredis.Redis:
     """A client for `url` (redis://, rediss:// for TLS, user:password@ for ACL users)."""
     return aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
@@ -136,12 +146,13 @@ class RedisProfileStore:
             calls.append((keys, args))
         # Features of scored events ride in the same round trip; a write that loses its
         # race recomputes them under the same keys, so writing them regardless is safe.
-        scored = [
-            (scored_key(w.profile.user_id, event_id), features)
-            for w in writes
-            for event_id, features in w.scored
-        ]
-        replies = await self._run(SAVE_SCRIPT, calls, scored)
+        scored_calls = []
+        for chunk in _chunks(list(writes), self.users_per_call):
+            keys = [scored_key(w.profile.user_id, e) for w in chunk for e, _ in w.scored]
+            if keys:
+                values = [features for w in chunk for _, features in w.scored]
+                scored_calls.append((keys, [self.scored_ttl_s, *values]))
+        replies = await self._run(SAVE_SCRIPT, calls, scored_calls)
         return [
             w.profile.user_id for w, ok in zip(writes, _flatten(replies), strict=True) if not ok
         ]
@@ -163,31 +174,35 @@ class RedisProfileStore:
         self,
         script: str,
         calls: list[tuple[list[str], list[Any]]],
-        expiring: Sequence[tuple[str, bytes]] = (),
+        scored_calls: Sequence[tuple[list[str], list[Any]]] = (),
     ) -> list[Any]:
         """Run `script` once per (keys, args) call, all in one pipelined round trip.
 
-        `expiring` (key, value) pairs are SET with the scored-features TTL in the same trip.
+        `scored_calls` (SCORED_SCRIPT calls) ride in the same trip; only `script`'s
+        replies are returned.
         """
         if not calls:
             return []
-        sha = self._shas.get(script) or await self._load(script)
         try:
-            return await self._pipeline(sha, calls, expiring)
+            return await self._pipeline(script, calls, scored_calls)
         except NoScriptError:  # the server restarted or flushed its script cache
-            return await self._pipeline(await self._load(script), calls, expiring)
+            self._shas.clear()
+            return await self._pipeline(script, calls, scored_calls)
 
     async def _pipeline(
         self,
-        sha: str,
+        script: str,
         calls: list[tuple[list[str], list[Any]]],
-        expiring: Sequence[tuple[str, bytes]],
+        scored_calls: Sequence[tuple[list[str], list[Any]]],
     ) -> list[Any]:
+        sha = self._shas.get(script) or await self._load(script)
         pipe = self.client.pipeline(transaction=False)
         for keys, args in calls:
             pipe.evalsha(sha, len(keys), *keys, *args)
-        for key, value in expiring:
-            pipe.set(key, value, ex=self.scored_ttl_s)
+        if scored_calls:
+            scored_sha = self._shas.get(SCORED_SCRIPT) or await self._load(SCORED_SCRIPT)
+            for keys, args in scored_calls:
+                pipe.evalsha(scored_sha, len(keys), *keys, *args)
         return list(await pipe.execute())[: len(calls)]
 
     async def _load(self, script: str) -> str:

@@ -65,6 +65,8 @@ async def test_alerts_labels_and_snapshots_end_to_end(
         reasons = orjson.loads(profile["risk_reasons"])
         assert isinstance(reasons, list) and (bool(reasons) or float(profile["risk"]) < 0.1)
         assert await client.exists("profile-scored:{u7}:u7-xp")  # kept for its label
+        ttl = await client.ttl("profile-scored:{u7}:u7-xp")
+        assert 0 < ttl <= settings.scored_ttl_days * 86_400
         assert await client.exists(snapshot_key(settings.group_id))  # saved at shutdown
     finally:
         await client.aclose()
