@@ -80,6 +80,15 @@ def forget_profiles(redis_url: str, keep_embeddings: bool) -> None:
         client.close()
 
 
+def fill_topic(settings: Settings, events: int, users: int) -> tuple[ShopGenerator, int, float]:
+    """Fill the events topic with a day of the synthetic shop (0.5 % malformed, 1 % re-sent)."""
+    now = wall_clock_ms()
+    shop = ShopGenerator(users, seed=42, start_ms=now - 24 * HOUR_MS, end_ms=now)
+    t0 = time.perf_counter()
+    sent = asyncio.run(send_records(settings, shop.records(events, 0.005, 0.01)))
+    return shop, sent, time.perf_counter() - t0
+
+
 def run_pass(
     settings: Settings, label: str, profile: Path | None, run: int = 0
 ) -> tuple[dict[str, object], float]:
@@ -118,11 +127,7 @@ def main() -> None:
 
     with DevStack(Settings(), partitions=args.partitions) as stack:
         settings = stack.settings()
-        now = wall_clock_ms()
-        shop = ShopGenerator(args.users, seed=42, start_ms=now - 24 * HOUR_MS, end_ms=now)
-        t0 = time.perf_counter()
-        sent = asyncio.run(send_records(settings, shop.records(args.events, 0.005, 0.01)))
-        fill_s = time.perf_counter() - t0
+        _, sent, fill_s = fill_topic(settings, args.events, args.users)
         passes: dict[str, dict[str, object]] = {}
         runs: dict[str, list[float]] = {}
         for run in range(args.repeat):  # interleaved: the machine's noise hits every pass alike

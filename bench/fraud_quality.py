@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +38,13 @@ import orjson
 
 from profiling.labels import apply_labels
 from profiling.models import ProfileModels
-from profiling.pipeline import Stages, apply_batch
+from profiling.pipeline import Record, Stages, apply_batch
 from profiling.profile import ProfileParams
 from profiling.store import InMemoryProfileStore
 from stream.fraud_scenarios import Scenario, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 HOUR_MS = 3_600_000
-
-
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 def roc_auc(scores: list[float], labels: list[int]) -> float:
@@ -124,7 +114,9 @@ async def run_stream(
             next_label += 1
         if due and models is not None:
             records = [
-                Rec("fraud-labels", 0, next_label + i, str(b["user_id"]).encode(), orjson.dumps(b))
+                Record(
+                    "fraud-labels", 0, next_label + i, str(b["user_id"]).encode(), orjson.dumps(b)
+                )
                 for i, b in enumerate(due)
             ]
             began = time.perf_counter()
@@ -133,7 +125,7 @@ async def run_stream(
         if not chunk:
             break
         records = [
-            Rec("events", 0, start + i, str(b["user_id"]).encode(), orjson.dumps(b))
+            Record("events", 0, start + i, str(b["user_id"]).encode(), orjson.dumps(b))
             for i, b in enumerate(chunk)
         ]
         began = time.perf_counter()

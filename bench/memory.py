@@ -39,7 +39,6 @@ same redis-server.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import random
 import statistics
@@ -53,12 +52,10 @@ from typing import Any
 
 import numpy as np
 import redis
-from drain import HOUR_MS, RESULTS, forget_profiles, machine, worker_env
+from drain import RESULTS, fill_topic, forget_profiles, machine, worker_env
 
 from stream.devstack import DevStack, free_port
-from stream.producing import send_records
 from stream.settings import Settings
-from stream.synthetic_shop import ShopGenerator
 from stream.worker import wall_clock_ms
 
 # label -> (PROFILER_ENCODER_MODEL, keep the shared embedding cache of the pass before,
@@ -467,11 +464,7 @@ def main() -> None:
     started = time.perf_counter()
     with DevStack(Settings(), partitions=args.partitions) as stack:
         settings = stack.settings()
-        now = wall_clock_ms()
-        shop = ShopGenerator(args.users, seed=42, start_ms=now - 24 * HOUR_MS, end_ms=now)
-        t0 = time.perf_counter()
-        sent = asyncio.run(send_records(settings, shop.records(args.events, 0.005, 0.01)))
-        fill_s = time.perf_counter() - t0
+        shop, sent, fill_s = fill_topic(settings, args.events, args.users)
         print(f"filled {sent} records in {fill_s:.1f} s", flush=True)
         passes = {label: run_pass(settings, label, args) for label in args.passes}
         first_id = next(shop.events(1))["event_id"]  # e<tag>-<hex counter>

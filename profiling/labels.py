@@ -21,9 +21,8 @@ import msgspec
 import orjson
 
 from profiling.events import MIN_TS_MS, Rejection
-from profiling.messages import dead_letter
 from profiling.models import ProfileModels
-from profiling.pipeline import SourceRecord
+from profiling.pipeline import SourceRecord, dead_letter_for
 from profiling.store import ProfileStore
 
 
@@ -70,7 +69,7 @@ async def apply_labels(
         verdict = decode_label(record.value)
         if isinstance(verdict, Rejection):
             result.outcomes["invalid"] += 1
-            result.dead_letters.append((record.key, _letter(record, verdict, now_ms)))
+            result.dead_letters.append((record.key, dead_letter_for(record, verdict, now_ms)))
         else:
             pending.append(verdict)
     kept = await store.load_scored([(label.user_id, label.event_id) for label in pending])
@@ -83,15 +82,3 @@ async def apply_labels(
     for record in records:
         models.advance(record.topic, record.partition, record.offset)
     return result
-
-
-def _letter(record: SourceRecord, rejection: Rejection, now_ms: int) -> bytes:
-    return dead_letter(
-        rejection,
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key,
-        value=record.value,
-        now_ms=now_ms,
-    )

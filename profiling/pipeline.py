@@ -45,6 +45,30 @@ class SourceRecord(Protocol):
     def value(self) -> bytes | None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A consumed record as a plain value: for tests, benchmarks and replays without Kafka."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def dead_letter_for(record: SourceRecord, rejection: Rejection, now_ms: int) -> bytes:
+    """The dead letter of a refused record: the reason and the record itself, intact."""
+    return dead_letter(
+        rejection,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        now_ms=now_ms,
+    )
+
+
 @dataclass(slots=True)
 class BatchResult:
     """What a batch produced: messages to publish and counts for metrics and logs."""
@@ -80,16 +104,7 @@ def decode_batch(
                 KEY_MISMATCH, "record key must be the event's user_id (UTF-8): it partitions users"
             )
         if isinstance(verdict, Rejection):
-            letter = dead_letter(
-                verdict,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                key=record.key,
-                value=value,
-                now_ms=now_ms,
-            )
-            result.dead_letters.append((record.key, letter))
+            result.dead_letters.append((record.key, dead_letter_for(record, verdict, now_ms)))
             result.errors[verdict.error] += 1
             continue
         by_user.setdefault(verdict.user_id, []).append(

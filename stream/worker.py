@@ -272,8 +272,11 @@ class BatchWorker:
     async def _apply(self, records: Sequence[SourceRecord], started: float) -> BatchResult:
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = started
+        last: dict[tuple[str, int], int] = {}  # the batch's last offset per partition
         for record in records:
-            self._positions[TopicPartition(record.topic, record.partition)] = record.offset + 1
+            last[record.topic, record.partition] = record.offset
+        for (topic, partition), offset in last.items():
+            self._positions[TopicPartition(topic, partition)] = offset + 1
         events = [r for r in records if r.topic == self.settings.topic_events]
         lookups = self._embedding_totals()
         result = await self._retrying(
@@ -284,8 +287,9 @@ class BatchWorker:
         if self.models is not None:
             labels = [r for r in records if r.topic != self.settings.topic_events]
             await self._learn_labels(labels, result)
-            for record in events:
-                self.models.advance(record.topic, record.partition, record.offset)
+            for (topic, partition), offset in last.items():
+                if topic == self.settings.topic_events:  # labels advance as they are learnt
+                    self.models.advance(topic, partition, offset)
         return result
 
     async def _learn_labels(self, records: Sequence[SourceRecord], result: BatchResult) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -11,7 +10,7 @@ import pytest
 
 from profiling.labels import apply_labels
 from profiling.models import ProfileModels, alert_id
-from profiling.pipeline import Stages, apply_batch
+from profiling.pipeline import Record, Stages, apply_batch
 from profiling.profile import ProfileParams
 from profiling.risk import RiskModel
 from profiling.segments import SEGMENT_FEATURES, SegmentModel
@@ -22,18 +21,9 @@ NOW = 1_750_000_000_000
 PARAMS = ProfileParams(heartbeat_ms=0)
 
 
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
-def records(bodies: list[dict[str, object]], topic: str = "events", start: int = 0) -> list[Rec]:
+def records(bodies: list[dict[str, object]], topic: str = "events", start: int = 0) -> list[Record]:
     return [
-        Rec(topic, 0, start + i, str(b["user_id"]).encode(), orjson.dumps(b))
+        Record(topic, 0, start + i, str(b["user_id"]).encode(), orjson.dumps(b))
         for i, b in enumerate(bodies)
     ]
 
@@ -171,7 +161,7 @@ async def test_labels_join_the_features_kept_at_scoring_time() -> None:
         {"event_id": "never-scored", "user_id": "u1", "label": 1, "ts": NOW},
         {"event_id": "u1-p2", "user_id": "u1", "label": 7, "ts": NOW},
     ]
-    batch = [*records(labels, topic="fraud-labels"), Rec("fraud-labels", 0, 4, b"u1", b"{oops")]
+    batch = [*records(labels, topic="fraud-labels"), Record("fraud-labels", 0, 4, b"u1", b"{oops")]
     result = await apply_labels(batch, store, models, NOW)
     assert result.outcomes == {"learnt": 2, "unknown": 1, "invalid": 2}
     errors = [orjson.loads(letter)["error"] for _, letter in result.dead_letters]

@@ -8,7 +8,6 @@ import itertools
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -16,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from profiling.events import EVENT_TYPES, Event, decode_event
-from profiling.pipeline import apply_batch
+from profiling.pipeline import Record, apply_batch
 from profiling.profile import (
     DEFAULT_CATEGORY_WEIGHTS,
     Delivery,
@@ -29,17 +28,6 @@ from profiling.store import InMemoryProfileStore
 NOW = 1_750_000_000_000
 PARAMS = ProfileParams(category_half_life_ms=3_600_000.0, heartbeat_ms=0)
 TYPES = list(EVENT_TYPES)
-
-
-@dataclass(frozen=True)
-class Rec:
-    """A consumed record, shaped like aiokafka's."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 def make_event(  # noqa: PLR0917 - one row of the generated log
@@ -70,20 +58,20 @@ events_strategy = st.lists(
 )
 
 
-def to_records(rows: Sequence[tuple]) -> list[Rec]:
+def to_records(rows: Sequence[tuple]) -> list[Record]:
     records = []
     for i, (user, kind, ts, category, amount) in enumerate(rows):
         body = make_event(i, user, kind, ts, category, amount)
-        records.append(Rec("ev", 0, i, user.encode(), orjson.dumps(body)))
+        records.append(Record("ev", 0, i, user.encode(), orjson.dumps(body)))
     return records
 
 
-def split(records: list[Rec], cuts: list[int]) -> list[list[Rec]]:
+def split(records: list[Record], cuts: list[int]) -> list[list[Record]]:
     bounds = sorted({c % (len(records) + 1) for c in cuts} | {0, len(records)})
     return [records[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
-def run_batches(batches: list[list[Rec]], store: InMemoryProfileStore | None = None):
+def run_batches(batches: list[list[Record]], store: InMemoryProfileStore | None = None):
     store = store or InMemoryProfileStore()
 
     async def go() -> None:
@@ -94,7 +82,7 @@ def run_batches(batches: list[list[Rec]], store: InMemoryProfileStore | None = N
     return store
 
 
-def oracle(records: Sequence[Rec], user: str) -> dict:
+def oracle(records: Sequence[Record], user: str) -> dict:
     """Recount a user's aggregates from every distinct event, with numpy."""
     events: dict[str, Event] = {}
     for record in records:
@@ -125,7 +113,7 @@ def oracle(records: Sequence[Rec], user: str) -> dict:
     }
 
 
-def assert_matches_oracle(store: InMemoryProfileStore, records: Sequence[Rec]) -> None:
+def assert_matches_oracle(store: InMemoryProfileStore, records: Sequence[Record]) -> None:
     users = {orjson.loads(r.value or b"{}")["user_id"] for r in records}
     loaded = asyncio.run(store.load({u: [] for u in users}))
     for user in users:
@@ -164,7 +152,9 @@ def test_replaying_any_batch_changes_nothing(rows: list[tuple], cuts: list[int])
 @given(rows=events_strategy)
 def test_resent_events_are_applied_once(rows: list[tuple]) -> None:
     records = to_records(rows)
-    resent = [Rec(r.topic, r.partition, r.offset + len(records), r.key, r.value) for r in records]
+    resent = [
+        Record(r.topic, r.partition, r.offset + len(records), r.key, r.value) for r in records
+    ]
     store = run_batches([records, resent])
     assert_matches_oracle(store, records)
 
@@ -214,7 +204,7 @@ def test_stale_writer_loses_the_version_race() -> None:
     run_batches([records], store)
     loaded = asyncio.run(store.load({"alice": []}))["alice"]
     # Another worker wrote meanwhile: a write computed from the old version is refused.
-    run_batches([[Rec("ev", 0, 1, b"alice", records[0].value.replace(b'"e0"', b'"e9"'))]], store)
+    run_batches([[Record("ev", 0, 1, b"alice", records[0].value.replace(b'"e0"', b'"e9"'))]], store)
     from profiling.store import Write
 
     conflicts = asyncio.run(store.save([Write(loaded.profile, loaded.profile.version - 1, [])]))
