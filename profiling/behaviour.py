@@ -226,29 +226,43 @@ class _Working:
         v, ts = self.values, event.ts
         self._frozen = None
         first = v["first_ts"]
-        v["first_ts"] = ts if not first or ts < first else first
+        if not first or ts < first:
+            v["first_ts"] = ts
         v["last_ts"] = max(v["last_ts"], ts)
-        _append(v["events"], ts, RECENT_EVENTS)
+        stamps = v["events"]
+        if stamps and ts < stamps[-1]:
+            insort(stamps, ts)  # a late event
+        else:
+            stamps.append(ts)
+        if len(stamps) > 2 * RECENT_EVENTS:
+            del stamps[:-RECENT_EVENTS]
         kind = event.type
-        if not (kind == "login" and event.success is False):
-            device, country = event.device_id, event.country
-            if device is not None and device != self._device:
-                v["devices"] = _touch(v["devices"], token(device), ts)
-                self._device = device
-            if country is not None and country != self._country:
-                v["countries"] = _touch(v["countries"], token(country), ts)
-                self._country = country
-        if event.price is not None:
-            v["price_n"], v["price_sum"] = v["price_n"] + 1, v["price_sum"] + event.price
+        failed_login = kind == "login" and event.success is False
+        if not failed_login and (event.device_id != self._device or event.country != self._country):
+            self._identify(event)
+        price = event.price
+        if price is not None:
+            v["price_n"] += 1
+            v["price_sum"] += price
         if kind == "purchase":
             self._purchase(event)
+        elif failed_login:
+            _append(v["failures"], ts, RECENT_FAILURES)
         elif kind == "login":
-            if event.success is False:
-                _append(v["failures"], ts, RECENT_FAILURES)
-            elif ts > v["last_login"]:
-                v["last_login"] = ts
+            v["last_login"] = max(v["last_login"], ts)
         elif kind == "add_to_cart" and ts > v["last_cart"]:
             v["last_cart"] = ts
+
+    def _identify(self, event: Event) -> None:
+        """Remember the device and country an event came from, when not the previous event's."""
+        v, ts = self.values, event.ts
+        device, country = event.device_id, event.country
+        if device is not None and device != self._device:
+            v["devices"] = _touch(v["devices"], token(device), ts)
+            self._device = device
+        if country is not None and country != self._country:
+            v["countries"] = _touch(v["countries"], token(country), ts)
+            self._country = country
 
     def _purchase(self, event: Event) -> None:
         v = self.values

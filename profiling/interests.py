@@ -18,7 +18,7 @@ import numpy as np
 
 from profiling.embedding_cache import EmbeddingCache, EmbeddingLRU, embed_events
 from profiling.encoder import Encoder
-from profiling.profile import Outcome, Profile
+from profiling.profile import Outcome, Profile, evolve
 from profiling.vectors import (
     InterestState,
     StoredInterest,
@@ -85,7 +85,7 @@ class InterestModel:
         publish = outcome.publish or drifted
         if publish and stored.vec_long is not None:
             stored = replace(stored, sketch=drift_sketch(new.long.direction))
-        profile = replace(
+        profile = evolve(
             profile,
             interest=stored,
             model=self.encoder.model_id,
@@ -93,4 +93,7 @@ class InterestModel:
             published_at=now_ms if publish else profile.published_at,
             published_version=profile.version if publish else profile.published_version,
         )
-        return replace(outcome, profile=profile, changed=outcome.changed | moved, publish=publish)
+        o = outcome
+        return Outcome(
+            profile, o.applied, o.duplicates, o.replayed, o.changed | moved, publish, o.scored
+        )

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 import msgspec
-import orjson
 
 from profiling.events import MIN_TS_MS, Rejection
 from profiling.models import ProfileModels
 from profiling.pipeline import SourceRecord, dead_letter_for
+from profiling.risk import kept_features
 from profiling.store import ProfileStore
 
 
@@ -77,7 +77,7 @@ async def apply_labels(
         if features is None:
             result.outcomes["unknown"] += 1
             continue
-        models.learn_label(orjson.loads(features), bool(label.label))
+        models.learn_label(kept_features(features), bool(label.label))
         result.outcomes["learnt"] += 1
     for record in records:
         models.advance(record.topic, record.partition, record.offset)

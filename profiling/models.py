@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
@@ -29,8 +29,8 @@ import orjson
 
 from profiling.behaviour import Behaviour, observe_all, profile_features, vector_projection
 from profiling.events import Event
-from profiling.profile import Outcome, Profile
-from profiling.risk import ANOMALY, Risk, RiskModel, risk_band
+from profiling.profile import Outcome, Profile, evolve
+from profiling.risk import ANOMALY, Risk, RiskModel, keep_features, risk_band
 from profiling.segments import Assignment, SegmentModel
 
 SNAPSHOT_FORMAT: Final = 1
@@ -114,8 +114,7 @@ class ProfileModels:
         snapshots: list[tuple[str, bytes]] = []
         alerts: list[str] = []
         for event, features, risk in scored:
-            kept = {name: round(value, 6) for name, value in features.items() if value}
-            snapshots.append((event.event_id, orjson.dumps(kept)))  # absent = 0.0
+            snapshots.append((event.event_id, keep_features(features)))
             if risk >= self.alert_threshold:
                 explained = self.risk.explain(features, risk)
                 alerts.append(self._alert(profile.user_id, event, explained, features))
@@ -197,7 +196,7 @@ class ProfileModels:
         publish = outcome.publish or moved or band_moved
         if publish and not outcome.publish:
             changes["published_at"], changes["published_version"] = before.updated, before.version
-        profile = replace(
+        profile = evolve(
             before,
             **changes,
             segment=assignment.segment,

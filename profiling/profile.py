@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from typing import Final, NamedTuple
 
 from profiling.behaviour import Behaviour
@@ -102,6 +102,26 @@ class Profile:
         return [(name, round(score, 6)) for name, score in best if score > 0]
 
 
+_PROFILE_SLOTS: Final = tuple(
+    (descriptor.__get__, descriptor.__set__)
+    for descriptor in (getattr(Profile, f.name) for f in fields(Profile))
+)
+
+
+def evolve(profile: Profile, **changes: object) -> Profile:
+    """`dataclasses.replace` for the hot path: a copy with `changes`, at half the cost.
+
+    Copies the slots directly instead of calling the frozen `__init__` with every
+    field; `changes` must name fields (a typo raises AttributeError).
+    """
+    new = object.__new__(Profile)
+    for get, put in _PROFILE_SLOTS:
+        put(new, get(profile))
+    for name, value in changes.items():
+        getattr(Profile, name).__set__(new, value)
+    return new
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What applying one user's deliveries did."""
@@ -112,7 +132,7 @@ class Outcome:
     replayed: int
     changed: frozenset[str]  # what the change message reports, when there is one
     publish: bool
-    scored: tuple[tuple[str, bytes], ...] = ()  # (event_id, features JSON) kept for labels
+    scored: tuple[tuple[str, bytes], ...] = ()  # (event_id, kept features) for labels
 
     @property
     def wrote(self) -> bool:
@@ -160,7 +180,7 @@ def apply_deliveries(
     all_changed = carried | changed
     publish = profile.is_new or now_ms - profile.published_at >= params.heartbeat_ms
     version = profile.version + 1
-    updated = replace(
+    updated = evolve(
         profile,
         version=version,
         first_seen=first_seen,
@@ -181,10 +201,11 @@ def apply_deliveries(
 
 def with_publication(outcome: Outcome, now_ms: int) -> Outcome:
     """The outcome with a change message due: the profile records what it published."""
-    profile = replace(
+    profile = evolve(
         outcome.profile, published_at=now_ms, published_version=outcome.profile.version
     )
-    return replace(outcome, profile=profile, publish=True)
+    o = outcome
+    return Outcome(profile, o.applied, o.duplicates, o.replayed, o.changed, True, o.scored)
 
 
 def _select_fresh(

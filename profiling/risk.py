@@ -24,13 +24,16 @@ A drift detector (ADWIN) watches the stream of risk scores.
 from __future__ import annotations
 
 import math
+import operator
 import random
+import struct
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
+import orjson
 from river import anomaly, compose, drift, linear_model, optim, preprocessing
 
 from profiling.behaviour import TRANSACTION_FEATURES
@@ -39,6 +42,31 @@ RISK_MODEL: Final = "hst-lr-v1"
 REFRESH_EVERY: Final = 64
 _ZEROS: Final = dict.fromkeys((*TRANSACTION_FEATURES, "anomaly"), 0.0)
 ANOMALY: Final = "anomaly"  # the raw HalfSpaceTrees score, a feature of the classifier
+KEPT_FEATURES: Final = (*TRANSACTION_FEATURES, ANOMALY)
+_KEPT_FORMAT: Final = b"\x01"  # then float32 little-endian, one per KEPT_FEATURES name
+_KEPT_PACK: Final = struct.Struct(f"<{len(KEPT_FEATURES)}f")
+_transaction_row = operator.itemgetter(*TRANSACTION_FEATURES)
+
+
+def keep_features(features: Mapping[str, float]) -> bytes:
+    """A scored event's features as kept for its label: 73 bytes (float32 is plenty here)."""
+    return _KEPT_FORMAT + _KEPT_PACK.pack(*(features.get(name, 0.0) for name in KEPT_FEATURES))
+
+
+def kept_features(raw: bytes) -> dict[str, float]:
+    """The features `keep_features` kept (or a JSON object of them, the earlier format)."""
+    if raw[:1] == _KEPT_FORMAT and len(raw) == 1 + _KEPT_PACK.size:
+        return dict(zip(KEPT_FEATURES, _KEPT_PACK.unpack_from(raw, 1), strict=True))
+    decoded: dict[str, float] = orjson.loads(raw)
+    return decoded
+
+
+def _matrix(batch: Sequence[Mapping[str, float]]) -> np.ndarray[Any, Any]:
+    """One row per event, columns in TRANSACTION_FEATURES order (missing features are 0)."""
+    try:
+        return np.array([_transaction_row(x) for x in batch], dtype=float)
+    except KeyError:
+        return np.array([[x.get(name, 0.0) for name in TRANSACTION_FEATURES] for x in batch])
 
 
 def risk_band(risk: float | None, threshold: float = 0.8) -> str | None:
@@ -146,14 +174,15 @@ class RiskModel:
         """
         if not batch:
             return []
-        matrix = np.array([[x.get(name, 0.0) for name in TRANSACTION_FEATURES] for x in batch])
+        matrix = _matrix(batch)
         if learn:
             self.population.learn(matrix)
         weight = self.label_weight
+        trees, calibration, drift = self.trees, self.calibration, self.drift
         out = []
         for x, scaled in zip(batch, self.population.scale(matrix), strict=True):
-            raw = float(self.trees.score_one(scaled))
-            anomalous = self.calibration.risk(raw)
+            raw = float(trees.score_one(scaled))
+            anomalous = calibration.risk(raw)
             supervised = 0.0
             if weight:
                 plain = {name: value for name, value in x.items() if name != ANOMALY}
@@ -163,13 +192,14 @@ class RiskModel:
             # shown yet still alerts through the anomaly side (its top share of traffic).
             risk = min(1.0, max(0.0, 1.0 - (1.0 - supervised) * (1.0 - anomalous)))
             if learn:
-                self.trees.learn_one(scaled)
-                self.calibration.learn(raw)
-                self.scored += 1
-                self.drift.update(risk)
-                if self.drift.drift_detected:
+                trees.learn_one(scaled)
+                calibration.learn(raw)
+                drift.update(risk)
+                if drift.drift_detected:
                     self.drifts += 1
             out.append((risk, raw))
+        if learn:
+            self.scored += len(out)
         return out
 
     def explain(self, features: Mapping[str, float], risk: float) -> Risk:

@@ -19,6 +19,7 @@ as users are assigned.
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ SEGMENT_FEATURES: Final = (
     "taste_2",
     "taste_3",
 )
+
+_segment_row = operator.itemgetter(*SEGMENT_FEATURES)
 
 # (feature, words when the centre is above the mean, words when below), strongest first.
 WORDS: Final = (
@@ -109,13 +112,19 @@ class SegmentModel:
         """A segment for each profile, given each one's (segment, dwell) so far."""
         if not features:
             return []
-        matrix = np.array([[f.get(name, 0.0) for name in SEGMENT_FEATURES] for f in features])
+        try:
+            matrix = np.array([_segment_row(f) for f in features], dtype=float)
+        except KeyError:
+            matrix = np.array([[f.get(n, 0.0) for n in SEGMENT_FEATURES] for f in features])
         if learn:
             self._learn(features)
         distances = self._distances(self._standardise(matrix))
+        nearest = distances.argmin(axis=1).tolist()
         out = []
-        for row, (segment, dwell), category in zip(distances, current, categories, strict=True):
-            assigned = self._hysteresis(row, segment, dwell)
+        for row, best, (segment, dwell), category in zip(
+            distances.tolist(), nearest, current, categories, strict=True
+        ):
+            assigned = self._hysteresis(row, best, segment, dwell)
             if category:
                 counter = self.top_categories.setdefault(assigned.segment, Counter())
                 counter[category] += 1
@@ -126,8 +135,10 @@ class SegmentModel:
             out.append(assigned)
         return out
 
-    def _hysteresis(self, row: np.ndarray[Any, Any], segment: int | None, dwell: int) -> Assignment:
-        best = int(np.argmin(row))
+    def _hysteresis(
+        self, row: list[float], best: int, segment: int | None, dwell: int
+    ) -> Assignment:
+        """Where a user with these distances to the centres (nearest: `best`) goes."""
         if segment is None or not 0 <= segment < self.n_segments:
             return Assignment(best, 1, None)
         if best == segment or dwell < self.min_dwell:

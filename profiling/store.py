@@ -59,7 +59,7 @@ class Write:
     profile: Profile
     expected_version: int
     applied_ids: Sequence[tuple[str, int]]  # (event_id, ts)
-    scored: Sequence[tuple[str, bytes]] = ()  # (event_id, features JSON) of scored events
+    scored: Sequence[tuple[str, bytes]] = ()  # (event_id, kept features) of scored events
 
 
 class ProfileStore(Protocol):

@@ -12,7 +12,7 @@ from profiling.labels import apply_labels
 from profiling.models import ProfileModels, alert_id
 from profiling.pipeline import Record, Stages, apply_batch
 from profiling.profile import ProfileParams
-from profiling.risk import RiskModel
+from profiling.risk import KEPT_FEATURES, RiskModel, keep_features, kept_features
 from profiling.segments import SEGMENT_FEATURES, SegmentModel
 from profiling.store import InMemoryProfileStore
 from tests.schemas import schema_accepts
@@ -169,6 +169,18 @@ async def test_labels_join_the_features_kept_at_scoring_time() -> None:
     assert models.risk.labels == {0: 1, 1: 1}
     replay = await apply_labels(batch, store, models, NOW)  # after a restart from the snapshot
     assert replay.outcomes == {"skipped": 5} and models.risk.labels == {0: 1, 1: 1}
+
+
+def test_kept_features_are_what_was_scored_in_73_bytes() -> None:
+    rng = random.Random(11)
+    features = {name: rng.choice([0.0, 1.0, rng.uniform(-5, 20)]) for name in KEPT_FEATURES}
+    raw = keep_features(features)
+    assert len(raw) == 73
+    back = kept_features(raw)
+    assert list(back) == list(KEPT_FEATURES)
+    assert all(abs(back[n] - features[n]) <= 1e-6 * max(1.0, abs(features[n])) for n in features)
+    assert kept_features(keep_features({"new_card": 1.0}))["amount_log"] == 0.0  # absent = 0
+    assert kept_features(b'{"new_card": 1.0}') == {"new_card": 1.0}  # the earlier JSON format
 
 
 def test_labels_make_risk_separate_fraud_better() -> None:
