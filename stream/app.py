@@ -20,6 +20,7 @@ from mode import Service
 
 from stream import metrics
 from stream.lookup import read_profile_json
+from stream.runner import settle_heap
 from stream.settings import Settings
 from stream.web import readiness
 from stream.worker import BatchWorker
@@ -58,6 +59,7 @@ class EventPathService(Service):
             return
         self.worker = BatchWorker(settings)
         await self.worker.start()
+        settle_heap()
         EventPathService.running = self.worker
         self._task = asyncio.ensure_future(self.worker.run())
 
