@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -99,6 +100,7 @@ def run_pass(
         runner = [sys.executable]
         if profile:
             runner += ["-m", "pyinstrument", "-o", f"{profile}.{label}.txt"]
+        redis_cpu, worker_cpu = redis_cpu_s(settings.redis_url), children_cpu_s()
         t0 = time.perf_counter()
         subprocess.run(
             [*runner, "-m", "stream.cli", "run", "--until-idle", "2",
@@ -107,7 +109,24 @@ def run_pass(
         )  # fmt: skip
         wall_s = time.perf_counter() - t0
         stats: dict[str, object] = json.loads(stats_path.read_text())
+    # Whole-process CPU (start-up and idle wait included): where the two cores went.
+    stats["worker_cpu_s"] = round(children_cpu_s() - worker_cpu, 2)
+    stats["redis_cpu_s"] = round(redis_cpu_s(settings.redis_url) - redis_cpu, 2)
     return stats, wall_s
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def redis_cpu_s(redis_url: str) -> float:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def main() -> None:

@@ -2,15 +2,34 @@
 
 A `profiler run` process consumes a topic fed at a steady rate with synthetic
 shop traffic. Every 20 ms a probe event goes to one of 50 probe users; a reader
-outside the worker polls Redis every millisecond and records when each probe's
-user shows the probe applied (its `events` count reached the probe's number).
-Latency = that moment minus the moment the probe was handed to the producer,
-so it includes producer linger, broker, fetch wait, apply, the Redis write and
-the poll interval. The worker's own event-to-store histogram is scraped from
-its /metrics at the end.
+outside the worker records when each probe's user shows the probe applied (its
+`events` count reached the probe's number). Latency = that moment minus the
+moment the probe was handed to the producer, so it includes producer linger,
+broker, fetch wait, apply and the Redis write. The worker's own event-to-store
+histogram is scraped from its /metrics at the end.
+
+The reader (`--reader`):
+
+* `notify` (default): the benchmark owns its redis-server, so it turns on
+  keyspace notifications for hash commands (`notify-keyspace-events Kh`; the
+  worker's save script writes profiles with HSET) and subscribes to the probe
+  users' `__keyspace@<db>__:profile:{probeN}` channels. On each notification
+  for a user with a probe in flight it takes the time, then reads that user's
+  `events` once (HGET); the probe counts as seen, at the notification's time,
+  only if that value confirms it. The latency therefore also includes the
+  notification's delivery (the server publishes it when the write's script
+  runs; the reader stamps it when it takes it off the socket), not a poll
+  interval, and the reader sleeps in between.
+* `poll`: the former reader, for comparison: it reads the users with a probe in
+  flight every millisecond (about 6 % of a core here); the latency includes up
+  to a poll interval.
+
+Each run also records the reader, the CPU time of this process (the producer
+and the reader) and of redis-server during the feed.
 
     python bench/freshness.py --rates 10000 20000 --seconds 20
     python bench/freshness.py --rates 10000 --worker-env PROFILER_BATCH_MAX_MS=10
+    python bench/freshness.py --rates 10000 --reader poll
 """
 
 from __future__ import annotations
@@ -31,7 +50,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 
+from profiling.store import profile_key
 from stream import kafka
 from stream.devstack import DevStack, free_port
 from stream.settings import Settings
@@ -43,6 +64,13 @@ ROOT = Path(__file__).parent.parent
 PROBE_USERS = 50
 PROBE_EVERY_S = 0.02
 TICK_S = 0.01
+READERS = ("notify", "poll")
+# Keyspace notifications for hash commands (HSET, HMSET, ...), as key-named channels.
+NOTIFY_EVENTS = "Kh"
+
+
+def probe_key(user: int) -> str:
+    return profile_key(f"probe{user}")
 
 
 async def feed(settings: Settings, rate: int, seconds: float, probes: dict[str, float]) -> int:
@@ -99,37 +127,120 @@ async def watch(
             if waiting:
                 pipe = client.pipeline(transaction=False)
                 for user in waiting:
-                    pipe.hget(f"profile:{{probe{user}}}", "events")
+                    pipe.hget(probe_key(user), "events")
                 counts = await pipe.execute()
                 now = time.monotonic()
                 for user, count in zip(waiting, counts, strict=True):
-                    for n in range(landed[user] + 1, int(count or 0) + 1):
-                        seen[f"probe{user}:{n}"] = now
-                    landed[user] = max(landed[user], int(count or 0))
+                    _land(user, int(count or 0), now, landed, seen)
             await asyncio.sleep(0.001)
     finally:
         await client.aclose()
 
 
-async def measure(settings: Settings, rate: int, seconds: float) -> dict[str, object]:
+async def subscribe_probes(client: aioredis.Redis) -> tuple[PubSub, dict[bytes, int]]:
+    """Subscribe to the probe users' keyspace channels; return once all are confirmed.
+
+    Returns the subscription and each channel's probe user.
+    """
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    channels = {f"__keyspace@{db}__:{probe_key(u)}".encode(): u for u in range(PROBE_USERS)}
+    pubsub = client.pubsub()
+    await pubsub.subscribe(*channels)
+    confirmed = 0
+    async with asyncio.timeout(10):
+        while confirmed < len(channels):
+            message = await pubsub.get_message(timeout=1.0)
+            if message is not None and message["type"] == "subscribe":
+                confirmed += 1
+    return pubsub, channels
+
+
+async def listen(
+    client: aioredis.Redis,
+    pubsub: PubSub,
+    channels: dict[bytes, int],
+    probes: dict[str, float],
+    seen: dict[str, float],
+    *,
+    until: asyncio.Event,
+) -> None:
+    """Note when each probe lands, woken by its user's keyspace notifications.
+
+    The time is taken as the notification comes off the socket, before the HGET
+    that confirms (or not) the probe's count. A notification for a user with no
+    probe in flight (a second HSET of the same save, say) is not followed up.
+    """
+    landed = [0] * PROBE_USERS
+    while not (until.is_set() and len(seen) >= len(probes)):
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is None:
+            continue
+        now = time.monotonic()
+        user = channels.get(message["channel"])
+        if user is None or f"probe{user}:{landed[user] + 1}" not in probes:
+            continue
+        count = await client.hget(probe_key(user), "events")
+        _land(user, int(count or 0), now, landed, seen)
+
+
+def _land(user: int, count: int, now: float, landed: list[int], seen: dict[str, float]) -> None:
+    """Record `user`'s probes up to `count` as seen at `now` (those not seen before)."""
+    for n in range(landed[user] + 1, count + 1):
+        seen[f"probe{user}:{n}"] = now
+    landed[user] = max(landed[user], count)
+
+
+async def measure(settings: Settings, rate: int, seconds: float, reader: str) -> dict[str, object]:
     probes: dict[str, float] = {}
     seen: dict[str, float] = {}
     done = asyncio.Event()
-    watcher = asyncio.create_task(watch(settings.redis_url, probes, seen, done))
-    sent = await feed(settings, rate, seconds, probes)
-    done.set()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(watcher, timeout=60)
+    client = aioredis.Redis.from_url(settings.redis_url)
+    pubsub: PubSub | None = None
+    # Put back as found: the runs of one invocation share the server.
+    previous = next(iter((await client.config_get("notify-keyspace-events")).values())) or ""
+    try:
+        if reader == "notify":
+            await client.config_set("notify-keyspace-events", NOTIFY_EVENTS)
+            pubsub, channels = await subscribe_probes(client)
+            watcher = asyncio.create_task(
+                listen(client, pubsub, channels, probes, seen, until=done)
+            )
+        else:
+            watcher = asyncio.create_task(watch(settings.redis_url, probes, seen, done))
+        redis_cpu = await _redis_cpu_s(client)
+        cpu, wall = time.process_time(), time.monotonic()
+        sent = await feed(settings, rate, seconds, probes)
+        done.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(watcher, timeout=60)
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        redis_cpu = await _redis_cpu_s(client) - redis_cpu
+    finally:
+        if pubsub is not None:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await client.config_set("notify-keyspace-events", previous)
+        await client.aclose()
     latencies = np.array([seen[k] - probes[k] for k in seen]) * 1000
     return {
         "target_rate": rate,
+        "reader": reader,
         "sent": sent,
         "probes": len(probes),
         "probes_seen": len(seen),
         "p50_ms": round(float(np.percentile(latencies, 50)), 1),
         "p99_ms": round(float(np.percentile(latencies, 99)), 1),
         "max_ms": round(float(latencies.max()), 1),
+        # From the feed's start until the reader saw the last probe: this process
+        # (producer and reader) and redis-server (worker's reads and writes, reader).
+        "window_s": round(wall, 2),
+        "bench_cpu_s": round(cpu, 2),
+        "redis_cpu_s": round(redis_cpu, 2),
     }
+
+
+async def _redis_cpu_s(client: aioredis.Redis) -> float:
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def scrape_histogram(port: int) -> dict[str, float]:
@@ -158,6 +269,12 @@ def main() -> None:
         default=[],
         metavar="NAME=VALUE",
         help="extra PROFILER_* setting for the worker, e.g. PROFILER_BATCH_MAX_MS=10",
+    )
+    parser.add_argument(
+        "--reader",
+        choices=READERS,
+        default="notify",
+        help="how the probes are watched: keyspace notifications (default) or 1 ms polling",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "freshness.json")
     args = parser.parse_args()
@@ -190,7 +307,7 @@ def main() -> None:
             )
             try:
                 _wait_ready(port)
-                result = asyncio.run(measure(settings, rate, args.seconds))
+                result = asyncio.run(measure(settings, rate, args.seconds, args.reader))
                 result["worker_event_to_store_histogram"] = scrape_histogram(port)
             finally:
                 worker.terminate()
