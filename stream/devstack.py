@@ -355,6 +355,9 @@ class LocalBroker(_LocalServer):
         return env
 
 
+COMPACT_HASH_VALUE_BYTES = 2048  # the largest value a compact (listpack) hash may hold
+
+
 class LocalRedis(_LocalServer):
     """A throwaway redis-server on 127.0.0.1: no persistence, data dir in a temp directory."""
 
@@ -379,6 +382,9 @@ class LocalRedis(_LocalServer):
             "--appendonly", "no",
             "--daemonize", "no",
             "--dir", str(workdir),
+            # As deployed (docker-compose.yml): a profile hash with its two 1,536-byte
+            # vectors stays in the compact encoding (see schemas/redis_profile.md).
+            "--hash-max-ziplist-value", str(COMPACT_HASH_VALUE_BYTES),
         ]  # fmt: skip
 
     def _answers(self, port: int) -> bool:

@@ -11,7 +11,7 @@ from typing import Any, Final
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from profiling.store import (
     VECTOR_FIELDS,
@@ -96,6 +96,21 @@ local ttl = tonumber(ARGV[1])
 for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl) end
 return #KEYS
 """
+
+
+async def compact_hash_limit(client: aioredis.Redis) -> int | None:
+    """The largest value a hash may hold and keep Redis's compact encoding; None if unknown.
+
+    A profile hash with vectors holds two 4 x dim-byte values; past this limit
+    Redis converts it to a hashtable, which costs about 1.4 KB more per profile.
+    CONFIG may be disabled (managed Redis): then nobody can tell, and None.
+    """
+    try:
+        reply = await client.config_get("hash-max-*-value")
+    except RedisError:
+        return None
+    values = [int(value) for value in reply.values() if value is not None]
+    return min(values) if values else None
 
 
 def connect(url: str) -> aioredis.Redis:

@@ -39,7 +39,7 @@ from profiling.profile import MS_PER_DAY, ProfileParams
 from stream import kafka, metrics
 from stream.interest_setup import interest_model
 from stream.model_setup import build_models, restore_models, save_models
-from stream.redis_store import RedisProfileStore, connect
+from stream.redis_store import RedisProfileStore, compact_hash_limit, connect
 from stream.settings import Settings
 
 log = logging.getLogger("profiler.worker")
@@ -171,6 +171,8 @@ class BatchWorker:
 
     async def start(self) -> None:
         await self.redis.ping()
+        if self.stages.interests is not None:
+            await self._check_compact_profiles(self.stages.interests.encoder.dim)
         if self.models is not None:
             await restore_models(self.models, self.redis, self.settings)
             self._snapshots_allowed = True  # never overwrite a snapshot we could not read
@@ -180,6 +182,17 @@ class BatchWorker:
         if self.models is not None:
             topics.append(self.settings.topic_labels)  # co-partitioned with the events
         self.consumer.subscribe(topics, listener=self.assignment)
+
+    async def _check_compact_profiles(self, dim: int) -> None:
+        limit = await compact_hash_limit(self.redis)
+        if limit is not None and limit < 4 * dim:
+            log.warning(
+                "Redis keeps a hash compact only with values up to %d bytes: profiles with "
+                "%d-byte vectors will take its larger encoding (about 1.4 KB more each); "
+                "set hash-max-listpack-value 2048 as docker-compose.yml does",
+                limit,
+                4 * dim,
+            )
 
     async def checkpoint(self) -> bool:
         """Save a signed snapshot of the models (with their offsets) when a secret is set."""

@@ -27,7 +27,9 @@ from profiling.store import (
     seen_key,
     state_key,
 )
-from stream.redis_store import RedisProfileStore, connect
+from profiling.vectors import StoredInterest
+from stream.devstack import COMPACT_HASH_VALUE_BYTES
+from stream.redis_store import RedisProfileStore, compact_hash_limit, connect
 
 WINDOW = 16  # a small dedupe window, so tests can overflow it
 T0 = 1_700_000_000_000
@@ -259,3 +261,15 @@ async def test_redis_keys_of_a_user_share_its_hash_tag(redis_client: aioredis.Re
     assert await redis_client.type(profile_key("alice")) == b"hash"
     assert await redis_client.type(state_key("alice")) == b"string"
     assert await redis_client.type(seen_key("alice")) == b"zset"
+
+
+async def test_redis_keeps_a_profile_with_vectors_in_the_compact_encoding(
+    redis_client: aioredis.Redis,
+) -> None:
+    """As deployed: the two 1,536-byte vectors do not push the hash out of its compact form."""
+    assert await compact_hash_limit(redis_client) == COMPACT_HASH_VALUE_BYTES
+    vectors = StoredInterest(bytes(range(256)) * 6, bytes(6 * 256), 0.5, -1.0)
+    await write(RedisProfileStore(redis_client), replace(rich_profile(), interest=vectors), 0)
+    encoding = await redis_client.object("encoding", profile_key("alice"))
+    assert encoding in (b"ziplist", b"listpack")
+    assert await redis_client.memory_usage(profile_key("alice"), samples=0) < 4096

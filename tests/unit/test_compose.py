@@ -22,6 +22,7 @@ import jsonschema_rs
 import pytest
 import yaml
 
+from stream.devstack import COMPACT_HASH_VALUE_BYTES
 from stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,6 +184,14 @@ def test_kafka_runs_in_kraft_mode_and_redis_keeps_an_append_only_file() -> None:
     redis = service("redis")
     assert "--appendonly yes" in shell_text(redis["command"])
     assert any(str(v).endswith(":/data") for v in redis["volumes"])
+
+
+def test_redis_keeps_profile_hashes_with_vectors_compact() -> None:
+    """Two 384-d float32 vectors are 1,536-byte values: the compact encoding must allow them."""
+    words = shell_text(service("redis")["command"]).split()
+    value = int(words[words.index("--hash-max-listpack-value") + 1])
+    assert value >= 4 * 384 == 1536
+    assert value == COMPACT_HASH_VALUE_BYTES  # the tests' and benchmarks' redis-server too
 
 
 # --- the image ---------------------------------------------------------------------
