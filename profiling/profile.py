@@ -194,18 +194,11 @@ def apply_deliveries(
         watermarks=watermarks,
         unpublished=all_changed,
         alerts=(),
+        # A change message is due: the profile records what it publishes.
+        published_at=now_ms if publish else profile.published_at,
+        published_version=version if publish else profile.published_version,
     )
-    outcome = Outcome(updated, fresh, duplicates, replayed, all_changed, False)
-    return with_publication(outcome, now_ms) if publish else outcome
-
-
-def with_publication(outcome: Outcome, now_ms: int) -> Outcome:
-    """The outcome with a change message due: the profile records what it published."""
-    profile = evolve(
-        outcome.profile, published_at=now_ms, published_version=outcome.profile.version
-    )
-    o = outcome
-    return Outcome(profile, o.applied, o.duplicates, o.replayed, o.changed, True, o.scored)
+    return Outcome(updated, fresh, duplicates, replayed, all_changed, publish)
 
 
 def _select_fresh(
