@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final, NamedTuple, Protocol, runtime_checkable
+from typing import Final, NamedTuple, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -53,19 +53,20 @@ class CacheKey(NamedTuple):
         return f"profiler:emb:{self.model_id}:{self.kind}:{self.digest}"
 
 
+# Memoised whole: titles, queries and item ids repeat batch after batch, and a dict
+# probe costs far less than a digest plus a new key tuple.
+@lru_cache(maxsize=1 << 15)
 def text_key(model_id: str, text: str) -> CacheKey:
     return CacheKey(model_id, TEXT, _sha1(text))
 
 
+@lru_cache(maxsize=1 << 15)
 def item_key(model_id: str, item_id: str) -> CacheKey:
     return CacheKey(model_id, ITEM, _sha1(item_id))
 
 
-@lru_cache(maxsize=1 << 15)
 def _sha1(text: str) -> str:
-    # Memoised: titles and queries repeat batch after batch, and a dict probe costs
-    # far less than a digest. surrogatepass: a JSON "\ud800" escape decodes to a lone
-    # surrogate, still a valid key.
+    # surrogatepass: a JSON "\ud800" escape decodes to a lone surrogate, still a valid key.
     return hashlib.sha1(text.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()
 
 
@@ -135,6 +136,19 @@ class EmbeddingLRU:
         self.stats.hits += 1
         return vector
 
+    def get_many(self, keys: Sequence[CacheKey]) -> list[Vector | None]:
+        """`get` of every key in order, in one call: a batch's texts without a call each."""
+        entries, found, hits = self._entries, [], 0
+        for key in keys:
+            vector = entries.get(key)
+            if vector is not None:
+                entries.move_to_end(key)
+                hits += 1
+            found.append(vector)
+        self.stats.hits += hits
+        self.stats.misses += len(keys) - hits
+        return found
+
     def peek(self, key: CacheKey) -> Vector | None:
         """The cached vector without counting or refreshing it."""
         return self._entries.get(key)
@@ -168,16 +182,9 @@ async def embed_texts(
     """(len(texts), dim) float32 rows in input order; encodes only what no cache holds."""
     if not texts:
         return np.zeros((0, encoder.dim), dtype=np.float32)
-    keys = {text: text_key(encoder.model_id, text) for text in dict.fromkeys(texts)}
-    found = await _lookup(list(keys.values()), lru, shared, encoder.dim)
-    missing = [text for text, key in keys.items() if key not in found]
-    if missing:
-        encoded = await asyncio.to_thread(encoder.encode, missing)
-        lru.stats.encoded += len(missing)
-        fresh = [(keys[text], row) for text, row in zip(missing, encoded, strict=True)]
-        await _store(fresh, lru, shared, ttl_s)
-        found.update(fresh)
-    return np.stack([found[keys[text]] for text in texts])
+    slot = {text: i for i, text in enumerate(dict.fromkeys(texts))}
+    found = await _text_vectors(list(slot), encoder, lru, shared, ttl_s)
+    return _rows(found)[[slot[text] for text in texts]]
 
 
 class EventVectors(NamedTuple):
@@ -200,30 +207,48 @@ async def embed_events(
     An item event without a title takes the vector last remembered for its
     `item_id` when there is one, and its brand and category words otherwise.
     Events without text (logins) get no row.
+
+    Per event this only finds a slot among the batch's distinct vectors (item
+    vectors first, then texts); cache work is per distinct text or item, and the
+    rows are one gather from the distinct vectors at the end.
     """
     model = encoder.model_id
     untitled = {
         e.item_id: item_key(model, e.item_id)
         for e in events
-        if _reuses_item(e) and e.item_id is not None
+        if not e.title and e.item_id is not None and _reuses_item(e)  # cheap tests first
     }
-    items = await _lookup(list(untitled.values()), lru, shared, encoder.dim) if untitled else {}
-    texts: dict[int, str] = {}
-    reused: dict[int, Vector] = {}
+    items = await _lookup(list(untitled.values()), lru, shared, encoder.dim) if untitled else []
+    reusable = {i: v for i, v in zip(untitled, items, strict=True) if v is not None}
+    item_slot = {item: slot for slot, item in enumerate(reusable)}
+    first_text = len(item_slot)
+    texts: dict[str, int] = {}  # distinct text -> its slot after the item vectors
+    titles: dict[str, int] = {}  # item id -> the text slot of its batch's last title
+    rows: list[int] = []
+    slots: list[int] = []
+    reused = 0
     for i, event in enumerate(events):
-        vector = items.get(untitled[event.item_id]) if event.item_id in untitled else None
-        if vector is not None:
-            reused[i] = vector
+        item = event.item_id
+        if item in item_slot:
+            slot = item_slot[item]
+            reused += 1
         elif (text := event_text(event)) is not None:
-            texts[i] = text
-    lru.stats.items_reused += len(reused)
-    encoded = await embed_texts(list(texts.values()), encoder, lru, shared, ttl_s=ttl_s)
-    by_row = dict(zip(texts, encoded, strict=True)) | reused
-    await _remember_items(events, texts, by_row, model=model, lru=lru, shared=shared, ttl_s=ttl_s)
-    rows = np.array(sorted(by_row), dtype=np.intp)
-    if not len(rows):
-        return EventVectors(rows, np.zeros((0, encoder.dim), dtype=np.float32))
-    return EventVectors(rows, np.stack([by_row[i] for i in rows]))
+            slot = texts.setdefault(text, len(texts))
+            if item and event.type in ITEM_TYPES and event.title == text:
+                titles[item] = slot
+            slot += first_text
+        else:
+            continue
+        rows.append(i)
+        slots.append(slot)
+    lru.stats.items_reused += reused
+    vectors = [*reusable.values(), *await _text_vectors(list(texts), encoder, lru, shared, ttl_s)]
+    await _remember_items(
+        titles, vectors[first_text:], model=model, lru=lru, shared=shared, ttl_s=ttl_s
+    )
+    if not rows:
+        return EventVectors(np.zeros(0, dtype=np.intp), np.zeros((0, encoder.dim), np.float32))
+    return EventVectors(np.array(rows, dtype=np.intp), _rows(vectors)[slots])
 
 
 def _reuses_item(event: Event) -> bool:
@@ -233,50 +258,80 @@ def _reuses_item(event: Event) -> bool:
     return event.type in ITEM_TYPES or (event.type == "review" and not event.text)
 
 
+async def _text_vectors(
+    texts: list[str],
+    encoder: Encoder,
+    lru: EmbeddingLRU,
+    shared: EmbeddingCache | None,
+    ttl_s: int,
+) -> list[Vector]:
+    """One read-only vector per distinct text, in order: the caches first, then one encoder call.
+
+    Fresh rows are frozen before they are cached, so the LRU, the item entries
+    remembered from them and the caller share one array (`_remember_items`
+    then sees an unchanged title by identity, without comparing 384 floats).
+    """
+    keys = [text_key(encoder.model_id, text) for text in texts]
+    found = await _lookup(keys, lru, shared, encoder.dim)
+    missing = [i for i, vector in enumerate(found) if vector is None]
+    if missing:
+        encoded = await asyncio.to_thread(encoder.encode, [texts[i] for i in missing])
+        lru.stats.encoded += len(missing)
+        fresh = [(keys[i], _frozen_copy(row)) for i, row in zip(missing, encoded, strict=True)]
+        await _store(fresh, lru, shared, ttl_s)
+        for i, (_, row) in zip(missing, fresh, strict=True):
+            found[i] = row
+    return cast("list[Vector]", found)  # every None was just filled
+
+
 async def _remember_items(
-    events: Sequence[Event],
-    texts: dict[int, str],
-    by_row: dict[int, Vector],
+    titles: dict[str, int],
+    vectors: Sequence[Vector],
     *,
     model: str,
     lru: EmbeddingLRU,
     shared: EmbeddingCache | None,
     ttl_s: int,
 ) -> None:
-    """Store each titled item's title vector under its item id; shared only when it changed."""
-    titles: dict[str, Vector] = {}  # the batch's last title vector per item
-    for i, text in texts.items():
-        event = events[i]
-        if event.type in ITEM_TYPES and event.item_id and event.title == text:
-            titles[event.item_id] = by_row[i]
-    changed = []
-    for item_id, vector in titles.items():
-        key = item_key(model, item_id)
-        known = lru.peek(key)
+    """Store each titled item's title vector (`vectors[slot]`) under its item id.
+
+    Shared only when it changed: the same array object is unchanged for certain.
+    """
+    changed, peek = [], lru.peek
+    for item_id, slot in titles.items():
+        key, vector = item_key(model, item_id), vectors[slot]
+        known = peek(key)
         if known is None or (known is not vector and not np.array_equal(known, vector)):
             changed.append((key, vector))
     await _store(changed, lru, shared, ttl_s)
 
 
+def _rows(vectors: Sequence[Vector]) -> Vectors:
+    """The vectors as one (n, dim) matrix: `np.array` costs a third of `np.stack` on small rows."""
+    return np.array(vectors, dtype=np.float32)
+
+
+def _frozen_copy(row: Vector) -> Vector:
+    """A read-only float32 copy: what the LRU keeps (`put` keeps read-only rows as they are)."""
+    copy = np.array(row, dtype=np.float32)
+    copy.flags.writeable = False
+    return copy
+
+
 async def _lookup(
     keys: Sequence[CacheKey], lru: EmbeddingLRU, shared: EmbeddingCache | None, dim: int
-) -> dict[CacheKey, Vector]:
-    """Vectors found for `keys`: the LRU first, then one shared round trip for the rest."""
-    found: dict[CacheKey, Vector] = {}
-    absent: list[CacheKey] = []
-    for key in keys:
-        vector = lru.get(key)
-        if vector is None:
-            absent.append(key)
-        else:
-            found[key] = vector
+) -> list[Vector | None]:
+    """One vector per key, None where no cache has it: the LRU, then one shared round trip."""
+    found = lru.get_many(keys)
+    absent = [i for i, vector in enumerate(found) if vector is None]
     if shared is None or not absent:
         return found
-    for key, value in zip(absent, await shared.get_many(absent), strict=True):
+    values = await shared.get_many([keys[i] for i in absent])
+    for i, value in zip(absent, values, strict=True):
         vector = _decode(value, dim)
         if vector is not None:
-            lru.put(key, vector)
-            found[key] = vector
+            lru.put(keys[i], vector)
+            found[i] = vector
             lru.stats.shared_hits += 1
     return found
 

@@ -12,23 +12,25 @@ published one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from profiling.embedding_cache import EmbeddingCache, EmbeddingLRU, embed_events
 from profiling.encoder import Encoder
-from profiling.profile import Outcome, Profile, evolve
+from profiling.profile import Outcome, evolve
 from profiling.vectors import (
-    InterestState,
+    Horizon,
     StoredInterest,
     VectorParams,
-    advance_batch,
+    advance_horizons,
     contributions,
-    cosine_drift,
+    cosine_drifts,
     decode_sketch,
-    drift_sketch,
+    drift_sketches,
 )
+
+_NOTHING_STORED = StoredInterest()
 
 
 @dataclass
@@ -43,7 +45,11 @@ class InterestModel:
     cache_ttl_s: int = 7 * 86_400
 
     async def update(self, outcomes: Sequence[Outcome], now_ms: int) -> list[Outcome]:
-        """The same outcomes with vectors folded in, and publication where vectors drifted."""
+        """The same outcomes with vectors folded in, and publication where vectors drifted.
+
+        Every step works on the whole batch as matrices (stored bytes in, one fold,
+        one drift check, bytes out); per user there is only the profile copy.
+        """
         written = [o for o in outcomes if o.wrote]
         if not written:
             return list(outcomes)
@@ -53,47 +59,105 @@ class InterestModel:
             events, self.encoder, self.lru, self.shared, ttl_s=self.cache_ttl_s
         )
         rows = contributions(
-            [events[i] for i in embedded.rows], embedded.vectors, owner[embedded.rows], self.params
+            [events[i] for i in embedded.rows.tolist()],
+            embedded.vectors,
+            owner[embedded.rows],
+            self.params,
         )
-        before = [self._state(o.profile) for o in written]
-        after = advance_batch(before, rows, self.params, [o.profile.last_seen for o in written])
-        updated = {id(o): self._fold(o, new, now_ms) for o, new in zip(written, after, strict=True)}
+        stored = [o.profile.interest or _NOTHING_STORED for o in written]
+        dim = self.encoder.dim
+        long = Horizon.from_stored([s.vec_long for s in stored], [s.log2_long for s in stored], dim)
+        short = Horizon.from_stored(
+            [s.vec_short for s in stored], [s.log2_short for s in stored], dim
+        )
+        # The stored vectors are decayed to the time they were written at; data written
+        # before that time was stored is taken as decayed to last_seen (a batch late).
+        refs = np.array(
+            [s.ref_ms if s.ref_ms is not None else o.profile.last_seen
+             for s, o in zip(stored, written, strict=True)],
+            dtype=np.int64,
+        )  # fmt: skip
+        last_seen = np.array([o.profile.last_seen for o in written], dtype=np.int64)
+        _, long, short = advance_horizons(
+            refs, long, short, rows, self.params, new_ref_ms=last_seen
+        )
+        folded = self._publish(written, stored, long, short, now_ms)
+        updated = {id(o): new for o, new in zip(written, folded, strict=True)}
         return [updated.get(id(o), o) for o in outcomes]
 
-    def _state(self, profile: Profile) -> InterestState:
-        stored = profile.interest or StoredInterest()
-        return stored.state(profile.last_seen, self.encoder.dim)
-
-    def _fold(self, outcome: Outcome, new: InterestState, now_ms: int) -> Outcome:
-        """The outcome with `new` vectors stored, published if they drifted (one copy each)."""
-        profile = outcome.profile
-        previous = profile.interest or StoredInterest()
-        stored = StoredInterest.of(new, previous.sketch)
-        moved = {
-            name
-            for name, before, now in (
-                ("vec_long", previous.vec_long, stored.vec_long),
-                ("vec_short", previous.vec_short, stored.vec_short),
+    def _publish(
+        self,
+        written: list[Outcome],
+        previous: list[StoredInterest],
+        long: Horizon,
+        short: Horizon,
+        now_ms: int,
+    ) -> list[Outcome]:
+        """Each outcome with its new vectors stored, published if they drifted (one copy each)."""
+        vec_long, vec_short = long.published(), short.published()
+        log2_long, log2_short = long.finite_log2_norms(), short.finite_log2_norms()
+        drift = self._drifts(previous, long, vec_long)
+        # Drifted: a long vector now, and none published before or one it turned away from.
+        publish = [
+            o.publish or (vec is not None and (before.sketch is None or d > self.drift_threshold))
+            for o, before, vec, d in zip(written, previous, vec_long, drift, strict=True)
+        ]
+        sketched = [u for u, vec in enumerate(vec_long) if publish[u] and vec is not None]
+        codes = drift_sketches(long.directions[sketched])
+        sketches = [before.sketch for before in previous]
+        for u, row in zip(sketched, codes, strict=True):
+            sketches[u] = row.tobytes()
+        model = self.encoder.model_id
+        result = []
+        for u, (o, before) in enumerate(zip(written, previous, strict=True)):
+            moved = set()
+            if before.vec_long != vec_long[u]:
+                moved.add("vec_long")
+            if before.vec_short != vec_short[u]:
+                moved.add("vec_short")
+            stored = StoredInterest(
+                vec_long[u], vec_short[u], log2_long[u], log2_short[u], sketches[u],
+                o.profile.last_seen,
+            )  # fmt: skip
+            profile = o.profile
+            profile = evolve(
+                profile,
+                interest=stored,
+                model=model,
+                unpublished=profile.unpublished | moved,
+                published_at=now_ms if publish[u] else profile.published_at,
+                published_version=profile.version if publish[u] else profile.published_version,
             )
-            if before != now
+            result.append(
+                Outcome(
+                    profile,
+                    o.applied,
+                    o.duplicates,
+                    o.replayed,
+                    o.changed | moved,
+                    publish[u],
+                    o.scored,
+                )
+            )
+        return result
+
+    def _drifts(
+        self, previous: list[StoredInterest], long: Horizon, vec_long: list[bytes | None]
+    ) -> list[float]:
+        """`cosine_drift(sketch, new long direction)` per user (1.0 where they cannot compare).
+
+        Only users with a new long vector and a sketch are measured, in one pass.
+        """
+        dim = long.directions.shape[1]
+        drift = [1.0] * len(previous)
+        measured = {
+            u: before.sketch
+            for u, (before, vec) in enumerate(zip(previous, vec_long, strict=True))
+            if vec is not None and before.sketch is not None and len(before.sketch) == dim
         }
-        drifted = stored.vec_long is not None and (
-            previous.sketch is None
-            or cosine_drift(decode_sketch(previous.sketch), new.long.direction)
-            > self.drift_threshold
-        )
-        publish = outcome.publish or drifted
-        if publish and stored.vec_long is not None:
-            stored = replace(stored, sketch=drift_sketch(new.long.direction))
-        profile = evolve(
-            profile,
-            interest=stored,
-            model=self.encoder.model_id,
-            unpublished=profile.unpublished | moved,
-            published_at=now_ms if publish else profile.published_at,
-            published_version=profile.version if publish else profile.published_version,
-        )
-        o = outcome
-        return Outcome(
-            profile, o.applied, o.duplicates, o.replayed, o.changed | moved, publish, o.scored
-        )
+        if measured:
+            codes = np.stack([decode_sketch(sketch) for sketch in measured.values()])
+            now = long.directions[list(measured)]
+            for u, d in zip(measured, cosine_drifts(codes, now).tolist(), strict=True):
+                drift[u] = d
+        return drift

@@ -23,7 +23,9 @@ weights undoing a sum) could amplify it, and such a sum is reset to empty.
 
 The fold is vectorised across a batch's users: `advance_batch` takes every
 contributing event of the batch as rows (user index, ts, weight, vector) and
-returns each user's new state.
+returns each user's new state. Underneath, `advance_horizons` works on one
+`Horizon` matrix per horizon (a row per user), which the pipeline builds from
+the stored bytes and turns back into bytes without an object per user.
 
 The "drifted since the last publication" rule needs the last published
 vector; `drift_sketch` keeps it as 384 int8 codes (a quarter of a vector),
@@ -133,8 +135,10 @@ class Interest:
         """Rebuild from the stored vector bytes and norm; missing or malformed is empty."""
         if data is None or log2_norm is None or not math.isfinite(log2_norm):
             return cls.empty(dim)
+        if len(data) != 4 * dim:
+            return cls.empty(dim)
         direction = decode_vector(data)
-        if direction.shape != (dim,) or not np.all(np.isfinite(direction)):
+        if not np.all(np.isfinite(direction)):
             return cls.empty(dim)
         return cls(direction, float(log2_norm))
 
@@ -173,19 +177,21 @@ class Contributions(NamedTuple):
 def contributions(
     events: Sequence[Event],
     vectors: npt.NDArray[np.float32],
-    users: Sequence[int],
+    users: Sequence[int] | npt.NDArray[np.intp],
     params: VectorParams,
 ) -> Contributions:
     """Rows for `advance_batch`: event i has vector row i and belongs to user `users[i]`.
 
     Events whose type weighs nothing are dropped here.
     """
-    weight = np.fromiter((event_weight(e, params) for e in events), np.float64, len(events))
+    weights = params.weights  # `event_weight`, inlined: this runs once per event
+    weight = np.array([weights.get(e.type, 0.0) for e in events], dtype=np.float64)
+    ts = np.array([e.ts for e in events], dtype=np.int64)
+    user = np.asarray(users, dtype=np.intp)
+    if np.all(weight != 0.0):  # the usual case: no copy of the vectors
+        return Contributions(user, ts, weight, vectors)
     keep = np.flatnonzero(weight != 0.0)
-    ts = np.fromiter((e.ts for e in events), np.int64, len(events))
-    return Contributions(
-        np.asarray(users, dtype=np.intp)[keep], ts[keep], weight[keep], vectors[keep]
-    )
+    return Contributions(user[keep], ts[keep], weight[keep], vectors[keep])
 
 
 def advance(
@@ -212,7 +218,98 @@ def advance_batch(
     on events without text; it must not be below that maximum). Users without
     rows keep their direction exactly; only their norm decays to the new reference.
     """
+    dim = states[0].long.direction.shape[0] if states else rows.vectors.shape[1]
     refs = np.fromiter((s.ref_ms for s in states), np.int64, len(states))
+    top, long, short = advance_horizons(
+        refs,
+        Horizon.of([s.long for s in states], dim),
+        Horizon.of([s.short for s in states], dim),
+        rows,
+        params,
+        new_ref_ms=new_ref_ms,
+    )
+    return [
+        InterestState(ref, long_u, short_u)
+        for ref, long_u, short_u in zip(
+            top.tolist(), long.interests(), short.interests(), strict=True
+        )
+    ]
+
+
+class Horizon(NamedTuple):
+    """One horizon (long or short) of every user in a batch, as matrices: what the fold works on.
+
+    Row u is user u's unit direction (float32; zero while empty) and log2 of its
+    norm at the reference (-inf while empty). The pipeline goes from stored bytes
+    to these matrices and back without building an `Interest` per user.
+    """
+
+    directions: Vector  # (users, dim), read-only
+    log2_norms: npt.NDArray[np.float64]  # (users,)
+
+    @classmethod
+    def of(cls, interests: Sequence[Interest], dim: int) -> Horizon:
+        directions = np.zeros((len(interests), dim), dtype=np.float32)
+        if interests:
+            directions[:] = [i.direction for i in interests]
+        log2_norms = np.array([i.log2_norm for i in interests], dtype=np.float64)
+        return cls(_frozen(directions), log2_norms)
+
+    @classmethod
+    def from_stored(
+        cls, data: Sequence[bytes | None], log2_norms: Sequence[float | None], dim: int
+    ) -> Horizon:
+        """`Interest.from_stored` for every user at once: one decode of all the vector bytes."""
+        size = 4 * dim
+        whole = [
+            (u, vector)
+            for u, (vector, log2) in enumerate(zip(data, log2_norms, strict=True))
+            if vector is not None
+            and len(vector) == size
+            and log2 is not None
+            and math.isfinite(log2)
+        ]
+        directions = np.zeros((len(data), dim), dtype=np.float32)
+        exps = np.full(len(data), -math.inf)
+        if whole:
+            block = np.frombuffer(b"".join(vector for _, vector in whole), dtype="<f4")
+            block = block.reshape(len(whole), dim)
+            ok = np.isfinite(block).all(axis=1)  # a row with NaN or inf: empty, as one at a time
+            kept = np.array([u for u, _ in whole], dtype=np.intp)[ok]
+            directions[kept] = block[ok]
+            exps[kept] = [log2_norms[u] for u in kept.tolist()]
+        return cls(_frozen(directions), exps)
+
+    def interests(self) -> list[Interest]:
+        return [
+            Interest(direction, log2)
+            for direction, log2 in zip(self.directions, self.log2_norms.tolist(), strict=True)
+        ]
+
+    def published(self) -> list[bytes | None]:
+        """Each user's `Interest.published()`: float32 little-endian bytes, None while empty."""
+        size = 4 * self.directions.shape[1]
+        data = encode_vector(self.directions)
+        return [
+            data[u * size : (u + 1) * size] if log2 != -math.inf else None
+            for u, log2 in enumerate(self.log2_norms.tolist())
+        ]
+
+    def finite_log2_norms(self) -> list[float | None]:
+        """What `StoredInterest` keeps of each norm: None while empty."""
+        return [_finite(log2) for log2 in self.log2_norms.tolist()]
+
+
+def advance_horizons(
+    refs: npt.NDArray[np.int64],
+    long: Horizon,
+    short: Horizon,
+    rows: Contributions,
+    params: VectorParams,
+    *,
+    new_ref_ms: Sequence[int] | npt.NDArray[np.int64] | None = None,
+) -> tuple[npt.NDArray[np.int64], Horizon, Horizon]:
+    """`advance_batch` on matrices: each user's new reference, long and short horizon."""
     top = refs.copy()
     np.maximum.at(top, rows.user, rows.ts)
     if new_ref_ms is not None:
@@ -220,77 +317,103 @@ def advance_batch(
         if np.any(wanted < top):
             raise ValueError("new_ref_ms must be at least each user's ref_ms and latest row ts")
         top = wanted
-    order = np.argsort(rows.user, kind="stable")
-    sorted_rows = Contributions(
-        rows.user[order], rows.ts[order], rows.weight[order], rows.vectors[order]
+    if np.any(rows.user[1:] < rows.user[:-1]):  # the pipeline's rows come sorted already
+        order = np.argsort(rows.user, kind="stable")
+        rows = Contributions(
+            rows.user[order], rows.ts[order], rows.weight[order], rows.vectors[order]
+        )
+    users, starts = np.unique(rows.user, return_index=True)
+    long_decay = _decay(long, refs, top, rows, params.long_half_life_ms)
+    short_decay = _decay(short, refs, top, rows, params.short_half_life_ms)
+    long_sums, short_sums = _segment_sums([long_decay.coef, short_decay.coef], rows.vectors, starts)
+    return (
+        top,
+        _fold(long, long_decay, users, long_sums),
+        _fold(short, short_decay, users, short_sums),
     )
-    longs = _fold([s.long for s in states], refs, top, sorted_rows, params.long_half_life_ms)
-    shorts = _fold([s.short for s in states], refs, top, sorted_rows, params.short_half_life_ms)
-    return [
-        InterestState(int(ref), long, short)
-        for ref, long, short in zip(top, longs, shorts, strict=True)
-    ]
 
 
-def _fold(
-    olds: list[Interest],
+class _Decay(NamedTuple):
+    """One horizon moved to the new references, in the log2 domain (see the module doc)."""
+
+    old_exp: npt.NDArray[np.float64]  # log2 of each user's old norm at its new reference
+    top_exp: npt.NDArray[np.float64]  # the largest exponent of each user's old sum and rows
+    shift: npt.NDArray[np.float64]  # top_exp, 0 where -inf: what every factor is relative to
+    coef: npt.NDArray[np.float64]  # each row's signed factor, relative to its user's shift
+
+
+def _decay(
+    old: Horizon,
     refs: npt.NDArray[np.int64],
     new_refs: npt.NDArray[np.int64],
     rows: Contributions,
     half_life_ms: float,
-) -> list[Interest]:
-    """One horizon for all users, rows sorted by user, in the log2 domain (see the module doc)."""
-    if not olds:
-        return []
-    old_exp = np.array([i.log2_norm for i in olds], dtype=np.float64)
-    old_exp -= (new_refs - refs) / half_life_ms  # -inf stays -inf
+) -> _Decay:
+    old_exp = old.log2_norms - (new_refs - refs) / half_life_ms  # -inf stays -inf
     with np.errstate(divide="ignore"):  # |w| = 0 gives -inf: the row adds nothing
         row_exp = np.log2(np.abs(rows.weight)) - (new_refs[rows.user] - rows.ts) / half_life_ms
     top_exp = old_exp.copy()
     np.maximum.at(top_exp, rows.user, row_exp)
     shift = np.where(np.isfinite(top_exp), top_exp, 0.0)  # no -inf - -inf
-    old_dirs = np.stack([i.direction for i in olds])
-    users, starts = np.unique(rows.user, return_index=True)
     # Every factor is in [0, 1]; one that underflows to 0 was below 2**-1074 of the largest.
     with np.errstate(under="ignore"):
-        sums = np.exp2(old_exp - shift)[:, None] * old_dirs  # exp2(-inf) = 0: empty sums
-        if len(users):
-            coef = np.sign(rows.weight) * np.exp2(row_exp - shift[rows.user])
-            sums[users] += _segment_sums(coef, rows.vectors, starts)
+        coef = np.sign(rows.weight) * np.exp2(row_exp - shift[rows.user])
+    return _Decay(old_exp, top_exp, shift, coef)
+
+
+def _fold(
+    old: Horizon, decay: _Decay, users: npt.NDArray[np.intp], row_sums: npt.NDArray[np.float64]
+) -> Horizon:
+    """One horizon for all users: `users` (sorted) gain `row_sums`, each its rows' decayed sum.
+
+    Users without rows keep their direction row exactly; only their norm decays.
+    """
+    old_exp, top_exp, shift, _ = decay
+    if not len(users):
+        return Horizon(old.directions, old_exp)
+    with np.errstate(under="ignore"):  # exp2(-inf) = 0: empty sums
+        sums = np.exp2(old_exp[users] - shift[users])[:, None] * old.directions[users] + row_sums
     norms = np.linalg.norm(sums, axis=1)
-    alive = (norms > _CANCELLED) & np.isfinite(top_exp)
+    alive = (norms > _CANCELLED) & np.isfinite(top_exp[users])
     with np.errstate(divide="ignore", invalid="ignore"):
-        directions = _frozen((sums / norms[:, None]).astype(np.float32))
-        exps = shift + np.log2(norms)
-    touched = np.zeros(len(olds), dtype=bool)
-    touched[users] = True
-    result: list[Interest] = []
-    for u, old in enumerate(olds):
-        if not touched[u]:  # same direction exactly; the norm decays to the new reference
-            result.append(Interest(old.direction, float(old_exp[u])))
-        elif alive[u]:
-            result.append(Interest(directions[u], float(exps[u])))
-        else:
-            result.append(Interest.empty(old_dirs.shape[1]))
-    return result
+        unit = (sums / norms[:, None]).astype(np.float32)
+        exps = shift[users] + np.log2(norms)
+    directions = old.directions.copy()
+    directions[users] = np.where(alive[:, None], unit, np.float32(0.0))
+    log2_norms = old_exp.copy()
+    log2_norms[users] = np.where(alive, exps, -math.inf)
+    return Horizon(_frozen(directions), log2_norms)
 
 
 def _segment_sums(
-    coef: npt.NDArray[np.float64], vectors: npt.NDArray[np.float32], starts: npt.NDArray[np.intp]
-) -> npt.NDArray[np.float64]:
-    """Sum of coef[i] * vectors[i] over each run of rows that starts at `starts[k]`.
+    coefs: Sequence[npt.NDArray[np.float64]],
+    vectors: npt.NDArray[np.float32],
+    starts: npt.NDArray[np.intp],
+) -> list[npt.NDArray[np.float64]]:
+    """For each coef: the sum of coef[i] * vectors[i] over each run of rows from `starts[k]`.
 
-    One matrix-vector product per user with several rows, one vectorised
-    product for all users with a single row: about 8x faster than
+    One vectorised product for all users with a single row, and one matrix-vector
+    product (`np.dot`, BLAS) per user with several: about 8x faster than
     `np.add.reduceat` along axis 0, which walks the 384 columns with a stride.
+    The call overhead dominates these small products, so both horizons share
+    one pass and the vectors are cast to float64 once, not in every call.
     """
-    ends = np.append(starts[1:], len(coef))
-    out = np.empty((len(starts), vectors.shape[1]), dtype=np.float64)
+    ends = np.append(starts[1:], len(vectors))
+    outs = [np.empty((len(starts), vectors.shape[1]), dtype=np.float64) for _ in coefs]
     single = ends - starts == 1
-    out[single] = coef[starts[single], None] * vectors[starts[single]]
-    for k in np.flatnonzero(~single):
-        out[k] = coef[starts[k] : ends[k]] @ vectors[starts[k] : ends[k]]
-    return out
+    first = starts[single]
+    for coef, out in zip(coefs, outs, strict=True):
+        out[single] = coef[first, None] * vectors[first]
+    several = np.flatnonzero(~single)
+    if not len(several):
+        return outs
+    wide = vectors.astype(np.float64)
+    bounds = zip(starts[several].tolist(), ends[several].tolist(), strict=True)
+    for k, (start, end) in zip(several.tolist(), bounds, strict=True):  # ints: cheaper slicing
+        block = wide[start:end]
+        for coef, out in zip(coefs, outs, strict=True):
+            np.dot(coef[start:end], block, out=out[k])
+    return outs
 
 
 def encode_vector(vector: npt.NDArray[np.floating]) -> bytes:
@@ -322,12 +445,21 @@ def cosine_drift(
     b = decode_vector(current) if isinstance(current, bytes) else current
     if a.shape != b.shape:
         return 1.0  # another encoder's space: nothing in common
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    norms = float(np.linalg.norm(a64) * np.linalg.norm(b64))
-    if norms == 0.0:
-        return 1.0
-    cosine = float(np.dot(a64, b64)) / norms
-    return 1.0 - max(-1.0, min(1.0, cosine))
+    return float(cosine_drifts(a[None], b[None])[0])
+
+
+def cosine_drifts(
+    previous: npt.NDArray[np.generic], current: npt.NDArray[np.generic]
+) -> npt.NDArray[np.float64]:
+    """`cosine_drift` of each row pair of two (users, dim) matrices, in one pass for a batch.
+
+    A zero row on either side is full drift (1.0).
+    """
+    a, b = previous.astype(np.float64), current.astype(np.float64)
+    norms = np.sqrt(np.sum(a * a, axis=1)) * np.sqrt(np.sum(b * b, axis=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cosine = np.sum(a * b, axis=1) / norms
+    return np.where(norms == 0.0, 1.0, 1.0 - np.clip(cosine, -1.0, 1.0))
 
 
 def drift_sketch(vector: npt.NDArray[np.floating]) -> bytes:
@@ -337,10 +469,15 @@ def drift_sketch(vector: npt.NDArray[np.floating]) -> bytes:
     not hold a third full vector. Cosine is scale-free, so no scale is stored;
     rounding moves the cosine by about 1e-5, far below any drift threshold.
     """
-    peak = float(np.max(np.abs(vector))) if len(vector) else 0.0
-    if peak == 0.0:
-        return bytes(len(vector))
-    return np.round(np.asarray(vector, dtype=np.float64) * (127.0 / peak)).astype(np.int8).tobytes()
+    return drift_sketches(np.asarray(vector)[None]).tobytes()  # one row: its bytes
+
+
+def drift_sketches(vectors: npt.NDArray[np.floating]) -> npt.NDArray[np.int8]:
+    """`drift_sketch` of each row of a (users, dim) matrix: each row's codes, peak at 127."""
+    peak = np.max(np.abs(vectors), axis=1, initial=0.0).astype(np.float64)
+    scale = np.divide(127.0, peak, out=np.zeros_like(peak), where=peak != 0.0)  # zero row: zeros
+    codes: npt.NDArray[np.int8] = np.round(vectors * scale[:, None]).astype(np.int8)
+    return codes
 
 
 def decode_sketch(data: bytes) -> npt.NDArray[np.int8]:
@@ -362,6 +499,9 @@ class StoredInterest:
     log2_long: float | None = None
     log2_short: float | None = None
     sketch: bytes | None = None  # int8 sketch of the last published vec_long
+    # Event time the vectors are decayed to (the user's last_seen when they were
+    # written). None in data written before it was stored.
+    ref_ms: int | None = None
 
     def state(self, ref_ms: int, dim: int) -> InterestState:
         return InterestState(
@@ -378,6 +518,7 @@ class StoredInterest:
             _finite(state.long.log2_norm),
             _finite(state.short.log2_norm),
             sketch,
+            state.ref_ms,
         )
 
     def to_json(self) -> dict[str, object]:
@@ -385,6 +526,7 @@ class StoredInterest:
             "log2_long": self.log2_long,
             "log2_short": self.log2_short,
             "sketch": base64.b64encode(self.sketch).decode() if self.sketch else None,
+            "ref": self.ref_ms,
         }
 
     @classmethod
@@ -398,11 +540,16 @@ class StoredInterest:
             _float(data.get("log2_long")),
             _float(data.get("log2_short")),
             base64.b64decode(sketch) if isinstance(sketch, str) else None,
+            _int(data.get("ref")),
         )
 
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _float(value: object) -> float | None:

@@ -120,6 +120,28 @@ def test_lru_evicts_the_least_recently_used_and_counts() -> None:
         EmbeddingLRU(capacity=0)
 
 
+def test_get_many_is_get_of_each_key_in_one_call() -> None:
+    lru = EmbeddingLRU(capacity=3)
+    a, b, c, d = (text_key("m", t) for t in "abcd")
+    for key in (a, b, c):
+        lru.put(key, np.full(4, ord(key.digest[0]), dtype=np.float32))
+    got = lru.get_many([b, d, a])
+    assert got[1] is None and got[0] is lru.peek(b) and got[2] is lru.peek(a)
+    assert (lru.stats.hits, lru.stats.misses) == (2, 1)
+    lru.put(d, np.zeros(4, dtype=np.float32))  # c, now the least recently used, goes
+    assert c not in lru and a in lru and b in lru
+
+
+async def test_a_fresh_title_and_its_item_share_one_cached_row() -> None:
+    encoder, lru = CountingEncoder(), EmbeddingLRU()
+    view = event(0, "view", item_id="i1", title="Kettle")
+    got = await embed_events([view], encoder, lru)
+    text_row = lru.peek(text_key(encoder.model_id, "Kettle"))
+    assert text_row is not None and lru.peek(item_key(encoder.model_id, "i1")) is text_row
+    assert not text_row.flags.writeable
+    np.testing.assert_array_equal(got.vectors[0], text_row)
+
+
 def test_keys_separate_models_kinds_and_texts() -> None:
     assert text_key("m1", "x") != text_key("m2", "x")
     assert text_key("m", "x") != item_key("m", "x")

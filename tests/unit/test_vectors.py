@@ -8,16 +8,24 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from profiling.embedding_cache import EmbeddingLRU
+from profiling.encoder import HashingEncoder
 from profiling.events import Event
+from profiling.interests import InterestModel
+from profiling.pipeline import Record, Stages, apply_batch
+from profiling.profile import ProfileParams
+from profiling.store import InMemoryProfileStore
 from profiling.vectors import (
     DEFAULT_VECTOR_WEIGHTS,
     MS_PER_DAY,
     MS_PER_HOUR,
     Contributions,
+    Horizon,
     Interest,
     InterestState,
     VectorParams,
@@ -25,9 +33,11 @@ from profiling.vectors import (
     advance_batch,
     contributions,
     cosine_drift,
+    cosine_drifts,
     decode_sketch,
     decode_vector,
     drift_sketch,
+    drift_sketches,
     encode_vector,
     event_text,
     event_weight,
@@ -276,3 +286,128 @@ def test_a_drift_sketch_measures_drift_like_the_full_vector() -> None:
         exact = cosine_drift(published, current)
         assert cosine_drift(decode_sketch(sketch), current) == pytest.approx(exact, abs=1e-3)
     assert cosine_drift(decode_sketch(drift_sketch(np.zeros(4))), np.ones(4)) == 1.0
+
+
+def test_the_batch_forms_match_the_one_user_forms() -> None:
+    """`Horizon` and the row-wise drift helpers are what the pipeline uses; each must
+    agree exactly with the one-vector form the rest of this file checks."""
+    rng = np.random.default_rng(13)
+    good = unit_rows(rng, 3)
+    stored: list[tuple[bytes | None, float | None]] = [
+        (encode_vector(good[0]), 1.5),
+        (None, 1.0),
+        (encode_vector(good[1]), None),
+        (encode_vector(good[1]), math.inf),
+        (encode_vector(good[1])[:-4], 0.0),  # another dimension
+        (encode_vector(np.full(DIM, np.nan, np.float32)), 0.0),
+        (encode_vector(good[2]), -3.0),
+    ]
+    horizon = Horizon.from_stored([d for d, _ in stored], [n for _, n in stored], DIM)
+    published = horizon.published()
+    for u, (data, log2_norm) in enumerate(stored):
+        one = Interest.from_stored(data, log2_norm, DIM)
+        np.testing.assert_array_equal(horizon.directions[u], one.direction)
+        assert horizon.log2_norms[u] == one.log2_norm and published[u] == one.published()
+    assert Interest.from_stored(b"\x00" * 5, 0.0, DIM).is_empty  # not whole float32s
+    rows = np.vstack([unit_rows(rng, 5), np.zeros((1, DIM), np.float32)])
+    codes = drift_sketches(rows)
+    drifts = cosine_drifts(codes, rows[::-1])
+    for u, row in enumerate(rows):
+        assert codes[u].tobytes() == drift_sketch(row)
+        assert drifts[u] == cosine_drift(decode_sketch(drift_sketch(row)), rows[::-1][u])
+
+
+def shop_record(offset: int, user: str, kind: str, ts: int, **fields: object) -> Record:
+    body = {"event_id": f"{user}-{offset}", "user_id": user, "type": kind, "ts": ts, **fields}
+    return Record("events", 0, offset, user.encode(), orjson.dumps(body))
+
+
+async def test_the_model_stores_each_users_oracle_vectors() -> None:
+    encoder, params = HashingEncoder(dim=DIM), PARAMS
+    model = InterestModel(encoder, EmbeddingLRU(), params=params)
+    texts = ["trail running shoes", "steel kettle", "tent", "red sneakers"]
+    rng = np.random.default_rng(21)
+    batch, bodies = [], []
+    for offset in range(60):
+        user, kind = f"u{offset % 3}", str(rng.choice(["view", "add_to_cart", "search", "login"]))
+        text = texts[int(rng.integers(0, len(texts)))]
+        ts = T0 + int(rng.integers(0, 2 * MS_PER_DAY))
+        fields = {"query": text} if kind == "search" else {"item_id": text, "title": text}
+        fields = {"success": True} if kind == "login" else fields
+        batch.append(shop_record(offset, user, kind, ts, **fields))
+        bodies.append((user, kind, ts, text))
+    store = InMemoryProfileStore()
+    now = T0 + 2 * MS_PER_DAY
+    result = await apply_batch(batch, store, ProfileParams(), lambda: now, Stages(interests=model))
+    assert not result.dead_letters
+    loaded = await store.load({f"u{u}": [] for u in range(3)})
+    for user, got in loaded.items():
+        mine = [(k, ts, t) for u, k, ts, t in bodies if u == user and k != "login"]
+        rows = Contributions(
+            np.zeros(len(mine), np.intp),
+            np.array([ts for _, ts, _ in mine], dtype=np.int64),
+            np.array([params.weights[k] for k, _, _ in mine]),
+            encoder.encode([t for _, _, t in mine]),
+        )
+        interest = got.profile.interest
+        assert interest is not None and interest.sketch is not None  # a new user publishes
+        for data, half_life in (
+            (interest.vec_long, params.long_half_life_ms),
+            (interest.vec_short, params.short_half_life_ms),
+        ):
+            assert data is not None
+            direction, _ = oracle(rows, half_life, got.profile.last_seen)
+            np.testing.assert_allclose(decode_vector(data), direction, atol=1e-5)
+
+
+async def test_the_model_publishes_when_the_long_vector_drifts() -> None:
+    model = InterestModel(HashingEncoder(dim=DIM), EmbeddingLRU(), params=PARAMS)
+    store, quiet = InMemoryProfileStore(), ProfileParams(heartbeat_ms=10 * MS_PER_DAY)
+
+    async def send(offset: int, kind: str, title: str, n: int = 1) -> list[str]:
+        batch = [
+            shop_record(offset + k, "u1", kind, T0 + offset + k, item_id=title, title=title)
+            for k in range(n)
+        ]
+        result = await apply_batch(batch, store, quiet, lambda: T0, Stages(interests=model))
+        assert not result.dead_letters
+        return [orjson.loads(body)["changed"] for _, body in result.changes]
+
+    assert len(await send(0, "view", "red running shoes")) == 1  # a new user
+    assert await send(10, "view", "red running shoes") == []  # same interest: no drift
+    loaded = await store.load({"u1": []})
+    sketch_before = loaded["u1"].profile.interest.sketch  # type: ignore[union-attr]
+    [changed] = await send(20, "add_to_cart", "cast iron skillet", n=6)
+    assert "vec_long" in changed
+    interest = (await store.load({"u1": []}))["u1"].profile.interest
+    assert interest is not None and interest.vec_long is not None
+    assert interest.sketch == drift_sketch(decode_vector(interest.vec_long)) != sketch_before
+
+
+@pytest.mark.parametrize("cuts", [[1], [2], [1, 3], [1, 2, 3]])
+async def test_the_model_gives_the_same_vectors_however_the_batches_split(
+    cuts: list[int],
+) -> None:
+    """Stored vectors carry the time they are decayed to, so a later batch decays them."""
+    titles = ["red running shoes", "steel kettle", "camping tent", "crime novel"]
+    gaps = [0, 2 * MS_PER_HOUR, 3 * MS_PER_DAY, 3 * MS_PER_DAY + 5 * 60_000]
+    batch = [
+        shop_record(i, "u1", "view", T0 + gap, item_id=f"i{i}", title=title)
+        for i, (gap, title) in enumerate(zip(gaps, titles, strict=True))
+    ]
+
+    async def vectors(parts: list[list[Record]]) -> tuple[bytes | None, bytes | None]:
+        store = InMemoryProfileStore()
+        model = InterestModel(HashingEncoder(dim=DIM), EmbeddingLRU(), params=PARAMS)
+        for part in parts:
+            await apply_batch(part, store, ProfileParams(), lambda: T0, Stages(interests=model))
+        interest = (await store.load({"u1": []}))["u1"].profile.interest
+        assert interest is not None
+        return interest.vec_long, interest.vec_short
+
+    whole = await vectors([batch])
+    bounds = [0, *cuts, len(batch)]
+    split = await vectors([batch[a:b] for a, b in itertools.pairwise(bounds)])
+    for one, other in zip(whole, split, strict=True):
+        assert one is not None and other is not None
+        np.testing.assert_allclose(decode_vector(one), decode_vector(other), atol=1e-5)
