@@ -229,7 +229,7 @@ async def embed_events(
     reused = 0
     for i, event in enumerate(events):
         item = event.item_id
-        if item in item_slot:
+        if item in item_slot and not event.title and _reuses_item(event):
             slot = item_slot[item]
             reused += 1
         elif (text := event_text(event)) is not None:

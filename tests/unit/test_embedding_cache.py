@@ -189,6 +189,18 @@ async def test_an_untitled_item_event_reuses_the_items_vector() -> None:
     assert other.calls == []
 
 
+async def test_a_titled_event_keeps_its_own_title_beside_an_untitled_one() -> None:
+    encoder, lru = CountingEncoder(), EmbeddingLRU()
+    await embed_events([event(0, "view", item_id="i1", title="Old kettle")], encoder, lru)
+    batch = [
+        event(1, "add_to_cart", item_id="i1"),  # no title: the item's remembered vector
+        event(2, "view", item_id="i1", title="New kettle"),  # renamed: its own title
+    ]
+    got = await embed_events(batch, encoder, lru)
+    old, new = encoder.inner.encode(["Old kettle", "New kettle"])
+    np.testing.assert_array_equal(got.vectors, np.stack([old, new]))
+
+
 async def test_repeated_views_do_not_rewrite_the_shared_item_entry() -> None:
     shared, encoder, lru = InMemoryEmbeddingCache(), CountingEncoder(), EmbeddingLRU()
     view = event(0, "view", item_id="i1", title="Kettle")
