@@ -7,13 +7,17 @@ consumer group on the same topic: without vectors or River models (plain),
 with the models (segments and risk), then with models and the MiniLM encoder
 on an empty embedding cache (cold), and again with the cache the cold pass
 filled (warm: a new process, so its in-process LRU is empty; the shared Redis
-cache is what is warm). The rate is records over the worker's busy time, from
-its first batch to its last commit, so process start, model load, group join
-and the idle wait at the end are excluded; each process's wall time is
+cache is what is warm), and warm without the models (`vectors-warm-no-models`,
+to set against `plain`: text or no text, nothing else on). The rate is
+records over the worker's busy time, from its first batch to its last
+commit, so process start, model load, group join and the idle wait at the
+end are excluded; each process's wall time is
 reported beside it.
 
     python bench/drain.py --events 200000 --users 20000
     python bench/drain.py --passes plain models --repeat 3   # best of 3, interleaved
+    python bench/drain.py --passes plain vectors-cold vectors-warm-no-models --repeat 3
+    python bench/drain.py --passes models --sweep PROFILER_BATCH_MAX_EVENTS=1000,5000
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ PASSES = {
     "models": ("none", False, True),
     "vectors-cold": ("minilm", False, True),
     "vectors-warm": ("minilm", True, True),
+    # Text against no text with nothing else on: the warm cache of an earlier cold pass.
+    "vectors-warm-no-models": ("minilm", True, False),
 }
 
 
@@ -91,9 +97,17 @@ def fill_topic(settings: Settings, events: int, users: int) -> tuple[ShopGenerat
 
 
 def run_pass(
-    settings: Settings, label: str, profile: Path | None, run: int = 0
+    settings: Settings,
+    label: str,
+    profile: Path | None,
+    run: int | str = 0,  # tells the consumer groups of repeated passes apart
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[dict[str, object], float]:
     encoder, keep, models = PASSES[label]
+    env = {
+        **worker_env(settings, f"bench-drain-{label}-{run}", encoder, models),
+        **(extra_env or {}),
+    }
     forget_profiles(settings.redis_url, keep)
     with tempfile.TemporaryDirectory() as tmp:
         stats_path = Path(tmp) / "stats.json"
@@ -105,7 +119,7 @@ def run_pass(
         subprocess.run(
             [*runner, "-m", "stream.cli", "run", "--until-idle", "2",
              "--stats-json", str(stats_path)],
-            env=worker_env(settings, f"bench-drain-{label}-{run}", encoder, models), check=True,
+            env=env, check=True,
         )  # fmt: skip
         wall_s = time.perf_counter() - t0
         stats: dict[str, object] = json.loads(stats_path.read_text())
@@ -142,7 +156,15 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="run the worker under pyinstrument, text reports here"
     )
+    parser.add_argument(
+        "--sweep",
+        metavar="NAME=V1,V2,...",
+        help="run every pass once per value of this worker setting, e.g. "
+        "PROFILER_BATCH_MAX_EVENTS=1000,5000 (labels become 'pass NAME=V')",
+    )
     args = parser.parse_args()
+    name, _, values = (args.sweep or "").partition("=")
+    settings_swept = [{name: v} for v in values.split(",")] if args.sweep else [{}]
 
     with DevStack(Settings(), partitions=args.partitions) as stack:
         settings = stack.settings()
@@ -150,12 +172,16 @@ def main() -> None:
         passes: dict[str, dict[str, object]] = {}
         runs: dict[str, list[float]] = {}
         for run in range(args.repeat):  # interleaved: the machine's noise hits every pass alike
-            for label in args.passes:
-                stats, wall_s = run_pass(settings, label, args.profile, run)
-                runs.setdefault(label, []).append(float(stats["records_per_s"]))  # type: ignore[arg-type]
-                if stats["records_per_s"] == max(runs[label]):  # keep each pass's best run
-                    passes[label] = {"worker_wall_s": round(wall_s, 2), **stats}
-                print(label, json.dumps(stats))
+            for index, swept in enumerate(settings_swept):
+                for pass_name in args.passes:
+                    label = " ".join([pass_name, *(f"{k}={v}" for k, v in swept.items())])
+                    stats, wall_s = run_pass(
+                        settings, pass_name, args.profile, f"{run}.{index}", swept
+                    )
+                    runs.setdefault(label, []).append(float(stats["records_per_s"]))  # type: ignore[arg-type]
+                    if stats["records_per_s"] == max(runs[label]):  # keep each pass's best run
+                        passes[label] = {"worker_wall_s": round(wall_s, 2), **stats}
+                    print(label, json.dumps(stats))
     rates = {label: p["records_per_s"] for label, p in passes.items()}
     result = {
         "benchmark": "drain",
@@ -173,6 +199,10 @@ def main() -> None:
         result["models_slowdown"] = round(rates["plain"] / rates["models"], 2)
     if "models" in rates and "vectors-warm" in rates:
         result["warm_vectors_slowdown"] = round(rates["models"] / rates["vectors-warm"], 2)
+    if "plain" in rates and "vectors-warm-no-models" in rates:
+        result["warm_vectors_slowdown_no_models"] = round(
+            rates["plain"] / rates["vectors-warm-no-models"], 2
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "passes"}, indent=2))
