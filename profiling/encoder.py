@@ -264,9 +264,17 @@ class TransformerEncoder:
             self._model = float_model
 
 
+ONEDNN_CACHE_ENTRIES: Final = 8
+
+
 def _import_backend() -> tuple[Any, Any]:
     """torch and transformers, imported on first use; offline, because weights are local."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # oneDNN (torch on the CPU) caches compiled kernels per input shape, 1,024 by
+    # default; length buckets make many shapes, and over 1M events that cache grew
+    # the worker by ~300 MiB. A few entries keep the memory flat at the same speed
+    # (BENCHMARKS.md, memory). Set before torch starts, an operator's value wins.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE_ENTRIES))
     try:
         import torch
         import transformers

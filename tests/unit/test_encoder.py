@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -9,9 +10,11 @@ import pytest
 
 from profiling.encoder import (
     MINILM_ID,
+    ONEDNN_CACHE_ENTRIES,
     Encoder,
     HashingEncoder,
     TransformerEncoder,
+    _import_backend,
     dedupe,
     plan_batches,
 )
@@ -189,3 +192,13 @@ def test_a_missing_model_folder_says_what_to_do(tmp_path: object) -> None:
 
     with pytest.raises(EncoderUnavailableError, match=r"config\.json"):
         TransformerEncoder(str(tmp_path))
+
+
+def test_loading_the_backend_bounds_onednns_kernel_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Length buckets make many input shapes; an unbounded per-shape cache grew the worker."""
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    _import_backend()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(ONEDNN_CACHE_ENTRIES)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")  # an operator's value wins
+    _import_backend()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
