@@ -100,7 +100,7 @@ class Behaviour:
     last_cart: int = 0
 
     def to_json(self) -> list[Any]:
-        """The stored form: the fields' values in declaration order (no names: 40 % smaller)."""
+        """The stored form: the fields' values in declaration order (no names: ~17 % smaller)."""
         return [getattr(self, name) for name in _FIELDS]
 
     @classmethod
