@@ -503,24 +503,6 @@ class StoredInterest:
     # written). None in data written before it was stored.
     ref_ms: int | None = None
 
-    def state(self, ref_ms: int, dim: int) -> InterestState:
-        return InterestState(
-            ref_ms,
-            Interest.from_stored(self.vec_long, self.log2_long, dim),
-            Interest.from_stored(self.vec_short, self.log2_short, dim),
-        )
-
-    @classmethod
-    def of(cls, state: InterestState, sketch: bytes | None) -> StoredInterest:
-        return cls(
-            state.long.published(),
-            state.short.published(),
-            _finite(state.long.log2_norm),
-            _finite(state.short.log2_norm),
-            sketch,
-            state.ref_ms,
-        )
-
     def to_json(self) -> dict[str, object]:
         return {
             "log2_long": self.log2_long,
