@@ -4,9 +4,9 @@
 (`profiling.profile.apply_deliveries`) and writing the profiles: it embeds the
 text of every applied event in one call (cached, encoder off the event loop),
 folds each user's rows into their long and short vectors in one vectorised
-step (`profiling.vectors.advance_batch`), and publishes a user whose long-term
-vector turned further than `drift_threshold` (1 - cosine) from the last
-published one.
+step (`profiling.vectors.advance_horizons`), from the event time the stored
+vectors are decayed to, and publishes a user whose long-term vector turned
+further than `drift_threshold` (1 - cosine) from the last published one.
 """
 
 from __future__ import annotations
