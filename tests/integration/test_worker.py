@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from profiling.events import Event, decode_event
+from stream.devstack import COMPACT_HASH_VALUE_BYTES
 from stream.producing import send_records
 from stream.settings import Settings
 from stream.synthetic_shop import ShopGenerator
@@ -208,3 +210,21 @@ async def test_key_must_be_the_user_id(topics: Settings) -> None:
     await send_records(topics, [(b"bob", orjson.dumps(event)), (None, orjson.dumps(event))])
     stats = await drain(topics)
     assert stats.errors == Counter({"key_mismatch": 2})
+
+
+@pytest.mark.parametrize("limit", [64, COMPACT_HASH_VALUE_BYTES])
+async def test_a_worker_with_vectors_warns_when_redis_would_spill_its_profiles(
+    topics: Settings, caplog: pytest.LogCaptureFixture, limit: int
+) -> None:
+    client = aioredis.Redis.from_url(topics.redis_url)
+    await client.config_set("hash-max-ziplist-value", limit)
+    try:
+        worker = BatchWorker(topics)  # the hashing encoder: 384-d, 1,536-byte vectors
+        with caplog.at_level(logging.WARNING, logger="profiler.worker"):
+            await worker.start()
+        await worker.close()
+    finally:
+        await client.config_set("hash-max-ziplist-value", COMPACT_HASH_VALUE_BYTES)
+        await client.aclose()
+    warned = "set hash-max-listpack-value 2048" in caplog.text
+    assert warned == (limit < 1536)
