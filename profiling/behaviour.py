@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -148,6 +149,22 @@ def observe_all(
             features.append(None)
         work.fold(event)
     return work.frozen(), features
+
+
+def feature_matrix(
+    features: Sequence[Mapping[str, float]], names: tuple[str, ...]
+) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """One row per feature dict, columns in `names` order; a missing feature is 0."""
+    try:  # the usual case, every name present: one C call per row
+        row = _row_getter(names)
+        return np.array([row(f) for f in features], dtype=np.float64)
+    except KeyError:
+        return np.array([[f.get(n, 0.0) for n in names] for f in features], dtype=np.float64)
+
+
+@lru_cache(maxsize=8)
+def _row_getter(names: tuple[str, ...]) -> Any:  # operator.itemgetter of those names
+    return operator.itemgetter(*names)
 
 
 def transaction_features(state: Behaviour, event: Event) -> dict[str, float]:

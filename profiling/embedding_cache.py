@@ -216,7 +216,7 @@ async def embed_events(
     untitled = {
         e.item_id: item_key(model, e.item_id)
         for e in events
-        if not e.title and e.item_id is not None and _reuses_item(e)  # cheap tests first
+        if e.item_id is not None and _reuses_item(e)
     }
     items = await _lookup(list(untitled.values()), lru, shared, encoder.dim) if untitled else []
     reusable = {i: v for i, v in zip(untitled, items, strict=True) if v is not None}
@@ -229,7 +229,7 @@ async def embed_events(
     reused = 0
     for i, event in enumerate(events):
         item = event.item_id
-        if item in item_slot and not event.title and _reuses_item(event):
+        if item in item_slot and _reuses_item(event):
             slot = item_slot[item]
             reused += 1
         elif (text := event_text(event)) is not None:

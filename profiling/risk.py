@@ -24,7 +24,6 @@ A drift detector (ADWIN) watches the stream of risk scores.
 from __future__ import annotations
 
 import math
-import operator
 import random
 import struct
 from collections import deque
@@ -36,16 +35,15 @@ import numpy as np
 import orjson
 from river import anomaly, compose, drift, linear_model, optim, preprocessing
 
-from profiling.behaviour import TRANSACTION_FEATURES
+from profiling.behaviour import TRANSACTION_FEATURES, feature_matrix
 
 RISK_MODEL: Final = "hst-lr-v1"
 REFRESH_EVERY: Final = 64
-_ZEROS: Final = dict.fromkeys((*TRANSACTION_FEATURES, "anomaly"), 0.0)
 ANOMALY: Final = "anomaly"  # the raw HalfSpaceTrees score, a feature of the classifier
 KEPT_FEATURES: Final = (*TRANSACTION_FEATURES, ANOMALY)
 _KEPT_FORMAT: Final = b"\x01"  # then float32 little-endian, one per KEPT_FEATURES name
 _KEPT_PACK: Final = struct.Struct(f"<{len(KEPT_FEATURES)}f")
-_transaction_row = operator.itemgetter(*TRANSACTION_FEATURES)
+_ZEROS: Final = dict.fromkeys(KEPT_FEATURES, 0.0)
 
 
 def keep_features(features: Mapping[str, float]) -> bytes:
@@ -59,14 +57,6 @@ def kept_features(raw: bytes) -> dict[str, float]:
         return dict(zip(KEPT_FEATURES, _KEPT_PACK.unpack_from(raw, 1), strict=True))
     decoded: dict[str, float] = orjson.loads(raw)
     return decoded
-
-
-def _matrix(batch: Sequence[Mapping[str, float]]) -> np.ndarray[Any, Any]:
-    """One row per event, columns in TRANSACTION_FEATURES order (missing features are 0)."""
-    try:
-        return np.array([_transaction_row(x) for x in batch], dtype=float)
-    except KeyError:
-        return np.array([[x.get(name, 0.0) for name in TRANSACTION_FEATURES] for x in batch])
 
 
 def risk_band(risk: float | None, threshold: float = 0.8) -> str | None:
@@ -174,7 +164,7 @@ class RiskModel:
         """
         if not batch:
             return []
-        matrix = _matrix(batch)
+        matrix = feature_matrix(batch, TRANSACTION_FEATURES)
         if learn:
             self.population.learn(matrix)
         weight = self.label_weight

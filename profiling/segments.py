@@ -19,7 +19,6 @@ as users are assigned.
 
 from __future__ import annotations
 
-import operator
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ from typing import Any, Final
 
 import numpy as np
 from river import cluster, preprocessing
+
+from profiling.behaviour import feature_matrix
 
 SEGMENT_FEATURES: Final = (
     "recency_gap_days",
@@ -48,8 +49,6 @@ SEGMENT_FEATURES: Final = (
     "taste_2",
     "taste_3",
 )
-
-_segment_row = operator.itemgetter(*SEGMENT_FEATURES)
 
 # (feature, words when the centre is above the mean, words when below), strongest first.
 WORDS: Final = (
@@ -112,10 +111,7 @@ class SegmentModel:
         """A segment for each profile, given each one's (segment, dwell) so far."""
         if not features:
             return []
-        try:
-            matrix = np.array([_segment_row(f) for f in features], dtype=float)
-        except KeyError:
-            matrix = np.array([[f.get(n, 0.0) for n in SEGMENT_FEATURES] for f in features])
+        matrix = feature_matrix(features, SEGMENT_FEATURES)
         if learn:
             self._learn(features)
         distances = self._distances(self._standardise(matrix))
