@@ -163,16 +163,12 @@ async def _apply_users(
         result.risk_scores += scores
         result.model_drifts += drifts
         result.segment_moves += moves
-    writes = [
-        Write(
-            o.profile,
-            loaded[o.profile.user_id].profile.version,
-            [(e.event_id, e.ts) for e in o.applied],
-            o.scored,
-        )
-        for o in outcomes
-        if o.wrote
-    ]
+    writes = []
+    for o in outcomes:
+        if o.wrote:
+            base = loaded[o.profile.user_id].profile
+            applied_ids = [(e.event_id, e.ts) for e in o.applied]
+            writes.append(Write(o.profile, base.version, applied_ids, o.scored, base.updated))
     conflicts = set(await store.save(writes))
     for outcome in outcomes:
         if outcome.profile.user_id not in conflicts:

@@ -188,7 +188,7 @@ def apply_deliveries(
         updated=now_ms,
         events=profile.events + len(fresh),
         counts=counts,
-        spend=spend,
+        spend=round(spend, 6),  # as stored: a reload gives back the same profile
         orders=orders,
         category_scores=scores,
         watermarks=watermarks,

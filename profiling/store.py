@@ -54,12 +54,17 @@ class Loaded:
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """One user's new profile, the version it replaces, and the event ids it applied."""
+    """One user's new profile, the version it replaces, and the event ids it applied.
+
+    The write is refused unless the stored profile is still `expected_version`
+    with the `updated` stamp `expected_updated` (0: any stamp).
+    """
 
     profile: Profile
     expected_version: int
     applied_ids: Sequence[tuple[str, int]]  # (event_id, ts)
     scored: Sequence[tuple[str, bytes]] = ()  # (event_id, kept features) of scored events
+    expected_updated: int = 0
 
 
 class ProfileStore(Protocol):
@@ -207,8 +212,10 @@ class InMemoryProfileStore:
         conflicts = []
         for write in writes:
             user_id = write.profile.user_id
-            stored = int(self._hashes.get(user_id, {}).get("version", 0))
-            if stored != write.expected_version:
+            stored = self._hashes.get(user_id, {})
+            if int(stored.get("version", 0)) != write.expected_version or (
+                write.expected_updated and int(stored.get("updated", 0)) != write.expected_updated
+            ):
                 conflicts.append(user_id)
                 continue
             self._hashes.setdefault(user_id, {}).update(public_fields(write.profile))

@@ -1,18 +1,35 @@
 """The `ProfileStore` on a real Redis: one pipelined round trip to load a batch's
 users, one to write them, each write a compare-and-set Lua script on one user's
 hash-tagged keys (so it is atomic on a single node and on Redis Cluster alike).
+
+A worker owns its users' partitions, so the profile it wrote last is, almost
+always, the one it will load next: the store keeps the profiles it wrote in a
+bounded LRU (`cache_users`) and loads only the dedupe scores of those users,
+not their hash and state (reading and rebuilding a profile costs more than the
+rest of its load). The cache is safe because every write is compare-and-set
+on the version *and* the `updated` stamp it was computed from: when anything
+else wrote the user meanwhile (a partition that moved away and back, an
+expired or erased profile), the write is refused, the user dropped from the
+cache, and the pipeline reloads it from Redis and recomputes.
 """
 
 from __future__ import annotations
 
 import base64
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import orjson
 import redis.asyncio as aioredis
+
+try:
+    import hiredis
+except ImportError:  # redis[hiredis] brings it; without it redis-py packs in Python
+    hiredis = None  # type: ignore[assignment]
 from redis.exceptions import NoScriptError, RedisError
 
+from profiling.profile import Profile
 from profiling.store import (
     VECTOR_FIELDS,
     Loaded,
@@ -33,28 +50,38 @@ from profiling.store import (
 # the client's CPU, not the server's, is what limits a worker. Every key of one
 # user carries the same hash tag; on Redis Cluster use users_per_call=1.
 
-# ARGV[1]: JSON [[event ids asked about], ...], one list per user.
-# Returns per user {profile hash as a flat array, state or false, scores}.
+# ARGV[1]: JSON [[event ids asked about], ...], one list per user; ARGV[2]: one
+# character per user, "1" to read the profile, "0" when the caller holds it already.
+# Returns one flat array, per user: a score or false for each id asked about, then,
+# if the profile was read, the number n of hash items, the n items (field, value,
+# ...) and the state or false. Flat, because Redis 6 writes a nested script reply
+# in many small pieces: 130 users' replies took four times as long nested.
 LOAD_SCRIPT: Final = """
-local asked = cjson.decode(ARGV[1])
-local out = {}
+local asked, wanted = cjson.decode(ARGV[1]), ARGV[2]
+local out, n = {}, 0
 for u = 1, #asked do
-  local k, ids, scores = 3 * u - 2, asked[u], {}
+  local k, ids = 3 * u - 2, asked[u]
   for i = 1, #ids, 1000 do  -- unpack() is bounded by the Lua stack: chunk
     local part = redis.call('ZMSCORE', KEYS[k + 2], unpack(ids, i, math.min(i + 999, #ids)))
-    for j = 1, #part do scores[#scores + 1] = part[j] end
+    for j = 1, #part do n = n + 1; out[n] = part[j] end
   end
-  out[u] = {redis.call('HGETALL', KEYS[k]), redis.call('GET', KEYS[k + 1]), scores}
+  if string.byte(wanted, u) == 49 then
+    local hash = redis.call('HGETALL', KEYS[k])
+    n = n + 1; out[n] = #hash
+    for j = 1, #hash do n = n + 1; out[n] = hash[j] end
+    n = n + 1; out[n] = redis.call('GET', KEYS[k + 1])
+  end
 end
 return out
 """
 
 # ARGV: ttl ms, dedupe window, JSON [[expected version, ARGV index of the state blob,
-#       [field, value, ...], [ts, event id, ...], [binary field, ARGV index, ...]], ...],
+#       [field, value, ...], [ts, event id, ...], [binary field, ARGV index, ...],
+#       expected updated stamp or 0 for any], ...],
 #       one entry per user, then the binary values: vectors, which JSON cannot carry,
 #       and state blobs, which would otherwise be escaped into the JSON and back.
-# Returns per user 1 when written, 0 when the stored version was not the expected
-# one (compare-and-set: a stale writer changes nothing).
+# Returns per user 1 when written, 0 when the stored version (or stamp) was not the
+# expected one (compare-and-set: a stale writer changes nothing).
 SAVE_SCRIPT: Final = """
 local ttl, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local writes = cjson.decode(ARGV[3])
@@ -66,8 +93,9 @@ local function chunked(command, key, args)
 end
 for u = 1, #writes do
   local k, write = 3 * u - 2, writes[u]
-  local current = tonumber(redis.call('HGET', KEYS[k], 'version') or '0')
-  if current ~= write[1] then
+  local stored = redis.call('HMGET', KEYS[k], 'version', 'updated')
+  if tonumber(stored[1] or '0') ~= write[1]
+      or (write[6] ~= 0 and tonumber(stored[2] or '0') ~= write[6]) then
     results[u] = 0
   else
     chunked('HSET', KEYS[k], write[3])
@@ -115,7 +143,35 @@ async def compact_hash_limit(client: aioredis.Redis) -> int | None:
 
 def connect(url: str) -> aioredis.Redis:
     """A client for `url` (redis://, rediss:// for TLS, user:password@ for ACL users)."""
-    return aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
+    client = aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
+    pool = client.connection_pool
+    pool.connection_class = _packing_in_c(pool.connection_class)
+    return client
+
+
+_PACKED: dict[type[Any], type[Any]] = {}
+
+
+def _packing_in_c(base: type[Any]) -> type[Any]:
+    """`base` (TCP, TLS or Unix socket connection) packing commands with hiredis.
+
+    redis-py's asyncio connections pack every command in Python, growing one
+    buffer argument by argument; a save with hundreds of keys and values spent
+    more in that packing than Redis spent running the script. The synchronous
+    client already packs with hiredis; this gives the asyncio one the same.
+    """
+    if hiredis is None:
+        return base
+
+    def pack_command(self: Any, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):  # "SCRIPT LOAD" and the like: one word per argument
+            args = (*args[0].encode().split(), *args[1:])
+        return [hiredis.pack_command(args)]
+
+    if base not in _PACKED:
+        name = f"HiredisPacked{base.__name__}"
+        _PACKED[base] = type(name, (base,), {"pack_command": pack_command})
+    return _PACKED[base]
 
 
 class RedisProfileStore:
@@ -126,28 +182,54 @@ class RedisProfileStore:
         client: aioredis.Redis,
         dedupe_window: int = 2048,
         ttl_s: int = 0,
+        *,
         users_per_call: int = 200,
         scored_ttl_s: int = 30 * 86_400,
+        cache_users: int = 0,
     ) -> None:
         self.client = client
         self.dedupe_window = dedupe_window
         self.ttl_ms = ttl_s * 1000
         self.scored_ttl_s = scored_ttl_s
         self.users_per_call = users_per_call
+        self.cache_users = cache_users
+        self._cache: OrderedDict[str, Profile] = OrderedDict()  # as last written, oldest first
         self._shas: dict[str, str] = {}
+
+    @property
+    def cached_users(self) -> int:
+        return len(self._cache)
 
     async def load(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, Loaded]:
         users = list(wanted)
+        held = [self._cache.get(user_id) for user_id in users]
         calls = [
-            (_user_keys(chunk), [orjson.dumps([wanted[user_id] for user_id in chunk])])
-            for chunk in _chunks(users, self.users_per_call)
+            (
+                _user_keys(chunk),
+                [
+                    orjson.dumps([wanted[user_id] for user_id in chunk]),
+                    "".join("1" if profile is None else "0" for profile in part),
+                ],
+            )
+            for chunk, part in zip(
+                _chunks(users, self.users_per_call), _chunks(held, self.users_per_call), strict=True
+            )
         ]
-        replies = await self._run(LOAD_SCRIPT, calls)
+        reply = _flatten(await self._run(LOAD_SCRIPT, calls))
         loaded = {}
-        for user_id, (flat, state, scores) in zip(users, _flatten(replies), strict=True):
-            fields, vectors = _split_fields(flat)
-            seen = frozenset(i for i, s in zip(wanted[user_id], scores, strict=False) if s)
-            profile = profile_from_storage(user_id, fields, state, vectors)
+        at = 0
+        for user_id, held_profile in zip(users, held, strict=True):
+            ids = wanted[user_id]
+            scores = reply[at : at + len(ids)]
+            at += len(ids)
+            seen = frozenset(i for i, score in zip(ids, scores, strict=True) if score is not None)
+            profile = held_profile
+            if profile is None:
+                items = reply[at]
+                flat, state = reply[at + 1 : at + 1 + items], reply[at + 1 + items]
+                at += items + 2
+                fields, vectors = _split_fields(flat)
+                profile = profile_from_storage(user_id, fields, state, vectors)
             loaded[user_id] = Loaded(profile, seen)
         return loaded
 
@@ -168,9 +250,19 @@ class RedisProfileStore:
                 values = [features for w in chunk for _, features in w.scored]
                 scored_calls.append((keys, [self.scored_ttl_s, *values]))
         replies = await self._run(SAVE_SCRIPT, calls, scored_calls)
-        return [
-            w.profile.user_id for w, ok in zip(writes, _flatten(replies), strict=True) if not ok
-        ]
+        conflicts = []
+        cache = self._cache
+        for write, ok in zip(writes, _flatten(replies), strict=True):
+            user_id = write.profile.user_id
+            if not ok:
+                conflicts.append(user_id)
+                cache.pop(user_id, None)  # someone else wrote it: reload from Redis
+            elif self.cache_users:
+                cache[user_id] = write.profile
+                cache.move_to_end(user_id)
+        while len(cache) > self.cache_users:
+            cache.popitem(last=False)
+        return conflicts
 
     async def load_scored(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
         if not keys:
@@ -236,7 +328,7 @@ def _write_entry(write: Write, binary: list[bytes]) -> list[Any]:
         refs += (name, 3 + len(binary))  # ARGV index (1-based) after ttl, window, JSON
     binary.append(state_blob(write.profile))  # raw, not escaped inside the JSON document
     state_ref = 3 + len(binary)
-    return [write.expected_version, state_ref, fields, seen, refs]
+    return [write.expected_version, state_ref, fields, seen, refs, write.expected_updated]
 
 
 def _split_fields(flat: Sequence[bytes | str]) -> tuple[dict[str, str], dict[str, bytes]]:

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     profile_ttl_s: int = Field(
         0, ge=0, description="expire profiles inactive this long (seconds); 0 keeps them"
     )
+    profile_cache_users: int = Field(
+        50_000, ge=0, description="profiles a worker keeps in memory after writing them; 0: none"
+    )
 
     # Interest vectors
     encoder_model: str = Field(

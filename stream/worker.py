@@ -158,6 +158,7 @@ class BatchWorker:
             settings.dedupe_window,
             settings.profile_ttl_s,
             scored_ttl_s=int(settings.scored_ttl_days * 86_400),
+            cache_users=settings.profile_cache_users,
         )
         interests = interest_model(settings, self.redis)
         self.models = build_models(settings, interests.encoder.dim if interests else 384)

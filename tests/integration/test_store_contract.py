@@ -193,6 +193,19 @@ async def test_a_write_with_a_wrong_expected_version_is_refused(
     assert (await load_one(store, "bob")).profile == other
 
 
+async def test_a_write_expecting_another_updated_stamp_is_refused(store: ProfileStore) -> None:
+    """Same version, other `updated`: the profile was rewritten since it was read."""
+    stored = rich_profile(version=1)
+    await write(store, stored, 0, [("e1", T0)])
+    newer = replace(stored, version=2, events=12)
+    stale = Write(newer, 1, [("e2", T0 + 1)], expected_updated=stored.updated - 1)
+    assert await store.save([stale]) == ["alice"]
+    assert (await load_one(store, "alice")).profile == stored
+    current = Write(newer, 1, [("e2", T0 + 1)], expected_updated=stored.updated)
+    assert await store.save([current]) == []
+    assert (await load_one(store, "alice")).profile == newer
+
+
 async def test_creating_a_profile_that_exists_is_a_conflict(store: ProfileStore) -> None:
     await write(store, rich_profile(version=1), 0)
     assert await write(store, replace(rich_profile(version=1), events=1), 0) == ["alice"]

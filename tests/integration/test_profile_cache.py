@@ -1,0 +1,131 @@
+"""The worker's profile cache (`RedisProfileStore(cache_users=...)`) on a real Redis.
+
+A store that keeps the profiles it wrote must behave exactly like one that reads
+every profile back: what it holds is what Redis holds, and a profile someone
+else wrote meanwhile (a partition that moved and came back, an erased or
+expired profile rewritten since) is never built upon: the compare-and-set on
+version and `updated` refuses the write, and the pipeline reloads the user.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import astuple
+
+import pytest
+import redis.asyncio as aioredis
+
+from profiling.pipeline import Record, Stages, apply_batch
+from profiling.profile import ProfileParams
+from profiling.store import profile_key, seen_key, state_key
+from stream.interest_setup import interest_model
+from stream.model_setup import build_models
+from stream.redis_store import RedisProfileStore, connect
+from stream.settings import Settings
+from stream.synthetic_shop import ShopGenerator
+
+T0 = 1_700_000_000_000
+TOPIC = "behavior-events"
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = connect(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def ticking(start: int = T0) -> Callable[[], int]:
+    """A clock that moves 1 ms per reading, so every write has its own `updated`."""
+    now = [start]
+
+    def clock() -> int:
+        now[0] += 1
+        return now[0]
+
+    return clock
+
+
+def shop_records(n: int, users: int) -> list[Record]:
+    shop = ShopGenerator(users=users, seed=11, start_ms=T0, end_ms=T0 + 3_600_000)
+    return [
+        Record(TOPIC, zlib.crc32(key) % 3, offset, key, value)
+        for offset, (key, value) in enumerate(shop.records(n, 0.01, 0.02))
+    ]
+
+
+def event(user: str, event_id: str, ts: int, offset: int) -> Record:
+    body = (
+        f'{{"event_id":"{event_id}","user_id":"{user}","type":"view","ts":{ts},'
+        '"item_id":"i1","category":"books","price":9.5,"title":"A novel"}'
+    )
+    return Record(TOPIC, 0, offset, user.encode(), body.encode())
+
+
+async def reloaded(client: aioredis.Redis, user: str) -> tuple[object, ...]:
+    """The user's profile as a store without a cache reads it from Redis."""
+    fresh = await RedisProfileStore(client).load({user: []})
+    return astuple(fresh[user].profile)
+
+
+async def test_cached_profiles_are_what_redis_holds(client: aioredis.Redis, redis_url: str) -> None:
+    settings = Settings(redis_url=redis_url, encoder_model="hashing")
+    interests = interest_model(settings, client)
+    assert interests is not None
+    stages = Stages(interests, False, build_models(settings, interests.encoder.dim))
+    store = RedisProfileStore(client, cache_users=10_000)
+    records = shop_records(3000, users=40)
+    clock, applied = ticking(T0 + 7_200_000), 0  # after the shop's hour: no event is ahead
+    for start in range(0, len(records), 150):  # many batches per user: the cache is used
+        result = await apply_batch(
+            records[start : start + 150], store, ProfileParams(), clock, stages
+        )
+        applied += result.outcomes["applied"]
+        for user, cached in list(store._cache.items()):
+            assert astuple(cached) == await reloaded(client, user), user
+    assert applied > 2900
+    assert store.cached_users == len({record.key for record in records})
+    assert any(profile.interest and profile.risk is not None for profile in store._cache.values())
+
+
+async def test_a_profile_written_elsewhere_is_reloaded_not_overwritten(
+    client: aioredis.Redis,
+) -> None:
+    cached, other = RedisProfileStore(client, cache_users=100), RedisProfileStore(client)
+    params, clock = ProfileParams(), ticking()
+    await apply_batch([event("ann", "e1", T0, 0)], cached, params, clock)
+    # Another writer (the partition's owner while this worker did not hold it).
+    await apply_batch([event("ann", "e2", T0 + 1000, 1)], other, params, clock)
+    result = await apply_batch([event("ann", "e3", T0 + 2000, 2)], cached, params, clock)
+    assert result.outcomes["applied"] == 1
+    stored = await client.hgetall(profile_key("ann"))
+    assert stored[b"events"] == b"3" and stored[b"version"] == b"3"
+    assert astuple(cached._cache["ann"]) == await reloaded(client, "ann")
+
+
+async def test_a_rewritten_profile_at_the_same_version_is_not_built_upon(
+    client: aioredis.Redis,
+) -> None:
+    """Same version, other content (erased, then rebuilt by another writer): `updated` tells."""
+    cached, other = RedisProfileStore(client, cache_users=100), RedisProfileStore(client)
+    params, clock = ProfileParams(), ticking()
+    await apply_batch([event("bob", "e1", T0, 0)], cached, params, clock)
+    await client.delete(profile_key("bob"), state_key("bob"), seen_key("bob"))
+    await apply_batch([event("bob", "x1", T0 + 500, 0)], other, params, clock)
+    assert (await client.hget(profile_key("bob"), "version")) == b"1"
+    await apply_batch([event("bob", "e2", T0 + 1000, 1)], cached, params, clock)
+    stored = await RedisProfileStore(client).load({"bob": ["e1", "x1", "e2"]})
+    assert stored["bob"].profile.version == 2
+    assert stored["bob"].seen_ids == {"x1", "e2"}  # built on the rewrite, not on the cache
+
+
+async def test_the_cache_is_bounded_and_off_at_zero(client: aioredis.Redis) -> None:
+    records = [event(f"u{i}", f"e{i}", T0 + i, i) for i in range(30)]
+    bounded, off = RedisProfileStore(client, cache_users=8), RedisProfileStore(client)
+    await apply_batch(records[:20], bounded, ProfileParams(), ticking())
+    await apply_batch(records[20:], off, ProfileParams(), ticking())
+    assert bounded.cached_users == 8 and list(bounded._cache) == [f"u{i}" for i in range(12, 20)]
+    assert off.cached_users == 0
