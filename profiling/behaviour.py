@@ -373,12 +373,18 @@ def profile_features(
         else 0.0,
         "category_focus": category_focus,
     }
-    for kind in MIX_TYPES:
-        features[f"share_{kind}"] = counts.get(kind, 0) / total
-    taste = projection @ vector if vector is not None else np.zeros(len(projection))
-    for i, value in enumerate(taste):
-        features[f"taste_{i}"] = float(value)
+    for kind, name in _SHARE_NAMES:
+        features[name] = counts.get(kind, 0) / total
+    if vector is None:
+        features.update(_NO_TASTE)
+    else:
+        features.update(zip(_TASTE_NAMES, (projection @ vector).tolist(), strict=True))
     return features
+
+
+_SHARE_NAMES: Final = tuple((kind, f"share_{kind}") for kind in MIX_TYPES)
+_TASTE_NAMES: Final = tuple(f"taste_{i}" for i in range(VECTOR_PROJECTION_DIMS))
+_NO_TASTE: Final = dict.fromkeys(_TASTE_NAMES, 0.0)
 
 
 def vector_projection(dim: int, seed: int = 20_26) -> np.ndarray[Any, np.dtype[np.float64]]:

@@ -17,9 +17,9 @@ which categories the bounded table evicted).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from profiling.behaviour import Behaviour
 from profiling.events import Event
@@ -102,23 +102,37 @@ class Profile:
         return [(name, round(score, 6)) for name, score in best if score > 0]
 
 
-_PROFILE_SLOTS: Final = tuple(
-    (descriptor.__get__, descriptor.__set__)
-    for descriptor in (getattr(Profile, f.name) for f in fields(Profile))
-)
+_FIELD_NAMES: Final = tuple(f.name for f in fields(Profile))
+# Each slot's setter, bypassing the frozen __setattr__ (only a fresh copy is ever set).
+_SETTERS: Final[Mapping[str, Any]] = {name: getattr(Profile, name).__set__ for name in _FIELD_NAMES}
+
+
+def _copier() -> Callable[[Profile], Profile]:
+    """A function copying every slot of a Profile, one line per slot.
+
+    Generated (as dataclasses generates `__init__`) because a loop over the slots
+    costs twice as much, and a profile is copied twice per user and batch.
+    """
+    body = "".join(f"    _set_{name}(new, profile.{name})\n" for name in _FIELD_NAMES)
+    source = f"def copy(profile):\n    new = _new(Profile)\n{body}    return new\n"
+    namespace: dict[str, Any] = {"_new": object.__new__, "Profile": Profile}
+    namespace.update({f"_set_{name}": setter for name, setter in _SETTERS.items()})
+    exec(source, namespace)  # the source is built above from the dataclass's own fields
+    return namespace["copy"]  # type: ignore[no-any-return]
+
+
+_copy = _copier()
 
 
 def evolve(profile: Profile, **changes: object) -> Profile:
-    """`dataclasses.replace` for the hot path: a copy with `changes`, at half the cost.
+    """`dataclasses.replace` for the hot path: a copy with `changes`, at a third of the cost.
 
     Copies the slots directly instead of calling the frozen `__init__` with every
-    field; `changes` must name fields (a typo raises AttributeError).
+    field; `changes` must name fields (a typo raises KeyError).
     """
-    new = object.__new__(Profile)
-    for get, put in _PROFILE_SLOTS:
-        put(new, get(profile))
+    new = _copy(profile)
     for name, value in changes.items():
-        getattr(Profile, name).__set__(new, value)
+        _SETTERS[name](new, value)
     return new
 
 
