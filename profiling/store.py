@@ -87,25 +87,39 @@ class ProfileStore(Protocol):
         ...
 
 
-def public_fields(profile: Profile) -> dict[str, str]:
-    """The `profile:{u}` hash fields of a profile (DESIGN.md §3)."""
+def public_fields(profile: Profile, since: Profile | None = None) -> dict[str, str]:
+    """The `profile:{u}` hash fields of a profile (DESIGN.md §3).
+
+    With `since` (the profile whose fields the hash holds now), only the fields
+    that may differ from it: each field is a function of the attributes it is
+    compared on here, so the hash updated with these equals `public_fields(profile)`.
+    """
     fields = {
         "version": str(profile.version),
-        "first_seen": str(profile.first_seen),
-        "last_seen": str(profile.last_seen),
         "updated": str(profile.updated),
         "events": str(profile.events),
-        "spend": repr(round(profile.spend, 6)),
-        "orders": str(profile.orders),
-        "categories": orjson.dumps(profile.top_categories()).decode(),
     }
+    if since is None or profile.first_seen != since.first_seen:
+        fields["first_seen"] = str(profile.first_seen)
+    if since is None or profile.last_seen != since.last_seen:
+        fields["last_seen"] = str(profile.last_seen)
+    if since is None or profile.spend != since.spend:
+        fields["spend"] = repr(round(profile.spend, 6))
+    if since is None or profile.orders != since.orders:
+        fields["orders"] = str(profile.orders)
+    if since is None or profile.category_scores is not since.category_scores:
+        fields["categories"] = orjson.dumps(profile.top_categories()).decode()
+    before = {} if since is None else since.counts
     for kind, count in profile.counts.items():
-        fields[f"count:{kind}"] = str(count)
-    if profile.model is not None:
+        if before.get(kind) != count:
+            fields[f"count:{kind}"] = str(count)
+    if profile.model is not None and (since is None or profile.model != since.model):
         fields["model"] = profile.model
-    if profile.segment is not None:
+    if profile.segment is not None and (since is None or profile.segment != since.segment):
         fields["segment"] = str(profile.segment)
-    if profile.risk is not None:
+    if profile.risk is not None and (
+        since is None or profile.risk != since.risk or profile.risk_reasons != since.risk_reasons
+    ):
         fields["risk"] = repr(profile.risk)
         fields["risk_reasons"] = profile.risk_reasons or "[]"
     return fields
@@ -114,13 +128,20 @@ def public_fields(profile: Profile) -> dict[str, str]:
 VECTOR_FIELDS = ("vec_long", "vec_short")
 
 
-def vector_fields(profile: Profile) -> dict[str, bytes]:
-    """The binary `profile:{u}` fields: float32 little-endian interest vectors, when present."""
+def vector_fields(profile: Profile, since: Profile | None = None) -> dict[str, bytes]:
+    """The binary `profile:{u}` fields: float32 little-endian interest vectors, when present.
+
+    With `since`, only the vectors that differ from its own.
+    """
     interest = profile.interest
     if interest is None:
         return {}
-    pairs = (("vec_long", interest.vec_long), ("vec_short", interest.vec_short))
-    return {name: value for name, value in pairs if value is not None}
+    before = since.interest if since is not None else None
+    pairs = (
+        ("vec_long", interest.vec_long, before.vec_long if before else None),
+        ("vec_short", interest.vec_short, before.vec_short if before else None),
+    )
+    return {name: value for name, value, old in pairs if value is not None and value != old}
 
 
 def state_blob(profile: Profile) -> bytes:

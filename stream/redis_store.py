@@ -237,7 +237,7 @@ class RedisProfileStore:
         calls = []
         for chunk in _chunks(list(writes), self.users_per_call):
             binary: list[bytes] = []
-            payload = [_write_entry(write, binary) for write in chunk]
+            payload = [_write_entry(write, binary, self._held(write)) for write in chunk]
             keys = _user_keys([write.profile.user_id for write in chunk])
             args = [self.ttl_ms, self.dedupe_window, orjson.dumps(payload), *binary]
             calls.append((keys, args))
@@ -263,6 +263,20 @@ class RedisProfileStore:
         while len(cache) > self.cache_users:
             cache.popitem(last=False)
         return conflicts
+
+    def _held(self, write: Write) -> Profile | None:
+        """The cached profile `write` was computed from, if it is the one Redis holds.
+
+        If the write lands, the hash holds that profile's fields: only the ones
+        that changed need sending. If it does not, nothing was sent in vain.
+        """
+        held = self._cache.get(write.profile.user_id)
+        if held is None or (held.version, held.updated) != (
+            write.expected_version,
+            write.expected_updated,
+        ):
+            return None
+        return held
 
     async def load_scored(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
         if not keys:
@@ -318,12 +332,15 @@ class RedisProfileStore:
         return self._shas[script]
 
 
-def _write_entry(write: Write, binary: list[bytes]) -> list[Any]:
-    """One user's part of the save script's JSON; binary values are appended to `binary`."""
-    fields = [item for pair in public_fields(write.profile).items() for item in pair]
+def _write_entry(write: Write, binary: list[bytes], since: Profile | None) -> list[Any]:
+    """One user's part of the save script's JSON; binary values are appended to `binary`.
+
+    `since`: the profile the stored hash holds, when known (only changed fields are sent).
+    """
+    fields = [item for pair in public_fields(write.profile, since).items() for item in pair]
     seen = [item for event_id, ts in write.applied_ids for item in (str(ts), event_id)]
     refs: list[Any] = []
-    for name, value in vector_fields(write.profile).items():
+    for name, value in vector_fields(write.profile, since).items():
         binary.append(value)
         refs += (name, 3 + len(binary))  # ARGV index (1-based) after ttl, window, JSON
     binary.append(state_blob(write.profile))  # raw, not escaped inside the JSON document

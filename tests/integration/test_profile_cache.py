@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from profiling.pipeline import Record, Stages, apply_batch
 from profiling.profile import ProfileParams
-from profiling.store import profile_key, seen_key, state_key
+from profiling.store import profile_key, public_fields, seen_key, state_key, vector_fields
 from stream.interest_setup import interest_model
 from stream.model_setup import build_models
 from stream.redis_store import RedisProfileStore, connect
@@ -71,6 +71,14 @@ async def reloaded(client: aioredis.Redis, user: str) -> tuple[object, ...]:
     return astuple(fresh[user].profile)
 
 
+async def stored_hash(client: aioredis.Redis, user: str) -> dict[str, str | bytes]:
+    raw = await client.hgetall(profile_key(user))
+    return {
+        name.decode(): value if name.decode() in ("vec_long", "vec_short") else value.decode()
+        for name, value in raw.items()
+    }
+
+
 async def test_cached_profiles_are_what_redis_holds(client: aioredis.Redis, redis_url: str) -> None:
     settings = Settings(redis_url=redis_url, encoder_model="hashing")
     interests = interest_model(settings, client)
@@ -86,6 +94,9 @@ async def test_cached_profiles_are_what_redis_holds(client: aioredis.Redis, redi
         applied += result.outcomes["applied"]
         for user, cached in list(store._cache.items()):
             assert astuple(cached) == await reloaded(client, user), user
+            # Writes send only what changed: the hash is still the whole profile.
+            expected = {**public_fields(cached), **vector_fields(cached)}
+            assert await stored_hash(client, user) == expected, user
     assert applied > 2900
     assert store.cached_users == len({record.key for record in records})
     assert any(profile.interest and profile.risk is not None for profile in store._cache.values())

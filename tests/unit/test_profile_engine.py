@@ -22,8 +22,9 @@ from profiling.profile import (
     Profile,
     ProfileParams,
     apply_deliveries,
+    evolve,
 )
-from profiling.store import InMemoryProfileStore
+from profiling.store import InMemoryProfileStore, public_fields
 
 NOW = 1_750_000_000_000
 PARAMS = ProfileParams(category_half_life_ms=3_600_000.0, heartbeat_ms=0)
@@ -157,6 +158,50 @@ def test_resent_events_are_applied_once(rows: list[tuple]) -> None:
     ]
     store = run_batches([records, resent])
     assert_matches_oracle(store, records)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=events_strategy, cuts=st.lists(st.integers(0, 100), max_size=6))
+def test_the_changed_fields_bring_a_stored_hash_up_to_date(
+    rows: list[tuple], cuts: list[int]
+) -> None:
+    """What a write sends when the store knows the hash's profile: no stale field left."""
+    held: dict[str, Profile] = {}
+    hashes: dict[str, dict[str, str]] = {}
+    for batch in split(to_records(rows), cuts):
+        by_user: dict[str, list[Delivery]] = {}
+        for record in batch:
+            event = decode_event(record.value or b"", NOW)
+            assert isinstance(event, Event)
+            by_user.setdefault(event.user_id, []).append(Delivery(event, 0, record.offset))
+        for user, deliveries in by_user.items():
+            before = held.get(user, Profile(user))
+            stored = dict(hashes.get(user, {}))
+            after = apply_deliveries(before, deliveries, frozenset(), PARAMS, NOW).profile
+            stored.update(public_fields(after, before if before.version else None))
+            assert stored == public_fields(after)
+            held[user], hashes[user] = after, stored
+
+
+def test_the_changed_fields_include_the_models_verdicts() -> None:
+    base = evolve(Profile("ann"), version=1, counts={"view": 1}, events=1, model="m1")
+    stored = public_fields(base)
+    steps = [
+        {"segment": 2},
+        {"risk": 0.4, "risk_reasons": '[{"feature":"new_device"}]'},
+        {"risk_reasons": "[]"},  # same risk, other reasons
+        {"segment": 5, "model": "m2", "counts": {"view": 1, "login": 1}},
+        {"spend": 12.5, "orders": 1, "category_scores": {"books": 1.0}},
+    ]
+    profile = base
+    for version, changes in enumerate(steps, start=2):
+        after = evolve(profile, version=version, **changes)
+        sent = public_fields(after, profile)
+        assert set(sent) >= {"version", "updated", "events"}
+        assert "first_seen" not in sent  # unchanged fields are not sent
+        stored.update(sent)
+        assert stored == public_fields(after)
+        profile = after
 
 
 def test_late_event_counts_but_never_moves_last_seen_back() -> None:
