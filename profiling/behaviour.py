@@ -33,6 +33,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from profiling import slots
 from profiling.events import Event
 
 MINUTE_MS: Final = 60_000
@@ -102,7 +103,7 @@ class Behaviour:
 
     def to_json(self) -> list[Any]:
         """The stored form: the fields' values in declaration order (no names: ~17 % smaller)."""
-        return [getattr(self, name) for name in _FIELDS]
+        return list(_ALL_VALUES(self))
 
     @classmethod
     def from_json(cls, raw: Sequence[Any] | Mapping[str, Any]) -> Behaviour:
@@ -114,13 +115,16 @@ class Behaviour:
             values[i] = tuple(values[i])
         for i in _TOKEN_SETS:
             values[i] = tuple(map(tuple, values[i]))
-        return cls(*values)
+        return _build(*values)
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _FIELDS}
+        return dict(zip(_FIELDS, _ALL_VALUES(self), strict=True))
 
 
 _FIELDS: Final = tuple(Behaviour.__dataclass_fields__)
+_ALL_VALUES: Final = operator.attrgetter(*_FIELDS)  # every field's value, in order, one call
+_IN_FIELD_ORDER: Final = operator.itemgetter(*_FIELDS)  # a dict of the fields' values, in order
+_build: Final = slots.builder(Behaviour)  # Behaviour(*values) without the frozen __init__
 _DEFAULTS: Final = {name: getattr(Behaviour(), name) for name in _FIELDS}
 _STAMP_RUNS: Final = tuple(_FIELDS.index(name) for name in ("events", "orders", "failures"))
 _TOKEN_SETS: Final = tuple(_FIELDS.index(name) for name in ("devices", "countries", "cards"))
@@ -246,7 +250,7 @@ class _Working:
             v["events"] = tuple(v["events"][-RECENT_EVENTS:])
             v["orders"] = tuple(v["orders"][-RECENT_ORDERS:])
             v["failures"] = tuple(v["failures"][-RECENT_FAILURES:])
-            self._frozen = Behaviour(**v)
+            self._frozen = _build(*_IN_FIELD_ORDER(v))
         return self._frozen
 
     def fold(self, event: Event) -> None:

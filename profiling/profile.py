@@ -17,10 +17,12 @@ which categories the bounded table evicted).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any, Final, NamedTuple
+import operator
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, NamedTuple
 
+from profiling import slots
 from profiling.behaviour import Behaviour
 from profiling.events import Event
 from profiling.vectors import StoredInterest
@@ -98,30 +100,19 @@ class Profile:
         return self.version == 0
 
     def top_categories(self, n: int = PUBLISHED_CATEGORIES) -> list[tuple[str, float]]:
-        best = heapq.nlargest(n, self.category_scores.items(), key=lambda kv: (kv[1], kv[0]))
+        scores = self.category_scores
+        best = (
+            sorted(scores.items(), key=_SCORE_THEN_NAME, reverse=True)
+            if len(scores) <= n
+            else heapq.nlargest(n, scores.items(), key=_SCORE_THEN_NAME)
+        )
         return [(name, round(score, 6)) for name, score in best if score > 0]
 
 
-_FIELD_NAMES: Final = tuple(f.name for f in fields(Profile))
+_SCORE_THEN_NAME: Final = operator.itemgetter(1, 0)  # strongest first, ties by name
 # Each slot's setter, bypassing the frozen __setattr__ (only a fresh copy is ever set).
-_SETTERS: Final[Mapping[str, Any]] = {name: getattr(Profile, name).__set__ for name in _FIELD_NAMES}
-
-
-def _copier() -> Callable[[Profile], Profile]:
-    """A function copying every slot of a Profile, one line per slot.
-
-    Generated (as dataclasses generates `__init__`) because a loop over the slots
-    costs twice as much, and a profile is copied twice per user and batch.
-    """
-    body = "".join(f"    _set_{name}(new, profile.{name})\n" for name in _FIELD_NAMES)
-    source = f"def copy(profile):\n    new = _new(Profile)\n{body}    return new\n"
-    namespace: dict[str, Any] = {"_new": object.__new__, "Profile": Profile}
-    namespace.update({f"_set_{name}": setter for name, setter in _SETTERS.items()})
-    exec(source, namespace)  # the source is built above from the dataclass's own fields
-    return namespace["copy"]  # type: ignore[no-any-return]
-
-
-_copy = _copier()
+_SETTERS: Final = slots.setters(Profile)
+_copy: Final = slots.copier(Profile)
 
 
 def evolve(profile: Profile, **changes: object) -> Profile:
@@ -136,9 +127,8 @@ def evolve(profile: Profile, **changes: object) -> Profile:
     return new
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What applying one user's deliveries did."""
+class Outcome(NamedTuple):
+    """What applying one user's deliveries did (a tuple: made twice per user and batch)."""
 
     profile: Profile
     applied: list[Event]

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 from river import cluster, preprocessing
@@ -66,8 +65,7 @@ MAX_CATEGORIES: Final = 32  # top categories counted per segment, for its descri
 WORD_THRESHOLD: Final = 0.5  # standard deviations from the mean before a word applies
 
 
-@dataclass(frozen=True, slots=True)
-class Assignment:
+class Assignment(NamedTuple):
     segment: int
     since: int  # updates spent in this segment (the dwell counter)
     moved_from: int | None  # the previous segment when this update moved the user
