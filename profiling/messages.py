@@ -6,8 +6,7 @@ import base64
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
-
+from profiling import jsonout
 from profiling.events import Rejection
 from profiling.profile import Profile
 from profiling.risk import risk_band
@@ -41,7 +40,7 @@ def change_message(
     }
     if with_vector and profile.interest is not None and profile.interest.vec_long is not None:
         body["vec_long"] = base64.b64encode(profile.interest.vec_long).decode("ascii")
-    return orjson.dumps(body)
+    return jsonout.dumps(body)
 
 
 def dead_letter(
@@ -69,7 +68,7 @@ def dead_letter(
         "value": value_text,
         "value_encoding": encoding,
     }
-    return orjson.dumps(body)
+    return jsonout.dumps(body)
 
 
 def _as_text(raw: bytes | None) -> tuple[str | None, str]:

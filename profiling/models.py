@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
-import orjson
 
+from profiling import jsonout
 from profiling.behaviour import Behaviour, observe_all, profile_features, vector_projection
 from profiling.events import Event
 from profiling.profile import Outcome, Profile, evolve
@@ -127,7 +127,7 @@ class ProfileModels:
                 if risk >= REASONS_FLOOR
                 else []
             )
-            changes["risk_reasons"] = orjson.dumps(reasons).decode()
+            changes["risk_reasons"] = jsonout.dumps(reasons).decode()
         previous_seen = (profile.behaviour or Behaviour()).last_ts
         segment_features = self._profile_features(profile, state, previous_seen)
         return changes, segment_features, tuple(snapshots)
@@ -144,7 +144,7 @@ class ProfileModels:
             "reasons": risk.reasons_json(features),
             "model_version": self.risk.version,
         }
-        return orjson.dumps(body).decode()
+        return jsonout.dumps(body).decode()
 
     def _profile_features(
         self, profile: Profile, behaviour: Behaviour, previous_seen: int

@@ -22,6 +22,7 @@ from typing import Protocol
 
 import orjson
 
+from profiling import jsonout
 from profiling.behaviour import Behaviour
 from profiling.profile import Profile
 from profiling.vectors import StoredInterest
@@ -108,7 +109,7 @@ def public_fields(profile: Profile, since: Profile | None = None) -> dict[str, s
     if since is None or profile.orders != since.orders:
         fields["orders"] = str(profile.orders)
     if since is None or profile.category_scores is not since.category_scores:
-        fields["categories"] = orjson.dumps(profile.top_categories()).decode()
+        fields["categories"] = jsonout.dumps(profile.top_categories()).decode()
     before = {} if since is None else since.counts
     for kind, count in profile.counts.items():
         if before.get(kind) != count:
@@ -146,7 +147,7 @@ def vector_fields(profile: Profile, since: Profile | None = None) -> dict[str, b
 
 def state_blob(profile: Profile) -> bytes:
     """The `profile-state:{u}` value: what the engine needs that readers do not."""
-    return orjson.dumps(
+    return jsonout.dumps(
         {
             "cats": profile.category_scores,
             "wm": {str(p): o for p, o in profile.watermarks.items()},

@@ -20,7 +20,6 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-import orjson
 import redis.asyncio as aioredis
 
 try:
@@ -29,6 +28,7 @@ except ImportError:  # redis[hiredis] brings it; without it redis-py packs in Py
     hiredis = None  # type: ignore[assignment]
 from redis.exceptions import NoScriptError, RedisError
 
+from profiling import jsonout
 from profiling.profile import Profile
 from profiling.store import (
     VECTOR_FIELDS,
@@ -207,7 +207,7 @@ class RedisProfileStore:
             (
                 _user_keys(chunk),
                 [
-                    orjson.dumps([wanted[user_id] for user_id in chunk]),
+                    jsonout.dumps([wanted[user_id] for user_id in chunk]),
                     "".join("1" if profile is None else "0" for profile in part),
                 ],
             )
@@ -239,7 +239,7 @@ class RedisProfileStore:
             binary: list[bytes] = []
             payload = [_write_entry(write, binary, self._held(write)) for write in chunk]
             keys = _user_keys([write.profile.user_id for write in chunk])
-            args = [self.ttl_ms, self.dedupe_window, orjson.dumps(payload), *binary]
+            args = [self.ttl_ms, self.dedupe_window, jsonout.dumps(payload), *binary]
             calls.append((keys, args))
         # Features of scored events ride in the same round trip; a write that loses its
         # race recomputes them under the same keys, so writing them regardless is safe.
