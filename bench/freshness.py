@@ -25,7 +25,8 @@ The reader (`--reader`):
   to a poll interval.
 
 Each run also records the reader, the CPU time of this process (the producer
-and the reader) and of redis-server during the feed.
+and the reader), of redis-server and of the worker during the feed, and the
+worker's mean batch (records, and ms from fetch to commit) from its /metrics.
 
     python bench/freshness.py --rates 10000 20000 --seconds 20
     python bench/freshness.py --rates 10000 --worker-env PROFILER_BATCH_MAX_MS=10
@@ -243,15 +244,35 @@ async def _redis_cpu_s(client: aioredis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def scrape_histogram(port: int) -> dict[str, float]:
+def scrape_worker(port: int) -> dict[str, object]:
+    """The worker's event-to-store histogram and its mean batch size and batch time."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
         text = reply.read().decode()
-    buckets = {}
+    buckets, totals = {}, {}
     for line in text.splitlines():
         if line.startswith("profiler_event_to_store_seconds_bucket"):
             bound = line.split('le="')[1].split('"')[0]
             buckets[bound] = float(line.rsplit(" ", 1)[1])
-    return buckets
+        elif line.startswith(("profiler_batch_records_", "profiler_batch_seconds_")):
+            name, value = line.rsplit(" ", 1)
+            totals[name] = float(value)
+    batches = totals.get("profiler_batch_records_count", 0.0)
+    return {
+        "worker_event_to_store_histogram": buckets,
+        "worker_batches": int(batches),
+        "worker_mean_batch_records": round(totals["profiler_batch_records_sum"] / batches, 1)
+        if batches
+        else None,
+        "worker_mean_batch_ms": round(1000 * totals["profiler_batch_seconds_sum"] / batches, 1)
+        if batches
+        else None,
+    }
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -307,8 +328,10 @@ def main() -> None:
             )
             try:
                 _wait_ready(port)
+                cpu_before = process_cpu_s(worker.pid)
                 result = asyncio.run(measure(settings, rate, args.seconds, args.reader))
-                result["worker_event_to_store_histogram"] = scrape_histogram(port)
+                result["worker_cpu_s"] = round(process_cpu_s(worker.pid) - cpu_before, 2)
+                result.update(scrape_worker(port))
             finally:
                 worker.terminate()
                 worker.wait(timeout=60)

@@ -358,18 +358,15 @@ class BatchWorker:
                 await asyncio.sleep(delay)
 
     async def _publish(self, result: BatchResult) -> None:
-        send = self.producer.send
-        pending = [
-            await send(self.settings.topic_dlq, body, key=key) for key, body in result.dead_letters
+        settings = self.settings
+        messages = [(settings.topic_dlq, key, body) for key, body in result.dead_letters]
+        messages += [
+            (settings.topic_updates, user_id.encode(), body) for user_id, body in result.changes
         ]
-        pending += [
-            await send(self.settings.topic_updates, body, key=user_id.encode())
-            for user_id, body in result.changes
+        messages += [
+            (settings.topic_alerts, user_id.encode(), body) for user_id, body in result.alerts
         ]
-        pending += [
-            await send(self.settings.topic_alerts, body, key=user_id.encode())
-            for user_id, body in result.alerts
-        ]
+        pending = await kafka.send_all(self.producer, messages)
         if pending:
             await asyncio.gather(*pending)
 
