@@ -1,0 +1,137 @@
+"""What one event costs at the batch sizes a worker sees while keeping up with a stream.
+
+A worker draining a backlog takes 5,000 events a batch, about 17 per user it
+writes; one keeping up with a steady stream takes what arrived during the last
+batch, a few hundred events, nearly one per user. Per-user work (loading,
+folding, writing a profile) then dominates. This runs the worker's batch step
+(`apply_batch`, the default models on, no vectors) in process against a local
+redis-server, on a synthetic shop whose first 40,000 events are applied in
+batches of 2,500 (the users exist), then the next 50,000 in batches of each
+size, with the worker's profile cache (`PROFILER_PROFILE_CACHE_USERS`) and
+without it. Per event: wall time, this process's CPU (the worker's share) and
+redis-server's time in scripts (INFO commandstats).
+
+    python bench/batch_cost.py
+    python bench/batch_cost.py --sizes 130 600 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import platform
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+from profiling.pipeline import Record, Stages, apply_batch
+from stream.devstack import LocalRedis
+from stream.model_setup import build_models
+from stream.redis_store import RedisProfileStore, connect
+from stream.runner import settle_heap
+from stream.settings import Settings
+from stream.synthetic_shop import ShopGenerator
+from stream.worker import profile_params
+
+RESULTS = Path(__file__).parent / "results"
+WARM_EVENTS = 40_000
+MEASURED_EVENTS = 50_000
+START_MS = 1_764_000_000_000
+
+
+def shop_records() -> list[Record]:
+    shop = ShopGenerator(users=20_000, seed=5, start_ms=START_MS, end_ms=START_MS + 30_000)
+    return [
+        Record("behavior-events", zlib.crc32(key) % 6, offset, key, value)
+        for offset, (key, value) in enumerate(shop.records(WARM_EVENTS + MEASURED_EVENTS))
+    ]
+
+
+async def one_run(url: str, records: list[Record], size: int, cache_users: int) -> dict[str, Any]:
+    client = connect(url)
+    await client.flushall()
+    settings = Settings(redis_url=url, profile_cache_users=cache_users)
+    store = RedisProfileStore(client, cache_users=settings.profile_cache_users)
+    stages = Stages(None, False, build_models(settings))
+    params = profile_params(settings)
+
+    def clock() -> int:
+        return START_MS + 40_000
+
+    for start in range(0, WARM_EVENTS, 2_500):
+        await apply_batch(records[start : start + 2_500], store, params, clock, stages)
+    settle_heap()
+    await client.config_resetstat()
+    measured = records[WARM_EVENTS:]
+    users = 0
+    wall, cpu = time.perf_counter(), time.process_time()
+    for start in range(0, len(measured), size):
+        result = await apply_batch(measured[start : start + size], store, params, clock, stages)
+        users += result.users_written
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    scripts = (await client.info("commandstats")).get("cmdstat_evalsha", {})
+    await client.aclose()
+    gc.unfreeze()
+    n = len(measured)
+    return {
+        "batch": size,
+        "profile_cache": cache_users,
+        "events_per_user_write": round(n / users, 2),
+        "wall_us_per_event": round(wall / n * 1e6, 1),
+        "worker_cpu_us_per_event": round(cpu / n * 1e6, 1),
+        "redis_scripts_us_per_event": round(scripts.get("usec", 0) / n, 1),
+    }
+
+
+async def run(sizes: list[int], repeat: int) -> list[dict[str, Any]]:
+    records = shop_records()
+    rows: list[dict[str, Any]] = []
+    with LocalRedis() as redis_server:
+        for _ in range(repeat):  # interleaved: each round runs every configuration once
+            for size in sizes:
+                for cache_users in (Settings().profile_cache_users, 0):
+                    row = await one_run(redis_server.url, records, size, cache_users)
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+    return rows
+
+
+def best(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (batch, cache) the run with the least worker CPU (the least disturbed)."""
+    chosen: dict[tuple[int, int], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["batch"], row["profile_cache"])
+        if (
+            key not in chosen
+            or row["worker_cpu_us_per_event"] < chosen[key]["worker_cpu_us_per_event"]
+        ):
+            chosen[key] = row
+    return list(chosen.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[130, 260, 600, 1200, 5000])
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS / "batch_cost.json")
+    args = parser.parse_args()
+    rows = asyncio.run(run(args.sizes, args.repeat))
+    report = {
+        "benchmark": "batch_cost",
+        "command": "python " + " ".join(sys.argv),
+        "machine": f"{platform.machine()}, 2 cores, Python {platform.python_version()}",
+        "measured_events": MEASURED_EVENTS,
+        "runs": rows,
+        "best": best(rows),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["best"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
