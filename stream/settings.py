@@ -75,7 +75,9 @@ class Settings(BaseSettings):
         0, ge=0, description="expire profiles inactive this long (seconds); 0 keeps them"
     )
     profile_cache_users: int = Field(
-        50_000, ge=0, description="profiles a worker keeps in memory after writing them; 0: none"
+        20_000,
+        ge=0,
+        description="profiles a worker keeps in memory after writing them (3-7.5 KB each); 0: none",
     )
 
     # Interest vectors
