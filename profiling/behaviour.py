@@ -216,7 +216,11 @@ def _features(v: Mapping[str, Any], event: Event) -> dict[str, float]:
 
 
 def _familiar(known: tuple[tuple[str, int, int], ...], value: str, ts: int) -> bool:
-    return any(d == value and ts - first >= TRUST_MS for d, first, _ in known)
+    """Whether `value` was first used at least TRUST_MS before `ts` (each value is listed once)."""
+    for known_value, first, _ in known:
+        if known_value == value:
+            return ts - first >= TRUST_MS
+    return False
 
 
 def _within(stamps: Sequence[int], ts: int, window_ms: int) -> int:

@@ -122,7 +122,9 @@ class SegmentModel:
         ):
             assigned = self._hysteresis(row, best, segment, dwell)
             if category:
-                counter = self.top_categories.setdefault(assigned.segment, Counter())
+                counter = self.top_categories.get(assigned.segment)
+                if counter is None:  # not setdefault: that builds a Counter every time
+                    counter = self.top_categories[assigned.segment] = Counter()
                 counter[category] += 1
                 if len(counter) > 2 * MAX_CATEGORIES:  # bounded: keep the strongest
                     self.top_categories[assigned.segment] = Counter(
