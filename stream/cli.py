@@ -85,7 +85,9 @@ def profile(user_id: str) -> None:
     settings = load_settings()
     from stream.lookup import read_profile_json
 
-    body = asyncio.run(read_profile_json(settings.redis_url, user_id))
+    body = asyncio.run(
+        read_profile_json(settings.redis_url, user_id, cluster=settings.redis_cluster)
+    )
     if body is None:
         console.print(f"no profile for user {user_id!r}")
         raise typer.Exit(1)

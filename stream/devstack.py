@@ -27,6 +27,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -66,6 +67,15 @@ _PR_SET_PDEATHSIG = 1
 
 class DevStackError(RuntimeError):
     """A local server did not come up or a topic could not be made; the message says why."""
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port() -> int:
@@ -143,6 +153,9 @@ class _LocalServer(ABC):
     def _environment(self) -> dict[str, str]:
         return dict(os.environ)
 
+    def _pick_port(self) -> int:
+        return free_port()
+
     @property
     def log_path(self) -> Path | None:
         """Where the server writes its output (None once stopped: the directory is gone)."""
@@ -157,7 +170,7 @@ class _LocalServer(ABC):
         if self._proc is not None:
             return self
         for _ in range(_PORT_ATTEMPTS):
-            if self._start_once(free_port()):
+            if self._start_once(self._pick_port()):
                 return self
         raise DevStackError(f"{self.name}: lost the race for a free port {_PORT_ATTEMPTS} times")
 
@@ -363,9 +376,12 @@ class LocalRedis(_LocalServer):
 
     name = "redis"
 
-    def __init__(self, *, binary: str | None = None, start_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, *, binary: str | None = None, start_timeout_s: float = 10.0, cluster: bool = False
+    ) -> None:
         super().__init__(start_timeout_s)
         self.binary = binary
+        self.cluster = cluster  # a one-node Redis Cluster owning every hash slot
 
     @property
     def url(self) -> str:
@@ -385,10 +401,43 @@ class LocalRedis(_LocalServer):
             # As deployed (docker-compose.yml): a profile hash with its two 1,536-byte
             # vectors stays in the compact encoding (see schemas/redis_profile.md).
             "--hash-max-ziplist-value", str(COMPACT_HASH_VALUE_BYTES),
+            *(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+              if self.cluster else []),
         ]  # fmt: skip
 
     def _answers(self, port: int) -> bool:
         return redis_pong(port)
+
+    def start(self) -> Self:
+        super().start()
+        if self.cluster:
+            self._own_every_slot()
+        return self
+
+    def _pick_port(self) -> int:
+        """A free port; for a cluster node one whose bus port (+10,000) is free too."""
+        if not self.cluster:
+            return free_port()
+        for _ in range(100):
+            port = random.randrange(20_000, 55_536)  # the bus port must stay under 65,536
+            if _port_free(port) and _port_free(port + 10_000):
+                return port
+        raise DevStackError("no free port pair for a cluster node")
+
+    def _own_every_slot(self) -> None:
+        """Make the one node a working cluster: assign it all 16,384 slots, wait for state ok."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        try:
+            client.execute_command("CLUSTER ADDSLOTS", *range(16_384))  # type: ignore[no-untyped-call]
+            deadline = time.monotonic() + self.start_timeout_s
+            while client.cluster("INFO").get("cluster_state") != "ok":
+                if time.monotonic() > deadline:
+                    raise DevStackError(f"redis cluster on port {self.port} never reached ok")
+                time.sleep(0.05)
+        finally:
+            client.close()
 
 
 def _tansu_binary() -> str:

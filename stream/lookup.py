@@ -26,8 +26,10 @@ def profile_json(fields: dict[str, str]) -> dict[str, Any]:
     return body
 
 
-async def read_profile_json(redis_url: str, user_id: str) -> dict[str, Any] | None:
-    client = connect(redis_url)
+async def read_profile_json(
+    redis_url: str, user_id: str, *, cluster: bool = False
+) -> dict[str, Any] | None:
+    client = connect(redis_url, cluster=cluster)
     try:
         fields = await RedisProfileStore(client).read_profile(user_id)
     finally:

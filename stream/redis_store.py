@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 try:
     import hiredis
@@ -48,7 +49,8 @@ from profiling.store import (
 # seen), and take each call's per-user arguments as one JSON document: packing a
 # few long arguments costs the client far less than thousands of short ones, and
 # the client's CPU, not the server's, is what limits a worker. Every key of one
-# user carries the same hash tag; on Redis Cluster use users_per_call=1.
+# user carries the same hash tag; on Redis Cluster use users_per_call=1 (the worker
+# does with PROFILER_REDIS_CLUSTER=true).
 
 # ARGV[1]: JSON [[event ids asked about], ...], one list per user; ARGV[2]: one
 # character per user, "1" to read the profile, "0" when the caller holds it already.
@@ -141,8 +143,16 @@ async def compact_hash_limit(client: aioredis.Redis) -> int | None:
     return min(values) if values else None
 
 
-def connect(url: str) -> aioredis.Redis:
-    """A client for `url` (redis://, rediss:// for TLS, user:password@ for ACL users)."""
+def connect(url: str, *, cluster: bool = False) -> aioredis.Redis:
+    """A client for `url` (redis://, rediss:// for TLS, user:password@ for ACL users).
+
+    With `cluster`, a Redis Cluster client (any node's URL): it sends each
+    command to the node owning its keys' hash slot. Store callers then keep
+    every script call to one user (`users_per_call=1`): a user's keys share a
+    hash tag, different users' keys do not.
+    """
+    if cluster:
+        return RedisCluster.from_url(url, decode_responses=False)  # type: ignore[return-value]
     client = aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
     pool = client.connection_pool
     pool.connection_class = _packing_in_c(pool.connection_class)
@@ -281,7 +291,11 @@ class RedisProfileStore:
     async def load_scored(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
         if not keys:
             return []
-        values = await self.client.mget([scored_key(u, e) for u, e in keys])
+        names = [scored_key(u, e) for u, e in keys]
+        if isinstance(self.client, RedisCluster):  # one MGET per hash slot
+            values = await self.client.mget_nonatomic(names)
+        else:
+            values = await self.client.mget(names)
         return [value.encode() if isinstance(value, str) else value for value in values]
 
     async def read_profile(self, user_id: str) -> dict[str, str] | None:
@@ -318,12 +332,14 @@ class RedisProfileStore:
     ) -> list[Any]:
         sha = self._shas.get(script) or await self._load(script)
         pipe = self.client.pipeline(transaction=False)
+        # execute_command, not evalsha(): the cluster pipeline refuses the named method,
+        # and routes the command by its keys' hash slot either way.
         for keys, args in calls:
-            pipe.evalsha(sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
         if scored_calls:
             scored_sha = self._shas.get(SCORED_SCRIPT) or await self._load(SCORED_SCRIPT)
             for keys, args in scored_calls:
-                pipe.evalsha(scored_sha, len(keys), *keys, *args)
+                pipe.execute_command("EVALSHA", scored_sha, len(keys), *keys, *args)
         return list(await pipe.execute())[: len(calls)]
 
     async def _load(self, script: str) -> str:

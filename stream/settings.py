@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         "redis://localhost:6379/0", description="Redis URL; rediss:// for TLS, user:pass@ for ACL"
     )
+    redis_cluster: bool = Field(
+        False, description="Redis is a Redis Cluster: the cluster client, one user per store call"
+    )
     group_id: str = Field("profiler", description="Kafka consumer group of the workers")
     kafka_session_timeout_ms: int = Field(
         10_000, ge=1000, description="consumer group session timeout; a silent worker is dropped"

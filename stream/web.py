@@ -63,7 +63,8 @@ def build_app(worker: BatchWorker, max_lag: int) -> web.Application:
 
     async def profile(request: web.Request) -> web.Response:
         user_id = request.match_info["user_id"]
-        body = await read_profile_json(worker.settings.redis_url, user_id)
+        settings = worker.settings
+        body = await read_profile_json(settings.redis_url, user_id, cluster=settings.redis_cluster)
         if body is None:
             return web.json_response({"error": "not_found", "user_id": user_id}, status=404)
         return web.Response(body=orjson.dumps(body), content_type="application/json")

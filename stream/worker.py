@@ -152,13 +152,14 @@ class BatchWorker:
         self.params = profile_params(settings)
         self.stats = WorkerStats()
         self.assignment = _Assignment(settings.topic_events)
-        self.redis = connect(settings.redis_url)
+        self.redis = connect(settings.redis_url, cluster=settings.redis_cluster)
         self.store = RedisProfileStore(
             self.redis,
             settings.dedupe_window,
             settings.profile_ttl_s,
             scored_ttl_s=int(settings.scored_ttl_days * 86_400),
             cache_users=settings.profile_cache_users,
+            users_per_call=1 if settings.redis_cluster else 200,
         )
         interests = interest_model(settings, self.redis)
         self.models = build_models(settings, interests.encoder.dim if interests else 384)

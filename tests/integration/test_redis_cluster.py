@@ -1,0 +1,96 @@
+"""On a Redis Cluster (`PROFILER_REDIS_CLUSTER=true`): every call stays in one hash slot.
+
+The redis-server here runs in cluster mode, one node owning all 16,384 slots,
+so it refuses, as any cluster does, a command whose keys are in different
+slots. The worker with the cluster setting applies a whole stream (vectors,
+models, kept features for labels) through it; the same store serving
+several users per script call is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import RedisClusterException, ResponseError
+
+from profiling.pipeline import Record, apply_batch
+from profiling.profile import ProfileParams
+from stream.devstack import LocalRedis
+from stream.producing import send_records
+from stream.redis_store import RedisProfileStore, connect
+from stream.synthetic_shop import ShopGenerator
+from tests.conftest import SettingsFactory
+from tests.integration.kafka_io import drain
+
+T0 = 1_700_000_000_000
+
+
+@pytest.fixture(scope="module")
+def cluster_redis() -> Iterator[LocalRedis]:
+    with LocalRedis(cluster=True) as running:
+        yield running
+
+
+@pytest.fixture
+async def cluster_client(cluster_redis: LocalRedis) -> AsyncIterator[aioredis.Redis]:
+    client = connect(cluster_redis.url, cluster=True)
+    await client.flushall()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def view(user: str, event_id: str, offset: int) -> Record:
+    body = {
+        "event_id": event_id,
+        "user_id": user,
+        "type": "view",
+        "ts": T0 + offset,
+        "item_id": "i1",
+        "title": "A novel",
+    }
+    return Record("behavior-events", 0, offset, user.encode(), orjson.dumps(body))
+
+
+async def test_one_user_per_call_works_and_several_are_refused(
+    cluster_client: aioredis.Redis,
+) -> None:
+    users = [f"u{i}" for i in range(20)]  # their hash tags spread over many slots
+    records = [view(user, f"e-{user}", i) for i, user in enumerate(users)]
+    mixed = RedisProfileStore(cluster_client, users_per_call=200)
+    with pytest.raises((RedisClusterException, ResponseError), match=r"(?i)slot"):
+        await apply_batch(records, mixed, ProfileParams(), lambda: T0 + 60_000)
+    per_user = RedisProfileStore(cluster_client, users_per_call=1)
+    result = await apply_batch(records, per_user, ProfileParams(), lambda: T0 + 60_000)
+    assert result.outcomes["applied"] == len(users)
+    assert (await per_user.read_profile("u7") or {})["events"] == "1"
+
+
+async def test_a_worker_applies_a_stream_through_the_cluster(
+    make_settings: SettingsFactory, cluster_redis: LocalRedis, cluster_client: aioredis.Redis
+) -> None:
+    settings = await make_settings(partitions=3, redis_url=cluster_redis.url, redis_cluster=True)
+    shop = ShopGenerator(users=60, seed=3, start_ms=T0, end_ms=T0 + 3_600_000)
+    pairs = list(shop.records(1500))
+    await send_records(settings, pairs)
+    stats = await drain(settings)
+    assert stats.applied == len(pairs) and stats.dead_letters == 0
+    users = {key.decode() for key, _ in pairs}
+    store = RedisProfileStore(cluster_client, users_per_call=1)
+    counted = 0
+    for user in users:
+        profile = await store.read_profile(user)
+        assert profile is not None and "vec_long" in profile and "segment" in profile
+        counted += int(profile["events"])
+    assert counted == len(pairs)
+    scored = [
+        (key.decode(), orjson.loads(value)["event_id"])
+        for key, value in pairs
+        if orjson.loads(value)["type"] in ("purchase", "login")
+    ]
+    kept = await store.load_scored(scored)  # the label join's read: one MGET per slot
+    assert scored and all(value is not None for value in kept)
