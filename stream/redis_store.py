@@ -22,12 +22,12 @@ from typing import Any, Final
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisError
 
 try:
     import hiredis
 except ImportError:  # redis[hiredis] brings it; without it redis-py packs in Python
     hiredis = None  # type: ignore[assignment]
-from redis.exceptions import NoScriptError, RedisError
 
 from profiling import jsonout
 from profiling.profile import Profile
