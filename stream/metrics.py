@@ -69,6 +69,13 @@ EMBEDDING_HIT_RATIO = Gauge(
     "Share of text lookups since start that needed no encoder call",
     registry=REGISTRY,
 )
+PROFILE_LOADS = Counter(
+    "profiler_profile_loads",
+    "Stored profiles batches built on, by where they came from: "
+    "cache (kept in process after the worker wrote them) or redis",
+    ["source"],
+    registry=REGISTRY,
+)
 ENCODER_CALLS = Counter(
     "profiler_encoder_calls", "Batches that ran the encoder on cache misses", registry=REGISTRY
 )

@@ -205,6 +205,8 @@ class RedisProfileStore:
         self.cache_users = cache_users
         self._cache: OrderedDict[str, Profile] = OrderedDict()  # as last written, oldest first
         self._shas: dict[str, str] = {}
+        self.loads_from_cache = 0  # users whose stored profile came from the cache
+        self.loads_from_redis = 0
 
     @property
     def cached_users(self) -> int:
@@ -213,6 +215,9 @@ class RedisProfileStore:
     async def load(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, Loaded]:
         users = list(wanted)
         held = [self._cache.get(user_id) for user_id in users]
+        cached = len(held) - held.count(None)
+        self.loads_from_cache += cached
+        self.loads_from_redis += len(held) - cached
         calls = [
             (
                 _user_keys(chunk),

@@ -170,6 +170,7 @@ class BatchWorker:
         self.producer: AIOKafkaProducer = kafka.producer(settings)
         self._stopping = asyncio.Event()
         self._positions: dict[TopicPartition, int] = {}  # next offset after the last batch
+        self._profile_loads = (0, 0)  # the store's (cache, redis) loads at the last batch
 
     async def start(self) -> None:
         await self.redis.ping()
@@ -386,6 +387,10 @@ class BatchWorker:
     def _observe(
         self, records: Sequence[SourceRecord], result: BatchResult, started: float
     ) -> None:
+        loads = (self.store.loads_from_cache, self.store.loads_from_redis)
+        metrics.PROFILE_LOADS.labels("cache").inc(loads[0] - self._profile_loads[0])
+        metrics.PROFILE_LOADS.labels("redis").inc(loads[1] - self._profile_loads[1])
+        self._profile_loads = loads
         metrics.BATCH_SIZE.observe(len(records))
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)
         metrics.PROFILES_WRITTEN.inc(result.users_written)

@@ -99,6 +99,8 @@ async def test_cached_profiles_are_what_redis_holds(client: aioredis.Redis, redi
             assert await stored_hash(client, user) == expected, user
     assert applied > 2900
     assert store.cached_users == len({record.key for record in records})
+    assert store.loads_from_redis == len({record.key for record in records})  # once per user
+    assert store.loads_from_cache > store.loads_from_redis
     assert any(profile.interest and profile.risk is not None for profile in store._cache.values())
 
 
