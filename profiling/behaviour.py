@@ -264,13 +264,7 @@ class _Working:
         if not first or ts < first:
             v["first_ts"] = ts
         v["last_ts"] = max(v["last_ts"], ts)
-        stamps = v["events"]
-        if stamps and ts < stamps[-1]:
-            insort(stamps, ts)  # a late event
-        else:
-            stamps.append(ts)
-        if len(stamps) > 2 * RECENT_EVENTS:
-            del stamps[:-RECENT_EVENTS]
+        _append(v["events"], ts, RECENT_EVENTS)
         kind = event.type
         failed_login = kind == "login" and event.success is False
         if not failed_login and (event.device_id != self._device or event.country != self._country):

@@ -417,7 +417,7 @@ class LocalRedis(_LocalServer):
     def _pick_port(self) -> int:
         """A free port; for a cluster node one whose bus port (+10,000) is free too."""
         if not self.cluster:
-            return free_port()
+            return super()._pick_port()
         for _ in range(100):
             port = random.randrange(20_000, 55_536)  # the bus port must stay under 65,536
             if _port_free(port) and _port_free(port + 10_000):

@@ -49,8 +49,8 @@ from profiling.store import (
 # seen), and take each call's per-user arguments as one JSON document: packing a
 # few long arguments costs the client far less than thousands of short ones, and
 # the client's CPU, not the server's, is what limits a worker. Every key of one
-# user carries the same hash tag; on Redis Cluster use users_per_call=1 (the worker
-# does with PROFILER_REDIS_CLUSTER=true).
+# user carries the same hash tag: on a Redis Cluster client the store serves one
+# user per call.
 
 # ARGV[1]: JSON [[event ids asked about], ...], one list per user; ARGV[2]: one
 # character per user, "1" to read the profile, "0" when the caller holds it already.
@@ -147,9 +147,9 @@ def connect(url: str, *, cluster: bool = False) -> aioredis.Redis:
     """A client for `url` (redis://, rediss:// for TLS, user:password@ for ACL users).
 
     With `cluster`, a Redis Cluster client (any node's URL): it sends each
-    command to the node owning its keys' hash slot. Store callers then keep
-    every script call to one user (`users_per_call=1`): a user's keys share a
-    hash tag, different users' keys do not.
+    command to the node owning its keys' hash slot, and `RedisProfileStore`
+    then keeps every script call to one user (a user's keys share a hash tag,
+    different users' keys do not).
     """
     if cluster:
         return RedisCluster.from_url(url, decode_responses=False)  # type: ignore[return-value]
@@ -193,7 +193,7 @@ class RedisProfileStore:
         dedupe_window: int = 2048,
         ttl_s: int = 0,
         *,
-        users_per_call: int = 200,
+        users_per_call: int | None = None,
         scored_ttl_s: int = 30 * 86_400,
         cache_users: int = 0,
     ) -> None:
@@ -201,7 +201,9 @@ class RedisProfileStore:
         self.dedupe_window = dedupe_window
         self.ttl_ms = ttl_s * 1000
         self.scored_ttl_s = scored_ttl_s
-        self.users_per_call = users_per_call
+        # Default: 200 users per script call; one on a cluster, where each call's keys
+        # must share a hash slot and only one user's keys share a hash tag.
+        self.users_per_call = users_per_call or (1 if isinstance(client, RedisCluster) else 200)
         self.cache_users = cache_users
         self._cache: OrderedDict[str, Profile] = OrderedDict()  # as last written, oldest first
         self._shas: dict[str, str] = {}

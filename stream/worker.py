@@ -159,7 +159,6 @@ class BatchWorker:
             settings.profile_ttl_s,
             scored_ttl_s=int(settings.scored_ttl_days * 86_400),
             cache_users=settings.profile_cache_users,
-            users_per_call=1 if settings.redis_cluster else 200,
         )
         interests = interest_model(settings, self.redis)
         self.models = build_models(settings, interests.encoder.dim if interests else 384)

@@ -64,7 +64,7 @@ async def test_one_user_per_call_works_and_several_are_refused(
     mixed = RedisProfileStore(cluster_client, users_per_call=200)
     with pytest.raises((RedisClusterException, ResponseError), match=r"(?i)slot"):
         await apply_batch(records, mixed, ProfileParams(), lambda: T0 + 60_000)
-    per_user = RedisProfileStore(cluster_client, users_per_call=1)
+    per_user = RedisProfileStore(cluster_client)  # a cluster client: one user per call
     result = await apply_batch(records, per_user, ProfileParams(), lambda: T0 + 60_000)
     assert result.outcomes["applied"] == len(users)
     assert (await per_user.read_profile("u7") or {})["events"] == "1"
@@ -80,7 +80,7 @@ async def test_a_worker_applies_a_stream_through_the_cluster(
     stats = await drain(settings)
     assert stats.applied == len(pairs) and stats.dead_letters == 0
     users = {key.decode() for key, _ in pairs}
-    store = RedisProfileStore(cluster_client, users_per_call=1)
+    store = RedisProfileStore(cluster_client)
     counted = 0
     for user in users:
         profile = await store.read_profile(user)
