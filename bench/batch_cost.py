@@ -51,12 +51,14 @@ def shop_records() -> list[Record]:
     ]
 
 
-async def one_run(url: str, records: list[Record], size: int, cache_users: int) -> dict[str, Any]:
+async def one_run(
+    url: str, records: list[Record], size: int, cache_users: int, models: bool = True
+) -> dict[str, Any]:
     client = connect(url)
     await client.flushall()
     settings = Settings(redis_url=url, profile_cache_users=cache_users)
     store = RedisProfileStore(client, cache_users=settings.profile_cache_users)
-    stages = Stages(None, False, build_models(settings))
+    stages = Stages(None, False, build_models(settings) if models else None)
     params = profile_params(settings)
 
     def clock() -> int:
@@ -80,6 +82,7 @@ async def one_run(url: str, records: list[Record], size: int, cache_users: int) 
     return {
         "batch": size,
         "profile_cache": cache_users,
+        "models": models,
         "events_per_user_write": round(n / users, 2),
         "wall_us_per_event": round(wall / n * 1e6, 1),
         "worker_cpu_us_per_event": round(cpu / n * 1e6, 1),
@@ -87,24 +90,29 @@ async def one_run(url: str, records: list[Record], size: int, cache_users: int) 
     }
 
 
-async def run(sizes: list[int], repeat: int) -> list[dict[str, Any]]:
+async def run(
+    sizes: list[int], repeat: int, caches: list[int], models: list[bool]
+) -> list[dict[str, Any]]:
     records = shop_records()
     rows: list[dict[str, Any]] = []
     with LocalRedis() as redis_server:
         for _ in range(repeat):  # interleaved: each round runs every configuration once
             for size in sizes:
-                for cache_users in (Settings().profile_cache_users, 0):
-                    row = await one_run(redis_server.url, records, size, cache_users)
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
+                for cache_users in caches:
+                    for with_models in models:
+                        row = await one_run(
+                            redis_server.url, records, size, cache_users, with_models
+                        )
+                        print(json.dumps(row), flush=True)
+                        rows.append(row)
     return rows
 
 
 def best(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (batch, cache) the run with the least worker CPU (the least disturbed)."""
-    chosen: dict[tuple[int, int], dict[str, Any]] = {}
+    """Per (batch, cache, models) the run with the least worker CPU (the least disturbed)."""
+    chosen: dict[tuple[int, int, bool], dict[str, Any]] = {}
     for row in rows:
-        key = (row["batch"], row["profile_cache"])
+        key = (row["batch"], row["profile_cache"], row["models"])
         if (
             key not in chosen
             or row["worker_cpu_us_per_event"] < chosen[key]["worker_cpu_us_per_event"]
@@ -117,9 +125,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[130, 260, 600, 1200, 5000])
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument(
+        "--caches",
+        type=int,
+        nargs="+",
+        default=[Settings().profile_cache_users, 0],
+        help="profile cache sizes to run (0: no cache)",
+    )
+    parser.add_argument(
+        "--models",
+        choices=["on", "off"],
+        nargs="+",
+        default=["on"],
+        help="run the River models stage (the default worker) and/or leave it out",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "batch_cost.json")
     args = parser.parse_args()
-    rows = asyncio.run(run(args.sizes, args.repeat))
+    models = [choice == "on" for choice in args.models]
+    rows = asyncio.run(run(args.sizes, args.repeat, args.caches, models))
     report = {
         "benchmark": "batch_cost",
         "command": "python " + " ".join(sys.argv),

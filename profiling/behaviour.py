@@ -123,7 +123,6 @@ class Behaviour:
 
 _FIELDS: Final = tuple(Behaviour.__dataclass_fields__)
 _ALL_VALUES: Final = operator.attrgetter(*_FIELDS)  # every field's value, in order, one call
-_IN_FIELD_ORDER: Final = operator.itemgetter(*_FIELDS)  # a dict of the fields' values, in order
 _build: Final = slots.builder(Behaviour)  # Behaviour(*values) without the frozen __init__
 _DEFAULTS: Final = {name: getattr(Behaviour(), name) for name in _FIELDS}
 _STAMP_RUNS: Final = tuple(_FIELDS.index(name) for name in ("events", "orders", "failures"))
@@ -142,16 +141,53 @@ def observe_all(
     """Fold `events` in order; for each, its features (purchases and logins) or None.
 
     One mutable working copy for the whole run and one frozen result at the end:
-    a user's batch costs one `Behaviour`, not one per event.
+    a user's batch costs one `Behaviour`, not one per event. What every event
+    touches (first and last time, the event times, prices) lives in local
+    variables meanwhile; the rest only purchases and logins change.
     """
-    work = _Working(state)
+    if not events:
+        return state, []
+    work = _Working.of(state)
     features: list[dict[str, float] | None] = []
+    first_ts, last_ts, stamps = work.first_ts, work.last_ts, work.events
+    add_stamp = stamps.append  # in arrival order; sorted and cut to the newest when read
+    price_n, price_sum = work.price_n, work.price_sum
+    device = country = None  # raw ids of the most recent device and country remembered
     for event in events:
-        if event.type in SCORED_TYPES:
-            features.append(_features(work.values, event))
+        ts, kind = event.ts, event.type
+        if kind in SCORED_TYPES:
+            work.first_ts = first_ts
+            _newest(stamps, RECENT_EVENTS)
+            features.append(_features(work, event))
         else:
             features.append(None)
-        work.fold(event)
+        if not first_ts or ts < first_ts:
+            first_ts = ts
+        last_ts = max(last_ts, ts)
+        add_stamp(ts)
+        failed_login = kind == "login" and event.success is False
+        # Most events of a session share device and country: those are not even digested.
+        if not failed_login and (event.device_id != device or event.country != country):
+            device, country = work.identify(event, device, country)
+        price = event.price
+        if price is not None:
+            price_n += 1
+            price_sum += price
+        if kind == "purchase":
+            work.purchase(event)
+        elif failed_login:
+            _append(work.failures, ts, RECENT_FAILURES)
+        elif kind == "login":
+            work.last_login = max(work.last_login, ts)
+        elif kind == "add_to_cart" and ts > work.last_cart:
+            work.last_cart = ts
+    work.first_ts, work.last_ts, work.price_n, work.price_sum = (
+        first_ts,
+        last_ts,
+        price_n,
+        price_sum,
+    )
+    _newest(stamps, RECENT_EVENTS)
     return work.frozen(), features
 
 
@@ -173,26 +209,26 @@ def _row_getter(names: tuple[str, ...]) -> Any:  # operator.itemgetter of those 
 
 def transaction_features(state: Behaviour, event: Event) -> dict[str, float]:
     """What a fraud model should know about this purchase or login, from the state before it."""
-    return _features(state.as_dict(), event)
+    return _features(state, event)
 
 
-def _features(v: Mapping[str, Any], event: Event) -> dict[str, float]:
+def _features(v: Behaviour | _Working, event: Event) -> dict[str, float]:
     """`transaction_features` over a state's fields (a `Behaviour`'s, or a working copy's)."""
     ts = event.ts
     purchase = event.type == "purchase"
     amount = float(event.amount or 0.0) if purchase else 0.0
     card = token(event.card_fp) if purchase and event.card_fp else None
-    cards_24h = {c for c, _, used in v["cards"] if ts - used <= DAY_MS}
+    cards_24h = {c for c, _, used in v.cards if ts - used <= DAY_MS}
     if card is not None:
         cards_24h.add(card)
     device = token(event.device_id) if event.device_id is not None else None
     country = token(event.country) if event.country is not None else None
-    orders = v["orders"][-RECENT_ORDERS:]  # a working copy's runs may hold more
-    events = v["events"][-RECENT_EVENTS:]
-    amount_n, first_ts = v["amount_n"], v["first_ts"]
+    orders = v.orders[-RECENT_ORDERS:]  # a working copy's runs may hold more
+    events = v.events[-RECENT_EVENTS:]
+    amount_n, first_ts = v.amount_n, v.first_ts
     return {
         "amount_log": math.log1p(amount),
-        "amount_vs_usual": math.log2((amount + 1.0) / (v["amount_mean"] + 1.0))
+        "amount_vs_usual": math.log2((amount + 1.0) / (v.amount_mean + 1.0))
         if purchase and amount_n
         else 0.0,
         "first_order": float(purchase and amount_n == 0),
@@ -200,14 +236,14 @@ def _features(v: Mapping[str, Any], event: Event) -> dict[str, float]:
         "orders_1h": float(_within(orders, ts, HOUR_MS)),
         "events_1m": float(_within(events, ts, MINUTE_MS)),
         "events_1h": float(_within(events, ts, HOUR_MS)),
-        "new_device": float(device is not None and not _familiar(v["devices"], device, ts)),
-        "new_country": float(country is not None and not _familiar(v["countries"], country, ts)),
-        "new_card": float(card is not None and not _familiar(v["cards"], card, ts)),
+        "new_device": float(device is not None and not _familiar(v.devices, device, ts)),
+        "new_country": float(country is not None and not _familiar(v.countries, country, ts)),
+        "new_card": float(card is not None and not _familiar(v.cards, card, ts)),
         "cards_24h": float(len(cards_24h)),
-        "failed_logins_1h": float(_within(v["failures"][-RECENT_FAILURES:], ts, HOUR_MS)),
+        "failed_logins_1h": float(_within(v.failures[-RECENT_FAILURES:], ts, HOUR_MS)),
         "account_age_days": math.log1p(max(0, ts - first_ts) / DAY_MS if first_ts else 0.0),
-        "since_login_hours": math.log1p(_since(v["last_login"], ts) / HOUR_MS),
-        "cart_to_purchase_min": math.log1p(_since(v["last_cart"], ts) / MINUTE_MS)
+        "since_login_hours": math.log1p(_since(v.last_login, ts) / HOUR_MS),
+        "cart_to_purchase_min": math.log1p(_since(v.last_cart, ts) / MINUTE_MS)
         if purchase
         else 0.0,
         "is_login": float(not purchase),
@@ -235,75 +271,76 @@ def _since(then: int, ts: int) -> float:
 class _Working:
     """A mutable copy of a `Behaviour` while a batch of one user's events is folded in.
 
-    Timestamp runs are lists here (appended, trimmed now and then) and tuples again
-    in `frozen()`; a device or country equal to the previous event's is skipped
-    before it is even digested (most events of a session share both).
+    The same field names as `Behaviour` (so `_features` reads either); timestamp
+    runs are lists here (appended, trimmed now and then) and tuples again in
+    `frozen()`.
     """
 
-    def __init__(self, state: Behaviour) -> None:
-        self.values = state.as_dict()
-        for name in ("events", "orders", "failures"):
-            self.values[name] = list(self.values[name])
-        self._frozen: Behaviour | None = state
-        self._device: str | None = None  # raw id of the most recent device folded in
-        self._country: str | None = None
+    __slots__ = _FIELDS
+
+    first_ts: int
+    last_ts: int
+    events: list[int]
+    orders: list[int]
+    failures: list[int]
+    devices: tuple[tuple[str, int, int], ...]
+    countries: tuple[tuple[str, int, int], ...]
+    cards: tuple[tuple[str, int, int], ...]
+    amount_n: int
+    amount_mean: float
+    amount_m2: float
+    price_n: int
+    price_sum: float
+    last_login: int
+    last_cart: int
+
+    @classmethod
+    def of(cls, state: Behaviour) -> _Working:
+        work = _working_copy(state)
+        work.events, work.orders = list(state.events), list(state.orders)
+        work.failures = list(state.failures)
+        return work
 
     def frozen(self) -> Behaviour:
-        if self._frozen is None:
-            v = dict(self.values)
-            v["events"] = tuple(v["events"][-RECENT_EVENTS:])
-            v["orders"] = tuple(v["orders"][-RECENT_ORDERS:])
-            v["failures"] = tuple(v["failures"][-RECENT_FAILURES:])
-            self._frozen = _build(*_IN_FIELD_ORDER(v))
-        return self._frozen
+        values = list(_ALL_VALUES(self))
+        for i, bound in _RUN_BOUNDS:
+            values[i] = tuple(values[i][-bound:])
+        return _build(*values)
 
-    def fold(self, event: Event) -> None:
-        v, ts = self.values, event.ts
-        self._frozen = None
-        first = v["first_ts"]
-        if not first or ts < first:
-            v["first_ts"] = ts
-        v["last_ts"] = max(v["last_ts"], ts)
-        _append(v["events"], ts, RECENT_EVENTS)
-        kind = event.type
-        failed_login = kind == "login" and event.success is False
-        if not failed_login and (event.device_id != self._device or event.country != self._country):
-            self._identify(event)
-        price = event.price
-        if price is not None:
-            v["price_n"] += 1
-            v["price_sum"] += price
-        if kind == "purchase":
-            self._purchase(event)
-        elif failed_login:
-            _append(v["failures"], ts, RECENT_FAILURES)
-        elif kind == "login":
-            v["last_login"] = max(v["last_login"], ts)
-        elif kind == "add_to_cart" and ts > v["last_cart"]:
-            v["last_cart"] = ts
+    def identify(
+        self, event: Event, device: str | None, country: str | None
+    ) -> tuple[str | None, str | None]:
+        """Remember the device and country an event came from; the raw ids now most recent."""
+        ts = event.ts
+        if event.device_id is not None and event.device_id != device:
+            device = event.device_id
+            self.devices = _touch(self.devices, token(device), ts)
+        if event.country is not None and event.country != country:
+            country = event.country
+            self.countries = _touch(self.countries, token(country), ts)
+        return device, country
 
-    def _identify(self, event: Event) -> None:
-        """Remember the device and country an event came from, when not the previous event's."""
-        v, ts = self.values, event.ts
-        device, country = event.device_id, event.country
-        if device is not None and device != self._device:
-            v["devices"] = _touch(v["devices"], token(device), ts)
-            self._device = device
-        if country is not None and country != self._country:
-            v["countries"] = _touch(v["countries"], token(country), ts)
-            self._country = country
-
-    def _purchase(self, event: Event) -> None:
-        v = self.values
+    def purchase(self, event: Event) -> None:
         amount = float(event.amount or 0.0)
-        n = v["amount_n"] + 1
-        delta = amount - v["amount_mean"]
-        mean = v["amount_mean"] + delta / n
-        _append(v["orders"], event.ts, RECENT_ORDERS)
-        v["amount_n"], v["amount_mean"] = n, mean
-        v["amount_m2"] += delta * (amount - mean)
+        n = self.amount_n + 1
+        delta = amount - self.amount_mean
+        mean = self.amount_mean + delta / n
+        _append(self.orders, event.ts, RECENT_ORDERS)
+        self.amount_n, self.amount_mean = n, mean
+        self.amount_m2 += delta * (amount - mean)
         if event.card_fp is not None:
-            v["cards"] = _remember(v["cards"], token(event.card_fp), event.ts)
+            self.cards = _remember(self.cards, token(event.card_fp), event.ts)
+
+
+_working_copy: Final = slots.copier(_Working)
+_RUN_BOUNDS: Final = tuple(
+    (_FIELDS.index(name), bound)
+    for name, bound in (
+        ("events", RECENT_EVENTS),
+        ("orders", RECENT_ORDERS),
+        ("failures", RECENT_FAILURES),
+    )
+)
 
 
 def _append(stamps: list[int], ts: int, bound: int) -> None:
@@ -314,6 +351,12 @@ def _append(stamps: list[int], ts: int, bound: int) -> None:
         insort(stamps, ts)
     if len(stamps) > 2 * bound:
         del stamps[:-bound]
+
+
+def _newest(stamps: list[int], bound: int) -> None:
+    """Sort `stamps` (nearly sorted already: cheap) and keep the newest `bound`."""
+    stamps.sort()
+    del stamps[:-bound]
 
 
 def _touch(

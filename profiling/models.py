@@ -20,6 +20,7 @@ up to; the edge signs them (`profiling.snapshots`).
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -127,7 +128,7 @@ class ProfileModels:
                 if risk >= REASONS_FLOOR
                 else []
             )
-            changes["risk_reasons"] = jsonout.dumps(reasons).decode()
+            changes["risk_reasons"] = jsonout.dumps(reasons).decode() if reasons else "[]"
         previous_seen = (profile.behaviour or Behaviour()).last_ts
         segment_features = self._profile_features(profile, state, previous_seen)
         return changes, segment_features, tuple(snapshots)
@@ -248,4 +249,7 @@ def _top_category(profile: Profile) -> str | None:
     scores = profile.category_scores
     if not scores:
         return None
-    return max(scores.items(), key=lambda kv: (kv[1], kv[0]))[0]
+    return max(scores.items(), key=_SCORE_THEN_NAME)[0]
+
+
+_SCORE_THEN_NAME: Final = operator.itemgetter(1, 0)  # the strongest, ties by name

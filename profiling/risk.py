@@ -37,6 +37,7 @@ import orjson
 from river import anomaly, compose, drift, linear_model, optim, preprocessing
 
 from profiling.behaviour import TRANSACTION_FEATURES, feature_matrix
+from profiling.hst import FlatHalfSpaceTrees
 
 RISK_MODEL: Final = "hst-lr-v1"
 REFRESH_EVERY: Final = 64
@@ -112,6 +113,7 @@ class RiskModel:
         self.trees = anomaly.HalfSpaceTrees(
             n_trees=n_trees, height=height, window_size=window_size, seed=seed
         )
+        self._flat: FlatHalfSpaceTrees | None = None  # the trees' working form, once built
         self.anomaly_alert_share = anomaly_alert_share
         self.calibration_threshold = alert_threshold
         self.calibration = Calibration.for_share(anomaly_alert_share, alert_threshold)
@@ -162,7 +164,8 @@ class RiskModel:
 
         The batch's features first update the shop-wide statistics in one
         vectorised step, then every event is min-max scaled against them (the
-        trees want [0, 1]) and goes through the trees one by one. The raw
+        trees want [0, 1]) and the whole batch goes through the trees at once
+        (`profiling.hst`: River's scores, event by event, to the bit). The raw
         anomaly score is a feature of the classifier too (stacking): keep it
         with the features, so a label joins with exactly what was scored.
         Reasons cost as much as the score, so they are asked for separately
@@ -173,11 +176,11 @@ class RiskModel:
         matrix = feature_matrix(batch, TRANSACTION_FEATURES)
         if learn:
             self.population.learn(matrix)
+        raws = self._anomaly_scores(self.population.scale(matrix), learn)
         weight = self.label_weight
-        trees, calibration, drift = self.trees, self.calibration, self.drift
+        calibration, drift = self.calibration, self.drift
         out = []
-        for x, scaled in zip(batch, self.population.scale(matrix), strict=True):
-            raw = float(trees.score_one(scaled))
+        for x, raw in zip(batch, raws, strict=True):
             anomalous = calibration.risk(raw)
             supervised = 0.0
             if weight:
@@ -188,7 +191,6 @@ class RiskModel:
             # shown yet still alerts through the anomaly side (its top share of traffic).
             risk = min(1.0, max(0.0, 1.0 - (1.0 - supervised) * (1.0 - anomalous)))
             if learn:
-                trees.learn_one(scaled)
                 calibration.learn(raw)
                 drift.update(risk)
                 if drift.drift_detected:
@@ -197,6 +199,32 @@ class RiskModel:
         if learn:
             self.scored += len(out)
         return out
+
+    def _anomaly_scores(self, scaled: np.ndarray[Any, Any], learn: bool) -> list[float]:
+        """HalfSpaceTrees' raw score of each scaled row, learning each after its score."""
+        raws: list[float] = []
+        if self._flat is None:
+            if not self.trees.trees:  # River builds its trees from the first event it learns
+                if not learn:
+                    return [0.0] * len(scaled)  # an empty model scores everything 0
+                first = dict(zip(TRANSACTION_FEATURES, scaled[0].tolist(), strict=True))
+                raws.append(float(self.trees.score_one(first)))
+                self.trees.learn_one(first)
+                scaled = scaled[1:]
+            self._flat = FlatHalfSpaceTrees(self.trees, TRANSACTION_FEATURES)
+        return raws + self._flat.score_learn(scaled, learn=learn)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with the River trees brought up to date; their working form is rebuilt."""
+        if self._flat is not None:
+            self._flat.write_back()
+        state = dict(self.__dict__)
+        state["_flat"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._flat = None  # snapshots from before the working form lack it
 
     def explain(self, features: Mapping[str, float], risk: float) -> Risk:
         """`risk` with its top-3 reasons, as the models stand now."""
@@ -315,13 +343,13 @@ class Population:
         self.low = np.minimum(self.low, matrix.min(axis=0))
         self.high = np.maximum(self.high, matrix.max(axis=0))
 
-    def scale(self, matrix: np.ndarray[Any, Any]) -> list[dict[str, float]]:
-        """Rows min-max scaled to [0, 1] (clipped), as the dicts River's trees read."""
+    def scale(self, matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Rows min-max scaled to [0, 1] (clipped), the range the trees split."""
         span = self.high - self.low
         safe = np.where(span > 0, span, 1.0)
-        scaled = np.clip((matrix - self.low) / safe, 0.0, 1.0)
+        scaled: np.ndarray[Any, Any] = np.clip((matrix - self.low) / safe, 0.0, 1.0)
         scaled[:, span <= 0] = 0.0
-        return [dict(zip(self.names, row, strict=True)) for row in scaled.tolist()]
+        return scaled
 
     def z(self, x: Mapping[str, float]) -> list[float]:
         """How many standard deviations each feature of `x` sits above the mean."""

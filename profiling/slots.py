@@ -10,19 +10,27 @@ one line per field: a loop over the fields costs twice as much.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
 def setters(cls: type[Any]) -> dict[str, Callable[[Any, Any], None]]:
-    """Each field's slot setter (bypasses the frozen `__setattr__`: only for new objects)."""
-    return {f.name: getattr(cls, f.name).__set__ for f in fields(cls)}
+    """Each field's slot setter (bypasses the frozen `__setattr__`: only for new objects).
+
+    The fields of a dataclass, else the `__slots__` of a plain class.
+    """
+    names = [f.name for f in fields(cls)] if is_dataclass(cls) else list(cls.__slots__)
+    return {name: getattr(cls, name).__set__ for name in names}
 
 
-def copier(cls: type[T]) -> Callable[[T], T]:
-    """A function returning a copy of an instance of `cls`, slot by slot."""
+def copier(cls: type[T]) -> Callable[[Any], T]:
+    """A function returning a copy of an instance of `cls`, slot by slot.
+
+    The source may be of another class with the same attribute names (a frozen
+    record's mutable working twin).
+    """
     body = "".join(f"    _set_{name}(new, old.{name})\n" for name in setters(cls))
     return _compile(cls, f"def copy(old):\n    new = _new(_cls)\n{body}    return new\n")
 

@@ -19,7 +19,9 @@ from profiling.behaviour import (
     TRANSACTION_FEATURES,
     TRUST_MS,
     Behaviour,
+    _Working,
     observe,
+    observe_all,
     token,
 )
 from profiling.events import Event
@@ -126,6 +128,32 @@ def test_incremental_features_match_the_oracle(seed: int, n: int) -> None:
         expected = oracle(events[:i], event)
         for name in TRANSACTION_FEATURES:
             assert math.isclose(features[name], expected[name], rel_tol=1e-9, abs_tol=1e-9), name
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 120),
+    cuts=st.lists(st.integers(0, 120), max_size=6),
+)
+def test_any_batch_split_folds_as_one_event_at_a_time(seed: int, n: int, cuts: list[int]) -> None:
+    """A batch's run of events gives the state and features of folding them one by one."""
+    events = history(seed, n)  # past every bound: 120 events, devices and cards repeat
+    one_by_one, expected = Behaviour(), []
+    for event in events:
+        one_by_one, features = observe(one_by_one, event)
+        expected.append(features)
+    state, got = Behaviour(), []
+    bounds = sorted({0, n, *(c for c in cuts if c < n)})
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        state, features_of_run = observe_all(state, events[start:end])
+        got += features_of_run
+    assert state == one_by_one
+    assert got == expected
+
+
+def test_the_working_copy_has_the_states_fields() -> None:
+    assert tuple(_Working.__annotations__) == tuple(Behaviour.__dataclass_fields__)
 
 
 def test_state_is_bounded_and_survives_json() -> None:
