@@ -399,10 +399,12 @@ def profile_features(
     previous_seen: int,
     behaviour: Behaviour,
     category_focus: float,
-    vector: np.ndarray[Any, np.dtype[np.float32]] | None,
-    projection: np.ndarray[Any, np.dtype[np.float64]],
+    taste: Sequence[float] | None,
 ) -> dict[str, float]:
-    """Recency, frequency, monetary value, event mix, price level, focus and taste, as floats."""
+    """Recency, frequency, monetary value, event mix, price level, focus and taste, as floats.
+
+    `taste` is `vec_long` through `vector_projection` (None without a vector).
+    """
     active_days = max(1.0, (last_seen - first_seen) / DAY_MS)
     total = max(1, events)
     features = {
@@ -420,10 +422,10 @@ def profile_features(
     }
     for kind, name in _SHARE_NAMES:
         features[name] = counts.get(kind, 0) / total
-    if vector is None:
+    if taste is None:
         features.update(_NO_TASTE)
     else:
-        features.update(zip(_TASTE_NAMES, (projection @ vector).tolist(), strict=True))
+        features.update(zip(_TASTE_NAMES, taste, strict=True))
     return features
 
 

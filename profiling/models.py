@@ -90,9 +90,10 @@ class ProfileModels:
             features[ANOMALY] = anomaly  # ours: a fresh dict per event
             per_user[user].append((event, features, risk))
             self._scores.append((event.event_id, risk))
+        tastes = self._tastes(written)
         verdicts = [
-            self._verdicts(o, state, events)
-            for o, (state, _), events in zip(written, folded, per_user, strict=True)
+            self._verdicts(o, state, events, taste)
+            for o, (state, _), events, taste in zip(written, folded, per_user, tastes, strict=True)
         ]
         current = [(o.profile.segment, o.profile.segment_dwell) for o in written]
         tops = [_top_category(o.profile) for o in written]
@@ -109,6 +110,7 @@ class ProfileModels:
         outcome: Outcome,
         state: Behaviour,
         scored: list[tuple[Event, dict[str, float], float]],
+        taste: list[float] | None,
     ) -> tuple[dict[str, Any], dict[str, float], tuple[tuple[str, bytes], ...]]:
         """One user's profile changes, segment features and kept features, from their scores."""
         profile = outcome.profile
@@ -130,7 +132,7 @@ class ProfileModels:
             )
             changes["risk_reasons"] = jsonout.dumps(reasons).decode() if reasons else "[]"
         previous_seen = (profile.behaviour or Behaviour()).last_ts
-        segment_features = self._profile_features(profile, state, previous_seen)
+        segment_features = self._profile_features(profile, state, previous_seen, taste)
         return changes, segment_features, tuple(snapshots)
 
     def _alert(self, user_id: str, event: Event, risk: Risk, features: Mapping[str, float]) -> str:
@@ -147,19 +149,29 @@ class ProfileModels:
         }
         return jsonout.dumps(body).decode()
 
+    def _tastes(self, outcomes: Sequence[Outcome]) -> list[list[float] | None]:
+        """Each profile's `vec_long` through the projection (one product for the batch)."""
+        size = 4 * self.dim
+        raw = [
+            o.profile.interest.vec_long
+            if o.profile.interest is not None
+            and o.profile.interest.vec_long is not None
+            and len(o.profile.interest.vec_long) == size  # else another encoder's space
+            else None
+            for o in outcomes
+        ]
+        present = [vector for vector in raw if vector is not None]
+        if not present:
+            return [None] * len(outcomes)
+        vectors = np.frombuffer(b"".join(present), dtype="<f4").reshape(len(present), self.dim)
+        projected = iter((vectors @ self._projection.T).tolist())
+        return [None if vector is None else next(projected) for vector in raw]
+
     def _profile_features(
-        self, profile: Profile, behaviour: Behaviour, previous_seen: int
+        self, profile: Profile, behaviour: Behaviour, previous_seen: int, taste: list[float] | None
     ) -> dict[str, float]:
         scores = profile.category_scores
         total = sum(scores.values())
-        interest = profile.interest
-        vector = (
-            np.frombuffer(interest.vec_long, dtype="<f4")
-            if interest is not None and interest.vec_long is not None
-            else None
-        )
-        if vector is not None and len(vector) != self.dim:
-            vector = None  # another encoder's space: no projection for it
         return profile_features(
             counts=profile.counts,
             events=profile.events,
@@ -170,8 +182,7 @@ class ProfileModels:
             previous_seen=previous_seen,
             behaviour=behaviour,
             category_focus=max(scores.values()) / total if total > 0 else 0.0,
-            vector=vector,
-            projection=self._projection,
+            taste=taste,
         )
 
     def _fold(
