@@ -11,10 +11,11 @@ import pytest
 from profiling.labels import apply_labels
 from profiling.models import ProfileModels, alert_id
 from profiling.pipeline import Record, Stages, apply_batch
-from profiling.profile import ProfileParams
+from profiling.profile import Outcome, Profile, ProfileParams
 from profiling.risk import KEPT_FEATURES, RiskModel, keep_features, kept_features
 from profiling.segments import SEGMENT_FEATURES, SegmentModel
 from profiling.store import InMemoryProfileStore
+from profiling.vectors import StoredInterest
 from tests.schemas import schema_accepts
 
 NOW = 1_750_000_000_000
@@ -249,3 +250,28 @@ def test_segment_words_describe_the_centre() -> None:
 def test_bad_threshold_is_refused(threshold: float) -> None:
     with pytest.raises(ValueError, match="alert_threshold"):
         ProfileModels(alert_threshold=threshold)
+
+
+def test_taste_is_the_projection_of_each_users_long_vector() -> None:
+    """One product for the batch gives each user what their own vector projects to."""
+    models = ProfileModels(dim=8)
+    rng = np.random.default_rng(5)
+    vectors = [rng.standard_normal(8).astype("<f4") for _ in range(3)]
+
+    def outcome(vec_long: bytes | None) -> Outcome:
+        interest = StoredInterest(vec_long=vec_long) if vec_long is not None else None
+        return Outcome(Profile("u", interest=interest), [], 0, 0, frozenset(), False)
+
+    tastes = models._tastes(
+        [
+            outcome(vectors[0].tobytes()),
+            outcome(None),
+            outcome(vectors[1].tobytes()),
+            outcome(np.zeros(16, "<f4").tobytes()),  # another encoder's space: no taste
+            outcome(vectors[2].tobytes()),
+        ]
+    )
+    assert tastes[1] is None and tastes[3] is None
+    for taste, vector in zip([tastes[0], tastes[2], tastes[4]], vectors, strict=True):
+        assert taste is not None
+        np.testing.assert_allclose(taste, models._projection @ vector, rtol=1e-12)
