@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -145,7 +146,7 @@ def test_any_batch_split_folds_as_one_event_at_a_time(seed: int, n: int, cuts: l
         expected.append(features)
     state, got = Behaviour(), []
     bounds = sorted({0, n, *(c for c in cuts if c < n)})
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         state, features_of_run = observe_all(state, events[start:end])
         got += features_of_run
     assert state == one_by_one
