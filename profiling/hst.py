@@ -1,10 +1,11 @@
 """River's HalfSpaceTrees, scored and learnt a batch of events at a time.
 
 River walks every tree once per event to score it and once more to learn it,
-in Python: about 12 µs per scored event here, the largest single cost of the
-risk stage. Within one window of `window_size` events the scores read only
-the reference masses (`r_mass`), which change at the window's end, and an
-event's path through a tree depends only on its features. So a batch can be
+in Python: about 12 µs per scored event here, once the largest single cost of
+the risk stage. Within one window of `window_size` events the scores read
+only the reference masses (`r_mass`), which change at the window's end, and
+an event's path through a tree depends only on its features (rows here carry
+every feature; River's way round a missing one reads the masses). So a batch can be
 cut at the window ends, every event's path through every tree found at once
 with numpy, the scores summed from the reference masses along the paths, and
 the paths' latest-window masses (`l_mass`) counted up afterwards. That is
