@@ -200,11 +200,12 @@ class ProfileModels:
         if moved:
             changed.add("segment")
             self._moves += before.segment is not None
+        band_moved = False
         if risk != before.risk:
             changed.update(("risk", "risk_reasons"))
-        band_moved = risk_band(risk, self.alert_threshold) != risk_band(
-            before.risk, self.alert_threshold
-        )
+            band_moved = risk_band(risk, self.alert_threshold) != risk_band(
+                before.risk, self.alert_threshold
+            )
         publish = outcome.publish or moved or band_moved
         if publish and not outcome.publish:
             changes["published_at"], changes["published_version"] = before.updated, before.version

@@ -114,7 +114,10 @@ class SegmentModel:
         matrix = feature_matrix(features, SEGMENT_FEATURES)
         if learn:
             self._learn(features)
-        distances = self._distances(self._standardise(matrix))
+        means, spread, centres = self._frame()
+        standardised = (matrix - means) / spread
+        diff = standardised[:, None, :] - centres[None, :, :]
+        distances = np.sqrt((diff * diff).sum(axis=2))
         nearest = distances.argmin(axis=1).tolist()
         out = []
         for row, best, (segment, dwell), category in zip(
@@ -166,12 +169,21 @@ class SegmentModel:
         seeds = self.centres()[: self.seeded]
         return not len(seeds) or bool(np.min(np.linalg.norm(seeds - point, axis=1)) > 0.5)
 
-    def _standardise(self, matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        means = np.array([self.scaler.means.get(n, 0.0) for n in SEGMENT_FEATURES])
-        variances = np.array([self.scaler.vars.get(n, 0.0) for n in SEGMENT_FEATURES])
-        spread = np.sqrt(variances)
-        spread[spread == 0] = 1.0
-        return (matrix - means) / spread  # type: ignore[no-any-return]
+    def _frame(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """The scaler's means and spreads and the centres, as arrays; they move only in `_learn`.
+
+        Kept until the next learning step (a batch of one-event users reads them
+        for every few dozen profiles).
+        """
+        key = (self.updates // self.learn_every, self.seeded)
+        cached = getattr(self, "_framed", None)  # snapshots from before it lack it
+        if cached is None or cached[0] != key:
+            means = np.array([self.scaler.means.get(n, 0.0) for n in SEGMENT_FEATURES])
+            variances = np.array([self.scaler.vars.get(n, 0.0) for n in SEGMENT_FEATURES])
+            spread = np.sqrt(variances)
+            spread[spread == 0] = 1.0
+            cached = self._framed = (key, (means, spread, self.centres()))
+        return cached[1]
 
     def centres(self) -> np.ndarray[Any, Any]:
         """(n_segments, features) centre coordinates in standard deviations."""
@@ -181,11 +193,6 @@ class SegmentModel:
                 for k in range(self.n_segments)
             ]
         )
-
-    def _distances(self, standardised: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        centres = self.centres()
-        diff = standardised[:, None, :] - centres[None, :, :]
-        return np.sqrt((diff * diff).sum(axis=2))  # type: ignore[no-any-return]
 
     def describe(self, segment: int) -> str:
         """Plain words for a segment's centre, e.g. "frequent, high spend, mostly electronics"."""
