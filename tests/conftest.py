@@ -23,14 +23,16 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from redis import asyncio as aioredis
 
 from stream.devstack import LocalBroker, LocalRedis, create_topics, default_topics
+from stream.redis_store import connect
 from stream.settings import Settings
 
 SettingsFactory = Callable[..., Awaitable[Settings]]
@@ -91,6 +93,16 @@ def redis_url(redis_server: LocalRedis) -> str:
     finally:
         client.close()
     return redis_server.url
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """The asyncio client the worker uses (`stream.redis_store.connect`), on the emptied Redis."""
+    client = connect(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

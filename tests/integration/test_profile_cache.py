@@ -10,10 +10,9 @@ version and `updated` refuses the write, and the pipeline reloads the user.
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import astuple
 
-import pytest
 import redis.asyncio as aioredis
 
 from profiling.pipeline import Record, Stages, apply_batch
@@ -21,21 +20,12 @@ from profiling.profile import ProfileParams
 from profiling.store import profile_key, public_fields, seen_key, state_key, vector_fields
 from stream.interest_setup import interest_model
 from stream.model_setup import build_models
-from stream.redis_store import RedisProfileStore, connect
+from stream.redis_store import RedisProfileStore
 from stream.settings import Settings
 from stream.synthetic_shop import ShopGenerator
 
 T0 = 1_700_000_000_000
 TOPIC = "behavior-events"
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def ticking(start: int = T0) -> Callable[[], int]:
@@ -79,12 +69,14 @@ async def stored_hash(client: aioredis.Redis, user: str) -> dict[str, str | byte
     }
 
 
-async def test_cached_profiles_are_what_redis_holds(client: aioredis.Redis, redis_url: str) -> None:
+async def test_cached_profiles_are_what_redis_holds(
+    redis_client: aioredis.Redis, redis_url: str
+) -> None:
     settings = Settings(redis_url=redis_url, encoder_model="hashing")
-    interests = interest_model(settings, client)
+    interests = interest_model(settings, redis_client)
     assert interests is not None
     stages = Stages(interests, False, build_models(settings, interests.encoder.dim))
-    store = RedisProfileStore(client, cache_users=10_000)
+    store = RedisProfileStore(redis_client, cache_users=10_000)
     records = shop_records(3000, users=40)
     clock, applied = ticking(T0 + 7_200_000), 0  # after the shop's hour: no event is ahead
     for start in range(0, len(records), 150):  # many batches per user: the cache is used
@@ -93,10 +85,10 @@ async def test_cached_profiles_are_what_redis_holds(client: aioredis.Redis, redi
         )
         applied += result.outcomes["applied"]
         for user, cached in list(store._cache.items()):
-            assert astuple(cached) == await reloaded(client, user), user
+            assert astuple(cached) == await reloaded(redis_client, user), user
             # Writes send only what changed: the hash is still the whole profile.
             expected = {**public_fields(cached), **vector_fields(cached)}
-            assert await stored_hash(client, user) == expected, user
+            assert await stored_hash(redis_client, user) == expected, user
     assert applied > 2900
     assert store.cached_users == len({record.key for record in records})
     assert store.loads_from_redis == len({record.key for record in records})  # once per user
@@ -105,39 +97,45 @@ async def test_cached_profiles_are_what_redis_holds(client: aioredis.Redis, redi
 
 
 async def test_a_profile_written_elsewhere_is_reloaded_not_overwritten(
-    client: aioredis.Redis,
+    redis_client: aioredis.Redis,
 ) -> None:
-    cached, other = RedisProfileStore(client, cache_users=100), RedisProfileStore(client)
+    cached, other = (
+        RedisProfileStore(redis_client, cache_users=100),
+        RedisProfileStore(redis_client),
+    )
     params, clock = ProfileParams(), ticking()
     await apply_batch([event("ann", "e1", T0, 0)], cached, params, clock)
     # Another writer (the partition's owner while this worker did not hold it).
     await apply_batch([event("ann", "e2", T0 + 1000, 1)], other, params, clock)
     result = await apply_batch([event("ann", "e3", T0 + 2000, 2)], cached, params, clock)
     assert result.outcomes["applied"] == 1
-    stored = await client.hgetall(profile_key("ann"))
+    stored = await redis_client.hgetall(profile_key("ann"))
     assert stored[b"events"] == b"3" and stored[b"version"] == b"3"
-    assert astuple(cached._cache["ann"]) == await reloaded(client, "ann")
+    assert astuple(cached._cache["ann"]) == await reloaded(redis_client, "ann")
 
 
 async def test_a_rewritten_profile_at_the_same_version_is_not_built_upon(
-    client: aioredis.Redis,
+    redis_client: aioredis.Redis,
 ) -> None:
     """Same version, other content (erased, then rebuilt by another writer): `updated` tells."""
-    cached, other = RedisProfileStore(client, cache_users=100), RedisProfileStore(client)
+    cached, other = (
+        RedisProfileStore(redis_client, cache_users=100),
+        RedisProfileStore(redis_client),
+    )
     params, clock = ProfileParams(), ticking()
     await apply_batch([event("bob", "e1", T0, 0)], cached, params, clock)
-    await client.delete(profile_key("bob"), state_key("bob"), seen_key("bob"))
+    await redis_client.delete(profile_key("bob"), state_key("bob"), seen_key("bob"))
     await apply_batch([event("bob", "x1", T0 + 500, 0)], other, params, clock)
-    assert (await client.hget(profile_key("bob"), "version")) == b"1"
+    assert (await redis_client.hget(profile_key("bob"), "version")) == b"1"
     await apply_batch([event("bob", "e2", T0 + 1000, 1)], cached, params, clock)
-    stored = await RedisProfileStore(client).load({"bob": ["e1", "x1", "e2"]})
+    stored = await RedisProfileStore(redis_client).load({"bob": ["e1", "x1", "e2"]})
     assert stored["bob"].profile.version == 2
     assert stored["bob"].seen_ids == {"x1", "e2"}  # built on the rewrite, not on the cache
 
 
-async def test_the_cache_is_bounded_and_off_at_zero(client: aioredis.Redis) -> None:
+async def test_the_cache_is_bounded_and_off_at_zero(redis_client: aioredis.Redis) -> None:
     records = [event(f"u{i}", f"e{i}", T0 + i, i) for i in range(30)]
-    bounded, off = RedisProfileStore(client, cache_users=8), RedisProfileStore(client)
+    bounded, off = RedisProfileStore(redis_client, cache_users=8), RedisProfileStore(redis_client)
     await apply_batch(records[:20], bounded, ProfileParams(), ticking())
     await apply_batch(records[20:], off, ProfileParams(), ticking())
     assert bounded.cached_users == 8 and list(bounded._cache) == [f"u{i}" for i in range(12, 20)]

@@ -229,15 +229,6 @@ async def test_read_profile_shows_the_public_fields_only(store: ProfileStore) ->
 # --- what only the Redis store can show -----------------------------------------
 
 
-@pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 @pytest.mark.parametrize("ttl_s", [0, 60])
 async def test_redis_ttl_applies_to_every_key_of_the_user(
     redis_client: aioredis.Redis, ttl_s: int
