@@ -79,7 +79,7 @@ def forget_profiles(redis_url: str, keep_embeddings: bool) -> None:
         if not keep_embeddings:
             client.flushdb()
             return
-        for pattern in ("profile:*", "profile-state:*", "profile-seen:*", "profile-scored:*"):
+        for pattern in ("profile:*", "profile-state:*", "profile-scored:*"):
             keys = list(client.scan_iter(match=pattern, count=10_000))
             for i in range(0, len(keys), 10_000):
                 client.delete(*keys[i : i + 10_000])

@@ -22,15 +22,13 @@ All but `plain` run the River segment and risk models (the default).
 While a pass runs, the worker's /proc/<pid>/status (VmRSS, RssAnon, RssFile,
 VmHWM) is read every 0.5 s with the records it had consumed, scraped from its
 /metrics endpoint (`profiler_batch_records_sum`). After it, for a random
-sample of users, `MEMORY USAGE <key> SAMPLES 0` of each of the user's three
+sample of users, `MEMORY USAGE <key> SAMPLES 0` of each of the user's two
 keys (exact: every element counted; key name and dict entry included), plus
 its `profile-scored:{u}:<event_id>` keys (features of scored purchases and
 logins awaiting a label, 30-day TTL), and the growth of `INFO memory`
 used_memory over the pass per profile, with and without the growth of the
-keys that are no user's (the shared embedding cache). A probe measures
-`profile-seen:{u}` sorted sets of the synthetic shop's event-id shape at sizes
-up to the full dedupe window (PROFILER_DEDUPE_WINDOW, default 2048), on the
-same redis-server.
+keys that are no user's (the shared embedding cache). The payload probe
+splits the state into its JSON and its dedupe window (8 bytes per id).
 
     python bench/memory.py --events 1000000 --users 100000
     python bench/memory.py --quick   # 20,000 events, 2,000 users: a smoke run
@@ -56,7 +54,6 @@ from drain import RESULTS, fill_topic, forget_profiles, machine, worker_env
 
 from stream.devstack import DevStack, free_port
 from stream.settings import Settings
-from stream.worker import wall_clock_ms
 
 # label -> (PROFILER_ENCODER_MODEL, keep the shared embedding cache of the pass before,
 #           PROFILER_MODELS: the River segment and risk stage)
@@ -66,17 +63,15 @@ PASSES = {
     "no-vectors": ("none", False, True),
     "plain": ("none", False, False),
 }
-# The three keys of every user; `profile-scored:{u}:<event_id>` (one per scored
+# The two keys of every user; `profile-scored:{u}:<event_id>` (one per scored
 # purchase or login, with a TTL) are counted beside them as "scored".
 KEY_TYPES = {
     "profile": "profile:{{{}}}",
     "state": "profile-state:{{{}}}",
-    "seen": "profile-seen:{{{}}}",
 }
 SCORED_PREFIX = "profile-scored:{"
-PREFIXES = ("profile:", "profile-state:", "profile-seen:", "profile-scored:", "profiler:emb:")
+PREFIXES = ("profile:", "profile-state:", "profile-scored:", "profiler:emb:")
 STATUS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "VmHWM")
-PROBE_SIZES = (10, 64, 128, 129, 256, 512, 1024, 2048)
 TARGET_BYTES = 4096
 
 
@@ -234,10 +229,9 @@ def sample_bytes(
             pipe.memory_usage(key, samples=0)
             pipe.object("encoding", key)
         pipe.hlen(KEY_TYPES["profile"].format(user))
-        pipe.zcard(KEY_TYPES["seen"].format(user))
         pipe.hget(KEY_TYPES["profile"].format(user), "events")
     replies = pipe.execute()
-    width = 2 * len(KEY_TYPES) + 3
+    width = 2 * len(KEY_TYPES) + 2
     per_type: dict[str, list[int]] = {name: [] for name in KEY_TYPES}
     encodings: dict[str, dict[str, int]] = {name: {} for name in KEY_TYPES}
     for user in users:
@@ -245,7 +239,7 @@ def sample_bytes(
             pipe.memory_usage(key, samples=0)
     scored_replies = iter(pipe.execute())
     per_type["scored"], scored_counts = [], []
-    totals, fields, members, events = [], [], [], []
+    totals, fields, events = [], [], []
     for i, user in enumerate(users):
         row = replies[i * width : (i + 1) * width]
         total = 0
@@ -260,15 +254,13 @@ def sample_bytes(
         per_type["scored"].append(scored_bytes)
         scored_counts.append(len(keys))
         totals.append(total + scored_bytes)
-        fields.append(row[-3])
-        members.append(row[-2])
+        fields.append(row[-2])
         events.append(int(row[-1] or 0))
     out: dict[str, Any] = {name: describe(v) for name, v in per_type.items()}
     out["total_per_user"] = describe(totals)
     out["share_of_total"] = {name: round(sum(v) / sum(totals), 3) for name, v in per_type.items()}
     out["encodings"] = encodings
     out["profile_hash_fields"] = describe(fields)
-    out["seen_members"] = describe(members)
     out["scored_keys"] = describe(scored_counts)
     out["events_per_user"] = describe(events)
     out["users_over_target"] = sum(t > TARGET_BYTES for t in totals)
@@ -279,21 +271,21 @@ def payload_probe(client: redis.Redis, users: list[str]) -> dict[str, Any]:
     """Raw bytes each key holds, and the profile hash re-encoded as a ziplist.
 
     Payload: hash field names + values (and the vector values alone), the state
-    JSON's length, the seen set's member ids + 8 bytes of score each: what the
-    keys would weigh with no Redis overhead. Then each sampled profile hash is
+    JSON's length and its dedupe window's (8 bytes per event id): what the keys
+    would weigh with no Redis overhead. Then each sampled profile hash is
     copied to a scratch key twice: with the server's hash-max-ziplist-value
     (64: the 1,536-byte vectors, and often the categories JSON, force the
     hashtable encoding) and with it raised to 4,096 (a ziplist), to show the
     encoding's share. The setting is restored; the engine's keys are not touched.
     """
     hashes = [client.hgetall(KEY_TYPES["profile"].format(u)) for u in users]
-    payload: dict[str, list[int]] = {"profile": [], "vectors": [], "state": [], "seen": []}
+    payload: dict[str, list[int]] = {"profile": [], "vectors": [], "state": [], "window": []}
     for user, fields in zip(users, hashes, strict=True):
         payload["profile"].append(sum(len(k) + len(v) for k, v in fields.items()))
         payload["vectors"].append(sum(len(v) for k, v in fields.items() if k.startswith(b"vec_")))
-        payload["state"].append(client.strlen(KEY_TYPES["state"].format(user)))
-        seen = client.zrange(KEY_TYPES["seen"].format(user), 0, -1)
-        payload["seen"].append(sum(len(m) + 8 for m in seen))
+        document, _, window = (client.get(KEY_TYPES["state"].format(user)) or b"").partition(b"\n")
+        payload["state"].append(len(document))
+        payload["window"].append(len(window))
     limit = client.config_get("hash-max-ziplist-value")["hash-max-ziplist-value"]
     as_stored = rewrite_hashes(client, users, hashes)
     client.config_set("hash-max-ziplist-value", 4096)
@@ -389,52 +381,6 @@ def redis_bytes(redis_url: str, before: dict[str, Any], sample: int, seed: int) 
         client.close()
 
 
-def seen_probe(redis_url: str, prefix: str, events: int) -> dict[str, Any]:
-    """MEMORY USAGE of dedupe-window sorted sets of n members shaped like the shop's ids.
-
-    Measured with the server's default encoding thresholds, then once more with
-    zset-max-ziplist-entries raised above the default window (a redis-server
-    setting, not the engine's; restored afterwards) to show what the skiplist costs.
-    """
-    client = redis.Redis.from_url(redis_url)
-    try:
-        config = {
-            k: v
-            for name in ("zset-max-ziplist-*", "hash-max-ziplist-*")
-            for k, v in client.config_get(name).items()
-        }
-        default = probe_sizes(client, prefix, events)
-        client.config_set("zset-max-ziplist-entries", 4096)
-        try:
-            raised = probe_sizes(client, prefix, events)
-        finally:
-            client.config_set("zset-max-ziplist-entries", config["zset-max-ziplist-entries"])
-        return {
-            "config": config,
-            "member_example": f"{prefix}{events // 2:x}",
-            "sizes": default,
-            "sizes_with_zset_max_ziplist_entries_4096": raised,
-        }
-    finally:
-        client.close()
-
-
-def probe_sizes(client: redis.Redis, prefix: str, events: int) -> dict[str, dict[str, Any]]:
-    sizes = {}
-    ts0 = wall_clock_ms()
-    for n in PROBE_SIZES:
-        key = f"bench-memory-probe:{{{n}}}"
-        client.delete(key)
-        step = max(1, events // n)  # ids as far apart as one user's in the stream
-        client.zadd(key, {f"{prefix}{step * i:x}": ts0 + 1000 * i for i in range(n)})
-        sizes[str(n)] = {
-            "bytes": client.memory_usage(key, samples=0),
-            "encoding": client.object("encoding", key).decode(),
-        }
-        client.delete(key)
-    return sizes
-
-
 # --- the run -----------------------------------------------------------------------
 
 
@@ -464,11 +410,9 @@ def main() -> None:
     started = time.perf_counter()
     with DevStack(Settings(), partitions=args.partitions) as stack:
         settings = stack.settings()
-        shop, sent, fill_s = fill_topic(settings, args.events, args.users)
+        _, sent, fill_s = fill_topic(settings, args.events, args.users)
         print(f"filled {sent} records in {fill_s:.1f} s", flush=True)
         passes = {label: run_pass(settings, label, args) for label in args.passes}
-        first_id = next(shop.events(1))["event_id"]  # e<tag>-<hex counter>
-        probe = seen_probe(settings.redis_url, first_id[: first_id.index("-") + 1], sent)
     result = {
         "benchmark": "memory",
         "command": "python bench/memory.py " + " ".join(sys.argv[1:]),
@@ -481,7 +425,6 @@ def main() -> None:
         "total_wall_s": round(time.perf_counter() - started, 1),
         "target_bytes_per_profile": TARGET_BYTES,
         "passes": passes,
-        "seen_window_probe": probe,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

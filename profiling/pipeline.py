@@ -149,10 +149,9 @@ async def _apply_users(
     stages: Stages,
 ) -> dict[str, list[Delivery]]:
     """Load, fold and write these users once; return the ones whose write lost a race."""
-    wanted = {user: [d.event.event_id for d in ds] for user, ds in by_user.items()}
-    loaded = await store.load(wanted)
+    loaded = await store.load(list(by_user))
     outcomes = [
-        apply_deliveries(loaded[user].profile, deliveries, loaded[user].seen_ids, params, now_ms)
+        apply_deliveries(loaded[user], deliveries, params, now_ms)
         for user, deliveries in by_user.items()
     ]
     if stages.interests is not None:
@@ -166,9 +165,8 @@ async def _apply_users(
     writes = []
     for o in outcomes:
         if o.wrote:
-            base = loaded[o.profile.user_id].profile
-            applied_ids = [(e.event_id, e.ts) for e in o.applied]
-            writes.append(Write(o.profile, base.version, applied_ids, o.scored, base.updated))
+            base = loaded[o.profile.user_id]
+            writes.append(Write(o.profile, base.version, o.scored, base.updated))
     conflicts = set(await store.save(writes))
     for outcome in outcomes:
         if outcome.profile.user_id not in conflicts:

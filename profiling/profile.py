@@ -1,10 +1,10 @@
 """Per-user profile state and the pure function that folds events into it.
 
 `apply_deliveries` is the whole of the aggregate semantics (DESIGN.md §3, §4):
-it takes a user's stored profile, the batch's deliveries for that user and the
-event ids the store has already seen, and returns a new profile plus what
-happened to each delivery. It never mutates its inputs and reads no clock; the
-caller passes `now_ms`.
+it takes a user's stored profile (its dedupe window included) and the batch's
+deliveries for that user, and returns a new profile plus what happened to each
+delivery. It never mutates its inputs and reads no clock; the caller passes
+`now_ms`.
 
 Category affinity is an exponentially decayed sum in *event* time, kept at the
 reference time `last_seen`: an event at `ts` adds `w * 2**(-(last_seen - ts)/h)`,
@@ -16,6 +16,7 @@ which categories the bounded table evicted).
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import operator
 from collections.abc import Mapping, Sequence
@@ -61,6 +62,7 @@ class ProfileParams:
         default_factory=lambda: dict(DEFAULT_CATEGORY_WEIGHTS)
     )
     heartbeat_ms: int = 60_000
+    dedupe_window: int = 2048  # event ids remembered per user
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,8 @@ class Profile:
     published_version: int = 0  # version that message carried
     # Fields changed since the last message, or carried by it if the last write published.
     unpublished: frozenset[str] = frozenset()
+    # The dedupe window: `event_digest` of the newest applied event ids, oldest first.
+    seen: bytes = b""
     # Interest vectors (profiling.interests), when an encoder runs.
     interest: StoredInterest | None = None
     model: str | None = None
@@ -144,14 +148,10 @@ class Outcome(NamedTuple):
 
 
 def apply_deliveries(
-    profile: Profile,
-    deliveries: Sequence[Delivery],
-    seen_ids: frozenset[str] | set[str],
-    params: ProfileParams,
-    now_ms: int,
+    profile: Profile, deliveries: Sequence[Delivery], params: ProfileParams, now_ms: int
 ) -> Outcome:
     """Fold a batch's deliveries for one user into `profile`; pure."""
-    fresh, duplicates, replayed, watermarks = _select_fresh(profile, deliveries, seen_ids)
+    fresh, digests, duplicates, replayed, watermarks = _select_fresh(profile, deliveries)
     if not fresh:
         # A replay of a batch whose write landed but whose change messages may not
         # have been acked: publish the user's current state again (readers keep the
@@ -197,6 +197,7 @@ def apply_deliveries(
         category_scores=scores,
         watermarks=watermarks,
         unpublished=all_changed,
+        seen=(profile.seen + b"".join(digests))[-DIGEST_BYTES * params.dedupe_window :],
         alerts=(),
         # A change message is due: the profile records what it publishes.
         published_at=now_ms if publish else profile.published_at,
@@ -206,11 +207,17 @@ def apply_deliveries(
 
 
 def _select_fresh(
-    profile: Profile, deliveries: Sequence[Delivery], seen_ids: frozenset[str] | set[str]
-) -> tuple[list[Event], int, int, dict[int, int]]:
-    """Drop deliveries at or below the partition watermark (replays) and known event ids."""
+    profile: Profile, deliveries: Sequence[Delivery]
+) -> tuple[list[Event], list[bytes], int, int, dict[int, int]]:
+    """Drop deliveries at or below the partition watermark (replays) and known event ids.
+
+    Returns the fresh events, their ids' digests (in delivery order), the
+    number of duplicates and replays, and the advanced watermarks.
+    """
     watermarks = dict(profile.watermarks)
-    batch_ids: set[str] = set()
+    seen = profile.seen
+    digests: list[bytes] = []
+    batch: set[bytes] = set()
     fresh: list[Event] = []
     duplicates = replayed = 0
     for event, partition, offset in deliveries:
@@ -219,12 +226,40 @@ def _select_fresh(
             continue
         if offset > watermarks.get(partition, -1):
             watermarks[partition] = offset
-        if event.event_id in seen_ids or event.event_id in batch_ids:
+        digest = event_digest(event.event_id)
+        if digest in batch or in_window(seen, digest):
             duplicates += 1
             continue
-        batch_ids.add(event.event_id)
+        batch.add(digest)
+        digests.append(digest)
         fresh.append(event)
-    return fresh, duplicates, replayed, watermarks
+    return fresh, digests, duplicates, replayed, watermarks
+
+
+DIGEST_BYTES: Final = 8
+
+
+def event_digest(event_id: str) -> bytes:
+    """The dedupe window's entry for an event id: 8 bytes of its BLAKE2b digest.
+
+    Two distinct ids share a digest with probability 2^-64; with 2,048 ids in a
+    window, a fresh event is mistaken for a re-send about once in 10^16 events.
+    """
+    return hashlib.blake2b(event_id.encode(), digest_size=DIGEST_BYTES).digest()
+
+
+def in_window(seen: bytes, digest: bytes) -> bool:
+    """Whether `digest` is one of the 8-byte entries of the window `seen`.
+
+    `bytes.find` scans in C; a match must also start on an entry boundary (the
+    digest may occur straddling two entries).
+    """
+    at = seen.find(digest)
+    while at >= 0:
+        if at % DIGEST_BYTES == 0:
+            return True
+        at = seen.find(digest, at + 1)
+    return False
 
 
 def decay_categories(

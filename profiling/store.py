@@ -1,12 +1,13 @@
 """Where profiles live: the `ProfileStore` protocol, its storage layout, an in-memory twin.
 
-The layout (documented for readers in `schemas/redis_profile.md`) is three keys
-per user, all carrying the Redis Cluster hash tag `{user_id}` so they share a
+The layout (documented for readers in `schemas/redis_profile.md`) is two keys
+per user, both carrying the Redis Cluster hash tag `{user_id}` so they share a
 shard and one Lua script can touch them atomically:
 
 - `profile:{u}`        hash, the public profile every reader may rely on
-- `profile-state:{u}`  JSON, internal bookkeeping (category scores, watermarks, publication)
-- `profile-seen:{u}`   sorted set, recent event ids scored by event ts (the dedupe window)
+- `profile-state:{u}`  internal bookkeeping: JSON (category scores, watermarks,
+                       publication, ...), then a newline and the dedupe window's
+                       8-byte event-id digests
 
 A write carries the version it was computed from and is refused when the stored
 version moved on (compare-and-set): a worker that lost a partition, or any
@@ -37,6 +38,7 @@ def state_key(user_id: str) -> str:
 
 
 def seen_key(user_id: str) -> str:
+    """The dedupe window's key before it moved into the state (read once, then deleted)."""
     return f"profile-seen:{{{user_id}}}"
 
 
@@ -46,16 +48,8 @@ def scored_key(user_id: str, event_id: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Loaded:
-    """A user's stored profile and which of the asked-about event ids it has seen."""
-
-    profile: Profile
-    seen_ids: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
 class Write:
-    """One user's new profile, the version it replaces, and the event ids it applied.
+    """One user's new profile and the version it replaces.
 
     The write is refused unless the stored profile is still `expected_version`
     with the `updated` stamp `expected_updated` (0: any stamp).
@@ -63,7 +57,6 @@ class Write:
 
     profile: Profile
     expected_version: int
-    applied_ids: Sequence[tuple[str, int]]  # (event_id, ts)
     scored: Sequence[tuple[str, bytes]] = ()  # (event_id, kept features) of scored events
     expected_updated: int = 0
 
@@ -71,8 +64,8 @@ class Write:
 class ProfileStore(Protocol):
     """Batch-oriented profile storage: one round trip to load, one to write."""
 
-    async def load(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, Loaded]:
-        """Profiles of `wanted`'s users, and which of the listed event ids each has seen."""
+    async def load(self, user_ids: Sequence[str]) -> dict[str, Profile]:
+        """The stored profiles of these users (an empty `Profile` for a new one)."""
         ...
 
     async def save(self, writes: Sequence[Write]) -> list[str]:
@@ -146,8 +139,12 @@ def vector_fields(profile: Profile, since: Profile | None = None) -> dict[str, b
 
 
 def state_blob(profile: Profile) -> bytes:
-    """The `profile-state:{u}` value: what the engine needs that readers do not."""
-    return jsonout.dumps(
+    """The `profile-state:{u}` value: what the engine needs that readers do not.
+
+    A JSON object, then, when the user has a dedupe window, a newline and the
+    window's raw digests (compact JSON never holds a raw newline).
+    """
+    document = jsonout.dumps(
         {
             "cats": profile.category_scores,
             "wm": {str(p): o for p, o in profile.watermarks.items()},
@@ -160,6 +157,7 @@ def state_blob(profile: Profile) -> bytes:
             "alerts": profile.alerts,
         }
     )
+    return document + b"\n" + profile.seen if profile.seen else document
 
 
 def profile_from_storage(
@@ -171,7 +169,10 @@ def profile_from_storage(
     """Rebuild a `Profile` from its public hash (text and binary fields) and state blob."""
     if not fields:
         return Profile(user_id)
-    internal = orjson.loads(state) if state else {}
+    if isinstance(state, str):
+        state = state.encode()
+    document, _, seen = (state or b"").partition(b"\n")
+    internal = orjson.loads(document) if document else {}
     vectors = vectors or {}
     interest_json = internal.get("interest")
     interest = (
@@ -197,6 +198,7 @@ def profile_from_storage(
         published_at=int(internal.get("pub_at", 0)),
         published_version=int(internal.get("pub_v", 0)),
         unpublished=frozenset(internal.get("unpub", ())),
+        seen=seen,
         interest=interest,
         model=fields.get("model"),
         behaviour=Behaviour.from_json(behaviour) if behaviour else None,
@@ -212,23 +214,22 @@ def profile_from_storage(
 class InMemoryProfileStore:
     """The `ProfileStore` contract without a server, for unit tests and the engine's oracles."""
 
-    def __init__(self, dedupe_window: int = 2048) -> None:
-        self.dedupe_window = dedupe_window
+    def __init__(self) -> None:
         self._hashes: dict[str, dict[str, str]] = {}
         self._vectors: dict[str, dict[str, bytes]] = {}
         self._states: dict[str, bytes] = {}
-        self._seen: dict[str, dict[str, int]] = {}
         self._scored: dict[tuple[str, str], bytes] = {}
 
-    async def load(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, Loaded]:
-        loaded = {}
-        for user_id, event_ids in wanted.items():
-            fields = self._hashes.get(user_id, {})
-            state = self._states.get(user_id)
-            profile = profile_from_storage(user_id, fields, state, self._vectors.get(user_id))
-            seen = self._seen.get(user_id, {})
-            loaded[user_id] = Loaded(profile, frozenset(i for i in event_ids if i in seen))
-        return loaded
+    async def load(self, user_ids: Sequence[str]) -> dict[str, Profile]:
+        return {
+            user_id: profile_from_storage(
+                user_id,
+                self._hashes.get(user_id, {}),
+                self._states.get(user_id),
+                self._vectors.get(user_id),
+            )
+            for user_id in user_ids
+        }
 
     async def save(self, writes: Sequence[Write]) -> list[str]:
         conflicts = []
@@ -245,11 +246,6 @@ class InMemoryProfileStore:
             self._states[user_id] = state_blob(write.profile)
             for event_id, features in write.scored:
                 self._scored[(user_id, event_id)] = features
-            seen = self._seen.setdefault(user_id, {})
-            seen.update(write.applied_ids)
-            if len(seen) > self.dedupe_window:
-                newest = sorted(seen.items(), key=lambda kv: (kv[1], kv[0]))[-self.dedupe_window :]
-                self._seen[user_id] = dict(newest)
         return conflicts
 
     async def read_profile(self, user_id: str) -> dict[str, str] | None:

@@ -4,9 +4,9 @@ hash-tagged keys (so it is atomic on a single node and on Redis Cluster alike).
 
 A worker owns its users' partitions, so the profile it wrote last is, almost
 always, the one it will load next: the store keeps the profiles it wrote in a
-bounded LRU (`cache_users`) and loads only the dedupe scores of those users,
-not their hash and state (reading and rebuilding a profile costs more than the
-rest of its load). The cache is safe because every write is compare-and-set
+bounded LRU (`cache_users`) and does not read those users at all (their dedupe
+window is part of the profile), so a batch of cached users costs no load round
+trip. The cache is safe because every write is compare-and-set
 on the version *and* the `updated` stamp it was computed from: when anything
 else wrote the user meanwhile (a partition that moved away and back, an
 expired or erased profile), the write is refused, the user dropped from the
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -30,10 +30,9 @@ except ImportError:  # redis[hiredis] brings it; without it redis-py packs in Py
     hiredis = None  # type: ignore[assignment]
 
 from profiling import jsonout
-from profiling.profile import Profile
+from profiling.profile import Profile, event_digest, evolve
 from profiling.store import (
     VECTOR_FIELDS,
-    Loaded,
     Write,
     profile_from_storage,
     profile_key,
@@ -46,70 +45,66 @@ from profiling.store import (
 )
 
 # Both scripts serve several users per call, three keys each (profile, state,
-# seen), and take each call's per-user arguments as one JSON document: packing a
-# few long arguments costs the client far less than thousands of short ones, and
-# the client's CPU, not the server's, is what limits a worker. Every key of one
-# user carries the same hash tag: on a Redis Cluster client the store serves one
-# user per call.
+# and the dedupe window's key of earlier versions), and take each call's per-user
+# arguments as one JSON document: packing a few long arguments costs the client
+# far less than thousands of short ones, and the client's CPU, not the server's,
+# is what limits a worker. Every key of one user carries the same hash tag: on a
+# Redis Cluster client the store serves one user per call.
 
-# ARGV[1]: JSON [[event ids asked about], ...], one list per user; ARGV[2]: one
-# character per user, "1" to read the profile, "0" when the caller holds it already.
-# Returns one flat array, per user: a score or false for each id asked about, then,
-# if the profile was read, the number n of hash items, the n items (field, value,
-# ...) and the state or false. Flat, because Redis 6 writes a nested script reply
-# in many small pieces: 130 users' replies took four times as long nested.
+# Reads whole profiles (the users the store does not hold). Returns one flat array,
+# per user: the number n of hash items, the n items (field, value, ...), the state
+# or false, then the number m of ids in an earlier version's dedupe sorted set and
+# the m ids, oldest first (read only when the state has no window of its own). Flat,
+# because Redis 6 writes a nested script reply in many small pieces: 130 users'
+# replies took four times as long nested.
 LOAD_SCRIPT: Final = """
-local asked, wanted = cjson.decode(ARGV[1]), ARGV[2]
 local out, n = {}, 0
-for u = 1, #asked do
-  local k, ids = 3 * u - 2, asked[u]
-  for i = 1, #ids, 1000 do  -- unpack() is bounded by the Lua stack: chunk
-    local part = redis.call('ZMSCORE', KEYS[k + 2], unpack(ids, i, math.min(i + 999, #ids)))
-    for j = 1, #part do n = n + 1; out[n] = part[j] end
+for k = 1, #KEYS, 3 do
+  local hash = redis.call('HGETALL', KEYS[k])
+  n = n + 1; out[n] = #hash
+  for j = 1, #hash do n = n + 1; out[n] = hash[j] end
+  local state = redis.call('GET', KEYS[k + 1])
+  n = n + 1; out[n] = state
+  local ids = {}
+  if not state or not string.find(state, '\\n', 1, true) then
+    ids = redis.call('ZRANGE', KEYS[k + 2], 0, -1)
   end
-  if string.byte(wanted, u) == 49 then
-    local hash = redis.call('HGETALL', KEYS[k])
-    n = n + 1; out[n] = #hash
-    for j = 1, #hash do n = n + 1; out[n] = hash[j] end
-    n = n + 1; out[n] = redis.call('GET', KEYS[k + 1])
-  end
+  n = n + 1; out[n] = #ids
+  for j = 1, #ids do n = n + 1; out[n] = ids[j] end
 end
 return out
 """
 
-# ARGV: ttl ms, dedupe window, JSON [[expected version, ARGV index of the state blob,
-#       [field, value, ...], [ts, event id, ...], [binary field, ARGV index, ...],
-#       expected updated stamp or 0 for any], ...],
-#       one entry per user, then the binary values: vectors, which JSON cannot carry,
-#       and state blobs, which would otherwise be escaped into the JSON and back.
+# ARGV: ttl ms, JSON [[expected version, ARGV index of the state blob,
+#       [field, value, ...], [binary field, ARGV index, ...],
+#       expected updated stamp or 0 for any, 1 to delete an earlier version's
+#       dedupe key], ...],
+#       one entry per user, then the binary values: vectors and state blobs, which
+#       JSON cannot carry (the state ends in raw digests).
 # Returns per user 1 when written, 0 when the stored version (or stamp) was not the
 # expected one (compare-and-set: a stale writer changes nothing).
 SAVE_SCRIPT: Final = """
-local ttl, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-local writes = cjson.decode(ARGV[3])
+local ttl = tonumber(ARGV[1])
+local writes = cjson.decode(ARGV[2])
 local results = {}
-local function chunked(command, key, args)
-  for i = 1, #args, 1000 do
-    redis.call(command, key, unpack(args, i, math.min(i + 999, #args)))
-  end
-end
 for u = 1, #writes do
   local k, write = 3 * u - 2, writes[u]
   local stored = redis.call('HMGET', KEYS[k], 'version', 'updated')
   if tonumber(stored[1] or '0') ~= write[1]
-      or (write[6] ~= 0 and tonumber(stored[2] or '0') ~= write[6]) then
+      or (write[5] ~= 0 and tonumber(stored[2] or '0') ~= write[5]) then
     results[u] = 0
   else
-    chunked('HSET', KEYS[k], write[3])
-    local binary = write[5]
+    local fields = write[3]
+    for i = 1, #fields, 1000 do
+      redis.call('HSET', KEYS[k], unpack(fields, i, math.min(i + 999, #fields)))
+    end
+    local binary = write[4]
     for j = 1, #binary, 2 do redis.call('HSET', KEYS[k], binary[j], ARGV[binary[j + 1]]) end
     redis.call('SET', KEYS[k + 1], ARGV[write[2]])
-    if #write[4] > 0 then
-      chunked('ZADD', KEYS[k + 2], write[4])
-      redis.call('ZREMRANGEBYRANK', KEYS[k + 2], 0, -(window + 1))
-    end
+    if write[6] == 1 then redis.call('DEL', KEYS[k + 2]) end
     if ttl > 0 then
-      for j = k, k + 2 do redis.call('PEXPIRE', KEYS[j], ttl) end
+      redis.call('PEXPIRE', KEYS[k], ttl)
+      redis.call('PEXPIRE', KEYS[k + 1], ttl)
     end
     results[u] = 1
   end
@@ -190,7 +185,6 @@ class RedisProfileStore:
     def __init__(
         self,
         client: aioredis.Redis,
-        dedupe_window: int = 2048,
         ttl_s: int = 0,
         *,
         users_per_call: int | None = None,
@@ -198,7 +192,6 @@ class RedisProfileStore:
         cache_users: int = 0,
     ) -> None:
         self.client = client
-        self.dedupe_window = dedupe_window
         self.ttl_ms = ttl_s * 1000
         self.scored_ttl_s = scored_ttl_s
         # Default: 200 users per script call; one on a cluster, where each call's keys
@@ -214,41 +207,32 @@ class RedisProfileStore:
     def cached_users(self) -> int:
         return len(self._cache)
 
-    async def load(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, Loaded]:
-        users = list(wanted)
-        held = [self._cache.get(user_id) for user_id in users]
-        cached = len(held) - held.count(None)
-        self.loads_from_cache += cached
-        self.loads_from_redis += len(held) - cached
-        calls = [
-            (
-                _user_keys(chunk),
-                [
-                    jsonout.dumps([wanted[user_id] for user_id in chunk]),
-                    "".join("1" if profile is None else "0" for profile in part),
-                ],
-            )
-            for chunk, part in zip(
-                _chunks(users, self.users_per_call), _chunks(held, self.users_per_call), strict=True
-            )
+    async def load(self, user_ids: Sequence[str]) -> dict[str, Profile]:
+        cache = self._cache
+        loaded = {user_id: cache.get(user_id) for user_id in user_ids}
+        missing = [user_id for user_id, profile in loaded.items() if profile is None]
+        self.loads_from_cache += len(loaded) - len(missing)
+        self.loads_from_redis += len(missing)
+        if not missing:
+            return loaded  # type: ignore[return-value]
+        calls: list[tuple[list[str], list[Any]]] = [
+            (_user_keys(chunk), []) for chunk in _chunks(missing, self.users_per_call)
         ]
         reply = _flatten(await self._run(LOAD_SCRIPT, calls))
-        loaded = {}
         at = 0
-        for user_id, held_profile in zip(users, held, strict=True):
-            ids = wanted[user_id]
-            scores = reply[at : at + len(ids)]
-            at += len(ids)
-            seen = frozenset(i for i, score in zip(ids, scores, strict=True) if score is not None)
-            profile = held_profile
-            if profile is None:
-                items = reply[at]
-                flat, state = reply[at + 1 : at + 1 + items], reply[at + 1 + items]
-                at += items + 2
-                fields, vectors = _split_fields(flat)
-                profile = profile_from_storage(user_id, fields, state, vectors)
-            loaded[user_id] = Loaded(profile, seen)
-        return loaded
+        for user_id in missing:
+            items = reply[at]
+            flat, state = reply[at + 1 : at + 1 + items], reply[at + 1 + items]
+            at += items + 2
+            legacy_ids = reply[at + 1 : at + 1 + reply[at]]
+            at += reply[at] + 1
+            fields, vectors = _split_fields(flat)
+            profile = profile_from_storage(user_id, fields, state, vectors)
+            if legacy_ids and not profile.seen:
+                seen = b"".join(event_digest(_text(event_id)) for event_id in legacy_ids)
+                profile = evolve(profile, seen=seen)
+            loaded[user_id] = profile
+        return loaded  # type: ignore[return-value]
 
     async def save(self, writes: Sequence[Write]) -> list[str]:
         calls = []
@@ -256,7 +240,7 @@ class RedisProfileStore:
             binary: list[bytes] = []
             payload = [_write_entry(write, binary, self._held(write)) for write in chunk]
             keys = _user_keys([write.profile.user_id for write in chunk])
-            args = [self.ttl_ms, self.dedupe_window, jsonout.dumps(payload), *binary]
+            args = [self.ttl_ms, jsonout.dumps(payload), *binary]
             calls.append((keys, args))
         # Features of scored events ride in the same round trip; a write that loses its
         # race recomputes them under the same keys, so writing them regardless is safe.
@@ -358,17 +342,20 @@ class RedisProfileStore:
 def _write_entry(write: Write, binary: list[bytes], since: Profile | None) -> list[Any]:
     """One user's part of the save script's JSON; binary values are appended to `binary`.
 
-    `since`: the profile the stored hash holds, when known (only changed fields are sent).
+    `since`: the profile the stored hash holds, when known (only changed fields are
+    sent). When it is not known, the profile was read from Redis, where an earlier
+    version may have left a dedupe sorted set: the write deletes it (its ids are
+    in the state now).
     """
     fields = [item for pair in public_fields(write.profile, since).items() for item in pair]
-    seen = [item for event_id, ts in write.applied_ids for item in (str(ts), event_id)]
     refs: list[Any] = []
     for name, value in vector_fields(write.profile, since).items():
         binary.append(value)
-        refs += (name, 3 + len(binary))  # ARGV index (1-based) after ttl, window, JSON
-    binary.append(state_blob(write.profile))  # raw, not escaped inside the JSON document
-    state_ref = 3 + len(binary)
-    return [write.expected_version, state_ref, fields, seen, refs, write.expected_updated]
+        refs += (name, 2 + len(binary))  # ARGV index (1-based) after ttl and the JSON
+    binary.append(state_blob(write.profile))
+    state_ref = 2 + len(binary)
+    legacy = 1 if since is None else 0
+    return [write.expected_version, state_ref, fields, refs, write.expected_updated, legacy]
 
 
 def _split_fields(flat: Sequence[bytes | str]) -> tuple[dict[str, str], dict[str, bytes]]:

@@ -59,6 +59,7 @@ def profile_params(settings: Settings) -> ProfileParams:
         category_half_life_ms=settings.category_half_life_days * MS_PER_DAY,
         category_slots=settings.category_slots,
         heartbeat_ms=int(settings.heartbeat_s * 1000),
+        dedupe_window=settings.dedupe_window,
     )
 
 
@@ -155,7 +156,6 @@ class BatchWorker:
         self.redis = connect(settings.redis_url, cluster=settings.redis_cluster)
         self.store = RedisProfileStore(
             self.redis,
-            settings.dedupe_window,
             settings.profile_ttl_s,
             scored_ttl_s=int(settings.scored_ttl_days * 86_400),
             cache_users=settings.profile_cache_users,

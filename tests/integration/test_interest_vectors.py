@@ -100,7 +100,7 @@ async def test_a_warm_cache_encodes_nothing(make_settings) -> None:
     # Forget the profiles, keep the shared embeddings, replay everything with a new group.
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
-        for pattern in ("profile:*", "profile-state:*", "profile-seen:*"):
+        for pattern in ("profile:*", "profile-state:*"):
             async for key in client.scan_iter(match=pattern):
                 await client.delete(key)
         assert [key async for key in client.scan_iter(match="profiler:emb:*")]

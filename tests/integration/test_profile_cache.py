@@ -16,8 +16,8 @@ from dataclasses import astuple
 import redis.asyncio as aioredis
 
 from profiling.pipeline import Record, Stages, apply_batch
-from profiling.profile import ProfileParams
-from profiling.store import profile_key, public_fields, seen_key, state_key, vector_fields
+from profiling.profile import ProfileParams, event_digest
+from profiling.store import profile_key, public_fields, state_key, vector_fields
 from stream.interest_setup import interest_model
 from stream.model_setup import build_models
 from stream.redis_store import RedisProfileStore
@@ -57,8 +57,8 @@ def event(user: str, event_id: str, ts: int, offset: int) -> Record:
 
 async def reloaded(client: aioredis.Redis, user: str) -> tuple[object, ...]:
     """The user's profile as a store without a cache reads it from Redis."""
-    fresh = await RedisProfileStore(client).load({user: []})
-    return astuple(fresh[user].profile)
+    fresh = await RedisProfileStore(client).load([user])
+    return astuple(fresh[user])
 
 
 async def stored_hash(client: aioredis.Redis, user: str) -> dict[str, str | bytes]:
@@ -124,13 +124,14 @@ async def test_a_rewritten_profile_at_the_same_version_is_not_built_upon(
     )
     params, clock = ProfileParams(), ticking()
     await apply_batch([event("bob", "e1", T0, 0)], cached, params, clock)
-    await redis_client.delete(profile_key("bob"), state_key("bob"), seen_key("bob"))
+    await redis_client.delete(profile_key("bob"), state_key("bob"))
     await apply_batch([event("bob", "x1", T0 + 500, 0)], other, params, clock)
     assert (await redis_client.hget(profile_key("bob"), "version")) == b"1"
     await apply_batch([event("bob", "e2", T0 + 1000, 1)], cached, params, clock)
-    stored = await RedisProfileStore(redis_client).load({"bob": ["e1", "x1", "e2"]})
-    assert stored["bob"].profile.version == 2
-    assert stored["bob"].seen_ids == {"x1", "e2"}  # built on the rewrite, not on the cache
+    stored = (await RedisProfileStore(redis_client).load(["bob"]))["bob"]
+    assert stored.version == 2
+    # Built on the rewrite, not on the cache: its window holds x1 and e2, not e1.
+    assert stored.seen == event_digest("x1") + event_digest("e2")
 
 
 async def test_the_cache_is_bounded_and_off_at_zero(redis_client: aioredis.Redis) -> None:

@@ -16,10 +16,9 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from profiling.profile import Profile
+from profiling.profile import Profile, event_digest
 from profiling.store import (
     InMemoryProfileStore,
-    Loaded,
     ProfileStore,
     Write,
     profile_key,
@@ -31,7 +30,6 @@ from profiling.vectors import StoredInterest
 from stream.devstack import COMPACT_HASH_VALUE_BYTES
 from stream.redis_store import RedisProfileStore, compact_hash_limit, connect
 
-WINDOW = 16  # a small dedupe window, so tests can overflow it
 T0 = 1_700_000_000_000
 
 
@@ -39,11 +37,11 @@ T0 = 1_700_000_000_000
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[ProfileStore]:
     """The same contract over each implementation (Redis flushed before each test)."""
     if request.param == "memory":
-        yield InMemoryProfileStore(dedupe_window=WINDOW)
+        yield InMemoryProfileStore()
         return
     client = connect(request.getfixturevalue("redis_url"))
     try:
-        yield RedisProfileStore(client, dedupe_window=WINDOW)
+        yield RedisProfileStore(client)
     finally:
         await client.aclose()
 
@@ -69,20 +67,16 @@ def rich_profile(user_id: str = "alice", version: int = 3) -> Profile:
         published_at=T0 + 80_000_000,
         published_version=version - 1,
         unpublished=frozenset({"events", "count:view", "categories"}),
+        seen=b"".join(event_digest(f"e{i}") for i in range(11)),
     )
 
 
-async def write(
-    store: ProfileStore,
-    profile: Profile,
-    expected_version: int,
-    applied_ids: list[tuple[str, int]] | None = None,
-) -> list[str]:
-    return await store.save([Write(profile, expected_version, applied_ids or [])])
+async def write(store: ProfileStore, profile: Profile, expected_version: int) -> list[str]:
+    return await store.save([Write(profile, expected_version)])
 
 
-async def load_one(store: ProfileStore, user_id: str, ids: list[str] | None = None) -> Loaded:
-    loaded = await store.load({user_id: ids or []})
+async def load_one(store: ProfileStore, user_id: str) -> Profile:
+    loaded = await store.load([user_id])
     assert set(loaded) == {user_id}
     return loaded[user_id]
 
@@ -91,22 +85,30 @@ async def load_one(store: ProfileStore, user_id: str, ids: list[str] | None = No
 
 
 async def test_unknown_users_load_as_empty_profiles(store: ProfileStore) -> None:
-    loaded = await store.load({"nobody": ["e1", "e2"], "ghost": []})
+    loaded = await store.load(["nobody", "ghost"])
     assert set(loaded) == {"nobody", "ghost"}
     for user_id, found in loaded.items():
-        assert found.profile == Profile(user_id)
-        assert found.profile.is_new
-        assert found.seen_ids == frozenset()
+        assert found == Profile(user_id)
+        assert found.is_new
+        assert found.seen == b""
     assert await store.read_profile("nobody") is None
 
 
 async def test_save_then_load_round_trips_every_field(store: ProfileStore) -> None:
     profile = rich_profile()
-    assert await write(store, profile, 0, [("e1", T0)]) == []
+    assert await write(store, profile, 0) == []
     loaded = await load_one(store, "alice")
-    assert loaded.profile == profile  # counts, spend, scores, watermarks, publication, unpublished
-    assert loaded.profile.watermarks == {0: 41, 2: 7, 5: 1_000_000}  # int partitions, not "0"
-    assert loaded.profile.category_scores["home.kitchen"] == 0.1 + 0.2  # floats exact
+    assert loaded == profile  # counts, spend, scores, watermarks, publication, dedupe window
+    assert loaded.watermarks == {0: 41, 2: 7, 5: 1_000_000}  # int partitions, not "0"
+    assert loaded.category_scores["home.kitchen"] == 0.1 + 0.2  # floats exact
+
+
+@pytest.mark.parametrize("window", [b"", b"\n", b"\n\n{}" * 3, bytes(range(256)) * 2])
+async def test_any_dedupe_window_bytes_round_trip(store: ProfileStore, window: bytes) -> None:
+    """The window's digests are raw bytes after the JSON: newlines and all are theirs."""
+    profile = replace(rich_profile(), seen=window)
+    assert await write(store, profile, 0) == []
+    assert (await load_one(store, "alice")).seen == window
 
 
 async def test_a_second_write_replaces_the_first(store: ProfileStore) -> None:
@@ -121,53 +123,19 @@ async def test_a_second_write_replaces_the_first(store: ProfileStore) -> None:
         category_scores={"toys": 2.5},
         watermarks={0: 42},
         unpublished=frozenset(),
+        seen=first.seen + event_digest("e11"),
     )
     assert await write(store, second, 1) == []
-    assert (await load_one(store, "alice")).profile == second
+    assert await load_one(store, "alice") == second
 
 
 async def test_many_users_in_one_save_and_one_load(store: ProfileStore) -> None:
     profiles = [rich_profile(f"user-{i}", version=1) for i in range(250)]
-    writes = [Write(p, 0, [(f"e-{p.user_id}", T0)]) for p in profiles]
-    assert await store.save(writes) == []
-    loaded = await store.load({p.user_id: [f"e-{p.user_id}", "other"] for p in profiles})
-    assert {u: found.profile for u, found in loaded.items()} == {p.user_id: p for p in profiles}
-    assert all(found.seen_ids == {f"e-{u}"} for u, found in loaded.items())
+    assert await store.save([Write(p, 0) for p in profiles]) == []
+    loaded = await store.load([p.user_id for p in profiles])
+    assert loaded == {p.user_id: p for p in profiles}
     assert await store.save([]) == []
-    assert await store.load({}) == {}
-
-
-async def test_seen_ids_are_exactly_the_saved_ones_among_those_asked(store: ProfileStore) -> None:
-    saved = [("e1", T0 + 1), ("e2", T0 + 2), ("e3", T0 + 3)]
-    await write(store, rich_profile("alice", 1), 0, saved)
-    await write(store, rich_profile("bob", 1), 0, [("b1", T0)])
-
-    found = await load_one(store, "alice", ["e2", "e9", "e3", "b1", ""])
-    assert found.seen_ids == {"e2", "e3"}  # never another user's ids, never unasked ones
-    assert (await load_one(store, "alice", [])).seen_ids == frozenset()
-    assert (await load_one(store, "bob", ["e1", "b1"])).seen_ids == {"b1"}
-
-
-async def test_dedupe_window_keeps_the_newest_ids_by_event_time(store: ProfileStore) -> None:
-    # Ten ids, then ten more whose times interleave with the first ones (late events):
-    # the window keeps the WINDOW newest by ts, whatever the write they came in.
-    first = [(f"a{i}", T0 + 10 * i) for i in range(10)]  # ts 0, 10, ..., 90
-    second = [(f"b{i}", T0 + 10 * i + 5) for i in range(10)]  # ts 5, 15, ..., 95
-    await write(store, rich_profile(version=1), 0, first)
-    await write(store, rich_profile(version=2), 1, second)
-
-    by_ts = sorted(first + second, key=lambda pair: pair[1])
-    newest = {event_id for event_id, _ in by_ts[-WINDOW:]}
-    asked = [event_id for event_id, _ in first + second]
-    assert (await load_one(store, "alice", asked)).seen_ids == newest
-    assert {"a0", "b0", "a1", "b1"}.isdisjoint(newest)
-
-
-async def test_one_write_larger_than_the_window_keeps_its_newest(store: ProfileStore) -> None:
-    applied = [(f"e{i:03d}", T0 + (i * 7919) % 1000) for i in range(3 * WINDOW)]  # shuffled ts
-    await write(store, rich_profile(version=1), 0, applied)
-    newest = {e for e, _ in sorted(applied, key=lambda pair: pair[1])[-WINDOW:]}
-    assert (await load_one(store, "alice", [e for e, _ in applied])).seen_ids == newest
+    assert await store.load([]) == {}
 
 
 @pytest.mark.parametrize("stale", [0, 1, 5])  # behind, one behind, ahead: all refused
@@ -175,46 +143,44 @@ async def test_a_write_with_a_wrong_expected_version_is_refused(
     store: ProfileStore, stale: int
 ) -> None:
     stored = rich_profile(version=2)
-    await write(store, rich_profile(version=1), 0, [("e1", T0)])
-    await write(store, stored, 1, [("e2", T0 + 1)])
+    await write(store, rich_profile(version=1), 0)
+    await write(store, stored, 1)
     before = await store.read_profile("alice")
 
-    loser = replace(stored, version=stale + 1, events=999, counts={"view": 999}, watermarks={})
-    other = rich_profile("bob", version=1)
-    conflicts = await store.save(
-        [Write(loser, stale, [("lost", T0 + 2)]), Write(other, 0, [("b1", T0)])]
+    loser = replace(
+        stored, version=stale + 1, events=999, counts={"view": 999}, watermarks={}, seen=b"lost"
     )
+    other = rich_profile("bob", version=1)
+    conflicts = await store.save([Write(loser, stale), Write(other, 0)])
 
     assert conflicts == ["alice"]  # the conflict is returned, the other write goes through
-    found = await load_one(store, "alice", ["e1", "e2", "lost"])
-    assert found.profile == stored  # nothing of the refused write landed
-    assert found.seen_ids == {"e1", "e2"}
+    assert await load_one(store, "alice") == stored  # nothing of the refused write landed
     assert await store.read_profile("alice") == before
-    assert (await load_one(store, "bob")).profile == other
+    assert await load_one(store, "bob") == other
 
 
 async def test_a_write_expecting_another_updated_stamp_is_refused(store: ProfileStore) -> None:
     """Same version, other `updated`: the profile was rewritten since it was read."""
     stored = rich_profile(version=1)
-    await write(store, stored, 0, [("e1", T0)])
+    await write(store, stored, 0)
     newer = replace(stored, version=2, events=12)
-    stale = Write(newer, 1, [("e2", T0 + 1)], expected_updated=stored.updated - 1)
+    stale = Write(newer, 1, expected_updated=stored.updated - 1)
     assert await store.save([stale]) == ["alice"]
-    assert (await load_one(store, "alice")).profile == stored
-    current = Write(newer, 1, [("e2", T0 + 1)], expected_updated=stored.updated)
+    assert await load_one(store, "alice") == stored
+    current = Write(newer, 1, expected_updated=stored.updated)
     assert await store.save([current]) == []
-    assert (await load_one(store, "alice")).profile == newer
+    assert await load_one(store, "alice") == newer
 
 
 async def test_creating_a_profile_that_exists_is_a_conflict(store: ProfileStore) -> None:
     await write(store, rich_profile(version=1), 0)
     assert await write(store, replace(rich_profile(version=1), events=1), 0) == ["alice"]
-    assert (await load_one(store, "alice")).profile == rich_profile(version=1)
+    assert await load_one(store, "alice") == rich_profile(version=1)
 
 
 async def test_read_profile_shows_the_public_fields_only(store: ProfileStore) -> None:
     profile = rich_profile()
-    await write(store, profile, 0, [("e1", T0)])
+    await write(store, profile, 0)
     fields = await store.read_profile("alice")
     assert fields == public_fields(profile)
     assert fields is not None
@@ -233,14 +199,14 @@ async def test_read_profile_shows_the_public_fields_only(store: ProfileStore) ->
 async def test_redis_ttl_applies_to_every_key_of_the_user(
     redis_client: aioredis.Redis, ttl_s: int
 ) -> None:
-    store = RedisProfileStore(redis_client, dedupe_window=WINDOW, ttl_s=ttl_s)
-    await write(store, rich_profile(version=1), 0, [("e1", T0)])
-    keys = [profile_key("alice"), state_key("alice"), seen_key("alice")]
+    store = RedisProfileStore(redis_client, ttl_s=ttl_s)
+    await write(store, rich_profile(version=1), 0)
+    keys = [profile_key("alice"), state_key("alice")]
     ttls = [await redis_client.ttl(key) for key in keys]
     if ttl_s:
         assert all(ttl_s - 5 <= ttl <= ttl_s for ttl in ttls), ttls
     else:
-        assert ttls == [-1, -1, -1]  # kept for ever
+        assert ttls == [-1, -1]  # kept for ever
 
 
 async def test_redis_refused_write_does_not_refresh_the_ttl(redis_client: aioredis.Redis) -> None:
@@ -251,20 +217,37 @@ async def test_redis_refused_write_does_not_refresh_the_ttl(redis_client: aiored
 
 
 async def test_redis_keys_of_a_user_share_its_hash_tag(redis_client: aioredis.Redis) -> None:
-    store = RedisProfileStore(redis_client, dedupe_window=WINDOW)
+    store = RedisProfileStore(redis_client)
     users = ["alice", "user:42", "ünï cödé"]
-    await store.save([Write(rich_profile(u, 1), 0, [(f"e-{u}", T0)]) for u in users])
+    await store.save([Write(rich_profile(u, 1), 0) for u in users])
 
     keys = {key.decode() async for key in redis_client.scan_iter(count=1000)}
-    expected = {k for u in users for k in (profile_key(u), state_key(u), seen_key(u))}
-    assert keys == expected
+    assert keys == {k for u in users for k in (profile_key(u), state_key(u))}
     for user_id in users:
         tagged = [k for k in keys if f"{{{user_id}}}" in k]
-        assert len(tagged) == 3
+        assert len(tagged) == 2
         assert {key_slot(k.encode()) for k in tagged} == {key_slot(user_id.encode())}
+        assert key_slot(seen_key(user_id).encode()) == key_slot(user_id.encode())
     assert await redis_client.type(profile_key("alice")) == b"hash"
     assert await redis_client.type(state_key("alice")) == b"string"
-    assert await redis_client.type(seen_key("alice")) == b"zset"
+
+
+async def test_redis_takes_over_the_dedupe_set_of_earlier_versions(
+    redis_client: aioredis.Redis,
+) -> None:
+    """A profile written before the window moved into the state keeps its ids, then its set goes."""
+    stored = replace(rich_profile(version=1), seen=b"")  # its state: the JSON alone, as then
+    await write(RedisProfileStore(redis_client), stored, 0)
+    legacy = {f"e{i}": T0 + i for i in (3, 1, 2)}
+    await redis_client.zadd(seen_key("alice"), legacy)  # members by event ts, as written then
+
+    store = RedisProfileStore(redis_client, cache_users=10)
+    loaded = await load_one(store, "alice")
+    assert loaded.seen == b"".join(event_digest(e) for e in ("e1", "e2", "e3"))
+    assert await redis_client.exists(seen_key("alice")) == 1  # a load changes nothing
+    assert await write(store, replace(loaded, version=2), 1) == []
+    assert await redis_client.exists(seen_key("alice")) == 0
+    assert (await load_one(RedisProfileStore(redis_client), "alice")).seen == loaded.seen
 
 
 async def test_redis_keeps_a_profile_with_vectors_in_the_compact_encoding(

@@ -22,7 +22,9 @@ from profiling.profile import (
     Profile,
     ProfileParams,
     apply_deliveries,
+    event_digest,
     evolve,
+    in_window,
 )
 from profiling.store import InMemoryProfileStore, public_fields
 
@@ -116,9 +118,9 @@ def oracle(records: Sequence[Record], user: str) -> dict:
 
 def assert_matches_oracle(store: InMemoryProfileStore, records: Sequence[Record]) -> None:
     users = {orjson.loads(r.value or b"{}")["user_id"] for r in records}
-    loaded = asyncio.run(store.load({u: [] for u in users}))
+    loaded = asyncio.run(store.load(list(users)))
     for user in users:
-        profile, expected = loaded[user].profile, oracle(records, user)
+        profile, expected = loaded[user], oracle(records, user)
         assert profile.events == expected["events"]
         assert Counter(profile.counts) == expected["counts"]
         assert math.isclose(profile.spend, expected["spend"], rel_tol=1e-9, abs_tol=1e-6)
@@ -144,9 +146,9 @@ def test_replaying_any_batch_changes_nothing(rows: list[tuple], cuts: list[int])
     records = to_records(rows)
     batches = split(records, cuts)
     store = run_batches(batches)
-    before = copy.deepcopy((store._hashes, store._states, store._seen))
+    before = copy.deepcopy((store._hashes, store._states))
     run_batches(batches, store)  # a crash before every commit: the whole log again
-    assert (store._hashes, store._states, store._seen) == before
+    assert (store._hashes, store._states) == before
 
 
 @settings(max_examples=30, deadline=None)
@@ -158,6 +160,52 @@ def test_resent_events_are_applied_once(rows: list[tuple]) -> None:
     ]
     store = run_batches([records, resent])
     assert_matches_oracle(store, records)
+
+
+def view(i: int, ts: int, offset: int) -> Delivery:
+    event = decode_event(orjson.dumps(make_event(i, "u", "view", ts, "shoes", 0)), NOW)
+    assert isinstance(event, Event)
+    return Delivery(event, 0, offset)
+
+
+def test_the_dedupe_window_keeps_the_newest_applied_ids() -> None:
+    params = ProfileParams(dedupe_window=4)
+    profile = Profile("u")
+    for i in range(6):  # one event per batch; e0 and e1 leave the window
+        profile = apply_deliveries(profile, [view(i, NOW - i, i)], params, NOW).profile
+    assert profile.seen == b"".join(event_digest(f"e{i}") for i in range(2, 6))
+    resent = [view(i, NOW - i, 10 + i) for i in (5, 2, 1)]  # new offsets: producer re-sends
+    outcome = apply_deliveries(profile, resent, params, NOW)
+    assert outcome.duplicates == 2  # e5 and e2 are known
+    assert [e.event_id for e in outcome.applied] == ["e1"]  # e1 was forgotten: applied again
+
+
+def test_a_late_event_is_as_protected_as_a_recent_one() -> None:
+    """The window is the last ids applied, whatever their times: a late event is one of them."""
+    params = ProfileParams(dedupe_window=4)
+    profile = apply_deliveries(Profile("u"), [view(0, NOW, 0)], params, NOW).profile
+    late = apply_deliveries(profile, [view(1, NOW - 30 * 86_400_000, 1)], params, NOW).profile
+    again = apply_deliveries(late, [view(1, NOW - 30 * 86_400_000, 2)], params, NOW)
+    assert again.duplicates == 1 and not again.wrote
+
+
+def test_one_batch_larger_than_the_window_keeps_its_last_ids() -> None:
+    params = ProfileParams(dedupe_window=4)
+    deliveries = [view(i, NOW - (i * 7919) % 1000, i) for i in range(10)]
+    outcome = apply_deliveries(Profile("u"), deliveries, params, NOW)
+    assert outcome.profile.seen == b"".join(event_digest(f"e{i}") for i in range(6, 10))
+
+
+def test_a_window_entry_matches_only_on_its_own_boundary() -> None:
+    first, second = event_digest("e1"), event_digest("e2")
+    seen = first + second
+    assert in_window(seen, first) and in_window(seen, second)
+    assert not in_window(seen, seen[4:12])  # the bytes are there, straddling two entries
+    assert not in_window(seen[4:], second[4:] + first[:4])
+    assert not in_window(b"", first)
+    straddled = bytes(4) + first[:4] + first[4:] + bytes(4)  # `first` across two entries
+    assert not in_window(straddled, first)
+    assert in_window(straddled + first, first)  # found past the straddling occurrence
 
 
 @settings(max_examples=60, deadline=None)
@@ -177,7 +225,7 @@ def test_the_changed_fields_bring_a_stored_hash_up_to_date(
         for user, deliveries in by_user.items():
             before = held.get(user, Profile(user))
             stored = dict(hashes.get(user, {}))
-            after = apply_deliveries(before, deliveries, frozenset(), PARAMS, NOW).profile
+            after = apply_deliveries(before, deliveries, PARAMS, NOW).profile
             stored.update(public_fields(after, before if before.version else None))
             assert stored == public_fields(after)
             held[user], hashes[user] = after, stored
@@ -209,7 +257,7 @@ def test_late_event_counts_but_never_moves_last_seen_back() -> None:
         [("alice", "view", NOW, "shoes", 0.0), ("alice", "view", NOW - 5000, None, 0)]
     )
     store = run_batches([[records[0]], [records[1]]])
-    profile = asyncio.run(store.load({"alice": []}))["alice"].profile
+    profile = asyncio.run(store.load(["alice"]))["alice"]
     assert profile.events == 2
     assert profile.last_seen == NOW
     assert profile.first_seen == NOW - 5000
@@ -220,11 +268,10 @@ def test_apply_does_not_mutate_its_inputs() -> None:
     assert isinstance(event, Event)
     profile = Profile("u", version=3, counts={"view": 2}, category_scores={"shoes": 1.0})
     deliveries = [Delivery(event, 0, 5)]
-    seen: set[str] = set()
-    snapshot = copy.deepcopy((profile, deliveries, seen))
-    outcome = apply_deliveries(profile, deliveries, seen, PARAMS, NOW)
+    snapshot = copy.deepcopy((profile, deliveries))
+    outcome = apply_deliveries(profile, deliveries, PARAMS, NOW)
     assert outcome.profile.version == 4
-    assert (profile, deliveries, seen) == snapshot
+    assert (profile, deliveries) == snapshot
 
 
 def test_category_table_is_bounded() -> None:
@@ -236,7 +283,7 @@ def test_category_table_is_bounded() -> None:
         await apply_batch(to_records(rows), store, params, lambda: NOW)
 
     asyncio.run(go())
-    profile = asyncio.run(store.load({"alice": []}))["alice"].profile
+    profile = asyncio.run(store.load(["alice"]))["alice"]
     assert len(profile.category_scores) == 16
     assert len(profile.top_categories()) == 10
     # The newest (least decayed) categories survive.
@@ -247,12 +294,12 @@ def test_stale_writer_loses_the_version_race() -> None:
     store = InMemoryProfileStore()
     records = to_records([("alice", "view", NOW, "shoes", 0.0)])
     run_batches([records], store)
-    loaded = asyncio.run(store.load({"alice": []}))["alice"]
+    loaded = asyncio.run(store.load(["alice"]))["alice"]
     # Another worker wrote meanwhile: a write computed from the old version is refused.
     run_batches([[Record("ev", 0, 1, b"alice", records[0].value.replace(b'"e0"', b'"e9"'))]], store)
     from profiling.store import Write
 
-    conflicts = asyncio.run(store.save([Write(loaded.profile, loaded.profile.version - 1, [])]))
+    conflicts = asyncio.run(store.save([Write(loaded, loaded.version - 1)]))
     assert conflicts == ["alice"]
 
 
@@ -261,12 +308,12 @@ def test_publication_rules() -> None:
     first = decode_event(orjson.dumps(make_event(1, "u", "view", NOW, "shoes", 0)), NOW)
     second = decode_event(orjson.dumps(make_event(2, "u", "view", NOW + 1, "shoes", 0)), NOW)
     assert isinstance(first, Event) and isinstance(second, Event)
-    new = apply_deliveries(Profile("u"), [Delivery(first, 0, 0)], set(), params, NOW)
+    new = apply_deliveries(Profile("u"), [Delivery(first, 0, 0)], params, NOW)
     assert new.publish  # a new user is always news
-    quiet = apply_deliveries(new.profile, [Delivery(second, 0, 1)], set(), params, NOW + 1000)
+    quiet = apply_deliveries(new.profile, [Delivery(second, 0, 1)], params, NOW + 1000)
     assert not quiet.publish  # counters only, heartbeat not yet due
-    later = apply_deliveries(new.profile, [Delivery(second, 0, 1)], set(), params, NOW + 61_000)
+    later = apply_deliveries(new.profile, [Delivery(second, 0, 1)], params, NOW + 61_000)
     assert later.publish
-    replay = apply_deliveries(new.profile, [Delivery(first, 0, 0)], set(), params, NOW + 5)
+    replay = apply_deliveries(new.profile, [Delivery(first, 0, 0)], params, NOW + 5)
     assert replay.publish and not replay.wrote  # the write landed; its messages may not have
     assert "count:view" in replay.changed

@@ -340,7 +340,7 @@ async def test_the_model_stores_each_users_oracle_vectors() -> None:
     now = T0 + 2 * MS_PER_DAY
     result = await apply_batch(batch, store, ProfileParams(), lambda: now, Stages(interests=model))
     assert not result.dead_letters
-    loaded = await store.load({f"u{u}": [] for u in range(3)})
+    loaded = await store.load([f"u{u}" for u in range(3)])
     for user, got in loaded.items():
         mine = [(k, ts, t) for u, k, ts, t in bodies if u == user and k != "login"]
         rows = Contributions(
@@ -349,14 +349,14 @@ async def test_the_model_stores_each_users_oracle_vectors() -> None:
             np.array([params.weights[k] for k, _, _ in mine]),
             encoder.encode([t for _, _, t in mine]),
         )
-        interest = got.profile.interest
+        interest = got.interest
         assert interest is not None and interest.sketch is not None  # a new user publishes
         for data, half_life in (
             (interest.vec_long, params.long_half_life_ms),
             (interest.vec_short, params.short_half_life_ms),
         ):
             assert data is not None
-            direction, _ = oracle(rows, half_life, got.profile.last_seen)
+            direction, _ = oracle(rows, half_life, got.last_seen)
             np.testing.assert_allclose(decode_vector(data), direction, atol=1e-5)
 
 
@@ -375,11 +375,11 @@ async def test_the_model_publishes_when_the_long_vector_drifts() -> None:
 
     assert len(await send(0, "view", "red running shoes")) == 1  # a new user
     assert await send(10, "view", "red running shoes") == []  # same interest: no drift
-    loaded = await store.load({"u1": []})
-    sketch_before = loaded["u1"].profile.interest.sketch  # type: ignore[union-attr]
+    loaded = await store.load(["u1"])
+    sketch_before = loaded["u1"].interest.sketch  # type: ignore[union-attr]
     [changed] = await send(20, "add_to_cart", "cast iron skillet", n=6)
     assert "vec_long" in changed
-    interest = (await store.load({"u1": []}))["u1"].profile.interest
+    interest = (await store.load(["u1"]))["u1"].interest
     assert interest is not None and interest.vec_long is not None
     assert interest.sketch == drift_sketch(decode_vector(interest.vec_long)) != sketch_before
 
@@ -401,7 +401,7 @@ async def test_the_model_gives_the_same_vectors_however_the_batches_split(
         model = InterestModel(HashingEncoder(dim=DIM), EmbeddingLRU(), params=PARAMS)
         for part in parts:
             await apply_batch(part, store, ProfileParams(), lambda: T0, Stages(interests=model))
-        interest = (await store.load({"u1": []}))["u1"].profile.interest
+        interest = (await store.load(["u1"]))["u1"].interest
         assert interest is not None
         return interest.vec_long, interest.vec_short
 
