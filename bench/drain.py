@@ -73,13 +73,16 @@ PASSES = {
 
 
 def forget_profiles(redis_url: str, keep_embeddings: bool) -> None:
-    """Empty Redis for the next pass (a new group replays the topic from the start)."""
+    """Empty Redis for the next pass (a new group replays the topic from the start).
+
+    `profile-seen:*`: the dedupe sets of earlier versions, for runs of their code.
+    """
     client = redis.Redis.from_url(redis_url)
     try:
         if not keep_embeddings:
             client.flushdb()
             return
-        for pattern in ("profile:*", "profile-state:*", "profile-scored:*"):
+        for pattern in ("profile:*", "profile-state:*", "profile-seen:*", "profile-scored:*"):
             keys = list(client.scan_iter(match=pattern, count=10_000))
             for i in range(0, len(keys), 10_000):
                 client.delete(*keys[i : i + 10_000])

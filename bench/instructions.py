@@ -1,0 +1,136 @@
+"""Instructions per event of the worker's batch step, counted by callgrind.
+
+Wall and CPU time on a shared 2-core machine move by ±30 % from run to run and
+by up to three times from day to day; the number of instructions a piece of
+code executes does not. This runs `apply_batch` (the worker's batch step,
+no vectors) in process against a local redis-server, as bench/batch_cost.py
+does, under `valgrind --tool=callgrind` with instrumentation off until the
+measured loop: a synthetic shop's first 20,000 events in batches of 2,500 (the
+users exist, the profile cache holds them), then the next 10,000 in batches of
+each size, counted. Only the worker's side is counted (redis-server is
+another process). Needs valgrind (`callgrind_control` toggles the counting).
+
+    python bench/instructions.py
+    python bench/instructions.py --sizes 130 --models on
+
+Set PYTHONPATH to another checkout (and run from outside both trees) to count
+that code with the same harness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+WARM_EVENTS = 20_000
+MEASURED_EVENTS = 10_000
+START_MS = 1_764_000_000_000
+
+
+async def child(url: str, size: int, models: bool) -> None:
+    """The measured process: warm up, then count the batches of `size` only."""
+    from profiling.pipeline import Record, Stages, apply_batch
+    from stream.model_setup import build_models
+    from stream.redis_store import RedisProfileStore, connect
+    from stream.runner import settle_heap
+    from stream.settings import Settings
+    from stream.synthetic_shop import ShopGenerator
+    from stream.worker import profile_params
+
+    shop = ShopGenerator(users=20_000, seed=5, start_ms=START_MS, end_ms=START_MS + 30_000)
+    records = [
+        Record("behavior-events", zlib.crc32(key) % 6, offset, key, value)
+        for offset, (key, value) in enumerate(shop.records(WARM_EVENTS + MEASURED_EVENTS))
+    ]
+    client = connect(url)
+    await client.flushall()
+    settings = Settings(redis_url=url)
+    store = RedisProfileStore(client, cache_users=settings.profile_cache_users)
+    stages = Stages(None, False, build_models(settings) if models else None)
+    params = profile_params(settings)
+
+    def clock() -> int:
+        return START_MS + 40_000
+
+    for start in range(0, WARM_EVENTS, 2_500):
+        await apply_batch(records[start : start + 2_500], store, params, clock, stages)
+    settle_heap()
+    measured = records[WARM_EVENTS:]
+    counting("on")
+    for start in range(0, len(measured), size):
+        await apply_batch(measured[start : start + size], store, params, clock, stages)
+    counting("off")
+    await client.aclose()
+
+
+def counting(state: str) -> None:
+    """Turn callgrind's counting in this process on or off; returns once it is done."""
+    toggle = ["callgrind_control", "-i", state, str(os.getpid())]
+    subprocess.run(toggle, check=True, capture_output=True)
+
+
+def count(url: str, size: int, models: bool) -> dict[str, Any]:
+    """One child under callgrind; its instructions per measured event."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+             f"--callgrind-out-file={out}",
+             sys.executable, __file__, "--child", url, str(size), "on" if models else "off"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        totals = re.search(r"^totals:\s+(\d+)", out.read_text(), re.MULTILINE)
+    if totals is None:
+        raise RuntimeError("callgrind wrote no totals")
+    return {
+        "batch": size,
+        "models": models,
+        "instructions_per_event": round(int(totals.group(1)) / MEASURED_EVENTS),
+    }
+
+
+def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        _, _, url, size, models = sys.argv
+        asyncio.run(child(url, int(size), models == "on"))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[130, 5000])
+    parser.add_argument("--models", nargs="+", choices=["on", "off"], default=["on", "off"])
+    parser.add_argument("--out", type=Path, default=RESULTS / "instructions.json")
+    args = parser.parse_args()
+
+    from stream.devstack import LocalRedis
+
+    rows = []
+    with LocalRedis() as redis_server:
+        for size in args.sizes:
+            for models in args.models:
+                row = count(redis_server.url, size, models == "on")
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    result = {
+        "benchmark": "instructions",
+        "command": "python bench/instructions.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, Python {platform.python_version()}",
+        "warm_events": WARM_EVENTS,
+        "measured_events": MEASURED_EVENTS,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
