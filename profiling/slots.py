@@ -14,6 +14,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+_KEEP: Any = object()  # `replacer`'s default: the field keeps its old value
 
 
 def setters(cls: type[Any]) -> dict[str, Callable[[Any, Any], None]]:
@@ -43,8 +44,24 @@ def builder(cls: type[T]) -> Callable[..., T]:
     return _compile(cls, source)
 
 
+def replacer(cls: type[T]) -> Callable[..., T]:
+    """A function `replace(old, **changes)` returning a copy of `old` with `changes`.
+
+    Every field is a keyword-only parameter defaulting to a marker that means
+    "keep the old value": Python matches the keywords in C, and no dict of
+    changes is walked. A name that is not a field raises TypeError.
+    """
+    names = list(setters(cls))
+    params = ", ".join(f"{name}=_KEEP" for name in names)
+    body = "".join(
+        f"    _set_{name}(new, old.{name} if {name} is _KEEP else {name})\n" for name in names
+    )
+    source = f"def replace(old, *, {params}):\n    new = _new(_cls)\n{body}    return new\n"
+    return _compile(cls, source)
+
+
 def _compile(cls: type[Any], source: str) -> Callable[..., Any]:
-    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_KEEP": _KEEP}
     namespace.update({f"_set_{name}": put for name, put in setters(cls).items()})
     exec(source, namespace)  # the source is built from the dataclass's own field names
     function: Callable[..., Any] = namespace[source[4 : source.index("(")]]

@@ -27,5 +27,7 @@ def test_evolve_is_replace() -> None:
     assert copy == profile and copy is not profile
     with pytest.raises(dataclasses.FrozenInstanceError):
         copy.version = 5  # type: ignore[misc]
-    with pytest.raises(KeyError):
+    with pytest.raises(TypeError):
         evolve(profile, no_such_field=1)
+    nothing = Profile("bob")
+    assert evolve(nothing, risk=None, segment=0) == dataclasses.replace(nothing, segment=0)
