@@ -25,10 +25,13 @@ import platform
 import sys
 import time
 import zlib
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from profiling.pipeline import Record, Stages, apply_batch
+import redis.asyncio as aioredis
+
+from profiling.pipeline import BatchResult, Record, Stages, apply_batch
 from stream.devstack import LocalRedis
 from stream.model_setup import build_models
 from stream.redis_store import RedisProfileStore, connect
@@ -43,17 +46,24 @@ MEASURED_EVENTS = 50_000
 START_MS = 1_764_000_000_000
 
 
-def shop_records() -> list[Record]:
+def shop_records(count: int = WARM_EVENTS + MEASURED_EVENTS) -> list[Record]:
     shop = ShopGenerator(users=20_000, seed=5, start_ms=START_MS, end_ms=START_MS + 30_000)
     return [
         Record("behavior-events", zlib.crc32(key) % 6, offset, key, value)
-        for offset, (key, value) in enumerate(shop.records(WARM_EVENTS + MEASURED_EVENTS))
+        for offset, (key, value) in enumerate(shop.records(count))
     ]
 
 
-async def one_run(
-    url: str, records: list[Record], size: int, cache_users: int, models: bool = True
-) -> dict[str, Any]:
+Step = Callable[[Sequence[Record]], Awaitable[BatchResult]]
+
+
+async def warmed_step(
+    url: str, records: Sequence[Record], warm_events: int, cache_users: int, models: bool
+) -> tuple[aioredis.Redis, Step]:
+    """The worker's batch step on an empty Redis, after `records[:warm_events]` in 2,500s.
+
+    Returns the client (close it) and the step, the users of the warm-up known.
+    """
     client = connect(url)
     await client.flushall()
     settings = Settings(redis_url=url, profile_cache_users=cache_users)
@@ -64,15 +74,25 @@ async def one_run(
     def clock() -> int:
         return START_MS + 40_000
 
-    for start in range(0, WARM_EVENTS, 2_500):
-        await apply_batch(records[start : start + 2_500], store, params, clock, stages)
+    async def step(batch: Sequence[Record]) -> BatchResult:
+        return await apply_batch(batch, store, params, clock, stages)
+
+    for start in range(0, warm_events, 2_500):
+        await step(records[start : start + 2_500])
     settle_heap()
+    return client, step
+
+
+async def one_run(
+    url: str, records: list[Record], size: int, cache_users: int, models: bool = True
+) -> dict[str, Any]:
+    client, step = await warmed_step(url, records, WARM_EVENTS, cache_users, models)
     await client.config_resetstat()
     measured = records[WARM_EVENTS:]
     users = 0
     wall, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(measured), size):
-        result = await apply_batch(measured[start : start + size], store, params, clock, stages)
+        result = await step(measured[start : start + size])
         users += result.users_written
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     scripts = (await client.info("commandstats")).get("cmdstat_evalsha", {})

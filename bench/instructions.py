@@ -28,48 +28,27 @@ import re
 import subprocess
 import sys
 import tempfile
-import zlib
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
 WARM_EVENTS = 20_000
 MEASURED_EVENTS = 10_000
-START_MS = 1_764_000_000_000
 
 
 async def child(url: str, size: int, models: bool) -> None:
     """The measured process: warm up, then count the batches of `size` only."""
-    from profiling.pipeline import Record, Stages, apply_batch
-    from stream.model_setup import build_models
-    from stream.redis_store import RedisProfileStore, connect
-    from stream.runner import settle_heap
+    from batch_cost import shop_records, warmed_step  # bench/batch_cost.py
+
     from stream.settings import Settings
-    from stream.synthetic_shop import ShopGenerator
-    from stream.worker import profile_params
 
-    shop = ShopGenerator(users=20_000, seed=5, start_ms=START_MS, end_ms=START_MS + 30_000)
-    records = [
-        Record("behavior-events", zlib.crc32(key) % 6, offset, key, value)
-        for offset, (key, value) in enumerate(shop.records(WARM_EVENTS + MEASURED_EVENTS))
-    ]
-    client = connect(url)
-    await client.flushall()
-    settings = Settings(redis_url=url)
-    store = RedisProfileStore(client, cache_users=settings.profile_cache_users)
-    stages = Stages(None, False, build_models(settings) if models else None)
-    params = profile_params(settings)
-
-    def clock() -> int:
-        return START_MS + 40_000
-
-    for start in range(0, WARM_EVENTS, 2_500):
-        await apply_batch(records[start : start + 2_500], store, params, clock, stages)
-    settle_heap()
+    records = shop_records(WARM_EVENTS + MEASURED_EVENTS)
+    cache_users = Settings().profile_cache_users
+    client, step = await warmed_step(url, records, WARM_EVENTS, cache_users, models)
     measured = records[WARM_EVENTS:]
     counting("on")
     for start in range(0, len(measured), size):
-        await apply_batch(measured[start : start + size], store, params, clock, stages)
+        await step(measured[start : start + size])
     counting("off")
     await client.aclose()
 
