@@ -208,13 +208,18 @@ class RedisProfileStore:
         return len(self._cache)
 
     async def load(self, user_ids: Sequence[str]) -> dict[str, Profile]:
-        cache = self._cache
-        loaded = {user_id: cache.get(user_id) for user_id in user_ids}
-        missing = [user_id for user_id, profile in loaded.items() if profile is None]
-        self.loads_from_cache += len(loaded) - len(missing)
+        loaded: dict[str, Profile] = {}
+        missing: list[str] = []
+        for user_id in user_ids:
+            held = self._cache.get(user_id)
+            if held is None:
+                missing.append(user_id)
+            else:
+                loaded[user_id] = held
+        self.loads_from_cache += len(loaded)
         self.loads_from_redis += len(missing)
         if not missing:
-            return loaded  # type: ignore[return-value]
+            return loaded
         calls: list[tuple[list[str], list[Any]]] = [
             (_user_keys(chunk), []) for chunk in _chunks(missing, self.users_per_call)
         ]
@@ -232,7 +237,7 @@ class RedisProfileStore:
                 seen = b"".join(event_digest(_text(event_id)) for event_id in legacy_ids)
                 profile = evolve(profile, seen=seen)
             loaded[user_id] = profile
-        return loaded  # type: ignore[return-value]
+        return loaded
 
     async def save(self, writes: Sequence[Write]) -> list[str]:
         calls = []

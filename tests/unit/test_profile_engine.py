@@ -168,7 +168,7 @@ def view(i: int, ts: int, offset: int) -> Delivery:
     return Delivery(event, 0, offset)
 
 
-def test_the_dedupe_window_keeps_the_newest_applied_ids() -> None:
+def test_the_dedupe_window_keeps_the_last_applied_ids() -> None:
     params = ProfileParams(dedupe_window=4)
     profile = Profile("u")
     for i in range(6):  # one event per batch; e0 and e1 leave the window
@@ -201,7 +201,6 @@ def test_a_window_entry_matches_only_on_its_own_boundary() -> None:
     seen = first + second
     assert in_window(seen, first) and in_window(seen, second)
     assert not in_window(seen, seen[4:12])  # the bytes are there, straddling two entries
-    assert not in_window(seen[4:], second[4:] + first[:4])
     assert not in_window(b"", first)
     straddled = bytes(4) + first[:4] + first[4:] + bytes(4)  # `first` across two entries
     assert not in_window(straddled, first)
