@@ -141,3 +141,21 @@ async def test_the_cache_is_bounded_and_off_at_zero(redis_client: aioredis.Redis
     await apply_batch(records[20:], off, ProfileParams(), ticking())
     assert bounded.cached_users == 8 and list(bounded._cache) == [f"u{i}" for i in range(12, 20)]
     assert off.cached_users == 0
+
+
+async def test_a_batch_of_cached_users_reads_nothing_from_redis(
+    redis_client: aioredis.Redis,
+) -> None:
+    """Their dedupe windows are in the profiles the store holds: one script call, the save."""
+    store = RedisProfileStore(redis_client, cache_users=100)
+    params, clock = ProfileParams(), ticking()
+    users = [f"u{i}" for i in range(5)]
+    first = [event(u, f"{u}-1", T0, i) for i, u in enumerate(users)]
+    await apply_batch(first, store, params, clock)
+    await redis_client.config_resetstat()
+    batch = [event(u, f"{u}-{n}", T0 + n, 10 * n + i) for n in (2, 1) for i, u in enumerate(users)]
+    result = await apply_batch(batch, store, params, clock)
+    assert (result.outcomes["applied"], result.outcomes["duplicate"]) == (5, 5)
+    stats = await redis_client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 1  # the save; no load
+    assert store.loads_from_redis == len(users)  # the first batch's, once each
