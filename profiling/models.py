@@ -20,7 +20,6 @@ up to; the edge signs them (`profiling.snapshots`).
 from __future__ import annotations
 
 import hashlib
-import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -30,7 +29,7 @@ import numpy as np
 from profiling import jsonout
 from profiling.behaviour import Behaviour, observe_all, profile_features, vector_projection
 from profiling.events import Event
-from profiling.profile import Outcome, Profile, evolve
+from profiling.profile import SCORE_THEN_NAME, Outcome, Profile, evolve
 from profiling.risk import ANOMALY, Risk, RiskModel, keep_features, risk_band
 from profiling.segments import Assignment, SegmentModel
 
@@ -261,7 +260,4 @@ def _top_category(profile: Profile) -> str | None:
     scores = profile.category_scores
     if not scores:
         return None
-    return max(scores.items(), key=_SCORE_THEN_NAME)[0]
-
-
-_SCORE_THEN_NAME: Final = operator.itemgetter(1, 0)  # the strongest, ties by name
+    return max(scores.items(), key=SCORE_THEN_NAME)[0]

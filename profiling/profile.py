@@ -106,19 +106,19 @@ class Profile:
     def top_categories(self, n: int = PUBLISHED_CATEGORIES) -> list[tuple[str, float]]:
         scores = self.category_scores
         best = (
-            sorted(scores.items(), key=_SCORE_THEN_NAME, reverse=True)
+            sorted(scores.items(), key=SCORE_THEN_NAME, reverse=True)
             if len(scores) <= n
-            else heapq.nlargest(n, scores.items(), key=_SCORE_THEN_NAME)
+            else heapq.nlargest(n, scores.items(), key=SCORE_THEN_NAME)
         )
         return [(name, round(score, 6)) for name, score in best if score > 0]
 
 
-_SCORE_THEN_NAME: Final = operator.itemgetter(1, 0)  # strongest first, ties by name
+SCORE_THEN_NAME: Final = operator.itemgetter(1, 0)  # (name, score) pairs: by score, ties by name
 _replace: Final = slots.replacer(Profile)
 
 
 def evolve(profile: Profile, **changes: object) -> Profile:
-    """`dataclasses.replace` for the hot path: a copy with `changes`, at a fifth of the cost.
+    """`dataclasses.replace` for the hot path: a copy with `changes`, at a third to half the cost.
 
     Sets the slots directly instead of calling the frozen `__init__` with every
     field; `changes` must name fields (a typo raises TypeError).
@@ -277,6 +277,6 @@ def decay_categories(
         gain = weights[event.type] * 2.0 ** (-(new_reference_ms - event.ts) / half_life)
         result[name] = result.get(name, 0.0) + gain
     if len(result) > params.category_slots:
-        kept = heapq.nlargest(params.category_slots, result.items(), key=lambda kv: (kv[1], kv[0]))
+        kept = heapq.nlargest(params.category_slots, result.items(), key=SCORE_THEN_NAME)
         result = dict(kept)
     return result
