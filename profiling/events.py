@@ -9,7 +9,8 @@ test holds both to the same verdicts.
 msgspec decodes straight into a typed struct, checking types, lengths and
 ranges on the way (about 1 µs per event); the few rules a struct cannot
 express (field count, per-type required fields, the "not in the future" bound)
-are checked afterwards.
+are checked afterwards, and so are the country and currency codes: msgspec
+checks a `pattern` by calling Python's `re`, which took half the decode.
 """
 
 from __future__ import annotations
@@ -46,8 +47,6 @@ def _text(max_length: int, min_length: int = 0) -> Any:
 
 
 Money = Annotated[float, msgspec.Meta(ge=0, le=1e7)]
-# Patterns end in \Z, not $: msgspec uses Python `re.search`, where `$` also matches
-# before a trailing newline ("USD\n"); the schema's ECMA-262 `$` does not.
 
 
 class Event(msgspec.Struct, frozen=True, gc=False):
@@ -70,11 +69,11 @@ class Event(msgspec.Struct, frozen=True, gc=False):
     price: Money | None = None
     amount: Money | None = None
     quantity: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1
-    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")] = "USD"
+    currency: str = "USD"  # 3 letters A-Z: `check_rules`
     payment_method: _text(128) | None = None  # type: ignore[valid-type]
     card_fp: _text(128) | None = None  # type: ignore[valid-type]
     ip: _text(64) | None = None  # type: ignore[valid-type]
-    country: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}\Z")] | None = None
+    country: str | None = None  # 2 letters A-Z: `check_rules`
     success: bool | None = None
 
 
@@ -151,7 +150,11 @@ def decode_event(raw: bytes, now_ms: int) -> Event | Rejection:
 
 
 def check_rules(event: Event, now_ms: int) -> Event | Rejection:
-    """Rules that span fields or depend on the clock."""
+    """Rules that span fields or depend on the clock, and the two code formats."""
+    if event.country is not None and not _is_code(event.country, 2):
+        return Rejection(INVALID_VALUE, "`country` must be 2 letters A-Z (ISO 3166-1 alpha-2)")
+    if event.currency != "USD" and not _is_code(event.currency, 3):
+        return Rejection(INVALID_VALUE, "`currency` must be 3 letters A-Z (ISO 4217)")
     if event.ts > now_ms + FUTURE_SLACK_MS:
         return Rejection(TS_IN_FUTURE, f"ts {event.ts} is more than a day ahead of {now_ms}")
     kind = event.type
@@ -166,6 +169,11 @@ def check_rules(event: Event, now_ms: int) -> Event | Rejection:
         if value is not None and not math.isfinite(value):
             return Rejection(OUT_OF_RANGE, f"`{name}` must be finite")
     return event
+
+
+def _is_code(value: str, length: int) -> bool:
+    """`length` upper-case ASCII letters (ISO 3166-1 alpha-2, ISO 4217); no regex."""
+    return len(value) == length and value.isascii() and value.isalpha() and value.isupper()
 
 
 def _classify_decode(raw: bytes, message: str) -> Rejection:

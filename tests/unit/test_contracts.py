@@ -250,7 +250,12 @@ _BREAKAGES: list[tuple[str, Any]] = [
     ("price", -1),
     ("amount", 1e7 + 1),
     ("currency", "usd"),
+    ("currency", "EU"),
+    ("currency", "ΣΩΔ"),  # upper-case letters, not A-Z
     ("country", "DEU"),
+    ("country", "De"),
+    ("country", "D1"),
+    ("country", "ÄB"),
     ("title", "t" * 513),
     ("success", 1),
 ]
