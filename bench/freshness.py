@@ -24,13 +24,22 @@ The reader (`--reader`):
   flight every millisecond (about 6 % of a core here); the latency includes up
   to a poll interval.
 
-Each run also records the reader, the CPU time of this process (the producer
-and the reader), of redis-server and of the worker during the feed, and the
-worker's mean batch (records, and ms from fetch to commit) from its /metrics.
+The feeder (`--feeder`) shares the two cores with the worker, the broker and
+Redis, so it should cost as little as it can: `batch` (default) queues each
+10 ms tick's records through the project's batch API (`kafka.send_all`, one
+batch per partition); `send`, the earlier feeder, calls `send` per record:
+this process then uses a third more CPU and falls behind now and then.
+Several feeders: each rate runs once with each, interleaved.
+
+Each run also records the reader and feeder, the CPU time of this process (the
+producer and the reader), of redis-server and of the worker during the feed,
+and the worker's mean batch (records, and ms from fetch to commit) from its
+/metrics.
 
     python bench/freshness.py --rates 10000 20000 --seconds 20
     python bench/freshness.py --rates 10000 --worker-env PROFILER_BATCH_MAX_MS=10
     python bench/freshness.py --rates 10000 --reader poll
+    python bench/freshness.py --rates 5000 7500 --feeder batch send
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from itertools import islice
+from itertools import islice, product
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +75,7 @@ PROBE_USERS = 50
 PROBE_EVERY_S = 0.02
 TICK_S = 0.01
 READERS = ("notify", "poll")
+FEEDERS = ("batch", "send")
 # Keyspace notifications for hash commands (HSET, HMSET, ...), as key-named channels.
 NOTIFY_EVENTS = "Kh"
 
@@ -74,7 +84,9 @@ def probe_key(user: int) -> str:
     return profile_key(f"probe{user}")
 
 
-async def feed(settings: Settings, rate: int, seconds: float, probes: dict[str, float]) -> int:
+async def feed(
+    settings: Settings, rate: int, seconds: float, probes: dict[str, float], feeder: str
+) -> int:
     """Produce `rate` events/s of shop traffic for `seconds`, with probe events mixed in."""
     # Event times spread over the feeding window itself, so each event's ts is close to
     # the moment it is sent (the worker's event-to-store histogram then means something).
@@ -85,14 +97,21 @@ async def feed(settings: Settings, rate: int, seconds: float, probes: dict[str, 
     producer = kafka.producer(settings)
     await producer.start()
     sent, probe_no, counts = 0, 0, [0] * PROBE_USERS
+    acks: list[asyncio.Future[object]] = []
     started = time.monotonic()
     next_probe = started
     try:
         while (elapsed := time.monotonic() - started) < seconds:
-            due = int(elapsed * rate) - sent
-            for key, value in islice(records, max(due, 0)):
-                await producer.send(settings.topic_events, value, key=key)
-                sent += 1
+            due = [
+                (settings.topic_events, key, value)
+                for key, value in islice(records, max(int(elapsed * rate) - sent, 0))
+            ]
+            if feeder == "batch":
+                acks += await kafka.send_all(producer, due)
+            else:
+                for topic, key, value in due:
+                    acks.append(await producer.send(topic, value, key=key))
+            sent += len(due)
             if time.monotonic() >= next_probe:
                 user = probe_no % PROBE_USERS
                 counts[user] += 1
@@ -107,6 +126,7 @@ async def feed(settings: Settings, rate: int, seconds: float, probes: dict[str, 
                 next_probe += PROBE_EVERY_S
             await asyncio.sleep(TICK_S)
         await producer.flush()
+        await asyncio.gather(*acks)  # a refused record fails the run here
     finally:
         await producer.stop()
     return sent
@@ -191,7 +211,9 @@ def _land(user: int, count: int, now: float, landed: list[int], seen: dict[str, 
     landed[user] = max(landed[user], count)
 
 
-async def measure(settings: Settings, rate: int, seconds: float, reader: str) -> dict[str, object]:
+async def measure(
+    settings: Settings, rate: int, seconds: float, reader: str, feeder: str
+) -> dict[str, object]:
     probes: dict[str, float] = {}
     seen: dict[str, float] = {}
     done = asyncio.Event()
@@ -210,7 +232,7 @@ async def measure(settings: Settings, rate: int, seconds: float, reader: str) ->
             watcher = asyncio.create_task(watch(settings.redis_url, probes, seen, done))
         redis_cpu = await _redis_cpu_s(client)
         cpu, wall = time.process_time(), time.monotonic()
-        sent = await feed(settings, rate, seconds, probes)
+        sent = await feed(settings, rate, seconds, probes, feeder)
         done.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(watcher, timeout=60)
@@ -225,6 +247,7 @@ async def measure(settings: Settings, rate: int, seconds: float, reader: str) ->
     return {
         "target_rate": rate,
         "reader": reader,
+        "feeder": feeder,
         "sent": sent,
         "probes": len(probes),
         "probes_seen": len(seen),
@@ -297,13 +320,21 @@ def main() -> None:
         default="notify",
         help="how the probes are watched: keyspace notifications (default) or 1 ms polling",
     )
+    parser.add_argument(
+        "--feeder",
+        choices=FEEDERS,
+        nargs="+",
+        default=["batch"],
+        help="how records are produced: a batch per tick (default) or a send per record;"
+        " several: each rate once with each",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "freshness.json")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.worker_env)
 
     runs = []
     with DevStack(Settings(), partitions=6) as stack:
-        for index, rate in enumerate(args.rates):
+        for index, (rate, feeder) in enumerate(product(args.rates, args.feeder)):
             base = stack.settings()
             settings = base.model_copy(update={
                 "redis_url": base.redis_url.rsplit("/", 1)[0] + f"/{index + 1}",
@@ -329,7 +360,7 @@ def main() -> None:
             try:
                 _wait_ready(port)
                 cpu_before = process_cpu_s(worker.pid)
-                result = asyncio.run(measure(settings, rate, args.seconds, args.reader))
+                result = asyncio.run(measure(settings, rate, args.seconds, args.reader, feeder))
                 result["worker_cpu_s"] = round(process_cpu_s(worker.pid) - cpu_before, 2)
                 result.update(scrape_worker(port))
             finally:
