@@ -11,6 +11,7 @@ import pytest
 from profiling.encoder import (
     MINILM_ID,
     ONEDNN_CACHE_ENTRIES,
+    OVERLAP_CHUNK,
     Encoder,
     HashingEncoder,
     TransformerEncoder,
@@ -149,6 +150,23 @@ def test_minilm_dedupe_off_gives_the_same_rows(minilm: TransformerEncoder) -> No
         np.testing.assert_allclose(minilm.encode(TEXTS), deduped, atol=1e-5)
     finally:
         minilm.dedupe = True
+
+
+def test_minilm_overlapped_tokenising_gives_the_same_rows(minilm: TransformerEncoder) -> None:
+    """Chunks of texts, tokenised on a second thread: the same rows, in input order."""
+    texts = [*TEXTS, *(f"{text} {n}" for n, text in enumerate(TEXTS))]  # 5 chunks of 4
+    assert minilm.device == "cpu" and not minilm.overlap  # off on the CPU by default
+    sequential = minilm.encode(texts)
+    minilm.overlap, minilm.overlap_chunk = True, MAX_BATCH
+    try:
+        waited = minilm.tokenize_seconds
+        overlapped = minilm.encode(texts)
+        assert minilm.tokenize_seconds > waited  # the first chunk is always waited for
+        np.testing.assert_allclose(overlapped, sequential, atol=1e-5)
+        np.testing.assert_allclose(minilm.encode(TEXTS[:MAX_BATCH]), sequential[:MAX_BATCH],
+                                   atol=1e-5)  # fmt: skip
+    finally:
+        minilm.overlap, minilm.overlap_chunk = False, OVERLAP_CHUNK
 
 
 def test_minilm_truncates_to_max_tokens(minilm: TransformerEncoder) -> None:
