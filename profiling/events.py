@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import string
 from dataclasses import dataclass
+from itertools import product
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -154,7 +155,7 @@ def check_rules(event: Event, now_ms: int) -> Event | Rejection:
     """Rules that span fields or depend on the clock, and the two code formats."""
     if event.country is not None and event.country not in _ALPHA2:
         return Rejection(INVALID_VALUE, "`country` must be 2 letters A-Z (ISO 3166-1 alpha-2)")
-    if event.currency != "USD" and not _is_code(event.currency, 3):
+    if event.currency != "USD" and event.currency not in _ALPHA3:
         return Rejection(INVALID_VALUE, "`currency` must be 3 letters A-Z (ISO 4217)")
     if event.ts > now_ms + FUTURE_SLACK_MS:
         return Rejection(TS_IN_FUTURE, f"ts {event.ts} is more than a day ahead of {now_ms}")
@@ -172,14 +173,10 @@ def check_rules(event: Event, now_ms: int) -> Event | Rejection:
     return event
 
 
-def _is_code(value: str, length: int) -> bool:
-    """`length` upper-case ASCII letters (ISO 3166-1 alpha-2, ISO 4217); no regex."""
-    return len(value) == length and value.isascii() and value.isalpha() and value.isupper()
-
-
-# Every two-letter code A-Z: most events carry a country, and a set lookup is a
-# tenth of `_is_code`'s calls (currencies are rarer: purchases).
-_ALPHA2: Final = frozenset(a + b for a in string.ascii_uppercase for b in string.ascii_uppercase)
+# Every code of two and of three letters A-Z (676 and 17,576 of them, 1.4 MB, 5 ms to
+# build): a set lookup per event instead of a function call and four string methods.
+_ALPHA2: Final = frozenset(map("".join, product(string.ascii_uppercase, repeat=2)))
+_ALPHA3: Final = frozenset(map("".join, product(string.ascii_uppercase, repeat=3)))
 
 
 def _classify_decode(raw: bytes, message: str) -> Rejection:
