@@ -115,7 +115,7 @@ def decode_batch(
     return by_user
 
 
-# Delivery(...) without the named tuple's Python-level __new__ (a third of the grouping).
+# Delivery(...) without the named tuple's Python-level __new__.
 _delivery: Final = partial(tuple.__new__, Delivery)
 
 
