@@ -16,9 +16,11 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisClusterException, ResponseError
 
+from profiling.embedding_cache import text_key
 from profiling.pipeline import Record, apply_batch
 from profiling.profile import ProfileParams
 from stream.devstack import LocalRedis
+from stream.interest_setup import RedisEmbeddingCache
 from stream.producing import send_records
 from stream.redis_store import RedisProfileStore, connect
 from stream.synthetic_shop import ShopGenerator
@@ -94,3 +96,11 @@ async def test_a_worker_applies_a_stream_through_the_cluster(
     ]
     kept = await store.load_scored(scored)  # the label join's read: one MGET per slot
     assert scored and all(value is not None for value in kept)
+
+
+async def test_the_shared_embedding_cache_spans_hash_slots(cluster_client: aioredis.Redis) -> None:
+    cache = RedisEmbeddingCache(cluster_client)
+    keys = [text_key("m", f"text {i}") for i in range(50)]  # no hash tag: many slots
+    values = [bytes([i]) * 8 for i in range(50)]
+    await cache.set_many(list(zip(keys, values, strict=True)), ttl_s=600)
+    assert await cache.get_many([*keys, text_key("m", "absent")]) == [*values, None]
