@@ -14,12 +14,12 @@ from typing import Final
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError
 
 from profiling.embedding_cache import CacheKey, EmbeddingLRU
 from profiling.encoder import Encoder, EncoderUnavailableError, HashingEncoder, TransformerEncoder
 from profiling.interests import InterestModel
 from profiling.vectors import MS_PER_DAY, MS_PER_HOUR, VectorParams
+from stream.redis_store import eval_pipelined
 from stream.settings import Settings
 
 log = logging.getLogger("profiler.encoder")
@@ -55,7 +55,7 @@ class RedisEmbeddingCache:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self._cluster = isinstance(client, RedisCluster)
-        self._set_sha: str | None = None
+        self._shas: dict[str, str] = {}
 
     async def get_many(self, keys: Sequence[CacheKey]) -> list[bytes | None]:
         names = [key.redis_key() for key in keys]
@@ -77,26 +77,12 @@ class RedisEmbeddingCache:
                 pipe.set(key.redis_key(), value, ex=ttl_s or None)
             await pipe.execute()
             return
-        try:
-            await self._set_calls(items, ttl_s)
-        except NoScriptError:  # the server restarted or flushed its scripts; SET is idempotent
-            self._set_sha = None
-            await self._set_calls(items, ttl_s)
-
-    async def _set_calls(self, items: Sequence[tuple[CacheKey, bytes]], ttl_s: int) -> None:
-        sha = self._set_sha or await self._load()
-        pipe = self.client.pipeline(transaction=False)
+        calls = []
         for i in range(0, len(items), KEYS_PER_CALL):
             chunk = items[i : i + KEYS_PER_CALL]
             names = [key.redis_key() for key, _ in chunk]
-            values = [value for _, value in chunk]
-            pipe.execute_command("EVALSHA", sha, len(chunk), *names, max(ttl_s, 0), *values)
-        await pipe.execute()
-
-    async def _load(self) -> str:
-        sha = await self.client.script_load(SET_MANY_SCRIPT)
-        self._set_sha = sha.decode() if isinstance(sha, bytes) else str(sha)
-        return self._set_sha
+            calls.append((SET_MANY_SCRIPT, names, [max(ttl_s, 0), *(v for _, v in chunk)]))
+        await eval_pipelined(self.client, self._shas, calls)  # SET may run twice: idempotent
 
 
 @lru_cache(maxsize=4)

@@ -314,34 +314,39 @@ class RedisProfileStore:
         """
         if not calls:
             return []
-        try:
-            return await self._pipeline(script, calls, scored_calls)
-        except NoScriptError:  # the server restarted or flushed its script cache
-            self._shas.clear()
-            return await self._pipeline(script, calls, scored_calls)
+        every = [(script, keys, args) for keys, args in calls]
+        every += [(SCORED_SCRIPT, keys, args) for keys, args in scored_calls]
+        return (await eval_pipelined(self.client, self._shas, every))[: len(calls)]
 
-    async def _pipeline(
-        self,
-        script: str,
-        calls: list[tuple[list[str], list[Any]]],
-        scored_calls: Sequence[tuple[list[str], list[Any]]],
-    ) -> list[Any]:
-        sha = self._shas.get(script) or await self._load(script)
-        pipe = self.client.pipeline(transaction=False)
-        # execute_command, not evalsha(): the cluster pipeline refuses the named method,
-        # and routes the command by its keys' hash slot either way.
-        for keys, args in calls:
-            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-        if scored_calls:
-            scored_sha = self._shas.get(SCORED_SCRIPT) or await self._load(SCORED_SCRIPT)
-            for keys, args in scored_calls:
-                pipe.execute_command("EVALSHA", scored_sha, len(keys), *keys, *args)
-        return list(await pipe.execute())[: len(calls)]
 
-    async def _load(self, script: str) -> str:
-        sha = await self.client.script_load(script)
-        self._shas[script] = _text(sha)
-        return self._shas[script]
+async def eval_pipelined(
+    client: aioredis.Redis, shas: dict[str, str], calls: Sequence[tuple[str, list[str], list[Any]]]
+) -> list[Any]:
+    """Each (script, keys, args) as an EVALSHA, all in one pipelined round trip; the replies.
+
+    `shas` remembers the SHA1 of each script loaded through this client. A
+    server that forgot them (a restart, SCRIPT FLUSH) refuses every call with
+    NOSCRIPT: the scripts are loaded again and the trip sent once more, so the
+    callers' scripts must be safe to run again.
+    """
+    try:
+        return await _eval_once(client, shas, calls)
+    except NoScriptError:
+        shas.clear()
+        return await _eval_once(client, shas, calls)
+
+
+async def _eval_once(
+    client: aioredis.Redis, shas: dict[str, str], calls: Sequence[tuple[str, list[str], list[Any]]]
+) -> list[Any]:
+    for script in {script for script, _, _ in calls} - shas.keys():
+        shas[script] = _text(await client.script_load(script))
+    pipe = client.pipeline(transaction=False)
+    # execute_command, not evalsha(): the cluster pipeline refuses the named method,
+    # and routes the command by its keys' hash slot either way.
+    for script, keys, args in calls:
+        pipe.execute_command("EVALSHA", shas[script], len(keys), *keys, *args)
+    return list(await pipe.execute())
 
 
 def _write_entry(write: Write, binary: list[bytes], since: Profile | None) -> list[Any]:

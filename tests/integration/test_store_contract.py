@@ -216,6 +216,19 @@ async def test_redis_refused_write_does_not_refresh_the_ttl(redis_client: aiored
     assert await redis_client.ttl(profile_key("alice")) <= 60
 
 
+async def test_redis_store_goes_on_after_the_server_forgot_its_scripts(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = RedisProfileStore(redis_client)
+    await write(store, rich_profile(version=1), 0)
+    await redis_client.script_flush()  # a restart, or SCRIPT FLUSH by an operator
+    scored = [("e-paid", b"\x01" + bytes(72))]
+    assert await store.save([Write(rich_profile(version=2), 1, scored)]) == []
+    await redis_client.script_flush()
+    assert (await store.load(["alice"]))["alice"].version == 2  # no profile cache: a script
+    assert await store.load_scored([("alice", "e-paid")]) == [scored[0][1]]
+
+
 async def test_redis_keys_of_a_user_share_its_hash_tag(redis_client: aioredis.Redis) -> None:
     store = RedisProfileStore(redis_client)
     users = ["alice", "user:42", "ünï cödé"]
