@@ -11,8 +11,14 @@ size, with the worker's profile cache (`PROFILER_PROFILE_CACHE_USERS`) and
 without it. Per event: wall time, this process's CPU (the worker's share) and
 redis-server's time in scripts (INFO commandstats).
 
+`--vectors on` adds the interest-vector stage with a warm embedding cache:
+every text of the run is embedded before the measured batches (by the hashing
+encoder, so no model loads; a warm cache calls no encoder either way), with
+the worker's shared Redis cache behind the in-process one.
+
     python bench/batch_cost.py
     python bench/batch_cost.py --sizes 130 600 --repeat 3
+    python bench/batch_cost.py --sizes 5000 --caches 20000 --models off --vectors off on
 """
 
 from __future__ import annotations
@@ -26,13 +32,19 @@ import sys
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
+from itertools import product
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from profiling.embedding_cache import EmbeddingLRU, embed_events
+from profiling.encoder import HashingEncoder
+from profiling.events import Event, decode_event
+from profiling.interests import InterestModel
 from profiling.pipeline import BatchResult, Record, Stages, apply_batch
 from stream.devstack import LocalRedis
+from stream.interest_setup import RedisEmbeddingCache
 from stream.model_setup import build_models
 from stream.redis_store import RedisProfileStore, connect
 from stream.runner import settle_heap
@@ -58,17 +70,25 @@ Step = Callable[[Sequence[Record]], Awaitable[BatchResult]]
 
 
 async def warmed_step(
-    url: str, records: Sequence[Record], warm_events: int, cache_users: int, models: bool
+    url: str,
+    records: Sequence[Record],
+    warm_events: int,
+    cache_users: int,
+    models: bool,
+    *,
+    vectors: bool = False,
 ) -> tuple[aioredis.Redis, Step]:
     """The worker's batch step on an empty Redis, after `records[:warm_events]` in 2,500s.
 
-    Returns the client (close it) and the step, the users of the warm-up known.
+    Returns the client (close it) and the step, the users of the warm-up known
+    (and, with `vectors`, the vector of every text in `records` cached).
     """
     client = connect(url)
     await client.flushall()
     settings = Settings(redis_url=url, profile_cache_users=cache_users)
     store = RedisProfileStore(client, cache_users=settings.profile_cache_users)
-    stages = Stages(None, False, build_models(settings) if models else None)
+    interests = await warm_interests(records, client, START_MS + 40_000) if vectors else None
+    stages = Stages(interests, False, build_models(settings) if models else None)
     params = profile_params(settings)
 
     def clock() -> int:
@@ -83,10 +103,28 @@ async def warmed_step(
     return client, step
 
 
+async def warm_interests(
+    records: Sequence[Record], client: aioredis.Redis, now_ms: int
+) -> InterestModel:
+    """The vector stage with every text of `records` already in its caches."""
+    model = InterestModel(HashingEncoder(), EmbeddingLRU(), RedisEmbeddingCache(client))
+    events = [e for r in records if isinstance(e := decode_event(r.value or b"", now_ms), Event)]
+    await embed_events(events, model.encoder, model.lru, model.shared, ttl_s=model.cache_ttl_s)
+    return model
+
+
 async def one_run(
-    url: str, records: list[Record], size: int, cache_users: int, models: bool = True
+    url: str,
+    records: list[Record],
+    size: int,
+    cache_users: int,
+    *,
+    models: bool = True,
+    vectors: bool = False,
 ) -> dict[str, Any]:
-    client, step = await warmed_step(url, records, WARM_EVENTS, cache_users, models)
+    client, step = await warmed_step(
+        url, records, WARM_EVENTS, cache_users, models, vectors=vectors
+    )
     await client.config_resetstat()
     measured = records[WARM_EVENTS:]
     users = 0
@@ -103,6 +141,7 @@ async def one_run(
         "batch": size,
         "profile_cache": cache_users,
         "models": models,
+        "vectors": vectors,
         "events_per_user_write": round(n / users, 2),
         "wall_us_per_event": round(wall / n * 1e6, 1),
         "worker_cpu_us_per_event": round(cpu / n * 1e6, 1),
@@ -111,7 +150,7 @@ async def one_run(
 
 
 async def run(
-    sizes: list[int], repeat: int, caches: list[int], models: list[bool]
+    sizes: list[int], repeat: int, caches: list[int], models: list[bool], vectors: list[bool]
 ) -> list[dict[str, Any]]:
     records = shop_records()
     rows: list[dict[str, Any]] = []
@@ -119,9 +158,14 @@ async def run(
         for _ in range(repeat):  # interleaved: each round runs every configuration once
             for size in sizes:
                 for cache_users in caches:
-                    for with_models in models:
+                    for with_models, with_vectors in product(models, vectors):
                         row = await one_run(
-                            redis_server.url, records, size, cache_users, with_models
+                            redis_server.url,
+                            records,
+                            size,
+                            cache_users,
+                            models=with_models,
+                            vectors=with_vectors,
                         )
                         print(json.dumps(row), flush=True)
                         rows.append(row)
@@ -129,10 +173,10 @@ async def run(
 
 
 def best(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (batch, cache, models) the run with the least worker CPU (the least disturbed)."""
-    chosen: dict[tuple[int, int, bool], dict[str, Any]] = {}
+    """Per configuration the run with the least worker CPU (the least disturbed)."""
+    chosen: dict[tuple[int, int, bool, bool], dict[str, Any]] = {}
     for row in rows:
-        key = (row["batch"], row["profile_cache"], row["models"])
+        key = (row["batch"], row["profile_cache"], row["models"], row["vectors"])
         if (
             key not in chosen
             or row["worker_cpu_us_per_event"] < chosen[key]["worker_cpu_us_per_event"]
@@ -159,10 +203,18 @@ def main() -> None:
         default=["on"],
         help="run the River models stage (the default worker) and/or leave it out",
     )
+    parser.add_argument(
+        "--vectors",
+        choices=["on", "off"],
+        nargs="+",
+        default=["off"],
+        help="run the interest-vector stage with a warm embedding cache and/or leave it out",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "batch_cost.json")
     args = parser.parse_args()
     models = [choice == "on" for choice in args.models]
-    rows = asyncio.run(run(args.sizes, args.repeat, args.caches, models))
+    vectors = [choice == "on" for choice in args.vectors]
+    rows = asyncio.run(run(args.sizes, args.repeat, args.caches, models, vectors))
     report = {
         "benchmark": "batch_cost",
         "command": "python " + " ".join(sys.argv),

@@ -3,7 +3,7 @@
 Wall and CPU time on a shared 2-core machine move by ±30 % from run to run and
 by up to three times from day to day; the number of instructions a piece of
 code executes does not. This runs `apply_batch` (the worker's batch step,
-no vectors) in process against a local redis-server, as bench/batch_cost.py
+by default no vectors) in process against a local redis-server, as bench/batch_cost.py
 does, under `valgrind --tool=callgrind` with instrumentation off until the
 measured loop: a synthetic shop's first 20,000 events in batches of 2,500 (the
 users exist, the profile cache holds them), then the next 10,000 in batches of
@@ -12,6 +12,10 @@ another process). Needs valgrind (`callgrind_control` toggles the counting).
 
     python bench/instructions.py
     python bench/instructions.py --sizes 130 --models on
+    python bench/instructions.py --sizes 600 5000 --models off --vectors on
+
+`--vectors on` adds the interest-vector stage with a warm embedding cache (see
+bench/batch_cost.py): every text embedded before the counting starts.
 
 Set PYTHONPATH to another checkout (and run from outside both trees) to count
 that code with the same harness.
@@ -28,6 +32,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +41,7 @@ WARM_EVENTS = 20_000
 MEASURED_EVENTS = 10_000
 
 
-async def child(url: str, size: int, models: bool) -> None:
+async def child(url: str, size: int, models: bool, vectors: bool) -> None:
     """The measured process: warm up, then count the batches of `size` only."""
     from batch_cost import shop_records, warmed_step  # bench/batch_cost.py
 
@@ -44,7 +49,9 @@ async def child(url: str, size: int, models: bool) -> None:
 
     records = shop_records(WARM_EVENTS + MEASURED_EVENTS)
     cache_users = Settings().profile_cache_users
-    client, step = await warmed_step(url, records, WARM_EVENTS, cache_users, models)
+    client, step = await warmed_step(
+        url, records, WARM_EVENTS, cache_users, models, vectors=vectors
+    )
     measured = records[WARM_EVENTS:]
     counting("on")
     for start in range(0, len(measured), size):
@@ -59,14 +66,15 @@ def counting(state: str) -> None:
     subprocess.run(toggle, check=True, capture_output=True)
 
 
-def count(url: str, size: int, models: bool) -> dict[str, Any]:
+def count(url: str, size: int, models: bool, vectors: bool) -> dict[str, Any]:
     """One child under callgrind; its instructions per measured event."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         subprocess.run(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no",
              f"--callgrind-out-file={out}",
-             sys.executable, __file__, "--child", url, str(size), "on" if models else "off"],
+             sys.executable, __file__, "--child", url, str(size),
+             "on" if models else "off", "on" if vectors else "off"],
             check=True, capture_output=True,
         )  # fmt: skip
         totals = re.search(r"^totals:\s+(\d+)", out.read_text(), re.MULTILINE)
@@ -75,18 +83,20 @@ def count(url: str, size: int, models: bool) -> dict[str, Any]:
     return {
         "batch": size,
         "models": models,
+        "vectors": vectors,
         "instructions_per_event": round(int(totals.group(1)) / MEASURED_EVENTS),
     }
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--child":
-        _, _, url, size, models = sys.argv
-        asyncio.run(child(url, int(size), models == "on"))
+    if len(sys.argv) == 6 and sys.argv[1] == "--child":
+        _, _, url, size, models, vectors = sys.argv
+        asyncio.run(child(url, int(size), models == "on", vectors == "on"))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[130, 5000])
     parser.add_argument("--models", nargs="+", choices=["on", "off"], default=["on", "off"])
+    parser.add_argument("--vectors", nargs="+", choices=["on", "off"], default=["off"])
     parser.add_argument("--out", type=Path, default=RESULTS / "instructions.json")
     args = parser.parse_args()
 
@@ -94,11 +104,10 @@ def main() -> None:
 
     rows = []
     with LocalRedis() as redis_server:
-        for size in args.sizes:
-            for models in args.models:
-                row = count(redis_server.url, size, models == "on")
-                print(json.dumps(row), flush=True)
-                rows.append(row)
+        for size, models, vectors in product(args.sizes, args.models, args.vectors):
+            row = count(redis_server.url, size, models == "on", vectors == "on")
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     result = {
         "benchmark": "instructions",
         "command": "python bench/instructions.py " + " ".join(sys.argv[1:]),

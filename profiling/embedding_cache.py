@@ -188,10 +188,20 @@ async def embed_texts(
 
 
 class EventVectors(NamedTuple):
-    """The vectors of the events that contribute one: `events[rows[i]]` has `vectors[i]`."""
+    """The vectors of the events that contribute one: `events[rows[i]]` has `table[slots[i]]`.
+
+    `table` holds each distinct vector of the batch once (a title many users
+    viewed is one row), which is what the fold multiplies (`vectors.contributions`).
+    """
 
     rows: np.ndarray
-    vectors: Vectors
+    slots: np.ndarray
+    table: Vectors
+
+    @property
+    def vectors(self) -> Vectors:
+        """One row per contributing event: `table[slots]`, a copy."""
+        return self.table.take(self.slots, axis=0)
 
 
 async def embed_events(
@@ -209,14 +219,13 @@ async def embed_events(
     Events without text (logins) get no row.
 
     Per event this only finds a slot among the batch's distinct vectors (item
-    vectors first, then texts); cache work is per distinct text or item, and the
-    rows are one gather from the distinct vectors at the end.
+    vectors first, then texts); cache work is per distinct text or item.
     """
     model = encoder.model_id
-    untitled = {
+    untitled = {  # `not e.title` first: most events have one, and this runs per event
         e.item_id: item_key(model, e.item_id)
         for e in events
-        if e.item_id is not None and _reuses_item(e)
+        if not e.title and e.item_id is not None and _reuses_item(e)
     }
     items = await _lookup(list(untitled.values()), lru, shared, encoder.dim) if untitled else []
     reusable = {i: v for i, v in zip(untitled, items, strict=True) if v is not None}
@@ -228,15 +237,17 @@ async def embed_events(
     slots: list[int] = []
     reused = 0
     for i, event in enumerate(events):
-        item = event.item_id
-        if item in item_slot and _reuses_item(event):
+        item, title = event.item_id, event.title
+        if title and event.type in ITEM_TYPES:  # most events: an item's own title
+            slot = texts.setdefault(title, len(texts))
+            if item:
+                titles[item] = slot
+            slot += first_text
+        elif item in item_slot and _reuses_item(event):
             slot = item_slot[item]
             reused += 1
         elif (text := event_text(event)) is not None:
-            slot = texts.setdefault(text, len(texts))
-            if item and event.type in ITEM_TYPES and event.title == text:
-                titles[item] = slot
-            slot += first_text
+            slot = texts.setdefault(text, len(texts)) + first_text
         else:
             continue
         rows.append(i)
@@ -247,8 +258,11 @@ async def embed_events(
         titles, vectors[first_text:], model=model, lru=lru, shared=shared, ttl_s=ttl_s
     )
     if not rows:
-        return EventVectors(np.zeros(0, dtype=np.intp), np.zeros((0, encoder.dim), np.float32))
-    return EventVectors(np.array(rows, dtype=np.intp), _rows(vectors)[slots])
+        nothing = np.zeros(0, dtype=np.intp)
+        return EventVectors(nothing, nothing, np.zeros((0, encoder.dim), np.float32))
+    return EventVectors(
+        np.array(rows, dtype=np.intp), np.array(slots, dtype=np.intp), _rows(vectors)
+    )
 
 
 def _reuses_item(event: Event) -> bool:

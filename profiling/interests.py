@@ -60,9 +60,10 @@ class InterestModel:
         )
         rows = contributions(
             [events[i] for i in embedded.rows.tolist()],
-            embedded.vectors,
+            embedded.table,
             owner[embedded.rows],
             self.params,
+            slot=embedded.slots,
         )
         stored = [o.profile.interest or _NOTHING_STORED for o in written]
         dim = self.encoder.dim

@@ -67,7 +67,7 @@ def random_rows(seed: int, n: int, users: int = 1) -> Contributions:
 
 def subset(rows: Contributions, index: Sequence[int] | np.ndarray) -> Contributions:
     picked = np.asarray(index, dtype=np.intp)
-    return Contributions(*(column[picked] for column in rows))
+    return rows.take(picked)
 
 
 def oracle(rows: Contributions, half_life_ms: float, ref_ms: int) -> tuple[np.ndarray, float]:
@@ -130,6 +130,23 @@ def test_many_users_in_one_call_equal_one_user_at_a_time() -> None:
         mine = subset(rows, np.flatnonzero(rows.user == user))
         mine = mine._replace(user=np.zeros(len(mine.ts), dtype=np.intp))
         assert_matches_oracle(state, mine)
+
+
+def test_a_table_of_shared_vectors_folds_like_a_vector_per_row() -> None:
+    rng = np.random.default_rng(8)
+    table = unit_rows(rng, 5)  # five distinct texts, many events each
+    slot = rng.integers(0, 5, size=200).astype(np.intp)
+    per_row = random_rows(9, 200, users=6)._replace(vectors=table[slot])
+    per_row = per_row._replace(weight=np.where(slot == 3, 0.0, per_row.weight))  # dropped rows
+    shared = per_row._replace(vectors=table, slot=slot)
+    shuffled = rng.permutation(200)  # users arrive unsorted
+    empty = [InterestState.empty(DIM)] * 6
+    expected = advance_batch(empty, per_row.take(shuffled), PARAMS)
+    folded = advance_batch(empty, shared.take(shuffled), PARAMS)
+    for state, want in zip(folded, expected, strict=True):
+        for got_horizon, want_horizon in ((state.long, want.long), (state.short, want.short)):
+            np.testing.assert_allclose(got_horizon.direction, want_horizon.direction, atol=1e-6)
+            assert math.isclose(got_horizon.log2_norm, want_horizon.log2_norm, abs_tol=1e-9)
 
 
 def test_inputs_are_not_mutated() -> None:
