@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import numpy as np
 
+from profiling import slots
 from profiling.embedding_cache import EmbeddingCache, EmbeddingLRU, embed_events
 from profiling.encoder import Encoder
-from profiling.profile import Outcome, evolve
+from profiling.profile import Outcome, Profile
 from profiling.vectors import (
     Horizon,
     StoredInterest,
@@ -31,6 +33,18 @@ from profiling.vectors import (
 )
 
 _NOTHING_STORED = StoredInterest()
+# Which vector fields a write changed, by (vec_long changed, vec_short changed).
+_MOVED: Final = {
+    (long, short): frozenset(
+        name for name, moved in (("vec_long", long), ("vec_short", short)) if moved
+    )
+    for long in (False, True)
+    for short in (False, True)
+}
+_stored_interest: Final = slots.builder(StoredInterest)
+_with_vectors: Final = slots.replacer_of(
+    Profile, ("interest", "model", "unpublished", "published_at", "published_version")
+)
 
 
 @dataclass
@@ -111,17 +125,13 @@ class InterestModel:
         model = self.encoder.model_id
         result = []
         for u, (o, before) in enumerate(zip(written, previous, strict=True)):
-            moved = set()
-            if before.vec_long != vec_long[u]:
-                moved.add("vec_long")
-            if before.vec_short != vec_short[u]:
-                moved.add("vec_short")
-            stored = StoredInterest(
+            moved = _MOVED[before.vec_long != vec_long[u], before.vec_short != vec_short[u]]
+            stored = _stored_interest(
                 vec_long[u], vec_short[u], log2_long[u], log2_short[u], sketches[u],
                 o.profile.last_seen,
             )  # fmt: skip
             profile = o.profile
-            profile = evolve(
+            profile = _with_vectors(
                 profile,
                 interest=stored,
                 model=model,

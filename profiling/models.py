@@ -26,15 +26,20 @@ from typing import Any, Final
 
 import numpy as np
 
-from profiling import jsonout
+from profiling import jsonout, slots
 from profiling.behaviour import Behaviour, observe_all, profile_features, vector_projection
 from profiling.events import Event
-from profiling.profile import SCORE_THEN_NAME, Outcome, Profile, evolve
+from profiling.profile import SCORE_THEN_NAME, Outcome, Profile
 from profiling.risk import ANOMALY, Risk, RiskModel, keep_features, risk_band
 from profiling.segments import Assignment, SegmentModel
 
 SNAPSHOT_FORMAT: Final = 1
 REASONS_FLOOR: Final = 0.1  # below this risk, reasons say nothing an analyst needs
+_with_verdicts: Final = slots.replacer_of(
+    Profile,
+    ("behaviour", "alerts", "risk", "risk_reasons", "segment", "segment_dwell", "prev_segment",
+     "unpublished", "published_at", "published_version"),
+)  # fmt: skip
 
 
 def alert_id(user_id: str, event_id: str) -> str:
@@ -206,15 +211,20 @@ class ProfileModels:
                 before.risk, self.alert_threshold
             )
         publish = outcome.publish or moved or band_moved
-        if publish and not outcome.publish:
-            changes["published_at"], changes["published_version"] = before.updated, before.version
-        profile = evolve(
+        # Published here and not by the fold: the message carries the stored version.
+        newly = publish and not outcome.publish
+        profile = _with_verdicts(
             before,
-            **changes,
+            behaviour=changes["behaviour"],
+            alerts=changes["alerts"],
+            risk=risk,
+            risk_reasons=changes.get("risk_reasons", before.risk_reasons),
             segment=assignment.segment,
             segment_dwell=assignment.since,
             prev_segment=before.segment if moved else before.prev_segment,
             unpublished=before.unpublished | changed,
+            published_at=before.updated if newly else before.published_at,
+            published_version=before.version if newly else before.published_version,
         )
         return Outcome(
             profile,

@@ -115,6 +115,13 @@ class Profile:
 
 SCORE_THEN_NAME: Final = operator.itemgetter(1, 0)  # (name, score) pairs: by score, ties by name
 _replace: Final = slots.replacer(Profile)
+# What folding a batch's events sets, every time (`apply_deliveries`).
+_fold_in: Final = slots.replacer_of(
+    Profile,
+    ("version", "first_seen", "last_seen", "updated", "events", "counts", "spend", "orders",
+     "category_scores", "watermarks", "unpublished", "seen", "alerts", "published_at",
+     "published_version"),
+)  # fmt: skip
 
 
 def evolve(profile: Profile, **changes: object) -> Profile:
@@ -179,7 +186,7 @@ def apply_deliveries(
     all_changed = carried | changed
     publish = profile.is_new or now_ms - profile.published_at >= params.heartbeat_ms
     version = profile.version + 1
-    updated = evolve(
+    updated = _fold_in(
         profile,
         version=version,
         first_seen=first_seen,

@@ -31,3 +31,13 @@ def test_evolve_is_replace() -> None:
         evolve(profile, no_such_field=1)
     nothing = Profile("bob")
     assert evolve(nothing, risk=None, segment=0) == dataclasses.replace(nothing, segment=0)
+
+
+def test_a_fixed_replacer_is_replace() -> None:
+    profile = Profile("ann", version=3, counts={"view": 2}, alerts=("a",))
+    bump = slots.replacer_of(Profile, ("events", "version"))
+    assert bump(profile, 9, 4) == dataclasses.replace(profile, version=4, events=9)
+    with pytest.raises(TypeError):
+        slots.replacer_of(Profile, ("version", "no_such_field"))
+    with pytest.raises(TypeError):
+        slots.replacer_of(Profile, ("version", "version"))
