@@ -53,6 +53,20 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def next_offsets(records: Sequence[SourceRecord]) -> dict[TopicPartition, int]:
+    """Per partition, the offset after the batch's highest one: its position, what to commit.
+
+    Keyed by plain tuples while counting (a `TopicPartition` per record cost
+    about 1 µs each, a few % of a small batch's work).
+    """
+    highest: dict[tuple[str, int], int] = {}
+    for record in records:
+        key = record.topic, record.partition
+        if record.offset > highest.get(key, -1):
+            highest[key] = record.offset
+    return {TopicPartition(topic, part): offset + 1 for (topic, part), offset in highest.items()}
+
+
 def profile_params(settings: Settings) -> ProfileParams:
     """The engine's plain arguments, taken from the settings."""
     return ProfileParams(
@@ -287,11 +301,8 @@ class BatchWorker:
     async def _apply(self, records: Sequence[SourceRecord], started: float) -> BatchResult:
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = started
-        last: dict[tuple[str, int], int] = {}  # the batch's last offset per partition
-        for record in records:
-            last[record.topic, record.partition] = record.offset
-        for (topic, partition), offset in last.items():
-            self._positions[TopicPartition(topic, partition)] = offset + 1
+        ends = next_offsets(records)
+        self._positions.update(ends)
         events = [r for r in records if r.topic == self.settings.topic_events]
         lookups = self._embedding_totals()
         result = await self._retrying(
@@ -302,9 +313,9 @@ class BatchWorker:
         if self.models is not None:
             labels = [r for r in records if r.topic != self.settings.topic_events]
             await self._learn_labels(labels, result)
-            for (topic, partition), offset in last.items():
-                if topic == self.settings.topic_events:  # labels advance as they are learnt
-                    self.models.advance(topic, partition, offset)
+            for tp, end in ends.items():
+                if tp.topic == self.settings.topic_events:  # labels advance as they are learnt
+                    self.models.advance(tp.topic, tp.partition, end - 1)
         return result
 
     async def _learn_labels(self, records: Sequence[SourceRecord], result: BatchResult) -> None:
@@ -372,12 +383,8 @@ class BatchWorker:
             await asyncio.gather(*pending)
 
     async def _commit(self, records: Sequence[SourceRecord]) -> None:
-        offsets: dict[TopicPartition, int] = {}
-        for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
         try:
-            await self.consumer.commit(offsets)
+            await self.consumer.commit(next_offsets(records))
         except (CommitFailedError, IllegalStateError) as exc:
             self.stats.commit_failures += 1
             metrics.COMMIT_FAILURES.inc()
