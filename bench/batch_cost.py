@@ -14,7 +14,9 @@ redis-server's time in scripts (INFO commandstats).
 `--vectors on` adds the interest-vector stage with a warm embedding cache:
 every text of the run is embedded before the measured batches (by the hashing
 encoder, so no model loads; a warm cache calls no encoder either way), with
-the worker's shared Redis cache behind the in-process one.
+the worker's shared Redis cache behind the in-process one. With the models on
+as well, OpenBLAS runs their taste projection on both cores, so this process's
+CPU time exceeds its wall time: compare wall time there.
 
     python bench/batch_cost.py
     python bench/batch_cost.py --sizes 130 600 --repeat 3

@@ -2,12 +2,12 @@
 
 Wall and CPU time on a shared 2-core machine move by ±30 % from run to run and
 by up to three times from day to day; the number of instructions a piece of
-code executes does not. This runs `apply_batch` (the worker's batch step,
-by default no vectors) in process against a local redis-server, as bench/batch_cost.py
-does, under `valgrind --tool=callgrind` with instrumentation off until the
-measured loop: a synthetic shop's first 20,000 events in batches of 2,500 (the
-users exist, the profile cache holds them), then the next 10,000 in batches of
-each size, counted. Only the worker's side is counted (redis-server is
+code executes does not. This runs `apply_batch` (the worker's batch step, by
+default without vectors) in process against a local redis-server, as
+bench/batch_cost.py does, under `valgrind --tool=callgrind` with
+instrumentation off until the measured loop: a synthetic shop's first 20,000
+events in batches of 2,500 (the users exist, the profile cache holds them),
+then the next 10,000 in batches of each size, counted. Only the worker's side is counted (redis-server is
 another process). Needs valgrind (`callgrind_control` toggles the counting).
 
     python bench/instructions.py
