@@ -7,8 +7,9 @@ default without vectors) in process against a local redis-server, as
 bench/batch_cost.py does, under `valgrind --tool=callgrind` with
 instrumentation off until the measured loop: a synthetic shop's first 20,000
 events in batches of 2,500 (the users exist, the profile cache holds them),
-then the next 10,000 in batches of each size, counted. Only the worker's side is counted (redis-server is
-another process). Needs valgrind (`callgrind_control` toggles the counting).
+then the next 10,000 in batches of each size, counted. Only the worker's side
+is counted (redis-server is another process). Needs valgrind
+(`callgrind_control` toggles the counting).
 
     python bench/instructions.py
     python bench/instructions.py --sizes 130 --models on
