@@ -36,7 +36,14 @@ producer and the reader), of redis-server and of the worker during the feed,
 and the worker's mean batch (records, and ms from fetch to commit) from its
 /metrics.
 
+Whether the worker sustained a rate (`kept_up`): every probe seen, the feed on
+time, and probe latency not climbing over the feed's second half (a worker
+that falls behind leaves a backlog that grows every second; one that keeps up
+takes larger batches instead). `--half-max` then runs once more at half the
+highest rate sustained, the issue's measuring point, in the same invocation.
+
     python bench/freshness.py --rates 10000 20000 --seconds 20
+    python bench/freshness.py --rates 20000 25000 30000 35000 40000 --half-max
     python bench/freshness.py --rates 10000 --worker-env PROFILER_BATCH_MAX_MS=10
     python bench/freshness.py --rates 10000 --reader poll
     python bench/freshness.py --rates 5000 7500 --feeder batch send
@@ -56,6 +63,7 @@ import time
 import urllib.request
 from itertools import islice, product
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -73,6 +81,9 @@ RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).parent.parent
 PROBE_USERS = 50
 PROBE_EVERY_S = 0.02
+# A worker that keeps up shows no steady climb of latency over a feed; one that
+# falls 1 % behind adds 10 ms per second of feed.
+MAX_TREND_MS_PER_S = 10.0
 TICK_S = 0.01
 READERS = ("notify", "poll")
 FEEDERS = ("batch", "send")
@@ -244,6 +255,7 @@ async def measure(
         await client.config_set("notify-keyspace-events", previous)
         await client.aclose()
     latencies = np.array([seen[k] - probes[k] for k in seen]) * 1000
+    sent_at = np.array([probes[k] for k in seen])
     return {
         "target_rate": rate,
         "reader": reader,
@@ -254,12 +266,49 @@ async def measure(
         "p50_ms": round(float(np.percentile(latencies, 50)), 1),
         "p99_ms": round(float(np.percentile(latencies, 99)), 1),
         "max_ms": round(float(latencies.max()), 1),
+        "latency_trend_ms_per_s": latency_trend(sent_at, latencies),
+        # Every probe: seconds after the first was sent, and its latency in ms.
+        "probe_latencies": [
+            [round(float(t), 3), round(float(ms), 1)]
+            for t, ms in sorted(zip(sent_at - sent_at.min(), latencies, strict=True))
+        ],
         # From the feed's start until the reader saw the last probe: this process
         # (producer and reader) and redis-server (worker's reads and writes, reader).
         "window_s": round(wall, 2),
         "bench_cpu_s": round(cpu, 2),
         "redis_cpu_s": round(redis_cpu, 2),
     }
+
+
+def latency_trend(sent_at: np.ndarray, latencies_ms: np.ndarray) -> float:
+    """How fast probe latency grows over the feed, in ms per second of feed.
+
+    About 0 when the worker keeps up (latency bounded: batches grow instead);
+    when it cannot, every second of feed adds the backlog it leaves, so latency
+    climbs steadily: 1000 * (1 - its rate / the feed's rate) ms per second.
+    Medians of the first and last thirds of the probes (the first tenth left
+    out: start-up), so the saw-tooth of large batches does not tip it.
+    """
+    order = np.argsort(sent_at)
+    t, lat = sent_at[order], latencies_ms[order]
+    t, lat = t[len(t) // 10 :], lat[len(lat) // 10 :]
+    third = len(t) // 3
+    if third < 2:
+        return float("nan")
+    early, late = slice(0, third), slice(len(t) - third, len(t))
+    span = float(np.median(t[late]) - np.median(t[early]))
+    growth = float(np.median(lat[late]) - np.median(lat[early]))
+    return round(growth / span, 1)
+
+
+def kept_up(run: dict[str, Any], seconds: float) -> bool:
+    """Whether the worker sustained a run's rate: every probe seen, the feed on time,
+    and latency not climbing (`latency_trend` at most `MAX_TREND_MS_PER_S`)."""
+    return bool(
+        run["probes_seen"] == run["probes"]
+        and run["sent"] >= 0.99 * run["target_rate"] * seconds
+        and run["latency_trend_ms_per_s"] <= MAX_TREND_MS_PER_S
+    )
 
 
 async def _redis_cpu_s(client: aioredis.Redis) -> float:
@@ -328,56 +377,89 @@ def main() -> None:
         help="how records are produced: a batch per tick (default) or a send per record;"
         " several: each rate once with each",
     )
+    parser.add_argument(
+        "--half-max",
+        action="store_true",
+        help="then one more run at half the highest rate sustained (see `kept_up`)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "freshness.json")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.worker_env)
 
-    runs = []
+    runs: list[dict[str, Any]] = []
     with DevStack(Settings(), partitions=6) as stack:
-        for index, (rate, feeder) in enumerate(product(args.rates, args.feeder)):
-            base = stack.settings()
-            settings = base.model_copy(update={
-                "redis_url": base.redis_url.rsplit("/", 1)[0] + f"/{index + 1}",
-                "group_id": f"bench-fresh-{index}",
-                "topic_events": f"fresh-{index}",
-            })  # fmt: skip
-            asyncio.run(_create(settings))
-            port = free_port()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("PROFILER_")} | {
-                "PROFILER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-                "PROFILER_REDIS_URL": settings.redis_url,
-                "PROFILER_GROUP_ID": settings.group_id,
-                "PROFILER_TOPIC_EVENTS": settings.topic_events,
-                "PROFILER_KAFKA_SESSION_TIMEOUT_MS": "3000",
-                "PROFILER_KAFKA_HEARTBEAT_INTERVAL_MS": "300",
-                "PROFILER_WEB_PORT": str(port),
-                "PROFILER_ENCODER_MODEL": args.encoder,
-                **extra,
-            }
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "run"], env=env, cwd=ROOT
+        for rate, feeder in product(args.rates, args.feeder):
+            runs.append(run_rate(stack, len(runs), rate, feeder, args, extra=extra))
+        half = None
+        if args.half_max:
+            sustained = [r["target_rate"] for r in runs if kept_up(r, args.seconds)]
+            if not sustained:
+                raise SystemExit("no rate was sustained: add lower --rates")
+            maximum = max(sustained)
+            half = run_rate(
+                stack, len(runs), maximum // 1000 * 500, args.feeder[0], args, extra=extra
             )
-            try:
-                _wait_ready(port)
-                cpu_before = process_cpu_s(worker.pid)
-                result = asyncio.run(measure(settings, rate, args.seconds, args.reader, feeder))
-                result["worker_cpu_s"] = round(process_cpu_s(worker.pid) - cpu_before, 2)
-                result.update(scrape_worker(port))
-            finally:
-                worker.terminate()
-                worker.wait(timeout=60)
-            result["encoder"] = args.encoder
-            result["worker_env"] = extra
-            runs.append(result)
-            print(json.dumps(result))
-    report = {
+            half["half_of"] = maximum
+            runs.append(half)
+    report: dict[str, Any] = {
         "benchmark": "freshness",
         "command": "python bench/freshness.py " + " ".join(sys.argv[1:]),
         "machine": machine(),
         "runs": runs,
     }
+    if half is not None:
+        report["maximum_sustained"] = half["half_of"]
+        at_half = {k: half[k] for k in ("target_rate", "p50_ms", "p99_ms")}
+        report["at_half_maximum"] = at_half
+        print(json.dumps(at_half | {"maximum": half["half_of"]}))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def run_rate(
+    stack: DevStack,
+    index: int,
+    rate: int,
+    feeder: str,
+    args: argparse.Namespace,
+    *,
+    extra: dict[str, str],
+) -> dict[str, Any]:
+    """One feed at `rate` through a new worker process, on its own topic and Redis db."""
+    base = stack.settings()
+    settings = base.model_copy(update={
+        "redis_url": base.redis_url.rsplit("/", 1)[0] + f"/{index + 1}",
+        "group_id": f"bench-fresh-{index}",
+        "topic_events": f"fresh-{index}",
+    })  # fmt: skip
+    asyncio.run(_create(settings))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROFILER_")} | {
+        "PROFILER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "PROFILER_REDIS_URL": settings.redis_url,
+        "PROFILER_GROUP_ID": settings.group_id,
+        "PROFILER_TOPIC_EVENTS": settings.topic_events,
+        "PROFILER_KAFKA_SESSION_TIMEOUT_MS": "3000",
+        "PROFILER_KAFKA_HEARTBEAT_INTERVAL_MS": "300",
+        "PROFILER_WEB_PORT": str(port),
+        "PROFILER_ENCODER_MODEL": args.encoder,
+        **extra,
+    }
+    worker = subprocess.Popen([sys.executable, "-m", "stream.cli", "run"], env=env, cwd=ROOT)
+    try:
+        _wait_ready(port)
+        cpu_before = process_cpu_s(worker.pid)
+        result = asyncio.run(measure(settings, rate, args.seconds, args.reader, feeder))
+        result["worker_cpu_s"] = round(process_cpu_s(worker.pid) - cpu_before, 2)
+        result.update(scrape_worker(port))
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    result["encoder"] = args.encoder
+    result["worker_env"] = extra
+    result["kept_up"] = kept_up(result, args.seconds)
+    print(json.dumps(result), flush=True)
+    return result
 
 
 async def _create(settings: Settings) -> None:
