@@ -161,14 +161,15 @@ class InterestModel:
         """
         dim = long.directions.shape[1]
         drift = [1.0] * len(previous)
-        measured = {
-            u: before.sketch
+        measured = [
+            u
             for u, (before, vec) in enumerate(zip(previous, vec_long, strict=True))
             if vec is not None and before.sketch is not None and len(before.sketch) == dim
-        }
+        ]
         if measured:
-            codes = np.stack([decode_sketch(sketch) for sketch in measured.values()])
-            now = long.directions[list(measured)]
+            joined = b"".join(previous[u].sketch or b"" for u in measured)  # one decode
+            codes = decode_sketch(joined).reshape(len(measured), dim)
+            now = long.directions[measured]
             for u, d in zip(measured, cosine_drifts(codes, now).tolist(), strict=True):
                 drift[u] = d
         return drift
