@@ -42,7 +42,6 @@ from typing import Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-from scipy import sparse
 
 from profiling.events import Event
 
@@ -416,6 +415,8 @@ def _segment_sums(
     float64 copy cost twice as much at 5,000-event batches, and `np.add.reduceat`
     along axis 0 walks the columns with a stride.
     """
+    from scipy import sparse  # here: importing it costs 0.1 s, which only folds need
+
     n, runs = len(rows.user), len(starts)
     column = np.arange(n, dtype=np.intp) if rows.slot is None else rows.slot
     bounds = np.append(starts, n)
