@@ -14,19 +14,27 @@ redis-server's time in scripts (INFO commandstats).
 `--vectors on` adds the interest-vector stage with a warm embedding cache:
 every text of the run is embedded before the measured batches (by the hashing
 encoder, so no model loads; a warm cache calls no encoder either way), with
-the worker's shared Redis cache behind the in-process one. With the models on
-as well, OpenBLAS runs their taste projection on both cores, so this process's
-CPU time exceeds its wall time: compare wall time there.
+the worker's shared Redis cache behind the in-process one.
 
     python bench/batch_cost.py
     python bench/batch_cost.py --sizes 130 600 --repeat 3
     python bench/batch_cost.py --sizes 5000 --caches 20000 --models off --vectors off on
+    python bench/batch_cost.py --sizes 130 600 --caches 20000 --breakdown
+
+`--breakdown` also splits each run's worker CPU per profile write into the
+batch step's stages (validation, load, the aggregates fold, vectors, models,
+save; the rest is grouping, outcomes and the event loop), by timing those
+functions as they run: wall time for the ones that never wait (the fold's
+two clock reads per user add about 0.1 µs), the thread's CPU time for the
+ones that await Redis, out of the event loop thread's CPU time (OpenBLAS's
+helper threads, busy with text and models both on, are left out).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import platform
@@ -40,10 +48,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+import stream  # noqa: F401  first: numpy then loads as in the worker (one OpenBLAS thread)
+
+# isort: split
+from profiling import pipeline
 from profiling.embedding_cache import EmbeddingLRU, embed_events
 from profiling.encoder import HashingEncoder
 from profiling.events import Event, decode_event
 from profiling.interests import InterestModel
+from profiling.models import ProfileModels
 from profiling.pipeline import BatchResult, Record, Stages, apply_batch
 from stream.devstack import LocalRedis
 from stream.interest_setup import RedisEmbeddingCache
@@ -115,6 +128,53 @@ async def warm_interests(
     return model
 
 
+class StageClock:
+    """Time spent in each stage of the batch step while active (see `--breakdown`)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def __enter__(self) -> StageClock:
+        self._sync(pipeline, "decode_batch", "validate")
+        self._sync(pipeline, "apply_deliveries", "fold")
+        self._sync(ProfileModels, "update", "models")
+        self._async(InterestModel, "update", "vectors")
+        self._async(RedisProfileStore, "load", "load")
+        self._async(RedisProfileStore, "save", "save")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for owner, name, original in reversed(self._undo):
+            setattr(owner, name, original)
+
+    def _sync(self, owner: Any, name: str, stage: str) -> None:
+        original, seconds, clock = getattr(owner, name), self.seconds, time.perf_counter
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = clock()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                seconds[stage] = seconds.get(stage, 0.0) + clock() - started
+
+        self._undo.append((owner, name, original))
+        setattr(owner, name, timed)
+
+    def _async(self, owner: Any, name: str, stage: str) -> None:
+        original, seconds, clock = getattr(owner, name), self.seconds, time.thread_time
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started = clock()
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                seconds[stage] = seconds.get(stage, 0.0) + clock() - started
+
+        self._undo.append((owner, name, original))
+        setattr(owner, name, timed)
+
+
 async def one_run(
     url: str,
     records: list[Record],
@@ -123,6 +183,7 @@ async def one_run(
     *,
     models: bool = True,
     vectors: bool = False,
+    breakdown: bool = False,
 ) -> dict[str, Any]:
     client, step = await warmed_step(
         url, records, WARM_EVENTS, cache_users, models, vectors=vectors
@@ -130,11 +191,14 @@ async def one_run(
     await client.config_resetstat()
     measured = records[WARM_EVENTS:]
     users = 0
-    wall, cpu = time.perf_counter(), time.process_time()
-    for start in range(0, len(measured), size):
-        result = await step(measured[start : start + size])
-        users += result.users_written
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    clock = StageClock()
+    with clock if breakdown else contextlib.nullcontext():
+        wall, cpu, own = time.perf_counter(), time.process_time(), time.thread_time()
+        for start in range(0, len(measured), size):
+            result = await step(measured[start : start + size])
+            users += result.users_written
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        own = time.thread_time() - own
     scripts = (await client.info("commandstats")).get("cmdstat_evalsha", {})
     await client.aclose()
     gc.unfreeze()
@@ -148,11 +212,26 @@ async def one_run(
         "wall_us_per_event": round(wall / n * 1e6, 1),
         "worker_cpu_us_per_event": round(cpu / n * 1e6, 1),
         "redis_scripts_us_per_event": round(scripts.get("usec", 0) / n, 1),
+        **({"per_write_cpu_us": per_write(clock.seconds, own, users)} if breakdown else {}),
     }
 
 
+def per_write(stages: dict[str, float], cpu_s: float, writes: int) -> dict[str, float]:
+    """µs per profile write of each stage, and of the rest of the event loop thread's CPU."""
+    split = {stage: round(s / writes * 1e6, 1) for stage, s in sorted(stages.items())}
+    split["other"] = round((cpu_s - sum(stages.values())) / writes * 1e6, 1)
+    split["total"] = round(cpu_s / writes * 1e6, 1)
+    return split
+
+
 async def run(
-    sizes: list[int], repeat: int, caches: list[int], models: list[bool], vectors: list[bool]
+    sizes: list[int],
+    repeat: int,
+    caches: list[int],
+    models: list[bool],
+    *,
+    vectors: list[bool],
+    breakdown: bool = False,
 ) -> list[dict[str, Any]]:
     records = shop_records()
     rows: list[dict[str, Any]] = []
@@ -168,6 +247,7 @@ async def run(
                             cache_users,
                             models=with_models,
                             vectors=with_vectors,
+                            breakdown=breakdown,
                         )
                         print(json.dumps(row), flush=True)
                         rows.append(row)
@@ -212,11 +292,16 @@ def main() -> None:
         default=["off"],
         help="run the interest-vector stage with a warm embedding cache and/or leave it out",
     )
+    parser.add_argument(
+        "--breakdown", action="store_true", help="CPU per profile write of each stage"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "batch_cost.json")
     args = parser.parse_args()
     models = [choice == "on" for choice in args.models]
     vectors = [choice == "on" for choice in args.vectors]
-    rows = asyncio.run(run(args.sizes, args.repeat, args.caches, models, vectors))
+    rows = asyncio.run(
+        run(args.sizes, args.repeat, args.caches, models, vectors=vectors, breakdown=args.breakdown)
+    )
     report = {
         "benchmark": "batch_cost",
         "command": "python " + " ".join(sys.argv),
