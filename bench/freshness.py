@@ -267,7 +267,8 @@ async def measure(
         "p99_ms": round(float(np.percentile(latencies, 99)), 1),
         "max_ms": round(float(latencies.max()), 1),
         "latency_trend_ms_per_s": latency_trend(sent_at, latencies),
-        # Every probe: seconds after the first was sent, and its latency in ms.
+        # Every probe: seconds after the first was sent, and its latency in ms
+        # (written to a file of their own, `<out>_probes.jsonl`).
         "probe_latencies": [
             [round(float(t), 3), round(float(ms), 1)]
             for t, ms in sorted(zip(sent_at - sent_at.min(), latencies, strict=True))
@@ -413,7 +414,12 @@ def main() -> None:
         report["at_half_maximum"] = at_half
         print(json.dumps(at_half | {"maximum": half["half_of"]}))
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    # Every probe's latency, one compact line per run, beside the report.
+    probes = [{"target_rate": run["target_rate"], "probes": run.pop("probe_latencies")}
+              for run in runs]  # fmt: skip
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    probes_out = args.out.with_name(args.out.stem + "_probes.jsonl")
+    probes_out.write_text("".join(json.dumps(line) + "\n" for line in probes))
 
 
 def run_rate(
