@@ -272,10 +272,11 @@ class BatchWorker:
                 if records:
                     idle_since = None
                     started = time.monotonic()
-                    result = await self._apply(records, started)
+                    ends = next_offsets(records)
+                    result = await self._apply(records, ends, started)
                     if finishing is not None:
                         await finishing
-                    finishing = asyncio.create_task(self._finish(records, result, started))
+                    finishing = asyncio.create_task(self._finish(records, ends, result, started))
                     continue
                 if finishing is not None:
                     await finishing
@@ -294,14 +295,17 @@ class BatchWorker:
     async def process(self, records: Sequence[SourceRecord]) -> BatchResult:
         """Apply, publish and commit one batch, start to end."""
         started = time.monotonic()
-        result = await self._apply(records, started)
-        await self._finish(records, result, started)
+        ends = next_offsets(records)
+        result = await self._apply(records, ends, started)
+        await self._finish(records, ends, result, started)
         return result
 
-    async def _apply(self, records: Sequence[SourceRecord], started: float) -> BatchResult:
+    async def _apply(
+        self, records: Sequence[SourceRecord], ends: dict[TopicPartition, int], started: float
+    ) -> BatchResult:
+        """Apply a batch whose next offsets (`next_offsets`) are `ends`."""
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = started
-        ends = next_offsets(records)
         self._positions.update(ends)
         events = [r for r in records if r.topic == self.settings.topic_events]
         lookups = self._embedding_totals()
@@ -336,11 +340,15 @@ class BatchWorker:
         return stats.hits, stats.shared_hits, stats.encoded
 
     async def _finish(
-        self, records: Sequence[SourceRecord], result: BatchResult, started: float
+        self,
+        records: Sequence[SourceRecord],
+        ends: dict[TopicPartition, int],
+        result: BatchResult,
+        started: float,
     ) -> None:
-        """Publish the batch's messages, wait for every ack, then commit its offsets."""
+        """Publish the batch's messages, wait for every ack, then commit `ends`."""
         await self._retrying("kafka", lambda: self._publish(result))
-        await self._commit(records)
+        await self._commit(ends)
         self.stats.last_commit_at = time.monotonic()
         self.stats.add(len(records), result)
         self._observe(records, result, started)
@@ -382,9 +390,9 @@ class BatchWorker:
         if pending:
             await asyncio.gather(*pending)
 
-    async def _commit(self, records: Sequence[SourceRecord]) -> None:
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:
-            await self.consumer.commit(next_offsets(records))
+            await self.consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             self.stats.commit_failures += 1
             metrics.COMMIT_FAILURES.inc()

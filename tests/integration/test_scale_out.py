@@ -56,21 +56,27 @@ class CrashBeforeCommit(BatchWorker):
     crash_at = 2
     unfinished_applied = 0
 
-    async def _apply(self, records: Sequence[SourceRecord], started: float) -> BatchResult:
-        result = await super()._apply(records, started)
+    async def _apply(
+        self, records: Sequence[SourceRecord], ends: dict[TopicPartition, int], started: float
+    ) -> BatchResult:
+        result = await super()._apply(records, ends, started)
         self.unfinished_applied += result.outcomes["applied"]
         return result
 
     async def _finish(
-        self, records: Sequence[SourceRecord], result: BatchResult, started: float
+        self,
+        records: Sequence[SourceRecord],
+        ends: dict[TopicPartition, int],
+        result: BatchResult,
+        started: float,
     ) -> None:
-        await super()._finish(records, result, started)
+        await super()._finish(records, ends, result, started)
         self.unfinished_applied -= result.outcomes["applied"]
 
-    async def _commit(self, records: Sequence[SourceRecord]) -> None:
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         if self.stats.batches + 1 >= self.crash_at:
             raise Crash("killed before the offset commit")
-        await super()._commit(records)
+        await super()._commit(offsets)
 
 
 async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

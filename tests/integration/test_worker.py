@@ -169,7 +169,7 @@ class Crash(Exception):
 class CrashBeforeCommit(BatchWorker):
     """A worker that dies after the Redis write and the producer acks, before the commit."""
 
-    async def _commit(self, records: Sequence[object]) -> None:  # type: ignore[override]
+    async def _commit(self, offsets: object) -> None:
         raise Crash("killed before the offset commit")
 
 
