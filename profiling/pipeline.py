@@ -134,14 +134,22 @@ async def apply_batch(
     params: ProfileParams,
     clock: Callable[[], int],
     stages: Stages = Stages(),
+    *,
+    writing: Callable[[], None] | None = None,
 ) -> BatchResult:
-    """Apply one consumer batch to the store; return what to publish."""
+    """Apply one consumer batch to the store; return what to publish.
+
+    `writing` is called as each write to the store begins: the batch's last
+    round trip, with little work after it (the worker's consumer fetches then).
+    """
     result = BatchResult()
     pending = decode_batch(records, clock(), result)
     for _attempt in range(MAX_WRITE_ATTEMPTS):
         if not pending:
             return result
-        pending = await _apply_users(pending, store, params, clock(), result, stages=stages)
+        pending = await _apply_users(
+            pending, store, params, clock(), result, stages=stages, writing=writing
+        )
     raise StoreConflictError(f"{len(pending)} users still conflicting after retries")
 
 
@@ -153,6 +161,7 @@ async def _apply_users(
     result: BatchResult,
     *,
     stages: Stages,
+    writing: Callable[[], None] | None = None,
 ) -> dict[str, list[Delivery]]:
     """Load, fold and write these users once; return the ones whose write lost a race."""
     loaded = await store.load(list(by_user))
@@ -173,6 +182,8 @@ async def _apply_users(
         if o.wrote:
             base = loaded[o.profile.user_id]
             writes.append(Write(o.profile, base.version, o.scored, base.updated))
+    if writing is not None:
+        writing()
     conflicts = set(await store.save(writes))
     for outcome in outcomes:
         if outcome.profile.user_id not in conflicts:

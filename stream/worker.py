@@ -2,7 +2,9 @@
 
 The order of one batch, and why it is safe to crash anywhere in it:
 
-1. `getmany` up to `batch_max_events` records or `batch_max_ms` of waiting;
+1. `getmany` up to `batch_max_events` records or `batch_max_ms` of waiting
+   (the consumer then fetches again only when step 2 starts writing: see
+   `BatchWorker.run`);
 2. `apply_batch` validates, de-duplicates and writes every changed profile to
    Redis in one round trip (compare-and-set per user, watermark inside);
 3. dead letters and profile changes are sent, and every producer ack awaited;
@@ -184,6 +186,7 @@ class BatchWorker:
         self._stopping = asyncio.Event()
         self._positions: dict[TopicPartition, int] = {}  # next offset after the last batch
         self._profile_loads = (0, 0)  # the store's (cache, redis) loads at the last batch
+        self._held: list[TopicPartition] = []  # paused while a batch is applied
 
     async def start(self) -> None:
         await self.redis.ping()
@@ -259,6 +262,16 @@ class BatchWorker:
         Batch N's producer acks and offset commit overlap with batch N+1's fetch
         and apply; commits stay in batch order and at most one batch is in
         flight behind the one being applied.
+
+        The consumer fetches ahead, but only for partitions whose fetched
+        records were all taken: left alone, it fetches just after a batch is
+        taken, and what arrives while that batch is applied waits on the
+        broker for a whole batch more (a record became readable two to three
+        batch times after it arrived). So the worker pauses its partitions
+        while it applies a batch and resumes them when the batch's write to
+        Redis begins: the fetch runs during that round trip and brings what
+        arrived during the batch's work, and the next batch takes it. A full
+        batch means a backlog: then the consumer fetches ahead as it would.
         """
         idle_since: float | None = None
         finishing: asyncio.Task[None] | None = None
@@ -273,7 +286,12 @@ class BatchWorker:
                     idle_since = None
                     started = time.monotonic()
                     ends = next_offsets(records)
-                    result = await self._apply(records, ends, started)
+                    if len(records) < self.settings.batch_max_events:
+                        self._hold_fetches()  # keeping up: fetch late, for freshness
+                    try:
+                        result = await self._apply(records, ends, started)
+                    finally:
+                        self._fetch_again()
                     if finishing is not None:
                         await finishing
                     finishing = asyncio.create_task(self._finish(records, ends, result, started))
@@ -291,6 +309,18 @@ class BatchWorker:
             if finishing is not None:
                 await finishing
         return self.stats
+
+    def _hold_fetches(self) -> None:
+        """Fetch nothing until `_fetch_again` (see `run`)."""
+        self._held = list(self.consumer.assignment())
+        self.consumer.pause(*self._held)
+
+    def _fetch_again(self) -> None:
+        """Resume the partitions `_hold_fetches` paused that are still ours."""
+        if self._held:
+            owned = self.consumer.assignment()
+            self.consumer.resume(*[tp for tp in self._held if tp in owned])
+            self._held = []
 
     async def process(self, records: Sequence[SourceRecord]) -> BatchResult:
         """Apply, publish and commit one batch, start to end."""
@@ -310,7 +340,10 @@ class BatchWorker:
         events = [r for r in records if r.topic == self.settings.topic_events]
         lookups = self._embedding_totals()
         result = await self._retrying(
-            "redis", lambda: apply_batch(events, self.store, self.params, self.clock, self.stages)
+            "redis",
+            lambda: apply_batch(
+                events, self.store, self.params, self.clock, self.stages, writing=self._fetch_again
+            ),
         )
         if lookups is not None:
             metrics.observe_embeddings(lookups, self._embedding_totals() or lookups)

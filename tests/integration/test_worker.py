@@ -10,8 +10,11 @@ from collections.abc import Sequence
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from aiokafka import TopicPartition
 
 from profiling.events import Event, decode_event
+from profiling.profile import Profile
+from profiling.store import Write
 from stream.devstack import COMPACT_HASH_VALUE_BYTES
 from stream.producing import send_records
 from stream.settings import Settings
@@ -228,3 +231,45 @@ async def test_a_worker_with_vectors_warns_when_redis_would_spill_its_profiles(
         await client.aclose()
     warned = "set hash-max-listpack-value 2048" in caplog.text
     assert warned == (limit < 1536)
+
+
+async def watch_fetching(
+    settings: Settings, records: Sequence[tuple[bytes | None, bytes]]
+) -> list[tuple[str, set[TopicPartition], set[TopicPartition]]]:
+    """Drain `records`; at each profile load and save: (step, paused, owned partitions)."""
+    await send_records(settings, records)
+    worker = BatchWorker(settings)
+    seen: list[tuple[str, set[TopicPartition], set[TopicPartition]]] = []
+    load, save = worker.store.load, worker.store.save
+
+    async def watched_load(users: Sequence[str]) -> dict[str, Profile]:
+        seen.append(("load", worker.consumer.paused(), worker.consumer.assignment()))
+        return await load(users)
+
+    async def watched_save(writes: Sequence[Write]) -> list[str]:
+        seen.append(("save", worker.consumer.paused(), worker.consumer.assignment()))
+        return await save(writes)
+
+    worker.store.load, worker.store.save = watched_load, watched_save
+    stats = await drain(settings, worker=worker)
+    assert stats.applied == len(records)
+    assert not worker.consumer.paused()
+    return seen
+
+
+async def test_partitions_are_paused_while_a_batch_is_applied_until_its_write(
+    topics: Settings,
+) -> None:
+    """The next fetch waits for the write: it then brings what arrived during the batch."""
+    seen = await watch_fetching(topics, shop_records(300, malformed=0, duplicates=0, seed=13))
+    assert {step for step, _, _ in seen} == {"load", "save"}
+    for step, paused, owned in seen:
+        assert owned
+        assert paused == (owned if step == "load" else set()), step
+
+
+async def test_a_full_batch_leaves_the_consumer_fetching_ahead(make_settings) -> None:
+    """A backlog: the next batch is fetched while this one is applied."""
+    settings = await make_settings(batch_max_events=50)
+    seen = await watch_fetching(settings, shop_records(600, malformed=0, duplicates=0, seed=13))
+    assert [paused for step, paused, _ in seen if step == "load"].count(set()) >= 6
