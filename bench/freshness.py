@@ -39,7 +39,9 @@ and the worker's mean batch (records, and ms from fetch to commit) from its
 Whether the worker sustained a rate (`kept_up`): every probe seen, the feed on
 time, and probe latency not climbing over the feed's second half (a worker
 that falls behind leaves a backlog that grows every second; one that keeps up
-takes larger batches instead). `--half-max` then runs once more at half the
+takes larger batches instead). `--half-max` narrows the highest rate sustained
+(`--refine` runs, each halfway between it and the next rate up, which was
+not sustained), then runs once more at half the
 highest rate sustained, the issue's measuring point, in the same invocation.
 
     python bench/freshness.py --rates 10000 20000 --seconds 20
@@ -312,6 +314,23 @@ def kept_up(run: dict[str, Any], seconds: float) -> bool:
     )
 
 
+def highest_sustained(runs: list[dict[str, Any]], seconds: float) -> int:
+    sustained = [r["target_rate"] for r in runs if kept_up(r, seconds)]
+    if not sustained:
+        raise SystemExit("no rate was sustained: add lower --rates")
+    return max(sustained)
+
+
+def between(runs: list[dict[str, Any]], maximum: int) -> int | None:
+    """Halfway (to 500 events/s) from `maximum`, the highest rate sustained, to the
+    lowest rate run above it (none of those was sustained); None if there is none."""
+    above = [r["target_rate"] for r in runs if r["target_rate"] > maximum]
+    if not above:
+        return None
+    rate = (maximum + min(above)) // 2 // 500 * 500
+    return rate if maximum < rate < min(above) else None
+
+
 async def _redis_cpu_s(client: aioredis.Redis) -> float:
     info = await client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
@@ -383,6 +402,13 @@ def main() -> None:
         action="store_true",
         help="then one more run at half the highest rate sustained (see `kept_up`)",
     )
+    parser.add_argument(
+        "--refine",
+        type=int,
+        default=2,
+        help="with --half-max: runs that halve the gap between the highest rate sustained"
+        " and the next rate up, which was not, before the half-maximum run (default 2)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "freshness.json")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.worker_env)
@@ -393,10 +419,13 @@ def main() -> None:
             runs.append(run_rate(stack, len(runs), rate, feeder, args, extra=extra))
         half = None
         if args.half_max:
-            sustained = [r["target_rate"] for r in runs if kept_up(r, args.seconds)]
-            if not sustained:
-                raise SystemExit("no rate was sustained: add lower --rates")
-            maximum = max(sustained)
+            maximum = highest_sustained(runs, args.seconds)
+            for _ in range(args.refine):
+                rate = between(runs, maximum)
+                if rate is None:
+                    break
+                runs.append(run_rate(stack, len(runs), rate, args.feeder[0], args, extra=extra))
+                maximum = highest_sustained(runs, args.seconds)
             half = run_rate(
                 stack, len(runs), maximum // 1000 * 500, args.feeder[0], args, extra=extra
             )
