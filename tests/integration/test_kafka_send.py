@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiokafka.partitioner import DefaultPartitioner
 
 from stream import kafka
@@ -40,3 +42,21 @@ async def test_messages_land_where_a_send_would_put_them_in_order(
         sent = [v for t, k, v in messages if k == key and t == settings.topic_updates]
         assert [r.value for r in sorted(records, key=lambda r: r.offset) if r.key == key] == sent
     assert len(await read_topic(settings.kafka_bootstrap, settings.topic_dlq)) == 5
+
+
+async def test_complete_batches_do_not_wait_for_the_linger(make_settings: SettingsFactory) -> None:
+    """Every batch `send_all` hands over is whole: it goes out at once, whatever `linger_ms`.
+
+    With a minute's linger, an open batch would hold its acks (and so the
+    worker's offset commit) for that minute; the test gives them 20 s.
+    """
+    settings = await make_settings(partitions=6)
+    producer = kafka.producer(settings, linger_ms=60_000)
+    await producer.start()
+    try:
+        messages = [(settings.topic_updates, f"user-{i}".encode(), b"v") for i in range(50)]
+        pending = await kafka.send_all(producer, messages)
+        await asyncio.wait_for(asyncio.gather(*pending), timeout=20)
+    finally:
+        await producer.stop()
+    assert len(await read_topic(settings.kafka_bootstrap, settings.topic_updates)) == 50
