@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -213,6 +214,18 @@ def main() -> None:
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def write_report(out: Path, benchmark: str, **fields: Any) -> None:
+    """`out` as JSON: the benchmark's name, the command that ran it, the machine, `fields`."""
+    report = {
+        "benchmark": benchmark,
+        "command": f"python bench/{benchmark}.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        **fields,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

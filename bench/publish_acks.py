@@ -19,12 +19,11 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from drain import machine  # bench/drain.py
+from drain import write_report  # bench/drain.py
 
 from stream import kafka
 from stream.devstack import LocalBroker, create_topics
@@ -73,14 +72,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "publish_acks.json")
     args = parser.parse_args()
     rows = asyncio.run(measure(args.messages, args.sends, args.rounds))
-    report = {
-        "benchmark": "publish_acks",
-        "command": "python bench/publish_acks.py " + " ".join(sys.argv[1:]),
-        "machine": machine(),
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, "publish_acks", rows=rows)
 
 
 if __name__ == "__main__":

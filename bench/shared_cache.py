@@ -16,13 +16,12 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from drain import machine  # bench/drain.py
+from drain import write_report  # bench/drain.py
 
 from profiling.embedding_cache import text_key
 from stream.devstack import LocalRedis
@@ -94,14 +93,7 @@ def main() -> None:
     rows = asyncio.run(measure(args.keys, args.repeat))
     for row in rows:
         print(json.dumps(row))
-    report = {
-        "benchmark": "shared_cache",
-        "command": "python bench/shared_cache.py " + " ".join(sys.argv[1:]),
-        "machine": machine(),
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, "shared_cache", rows=rows)
 
 
 if __name__ == "__main__":
