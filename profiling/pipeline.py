@@ -3,9 +3,11 @@
 `apply_batch` is what a worker does between fetching a batch and committing its
 offsets: decode and validate every record (rejections become dead letters),
 group the valid events by user, load those users in one store round trip,
-fold each user's events in, write every changed profile in one round trip, and
-hand back the change messages to publish. The caller publishes them and the
-dead letters, waits for the acks, and only then commits (stream/worker.py).
+fold each user's events in (`fold_batch`), write every changed profile in one
+round trip (`FoldedBatch.write`), and hand back the change messages to
+publish. The caller publishes them and the dead letters, waits for the acks,
+and only then commits (stream/worker.py), which folds its next batch between
+the two halves while the write runs.
 
 Writes are compare-and-set on the profile version. A user whose write lost a
 race is reloaded and recomputed; its events are then usually found below the
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Final, Protocol
@@ -86,6 +89,7 @@ class BatchResult:
     risk_scores: list[tuple[str, float]] = field(default_factory=list)  # (event_id, risk)
     model_drifts: int = 0  # drifts ADWIN detected in the risk scores
     segment_moves: int = 0
+    refolded: set[str] = field(default_factory=set)  # users whose first write did not land
 
 
 def decode_batch(
@@ -134,26 +138,85 @@ async def apply_batch(
     params: ProfileParams,
     clock: Callable[[], int],
     stages: Stages = Stages(),
-    *,
-    writing: Callable[[], None] | None = None,
 ) -> BatchResult:
-    """Apply one consumer batch to the store; return what to publish.
+    """Apply one consumer batch to the store; return what to publish."""
+    folded = await fold_batch(records, store, params, clock, stages)
+    return await folded.write()
 
-    `writing` is called as each write to the store begins: the batch's last
-    round trip, with little work after it (the worker's consumer fetches then).
+
+async def fold_batch(
+    records: Sequence[SourceRecord],
+    store: ProfileStore,
+    params: ProfileParams,
+    clock: Callable[[], int],
+    stages: Stages = Stages(),
+) -> FoldedBatch:
+    """A batch decoded, its users loaded and folded; `FoldedBatch.write` then writes it.
+
+    Between the two, the store's profile cache holds the profiles of the
+    previous batch's write even while that write is under way, so a worker
+    folds the next batch as Redis runs the last one's write (see
+    `FoldedBatch.write` for what keeps that safe).
     """
     result = BatchResult()
-    pending = decode_batch(records, clock(), result)
-    for _attempt in range(MAX_WRITE_ATTEMPTS):
-        if not pending:
-            return result
-        pending = await _apply_users(
-            pending, store, params, clock(), result, stages=stages, writing=writing
-        )
-    raise StoreConflictError(f"{len(pending)} users still conflicting after retries")
+    by_user = decode_batch(records, clock(), result)
+    batch = FoldedBatch(by_user, result, store, params, clock, stages)
+    if by_user:
+        batch.writes = await _fold_users(by_user, store, params, clock(), result, stages=stages)
+    return batch
 
 
-async def _apply_users(
+@dataclass
+class FoldedBatch:
+    """A folded batch whose writes are not yet confirmed (from `fold_batch`)."""
+
+    by_user: dict[str, list[Delivery]]
+    result: BatchResult
+    store: ProfileStore
+    params: ProfileParams
+    clock: Callable[[], int]
+    stages: Stages
+    writes: list[tuple[Outcome, Write | None]] | None = None  # the fold's, until first sent
+    refold: dict[str, list[Delivery]] = field(default_factory=dict)  # users to fold again
+
+    async def write(self, *, stale: AbstractSet[str] = frozenset()) -> BatchResult:
+        """Write the folded profiles; fold again (from the store) the users whose write lost.
+
+        `stale`: users whose write of an earlier batch did not land as folded
+        (`BatchResult.refolded`). This batch may have folded them from the
+        profile that write held, so they are folded again from the store
+        before anything of theirs is sent. Safe to call again after it raised:
+        a write that may have landed is folded again from the store, where its
+        events are then replays.
+        """
+        result = self.result
+        if self.writes is not None:
+            first, self.writes = self.writes, None
+            sent = [(o, w) for o, w in first if o.profile.user_id not in stale]
+            self.refold = {u: self.by_user[u] for u in stale if u in self.by_user}
+            try:
+                lost = await _write_users(sent, self.store, result, self.stages)
+            except BaseException:
+                self.refold = {o.profile.user_id: self.by_user[o.profile.user_id] for o, _ in first}
+                result.refolded.update(self.refold)
+                raise
+            self.refold.update((user, self.by_user[user]) for user in lost)
+            result.refolded.update(self.refold)
+        for _attempt in range(1, MAX_WRITE_ATTEMPTS):
+            if not self.refold:
+                return result
+            writes = await _fold_users(
+                self.refold, self.store, self.params, self.clock(), result, stages=self.stages
+            )
+            lost = await _write_users(writes, self.store, result, self.stages)
+            self.refold = {user: self.by_user[user] for user in lost}
+            result.refolded.update(self.refold)
+        if self.refold:
+            raise StoreConflictError(f"{len(self.refold)} users still conflicting after retries")
+        return result
+
+
+async def _fold_users(
     by_user: dict[str, list[Delivery]],
     store: ProfileStore,
     params: ProfileParams,
@@ -161,9 +224,8 @@ async def _apply_users(
     result: BatchResult,
     *,
     stages: Stages,
-    writing: Callable[[], None] | None = None,
-) -> dict[str, list[Delivery]]:
-    """Load, fold and write these users once; return the ones whose write lost a race."""
+) -> list[tuple[Outcome, Write | None]]:
+    """Load and fold these users; each outcome with the write it needs (None: none)."""
     loaded = await store.load(list(by_user))
     outcomes = [
         apply_deliveries(loaded[user], deliveries, params, now_ms)
@@ -177,18 +239,28 @@ async def _apply_users(
         result.risk_scores += scores
         result.model_drifts += drifts
         result.segment_moves += moves
-    writes = []
+    folded: list[tuple[Outcome, Write | None]] = []
     for o in outcomes:
+        write = None
         if o.wrote:
             base = loaded[o.profile.user_id]
-            writes.append(Write(o.profile, base.version, o.scored, base.updated))
-    if writing is not None:
-        writing()
-    conflicts = set(await store.save(writes))
-    for outcome in outcomes:
+            write = Write(o.profile, base.version, o.scored, base.updated)
+        folded.append((o, write))
+    return folded
+
+
+async def _write_users(
+    folded: Sequence[tuple[Outcome, Write | None]],
+    store: ProfileStore,
+    result: BatchResult,
+    stages: Stages,
+) -> set[str]:
+    """Write the folded users once; record the ones written, return the ones whose write lost."""
+    conflicts = set(await store.save([w for _, w in folded if w is not None]))
+    for outcome, _ in folded:
         if outcome.profile.user_id not in conflicts:
             _record(outcome, result, stages)
-    return {user: by_user[user] for user in conflicts}
+    return conflicts
 
 
 def _record(outcome: Outcome, result: BatchResult, stages: Stages) -> None:

@@ -255,19 +255,27 @@ class RedisProfileStore:
             if keys:
                 values = [features for w in chunk for _, features in w.scored]
                 scored_calls.append((keys, [self.scored_ttl_s, *values]))
-        replies = await self._run(SAVE_SCRIPT, calls, scored_calls)
-        conflicts = []
+        # Cached as sent, before the reply: the worker folds its next batch while Redis
+        # runs this one, from these profiles. A refused write drops its user; so does an
+        # error, when nobody can tell which writes landed.
         cache = self._cache
+        if self.cache_users:
+            for write in writes:
+                cache[write.profile.user_id] = write.profile
+                cache.move_to_end(write.profile.user_id)
+            while len(cache) > self.cache_users:
+                cache.popitem(last=False)
+        try:
+            replies = await self._run(SAVE_SCRIPT, calls, scored_calls)
+        except BaseException:
+            for write in writes:
+                cache.pop(write.profile.user_id, None)
+            raise
+        conflicts = []
         for write, ok in zip(writes, _flatten(replies), strict=True):
-            user_id = write.profile.user_id
             if not ok:
-                conflicts.append(user_id)
-                cache.pop(user_id, None)  # someone else wrote it: reload from Redis
-            elif self.cache_users:
-                cache[user_id] = write.profile
-                cache.move_to_end(user_id)
-        while len(cache) > self.cache_users:
-            cache.popitem(last=False)
+                conflicts.append(write.profile.user_id)
+                cache.pop(write.profile.user_id, None)  # someone else wrote it: reload
         return conflicts
 
     def _held(self, write: Write) -> Profile | None:

@@ -9,15 +9,19 @@ version and `updated` refuses the write, and the pipeline reloads the user.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Callable
 from dataclasses import astuple
 
+import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from profiling.pipeline import Record, Stages, apply_batch
+from profiling.pipeline import Record, Stages, apply_batch, fold_batch
 from profiling.profile import ProfileParams, event_digest
 from profiling.store import profile_key, public_fields, state_key, vector_fields
+from stream.devstack import free_port
 from stream.interest_setup import interest_model
 from stream.model_setup import build_models
 from stream.redis_store import RedisProfileStore
@@ -159,3 +163,72 @@ async def test_a_batch_of_cached_users_reads_nothing_from_redis(
     stats = await redis_client.info("commandstats")
     assert stats["cmdstat_evalsha"]["calls"] == 1  # the save; no load
     assert store.loads_from_redis == len(users)  # the first batch's, once each
+
+
+async def test_the_next_batch_folds_from_a_write_still_under_way(
+    redis_client: aioredis.Redis,
+) -> None:
+    """The worker folds batch N+1 while Redis runs N's write: the cache holds N's profiles."""
+    store = RedisProfileStore(redis_client, cache_users=100)
+    params, clock = ProfileParams(), ticking()
+    await apply_batch([event("cy", "e1", T0, 0)], store, params, clock)
+    first = await fold_batch([event("cy", "e2", T0 + 1000, 1)], store, params, clock)
+    writing = asyncio.create_task(first.write())
+    await asyncio.sleep(0)  # packed and sent; the reply is not read yet
+    second = await fold_batch([event("cy", "e3", T0 + 2000, 2)], store, params, clock)
+    assert not writing.done()
+    assert (await writing).refolded == set()
+    result = await second.write()
+    assert (result.outcomes["applied"], result.refolded) == (1, set())
+    stored = (await RedisProfileStore(redis_client).load(["cy"]))["cy"]
+    assert (stored.version, stored.events) == (3, 3)
+    assert store.loads_from_redis == 1  # the second batch read the first's write from the cache
+
+
+async def test_a_batch_folded_from_a_write_that_did_not_land_is_folded_again(
+    redis_client: aioredis.Redis,
+) -> None:
+    """`stale`: the write before was refused and redone at the same version and stamp.
+
+    A clock that stands still makes the redone write indistinguishable from the
+    one the next batch was folded from, so only `stale` keeps it from building on it.
+    """
+    cached, other = (
+        RedisProfileStore(redis_client, cache_users=100),
+        RedisProfileStore(redis_client),
+    )
+    params, still = ProfileParams(), lambda: T0 + 10_000
+    await apply_batch([event("di", "e1", T0, 0)], cached, params, still)
+    await redis_client.delete(profile_key("di"), state_key("di"))
+    await apply_batch([event("di", "x1", T0 + 500, 0)], other, params, lambda: T0 + 20_000)
+    first = await fold_batch([event("di", "e2", T0 + 1000, 1)], cached, params, still)
+    writing = asyncio.create_task(first.write())
+    await asyncio.sleep(0)
+    second = await fold_batch([event("di", "e3", T0 + 2000, 2)], cached, params, still)
+    assert (await writing).refolded == {"di"}  # refused (another `updated`), folded again
+    result = await second.write(stale={"di"})
+    assert (result.outcomes["applied"], result.refolded) == (1, {"di"})
+    stored = (await RedisProfileStore(redis_client).load(["di"]))["di"]
+    assert stored.seen == event_digest("x1") + event_digest("e2") + event_digest("e3")
+
+
+async def test_a_write_that_failed_leaves_none_of_its_profiles_cached(
+    redis_client: aioredis.Redis,
+) -> None:
+    """Nobody can tell which writes of a failed round trip landed: they are read again."""
+    store = RedisProfileStore(redis_client, cache_users=100)
+    params, clock = ProfileParams(), ticking()
+    await apply_batch([event("ed", "e1", T0, 0)], store, params, clock)
+    folded = await fold_batch([event("ed", "e2", T0 + 1000, 1)], store, params, clock)
+    dead = RedisProfileStore(aioredis.Redis(port=free_port()), cache_users=100)
+    dead._cache = store._cache
+    folded.store = dead
+    with pytest.raises(RedisConnectionError):
+        await folded.write()
+    await dead.client.aclose()
+    assert store.cached_users == 0
+    folded.store = store  # the same batch, written again once Redis answers
+    result = await folded.write()
+    assert (result.outcomes["applied"], result.refolded) == (1, {"ed"})
+    stored = (await RedisProfileStore(redis_client).load(["ed"]))["ed"]
+    assert (stored.version, stored.events) == (2, 2)

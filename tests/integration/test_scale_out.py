@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import pytest
 from aiokafka import TopicPartition
 
-from profiling.pipeline import BatchResult, SourceRecord
+from profiling.pipeline import BatchResult, FoldedBatch, SourceRecord
 from stream.producing import send_records
 from stream.settings import Settings
 from stream.worker import BatchWorker
@@ -47,7 +48,7 @@ class Crash(Exception):
 class CrashBeforeCommit(BatchWorker):
     """Dies at its `crash_at`-th commit: after that batch's Redis write and acks.
 
-    The worker applies batch N+1 while batch N's acks and commit are in flight,
+    The worker writes batch N+1 while batch N's acks and commit are in flight,
     so when it dies, one or two applied batches never reach their commit nor
     its stats: their applied events are summed in `unfinished_applied`. They
     are in Redis, and the partitions' new owners must skip them on replay.
@@ -56,10 +57,10 @@ class CrashBeforeCommit(BatchWorker):
     crash_at = 2
     unfinished_applied = 0
 
-    async def _apply(
-        self, records: Sequence[SourceRecord], ends: dict[TopicPartition, int], started: float
+    async def _write(
+        self, records: Sequence[SourceRecord], folded: FoldedBatch, stale: AbstractSet[str]
     ) -> BatchResult:
-        result = await super()._apply(records, ends, started)
+        result = await super()._write(records, folded, stale)
         self.unfinished_applied += result.outcomes["applied"]
         return result
 
