@@ -20,6 +20,11 @@ the worker's shared Redis cache behind the in-process one.
     python bench/batch_cost.py --sizes 130 600 --repeat 3
     python bench/batch_cost.py --sizes 5000 --caches 20000 --models off --vectors off on
     python bench/batch_cost.py --sizes 130 600 --caches 20000 --breakdown
+    python bench/batch_cost.py --sizes 130 300 600 --caches 20000 --writes sequential overlapped
+
+`--writes overlapped` folds each batch while the previous batch's write runs,
+as the worker does (`sequential`, the default: each batch written before the
+next is folded).
 
 `--breakdown` also splits each run's worker CPU per profile write into the
 batch step's stages (validation, load, the aggregates fold, vectors, models,
@@ -42,6 +47,7 @@ import sys
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Set as AbstractSet
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -57,7 +63,7 @@ from profiling.encoder import HashingEncoder
 from profiling.events import Event, decode_event
 from profiling.interests import InterestModel
 from profiling.models import ProfileModels
-from profiling.pipeline import BatchResult, Record, Stages, apply_batch
+from profiling.pipeline import BatchResult, FoldedBatch, Record, Stages, fold_batch
 from stream.devstack import LocalRedis
 from stream.interest_setup import RedisEmbeddingCache
 from stream.model_setup import build_models
@@ -81,7 +87,7 @@ def shop_records(count: int = WARM_EVENTS + MEASURED_EVENTS) -> list[Record]:
     ]
 
 
-Step = Callable[[Sequence[Record]], Awaitable[BatchResult]]
+Step = Callable[[Sequence[Record]], Awaitable[FoldedBatch]]  # `write()` what it returns
 
 
 async def warmed_step(
@@ -95,8 +101,9 @@ async def warmed_step(
 ) -> tuple[aioredis.Redis, Step]:
     """The worker's batch step on an empty Redis, after `records[:warm_events]` in 2,500s.
 
-    Returns the client (close it) and the step, the users of the warm-up known
-    (and, with `vectors`, the vector of every text in `records` cached).
+    Returns the client (close it) and the step's first half, `fold_batch`
+    (`.write()` its result), the users of the warm-up known (and, with
+    `vectors`, the vector of every text in `records` cached).
     """
     client = connect(url)
     await client.flushall()
@@ -109,11 +116,11 @@ async def warmed_step(
     def clock() -> int:
         return START_MS + 40_000
 
-    async def step(batch: Sequence[Record]) -> BatchResult:
-        return await apply_batch(batch, store, params, clock, stages)
+    async def step(batch: Sequence[Record]) -> FoldedBatch:
+        return await fold_batch(batch, store, params, clock, stages)
 
     for start in range(0, warm_events, 2_500):
-        await step(records[start : start + 2_500])
+        await (await step(records[start : start + 2_500])).write()
     settle_heap()
     return client, step
 
@@ -184,27 +191,26 @@ async def one_run(
     models: bool = True,
     vectors: bool = False,
     breakdown: bool = False,
+    overlap: bool = False,
 ) -> dict[str, Any]:
     client, step = await warmed_step(
         url, records, WARM_EVENTS, cache_users, models, vectors=vectors
     )
     await client.config_resetstat()
     measured = records[WARM_EVENTS:]
-    users = 0
+    n = len(measured)
     clock = StageClock()
     with clock if breakdown else contextlib.nullcontext():
         wall, cpu, own = time.perf_counter(), time.process_time(), time.thread_time()
-        for start in range(0, len(measured), size):
-            result = await step(measured[start : start + size])
-            users += result.users_written
+        users = await apply_all(step, [measured[i : i + size] for i in range(0, n, size)], overlap)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         own = time.thread_time() - own
     scripts = (await client.info("commandstats")).get("cmdstat_evalsha", {})
     await client.aclose()
     gc.unfreeze()
-    n = len(measured)
     return {
         "batch": size,
+        "writes": "overlapped" if overlap else "sequential",
         "profile_cache": cache_users,
         "models": models,
         "vectors": vectors,
@@ -214,6 +220,28 @@ async def one_run(
         "redis_scripts_us_per_event": round(scripts.get("usec", 0) / n, 1),
         **({"per_write_cpu_us": per_write(clock.seconds, own, users)} if breakdown else {}),
     }
+
+
+async def apply_all(step: Step, batches: Sequence[Sequence[Record]], overlap: bool) -> int:
+    """Apply the batches in order; profiles written. `overlap`: as the worker does, each
+    batch folded while the previous one's write runs (sent, its reply not yet read)."""
+    users = 0
+    writing: asyncio.Task[BatchResult] | None = None
+    for batch in batches:
+        folded = await step(batch)
+        if not overlap:
+            users += (await folded.write()).users_written
+            continue
+        stale: AbstractSet[str] = frozenset()
+        if writing is not None:
+            done = await writing
+            users += done.users_written
+            stale = done.refolded
+        writing = asyncio.create_task(folded.write(stale=stale))
+        await asyncio.sleep(0)
+    if writing is not None:
+        users += (await writing).users_written
+    return users
 
 
 def per_write(stages: dict[str, float], cpu_s: float, writes: int) -> dict[str, float]:
@@ -232,6 +260,7 @@ async def run(
     *,
     vectors: list[bool],
     breakdown: bool = False,
+    overlaps: Sequence[bool] = (False,),
 ) -> list[dict[str, Any]]:
     records = shop_records()
     rows: list[dict[str, Any]] = []
@@ -239,7 +268,7 @@ async def run(
         for _ in range(repeat):  # interleaved: each round runs every configuration once
             for size in sizes:
                 for cache_users in caches:
-                    for with_models, with_vectors in product(models, vectors):
+                    for with_models, with_vectors, overlap in product(models, vectors, overlaps):
                         row = await one_run(
                             redis_server.url,
                             records,
@@ -248,6 +277,7 @@ async def run(
                             models=with_models,
                             vectors=with_vectors,
                             breakdown=breakdown,
+                            overlap=overlap,
                         )
                         print(json.dumps(row), flush=True)
                         rows.append(row)
@@ -256,9 +286,9 @@ async def run(
 
 def best(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per configuration the run with the least worker CPU (the least disturbed)."""
-    chosen: dict[tuple[int, int, bool, bool], dict[str, Any]] = {}
+    chosen: dict[tuple[int, int, bool, bool, str], dict[str, Any]] = {}
     for row in rows:
-        key = (row["batch"], row["profile_cache"], row["models"], row["vectors"])
+        key = (row["batch"], row["profile_cache"], row["models"], row["vectors"], row["writes"])
         if (
             key not in chosen
             or row["worker_cpu_us_per_event"] < chosen[key]["worker_cpu_us_per_event"]
@@ -293,14 +323,30 @@ def main() -> None:
         help="run the interest-vector stage with a warm embedding cache and/or leave it out",
     )
     parser.add_argument(
+        "--writes",
+        choices=["sequential", "overlapped"],
+        nargs="+",
+        default=["sequential"],
+        help="each batch written before the next is folded, and/or folded during that write",
+    )
+    parser.add_argument(
         "--breakdown", action="store_true", help="CPU per profile write of each stage"
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "batch_cost.json")
     args = parser.parse_args()
     models = [choice == "on" for choice in args.models]
     vectors = [choice == "on" for choice in args.vectors]
+    overlaps = [choice == "overlapped" for choice in args.writes]
     rows = asyncio.run(
-        run(args.sizes, args.repeat, args.caches, models, vectors=vectors, breakdown=args.breakdown)
+        run(
+            args.sizes,
+            args.repeat,
+            args.caches,
+            models,
+            vectors=vectors,
+            breakdown=args.breakdown,
+            overlaps=overlaps,
+        )
     )
     report = {
         "benchmark": "batch_cost",

@@ -56,7 +56,7 @@ async def child(url: str, size: int, models: bool, vectors: bool) -> None:
     measured = records[WARM_EVENTS:]
     counting("on")
     for start in range(0, len(measured), size):
-        await step(measured[start : start + size])
+        await (await step(measured[start : start + size])).write()
     counting("off")
     await client.aclose()
 
