@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from profiling.pipeline import Record, Stages, apply_batch, fold_batch
+from profiling.pipeline import BatchResult, FoldedBatch, Record, Stages, apply_batch, fold_batch
 from profiling.profile import ProfileParams, event_digest
 from profiling.store import profile_key, public_fields, state_key, vector_fields
 from stream.devstack import free_port
@@ -165,6 +165,22 @@ async def test_a_batch_of_cached_users_reads_nothing_from_redis(
     assert store.loads_from_redis == len(users)  # the first batch's, once each
 
 
+async def fold_during_write(
+    store: RedisProfileStore, first: Record, second: Record, clock: Callable[[], int]
+) -> tuple[BatchResult, FoldedBatch, bool]:
+    """As the worker does: `second` folded while the write of `first` runs.
+
+    Returns `first`'s result, `second` folded (not written) and whether the
+    first write was still under way when the second batch was folded.
+    """
+    folded = await fold_batch([first], store, ProfileParams(), clock)
+    writing = asyncio.create_task(folded.write())
+    await asyncio.sleep(0)  # packed and sent; the reply is not read yet
+    later = await fold_batch([second], store, ProfileParams(), clock)
+    overlapped = not writing.done()
+    return await writing, later, overlapped
+
+
 async def test_the_next_batch_folds_from_a_write_still_under_way(
     redis_client: aioredis.Redis,
 ) -> None:
@@ -172,12 +188,11 @@ async def test_the_next_batch_folds_from_a_write_still_under_way(
     store = RedisProfileStore(redis_client, cache_users=100)
     params, clock = ProfileParams(), ticking()
     await apply_batch([event("cy", "e1", T0, 0)], store, params, clock)
-    first = await fold_batch([event("cy", "e2", T0 + 1000, 1)], store, params, clock)
-    writing = asyncio.create_task(first.write())
-    await asyncio.sleep(0)  # packed and sent; the reply is not read yet
-    second = await fold_batch([event("cy", "e3", T0 + 2000, 2)], store, params, clock)
-    assert not writing.done()
-    assert (await writing).refolded == set()
+    first, second, overlapped = await fold_during_write(
+        store, event("cy", "e2", T0 + 1000, 1), event("cy", "e3", T0 + 2000, 2), clock
+    )
+    assert overlapped
+    assert first.refolded == set()
     result = await second.write()
     assert (result.outcomes["applied"], result.refolded) == (1, set())
     stored = (await RedisProfileStore(redis_client).load(["cy"]))["cy"]
@@ -201,11 +216,10 @@ async def test_a_batch_folded_from_a_write_that_did_not_land_is_folded_again(
     await apply_batch([event("di", "e1", T0, 0)], cached, params, still)
     await redis_client.delete(profile_key("di"), state_key("di"))
     await apply_batch([event("di", "x1", T0 + 500, 0)], other, params, lambda: T0 + 20_000)
-    first = await fold_batch([event("di", "e2", T0 + 1000, 1)], cached, params, still)
-    writing = asyncio.create_task(first.write())
-    await asyncio.sleep(0)
-    second = await fold_batch([event("di", "e3", T0 + 2000, 2)], cached, params, still)
-    assert (await writing).refolded == {"di"}  # refused (another `updated`), folded again
+    first, second, _ = await fold_during_write(
+        cached, event("di", "e2", T0 + 1000, 1), event("di", "e3", T0 + 2000, 2), still
+    )
+    assert first.refolded == {"di"}  # refused (another `updated`), folded again
     result = await second.write(stale={"di"})
     assert (result.outcomes["applied"], result.refolded) == (1, {"di"})
     stored = (await RedisProfileStore(redis_client).load(["di"]))["di"]
