@@ -42,8 +42,6 @@ import asyncio
 import contextlib
 import gc
 import json
-import platform
-import sys
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -57,6 +55,8 @@ import redis.asyncio as aioredis
 import stream  # noqa: F401  first: numpy then loads as in the worker (one OpenBLAS thread)
 
 # isort: split
+from drain import write_report  # bench/drain.py
+
 from profiling import pipeline
 from profiling.embedding_cache import EmbeddingLRU, embed_events
 from profiling.encoder import HashingEncoder
@@ -348,17 +348,9 @@ def main() -> None:
             overlaps=overlaps,
         )
     )
-    report = {
-        "benchmark": "batch_cost",
-        "command": "python " + " ".join(sys.argv),
-        "machine": f"{platform.machine()}, 2 cores, Python {platform.python_version()}",
-        "measured_events": MEASURED_EVENTS,
-        "runs": rows,
-        "best": best(rows),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["best"], indent=2))
+    chosen = best(rows)
+    write_report(args.out, "batch_cost", measured_events=MEASURED_EVENTS, runs=rows, best=chosen)
+    print(json.dumps(chosen, indent=2))
 
 
 if __name__ == "__main__":

@@ -59,7 +59,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -71,6 +70,7 @@ from typing import Any
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
+from drain import write_report  # bench/drain.py
 from redis.asyncio.client import PubSub
 
 from profiling.store import profile_key
@@ -432,22 +432,15 @@ def main() -> None:
             )
             half["half_of"] = maximum
             runs.append(half)
-    report: dict[str, Any] = {
-        "benchmark": "freshness",
-        "command": "python bench/freshness.py " + " ".join(sys.argv[1:]),
-        "machine": machine(),
-        "runs": runs,
-    }
+    extra: dict[str, Any] = {}
     if half is not None:
-        report["maximum_sustained"] = half["half_of"]
         at_half = {k: half[k] for k in ("target_rate", "p50_ms", "p99_ms")}
-        report["at_half_maximum"] = at_half
+        extra = {"maximum_sustained": half["half_of"], "at_half_maximum": at_half}
         print(json.dumps(at_half | {"maximum": half["half_of"]}))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     # Every probe's latency, one compact line per run, beside the report.
     probes = [{"target_rate": run["target_rate"], "probes": run.pop("probe_latencies")}
               for run in runs]  # fmt: skip
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, "freshness", runs=runs, **extra)
     probes_out = args.out.with_name(args.out.stem + "_probes.jsonl")
     probes_out.write_text("".join(json.dumps(line) + "\n" for line in probes))
 
@@ -515,10 +508,6 @@ def _wait_ready(port: int, timeout_s: float = 60.0) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError("the worker did not become ready")
-
-
-def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -109,16 +108,15 @@ def main() -> None:
             row = count(redis_server.url, size, models == "on", vectors == "on")
             print(json.dumps(row), flush=True)
             rows.append(row)
-    result = {
-        "benchmark": "instructions",
-        "command": "python bench/instructions.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, Python {platform.python_version()}",
-        "warm_events": WARM_EVENTS,
-        "measured_events": MEASURED_EVENTS,
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    from drain import write_report  # bench/drain.py
+
+    write_report(
+        args.out,
+        "instructions",
+        warm_events=WARM_EVENTS,
+        measured_events=MEASURED_EVENTS,
+        rows=rows,
+    )
 
 
 if __name__ == "__main__":

@@ -30,14 +30,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from aiokafka import TopicPartition
-from drain import fill_topic, machine, redis_cpu_s  # bench/drain.py
+from drain import fill_topic, redis_cpu_s, write_report  # bench/drain.py
 
 from profiling.pipeline import BatchResult, Stages, apply_batch, decode_batch
 from profiling.store import InMemoryProfileStore, ProfileStore
@@ -147,19 +146,16 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 runs[rung].append(row)
     best = {rung: max(rows, key=lambda row: row["records_per_s"]) for rung, rows in runs.items()}
-    report = {
-        "benchmark": "ladder",
-        "command": "python bench/ladder.py " + " ".join(sys.argv[1:]),
-        "machine": machine(),
-        "events_sent": sent,
-        "users": args.users,
-        "best": best,
-        "runs_records_per_s": {
+    write_report(
+        args.out,
+        "ladder",
+        events_sent=sent,
+        users=args.users,
+        best=best,
+        runs_records_per_s={
             rung: [row["records_per_s"] for row in rows] for rung, rows in runs.items()
         },
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    )
 
 
 if __name__ == "__main__":

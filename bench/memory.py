@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 import redis
-from drain import RESULTS, fill_topic, forget_profiles, machine, worker_env
+from drain import RESULTS, fill_topic, forget_profiles, worker_env, write_report
 
 from stream.devstack import DevStack, free_port
 from stream.settings import Settings
@@ -413,21 +413,19 @@ def main() -> None:
         _, sent, fill_s = fill_topic(settings, args.events, args.users)
         print(f"filled {sent} records in {fill_s:.1f} s", flush=True)
         passes = {label: run_pass(settings, label, args) for label in args.passes}
-    result = {
-        "benchmark": "memory",
-        "command": "python bench/memory.py " + " ".join(sys.argv[1:]),
-        "machine": machine(),
-        "events_sent": sent,
-        "users": args.users,
-        "partitions": args.partitions,
-        "worker_env": args.extra_env,
-        "fill_s": round(fill_s, 2),
-        "total_wall_s": round(time.perf_counter() - started, 1),
-        "target_bytes_per_profile": TARGET_BYTES,
-        "passes": passes,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    total_wall_s = round(time.perf_counter() - started, 1)
+    write_report(
+        out,
+        "memory",
+        events_sent=sent,
+        users=args.users,
+        partitions=args.partitions,
+        worker_env=args.extra_env,
+        fill_s=round(fill_s, 2),
+        total_wall_s=total_wall_s,
+        target_bytes_per_profile=TARGET_BYTES,
+        passes=passes,
+    )
     brief = {
         label: {
             "wall_s": p["worker_wall_s"],
@@ -438,7 +436,7 @@ def main() -> None:
         for label, p in passes.items()
     }
     print(json.dumps(brief, indent=2))
-    print(f"wrote {out} ({result['total_wall_s']} s in all)")
+    print(f"wrote {out} ({total_wall_s} s in all)")
 
 
 def run_pass(settings: Settings, label: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 
 import redis
-from drain import PASSES, run_pass  # bench/drain.py: one timed `profiler run` per pass
+from drain import PASSES, run_pass, write_report  # bench/drain.py: a `profiler run` per pass
 
 from stream.devstack import DevStack
 from stream.producing import send_records
@@ -99,23 +98,15 @@ def main() -> None:
         for label, stats in ours.items()
         if label != "vectors-cold"
     }
-    result = {
-        "benchmark": "throughput",
-        "command": "python bench/throughput.py " + " ".join(sys.argv[1:]),
-        "machine": machine(),
+    fields = {
         "events": sent,
         "users": args.users,
         "profiler": ours,
         "faust_baseline": theirs,
         "ratio_to_faust": ratios,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-
-
-def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    write_report(args.out, "throughput", **fields)
+    print(json.dumps(fields, indent=2))
 
 
 if __name__ == "__main__":
