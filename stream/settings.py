@@ -54,8 +54,10 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(5000, ge=1, description="most events taken in one batch")
     batch_max_ms: int = Field(50, ge=1, description="longest wait, in ms, to fill a batch")
     producer_linger_ms: int = Field(
-        5, ge=0, description="producer linger, in ms, of a message sent alone (a batch's "
-        "messages go out whole, without it)"
+        5,
+        ge=0,
+        description="producer linger, in ms, of a message sent alone (a batch's "
+        "messages go out whole, without it)",
     )
     producer_compression: str | None = Field(
         None, description="compression of produced batches: gzip, snappy, lz4, zstd or empty"

@@ -205,7 +205,7 @@ class BatchWorker:
         self._stopping = asyncio.Event()
         self._positions: dict[TopicPartition, int] = {}  # next offset after the last batch
         self._profile_loads = (0, 0)  # the store's (cache, redis) loads at the last batch
-        self._held: list[TopicPartition] = []  # paused while a batch is applied
+        self._held: list[TopicPartition] = []  # paused while a batch is folded
 
     async def start(self) -> None:
         await self.redis.ping()
