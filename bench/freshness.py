@@ -40,10 +40,17 @@ and the worker's mean batch (records, and ms from fetch to commit) from its
 Whether the worker sustained a rate (`kept_up`): every probe seen, the feed on
 time, and probe latency not climbing over the feed's second half (a worker
 that falls behind leaves a backlog that grows every second; one that keeps up
-takes larger batches instead). `--half-max` narrows the highest rate sustained
-(`--refine` runs, each halfway between it and the next rate up, which was
-not sustained), then runs once more at half the
+takes larger batches instead). `--half-max` first climbs while every rate run
+was sustained (`--climb` runs, each a quarter above the highest), so the
+maximum is a rate the worker held below one it did not, not just the highest
+rate asked for; then narrows it (`--refine` runs, each halfway between it and
+the next rate up, which was not sustained), then runs once more at half the
 highest rate sustained, the issue's measuring point, in the same invocation.
+
+Beside every feed, `bench/noise.py`'s probe times a fixed millisecond of CPU
+work every 50 ms in a process of its own (`noise` in each run: its median,
+p99 and their ratio). Its spread is the machine's, not the worker's: read a
+run's p99 against it.
 
     python bench/freshness.py --rates 10000 20000 --seconds 20
     python bench/freshness.py --rates 20000 25000 30000 35000 40000 --half-max
@@ -71,6 +78,7 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 from drain import write_report  # bench/drain.py
+from noise import NoiseProbe  # bench/noise.py
 from redis.asyncio.client import PubSub
 
 from profiling.store import profile_key
@@ -410,6 +418,13 @@ def main() -> None:
         help="with --half-max: runs that halve the gap between the highest rate sustained"
         " and the next rate up, which was not, before the half-maximum run (default 2)",
     )
+    parser.add_argument(
+        "--climb",
+        type=int,
+        default=4,
+        help="with --half-max: while every rate run was sustained, run a quarter above"
+        " the highest, up to this many times (default 4), so the maximum is one",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "freshness.json")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.worker_env)
@@ -421,6 +436,12 @@ def main() -> None:
         half = None
         if args.half_max:
             maximum = highest_sustained(runs, args.seconds)
+            for _ in range(args.climb):  # every rate held: the maximum is above them all
+                if any(r["target_rate"] > maximum for r in runs):
+                    break
+                rate = maximum * 5 // 4 // 500 * 500
+                runs.append(run_rate(stack, len(runs), rate, args.feeder[0], args, extra=extra))
+                maximum = highest_sustained(runs, args.seconds)
             for _ in range(args.refine):
                 rate = between(runs, maximum)
                 if rate is None:
@@ -478,8 +499,10 @@ def run_rate(
     try:
         _wait_ready(port)
         cpu_before = process_cpu_s(worker.pid)
+        noise = NoiseProbe(args.seconds)
         result = asyncio.run(measure(settings, rate, args.seconds, args.reader, feeder))
         result["worker_cpu_s"] = round(process_cpu_s(worker.pid) - cpu_before, 2)
+        result["noise"] = noise.result()
         result.update(scrape_worker(port))
     finally:
         worker.terminate()
