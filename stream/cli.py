@@ -61,8 +61,15 @@ def run(
     from aiokafka.errors import KafkaError
     from redis.exceptions import RedisError
 
+    from stream.preflight import StartupError, check_servers
+
+    try:
+        asyncio.run(check_servers(settings))  # before the encoder and models load
+    except StartupError as exc:
+        console.print(f"[red]error:[/] cannot start the worker: {exc}")
+        raise typer.Exit(1) from None
     from profiling.snapshots import SnapshotRefusedError
-    from stream.runner import StartupError, run_worker
+    from stream.runner import run_worker
 
     try:
         stats = asyncio.run(run_worker(settings, until_idle))

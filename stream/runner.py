@@ -7,15 +7,11 @@ import gc
 import logging
 import signal
 
-from profiling.errors import ProfilerError
+from stream.preflight import StartupError
 from stream.settings import Settings
 from stream.worker import BatchWorker, WorkerStats
 
 log = logging.getLogger("profiler.runner")
-
-
-class StartupError(ProfilerError):
-    """The worker could not start (a port taken, a server unreachable); the message says which."""
 
 
 # Net allocations of container objects between young collections (CPython's default: 700).

@@ -576,3 +576,38 @@ async def test_dev_stack_prints_reachable_servers_and_stops_them_on_sigterm(
     await eventually(servers_gone, 5, "dev-stack's servers exiting with it")
     assert kafka_metadata_brokers(kafka_port) is None
     assert not any(workdir.exists() for workdir in workdirs)  # logs and data cleaned up
+
+
+# --- unreachable servers ----------------------------------------------------------
+
+
+async def test_unreachable_redis_is_one_line_naming_the_setting_before_the_encoder_loads(
+    tmp_path: Path,
+) -> None:
+    url = f"redis://worker:s3cret@127.0.0.1:{free_port()}/0"  # nothing listens there
+    env = base_env(PROFILER_REDIS_URL=url, PROFILER_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}")
+    done = await profiler("run", env=env, cwd=tmp_path, timeout_s=60)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr  # no encoder log line: it never loaded
+    assert lines[0].startswith(
+        "error: cannot start the worker: Redis at PROFILER_REDIS_URL=redis://worker:***@"
+    )
+    assert "s3cret" not in done.stderr + done.stdout
+
+
+async def test_unreachable_broker_is_one_line_naming_the_setting(
+    redis_url: str, tmp_path: Path
+) -> None:
+    bootstrap = f"127.0.0.1:{free_port()}"
+    env = base_env(PROFILER_REDIS_URL=redis_url, PROFILER_KAFKA_BOOTSTRAP=bootstrap)
+    done = await profiler("run", env=env, cwd=tmp_path, timeout_s=60)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [line for line in lines if line.startswith("error: ")], done.stderr
+    assert lines[0].startswith(
+        f"error: cannot start the worker: the broker at PROFILER_KAFKA_BOOTSTRAP={bootstrap}"
+        " is unreachable: "
+    )

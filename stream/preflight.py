@@ -1,0 +1,69 @@
+"""Before a worker loads anything heavy: can it reach Redis and the broker?
+
+A worker's start-up loads the text encoder and the River models, several
+seconds on a CPU. A wrong `PROFILER_REDIS_URL` or `PROFILER_KAFKA_BOOTSTRAP`
+is found here first, in well under a second, and the error names the
+setting. The worker's own start checks the same servers again: this is for
+the operator's sake, not a guarantee that they stay up.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit, urlunsplit
+
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
+
+from profiling.errors import ProfilerError
+from stream import kafka
+from stream.redis_store import connect
+from stream.settings import Settings
+
+# How long the broker may take to answer the first metadata request. A refused
+# connection fails at once; this bounds an address that never answers.
+BOOTSTRAP_TIMEOUT_MS = 10_000
+
+
+class StartupError(ProfilerError):
+    """The worker could not start (a port taken, a server unreachable); the message says which."""
+
+
+async def check_servers(settings: Settings) -> None:
+    """Raise `StartupError` naming the setting when Redis or the broker cannot be reached."""
+    where = f"PROFILER_REDIS_URL={redacted(settings.redis_url)}"
+    try:
+        client = connect(settings.redis_url, cluster=settings.redis_cluster)
+    except ValueError as exc:  # redis-py's verdict on the URL itself
+        raise StartupError(f"{where}: {exc}") from exc
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        raise StartupError(f"Redis at {where} is unreachable: {exc}") from exc
+    finally:
+        await client.aclose()
+    broker = AIOKafkaClient(
+        **kafka.security_options(settings), request_timeout_ms=BOOTSTRAP_TIMEOUT_MS
+    )
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # it logs each refused address; the error below says it
+    try:
+        await broker.bootstrap()
+    except (KafkaError, OSError) as exc:
+        where = f"PROFILER_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"
+        raise StartupError(f"the broker at {where} is unreachable: {exc}") from exc
+    finally:
+        quiet.setLevel(level)
+        await broker.close()
+
+
+def redacted(url: str) -> str:
+    """`url` with its password, if any, shown as `***` (it goes to logs and terminals)."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
