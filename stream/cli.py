@@ -73,8 +73,11 @@ def run(
 
     try:
         stats = asyncio.run(run_worker(settings, until_idle))
-    except (StartupError, SnapshotRefusedError, KafkaError, RedisError, OSError) as exc:
+    except (StartupError, SnapshotRefusedError) as exc:
         console.print(f"[red]error:[/] cannot start the worker: {exc}")
+        raise typer.Exit(1) from None
+    except (KafkaError, RedisError, OSError) as exc:  # after it started: it stopped on this
+        console.print(f"[red]error:[/] the worker stopped: {exc}")
         raise typer.Exit(1) from None
     rate = f", {stats.records / stats.busy_s:,.0f} records/s while busy" if stats.busy_s else ""
     console.print(

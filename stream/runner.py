@@ -7,6 +7,9 @@ import gc
 import logging
 import signal
 
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
+
 from stream.preflight import StartupError
 from stream.settings import Settings
 from stream.worker import BatchWorker, WorkerStats
@@ -46,7 +49,10 @@ async def run_worker(settings: Settings, until_idle_s: float | None = None) -> W
         loop.add_signal_handler(sig, worker.request_stop)
     web = None
     try:
-        await worker.start()
+        try:
+            await worker.start()
+        except (KafkaError, RedisError, OSError) as exc:
+            raise StartupError(str(exc)) from exc
         settle_heap()
         if settings.web_port:
             from stream.web import start_web

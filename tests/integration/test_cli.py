@@ -15,6 +15,7 @@ import math
 import os
 import re
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -611,3 +612,20 @@ async def test_unreachable_broker_is_one_line_naming_the_setting(
         f"error: cannot start the worker: the broker at PROFILER_KAFKA_BOOTSTRAP={bootstrap}"
         " is unreachable: "
     )
+
+
+async def test_a_taken_web_port_stops_the_start_with_one_line(
+    topics: Settings, tmp_path: Path
+) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = profiler_env(topics, PROFILER_WEB_PORT=str(port), PROFILER_ENCODER_MODEL="none")
+        done = await profiler("run", env=env, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, done.stderr
+    assert errors[0].startswith(f"error: cannot start the worker: web port {port}: ")
+    assert "address already in use" in errors[0].lower()
