@@ -20,6 +20,7 @@ from mode import Service
 
 from stream import metrics
 from stream.lookup import read_profile_json
+from stream.preflight import check_servers
 from stream.runner import settle_heap
 from stream.settings import Settings
 from stream.web import readiness
@@ -57,6 +58,7 @@ class EventPathService(Service):
         # started now would never be stopped (its Kafka clients left open).
         if app.should_stop:
             return
+        await check_servers(settings)  # before the encoder and models load
         self.worker = BatchWorker(settings)
         await self.worker.start()
         settle_heap()
