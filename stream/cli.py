@@ -247,7 +247,8 @@ def config() -> None:
     settings = load_settings()
     for name, info in Settings.model_fields.items():
         value = getattr(settings, name)
-        sys.stdout.write(f"PROFILER_{name.upper()}={value!s}\t# {info.description}\n")
+        shown = "" if value is None else str(value)  # unset prints empty: the lines read back
+        sys.stdout.write(f"PROFILER_{name.upper()}={shown}\t# {info.description}\n")
 
 
 def main() -> None:

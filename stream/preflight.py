@@ -43,9 +43,11 @@ async def check_servers(settings: Settings) -> None:
         raise StartupError(f"Redis at {where} is unreachable: {exc}") from exc
     finally:
         await client.aclose()
-    broker = AIOKafkaClient(
-        **kafka.security_options(settings), request_timeout_ms=BOOTSTRAP_TIMEOUT_MS
-    )
+    try:
+        options = kafka.security_options(settings)
+    except (OSError, ValueError) as exc:  # the CA bundle cannot be read
+        raise StartupError(f"PROFILER_KAFKA_SSL_CAFILE={settings.kafka_ssl_cafile}: {exc}") from exc
+    broker = AIOKafkaClient(**options, request_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # it logs each refused address; the error below says it

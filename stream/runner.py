@@ -10,6 +10,7 @@ import signal
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
+from profiling.errors import ProfilerError
 from stream.preflight import StartupError
 from stream.settings import Settings
 from stream.worker import BatchWorker, WorkerStats
@@ -43,7 +44,10 @@ def settle_heap() -> None:
 
 async def run_worker(settings: Settings, until_idle_s: float | None = None) -> WorkerStats:
     """Run one worker until SIGTERM/SIGINT (drain, commit, return) or until idle."""
-    worker = BatchWorker(settings)
+    try:
+        worker = BatchWorker(settings)
+    except ProfilerError as exc:  # the encoder or the models cannot be built here
+        raise StartupError(str(exc)) from exc
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)

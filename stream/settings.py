@@ -6,10 +6,15 @@ never sees this object: the edge turns it into plain arguments.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from profiling.snapshots import MIN_SECRET_BYTES
+
+# Kafka's rule for topic names: 1 to 249 of these characters.
+TOPIC_NAME = r"^[A-Za-z0-9._-]{1,249}$"
 
 
 class Settings(BaseSettings):
@@ -21,12 +26,16 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         "localhost:9092", description="Kafka bootstrap servers, comma-separated"
     )
-    kafka_security_protocol: str = Field(
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
     )
-    kafka_sasl_mechanism: str = Field("PLAIN", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+    )
     kafka_sasl_username: str | None = Field(None, description="SASL user name")
-    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, validate_default=True, description="SASL password"
+    )
     kafka_ssl_cafile: str | None = Field(None, description="CA bundle for SSL/SASL_SSL")
     redis_url: str = Field(
         "redis://localhost:6379/0", description="Redis URL; rediss:// for TLS, user:pass@ for ACL"
@@ -34,7 +43,9 @@ class Settings(BaseSettings):
     redis_cluster: bool = Field(
         False, description="Redis is a Redis Cluster: the cluster client, one user per store call"
     )
-    group_id: str = Field("profiler", description="Kafka consumer group of the workers")
+    group_id: str = Field(
+        "profiler", min_length=1, description="Kafka consumer group of the workers"
+    )
     kafka_session_timeout_ms: int = Field(
         10_000, ge=1000, description="consumer group session timeout; a silent worker is dropped"
     )
@@ -43,12 +54,22 @@ class Settings(BaseSettings):
     )
 
     # Topics
-    topic_events: str = Field("behavior-events", description="behaviour events in (key = user_id)")
-    topic_dlq: str = Field("behavior-events.dlq", description="rejected records out, with a reason")
-    topic_updates: str = Field("profile-updates", description="significant profile changes out")
-    topic_alerts: str = Field("fraud-alerts", description="fraud alerts out")
-    topic_labels: str = Field("fraud-labels", description="delayed fraud labels in")
-    topic_commands: str = Field("profile-commands", description="erase / merge commands in")
+    topic_events: str = Field(
+        "behavior-events", pattern=TOPIC_NAME, description="behaviour events in (key = user_id)"
+    )
+    topic_dlq: str = Field(
+        "behavior-events.dlq", pattern=TOPIC_NAME, description="rejected records out, with a reason"
+    )
+    topic_updates: str = Field(
+        "profile-updates", pattern=TOPIC_NAME, description="significant profile changes out"
+    )
+    topic_alerts: str = Field("fraud-alerts", pattern=TOPIC_NAME, description="fraud alerts out")
+    topic_labels: str = Field(
+        "fraud-labels", pattern=TOPIC_NAME, description="delayed fraud labels in"
+    )
+    topic_commands: str = Field(
+        "profile-commands", pattern=TOPIC_NAME, description="erase / merge commands in"
+    )
 
     # Batching
     batch_max_events: int = Field(5000, ge=1, description="most events taken in one batch")
@@ -59,7 +80,7 @@ class Settings(BaseSettings):
         description="producer linger, in ms, of a message sent alone (a batch's "
         "messages go out whole, without it)",
     )
-    producer_compression: str | None = Field(
+    producer_compression: Literal["gzip", "snappy", "lz4", "zstd"] | None = Field(
         None, description="compression of produced batches: gzip, snappy, lz4, zstd or empty"
     )
     producer_idempotence: bool = Field(
@@ -94,7 +115,11 @@ class Settings(BaseSettings):
         description="text encoder: auto (MiniLM if installed, else none), minilm, hashing, "
         "none, or a local Hugging Face model folder",
     )
-    device: str | None = Field(None, description="encoder device (cpu, cuda, cuda:1); default auto")
+    device: str | None = Field(
+        None,
+        pattern=r"^(cpu|cuda(:[0-9]+)?|mps)$",
+        description="encoder device (cpu, cuda, cuda:1); default auto",
+    )
     encoder_max_tokens: int = Field(128, ge=2, description="texts are cut to this many tokens")
     vector_long_half_life_days: float = Field(30.0, gt=0, description="half-life of vec_long")
     vector_short_half_life_hours: float = Field(1.0, gt=0, description="half-life of vec_short")
@@ -137,6 +162,29 @@ class Settings(BaseSettings):
     ready_max_lag: int = Field(
         100_000, ge=0, description="/ready fails while the consumer lag exceeds this many records"
     )
+
+    @field_validator(
+        "producer_compression", "device", "kafka_sasl_username", "kafka_ssl_cafile", mode="before"
+    )
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        """An empty variable is an unset one (no compression, the device chosen for you, ...)."""
+        return None if value == "" else value
+
+    @field_validator("kafka_sasl_password")
+    @classmethod
+    def _sasl_needs_credentials(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        """SASL is refused at start without a user and password, not at the broker."""
+        protocol = info.data.get("kafka_security_protocol", "")
+        if protocol.startswith("SASL") and (
+            value is None or not info.data.get("kafka_sasl_username")
+        ):
+            raise ValueError(
+                f"SASL ({protocol}) needs PROFILER_KAFKA_SASL_USERNAME and this password"
+            )
+        return value
 
     @field_validator("model_secret")
     @classmethod

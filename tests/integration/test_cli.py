@@ -524,6 +524,16 @@ async def test_bad_configuration_is_one_line_naming_the_variable(
     assert done.stdout == ""
 
 
+async def test_config_prints_lines_that_read_back_as_the_same_settings(tmp_path: Path) -> None:
+    first = await profiler("config", env=base_env(), cwd=tmp_path, timeout_s=30)
+    assert first.returncode == 0, first.stderr
+    variables = dict(line.split("\t# ", 1)[0].split("=", 1) for line in first.stdout.splitlines())
+    assert variables["PROFILER_DEVICE"] == ""  # unset: empty, not "None"
+    again = await profiler("config", env=base_env(**variables), cwd=tmp_path, timeout_s=30)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == first.stdout
+
+
 # --- dev-stack --------------------------------------------------------------------
 
 
@@ -629,3 +639,33 @@ async def test_a_taken_web_port_stops_the_start_with_one_line(
     assert len(errors) == 1, done.stderr
     assert errors[0].startswith(f"error: cannot start the worker: web port {port}: ")
     assert "address already in use" in errors[0].lower()
+
+
+async def test_an_unreadable_ca_bundle_is_one_line_naming_the_setting(
+    redis_url: str, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+    env = base_env(
+        PROFILER_REDIS_URL=redis_url,
+        PROFILER_KAFKA_SECURITY_PROTOCOL="SSL",
+        PROFILER_KAFKA_SSL_CAFILE=str(missing),
+    )
+    done = await profiler("run", env=env, cwd=tmp_path, timeout_s=60)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(
+        f"error: cannot start the worker: PROFILER_KAFKA_SSL_CAFILE={missing}: "
+    )
+
+
+async def test_an_encoder_that_cannot_load_is_one_line(topics: Settings, tmp_path: Path) -> None:
+    missing = tmp_path / "no-model-here"
+    env = profiler_env(topics, PROFILER_ENCODER_MODEL=str(missing))
+    done = await profiler("run", env=env, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    reason = f"no Hugging Face model folder at {missing} (no config.json)"
+    assert errors == [f"error: cannot start the worker: {reason}"]
