@@ -6,9 +6,9 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
@@ -34,6 +34,28 @@ def load_settings(**overrides: object) -> Settings:
             name = "PROFILER_" + "_".join(str(p) for p in error["loc"]).upper()
             console.print(f"[red]error:[/] {name}: {error['msg']}")
         raise typer.Exit(2) from None
+
+
+T = TypeVar("T")
+
+
+def _with_servers(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work`; a broker or Redis it cannot reach is one line naming the setting."""
+    from aiokafka.errors import KafkaError
+    from redis.exceptions import RedisError
+
+    from stream.preflight import redacted
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its refusals: the line below
+    try:
+        return asyncio.run(work)
+    except RedisError as exc:
+        where = f"PROFILER_REDIS_URL={redacted(settings.redis_url)}"
+        console.print(f"[red]error:[/] Redis at {where}: {exc}")
+    except KafkaError as exc:
+        where = f"PROFILER_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"
+        console.print(f"[red]error:[/] the broker at {where}: {exc}")
+    raise typer.Exit(2)
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -95,8 +117,8 @@ def profile(user_id: str) -> None:
     settings = load_settings()
     from stream.lookup import read_profile_json
 
-    body = asyncio.run(
-        read_profile_json(settings.redis_url, user_id, cluster=settings.redis_cluster)
+    body = _with_servers(
+        settings, read_profile_json(settings.redis_url, user_id, cluster=settings.redis_cluster)
     )
     if body is None:
         console.print(f"no profile for user {user_id!r}")
@@ -114,7 +136,7 @@ def topics_create(
 
     topics = default_topics(settings, partitions)
     try:
-        asyncio.run(create_topics(settings.kafka_bootstrap, topics))
+        _with_servers(settings, create_topics(settings.kafka_bootstrap, topics))
     except DevStackError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -146,7 +168,9 @@ def produce(
     from stream.producing import produce_file
 
     try:
-        report = asyncio.run(produce_file(settings, file, preset, mapping or None, limit))
+        report = _with_servers(
+            settings, produce_file(settings, file, preset, mapping or None, limit)
+        )
     except (OSError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -232,7 +256,7 @@ def segments() -> None:
 
     settings = load_settings()
     try:
-        rows = asyncio.run(segment_report(settings))
+        rows = _with_servers(settings, segment_report(settings))
     except (SnapshotRefusedError, OSError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None

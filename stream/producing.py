@@ -41,8 +41,8 @@ async def send_records(
 ) -> int:
     """Open a producer, send the records to `topic` (default: the events topic), close it."""
     producer = kafka.producer(settings, **producer_options)
-    await producer.start()
     try:
+        await producer.start()  # inside: a producer that could not start is closed too
         return await send_all(producer, topic or settings.topic_events, records)
     finally:
         await producer.stop()

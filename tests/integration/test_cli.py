@@ -669,3 +669,35 @@ async def test_an_encoder_that_cannot_load_is_one_line(topics: Settings, tmp_pat
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     reason = f"no Hugging Face model folder at {missing} (no config.json)"
     assert errors == [f"error: cannot start the worker: {reason}"]
+
+
+@pytest.mark.parametrize(
+    ("command", "server"),
+    [
+        (["profile", "u1"], "redis"),
+        (["segments"], "redis"),
+        (["topics", "create"], "broker"),
+        (["produce", "events.jsonl"], "broker"),
+    ],
+)
+async def test_a_command_that_cannot_reach_its_server_says_which_in_one_line(
+    command: list[str], server: str, tmp_path: Path
+) -> None:
+    (tmp_path / "events.jsonl").write_text('{"event_id": "e1"}\n')
+    redis_url, bootstrap = f"redis://127.0.0.1:{free_port()}/0", f"127.0.0.1:{free_port()}"
+    env = base_env(
+        PROFILER_REDIS_URL=redis_url,
+        PROFILER_KAFKA_BOOTSTRAP=bootstrap,
+        PROFILER_MODEL_SECRET="a-secret-of-sixteen-bytes",
+    )
+    done = await profiler(*command, env=env, cwd=tmp_path, timeout_s=60)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    where = (
+        f"Redis at PROFILER_REDIS_URL={redis_url}: "
+        if server == "redis"
+        else f"the broker at PROFILER_KAFKA_BOOTSTRAP={bootstrap}: "
+    )
+    assert lines[0].startswith(f"error: {where}")
