@@ -42,14 +42,14 @@ T = TypeVar("T")
 def _with_servers(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
     """Run `work`; a broker or Redis it cannot reach is one line naming the setting."""
     from aiokafka.errors import KafkaError
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 
     from stream.preflight import redacted
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its refusals: the line below
     try:
         return asyncio.run(work)
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:
         where = f"PROFILER_REDIS_URL={redacted(settings.redis_url)}"
         console.print(f"[red]error:[/] Redis at {where}: {exc}")
     except KafkaError as exc:

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from profiling.errors import ProfilerError
 from stream import kafka
@@ -39,7 +39,7 @@ async def check_servers(settings: Settings) -> None:
         raise StartupError(f"{where}: {exc}") from exc
     try:
         await client.ping()
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         raise StartupError(f"Redis at {where} is unreachable: {exc}") from exc
     finally:
         await client.aclose()

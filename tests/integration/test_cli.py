@@ -701,3 +701,16 @@ async def test_a_command_that_cannot_reach_its_server_says_which_in_one_line(
         else f"the broker at PROFILER_KAFKA_BOOTSTRAP={bootstrap}: "
     )
     assert lines[0].startswith(f"error: {where}")
+
+
+async def test_cluster_mode_against_a_single_redis_is_one_line(
+    redis_url: str, tmp_path: Path
+) -> None:
+    env = base_env(PROFILER_REDIS_URL=redis_url, PROFILER_REDIS_CLUSTER="true")
+    for command in (["run"], ["profile", "u1"]):
+        done = await profiler(*command, env=env, cwd=tmp_path, timeout_s=60)
+        assert done.returncode in (1, 2), done.stderr
+        assert "Traceback" not in done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, done.stderr
+        assert "Cluster mode is not enabled" in lines[0]
