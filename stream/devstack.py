@@ -459,15 +459,7 @@ _TOPIC_ALREADY_EXISTS = 36
 
 def default_topics(settings: Settings, partitions: int) -> dict[str, int]:
     """The six topics a worker reads or writes, each with `partitions` partitions."""
-    names = (
-        settings.topic_events,
-        settings.topic_dlq,
-        settings.topic_updates,
-        settings.topic_alerts,
-        settings.topic_labels,
-        settings.topic_commands,
-    )
-    return dict.fromkeys(names, partitions)
+    return dict.fromkeys(settings.topic_names(), partitions)
 
 
 async def create_topics(

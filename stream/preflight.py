@@ -3,8 +3,9 @@
 A worker's start-up loads the text encoder and the River models, several
 seconds on a CPU. A wrong `PROFILER_REDIS_URL` or `PROFILER_KAFKA_BOOTSTRAP`
 is found here first, in well under a second, and the error names the
-setting. The worker's own start checks the same servers again: this is for
-the operator's sake, not a guarantee that they stay up.
+setting; topics the broker does not have are named in a warning. The
+worker's own start checks the same servers again: this is for the
+operator's sake, not a guarantee that they stay up.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from profiling.errors import ProfilerError
 from stream import kafka
 from stream.redis_store import connect
 from stream.settings import Settings
+
+log = logging.getLogger("profiler.preflight")
 
 # How long the broker may take to answer the first metadata request. A refused
 # connection fails at once; this bounds an address that never answers.
@@ -53,12 +56,19 @@ async def check_servers(settings: Settings) -> None:
     quiet.setLevel(logging.CRITICAL)  # it logs each refused address; the error below says it
     try:
         await broker.bootstrap()
+        missing = [name for name in settings.topic_names() if name not in broker.cluster.topics()]
     except (KafkaError, OSError) as exc:
         where = f"PROFILER_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"
         raise StartupError(f"the broker at {where} is unreachable: {exc}") from exc
     finally:
         quiet.setLevel(level)
         await broker.close()
+    if missing:  # a warning: a broker may create topics on first use (Kafka's default)
+        log.warning(
+            "not on the broker yet: %s (`profiler topics create` makes them; a broker "
+            "that creates topics on first use needs nothing)",
+            ", ".join(missing),
+        )
 
 
 def redacted(url: str) -> str:

@@ -163,6 +163,17 @@ class Settings(BaseSettings):
         100_000, ge=0, description="/ready fails while the consumer lag exceeds this many records"
     )
 
+    def topic_names(self) -> tuple[str, ...]:
+        """The six topics a worker reads or writes."""
+        return (
+            self.topic_events,
+            self.topic_dlq,
+            self.topic_updates,
+            self.topic_alerts,
+            self.topic_labels,
+            self.topic_commands,
+        )
+
     @field_validator(
         "producer_compression", "device", "kafka_sasl_username", "kafka_ssl_cafile", mode="before"
     )

@@ -714,3 +714,19 @@ async def test_cluster_mode_against_a_single_redis_is_one_line(
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert len(lines) == 1, done.stderr
         assert "Cluster mode is not enabled" in lines[0]
+
+
+async def test_topics_the_broker_lacks_are_named_in_a_warning_at_start(
+    topics: Settings, tmp_path: Path
+) -> None:
+    missing = f"absent-{uuid.uuid4().hex[:8]}"
+    env = profiler_env(topics, PROFILER_TOPIC_COMMANDS=missing, PROFILER_ENCODER_MODEL="none")
+    done = await profiler("run", "--until-idle", "1", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "not on the broker yet" in line]
+    assert len(warnings) == 1, done.stderr
+    assert warnings[0].endswith(
+        f"not on the broker yet: {missing} (`profiler topics create` "
+        "makes them; a broker that creates topics on first use needs "
+        "nothing)"
+    )
