@@ -265,7 +265,11 @@ def _within(stamps: Sequence[int], ts: int, window_ms: int) -> int:
 
 
 def _since(then: int, ts: int) -> float:
-    return float(min(NO_HISTORY_MS, ts - then)) if then else float(NO_HISTORY_MS)
+    """Milliseconds from `then` to `ts`, at most NO_HISTORY_MS; 0 for an event that is
+    older than `then` (it arrived late: the state knows only the latest login or cart)."""
+    if not then:
+        return float(NO_HISTORY_MS)
+    return float(min(NO_HISTORY_MS, max(0, ts - then)))
 
 
 class _Working:

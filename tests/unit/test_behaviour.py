@@ -219,6 +219,26 @@ def test_a_late_event_keeps_the_newest_timestamps() -> None:
     assert state.last_ts == START + 20_000 and state.first_ts == START + 5_000
 
 
+def test_a_purchase_or_login_older_than_the_last_cart_or_login_scores_as_just_after_it() -> None:
+    """Late arrivals: the state knows only the latest login and cart, which are after them.
+
+    Before, the time since them was negative, and past an hour (logins) or a
+    minute (carts) `log1p` refused it: a valid event stopped the worker.
+    """
+    state = Behaviour()
+    for kind, ts in (("login", START + 5 * HOUR_MS), ("add_to_cart", START + 5 * HOUR_MS)):
+        state, _ = observe(state, Event(event_id=kind, user_id="u", type=kind, ts=ts, item_id="i"))
+    late_purchase = Event(event_id="p", user_id="u", type="purchase", ts=START, amount=20.0)
+    late_login = Event(event_id="l", user_id="u", type="login", ts=START + HOUR_MS)
+    for event in (late_purchase, late_login):
+        _, features = observe(state, event)
+        assert features is not None
+        assert all(math.isfinite(value) for value in features.values())
+        assert features["since_login_hours"] == 0.0
+    _, features = observe(state, late_purchase)
+    assert features is not None and features["cart_to_purchase_min"] == 0.0
+
+
 @pytest.mark.parametrize("kind", ["view", "search", "add_to_cart"])
 def test_only_purchases_and_logins_are_scored(kind: str) -> None:
     event = Event(
