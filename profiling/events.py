@@ -101,6 +101,7 @@ OUT_OF_RANGE: Final = "out_of_range"
 INVALID_VALUE: Final = "invalid_value"
 TS_IN_FUTURE: Final = "ts_in_future"
 KEY_MISMATCH: Final = "key_mismatch"
+INVALID_LABEL: Final = "invalid_label"  # a fraud-labels record that is JSON but not a label
 ERROR_CODES: Final = (
     TOO_LARGE,
     NOT_UTF8,
@@ -115,6 +116,7 @@ ERROR_CODES: Final = (
     INVALID_VALUE,
     TS_IN_FUTURE,
     KEY_MISMATCH,
+    INVALID_LABEL,
 )
 
 _decoder: Final = msgspec.json.Decoder(Event)

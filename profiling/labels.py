@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from profiling.events import MIN_TS_MS, Rejection
+from profiling.events import INVALID_JSON, INVALID_LABEL, MIN_TS_MS, Rejection
 from profiling.models import ProfileModels
 from profiling.pipeline import SourceRecord, dead_letter_for
 from profiling.risk import kept_features
@@ -47,13 +47,13 @@ class LabelResult:
 def decode_label(raw: bytes | None) -> Label | Rejection:
     """A label, or why the record is not one."""
     if raw is None:
-        return Rejection("invalid_json", "record has no value (null)")
+        return Rejection(INVALID_JSON, "record has no value (null)")
     try:
         return _decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        return Rejection("invalid_label", str(exc))
+        return Rejection(INVALID_LABEL, str(exc))
     except msgspec.DecodeError as exc:
-        return Rejection("invalid_json", str(exc))
+        return Rejection(INVALID_JSON, str(exc))
 
 
 async def apply_labels(

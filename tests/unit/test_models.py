@@ -16,7 +16,7 @@ from profiling.risk import KEPT_FEATURES, RiskModel, keep_features, kept_feature
 from profiling.segments import SEGMENT_FEATURES, SegmentModel
 from profiling.store import InMemoryProfileStore
 from profiling.vectors import StoredInterest
-from tests.schemas import schema_accepts
+from tests.schemas import schema_accepts, validator
 
 NOW = 1_750_000_000_000
 PARAMS = ProfileParams(heartbeat_ms=0)
@@ -167,6 +167,8 @@ async def test_labels_join_the_features_kept_at_scoring_time() -> None:
     assert result.outcomes == {"learnt": 2, "unknown": 1, "invalid": 2}
     errors = [orjson.loads(letter)["error"] for _, letter in result.dead_letters]
     assert sorted(errors) == ["invalid_json", "invalid_label"]
+    for _, letter in result.dead_letters:  # within the dead-letter contract, like the events'
+        validator("dead_letter.v1").validate(orjson.loads(letter))
     assert models.risk.labels == {0: 1, 1: 1}
     replay = await apply_labels(batch, store, models, NOW)  # after a restart from the snapshot
     assert replay.outcomes == {"skipped": 5} and models.risk.labels == {0: 1, 1: 1}
