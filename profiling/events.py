@@ -102,6 +102,7 @@ INVALID_VALUE: Final = "invalid_value"
 TS_IN_FUTURE: Final = "ts_in_future"
 KEY_MISMATCH: Final = "key_mismatch"
 INVALID_LABEL: Final = "invalid_label"  # a fraud-labels record that is JSON but not a label
+INTERNAL_ERROR: Final = "internal_error"  # valid, but the worker failed on it: replay after a fix
 ERROR_CODES: Final = (
     TOO_LARGE,
     NOT_UTF8,
@@ -117,6 +118,7 @@ ERROR_CODES: Final = (
     TS_IN_FUTURE,
     KEY_MISMATCH,
     INVALID_LABEL,
+    INTERNAL_ERROR,
 )
 
 _decoder: Final = msgspec.json.Decoder(Event)

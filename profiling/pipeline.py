@@ -91,6 +91,22 @@ class BatchResult:
     segment_moves: int = 0
     refolded: set[str] = field(default_factory=set)  # users whose first write did not land
 
+    def add(self, other: BatchResult) -> None:
+        """Fold `other`'s messages and counts into this result (parts of one batch)."""
+        self.changes += other.changes
+        self.alerts += other.alerts
+        self.dead_letters += other.dead_letters
+        self.outcomes.update(other.outcomes)
+        self.by_type.update(other.by_type)
+        self.errors.update(other.errors)
+        self.users_written += other.users_written
+        self.event_ts += other.event_ts
+        self.labels.update(other.labels)
+        self.risk_scores += other.risk_scores
+        self.model_drifts += other.model_drifts
+        self.segment_moves += other.segment_moves
+        self.refolded.update(other.refolded)
+
 
 def decode_batch(
     records: Sequence[SourceRecord], now_ms: int, result: BatchResult

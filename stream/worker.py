@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -42,8 +43,17 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from redis.exceptions import RedisError
 
 from profiling.errors import ProfilerError
+from profiling.events import INTERNAL_ERROR, Rejection
 from profiling.labels import apply_labels
-from profiling.pipeline import BatchResult, FoldedBatch, SourceRecord, Stages, fold_batch
+from profiling.pipeline import (
+    BatchResult,
+    FoldedBatch,
+    SourceRecord,
+    Stages,
+    apply_batch,
+    dead_letter_for,
+    fold_batch,
+)
 from profiling.profile import MS_PER_DAY, ProfileParams
 from stream import kafka, metrics
 from stream.interest_setup import interest_model
@@ -310,11 +320,10 @@ class BatchWorker:
                     ends = next_offsets(records)
                     if len(records) < self.settings.batch_max_events:
                         self._hold_fetches()  # keeping up: fetch late, for freshness
-                    try:
-                        folded = await self._fold(records, ends, started)
-                    except BaseException:
-                        self._fetch_again()
-                        raise
+                    folded = await self._fold_guarded(records, ends, started, last)
+                    if folded is None:  # applied apart, and committed, with the one before
+                        last = None
+                        continue
                     stale: AbstractSet[str] = frozenset()
                     if last is not None:
                         stale = (await last.written).refolded
@@ -358,8 +367,92 @@ class BatchWorker:
         """Fold, write, publish and commit one batch, start to end."""
         started = time.monotonic()
         ends = next_offsets(records)
-        folded = await self._fold(records, ends, started)
+        try:
+            folded = await self._fold(records, ends, started)
+        except Exception as exc:
+            if self.stopping:
+                raise
+            return await self._apply_apart(records, ends, started, exc)
         result = await self._write(records, folded, frozenset())
+        await self._finish(records, ends, result, started)
+        return result
+
+    async def _fold_guarded(
+        self,
+        records: Sequence[SourceRecord],
+        ends: dict[TopicPartition, int],
+        started: float,
+        last: _Writing | None,
+    ) -> FoldedBatch | None:
+        """`_fold`; or, when that fails on neither Redis nor Kafka, `_apply_apart` (None).
+
+        The fetch `run` held is let go either way when it fails.
+        """
+        try:
+            return await self._fold(records, ends, started)
+        except Exception as exc:
+            if self.stopping:  # Redis or Kafka gone as we stop: the batch is replayed later
+                self._fetch_again()
+                raise
+            if last is not None:
+                await last.task  # the batch before: written, published and committed first
+            await self._apply_apart(records, ends, started, exc)
+            self._fetch_again()
+            return None
+        except BaseException:
+            self._fetch_again()
+            raise
+
+    async def _apply_apart(
+        self,
+        records: Sequence[SourceRecord],
+        ends: dict[TopicPartition, int],
+        started: float,
+        failure: Exception,
+    ) -> BatchResult:
+        """A batch whose fold failed on neither Redis nor Kafka (a bug), applied user by user.
+
+        The batch's users are folded and written one at a time, from the store;
+        the events of a user whose fold fails again are dead-lettered
+        (`internal_error`, with the exception) instead of stopping the worker:
+        left alone, the same batch would stop every restart, and with it every
+        user of its partitions. Then labels, publishing and the commit, as for
+        any batch. The models may have learnt part of the failed fold already,
+        and learn those events once more here.
+        """
+        log.error(
+            "a batch of %d records failed to fold (%s: %s); applying it user by user",
+            len(records), type(failure).__name__, failure, exc_info=failure,
+        )  # fmt: skip
+        events = [r for r in records if r.topic == self.settings.topic_events]
+        result = BatchResult()
+        for user_records in _by_key(events):
+            try:
+                part = await self._retrying(
+                    "redis",
+                    partial(
+                        apply_batch, user_records, self.store, self.params, self.clock, self.stages
+                    ),
+                )
+            except Exception as exc:
+                if self.stopping:
+                    raise
+                log.error(
+                    "dead-lettering %d events of one user (%s: %s)",
+                    len(user_records), type(exc).__name__, exc, exc_info=exc,
+                )  # fmt: skip
+                rejection = Rejection(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+                now = self.clock()
+                result.dead_letters += [
+                    (record.key, dead_letter_for(record, rejection, now)) for record in user_records
+                ]
+                result.errors[INTERNAL_ERROR] += len(user_records)
+                continue
+            result.add(part)
+        self._advance_models(ends)
+        if self.models is not None:
+            labels = [r for r in records if r.topic != self.settings.topic_events]
+            await self._learn_labels(labels, result)
         await self._finish(records, ends, result, started)
         return result
 
@@ -378,11 +471,15 @@ class BatchWorker:
         )
         if lookups is not None:
             metrics.observe_embeddings(lookups, self._embedding_totals() or lookups)
+        self._advance_models(ends)
+        return folded
+
+    def _advance_models(self, ends: dict[TopicPartition, int]) -> None:
+        """The models have learnt the events up to `ends` (labels advance as they are learnt)."""
         if self.models is not None:
             for tp, end in ends.items():
-                if tp.topic == self.settings.topic_events:  # labels advance as they are learnt
+                if tp.topic == self.settings.topic_events:
                     self.models.advance(tp.topic, tp.partition, end - 1)
-        return folded
 
     async def _write(
         self, records: Sequence[SourceRecord], folded: FoldedBatch, stale: AbstractSet[str]
@@ -534,3 +631,11 @@ class BatchWorker:
         now_ms = self.clock()
         for ts in result.event_ts[:: max(1, len(result.event_ts) // 100)]:
             metrics.EVENT_TO_STORE_SECONDS.observe(max(0.0, (now_ms - ts) / 1000))
+
+
+def _by_key(records: Sequence[SourceRecord]) -> list[list[SourceRecord]]:
+    """The records grouped by key (a user's events share it), in order of first appearance."""
+    groups: dict[bytes | None, list[SourceRecord]] = {}
+    for record in records:
+        groups.setdefault(record.key, []).append(record)
+    return list(groups.values())

@@ -6,12 +6,14 @@ import logging
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 
+from profiling import pipeline
 from profiling.events import Event, decode_event
 from profiling.profile import Profile
 from profiling.store import Write
@@ -151,6 +153,46 @@ async def test_every_malformed_corpus_case_is_dead_lettered_and_the_worker_goes_
     assert "last" in stored  # nothing stopped the worker
     valid_users = {e.user_id for c in CASES if isinstance(e := decode_event(c.raw, now), Event)}
     assert valid_users <= stored.keys()
+
+
+async def test_a_user_the_fold_fails_on_is_dead_lettered_and_the_rest_applied(
+    topics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug that raises on some valid events: the worker applies the rest and goes on.
+
+    The failure is injected into the aggregates fold for one user; the batch is
+    then applied user by user, that user's events become `internal_error` dead
+    letters (the record intact, for a replay after the fix), and the offsets
+    are committed.
+    """
+    real = pipeline.apply_deliveries
+
+    def failing(profile: Profile, deliveries: Any, params: Any, now_ms: int) -> Any:
+        if profile.user_id == "poison":
+            raise ValueError("a bug in the fold")
+        return real(profile, deliveries, params, now_ms)
+
+    monkeypatch.setattr(pipeline, "apply_deliveries", failing)
+    records = shop_records(600, malformed=0, duplicates=0, seed=9)
+    poison = [
+        (b"poison", orjson.dumps({"event_id": f"p{i}", "user_id": "poison", "type": "login",
+                                  "ts": wall_clock_ms()}))
+        for i in range(3)
+    ]  # fmt: skip
+    await send_records(topics, records[:300] + poison + records[300:])
+    stats = await drain(topics)
+
+    assert_profiles_match(await stored_profiles(topics.redis_url), expected_profiles(records))
+    letters = [
+        orjson.loads(r.value) for r in await read_topic(topics.kafka_bootstrap, topics.topic_dlq)
+    ]
+    assert sorted(letter["value"] for letter in letters) == sorted(v.decode() for _, v in poison)
+    for letter in letters:
+        assert letter["error"] == "internal_error"
+        assert letter["detail"] == "ValueError: a bug in the fold"
+        validator("dead_letter.v1").validate(letter)
+    assert stats.dead_letters == len(poison)
+    assert await committed_offsets(topics) == await end_offsets(topics, topics.topic_events)
 
 
 async def test_resent_events_are_applied_once(topics: Settings) -> None:
