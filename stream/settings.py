@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     device: str | None = Field(
         None,
         pattern=r"^(cpu|cuda(:[0-9]+)?|mps)$",
-        description="encoder device (cpu, cuda, cuda:1); default auto",
+        description="encoder device (cpu, cuda, cuda:1); unset or auto: CUDA when there is one",
     )
     encoder_max_tokens: int = Field(128, ge=2, description="texts are cut to this many tokens")
     vector_long_half_life_days: float = Field(30.0, gt=0, description="half-life of vec_long")
@@ -178,9 +178,10 @@ class Settings(BaseSettings):
         "producer_compression", "device", "kafka_sasl_username", "kafka_ssl_cafile", mode="before"
     )
     @classmethod
-    def _empty_is_none(cls, value: object) -> object:
-        """An empty variable is an unset one (no compression, the device chosen for you, ...)."""
-        return None if value == "" else value
+    def _empty_is_none(cls, value: object, info: ValidationInfo) -> object:
+        """An empty variable is an unset one (no compression, the device chosen for you, ...);
+        so is `auto` for the device."""
+        return None if value == "" or (info.field_name == "device" and value == "auto") else value
 
     @field_validator("kafka_sasl_password")
     @classmethod

@@ -50,6 +50,7 @@ def test_the_documented_values_are_taken(field: str, value: str) -> None:
 def test_an_empty_compression_or_device_means_the_default() -> None:
     settings = Settings(producer_compression="", device="")  # type: ignore[arg-type]
     assert (settings.producer_compression, settings.device) == (None, None)
+    assert Settings(device="auto").device is None
 
 
 @pytest.mark.parametrize("protocol", ["SASL_PLAINTEXT", "SASL_SSL"])
