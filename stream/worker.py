@@ -29,6 +29,7 @@ ignored for the same reason: the partition's new owner replays idempotently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -167,6 +168,9 @@ class _Writing(NamedTuple):
     written: asyncio.Future[BatchResult]  # done once the write landed (refolds included)
     task: asyncio.Task[None]  # write, acks, commit
     previous: asyncio.Task[None] | None  # the batch before, committed before this one
+    records: Sequence[SourceRecord]  # the batch, to apply apart if its write fails on a bug
+    ends: dict[TopicPartition, int]
+    started: float
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -326,9 +330,11 @@ class BatchWorker:
                         continue
                     stale: AbstractSet[str] = frozenset()
                     if last is not None:
-                        stale = (await last.written).refolded
-                        if last.previous is not None:
-                            await last.previous
+                        after = await self._after_write(last, records, ends, started, folded)
+                        if after is None:  # both applied apart, and committed
+                            last = None
+                            continue
+                        folded, stale, last = after
                     self._fetch_again()
                     for _ in range(FETCH_TURNS):
                         await asyncio.sleep(0)
@@ -338,7 +344,7 @@ class BatchWorker:
                     await asyncio.sleep(0)  # the write is packed and sent before the next take
                     continue
                 if last is not None:
-                    await last.task
+                    await self._settle(last)
                     last = None
                 if until_idle_s is None or not self.consumer.assignment():
                     continue
@@ -348,7 +354,7 @@ class BatchWorker:
                     break
         finally:
             if last is not None:
-                await last.task
+                await self._settle(last)
         return self.stats
 
     def _hold_fetches(self) -> None:
@@ -395,13 +401,59 @@ class BatchWorker:
                 self._fetch_again()
                 raise
             if last is not None:
-                await last.task  # the batch before: written, published and committed first
+                await self._settle(last)  # the batch before: written, published, committed
             await self._apply_apart(records, ends, started, exc)
             self._fetch_again()
             return None
         except BaseException:
             self._fetch_again()
             raise
+
+    async def _landed(self, last: _Writing) -> BatchResult | None:
+        """`last`'s write; None when it failed on neither Redis nor Kafka (a bug).
+
+        Then the batch is applied apart (`_apply_apart`), after the batch
+        before it is committed, and committed itself. A batch folded while
+        that write was under way was folded from profiles that may never
+        have been sent: fold it again.
+        """
+        try:
+            return await last.written
+        except Exception as exc:
+            if self.stopping:
+                raise
+            with contextlib.suppress(Exception):
+                await last.task  # ended with the same exception
+            if last.previous is not None:
+                await last.previous
+            await self._apply_apart(last.records, last.ends, last.started, exc)
+            return None
+
+    async def _after_write(
+        self,
+        last: _Writing,
+        records: Sequence[SourceRecord],
+        ends: dict[TopicPartition, int],
+        started: float,
+        folded: FoldedBatch,
+    ) -> tuple[FoldedBatch, AbstractSet[str], _Writing | None] | None:
+        """Wait for `last`'s write, folded while it ran: the batch, `stale`, and `last`.
+
+        When that write failed on a bug (`_landed`), the batch is folded again
+        (`last` is then committed and None); None when it too was applied apart.
+        """
+        landed = await self._landed(last)
+        if landed is None:
+            again = await self._fold_guarded(records, ends, started, None)
+            return None if again is None else (again, frozenset(), None)
+        if last.previous is not None:
+            await last.previous
+        return folded, landed.refolded, last
+
+    async def _settle(self, last: _Writing) -> None:
+        """Wait until `last` is written, published and committed (or applied apart)."""
+        if await self._landed(last) is not None:
+            await last.task
 
     async def _apply_apart(
         self,
@@ -410,7 +462,7 @@ class BatchWorker:
         started: float,
         failure: Exception,
     ) -> BatchResult:
-        """A batch whose fold failed on neither Redis nor Kafka (a bug), applied user by user.
+        """A batch whose fold or write failed on neither Redis nor Kafka (a bug), user by user.
 
         The batch's users are folded and written one at a time, from the store;
         the events of a user whose fold fails again are dead-lettered
@@ -520,7 +572,8 @@ class BatchWorker:
                 await previous
             await self._finish(records, ends, result, started)
 
-        return _Writing(written, asyncio.create_task(write_then_finish()), previous)
+        task = asyncio.create_task(write_then_finish())
+        return _Writing(written, task, previous, records, ends, started)
 
     async def _learn_labels(self, records: Sequence[SourceRecord], result: BatchResult) -> None:
         if not records or self.models is None:

@@ -17,6 +17,7 @@ from profiling import pipeline
 from profiling.events import Event, decode_event
 from profiling.profile import Profile
 from profiling.store import Write
+from stream import redis_store
 from stream.devstack import COMPACT_HASH_VALUE_BYTES
 from stream.producing import send_records
 from stream.settings import Settings
@@ -193,6 +194,45 @@ async def test_a_user_the_fold_fails_on_is_dead_lettered_and_the_rest_applied(
         validator("dead_letter.v1").validate(letter)
     assert stats.dead_letters == len(poison)
     assert await committed_offsets(topics) == await end_offsets(topics, topics.topic_events)
+
+
+@pytest.mark.parametrize("batch", [40, 5000])
+async def test_a_user_whose_write_fails_is_dead_lettered_and_the_rest_applied(
+    topics: Settings, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """The same for a bug in the write half, before anything is sent.
+
+    With 40-record batches, the next batch is folded while that write fails,
+    from profiles never sent: it is folded again once the failed batch is
+    applied apart, and no event of the users they share is lost.
+    """
+    real = redis_store.public_fields
+
+    def failing(profile: Profile, since: Profile | None = None) -> dict[str, str]:
+        if profile.user_id == "poison":
+            raise ValueError("a bug in the write")
+        return real(profile, since)
+
+    monkeypatch.setattr(redis_store, "public_fields", failing)
+    settings = topics.model_copy(update={"batch_max_events": batch})
+    records = shop_records(600, malformed=0, duplicates=0, seed=10)
+    poison = [
+        (b"poison", orjson.dumps({"event_id": f"w{i}", "user_id": "poison", "type": "login",
+                                  "ts": wall_clock_ms()}))
+        for i in range(2)
+    ]  # fmt: skip
+    await send_records(settings, records[:200] + poison + records[200:])
+    stats = await drain(settings)
+
+    assert_profiles_match(await stored_profiles(settings.redis_url), expected_profiles(records))
+    letters = [
+        orjson.loads(r.value)
+        for r in await read_topic(settings.kafka_bootstrap, settings.topic_dlq)
+    ]
+    assert sorted(letter["value"] for letter in letters) == sorted(v.decode() for _, v in poison)
+    assert {letter["detail"] for letter in letters} == {"ValueError: a bug in the write"}
+    assert stats.dead_letters == len(poison)
+    assert await committed_offsets(settings) == await end_offsets(settings, settings.topic_events)
 
 
 async def test_resent_events_are_applied_once(topics: Settings) -> None:
