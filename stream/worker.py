@@ -465,15 +465,15 @@ class BatchWorker:
         """A batch whose fold or write failed on neither Redis nor Kafka (a bug), user by user.
 
         The batch's users are folded and written one at a time, from the store;
-        the events of a user whose fold fails again are dead-lettered
+        the events of a user whose fold or write fails again are dead-lettered
         (`internal_error`, with the exception) instead of stopping the worker:
         left alone, the same batch would stop every restart, and with it every
         user of its partitions. Then labels, publishing and the commit, as for
-        any batch. The models may have learnt part of the failed fold already,
+        any batch. The models may have learnt part of the failed batch already,
         and learn those events once more here.
         """
         log.error(
-            "a batch of %d records failed to fold (%s: %s); applying it user by user",
+            "a batch of %d records failed (%s: %s); applying it user by user",
             len(records), type(failure).__name__, failure, exc_info=failure,
         )  # fmt: skip
         events = [r for r in records if r.topic == self.settings.topic_events]

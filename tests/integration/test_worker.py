@@ -156,15 +156,40 @@ async def test_every_malformed_corpus_case_is_dead_lettered_and_the_worker_goes_
     assert valid_users <= stored.keys()
 
 
+async def drain_with_poison(settings: Settings, seed: int, detail: str) -> None:
+    """Drain a shop with a user "poison" in the middle, whose events the worker fails on.
+
+    Every other user is applied in full, the poison user's events are
+    `internal_error` dead letters (the records intact, for a replay after the
+    fix) with the exception as the detail, and every offset is committed.
+    """
+    records = shop_records(600, malformed=0, duplicates=0, seed=seed)
+    poison = [
+        (b"poison", orjson.dumps({"event_id": f"poison-{i}", "user_id": "poison",
+                                  "type": "login", "ts": wall_clock_ms()}))
+        for i in range(3)
+    ]  # fmt: skip
+    await send_records(settings, records[:250] + poison + records[250:])
+    stats = await drain(settings)
+
+    assert_profiles_match(await stored_profiles(settings.redis_url), expected_profiles(records))
+    dlq = await read_topic(settings.kafka_bootstrap, settings.topic_dlq)
+    letters = [orjson.loads(r.value) for r in dlq]
+    assert sorted(letter["value"] for letter in letters) == sorted(v.decode() for _, v in poison)
+    for letter in letters:
+        assert (letter["error"], letter["detail"]) == ("internal_error", detail)
+        validator("dead_letter.v1").validate(letter)
+    assert stats.dead_letters == len(poison)
+    assert await committed_offsets(settings) == await end_offsets(settings, settings.topic_events)
+
+
 async def test_a_user_the_fold_fails_on_is_dead_lettered_and_the_rest_applied(
     topics: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug that raises on some valid events: the worker applies the rest and goes on.
 
     The failure is injected into the aggregates fold for one user; the batch is
-    then applied user by user, that user's events become `internal_error` dead
-    letters (the record intact, for a replay after the fix), and the offsets
-    are committed.
+    then applied user by user.
     """
     real = pipeline.apply_deliveries
 
@@ -174,26 +199,7 @@ async def test_a_user_the_fold_fails_on_is_dead_lettered_and_the_rest_applied(
         return real(profile, deliveries, params, now_ms)
 
     monkeypatch.setattr(pipeline, "apply_deliveries", failing)
-    records = shop_records(600, malformed=0, duplicates=0, seed=9)
-    poison = [
-        (b"poison", orjson.dumps({"event_id": f"p{i}", "user_id": "poison", "type": "login",
-                                  "ts": wall_clock_ms()}))
-        for i in range(3)
-    ]  # fmt: skip
-    await send_records(topics, records[:300] + poison + records[300:])
-    stats = await drain(topics)
-
-    assert_profiles_match(await stored_profiles(topics.redis_url), expected_profiles(records))
-    letters = [
-        orjson.loads(r.value) for r in await read_topic(topics.kafka_bootstrap, topics.topic_dlq)
-    ]
-    assert sorted(letter["value"] for letter in letters) == sorted(v.decode() for _, v in poison)
-    for letter in letters:
-        assert letter["error"] == "internal_error"
-        assert letter["detail"] == "ValueError: a bug in the fold"
-        validator("dead_letter.v1").validate(letter)
-    assert stats.dead_letters == len(poison)
-    assert await committed_offsets(topics) == await end_offsets(topics, topics.topic_events)
+    await drain_with_poison(topics, 9, "ValueError: a bug in the fold")
 
 
 @pytest.mark.parametrize("batch", [40, 5000])
@@ -215,24 +221,7 @@ async def test_a_user_whose_write_fails_is_dead_lettered_and_the_rest_applied(
 
     monkeypatch.setattr(redis_store, "public_fields", failing)
     settings = topics.model_copy(update={"batch_max_events": batch})
-    records = shop_records(600, malformed=0, duplicates=0, seed=10)
-    poison = [
-        (b"poison", orjson.dumps({"event_id": f"w{i}", "user_id": "poison", "type": "login",
-                                  "ts": wall_clock_ms()}))
-        for i in range(2)
-    ]  # fmt: skip
-    await send_records(settings, records[:200] + poison + records[200:])
-    stats = await drain(settings)
-
-    assert_profiles_match(await stored_profiles(settings.redis_url), expected_profiles(records))
-    letters = [
-        orjson.loads(r.value)
-        for r in await read_topic(settings.kafka_bootstrap, settings.topic_dlq)
-    ]
-    assert sorted(letter["value"] for letter in letters) == sorted(v.decode() for _, v in poison)
-    assert {letter["detail"] for letter in letters} == {"ValueError: a bug in the write"}
-    assert stats.dead_letters == len(poison)
-    assert await committed_offsets(settings) == await end_offsets(settings, settings.topic_events)
+    await drain_with_poison(settings, 10, "ValueError: a bug in the write")
 
 
 async def test_resent_events_are_applied_once(topics: Settings) -> None:
