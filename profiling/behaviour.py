@@ -26,7 +26,7 @@ import hashlib
 import math
 import operator
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
@@ -46,6 +46,7 @@ KNOWN_TOKENS: Final = 8  # devices, countries, cards remembered per user
 TRUST_MS: Final = 24 * 3_600_000  # a device, country or card is familiar a day after first use
 NO_HISTORY_MS: Final = 30 * DAY_MS  # "never": how far back a missing login or cart counts
 TOKEN_BYTES: Final = 6
+MAX_KEY_BYTES: Final = 64  # BLAKE2b's longest key; a longer one is digested to this
 SCORED_TYPES: Final = frozenset({"purchase", "login"})
 MIX_TYPES: Final = ("view", "click", "search", "add_to_cart", "purchase", "review", "login")
 VECTOR_PROJECTION_DIMS: Final = 4
@@ -71,10 +72,40 @@ TRANSACTION_FEATURES: Final = (
 )
 
 
+Fingerprint = Callable[[str], str]  # an identifier to the short digest profiles keep
+
+
 @lru_cache(maxsize=1 << 16)
 def token(value: str) -> str:
-    """A short digest of an identifier (device, country, card): profiles keep no raw values."""
+    """A short digest of an identifier (device, country, card): profiles keep no raw values.
+
+    Unkeyed, anyone can test a guessed identifier against it; `keyed_token`
+    gives the worker's fingerprints under a secret key.
+    """
     return hashlib.blake2b(value.encode(), digest_size=TOKEN_BYTES, person=b"profiler").hexdigest()
+
+
+def keyed_token(key: bytes) -> Fingerprint:
+    """`token` under a secret `key` (BLAKE2b's keyed mode, a MAC); `token` itself if empty.
+
+    Without the key, a stored fingerprint cannot be matched with a guessed
+    device id or card fingerprint. Every worker of a group needs the same key,
+    and a new key makes every device, country and card a profile knows look
+    new once.
+    """
+    if not key:
+        return token
+    if len(key) > MAX_KEY_BYTES:
+        key = hashlib.blake2b(key).digest()
+
+    @lru_cache(maxsize=1 << 16)
+    def fingerprint(value: str) -> str:
+        digest = hashlib.blake2b(
+            value.encode(), digest_size=TOKEN_BYTES, key=key, person=b"profiler"
+        )
+        return digest.hexdigest()
+
+    return fingerprint
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,14 +160,16 @@ _STAMP_RUNS: Final = tuple(_FIELDS.index(name) for name in ("events", "orders", 
 _TOKEN_SETS: Final = tuple(_FIELDS.index(name) for name in ("devices", "countries", "cards"))
 
 
-def observe(state: Behaviour, event: Event) -> tuple[Behaviour, dict[str, float] | None]:
+def observe(
+    state: Behaviour, event: Event, fingerprint: Fingerprint = token
+) -> tuple[Behaviour, dict[str, float] | None]:
     """`state` with `event` folded in, and the event's features if it is a purchase or login."""
-    state, [features] = observe_all(state, [event])
+    state, [features] = observe_all(state, [event], fingerprint)
     return state, features
 
 
 def observe_all(
-    state: Behaviour, events: Sequence[Event]
+    state: Behaviour, events: Sequence[Event], fingerprint: Fingerprint = token
 ) -> tuple[Behaviour, list[dict[str, float] | None]]:
     """Fold `events` in order; for each, its features (purchases and logins) or None.
 
@@ -158,7 +191,7 @@ def observe_all(
         if kind in SCORED_TYPES:
             work.first_ts = first_ts
             _newest(stamps, RECENT_EVENTS)
-            features.append(_features(work, event))
+            features.append(_features(work, event, fingerprint))
         else:
             features.append(None)
         if not first_ts or ts < first_ts:
@@ -168,13 +201,13 @@ def observe_all(
         failed_login = kind == "login" and event.success is False
         # Most events of a session share device and country: those are not even digested.
         if not failed_login and (event.device_id != device or event.country != country):
-            device, country = work.identify(event, device, country)
+            device, country = work.identify(event, device, country, fingerprint)
         price = event.price
         if price is not None:
             price_n += 1
             price_sum += price
         if kind == "purchase":
-            work.purchase(event)
+            work.purchase(event, fingerprint)
         elif failed_login:
             _append(work.failures, ts, RECENT_FAILURES)
         elif kind == "login":
@@ -207,22 +240,24 @@ def _row_getter(names: tuple[str, ...]) -> Any:  # operator.itemgetter of those 
     return operator.itemgetter(*names)
 
 
-def transaction_features(state: Behaviour, event: Event) -> dict[str, float]:
+def transaction_features(
+    state: Behaviour, event: Event, fingerprint: Fingerprint = token
+) -> dict[str, float]:
     """What a fraud model should know about this purchase or login, from the state before it."""
-    return _features(state, event)
+    return _features(state, event, fingerprint)
 
 
-def _features(v: Behaviour | _Working, event: Event) -> dict[str, float]:
+def _features(v: Behaviour | _Working, event: Event, fingerprint: Fingerprint) -> dict[str, float]:
     """`transaction_features` over a state's fields (a `Behaviour`'s, or a working copy's)."""
     ts = event.ts
     purchase = event.type == "purchase"
     amount = float(event.amount or 0.0) if purchase else 0.0
-    card = token(event.card_fp) if purchase and event.card_fp else None
+    card = fingerprint(event.card_fp) if purchase and event.card_fp else None
     cards_24h = {c for c, _, used in v.cards if ts - used <= DAY_MS}
     if card is not None:
         cards_24h.add(card)
-    device = token(event.device_id) if event.device_id is not None else None
-    country = token(event.country) if event.country is not None else None
+    device = fingerprint(event.device_id) if event.device_id is not None else None
+    country = fingerprint(event.country) if event.country is not None else None
     orders = v.orders[-RECENT_ORDERS:]  # a working copy's runs may hold more
     events = v.events[-RECENT_EVENTS:]
     amount_n, first_ts = v.amount_n, v.first_ts
@@ -312,19 +347,19 @@ class _Working:
         return _build(*values)
 
     def identify(
-        self, event: Event, device: str | None, country: str | None
+        self, event: Event, device: str | None, country: str | None, fingerprint: Fingerprint
     ) -> tuple[str | None, str | None]:
         """Remember the device and country an event came from; the raw ids now most recent."""
         ts = event.ts
         if event.device_id is not None and event.device_id != device:
             device = event.device_id
-            self.devices = _touch(self.devices, token(device), ts)
+            self.devices = _touch(self.devices, fingerprint(device), ts)
         if event.country is not None and event.country != country:
             country = event.country
-            self.countries = _touch(self.countries, token(country), ts)
+            self.countries = _touch(self.countries, fingerprint(country), ts)
         return device, country
 
-    def purchase(self, event: Event) -> None:
+    def purchase(self, event: Event, fingerprint: Fingerprint) -> None:
         amount = float(event.amount or 0.0)
         n = self.amount_n + 1
         delta = amount - self.amount_mean
@@ -333,7 +368,7 @@ class _Working:
         self.amount_n, self.amount_mean = n, mean
         self.amount_m2 += delta * (amount - mean)
         if event.card_fp is not None:
-            self.cards = _remember(self.cards, token(event.card_fp), event.ts)
+            self.cards = _remember(self.cards, fingerprint(event.card_fp), event.ts)
 
 
 _working_copy: Final = slots.copier(_Working)

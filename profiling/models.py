@@ -27,7 +27,14 @@ from typing import Any, Final
 import numpy as np
 
 from profiling import jsonout, slots
-from profiling.behaviour import Behaviour, observe_all, profile_features, vector_projection
+from profiling.behaviour import (
+    Behaviour,
+    Fingerprint,
+    observe_all,
+    profile_features,
+    token,
+    vector_projection,
+)
 from profiling.events import Event
 from profiling.profile import SCORE_THEN_NAME, Outcome, Profile
 from profiling.risk import ANOMALY, Risk, RiskModel, keep_features, risk_band
@@ -58,6 +65,7 @@ class ProfileModels:
     dim: int = 384
     offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> last learnt
     alerts_raised: int = 0
+    fingerprint: Fingerprint = token  # devices, countries, cards in profiles (`keyed_token`)
 
     def __post_init__(self) -> None:
         if not 0 < self.alert_threshold < 1:
@@ -81,7 +89,10 @@ class ProfileModels:
         written = [o for o in outcomes if o.wrote]
         if not written:
             return list(outcomes)
-        folded = [observe_all(o.profile.behaviour or Behaviour(), o.applied) for o in written]
+        fingerprint = self.fingerprint
+        folded = [
+            observe_all(o.profile.behaviour or Behaviour(), o.applied, fingerprint) for o in written
+        ]
         scored = [
             (user, event, features)
             for user, (outcome, (_, all_features)) in enumerate(zip(written, folded, strict=True))

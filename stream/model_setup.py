@@ -15,6 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from profiling.behaviour import keyed_token
 from profiling.models import ProfileModels
 from profiling.risk import RiskModel
 from profiling.segments import SegmentModel
@@ -38,11 +39,13 @@ def build_models(settings: Settings, dim: int = 384) -> ProfileModels | None:
         switch_margin=settings.segment_switch_margin,
         min_dwell=settings.segment_min_dwell,
     )
+    key = settings.fingerprint_key
     return ProfileModels(
         risk=RiskModel(),
         segments=segments,
         alert_threshold=settings.risk_alert_threshold,
         dim=dim,
+        fingerprint=keyed_token(key.get_secret_value().encode() if key is not None else b""),
     )
 
 

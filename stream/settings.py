@@ -148,6 +148,11 @@ class Settings(BaseSettings):
         None,
         description="HMAC key (16+ bytes) signing model snapshots in Redis; unset: no snapshots",
     )
+    fingerprint_key: SecretStr | None = Field(
+        None,
+        description="key (16+ bytes) of the device, country and card fingerprints in profiles; "
+        "unset: unkeyed digests; the same in every worker of a group",
+    )
     model_checkpoint_s: float = Field(
         60.0, gt=0, description="snapshot the models to Redis this often (and at shutdown)"
     )
@@ -198,12 +203,10 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("model_secret")
+    @field_validator("model_secret", "fingerprint_key")
     @classmethod
     def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        """An HMAC key shorter than 16 bytes is refused at start, not at the first snapshot."""
+        """A key shorter than 16 bytes is refused at start, not at its first use."""
         if value is not None and 0 < len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
-            raise ValueError(
-                f"must be at least {MIN_SECRET_BYTES} bytes (empty: no model snapshots)"
-            )
+            raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes (empty: none)")
         return value

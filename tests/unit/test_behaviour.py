@@ -21,6 +21,7 @@ from profiling.behaviour import (
     TRUST_MS,
     Behaviour,
     _Working,
+    keyed_token,
     observe,
     observe_all,
     token,
@@ -196,6 +197,32 @@ def test_no_raw_identifier_is_stored() -> None:
     stored = orjson.dumps(state.to_json()).decode()
     assert "4111" not in stored and "serial" not in stored and "DE" not in stored
     assert token("4111-1111-fingerprint") in stored
+
+
+def test_keyed_fingerprints_match_only_under_their_key() -> None:
+    key, other = b"k" * 16, b"o" * 16
+    keyed = keyed_token(key)
+    assert keyed_token(b"") is token
+    assert keyed("device-serial-123") == keyed_token(key)("device-serial-123")
+    assert keyed("device-serial-123") not in {
+        token("device-serial-123"),
+        keyed_token(other)("device-serial-123"),
+    }
+    assert len(keyed_token(b"x" * 100)("d")) == len(token("d"))  # a key past 64 bytes is digested
+    events = [
+        Event(event_id=str(i), user_id="u", type="login", ts=START + i * DAY_MS,
+              device_id="device-serial-123", country="DE")
+        for i in range(3)
+    ]  # fmt: skip
+    state = Behaviour()
+    for event in events[:2]:
+        state, _ = observe(state, event, keyed)
+    stored = orjson.dumps(state.to_json()).decode()
+    assert keyed("device-serial-123") in stored and token("device-serial-123") not in stored
+    _, features = observe(state, events[2], keyed)  # known a day: familiar under the same key
+    assert features is not None and features["new_device"] == 0.0
+    _, features = observe(state, events[2])  # under another: a device never seen
+    assert features is not None and features["new_device"] == 1.0
 
 
 def test_a_device_is_familiar_a_day_after_its_first_use_and_failures_do_not_count() -> None:

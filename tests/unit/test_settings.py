@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from profiling.behaviour import keyed_token, token
+from stream.model_setup import build_models
 from stream.settings import Settings
 
 
@@ -66,3 +68,15 @@ def test_sasl_without_a_user_and_password_is_refused(protocol: str) -> None:
         ).kafka_sasl_username
         == "u"
     )
+
+
+def test_a_fingerprint_key_reaches_the_models_and_a_short_one_is_refused() -> None:
+    key = "a-fingerprint-key-of-32-bytes-ok"
+    models = build_models(Settings(fingerprint_key=key))  # type: ignore[arg-type]
+    assert models is not None
+    assert models.fingerprint("device-1") == keyed_token(key.encode())("device-1")
+    assert models.fingerprint("device-1") != token("device-1")
+    unkeyed = build_models(Settings())
+    assert unkeyed is not None and unkeyed.fingerprint is token
+    with pytest.raises(ValidationError, match="at least 16 bytes"):
+        Settings(fingerprint_key="short")  # type: ignore[arg-type]
