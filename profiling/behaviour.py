@@ -75,14 +75,22 @@ TRANSACTION_FEATURES: Final = (
 Fingerprint = Callable[[str], str]  # an identifier to the short digest profiles keep
 
 
-@lru_cache(maxsize=1 << 16)
-def token(value: str) -> str:
-    """A short digest of an identifier (device, country, card): profiles keep no raw values.
+def _fingerprints(key: bytes) -> Fingerprint:
+    """Identifiers to 12-hex-digit BLAKE2b digests under `key` (b"": BLAKE2b unkeyed), cached."""
 
-    Unkeyed, anyone can test a guessed identifier against it; `keyed_token`
-    gives the worker's fingerprints under a secret key.
-    """
-    return hashlib.blake2b(value.encode(), digest_size=TOKEN_BYTES, person=b"profiler").hexdigest()
+    @lru_cache(maxsize=1 << 16)
+    def fingerprint(value: str) -> str:
+        digest = hashlib.blake2b(
+            value.encode(), digest_size=TOKEN_BYTES, key=key, person=b"profiler"
+        )
+        return digest.hexdigest()
+
+    return fingerprint
+
+
+# A short digest of an identifier (device, country, card): profiles keep no raw values.
+# Unkeyed, anyone can test a guessed identifier against it; see `keyed_token`.
+token: Final = _fingerprints(b"")
 
 
 def keyed_token(key: bytes) -> Fingerprint:
@@ -97,15 +105,7 @@ def keyed_token(key: bytes) -> Fingerprint:
         return token
     if len(key) > MAX_KEY_BYTES:
         key = hashlib.blake2b(key).digest()
-
-    @lru_cache(maxsize=1 << 16)
-    def fingerprint(value: str) -> str:
-        digest = hashlib.blake2b(
-            value.encode(), digest_size=TOKEN_BYTES, key=key, person=b"profiler"
-        )
-        return digest.hexdigest()
-
-    return fingerprint
+    return _fingerprints(key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,17 +44,15 @@ def _with_servers(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
     from aiokafka.errors import KafkaError
     from redis.exceptions import RedisClusterException, RedisError
 
-    from stream.preflight import redacted
+    from stream.preflight import broker_setting, redis_setting
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its refusals: the line below
     try:
         return asyncio.run(work)
     except (RedisError, RedisClusterException) as exc:
-        where = f"PROFILER_REDIS_URL={redacted(settings.redis_url)}"
-        console.print(f"[red]error:[/] Redis at {where}: {exc}")
+        console.print(f"[red]error:[/] Redis at {redis_setting(settings)}: {exc}")
     except KafkaError as exc:
-        where = f"PROFILER_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"
-        console.print(f"[red]error:[/] the broker at {where}: {exc}")
+        console.print(f"[red]error:[/] the broker at {broker_setting(settings)}: {exc}")
     raise typer.Exit(2)
 
 

@@ -35,7 +35,7 @@ class StartupError(ProfilerError):
 
 async def check_servers(settings: Settings) -> None:
     """Raise `StartupError` naming the setting when Redis or the broker cannot be reached."""
-    where = f"PROFILER_REDIS_URL={redacted(settings.redis_url)}"
+    where = redis_setting(settings)
     try:
         client = connect(settings.redis_url, cluster=settings.redis_cluster)
     except ValueError as exc:  # redis-py's verdict on the URL itself
@@ -58,8 +58,9 @@ async def check_servers(settings: Settings) -> None:
         await broker.bootstrap()
         missing = [name for name in settings.topic_names() if name not in broker.cluster.topics()]
     except (KafkaError, OSError) as exc:
-        where = f"PROFILER_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"
-        raise StartupError(f"the broker at {where} is unreachable: {exc}") from exc
+        raise StartupError(
+            f"the broker at {broker_setting(settings)} is unreachable: {exc}"
+        ) from exc
     finally:
         quiet.setLevel(level)
         await broker.close()
@@ -69,6 +70,16 @@ async def check_servers(settings: Settings) -> None:
             "that creates topics on first use needs nothing)",
             ", ".join(missing),
         )
+
+
+def redis_setting(settings: Settings) -> str:
+    """`PROFILER_REDIS_URL=...` as errors show it (without a password)."""
+    return f"PROFILER_REDIS_URL={redacted(settings.redis_url)}"
+
+
+def broker_setting(settings: Settings) -> str:
+    """`PROFILER_KAFKA_BOOTSTRAP=...` as errors show it."""
+    return f"PROFILER_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"
 
 
 def redacted(url: str) -> str:

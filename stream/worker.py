@@ -502,9 +502,7 @@ class BatchWorker:
                 continue
             result.add(part)
         self._advance_models(ends)
-        if self.models is not None:
-            labels = [r for r in records if r.topic != self.settings.topic_events]
-            await self._learn_labels(labels, result)
+        await self._learn_labels(records, result)
         await self._finish(records, ends, result, started)
         return result
 
@@ -538,9 +536,7 @@ class BatchWorker:
     ) -> BatchResult:
         """Write a folded batch (`stale`: the previous batch's users folded again), then labels."""
         result = await self._retrying("redis", lambda: folded.write(stale=stale))
-        if self.models is not None:
-            labels = [r for r in records if r.topic != self.settings.topic_events]
-            await self._learn_labels(labels, result)
+        await self._learn_labels(records, result)
         return result
 
     def _write_in_background(
@@ -576,11 +572,13 @@ class BatchWorker:
         return _Writing(written, task, previous, records, ends, started)
 
     async def _learn_labels(self, records: Sequence[SourceRecord], result: BatchResult) -> None:
-        if not records or self.models is None:
+        """Teach the models the batch's label records (those not on the events topic)."""
+        labels = [r for r in records if r.topic != self.settings.topic_events]
+        if not labels or self.models is None:
             return
         models = self.models
         learnt = await self._retrying(
-            "redis", lambda: apply_labels(records, self.store, models, self.clock())
+            "redis", lambda: apply_labels(labels, self.store, models, self.clock())
         )
         result.dead_letters += learnt.dead_letters
         result.labels.update(learnt.outcomes)
