@@ -148,6 +148,7 @@ class InterestModel:
                     o.changed | moved,
                     publish[u],
                     o.scored,
+                    o.suppressed,
                 )
             )
         return result

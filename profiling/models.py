@@ -245,6 +245,7 @@ class ProfileModels:
             outcome.changed | changed,
             publish,
             snapshots,
+            outcome.suppressed,
         )
 
     def learn_label(self, features: Mapping[str, float], label: bool) -> None:

@@ -58,6 +58,7 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp: int = -1  # Kafka's record time (ms); -1: none
 
 
 def dead_letter_for(record: SourceRecord, rejection: Rejection, now_ms: int) -> bytes:
@@ -81,6 +82,8 @@ class BatchResult:
     alerts: list[tuple[str, bytes]] = field(default_factory=list)  # (user_id, fraud alert body)
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)  # (key, body)
     outcomes: Counter[str] = field(default_factory=Counter)  # applied / duplicate / replayed / ...
+    erased: list[str] = field(default_factory=list)  # users erased: a tombstone each
+    commands: Counter[str] = field(default_factory=Counter)  # command records by outcome
     by_type: Counter[str] = field(default_factory=Counter)  # applied events per type
     errors: Counter[str] = field(default_factory=Counter)  # dead letters per error code
     users_written: int = 0
@@ -96,6 +99,8 @@ class BatchResult:
         self.changes += other.changes
         self.alerts += other.alerts
         self.dead_letters += other.dead_letters
+        self.erased += other.erased
+        self.commands.update(other.commands)
         self.outcomes.update(other.outcomes)
         self.by_type.update(other.by_type)
         self.errors.update(other.errors)
@@ -283,6 +288,8 @@ def _record(outcome: Outcome, result: BatchResult, stages: Stages) -> None:
     result.outcomes["applied"] += len(outcome.applied)
     result.outcomes["duplicate"] += outcome.duplicates
     result.outcomes["replayed"] += outcome.replayed
+    if outcome.suppressed:
+        result.outcomes["suppressed"] += outcome.suppressed
     for event in outcome.applied:
         result.by_type[event.type] += 1
         result.event_ts.append(event.ts)

@@ -98,6 +98,9 @@ class Profile:
     risk: float | None = None  # of the latest purchase or login
     risk_reasons: str | None = None  # JSON [{feature, contribution, detail}]
     alerts: tuple[str, ...] = ()  # alert bodies raised by the write of this version
+    # The user was erased at this time (epoch ms, `profile-commands`): events older
+    # than it are suppressed, never applied (DESIGN.md §9). 0: never erased.
+    erased_before: int = 0
 
     @property
     def is_new(self) -> bool:
@@ -143,6 +146,7 @@ class Outcome(NamedTuple):
     changed: frozenset[str]  # what the change message reports, when there is one
     publish: bool
     scored: tuple[tuple[str, bytes], ...] = ()  # (event_id, kept features) for labels
+    suppressed: int = 0  # events older than the user's erasure, dropped
 
     @property
     def wrote(self) -> bool:
@@ -153,13 +157,17 @@ def apply_deliveries(
     profile: Profile, deliveries: Sequence[Delivery], params: ProfileParams, now_ms: int
 ) -> Outcome:
     """Fold a batch's deliveries for one user into `profile`; pure."""
-    fresh, digests, duplicates, replayed, watermarks = _select_fresh(profile, deliveries)
+    fresh, digests, duplicates, replayed, suppressed, watermarks = _select_fresh(
+        profile, deliveries
+    )
     if not fresh:
         # A replay of a batch whose write landed but whose change messages may not
         # have been acked: publish the user's current state again (readers keep the
         # highest version they saw, so a repeat or a newer version is harmless).
         republish = replayed > 0 and not profile.is_new
-        return Outcome(profile, [], duplicates, replayed, profile.unpublished, republish)
+        return Outcome(
+            profile, [], duplicates, replayed, profile.unpublished, republish, (), suppressed
+        )
     fresh.sort(key=lambda event: event.ts)
     counts = dict(profile.counts)
     spend, orders = profile.spend, profile.orders
@@ -205,29 +213,35 @@ def apply_deliveries(
         published_at=now_ms if publish else profile.published_at,
         published_version=version if publish else profile.published_version,
     )
-    return Outcome(updated, fresh, duplicates, replayed, all_changed, publish)
+    return Outcome(updated, fresh, duplicates, replayed, all_changed, publish, (), suppressed)
 
 
 def _select_fresh(
     profile: Profile, deliveries: Sequence[Delivery]
-) -> tuple[list[Event], list[bytes], int, int, dict[int, int]]:
-    """Drop deliveries at or below the partition watermark (replays) and known event ids.
+) -> tuple[list[Event], list[bytes], int, int, int, dict[int, int]]:
+    """Drop deliveries at or below the partition watermark (replays), events older than
+    the user's erasure, and known event ids.
 
     Returns the fresh events, their ids' digests (in delivery order), the
-    number of duplicates and replays, and the advanced watermarks.
+    number of duplicates, replays and suppressed events, and the advanced
+    watermarks.
     """
     watermarks = dict(profile.watermarks)
     seen = profile.seen
+    erased_before = profile.erased_before
     digests: list[bytes] = []
     batch: set[bytes] = set()
     fresh: list[Event] = []
-    duplicates = replayed = 0
+    duplicates = replayed = suppressed = 0
     for event, partition, offset in deliveries:
         if offset <= profile.watermarks.get(partition, -1):
             replayed += 1
             continue
         if offset > watermarks.get(partition, -1):
             watermarks[partition] = offset
+        if event.ts < erased_before:
+            suppressed += 1
+            continue
         digest = event_digest(event.event_id)
         if digest in batch or in_window(seen, digest):
             duplicates += 1
@@ -235,7 +249,7 @@ def _select_fresh(
         batch.add(digest)
         digests.append(digest)
         fresh.append(event)
-    return fresh, digests, duplicates, replayed, watermarks
+    return fresh, digests, duplicates, replayed, suppressed, watermarks
 
 
 DIGEST_BYTES: Final = 8

@@ -17,9 +17,10 @@ other concurrent writer, cannot overwrite newer state.
 from __future__ import annotations
 
 import base64
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 import orjson
 
@@ -61,6 +62,22 @@ class Write:
     expected_updated: int = 0
 
 
+class Erasure(enum.Enum):
+    """What `ProfileStore.erase` found."""
+
+    ERASED = "erased"  # a profile was removed
+    ABSENT = "absent"  # no profile: only the marker was written
+    REPEATED = "repeated"  # already erased at or after that time (a replayed command)
+
+
+ERASED_PREFIX: Final = b'{"erased":'  # a state that starts so carries an erasure time
+
+
+def erased_marker(at_ms: int) -> bytes:
+    """The state of a user erased at `at_ms` who has no profile (yet) since."""
+    return ERASED_PREFIX + str(at_ms).encode() + b"}"
+
+
 class ProfileStore(Protocol):
     """Batch-oriented profile storage: one round trip to load, one to write."""
 
@@ -78,6 +95,11 @@ class ProfileStore(Protocol):
 
     async def load_scored(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
         """Features kept for each (user_id, event_id) when it was scored; None once expired."""
+        ...
+
+    async def erase(self, user_id: str, at_ms: int) -> Erasure:
+        """Remove every key of the user, leaving a marker that suppresses events older than
+        `at_ms`. Idempotent: a user already erased at or after `at_ms` is left alone."""
         ...
 
 
@@ -142,10 +164,14 @@ def state_blob(profile: Profile) -> bytes:
     """The `profile-state:{u}` value: what the engine needs that readers do not.
 
     A JSON object, then, when the user has a dedupe window, a newline and the
-    window's raw digests (compact JSON never holds a raw newline).
+    window's raw digests (compact JSON never holds a raw newline). A user erased
+    before has the erasure time first (`ERASED_PREFIX`), where the store's
+    scripts look for it.
     """
+    erased = {"erased": profile.erased_before} if profile.erased_before else {}
     document = jsonout.dumps(
         {
+            **erased,
             "cats": profile.category_scores,
             "wm": {str(p): o for p, o in profile.watermarks.items()},
             "pub_at": profile.published_at,
@@ -166,11 +192,14 @@ def profile_from_storage(
     state: bytes | str | None,
     vectors: Mapping[str, bytes] | None = None,
 ) -> Profile:
-    """Rebuild a `Profile` from its public hash (text and binary fields) and state blob."""
-    if not fields:
-        return Profile(user_id)
+    """Rebuild a `Profile` from its public hash (text and binary fields) and state blob.
+
+    No hash: a new user, or one erased (the state is then the erasure marker).
+    """
     if isinstance(state, str):
         state = state.encode()
+    if not fields:
+        return Profile(user_id, erased_before=_erased_at(state))
     document, _, seen = (state or b"").partition(b"\n")
     internal = orjson.loads(document) if document else {}
     vectors = vectors or {}
@@ -208,6 +237,7 @@ def profile_from_storage(
         risk=float(fields["risk"]) if "risk" in fields else None,
         risk_reasons=fields.get("risk_reasons"),
         alerts=tuple(internal.get("alerts", ())),
+        erased_before=int(internal.get("erased", 0)),
     )
 
 
@@ -236,8 +266,16 @@ class InMemoryProfileStore:
         for write in writes:
             user_id = write.profile.user_id
             stored = self._hashes.get(user_id, {})
-            if int(stored.get("version", 0)) != write.expected_version or (
-                write.expected_updated and int(stored.get("updated", 0)) != write.expected_updated
+            if (
+                int(stored.get("version", 0)) != write.expected_version
+                or (
+                    write.expected_updated
+                    and int(stored.get("updated", 0)) != write.expected_updated
+                )
+                or (
+                    not stored
+                    and _erased_at(self._states.get(user_id)) != write.profile.erased_before
+                )
             ):
                 conflicts.append(user_id)
                 continue
@@ -257,3 +295,21 @@ class InMemoryProfileStore:
 
     async def load_scored(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
         return [self._scored.get(key) for key in keys]
+
+    async def erase(self, user_id: str, at_ms: int) -> Erasure:
+        if _erased_at(self._states.get(user_id)) >= at_ms:
+            return Erasure.REPEATED
+        existed = self._hashes.pop(user_id, None) is not None
+        self._vectors.pop(user_id, None)
+        self._states[user_id] = erased_marker(at_ms)
+        for key in [key for key in self._scored if key[0] == user_id]:
+            del self._scored[key]
+        return Erasure.ERASED if existed else Erasure.ABSENT
+
+
+def _erased_at(state: bytes | None) -> int:
+    """The erasure time a stored state carries; 0 for none."""
+    if not state or not state.startswith(ERASED_PREFIX):
+        return 0
+    document = state.partition(b"\n")[0]
+    return int(orjson.loads(document)["erased"])

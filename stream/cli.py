@@ -37,6 +37,7 @@ def load_settings(**overrides: object) -> Settings:
 
 
 T = TypeVar("T")
+MAX_USER_ID = 128  # characters, as the contracts say
 
 
 def _with_servers(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
@@ -173,6 +174,21 @@ def produce(
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     console.print(report)
+
+
+@app.command()
+def erase(user_id: str) -> None:
+    """Ask the workers to erase a user (GDPR): every key, a tombstone, no older events again."""
+    settings = load_settings()
+    if not 1 <= len(user_id) <= MAX_USER_ID:
+        console.print(f"[red]error:[/] a user id has 1 to {MAX_USER_ID} characters")
+        raise typer.Exit(2)
+    from stream.producing import send_records
+
+    body = orjson.dumps({"command": "erase", "user_id": user_id})
+    record = (user_id.encode(), body)
+    _with_servers(settings, send_records(settings, [record], settings.topic_commands))
+    console.print(f"sent an erase of {user_id!r} to {settings.topic_commands}")
 
 
 @app.command("dev-stack")

@@ -72,11 +72,13 @@ _PARTITIONER: Final = DefaultPartitioner()
 
 async def send_all(
     producer: AIOKafkaProducer,
-    messages: Sequence[tuple[str, bytes | None, bytes]],
+    messages: Sequence[tuple[str, bytes | None, bytes | None]],
     *,
     linger: bool = False,
 ) -> list[asyncio.Future[Any]]:
     """Queue (topic, key, value) messages, one batch per partition; return the ack futures.
+
+    A None value is a tombstone (a profile erased).
 
     The same partitions and order as a `send` per message, at a quarter of the
     CPU: a `send` costs about 8.7 µs, an append to a batch 2.2 µs, and a batch

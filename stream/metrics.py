@@ -95,6 +95,14 @@ LABELS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+COMMANDS = Counter(
+    "profiler_profile_commands",
+    "profile-commands records, by outcome: erased (a profile removed), absent (no profile: "
+    "only the marker written), repeated (erased at or after that time already), "
+    "dead_lettered (invalid or unsupported)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 MODEL_DRIFT = Counter(
     "profiler_model_drift",
     "Drift detected by ADWIN in a model's output stream",

@@ -33,7 +33,9 @@ from profiling import jsonout
 from profiling.profile import Profile, event_digest, evolve
 from profiling.store import (
     VECTOR_FIELDS,
+    Erasure,
     Write,
+    erased_marker,
     profile_from_storage,
     profile_key,
     public_fields,
@@ -78,20 +80,26 @@ return out
 # ARGV: ttl ms, JSON [[expected version, ARGV index of the state blob,
 #       [field, value, ...], [binary field, ARGV index, ...],
 #       expected updated stamp or 0 for any, 1 to delete an earlier version's
-#       dedupe key], ...],
+#       dedupe key, expected erasure time or 0 for none], ...],
 #       one entry per user, then the binary values: vectors and state blobs, which
 #       JSON cannot carry (the state ends in raw digests).
 # Returns per user 1 when written, 0 when the stored version (or stamp) was not the
-# expected one (compare-and-set: a stale writer changes nothing).
+# expected one (compare-and-set: a stale writer changes nothing). A new profile
+# (version 0) is also refused when the user's erasure marker is not the one it
+# was folded from: an erase that landed meanwhile.
 SAVE_SCRIPT: Final = """
 local ttl = tonumber(ARGV[1])
 local writes = cjson.decode(ARGV[2])
 local results = {}
+local function erased_at(state)
+  return tonumber(state and string.match(state, '^{"erased":(%d+)') or '0')
+end
 for u = 1, #writes do
   local k, write = 3 * u - 2, writes[u]
   local stored = redis.call('HMGET', KEYS[k], 'version', 'updated')
   if tonumber(stored[1] or '0') ~= write[1]
-      or (write[5] ~= 0 and tonumber(stored[2] or '0') ~= write[5]) then
+      or (write[5] ~= 0 and tonumber(stored[2] or '0') ~= write[5])
+      or (write[1] == 0 and erased_at(redis.call('GET', KEYS[k + 1])) ~= write[7]) then
     results[u] = 0
   else
     local fields = write[3]
@@ -111,6 +119,25 @@ for u = 1, #writes do
 end
 return results
 """
+
+
+# KEYS: one user's profile, state and earlier dedupe key; ARGV: the erasure time (ms),
+# the marker (the state of an erased user), the marker's TTL in ms (0: none).
+# Returns 1 when a profile was removed, 0 when there was none, 2 when the user
+# was already erased at or after that time (a replayed command: nothing is touched,
+# so a profile rebuilt since from newer events stays).
+ERASE_SCRIPT: Final = """
+local state = redis.call('GET', KEYS[2])
+local erased = tonumber(state and string.match(state, '^{"erased":(%d+)') or '0')
+if erased >= tonumber(ARGV[1]) then return 2 end
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('SET', KEYS[2], ARGV[2])
+if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
+return existed
+"""
+_ERASURES: Final = {0: Erasure.ABSENT, 1: Erasure.ERASED, 2: Erasure.REPEATED}
+SWEEP_CHUNK: Final = 1000  # keys per SCAN step and per UNLINK
 
 
 # KEYS: the scored-feature keys of some users; ARGV[1]: TTL in seconds, then one value per
@@ -190,9 +217,11 @@ class RedisProfileStore:
         users_per_call: int | None = None,
         scored_ttl_s: int = 30 * 86_400,
         cache_users: int = 0,
+        erased_ttl_s: int = 0,
     ) -> None:
         self.client = client
         self.ttl_ms = ttl_s * 1000
+        self.erased_ttl_ms = erased_ttl_s * 1000  # how long an erasure marker stays; 0: always
         self.scored_ttl_s = scored_ttl_s
         # Default: 200 users per script call; one on a cluster, where each call's keys
         # must share a hash slot and only one user's keys share a hash tag.
@@ -302,6 +331,42 @@ class RedisProfileStore:
             values = await self.client.mget(names)
         return [value.encode() if isinstance(value, str) else value for value in values]
 
+    async def erase(self, user_id: str, at_ms: int) -> Erasure:
+        """`ProfileStore.erase`: the profile, state and dedupe keys in one script, then
+        the user's scored features (found by key pattern: see `_scored_keys`)."""
+        self._cache.pop(user_id, None)
+        args = [at_ms, erased_marker(at_ms), self.erased_ttl_ms]
+        call = (ERASE_SCRIPT, _user_keys([user_id]), args)
+        (found,) = await eval_pipelined(self.client, self._shas, [call])
+        keys = await self._scored_keys(user_id)
+        for i in range(0, len(keys), SWEEP_CHUNK):
+            await self.client.unlink(*keys[i : i + SWEEP_CHUNK])
+        return _ERASURES[int(found)]
+
+    async def _scored_keys(self, user_id: str) -> list[bytes]:
+        """Every `profile-scored:{u}:*` key of the user.
+
+        They share the user's hash tag, so on a cluster they sit in one slot,
+        whose keys its node lists (CLUSTER GETKEYSINSLOT). A single node has no
+        such index: SCAN walks its whole keyspace, one step per SWEEP_CHUNK keys
+        (an erase is rare; BENCHMARKS.md has its cost).
+        """
+        prefix = scored_key(user_id, "").encode()
+        client = self.client
+        if isinstance(client, RedisCluster):
+            slot = client.keyslot(prefix)
+            node = client.get_node_from_key(prefix)
+            count = await client.execute_command("CLUSTER COUNTKEYSINSLOT", slot, target_nodes=node)
+            if not count:
+                return []
+            listed = await client.execute_command(
+                "CLUSTER GETKEYSINSLOT", slot, count, target_nodes=node
+            )
+            keys = [key if isinstance(key, bytes) else key.encode() for key in listed]
+            return [key for key in keys if key.startswith(prefix)]
+        pattern = _glob_escaped(prefix) + b"*"
+        return [key async for key in client.scan_iter(match=pattern, count=SWEEP_CHUNK)]
+
     async def read_profile(self, user_id: str) -> dict[str, str] | None:
         raw = await self.client.hgetall(profile_key(user_id))
         flat = [item for pair in raw.items() for item in pair]
@@ -373,7 +438,15 @@ def _write_entry(write: Write, binary: list[bytes], since: Profile | None) -> li
     binary.append(state_blob(write.profile))
     state_ref = 2 + len(binary)
     legacy = 1 if since is None else 0
-    return [write.expected_version, state_ref, fields, refs, write.expected_updated, legacy]
+    return [
+        write.expected_version,
+        state_ref,
+        fields,
+        refs,
+        write.expected_updated,
+        legacy,
+        write.profile.erased_before,
+    ]
 
 
 def _split_fields(flat: Sequence[bytes | str]) -> tuple[dict[str, str], dict[str, bytes]]:
@@ -403,6 +476,13 @@ def _user_keys(user_ids: Sequence[str]) -> list[str]:
 
 def _flatten(replies: list[Any]) -> list[Any]:
     return [item for reply in replies for item in reply]
+
+
+def _glob_escaped(text: bytes) -> bytes:
+    """`text` matched literally in a SCAN MATCH pattern (user ids may hold * ? [ ] \\)."""
+    for special in (b"\\", b"*", b"?", b"[", b"]"):
+        text = text.replace(special, b"\\" + special)
+    return text
 
 
 def _text(value: bytes | str) -> str:

@@ -159,6 +159,12 @@ class Settings(BaseSettings):
     scored_ttl_days: float = Field(
         30.0, gt=0, description="keep each scored event's features this long, awaiting its label"
     )
+    erased_marker_days: float = Field(
+        0.0,
+        ge=0,
+        description="keep an erased user's marker (it suppresses their events older than the "
+        "erase) this long; 0 keeps it",
+    )
 
     # Web / metrics
     web_port: int = Field(

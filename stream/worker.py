@@ -43,6 +43,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from redis.exceptions import RedisError
 
+from profiling.commands import CommandRecord, apply_commands
 from profiling.errors import ProfilerError
 from profiling.events import INTERNAL_ERROR, Rejection
 from profiling.labels import apply_labels
@@ -113,11 +114,13 @@ class WorkerStats:
     applied: int = 0
     duplicates: int = 0
     replayed: int = 0
+    suppressed: int = 0  # events older than their user's erasure
     dead_letters: int = 0
     profiles_written: int = 0
     changes_published: int = 0
     alerts_published: int = 0
     labels: Counter[str] = field(default_factory=Counter)  # label records by outcome
+    commands: Counter[str] = field(default_factory=Counter)  # command records by outcome
     commit_failures: int = 0
     errors: Counter[str] = field(default_factory=Counter)  # dead letters by error code
 
@@ -136,6 +139,7 @@ class WorkerStats:
             "applied": self.applied,
             "duplicates": self.duplicates,
             "replayed": self.replayed,
+            "suppressed": self.suppressed,
             "dead_letters": self.dead_letters,
             "errors": dict(self.errors),
             "batches": self.batches,
@@ -143,6 +147,7 @@ class WorkerStats:
             "changes_published": self.changes_published,
             "alerts_published": self.alerts_published,
             "labels": dict(self.labels),
+            "commands": dict(self.commands),
             "commit_failures": self.commit_failures,
             "busy_s": round(busy, 3),
             "records_per_s": round(self.records / busy, 1) if busy else None,
@@ -154,11 +159,13 @@ class WorkerStats:
         self.applied += result.outcomes["applied"]
         self.duplicates += result.outcomes["duplicate"]
         self.replayed += result.outcomes["replayed"]
+        self.suppressed += result.outcomes["suppressed"]
         self.dead_letters += len(result.dead_letters)
         self.profiles_written += result.users_written
         self.changes_published += len(result.changes)
         self.alerts_published += len(result.alerts)
         self.labels.update(result.labels)
+        self.commands.update(result.commands)
         self.errors.update(result.errors)
 
 
@@ -208,6 +215,7 @@ class BatchWorker:
             settings.profile_ttl_s,
             scored_ttl_s=int(settings.scored_ttl_days * 86_400),
             cache_users=settings.profile_cache_users,
+            erased_ttl_s=int(settings.erased_marker_days * 86_400),
         )
         interests = interest_model(settings, self.redis)
         self.models = build_models(settings, interests.encoder.dim if interests else 384)
@@ -230,9 +238,11 @@ class BatchWorker:
             self._snapshots_allowed = True  # never overwrite a snapshot we could not read
         await self.producer.start()
         await self.consumer.start()
-        topics = [self.settings.topic_events]
+        # Labels and commands are keyed by user id and co-partitioned with the events,
+        # so a user's erase runs on the worker that folds the user's events.
+        topics = [self.settings.topic_events, self.settings.topic_commands]
         if self.models is not None:
-            topics.append(self.settings.topic_labels)  # co-partitioned with the events
+            topics.append(self.settings.topic_labels)
         self.consumer.subscribe(topics, listener=self.assignment)
 
     async def _check_compact_profiles(self, dim: int) -> None:
@@ -322,6 +332,7 @@ class BatchWorker:
                     idle_since = None
                     started = time.monotonic()
                     ends = next_offsets(records)
+                    last = await self._settled_for_commands(last, records)
                     if len(records) < self.settings.batch_max_events:
                         self._hold_fetches()  # keeping up: fetch late, for freshness
                     folded = await self._fold_guarded(records, ends, started, last)
@@ -356,6 +367,19 @@ class BatchWorker:
             if last is not None:
                 await self._settle(last)
         return self.stats
+
+    async def _settled_for_commands(
+        self, last: _Writing | None, records: Sequence[SourceRecord]
+    ) -> _Writing | None:
+        """`last`, or None once it is settled when this batch carries commands.
+
+        An erase waits for the batch before it to be written and published: that
+        batch's change messages then go out before the tombstone, never after.
+        """
+        if last is None or not self._commands(records):
+            return last
+        await self._settle(last)
+        return None
 
     def _hold_fetches(self) -> None:
         """Fetch nothing until `_fetch_again` (see `run`)."""
@@ -478,6 +502,13 @@ class BatchWorker:
         )  # fmt: skip
         events = [r for r in records if r.topic == self.settings.topic_events]
         result = BatchResult()
+        commands = self._commands(records)
+        try:
+            result.add(await self._apply_commands(commands))
+        except Exception as exc:
+            if self.stopping:
+                raise
+            self._dead_letter_apart(commands, exc, result)
         for user_records in _by_key(events):
             try:
                 part = await self._retrying(
@@ -489,16 +520,7 @@ class BatchWorker:
             except Exception as exc:
                 if self.stopping:
                     raise
-                log.error(
-                    "dead-lettering %d events of one user (%s: %s)",
-                    len(user_records), type(exc).__name__, exc, exc_info=exc,
-                )  # fmt: skip
-                rejection = Rejection(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-                now = self.clock()
-                result.dead_letters += [
-                    (record.key, dead_letter_for(record, rejection, now)) for record in user_records
-                ]
-                result.errors[INTERNAL_ERROR] += len(user_records)
+                self._dead_letter_apart(user_records, exc, result)
                 continue
             result.add(part)
         self._advance_models(ends)
@@ -506,13 +528,43 @@ class BatchWorker:
         await self._finish(records, ends, result, started)
         return result
 
+    def _dead_letter_apart(
+        self, records: Sequence[SourceRecord], failure: Exception, result: BatchResult
+    ) -> None:
+        """`internal_error` dead letters for records the worker failed on (`_apply_apart`)."""
+        if not records:
+            return
+        log.error(
+            "dead-lettering %d records of one user (%s: %s)",
+            len(records), type(failure).__name__, failure, exc_info=failure,
+        )  # fmt: skip
+        rejection = Rejection(INTERNAL_ERROR, f"{type(failure).__name__}: {failure}")
+        now = self.clock()
+        result.dead_letters += [
+            (record.key, dead_letter_for(record, rejection, now)) for record in records
+        ]
+        result.errors[INTERNAL_ERROR] += len(records)
+
+    def _commands(self, records: Sequence[SourceRecord]) -> list[CommandRecord]:
+        topic = self.settings.topic_commands
+        return [r for r in records if r.topic == topic]  # type: ignore[misc]
+
+    async def _apply_commands(self, commands: Sequence[CommandRecord]) -> BatchResult:
+        """Carry out a batch's `profile-commands` records (before its events are folded)."""
+        if not commands:
+            return BatchResult()
+        return await self._retrying(
+            "redis", lambda: apply_commands(commands, self.store, self.clock())
+        )
+
     async def _fold(
         self, records: Sequence[SourceRecord], ends: dict[TopicPartition, int], started: float
     ) -> FoldedBatch:
-        """Fold a batch whose next offsets (`next_offsets`) are `ends`."""
+        """Fold a batch whose next offsets (`next_offsets`) are `ends` (commands first)."""
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = started
         self._positions.update(ends)
+        commanded = await self._apply_commands(self._commands(records))
         events = [r for r in records if r.topic == self.settings.topic_events]
         lookups = self._embedding_totals()
         folded = await self._retrying(
@@ -522,6 +574,7 @@ class BatchWorker:
         if lookups is not None:
             metrics.observe_embeddings(lookups, self._embedding_totals() or lookups)
         self._advance_models(ends)
+        folded.result.add(commanded)
         return folded
 
     def _advance_models(self, ends: dict[TopicPartition, int]) -> None:
@@ -572,8 +625,8 @@ class BatchWorker:
         return _Writing(written, task, previous, records, ends, started)
 
     async def _learn_labels(self, records: Sequence[SourceRecord], result: BatchResult) -> None:
-        """Teach the models the batch's label records (those not on the events topic)."""
-        labels = [r for r in records if r.topic != self.settings.topic_events]
+        """Teach the models the batch's `fraud-labels` records."""
+        labels = [r for r in records if r.topic == self.settings.topic_labels]
         if not labels or self.models is None:
             return
         models = self.models
@@ -630,7 +683,11 @@ class BatchWorker:
 
     async def _publish(self, result: BatchResult) -> None:
         settings = self.settings
-        messages = [(settings.topic_dlq, key, body) for key, body in result.dead_letters]
+        messages: list[tuple[str, bytes | None, bytes | None]] = [
+            (settings.topic_dlq, key, body) for key, body in result.dead_letters
+        ]
+        # Tombstones first: a change message of this batch is of a profile built since.
+        messages += [(settings.topic_updates, user_id.encode(), None) for user_id in result.erased]
         messages += [
             (settings.topic_updates, user_id.encode(), body) for user_id, body in result.changes
         ]
@@ -673,9 +730,11 @@ class BatchWorker:
             metrics.SEGMENT_MOVES.inc(result.segment_moves)
         for kind, count in result.by_type.items():
             metrics.EVENTS.labels(kind, "applied").inc(count)
-        for outcome in ("duplicate", "replayed"):
+        for outcome in ("duplicate", "replayed", "suppressed"):
             if result.outcomes[outcome]:
                 metrics.EVENTS.labels("any", outcome).inc(result.outcomes[outcome])
+        for outcome, count in result.commands.items():
+            metrics.COMMANDS.labels(outcome).inc(count)
         for error, count in result.errors.items():
             metrics.DEAD_LETTERS.labels(error).inc(count)
             metrics.EVENTS.labels("unknown", "dead_lettered").inc(count)

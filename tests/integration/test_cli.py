@@ -467,6 +467,22 @@ async def test_produce_files_then_run_then_look_profiles_up(
     assert unknown.stdout == ""
     assert "no profile" in unknown.stderr and "nobody" in unknown.stderr
 
+    sent, empty = await asyncio.gather(
+        profiler("erase", "jl-ann", env=env, cwd=tmp_path),
+        profiler("erase", "", env=env, cwd=tmp_path),
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert f"sent an erase of 'jl-ann' to {topics.topic_commands}" in sent.stderr
+    assert empty.returncode == 2 and "1 to 128 characters" in empty.stderr
+    done = await profiler("run", "--until-idle", "1", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    erased, kept = await asyncio.gather(
+        profiler("profile", "jl-ann", env=env, cwd=tmp_path),
+        profiler("profile", "17850", env=env, cwd=tmp_path),
+    )
+    assert erased.returncode == 1 and "no profile" in erased.stderr
+    assert kept.returncode == 0, kept.stderr
+
 
 # --- topics, configuration --------------------------------------------------------
 

@@ -19,6 +19,7 @@ from redis.exceptions import RedisClusterException, ResponseError
 from profiling.embedding_cache import text_key
 from profiling.pipeline import Record, apply_batch
 from profiling.profile import ProfileParams
+from profiling.store import Erasure, scored_key
 from stream.devstack import LocalRedis
 from stream.interest_setup import RedisEmbeddingCache
 from stream.producing import send_records
@@ -70,6 +71,30 @@ async def test_one_user_per_call_works_and_several_are_refused(
     result = await apply_batch(records, per_user, ProfileParams(), lambda: T0 + 60_000)
     assert result.outcomes["applied"] == len(users)
     assert (await per_user.read_profile("u7") or {})["events"] == "1"
+
+
+async def test_erase_finds_the_users_scored_features_in_their_slot(
+    cluster_client: aioredis.Redis,
+) -> None:
+    store = RedisProfileStore(cluster_client)
+    users = [f"u{i}" for i in range(20)]
+    await apply_batch(
+        [view(user, f"e-{user}", i) for i, user in enumerate(users)],
+        store,
+        ProfileParams(),
+        lambda: T0 + 60_000,
+    )
+    for user in users:  # what a scored purchase leaves, for each user
+        await cluster_client.set(scored_key(user, "e1"), b"\x01")
+        await cluster_client.set(scored_key(user, "e2"), b"\x01")
+    assert await store.erase("u7", T0 + 60_000) is Erasure.ERASED
+    assert await store.load_scored([("u7", "e1"), ("u7", "e2"), ("u8", "e1")]) == [
+        None,
+        None,
+        b"\x01",
+    ]
+    assert await store.read_profile("u7") is None
+    assert await store.read_profile("u8") is not None
 
 
 async def test_a_worker_applies_a_stream_through_the_cluster(

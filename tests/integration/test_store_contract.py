@@ -18,6 +18,7 @@ from redis.crc import key_slot
 
 from profiling.profile import Profile, event_digest
 from profiling.store import (
+    Erasure,
     InMemoryProfileStore,
     ProfileStore,
     Write,
@@ -187,9 +188,61 @@ async def test_read_profile_shows_the_public_fields_only(store: ProfileStore) ->
     assert fields["version"] == "3" and fields["count:view"] == "6"
     assert fields["spend"] == "123.456789"
     assert fields["categories"].startswith('[["electronics.smartphone",7.123457]')
-    internal = {"cats", "wm", "pub_at", "pub_v", "unpub", "watermarks", "unpublished"}
+    internal = {"cats", "wm", "pub_at", "pub_v", "unpub", "watermarks", "unpublished", "erased"}
     assert internal.isdisjoint(fields)
     assert await store.read_profile("bob") is None
+
+
+async def test_erase_removes_the_profile_and_its_scored_features(store: ProfileStore) -> None:
+    profile = rich_profile("a*[b]?\\c")  # glob characters in the id match only themselves
+    scored = (("e1", b"\x01features"), ("e2", b"\x01more"))
+    assert await store.save([Write(profile, 0, scored)]) == []
+    await write(store, rich_profile("a-bc"), 0)  # a pattern without escapes would match it
+    await store.save([Write(rich_profile("other"), 0, (("e1", b"\x01kept"),))])
+
+    assert await store.erase(profile.user_id, T0) is Erasure.ERASED
+
+    assert await store.read_profile(profile.user_id) is None
+    assert await load_one(store, profile.user_id) == Profile(profile.user_id, erased_before=T0)
+    assert await store.load_scored([(profile.user_id, "e1"), (profile.user_id, "e2")]) == [
+        None,
+        None,
+    ]
+    assert await store.load_scored([("other", "e1")]) == [b"\x01kept"]
+    assert await load_one(store, "a-bc") == rich_profile("a-bc")
+
+
+async def test_erase_is_idempotent_and_keeps_a_profile_rebuilt_since(store: ProfileStore) -> None:
+    assert await store.erase("alice", T0) is Erasure.ABSENT
+    rebuilt = replace(rich_profile(version=1), erased_before=T0)
+    assert await write(store, rebuilt, 0) == []
+    assert await load_one(store, "alice") == rebuilt  # the marker rides in the state
+
+    assert await store.erase("alice", T0) is Erasure.REPEATED  # a replayed command
+    assert await store.erase("alice", T0 - 1) is Erasure.REPEATED  # an older one
+    assert await load_one(store, "alice") == rebuilt
+
+    assert await store.erase("alice", T0 + 1) is Erasure.ERASED  # a newer one
+    assert await load_one(store, "alice") == Profile("alice", erased_before=T0 + 1)
+
+
+async def test_a_new_profile_folded_before_an_erase_is_refused(store: ProfileStore) -> None:
+    """An erase that lands between the load and the write of a new user's first events
+    (version 0) must not be overwritten: the marker is part of the compare-and-set."""
+    folded = rich_profile(version=1)  # from Profile("alice"): no marker
+    await store.erase("alice", T0)
+    assert await write(store, folded, 0) == ["alice"]
+    assert await load_one(store, "alice") == Profile("alice", erased_before=T0)
+    # Folded again from the store, it carries the marker and lands.
+    assert await write(store, replace(folded, erased_before=T0), 0) == []
+
+
+async def test_a_cached_write_after_an_erase_is_refused(store: ProfileStore) -> None:
+    stored = rich_profile(version=1)
+    await write(store, stored, 0)
+    await store.erase("alice", T0)
+    assert await write(store, replace(stored, version=2), 1) == ["alice"]
+    assert await store.read_profile("alice") is None
 
 
 # --- what only the Redis store can show -----------------------------------------

@@ -20,10 +20,12 @@ from profiling.events import (
     EVENT_TYPES,
     FUTURE_SLACK_MS,
     INTERNAL_ERROR,
+    INVALID_COMMAND,
     INVALID_LABEL,
     KEY_MISMATCH,
     MIN_TS_MS,
     NEEDS_ITEM,
+    UNSUPPORTED_COMMAND,
     Event,
     Rejection,
     decode_event,
@@ -63,8 +65,14 @@ def test_corpus_is_replayable() -> None:
     assert all(MIN_TS_MS <= event["ts"] < min(NOW_MS, REAL_DATE_MS) for event in valid)
     assert {event["type"] for event in valid} == set(EVENT_TYPES)
     # Every code decode_event can give is exercised; the key check and a failure of the
-    # worker's own live in the pipeline, and labels have their own decoder.
-    not_decoders = {KEY_MISMATCH, INVALID_LABEL, INTERNAL_ERROR}
+    # worker's own live in the pipeline, and labels and commands have their own decoders.
+    not_decoders = {
+        KEY_MISMATCH,
+        INVALID_LABEL,
+        INVALID_COMMAND,
+        UNSUPPORTED_COMMAND,
+        INTERNAL_ERROR,
+    }
     assert {case.error for case in CASES} - {None} == set(ERROR_CODES) - not_decoders
 
 

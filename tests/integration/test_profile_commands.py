@@ -1,0 +1,105 @@
+"""`erase` on `profile-commands`, through a worker, on the real broker and redis-server."""
+
+from __future__ import annotations
+
+import orjson
+import redis.asyncio as aioredis
+
+from stream.producing import send_records
+from stream.settings import Settings
+from stream.worker import wall_clock_ms
+from tests.integration.kafka_io import drain, read_topic
+from tests.schemas import validator
+
+HOUR_MS = 3_600_000
+
+
+def event(event_id: str, user: str, kind: str, ts: int) -> tuple[bytes, bytes]:
+    body: dict[str, object] = {"event_id": event_id, "user_id": user, "type": kind, "ts": ts}
+    if kind == "purchase":
+        body |= {"amount": 25.0, "card_fp": f"card-{user}", "device_id": "d1", "country": "DE"}
+    if kind == "view":
+        body |= {"item_id": "sku-1", "category": "shoes"}
+    return user.encode(), orjson.dumps(body)
+
+
+async def user_keys(client: aioredis.Redis, user: str) -> set[bytes]:
+    return {key async for key in client.scan_iter(match=f"*{{{user}}}*", count=1000)}
+
+
+async def test_erase_removes_a_user_publishes_a_tombstone_and_suppresses_older_events(
+    topics: Settings,
+) -> None:
+    now = wall_clock_ms()
+    history = [
+        event(f"{user}-{i}", user, kind, now - 2 * HOUR_MS + i * 60_000)
+        for user in ("alice", "bob")
+        for i, kind in enumerate(["login", "view", "purchase", "view", "login"])
+    ]
+    await send_records(topics, history)
+    first = await drain(topics)
+    assert first.applied == 10
+    client = aioredis.Redis.from_url(topics.redis_url)
+    try:
+        alice_before = await user_keys(client, "alice")
+        assert any(key.startswith(b"profile-scored:") for key in alice_before)
+        bob_before = await user_keys(client, "bob")
+
+        erase = orjson.dumps({"command": "erase", "user_id": "alice"})
+        bad = orjson.dumps({"command": "erase"})
+        await send_records(topics, [(b"alice", erase), (b"alice", bad)], topics.topic_commands)
+        # Events of alice from before the erase (late) and after it, in the next drain.
+        erased_stats = await drain(topics)
+        assert erased_stats.commands == {"erased": 1, "dead_lettered": 1}
+        assert await user_keys(client, "alice") == {b"profile-state:{alice}"}  # the marker
+        assert await user_keys(client, "bob") == bob_before
+
+        after = wall_clock_ms() + 1_000
+        late = [event("alice-late", "alice", "view", now - HOUR_MS)]
+        fresh = [event("alice-new", "alice", "view", after)]
+        await send_records(topics, late + fresh)
+        rebuilt_stats = await drain(topics)
+        assert (rebuilt_stats.suppressed, rebuilt_stats.applied) == (1, 1)
+        profile = await client.hgetall("profile:{alice}")
+        assert profile[b"version"] == b"1" and profile[b"events"] == b"1"
+        assert profile[b"first_seen"] == str(after).encode()
+    finally:
+        await client.aclose()
+
+    updates = await read_topic(topics.kafka_bootstrap, topics.topic_updates)
+    alice = [record.value for record in updates if record.key == b"alice"]
+    tombstone = alice.index(None)
+    assert tombstone > 0 and alice.count(None) == 1
+    schema = validator("profile_update.v1")
+    before, since = alice[:tombstone], alice[tombstone + 1 :]
+    assert [orjson.loads(body)["version"] for body in since] == [1]
+    assert all(schema.is_valid(orjson.loads(body)) for body in before + since)
+
+    letters = [
+        orjson.loads(r.value) for r in await read_topic(topics.kafka_bootstrap, topics.topic_dlq)
+    ]
+    assert [(letter["error"], letter["topic"]) for letter in letters] == [
+        ("invalid_command", topics.topic_commands)
+    ]
+
+
+async def test_a_replayed_erase_keeps_the_profile_rebuilt_since(topics: Settings) -> None:
+    """The erase is committed late (a crash): replayed, it must not erase newer events."""
+    now = wall_clock_ms()
+    await send_records(topics, [event("a-1", "alice", "view", now - HOUR_MS)])
+    erase = orjson.dumps({"command": "erase", "user_id": "alice"})
+    await send_records(topics, [(b"alice", erase)], topics.topic_commands)
+    await drain(topics)
+    await send_records(topics, [event("a-2", "alice", "view", wall_clock_ms() + 1_000)])
+    await drain(topics)
+
+    replay = topics.model_copy(update={"group_id": f"{topics.group_id}-replay"})
+    stats = await drain(replay)  # a new group: every record again, the erase included
+    assert stats.commands == {"repeated": 1}
+    assert (stats.replayed, stats.applied) == (2, 0)  # below the rebuilt profile's watermark
+    client = aioredis.Redis.from_url(topics.redis_url)
+    try:
+        profile = await client.hgetall("profile:{alice}")
+    finally:
+        await client.aclose()
+    assert profile[b"version"] == b"1" and profile[b"events"] == b"1"
