@@ -424,6 +424,50 @@ def _remember(
     return (*rest, (value, first, last))[-KNOWN_TOKENS:]
 
 
+def merge_behaviour(a: Behaviour, b: Behaviour) -> Behaviour:
+    """Two users' states as one user's (a profile merged into another: `profiling.merging`).
+
+    The same bounds as a fold: the newest stamps, the most recently used
+    tokens (each with its earliest first use and latest last use); the order
+    amounts' running mean and variance combined exactly (Chan et al.).
+    """
+    n = a.amount_n + b.amount_n
+    delta = b.amount_mean - a.amount_mean
+    mean = a.amount_mean + delta * b.amount_n / n if n else 0.0
+    m2 = a.amount_m2 + b.amount_m2 + delta * delta * a.amount_n * b.amount_n / n if n else 0.0
+    firsts = [ts for ts in (a.first_ts, b.first_ts) if ts]
+    return Behaviour(
+        first_ts=min(firsts, default=0),
+        last_ts=max(a.last_ts, b.last_ts),
+        events=tuple(sorted(a.events + b.events)[-RECENT_EVENTS:]),
+        orders=tuple(sorted(a.orders + b.orders)[-RECENT_ORDERS:]),
+        failures=tuple(sorted(a.failures + b.failures)[-RECENT_FAILURES:]),
+        devices=_merge_tokens(a.devices, b.devices),
+        countries=_merge_tokens(a.countries, b.countries),
+        cards=_merge_tokens(a.cards, b.cards),
+        amount_n=n,
+        amount_mean=mean,
+        amount_m2=m2,
+        price_n=a.price_n + b.price_n,
+        price_sum=a.price_sum + b.price_sum,
+        last_login=max(a.last_login, b.last_login),
+        last_cart=max(a.last_cart, b.last_cart),
+    )
+
+
+def _merge_tokens(
+    a: tuple[tuple[str, int, int], ...], b: tuple[tuple[str, int, int], ...]
+) -> tuple[tuple[str, int, int], ...]:
+    uses: dict[str, tuple[int, int]] = {}
+    for value, first, last in (*a, *b):
+        known = uses.get(value)
+        uses[value] = (
+            (first, last) if known is None else (min(first, known[0]), max(last, known[1]))
+        )
+    ordered = sorted(uses.items(), key=lambda item: (item[1][1], item[0]))
+    return tuple((value, first, last) for value, (first, last) in ordered)[-KNOWN_TOKENS:]
+
+
 # --- profile features, for segmentation --------------------------------------------------------
 
 

@@ -9,9 +9,16 @@ of theirs older than it (`Profile.erased_before`), counting it as
 the marker. The erasure time is the command record's Kafka timestamp, so a
 replayed command erases nothing new (`Erasure.REPEATED`).
 
-`merge` is part of the wire contract (`schemas/profile_command.v1.json`) but
-not applied yet: its records become `unsupported_command` dead letters, whole,
-to be replayed once a version applies them.
+`merge` folds `from_user_id`'s profile into `user_id`'s (`profiling.merging`),
+then erases `from_user_id` as above (a tombstone, a marker). It is safe to
+crash anywhere in it and replay: the profile merged in is first set aside
+under its own hash tag as `from_user_id` is erased (one script), so a worker
+that folds `from_user_id`'s events meanwhile finds the marker, never a half
+merged profile; the merge's digest then joins `user_id`'s dedupe window with
+the merged write (compare-and-set), and the profile aside is dropped last. A
+replay finds the profile still aside, or the digest already in the window.
+`from_user_id`'s events older than the merge that arrive after it are
+suppressed, like an erased user's: the shop should send them before the merge.
 """
 
 from __future__ import annotations
@@ -21,15 +28,20 @@ from typing import Annotated, Protocol
 
 import msgspec
 
-from profiling.events import (
-    INVALID_COMMAND,
-    INVALID_JSON,
-    KEY_MISMATCH,
-    UNSUPPORTED_COMMAND,
-    Rejection,
+from profiling.errors import StoreConflictError
+from profiling.events import INVALID_COMMAND, INVALID_JSON, KEY_MISMATCH, Rejection
+from profiling.merging import merge_marker, merge_profiles
+from profiling.messages import change_message
+from profiling.pipeline import (
+    MAX_WRITE_ATTEMPTS,
+    BatchResult,
+    SourceRecord,
+    Stages,
+    dead_letter_for,
 )
-from profiling.pipeline import BatchResult, SourceRecord, dead_letter_for
-from profiling.store import ProfileStore
+from profiling.profile import Profile, ProfileParams, in_window
+from profiling.store import Erasure, ProfileStore, Write
+from profiling.vectors import VectorParams
 
 UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
@@ -67,26 +79,81 @@ def decode_command(raw: bytes | None) -> Command | Rejection:
 
 
 async def apply_commands(
-    records: Sequence[CommandRecord], store: ProfileStore, now_ms: int
+    records: Sequence[CommandRecord],
+    store: ProfileStore,
+    now_ms: int,
+    params: ProfileParams,
+    stages: Stages,
 ) -> BatchResult:
-    """Carry out a batch's command records in order: the users erased (a tombstone each,
-    `BatchResult.erased`), counts by outcome (`BatchResult.commands`: erased, absent,
-    repeated, dead_lettered) and dead letters for the bad ones."""
+    """Carry out a batch's command records in order.
+
+    The result holds the users erased (a tombstone each, `BatchResult.erased`),
+    the change message of each user merged into, counts by (command, outcome)
+    (`BatchResult.commands`) and dead letters for the bad records.
+    """
     result = BatchResult()
     for record in records:
         command = decode_command(record.value)
-        if isinstance(command, Erase) and record.key != command.user_id.encode():
+        if not isinstance(command, Rejection) and record.key != command.user_id.encode():
             command = Rejection(KEY_MISMATCH, "record key must be the command's user_id (UTF-8)")
-        elif isinstance(command, Merge):
-            command = Rejection(UNSUPPORTED_COMMAND, "merge is not applied by this version")
         if isinstance(command, Rejection):
             result.dead_letters.append((record.key, dead_letter_for(record, command, now_ms)))
-            result.commands["dead_lettered"] += 1
+            result.commands["invalid", "dead_lettered"] += 1
             continue
         # The record's time, so that a replay finds the same erasure; a record
         # without one (timestamp -1) takes the worker's clock.
         at_ms = record.timestamp if record.timestamp >= 0 else now_ms
-        erasure = await store.erase(command.user_id, at_ms)
-        result.commands[erasure.value] += 1
-        result.erased.append(command.user_id)
+        if isinstance(command, Erase):
+            erasure = await store.erase(command.user_id, at_ms)
+            result.commands["erase", erasure.value] += 1
+            result.erased.append(command.user_id)
+        else:
+            outcome = await _merge(command, at_ms, store, now_ms, params, stages, result)
+            result.commands["merge", outcome] += 1
+            result.erased.append(command.from_user_id)
     return result
+
+
+async def _merge(  # noqa: PLR0917 - one command's whole context
+    command: Merge,
+    at_ms: int,
+    store: ProfileStore,
+    now_ms: int,
+    params: ProfileParams,
+    stages: Stages,
+    result: BatchResult,
+) -> str:
+    """Fold `from_user_id` into `user_id` (see the module doc); the outcome's name."""
+    erasure, taken = await store.set_aside(command.from_user_id, at_ms)
+    marker = merge_marker(command.from_user_id, at_ms)
+    if taken is None:  # nothing (left) to merge: erased, as asked
+        if erasure is Erasure.REPEATED:  # perhaps merged before a crash: publish again
+            (known,) = (await store.load([command.user_id])).values()
+            if in_window(known.seen, marker):
+                _publish(known, result, stages)
+        return erasure.value
+    vectors = stages.interests.params if stages.interests is not None else VectorParams()
+    outcome = Erasure.REPEATED.value
+    for _attempt in range(MAX_WRITE_ATTEMPTS):
+        (known,) = (await store.load([command.user_id])).values()
+        if in_window(known.seen, marker):  # merged before a crash: publish again, drop
+            _publish(known, result, stages)
+            break
+        merged = merge_profiles(known, taken, marker, params=params, vectors=vectors, now_ms=now_ms)
+        if not await store.save([Write(merged, known.version, (), known.updated)]):
+            _publish(merged, result, stages)
+            result.users_written += 1
+            outcome = "merged"
+            break
+    else:
+        raise StoreConflictError(f"merge into {command.user_id!r} kept losing the version race")
+    await store.drop_aside(command.from_user_id)
+    return outcome
+
+
+def _publish(profile: Profile, result: BatchResult, stages: Stages) -> None:
+    """The change message of a profile merged into (again, when a replay finds it merged:
+    readers keep the highest version, so a repeat is harmless)."""
+    threshold = stages.models.alert_threshold if stages.models is not None else 0.8
+    body = change_message(profile, profile.unpublished, stages.vector_in_updates, threshold)
+    result.changes.append((profile.user_id, body))

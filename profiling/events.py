@@ -103,7 +103,6 @@ TS_IN_FUTURE: Final = "ts_in_future"
 KEY_MISMATCH: Final = "key_mismatch"
 INVALID_LABEL: Final = "invalid_label"  # a fraud-labels record that is JSON but not a label
 INVALID_COMMAND: Final = "invalid_command"  # a profile-commands record that is JSON but no command
-UNSUPPORTED_COMMAND: Final = "unsupported_command"  # a valid command this version does not apply
 INTERNAL_ERROR: Final = "internal_error"  # valid, but the worker failed on it: replay after a fix
 ERROR_CODES: Final = (
     TOO_LARGE,
@@ -121,7 +120,6 @@ ERROR_CODES: Final = (
     KEY_MISMATCH,
     INVALID_LABEL,
     INVALID_COMMAND,
-    UNSUPPORTED_COMMAND,
     INTERNAL_ERROR,
 )
 

@@ -83,7 +83,7 @@ class BatchResult:
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)  # (key, body)
     outcomes: Counter[str] = field(default_factory=Counter)  # applied / duplicate / replayed / ...
     erased: list[str] = field(default_factory=list)  # users erased: a tombstone each
-    commands: Counter[str] = field(default_factory=Counter)  # command records by outcome
+    commands: Counter[tuple[str, str]] = field(default_factory=Counter)  # (command, outcome)
     by_type: Counter[str] = field(default_factory=Counter)  # applied events per type
     errors: Counter[str] = field(default_factory=Counter)  # dead letters per error code
     users_written: int = 0

@@ -43,6 +43,15 @@ def seen_key(user_id: str) -> str:
     return f"profile-seen:{{{user_id}}}"
 
 
+def aside_key(user_id: str) -> str:
+    """A merged user's profile hash, kept aside until the merge is written."""
+    return f"profile-aside:{{{user_id}}}"
+
+
+def aside_state_key(user_id: str) -> str:
+    return f"profile-aside-state:{{{user_id}}}"
+
+
 def scored_key(user_id: str, event_id: str) -> str:
     """Features of one scored event, kept (with a TTL) until its fraud label arrives."""
     return f"profile-scored:{{{user_id}}}:{event_id}"
@@ -100,6 +109,16 @@ class ProfileStore(Protocol):
     async def erase(self, user_id: str, at_ms: int) -> Erasure:
         """Remove every key of the user, leaving a marker that suppresses events older than
         `at_ms`. Idempotent: a user already erased at or after `at_ms` is left alone."""
+        ...
+
+    async def set_aside(self, user_id: str, at_ms: int) -> tuple[Erasure, Profile | None]:
+        """`erase`, keeping the profile aside (for a merge) until `drop_aside`: what `erase`
+        found, and the profile aside or None. A replayed call (`Erasure.REPEATED`) finds
+        the profile still aside, if it was not dropped yet."""
+        ...
+
+    async def drop_aside(self, user_id: str) -> None:
+        """Forget the profile `set_aside` kept (it is merged)."""
         ...
 
 
@@ -168,21 +187,20 @@ def state_blob(profile: Profile) -> bytes:
     before has the erasure time first (`ERASED_PREFIX`), where the store's
     scripts look for it.
     """
-    erased = {"erased": profile.erased_before} if profile.erased_before else {}
-    document = jsonout.dumps(
-        {
-            **erased,
-            "cats": profile.category_scores,
-            "wm": {str(p): o for p, o in profile.watermarks.items()},
-            "pub_at": profile.published_at,
-            "pub_v": profile.published_version,
-            "unpub": sorted(profile.unpublished),
-            "interest": profile.interest.to_json() if profile.interest else None,
-            "beh": profile.behaviour.to_json() if profile.behaviour else None,
-            "seg": [profile.prev_segment, profile.segment_dwell],
-            "alerts": profile.alerts,
-        }
-    )
+    state = {
+        "cats": profile.category_scores,
+        "wm": {str(p): o for p, o in profile.watermarks.items()},
+        "pub_at": profile.published_at,
+        "pub_v": profile.published_version,
+        "unpub": sorted(profile.unpublished),
+        "interest": profile.interest.to_json() if profile.interest else None,
+        "beh": profile.behaviour.to_json() if profile.behaviour else None,
+        "seg": [profile.prev_segment, profile.segment_dwell],
+        "alerts": profile.alerts,
+    }
+    if profile.erased_before:
+        state = {"erased": profile.erased_before, **state}
+    document = jsonout.dumps(state)
     return document + b"\n" + profile.seen if profile.seen else document
 
 
@@ -249,6 +267,7 @@ class InMemoryProfileStore:
         self._vectors: dict[str, dict[str, bytes]] = {}
         self._states: dict[str, bytes] = {}
         self._scored: dict[tuple[str, str], bytes] = {}
+        self._aside: dict[str, Profile] = {}
 
     async def load(self, user_ids: Sequence[str]) -> dict[str, Profile]:
         return {
@@ -301,10 +320,21 @@ class InMemoryProfileStore:
             return Erasure.REPEATED
         existed = self._hashes.pop(user_id, None) is not None
         self._vectors.pop(user_id, None)
+        self._aside.pop(user_id, None)
         self._states[user_id] = erased_marker(at_ms)
         for key in [key for key in self._scored if key[0] == user_id]:
             del self._scored[key]
         return Erasure.ERASED if existed else Erasure.ABSENT
+
+    async def set_aside(self, user_id: str, at_ms: int) -> tuple[Erasure, Profile | None]:
+        (profile,) = (await self.load([user_id])).values()
+        erasure = await self.erase(user_id, at_ms)
+        if erasure is Erasure.ERASED:
+            self._aside[user_id] = profile
+        return erasure, self._aside.get(user_id)
+
+    async def drop_aside(self, user_id: str) -> None:
+        self._aside.pop(user_id, None)
 
 
 def _erased_at(state: bytes | None) -> int:

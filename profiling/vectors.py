@@ -429,6 +429,31 @@ def _segment_sums(
     return [sums[j * runs : (j + 1) * runs] for j in range(len(coefs))]
 
 
+def merge_interests(
+    first: tuple[Interest, int], second: tuple[Interest, int], ref_ms: int, half_life_ms: float
+) -> Interest:
+    """The sum of two users' decayed sums, each (sum, the time it is kept at), at `ref_ms`.
+
+    Decaying is linear, so the sum of the two is what one user with both users'
+    events would hold. `ref_ms` must be at least both references.
+    """
+    (a, ref_a), (b, ref_b) = first, second
+    if ref_ms < max(ref_a, ref_b):
+        raise ValueError("ref_ms must be at least both references")
+    exp_a = a.log2_norm - (ref_ms - ref_a) / half_life_ms  # -inf stays -inf
+    exp_b = b.log2_norm - (ref_ms - ref_b) / half_life_ms
+    top = max(exp_a, exp_b)
+    if top == -math.inf:
+        return Interest.empty(a.direction.shape[0])
+    total = math.exp2(exp_a - top) * a.direction.astype(np.float64) + math.exp2(
+        exp_b - top
+    ) * b.direction.astype(np.float64)
+    norm = float(np.linalg.norm(total))
+    if norm <= _CANCELLED:
+        return Interest.empty(a.direction.shape[0])
+    return Interest(_frozen((total / norm).astype(np.float32)), top + math.log2(norm))
+
+
 def encode_vector(vector: npt.NDArray[np.floating]) -> bytes:
     """The wire form of a vector: float32 little-endian bytes."""
     return np.asarray(vector, dtype="<f4").tobytes()

@@ -97,10 +97,10 @@ LABELS = Counter(
 )
 COMMANDS = Counter(
     "profiler_profile_commands",
-    "profile-commands records, by outcome: erased (a profile removed), absent (no profile: "
-    "only the marker written), repeated (erased at or after that time already), "
-    "dead_lettered (invalid or unsupported)",
-    ["outcome"],
+    "profile-commands records, by command (erase, merge, invalid) and outcome: erased (a "
+    "profile removed), merged (a profile folded into another), absent (no profile: only "
+    "the marker written), repeated (done before: a replay), dead_lettered",
+    ["command", "outcome"],
     registry=REGISTRY,
 )
 MODEL_DRIFT = Counter(

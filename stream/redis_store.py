@@ -35,6 +35,8 @@ from profiling.store import (
     VECTOR_FIELDS,
     Erasure,
     Write,
+    aside_key,
+    aside_state_key,
     erased_marker,
     profile_from_storage,
     profile_key,
@@ -121,21 +123,39 @@ return results
 """
 
 
-# KEYS: one user's profile, state and earlier dedupe key; ARGV: the erasure time (ms),
-# the marker (the state of an erased user), the marker's TTL in ms (0: none).
-# Returns 1 when a profile was removed, 0 when there was none, 2 when the user
+# KEYS: one user's profile, state and earlier dedupe key, then the two keys a merge
+# sets the profile aside in; ARGV: the erasure time (ms), the marker (the state of an
+# erased user), the marker's TTL in ms (0: none), and, for a merge, how long the
+# profile stays aside (ms; 0: an erase, nothing kept).
+# Returns {found}, and for a merge {found, field, value, ..., state} of the profile
+# aside. found: 1 when a profile was removed, 0 when there was none, 2 when the user
 # was already erased at or after that time (a replayed command: nothing is touched,
-# so a profile rebuilt since from newer events stays).
+# so a profile rebuilt since from newer events stays, and a merge finds the profile
+# it set aside, if that was not dropped yet).
 ERASE_SCRIPT: Final = """
 local state = redis.call('GET', KEYS[2])
 local erased = tonumber(state and string.match(state, '^{"erased":(%d+)') or '0')
-if erased >= tonumber(ARGV[1]) then return 2 end
-local existed = redis.call('EXISTS', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[3])
-redis.call('SET', KEYS[2], ARGV[2])
-if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
-return existed
+local aside = tonumber(ARGV[4])
+local found = 2
+if erased < tonumber(ARGV[1]) then
+  found = redis.call('EXISTS', KEYS[1])
+  redis.call('DEL', KEYS[4], KEYS[5])
+  if found == 1 and aside > 0 then
+    redis.call('RENAME', KEYS[1], KEYS[4])
+    redis.call('PEXPIRE', KEYS[4], aside)
+    if state then redis.call('SET', KEYS[5], state, 'PX', aside) end
+  end
+  redis.call('DEL', KEYS[1], KEYS[3])
+  redis.call('SET', KEYS[2], ARGV[2])
+  if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
+end
+if aside == 0 then return {found} end
+local out = redis.call('HGETALL', KEYS[4])
+table.insert(out, 1, found)
+out[#out + 1] = redis.call('GET', KEYS[5])
+return out
 """
+ASIDE_TTL_MS: Final = 86_400_000  # a merge's profile aside outlives any replay of the merge
 _ERASURES: Final = {0: Erasure.ABSENT, 1: Erasure.ERASED, 2: Erasure.REPEATED}
 SWEEP_CHUNK: Final = 1000  # keys per SCAN step and per UNLINK
 
@@ -332,16 +352,31 @@ class RedisProfileStore:
         return [value.encode() if isinstance(value, str) else value for value in values]
 
     async def erase(self, user_id: str, at_ms: int) -> Erasure:
-        """`ProfileStore.erase`: the profile, state and dedupe keys in one script, then
-        the user's scored features (found by key pattern: see `_scored_keys`)."""
-        self._cache.pop(user_id, None)
-        args = [at_ms, erased_marker(at_ms), self.erased_ttl_ms]
-        call = (ERASE_SCRIPT, _user_keys([user_id]), args)
-        (found,) = await eval_pipelined(self.client, self._shas, [call])
-        keys = await self._scored_keys(user_id)
-        for i in range(0, len(keys), SWEEP_CHUNK):
-            await self.client.unlink(*keys[i : i + SWEEP_CHUNK])
+        """`ProfileStore.erase`: the user's keys in one script, then the user's scored
+        features (found by key pattern: see `_scored_keys`)."""
+        (found,) = await self._erase(user_id, at_ms, 0)
         return _ERASURES[int(found)]
+
+    async def set_aside(self, user_id: str, at_ms: int) -> tuple[Erasure, Profile | None]:
+        reply = await self._erase(user_id, at_ms, ASIDE_TTL_MS)
+        fields, vectors = _split_fields(reply[1:-1])
+        erasure = _ERASURES[int(reply[0])]
+        if not fields:
+            return erasure, None
+        return erasure, profile_from_storage(user_id, fields, reply[-1], vectors)
+
+    async def drop_aside(self, user_id: str) -> None:
+        await self.client.delete(aside_key(user_id), aside_state_key(user_id))
+
+    async def _erase(self, user_id: str, at_ms: int, aside_ms: int) -> list[Any]:
+        self._cache.pop(user_id, None)
+        keys = [*_user_keys([user_id]), aside_key(user_id), aside_state_key(user_id)]
+        args = [at_ms, erased_marker(at_ms), self.erased_ttl_ms, aside_ms]
+        (reply,) = await eval_pipelined(self.client, self._shas, [(ERASE_SCRIPT, keys, args)])
+        scored = await self._scored_keys(user_id)
+        for i in range(0, len(scored), SWEEP_CHUNK):
+            await self.client.unlink(*scored[i : i + SWEEP_CHUNK])
+        return list(reply)
 
     async def _scored_keys(self, user_id: str) -> list[bytes]:
         """Every `profile-scored:{u}:*` key of the user.

@@ -120,7 +120,7 @@ class WorkerStats:
     changes_published: int = 0
     alerts_published: int = 0
     labels: Counter[str] = field(default_factory=Counter)  # label records by outcome
-    commands: Counter[str] = field(default_factory=Counter)  # command records by outcome
+    commands: Counter[tuple[str, str]] = field(default_factory=Counter)  # (command, outcome)
     commit_failures: int = 0
     errors: Counter[str] = field(default_factory=Counter)  # dead letters by error code
 
@@ -147,7 +147,9 @@ class WorkerStats:
             "changes_published": self.changes_published,
             "alerts_published": self.alerts_published,
             "labels": dict(self.labels),
-            "commands": dict(self.commands),
+            "commands": {
+                f"{command} {outcome}": n for (command, outcome), n in self.commands.items()
+            },
             "commit_failures": self.commit_failures,
             "busy_s": round(busy, 3),
             "records_per_s": round(self.records / busy, 1) if busy else None,
@@ -554,7 +556,8 @@ class BatchWorker:
         if not commands:
             return BatchResult()
         return await self._retrying(
-            "redis", lambda: apply_commands(commands, self.store, self.clock())
+            "redis",
+            lambda: apply_commands(commands, self.store, self.clock(), self.params, self.stages),
         )
 
     async def _fold(
@@ -733,8 +736,8 @@ class BatchWorker:
         for outcome in ("duplicate", "replayed", "suppressed"):
             if result.outcomes[outcome]:
                 metrics.EVENTS.labels("any", outcome).inc(result.outcomes[outcome])
-        for outcome, count in result.commands.items():
-            metrics.COMMANDS.labels(outcome).inc(count)
+        for (command, outcome), count in result.commands.items():
+            metrics.COMMANDS.labels(command, outcome).inc(count)
         for error, count in result.errors.items():
             metrics.DEAD_LETTERS.labels(error).inc(count)
             metrics.EVENTS.labels("unknown", "dead_lettered").inc(count)

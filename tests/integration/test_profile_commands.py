@@ -1,4 +1,4 @@
-"""`erase` on `profile-commands`, through a worker, on the real broker and redis-server."""
+"""`profile-commands` through a worker, on the real broker and redis-server."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ async def test_erase_removes_a_user_publishes_a_tombstone_and_suppresses_older_e
         await send_records(topics, [(b"alice", erase), (b"alice", bad)], topics.topic_commands)
         # Events of alice from before the erase (late) and after it, in the next drain.
         erased_stats = await drain(topics)
-        assert erased_stats.commands == {"erased": 1, "dead_lettered": 1}
+        assert erased_stats.summary()["commands"] == {"erase erased": 1, "invalid dead_lettered": 1}
         assert await user_keys(client, "alice") == {b"profile-state:{alice}"}  # the marker
         assert await user_keys(client, "bob") == bob_before
 
@@ -95,7 +95,7 @@ async def test_a_replayed_erase_keeps_the_profile_rebuilt_since(topics: Settings
 
     replay = topics.model_copy(update={"group_id": f"{topics.group_id}-replay"})
     stats = await drain(replay)  # a new group: every record again, the erase included
-    assert stats.commands == {"repeated": 1}
+    assert stats.summary()["commands"] == {"erase repeated": 1}
     assert (stats.replayed, stats.applied) == (2, 0)  # below the rebuilt profile's watermark
     client = aioredis.Redis.from_url(topics.redis_url)
     try:
@@ -103,3 +103,32 @@ async def test_a_replayed_erase_keeps_the_profile_rebuilt_since(topics: Settings
     finally:
         await client.aclose()
     assert profile[b"version"] == b"1" and profile[b"events"] == b"1"
+
+
+async def test_merge_folds_a_visitor_into_an_account(topics: Settings) -> None:
+    now = wall_clock_ms()
+    visits = [
+        event(f"anon-{i}", "anon-7", kind, now - 5 * HOUR_MS + i * 60_000)
+        for i, kind in enumerate(["view", "view", "purchase", "view"])
+    ]
+    account = [event(f"k-{i}", "k", "view", now - HOUR_MS + i) for i in range(3)]
+    await send_records(topics, visits + account)
+    await drain(topics)
+    merge = orjson.dumps({"command": "merge", "from_user_id": "anon-7", "user_id": "k"})
+    await send_records(topics, [(b"k", merge)], topics.topic_commands)
+    stats = await drain(topics)
+    assert stats.summary()["commands"] == {"merge merged": 1}
+    client = aioredis.Redis.from_url(topics.redis_url)
+    try:
+        assert await user_keys(client, "anon-7") == {b"profile-state:{anon-7}"}  # the marker
+        merged = await client.hgetall("profile:{k}")
+        assert (merged[b"events"], merged[b"count:view"], merged[b"orders"]) == (b"7", b"6", b"1")
+        assert len(merged[b"vec_long"]) == 4 * 384 and merged[b"spend"] == b"25.0"
+        assert merged[b"first_seen"] == str(now - 5 * HOUR_MS).encode()
+    finally:
+        await client.aclose()
+    updates = await read_topic(topics.kafka_bootstrap, topics.topic_updates)
+    assert [r.value for r in updates if r.key == b"anon-7"][-1] is None
+    last = orjson.loads([r.value for r in updates if r.key == b"k"][-1])
+    validator("profile_update.v1").validate(last)
+    assert (last["version"], last["events"], last["orders"]) == (2, 7, 1)

@@ -245,6 +245,25 @@ async def test_a_cached_write_after_an_erase_is_refused(store: ProfileStore) -> 
     assert await store.read_profile("alice") is None
 
 
+async def test_set_aside_erases_and_keeps_the_profile_until_dropped(store: ProfileStore) -> None:
+    profile = rich_profile()
+    assert await write(store, profile, 0) == []
+    assert await store.set_aside("alice", T0) == (Erasure.ERASED, profile)
+    assert await store.read_profile("alice") is None
+    assert await load_one(store, "alice") == Profile("alice", erased_before=T0)
+    assert await store.set_aside("alice", T0) == (Erasure.REPEATED, profile)  # a replay
+    await store.drop_aside("alice")
+    assert await store.set_aside("alice", T0) == (Erasure.REPEATED, None)
+    assert await store.set_aside("bob", T0) == (Erasure.ABSENT, None)
+
+
+async def test_an_erase_drops_a_profile_set_aside(store: ProfileStore) -> None:
+    await write(store, rich_profile(), 0)
+    await store.set_aside("alice", T0)
+    assert await store.erase("alice", T0 + 1) is Erasure.ABSENT
+    assert await store.set_aside("alice", T0 + 1) == (Erasure.REPEATED, None)
+
+
 # --- what only the Redis store can show -----------------------------------------
 
 

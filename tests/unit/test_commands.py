@@ -1,22 +1,32 @@
-"""`profile-commands`: the decoder against the schema, and erase through the engine."""
+"""`profile-commands`: the decoder against the schema; erase and merge through the engine."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
+from profiling import commands as commands_module
 from profiling.commands import Erase, Merge, apply_commands, decode_command
+from profiling.embedding_cache import EmbeddingLRU
+from profiling.encoder import HashingEncoder
 from profiling.events import Rejection
-from profiling.pipeline import Record, apply_batch
+from profiling.interests import InterestModel
+from profiling.models import ProfileModels
+from profiling.pipeline import BatchResult, Record, Stages, apply_batch
 from profiling.profile import Profile, ProfileParams
 from profiling.store import InMemoryProfileStore, Write
+from profiling.vectors import decode_vector
 from tests.schemas import schema_accepts, validator
 
 NOW = 1_750_000_000_000
 ERASED_AT = NOW - 3_600_000
+PARAMS = ProfileParams()
+NO_STAGES = Stages()
 COMMANDS = "profile-commands"
 EVENTS = "behavior-events"
 
@@ -24,6 +34,12 @@ EVENTS = "behavior-events"
 def command(body: Any, key: bytes | None = b"u", *, offset: int = 0, ts: int = ERASED_AT) -> Record:
     value = body if isinstance(body, bytes) or body is None else orjson.dumps(body)
     return Record(COMMANDS, 0, offset, key, value, ts)
+
+
+async def run_commands(
+    store: InMemoryProfileStore, *records: Record, stages: Stages = NO_STAGES
+) -> BatchResult:
+    return await apply_commands(records, store, NOW, PARAMS, stages)
 
 
 def event(event_id: str, ts: int, offset: int, user: str = "u") -> Record:
@@ -66,8 +82,8 @@ def test_erase_removes_the_profile_and_suppresses_older_events() -> None:
         before = await apply_batch([event("e1", ERASED_AT - 10, 0)], store, params, lambda: NOW)
         assert before.outcomes["applied"] == 1
 
-        done = await apply_commands([command({"command": "erase", "user_id": "u"})], store, NOW)
-        assert done.erased == ["u"] and done.commands == {"erased": 1}
+        done = await run_commands(store, command({"command": "erase", "user_id": "u"}))
+        assert done.erased == ["u"] and done.commands == {("erase", "erased"): 1}
         assert await store.read_profile("u") is None
 
         late = [event("e0", ERASED_AT - 1, 1), event("e2", ERASED_AT, 2), event("e3", NOW, 3)]
@@ -79,8 +95,8 @@ def test_erase_removes_the_profile_and_suppresses_older_events() -> None:
         assert profile.erased_before == ERASED_AT
 
         # The command again (a replay): nothing is touched, the tombstone is sent again.
-        again = await apply_commands([command({"command": "erase", "user_id": "u"})], store, NOW)
-        assert again.erased == ["u"] and again.commands == {"repeated": 1}
+        again = await run_commands(store, command({"command": "erase", "user_id": "u"}))
+        assert again.erased == ["u"] and again.commands == {("erase", "repeated"): 1}
         assert (await store.load(["u"]))["u"] == profile
 
         older = await apply_batch([event("e4", ERASED_AT - 5, 4)], store, params, lambda: NOW)
@@ -97,7 +113,7 @@ def test_erase_removes_the_profile_and_suppresses_older_events() -> None:
         (command({"command": "erase", "user_id": "u"}, key=b"v"), "key_mismatch"),
         (command({"command": "erase", "user_id": "u"}, key=None), "key_mismatch"),
         (command({"command": "forget", "user_id": "u"}), "invalid_command"),
-        (command({"command": "merge", "from_user_id": "a", "user_id": "u"}), "unsupported_command"),
+        (command({"command": "merge", "from_user_id": "a", "user_id": "v"}), "key_mismatch"),
     ],
 )
 def test_a_bad_command_is_a_dead_letter_and_touches_nothing(record: Record, error: str) -> None:
@@ -105,8 +121,8 @@ def test_a_bad_command_is_a_dead_letter_and_touches_nothing(record: Record, erro
 
     async def scenario() -> None:
         await store.save([Write(Profile("u", version=1, events=1), 0)])
-        done = await apply_commands([record], store, NOW)
-        assert done.erased == [] and done.commands == {"dead_lettered": 1}
+        done = await run_commands(store, record)
+        assert done.erased == [] and done.commands == {("invalid", "dead_lettered"): 1}
         ((key, body),) = done.dead_letters
         letter = orjson.loads(body)
         validator("dead_letter.v1").validate(letter)
@@ -120,6 +136,190 @@ def test_a_bad_command_is_a_dead_letter_and_touches_nothing(record: Record, erro
 def test_a_record_without_a_timestamp_erases_at_the_clock() -> None:
     store = InMemoryProfileStore()
     untimed = command({"command": "erase", "user_id": "u"}, ts=-1)
-    done = asyncio.run(apply_commands([untimed], store, NOW))
-    assert done.commands == {"absent": 1}
+    done = asyncio.run(run_commands(store, untimed))
+    assert done.commands == {("erase", "absent"): 1}
     assert asyncio.run(store.load(["u"]))["u"].erased_before == NOW
+
+
+# --- merge ---------------------------------------------------------------------------------
+
+TEXTS = ("trail running shoes", "steel kettle", "camping tent", "red sneakers", "phone case")
+KINDS = ("view", "click", "search", "add_to_cart", "purchase", "login", "review")
+
+
+def shop_log(user: str, n: int, seed: int, first_offset: int, days_ago: int = 0) -> list[Record]:
+    """A user's mixed events over two days until `days_ago` (purchases, logins, texts)."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        kind = str(rng.choice(KINDS))
+        text = TEXTS[int(rng.integers(0, len(TEXTS)))]
+        body: dict[str, Any] = {
+            "event_id": f"{user}-{i}",
+            "user_id": user,
+            "type": kind,
+            "ts": NOW - days_ago * 86_400_000 - int(rng.integers(0, 2 * 86_400_000)),
+            "device_id": f"device-{int(rng.integers(0, 3))}-{user}",
+            "category": str(rng.choice(["shoes", "kitchen", "outdoor"])),
+        }
+        if kind == "search":
+            body["query"] = text
+        elif kind == "purchase":
+            body |= {"amount": float(rng.integers(5, 500)), "card_fp": f"card-{user}"}
+        elif kind == "login":
+            body["success"] = bool(rng.random() < 0.8)
+        elif kind == "review":
+            body |= {"item_id": text, "text": f"{text} is fine", "rating": 4}
+        else:
+            body |= {"item_id": text, "title": text, "price": 19.5}
+        records.append(Record("events", 0, first_offset + i, user.encode(), orjson.dumps(body)))
+    return records
+
+
+def as_user(records: list[Record], user: str) -> list[Record]:
+    """The same events, as if `user` had made every one of them."""
+    renamed = []
+    for record in records:
+        body = orjson.loads(record.value or b"") | {"user_id": user}
+        renamed.append(Record("events", 0, record.offset, user.encode(), orjson.dumps(body)))
+    return renamed
+
+
+def engine() -> Stages:
+    encoder = HashingEncoder(dim=16)
+    return Stages(InterestModel(encoder, EmbeddingLRU()), models=ProfileModels(dim=16))
+
+
+@pytest.mark.parametrize("older", ["anon", "k"])
+def test_a_merged_profile_is_the_profile_of_both_users_events(older: str) -> None:
+    """Merged from two users' profiles, or built from all their events as one user's:
+    the same aggregates, category affinity, vectors and behaviour state. Either the
+    visitor browsed days before the account's own events, or a returning customer's
+    account is the older one."""
+    anon = shop_log("anon", 40, 1, 0, days_ago=3 if older == "anon" else 0)
+    known = shop_log("k", 30, 2, 100, days_ago=3 if older == "k" else 0)
+
+    async def scenario() -> tuple[Profile, Profile, BatchResult]:
+        stages, merged_store = engine(), InMemoryProfileStore()
+        await apply_batch(anon + known, merged_store, PARAMS, lambda: NOW, stages)
+        merge = command({"command": "merge", "from_user_id": "anon", "user_id": "k"}, key=b"k")
+        done = await run_commands(merged_store, merge, stages=stages)
+        oracle_store = InMemoryProfileStore()
+        await apply_batch(as_user(anon + known, "k"), oracle_store, PARAMS, lambda: NOW, engine())
+        merged = (await merged_store.load(["k"]))["k"]
+        return merged, (await oracle_store.load(["k"]))["k"], done
+
+    merged, oracle, done = asyncio.run(scenario())
+    assert done.commands == {("merge", "merged"): 1} and done.erased == ["anon"]
+    assert (merged.events, merged.counts, merged.orders) == (70, oracle.counts, oracle.orders)
+    assert merged.events == oracle.events
+    assert math.isclose(merged.spend, oracle.spend, abs_tol=1e-6)
+    assert (merged.first_seen, merged.last_seen) == (oracle.first_seen, oracle.last_seen)
+    assert merged.category_scores.keys() == oracle.category_scores.keys()
+    for name, score in oracle.category_scores.items():
+        assert math.isclose(merged.category_scores[name], score, rel_tol=1e-9)
+    assert merged.interest is not None and oracle.interest is not None
+    for mine, theirs in (
+        (merged.interest.vec_long, oracle.interest.vec_long),
+        (merged.interest.vec_short, oracle.interest.vec_short),
+    ):
+        assert mine is not None and theirs is not None
+        np.testing.assert_allclose(decode_vector(mine), decode_vector(theirs), atol=1e-5)
+    for mine_norm, their_norm in (
+        (merged.interest.log2_long, oracle.interest.log2_long),
+        (merged.interest.log2_short, oracle.interest.log2_short),
+    ):
+        assert mine_norm is not None and their_norm is not None
+        assert math.isclose(mine_norm, their_norm, abs_tol=1e-6)
+    mine, theirs = merged.behaviour, oracle.behaviour
+    assert mine is not None and theirs is not None
+    assert (mine.events, mine.orders, mine.failures) == (
+        theirs.events,
+        theirs.orders,
+        theirs.failures,
+    )
+    assert (mine.first_ts, mine.last_ts, mine.last_login, mine.last_cart) == (
+        theirs.first_ts, theirs.last_ts, theirs.last_login, theirs.last_cart,
+    )  # fmt: skip
+    assert (mine.amount_n, mine.price_n) == (theirs.amount_n, theirs.price_n)
+    assert math.isclose(mine.amount_mean, theirs.amount_mean, rel_tol=1e-9)
+    assert math.isclose(mine.amount_m2, theirs.amount_m2, rel_tol=1e-9)
+    assert math.isclose(mine.price_sum, theirs.price_sum, rel_tol=1e-9)
+    for field in ("devices", "countries", "cards"):
+        assert {v: first for v, first, _ in getattr(mine, field)} == {
+            v: first for v, first, _ in getattr(theirs, field)
+        }, field
+
+
+def test_merge_publishes_the_known_user_whole_and_erases_the_other() -> None:
+    store = InMemoryProfileStore()
+
+    async def scenario() -> None:
+        await apply_batch(shop_log("anon", 10, 3, 0), store, PARAMS, lambda: NOW, NO_STAGES)
+        merge = command({"command": "merge", "from_user_id": "anon", "user_id": "k"}, key=b"k")
+        done = await run_commands(store, merge)
+        assert done.commands == {("merge", "merged"): 1}
+        assert done.erased == ["anon"] and await store.read_profile("anon") is None
+        ((user, body),) = done.changes
+        message = orjson.loads(body)
+        validator("profile_update.v1").validate(message)
+        assert user == "k" and message["version"] == 1 and message["events"] == 10
+        assert {"events", "count:view", "categories", "spend"} <= set(message["changed"])
+        # Replayed, whole: nothing merged again (the profile aside was dropped); the
+        # account's change is published again (the replay may follow a crash before it).
+        again = await run_commands(store, merge)
+        assert again.commands == {("merge", "repeated"): 1}
+        assert [orjson.loads(b)["version"] for _, b in again.changes] == [1]
+        assert (await store.load(["k"]))["k"].events == 10
+        # Merging a user with no profile: only the erase.
+        nobody = command({"command": "merge", "from_user_id": "ghost", "user_id": "k"}, key=b"k")
+        assert (await run_commands(store, nobody)).commands == {("merge", "absent"): 1}
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("crash", ["after_set_aside", "after_write"])
+def test_a_merge_replayed_after_a_crash_merges_once(
+    crash: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = InMemoryProfileStore()
+    merge = command({"command": "merge", "from_user_id": "anon", "user_id": "k"}, key=b"k")
+
+    async def scenario() -> None:
+        await apply_batch(shop_log("anon", 10, 3, 0), store, PARAMS, lambda: NOW, NO_STAGES)
+        await apply_batch(shop_log("k", 5, 4, 50), store, PARAMS, lambda: NOW, NO_STAGES)
+        if crash == "after_set_aside":
+            await store.set_aside("anon", ERASED_AT)
+        else:
+            with monkeypatch.context() as patched:
+                patched.setattr(store, "drop_aside", _crash)
+                with pytest.raises(ConnectionError):
+                    await run_commands(store, merge)
+        done = await run_commands(store, merge)
+        want = "merged" if crash == "after_set_aside" else "repeated"
+        assert done.commands == {("merge", want): 1}
+        assert [orjson.loads(body)["events"] for _, body in done.changes] == [15]
+        assert (await store.load(["k"]))["k"].events == 15
+        assert (await store.set_aside("anon", ERASED_AT))[1] is None  # dropped at last
+
+    asyncio.run(scenario())
+
+
+async def _crash(user_id: str) -> None:
+    raise ConnectionError(f"gone before dropping {user_id}")
+
+
+def test_merge_gives_up_after_losing_every_version_race(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = InMemoryProfileStore()
+
+    async def always_lost(writes: list[Write]) -> list[str]:
+        return [w.profile.user_id for w in writes]
+
+    async def scenario() -> None:
+        await apply_batch(shop_log("anon", 3, 3, 0), store, PARAMS, lambda: NOW, NO_STAGES)
+        monkeypatch.setattr(store, "save", always_lost)
+        merge = command({"command": "merge", "from_user_id": "anon", "user_id": "k"}, key=b"k")
+        with pytest.raises(commands_module.StoreConflictError):
+            await run_commands(store, merge)
+
+    asyncio.run(scenario())

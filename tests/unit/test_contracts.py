@@ -25,7 +25,6 @@ from profiling.events import (
     KEY_MISMATCH,
     MIN_TS_MS,
     NEEDS_ITEM,
-    UNSUPPORTED_COMMAND,
     Event,
     Rejection,
     decode_event,
@@ -70,7 +69,6 @@ def test_corpus_is_replayable() -> None:
         KEY_MISMATCH,
         INVALID_LABEL,
         INVALID_COMMAND,
-        UNSUPPORTED_COMMAND,
         INTERNAL_ERROR,
     }
     assert {case.error for case in CASES} - {None} == set(ERROR_CODES) - not_decoders

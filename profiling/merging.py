@@ -1,0 +1,161 @@
+"""One profile folded into another: what a `merge` command (`profile-commands`) writes.
+
+A shop merges an anonymous visitor's profile into the account they log in to.
+The merged profile is what the known user would hold had every event of both
+been theirs: counts, spend and orders add up; first and last seen widen; the
+decayed sums (category affinity, interest vectors) are both decayed to the new
+last seen and added (they are linear in the events, `profiling.profile` and
+`profiling.vectors`); the behaviour state behind the risk features keeps the
+newest stamps and tokens of both (`merge_behaviour`). What only the known
+user's own history can say stays theirs: partition watermarks, the dedupe
+window, the segment and the latest risk (when they have one). The merge is
+published as a change of every public field.
+
+`merge_marker` makes the merge idempotent: its digest joins the known user's
+dedupe window, and a replayed command finds it there.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from typing import Final
+
+from profiling import slots
+from profiling.behaviour import merge_behaviour
+from profiling.profile import (
+    DIGEST_BYTES,
+    SCORE_THEN_NAME,
+    Profile,
+    ProfileParams,
+    event_digest,
+)
+from profiling.store import VECTOR_FIELDS, public_fields
+from profiling.vectors import Interest, StoredInterest, VectorParams, merge_interests
+
+_merged: Final = slots.replacer(Profile)
+
+
+def merge_marker(from_user_id: str, at_ms: int) -> bytes:
+    """The dedupe-window entry that says `from_user_id`'s profile, taken at `at_ms`, is in."""
+    return event_digest(f"merge\x1f{from_user_id}\x1f{at_ms}")
+
+
+def merge_profiles(
+    known: Profile,
+    taken: Profile,
+    marker: bytes,
+    *,
+    params: ProfileParams,
+    vectors: VectorParams,
+    now_ms: int,
+) -> Profile:
+    """`known` with `taken` folded in: the next version, published whole."""
+    last_seen = max(known.last_seen, taken.last_seen)
+    firsts = [p.first_seen for p in (known, taken) if not p.is_new]
+    counts = dict(known.counts)
+    for kind, count in taken.counts.items():
+        counts[kind] = counts.get(kind, 0) + count
+    half_life = params.category_half_life_ms
+    scores: dict[str, float] = {}
+    for source in (known, taken):
+        shift = 2.0 ** (-(last_seen - source.last_seen) / half_life)
+        for name, score in source.category_scores.items():
+            scores[name] = scores.get(name, 0.0) + score * shift
+    if len(scores) > params.category_slots:
+        scores = dict(heapq.nlargest(params.category_slots, scores.items(), key=SCORE_THEN_NAME))
+    behaviour = (
+        merge_behaviour(known.behaviour, taken.behaviour)
+        if known.behaviour is not None and taken.behaviour is not None
+        else known.behaviour or taken.behaviour
+    )
+    interest, model = _interest(known, taken, last_seen, vectors)
+    source = known if known.segment is not None else taken  # whose segment and dwell
+    rated = known if known.risk is not None else taken
+    version = known.version + 1
+    merged = _merged(
+        known,
+        version=version,
+        first_seen=min(firsts, default=0),
+        last_seen=last_seen,
+        updated=now_ms,
+        events=known.events + taken.events,
+        counts=counts,
+        spend=round(known.spend + taken.spend, 6),
+        orders=known.orders + taken.orders,
+        category_scores=scores,
+        seen=(known.seen + marker)[-DIGEST_BYTES * params.dedupe_window :],
+        interest=interest,
+        model=model,
+        behaviour=behaviour,
+        segment=source.segment,
+        prev_segment=source.prev_segment,
+        segment_dwell=source.segment_dwell,
+        risk=rated.risk,
+        risk_reasons=rated.risk_reasons,
+        alerts=(),
+        published_at=now_ms,
+        published_version=version,
+    )
+    return _merged(merged, unpublished=merged_fields(merged))
+
+
+def merged_fields(profile: Profile) -> frozenset[str]:
+    """Every public field of `profile`: what a merge's change message reports."""
+    names = set(public_fields(profile))
+    interest = profile.interest
+    if interest is not None:
+        present = (interest.vec_long, interest.vec_short)
+        names.update(
+            name for name, value in zip(VECTOR_FIELDS, present, strict=True) if value is not None
+        )
+    return frozenset(names)
+
+
+def _interest(
+    known: Profile, taken: Profile, last_seen: int, params: VectorParams
+) -> tuple[StoredInterest | None, str | None]:
+    """The merged vectors and the encoder that made them.
+
+    Vectors of different encoders are not comparable: the known user's are kept.
+    """
+    mine, theirs = known.interest, taken.interest
+    if mine is None or theirs is None:
+        return (mine, known.model) if mine is not None else (theirs, taken.model)
+    if known.model != taken.model or _dim(mine) != _dim(theirs) or _dim(mine) is None:
+        return mine, known.model
+    dim = _dim(mine) or 0
+    ref_mine = mine.ref_ms if mine.ref_ms is not None else known.last_seen
+    ref_theirs = theirs.ref_ms if theirs.ref_ms is not None else taken.last_seen
+    ref = max(last_seen, ref_mine, ref_theirs)
+    long = merge_interests(
+        (Interest.from_stored(mine.vec_long, mine.log2_long, dim), ref_mine),
+        (Interest.from_stored(theirs.vec_long, theirs.log2_long, dim), ref_theirs),
+        ref,
+        params.long_half_life_ms,
+    )
+    short = merge_interests(
+        (Interest.from_stored(mine.vec_short, mine.log2_short, dim), ref_mine),
+        (Interest.from_stored(theirs.vec_short, theirs.log2_short, dim), ref_theirs),
+        ref,
+        params.short_half_life_ms,
+    )
+    stored = StoredInterest(
+        long.published(),
+        short.published(),
+        _finite(long.log2_norm),
+        _finite(short.log2_norm),
+        mine.sketch,
+        ref,
+    )
+    return stored, known.model
+
+
+def _dim(interest: StoredInterest) -> int | None:
+    """The vectors' dimension (float32 values), None when there are none."""
+    vector = interest.vec_long or interest.vec_short
+    return len(vector) // 4 if vector else None
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
