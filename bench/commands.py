@@ -1,14 +1,14 @@
 """What an `erase` and a `merge` (`profile-commands`) cost, by the size of the keyspace.
 
 An erase deletes the user's profile keys in one script, then the features kept
-for fraud labels, `profile-scored:{u}:<event_id>`, which only their key
-pattern finds: on a single Redis node by SCAN over the whole keyspace, on a
-Redis Cluster among the keys of the user's hash slot. So its cost grows with
-the keyspace on a single node. This fills a local redis-server (single node,
-then cluster mode) with `--users` profiles written by the worker's own store,
-each with two scored-feature keys, then times `--commands` erases of random
-users and as many merges of one random user into another, one after the
-other, as the worker runs them (`apply_commands`).
+for fraud labels, `profile-scored:{u}:<event_id>`, listed by the user's index
+of them, `profile-scored:{u}`; a merge also sets a profile aside, folds it into
+another and writes that one. Neither should cost more in a larger keyspace.
+This fills a local redis-server (single node, then cluster mode) with
+`--users` profiles written by the worker's own store, each with two scored
+events, then times `--commands` erases of random users and as many merges of
+one random user into another, one after the other, as the worker runs them
+(`apply_commands`).
 
     python bench/commands.py
     python bench/commands.py --users 10000 100000 --commands 50
@@ -104,7 +104,8 @@ async def measure(redis: LocalRedis, users: int, n: int, seed: int) -> dict[str,
         ]
         erase_ms = await timed(store, erases)
         merge_ms = await timed(store, merges)
-        left = [key async for key in client.scan_iter(match="profile-scored:{u*", count=1000)]
+        pattern = "profile-scored:{u*}:*"  # the features, not their index
+        left = [key async for key in client.scan_iter(match=pattern, count=1000)]
         assert len(left) == 2 * (users - 2 * n), "every erased user's scored keys are gone"
     finally:
         await client.aclose()

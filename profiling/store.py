@@ -57,6 +57,11 @@ def scored_key(user_id: str, event_id: str) -> str:
     return f"profile-scored:{{{user_id}}}:{event_id}"
 
 
+def scored_index_key(user_id: str) -> str:
+    """The user's scored event ids, by expiry: what an erase finds their features by."""
+    return f"profile-scored:{{{user_id}}}"
+
+
 @dataclass(frozen=True, slots=True)
 class Write:
     """One user's new profile and the version it replaces.

@@ -41,6 +41,7 @@ from profiling.store import (
     profile_from_storage,
     profile_key,
     public_fields,
+    scored_index_key,
     scored_key,
     seen_key,
     state_blob,
@@ -157,15 +158,32 @@ return out
 """
 ASIDE_TTL_MS: Final = 86_400_000  # a merge's profile aside outlives any replay of the merge
 _ERASURES: Final = {0: Erasure.ABSENT, 1: Erasure.ERASED, 2: Erasure.REPEATED}
-SWEEP_CHUNK: Final = 1000  # keys per SCAN step and per UNLINK
+UNLINK_CHUNK: Final = 1000  # keys per UNLINK when an erase removes scored features
 
 
-# KEYS: the scored-feature keys of some users; ARGV[1]: TTL in seconds, then one value per
-# key. One call per chunk of users instead of one SET per scored event: a client pays
-# for every command in a pipeline, and a batch scores hundreds of events.
+# KEYS: per user, the index of their scored events, then one key per scored event;
+# ARGV[1]: TTL in seconds, then per user: the number n of scored events, the time of
+# the write (ms), and n (event id, features) pairs. Each feature key gets the TTL; the
+# index (a sorted set of event ids by expiry) gains the ids, loses the expired ones
+# and gets the TTL too, so an erase finds every key without a scan. One call per chunk
+# of users instead of commands per scored event: a client pays for every command in a
+# pipeline, and a batch scores hundreds of events.
 SCORED_SCRIPT: Final = """
 local ttl = tonumber(ARGV[1])
-for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl) end
+local k, a = 1, 2
+while k <= #KEYS do
+  local n, now = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local expiry = now + ttl * 1000
+  a = a + 2
+  for i = 1, n do
+    redis.call('SET', KEYS[k + i], ARGV[a + 1], 'EX', ttl)
+    redis.call('ZADD', KEYS[k], expiry, ARGV[a])
+    a = a + 2
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now)
+  redis.call('EXPIRE', KEYS[k], ttl)
+  k = k + n + 1
+end
 return #KEYS
 """
 
@@ -299,11 +317,17 @@ class RedisProfileStore:
         # Features of scored events ride in the same round trip; a write that loses its
         # race recomputes them under the same keys, so writing them regardless is safe.
         scored_calls = []
-        for chunk in _chunks(list(writes), self.users_per_call):
-            keys = [scored_key(w.profile.user_id, e) for w in chunk for e, _ in w.scored]
-            if keys:
-                values = [features for w in chunk for _, features in w.scored]
-                scored_calls.append((keys, [self.scored_ttl_s, *values]))
+        for chunk in _chunks([write for write in writes if write.scored], self.users_per_call):
+            scored_keys: list[str] = []
+            scored_args: list[Any] = [self.scored_ttl_s]
+            for write in chunk:
+                user_id = write.profile.user_id
+                scored_keys.append(scored_index_key(user_id))
+                scored_keys += [scored_key(user_id, event_id) for event_id, _ in write.scored]
+                scored_args += (len(write.scored), write.profile.updated)
+                for pair in write.scored:
+                    scored_args += pair
+            scored_calls.append((scored_keys, scored_args))
         # Cached as sent, before the reply: the worker folds its next batch while Redis
         # runs this one, from these profiles. A refused write drops its user; so does an
         # error, when nobody can tell which writes landed.
@@ -353,7 +377,7 @@ class RedisProfileStore:
 
     async def erase(self, user_id: str, at_ms: int) -> Erasure:
         """`ProfileStore.erase`: the user's keys in one script, then the user's scored
-        features (found by key pattern: see `_scored_keys`)."""
+        features (`_drop_scored`)."""
         (found,) = await self._erase(user_id, at_ms, 0)
         return _ERASURES[int(found)]
 
@@ -373,34 +397,22 @@ class RedisProfileStore:
         keys = [*_user_keys([user_id]), aside_key(user_id), aside_state_key(user_id)]
         args = [at_ms, erased_marker(at_ms), self.erased_ttl_ms, aside_ms]
         (reply,) = await eval_pipelined(self.client, self._shas, [(ERASE_SCRIPT, keys, args)])
-        scored = await self._scored_keys(user_id)
-        for i in range(0, len(scored), SWEEP_CHUNK):
-            await self.client.unlink(*scored[i : i + SWEEP_CHUNK])
+        await self._drop_scored(user_id)
         return list(reply)
 
-    async def _scored_keys(self, user_id: str) -> list[bytes]:
-        """Every `profile-scored:{u}:*` key of the user.
+    async def _drop_scored(self, user_id: str) -> None:
+        """Delete the user's scored features, listed by their index, then the index.
 
-        They share the user's hash tag, so on a cluster they sit in one slot,
-        whose keys its node lists (CLUSTER GETKEYSINSLOT). A single node has no
-        such index: SCAN walks its whole keyspace, one step per SWEEP_CHUNK keys
-        (an erase is rare; BENCHMARKS.md has its cost).
+        After the erase script, not in it: the keys are only known from the
+        index. Run on every erase, a replayed one too, so a crash in between
+        leaves nothing behind. The keys share the user's hash tag: one slot.
         """
-        prefix = scored_key(user_id, "").encode()
-        client = self.client
-        if isinstance(client, RedisCluster):
-            slot = client.keyslot(prefix)
-            node = client.get_node_from_key(prefix)
-            count = await client.execute_command("CLUSTER COUNTKEYSINSLOT", slot, target_nodes=node)
-            if not count:
-                return []
-            listed = await client.execute_command(
-                "CLUSTER GETKEYSINSLOT", slot, count, target_nodes=node
-            )
-            keys = [key if isinstance(key, bytes) else key.encode() for key in listed]
-            return [key for key in keys if key.startswith(prefix)]
-        pattern = _glob_escaped(prefix) + b"*"
-        return [key async for key in client.scan_iter(match=pattern, count=SWEEP_CHUNK)]
+        index = scored_index_key(user_id)
+        event_ids = await self.client.zrange(index, 0, -1)
+        keys = [scored_key(user_id, _text(event_id)) for event_id in event_ids]  # type: ignore[arg-type]
+        for i in range(0, len(keys), UNLINK_CHUNK):
+            await self.client.unlink(*keys[i : i + UNLINK_CHUNK])
+        await self.client.unlink(index)
 
     async def read_profile(self, user_id: str) -> dict[str, str] | None:
         raw = await self.client.hgetall(profile_key(user_id))
@@ -511,13 +523,6 @@ def _user_keys(user_ids: Sequence[str]) -> list[str]:
 
 def _flatten(replies: list[Any]) -> list[Any]:
     return [item for reply in replies for item in reply]
-
-
-def _glob_escaped(text: bytes) -> bytes:
-    """`text` matched literally in a SCAN MATCH pattern (user ids may hold * ? [ ] \\)."""
-    for special in (b"\\", b"*", b"?", b"[", b"]"):
-        text = text.replace(special, b"\\" + special)
-    return text
 
 
 def _text(value: bytes | str) -> str:

@@ -18,8 +18,8 @@ from redis.exceptions import RedisClusterException, ResponseError
 
 from profiling.embedding_cache import text_key
 from profiling.pipeline import Record, apply_batch
-from profiling.profile import ProfileParams
-from profiling.store import Erasure, scored_key
+from profiling.profile import Profile, ProfileParams
+from profiling.store import Erasure, Write, scored_index_key
 from stream.devstack import LocalRedis
 from stream.interest_setup import RedisEmbeddingCache
 from stream.producing import send_records
@@ -73,26 +73,22 @@ async def test_one_user_per_call_works_and_several_are_refused(
     assert (await per_user.read_profile("u7") or {})["events"] == "1"
 
 
-async def test_erase_finds_the_users_scored_features_in_their_slot(
+async def test_erase_removes_the_users_scored_features_on_the_cluster(
     cluster_client: aioredis.Redis,
 ) -> None:
+    """Every key of an erase (profile, state, index, features) shares the user's slot."""
     store = RedisProfileStore(cluster_client)
+    scored = (("e1", b"\x01"), ("e2", b"\x02"))
     users = [f"u{i}" for i in range(20)]
-    await apply_batch(
-        [view(user, f"e-{user}", i) for i, user in enumerate(users)],
-        store,
-        ProfileParams(),
-        lambda: T0 + 60_000,
-    )
-    for user in users:  # what a scored purchase leaves, for each user
-        await cluster_client.set(scored_key(user, "e1"), b"\x01")
-        await cluster_client.set(scored_key(user, "e2"), b"\x01")
+    writes = [Write(Profile(user, version=1, events=1, updated=T0), 0, scored) for user in users]
+    assert await store.save(writes) == []
     assert await store.erase("u7", T0 + 60_000) is Erasure.ERASED
-    assert await store.load_scored([("u7", "e1"), ("u7", "e2"), ("u8", "e1")]) == [
+    assert await store.load_scored([("u7", "e1"), ("u7", "e2"), ("u8", "e2")]) == [
         None,
         None,
-        b"\x01",
+        b"\x02",
     ]
+    assert await cluster_client.exists(scored_index_key("u7"), scored_index_key("u8")) == 1
     assert await store.read_profile("u7") is None
     assert await store.read_profile("u8") is not None
 

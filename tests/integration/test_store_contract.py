@@ -24,6 +24,7 @@ from profiling.store import (
     Write,
     profile_key,
     public_fields,
+    scored_index_key,
     seen_key,
     state_key,
 )
@@ -279,6 +280,22 @@ async def test_redis_ttl_applies_to_every_key_of_the_user(
         assert all(ttl_s - 5 <= ttl <= ttl_s for ttl in ttls), ttls
     else:
         assert ttls == [-1, -1]  # kept for ever
+
+
+async def test_redis_scored_index_lists_the_live_features_only(
+    redis_client: aioredis.Redis,
+) -> None:
+    """The index an erase finds the features by: ids by expiry, the expired pruned."""
+    store = RedisProfileStore(redis_client, scored_ttl_s=3600)
+    first = replace(rich_profile(version=1), updated=T0)
+    assert await store.save([Write(first, 0, (("e1", b"\x01"), ("e2", b"\x01")))]) == []
+    later = replace(first, version=2, updated=T0 + 3_600_001)  # e1 and e2 expired by then
+    assert await store.save([Write(later, 1, (("e3", b"\x01"),))]) == []
+    index = scored_index_key("alice")
+    assert await redis_client.zrange(index, 0, -1, withscores=True) == [
+        (b"e3", float(T0 + 2 * 3_600_000 + 1))
+    ]
+    assert 3590 <= await redis_client.ttl(index) <= 3600
 
 
 async def test_redis_refused_write_does_not_refresh_the_ttl(redis_client: aioredis.Redis) -> None:
