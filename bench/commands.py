@@ -6,7 +6,8 @@ of them, `profile-scored:{u}`; a merge also sets a profile aside, folds it into
 another and writes that one. Neither should cost more in a larger keyspace.
 This fills a local redis-server (single node, then cluster mode) with
 `--users` profiles written by the worker's own store, each with two scored
-events, then times `--commands` erases of random users and as many merges of
+events (the index's own bytes are measured, `MEMORY USAGE` of 200 users'), then
+times `--commands` erases of random users and as many merges of
 one random user into another, one after the other, as the worker runs them
 (`apply_commands`).
 
@@ -35,7 +36,7 @@ from profiling.behaviour import Behaviour
 from profiling.commands import apply_commands
 from profiling.pipeline import Record, Stages
 from profiling.profile import Profile, ProfileParams, event_digest
-from profiling.store import Write
+from profiling.store import Write, scored_index_key
 from stream.devstack import LocalRedis
 from stream.redis_store import RedisProfileStore, connect
 
@@ -96,6 +97,8 @@ async def measure(redis: LocalRedis, users: int, n: int, seed: int) -> dict[str,
         await fill(store, users, seed)
         keys = await client.dbsize()
         rng = random.Random(seed + 1)
+        sample = [scored_index_key(f"u{i}") for i in rng.sample(range(users), 200)]
+        index_bytes = [await client.memory_usage(key, samples=0) for key in sample]
         picked = rng.sample(range(users), 3 * n)
         erases = [command({"command": "erase", "user_id": f"u{i}"}) for i in picked[:n]]
         merges = [
@@ -114,6 +117,7 @@ async def measure(redis: LocalRedis, users: int, n: int, seed: int) -> dict[str,
         "users": users,
         "keys": keys,
         "commands": n,
+        "index_bytes_2_ids": statistics.median(index_bytes),  # MEMORY USAGE, 200 users
         "erase_ms": _spread(erase_ms),
         "merge_ms": _spread(merge_ms),
     }

@@ -161,11 +161,12 @@ _ERASURES: Final = {0: Erasure.ABSENT, 1: Erasure.ERASED, 2: Erasure.REPEATED}
 UNLINK_CHUNK: Final = 1000  # keys per UNLINK when an erase removes scored features
 
 
-# KEYS: per user, the index of their scored events, then one key per scored event;
-# ARGV[1]: TTL in seconds, then per user: the number n of scored events, the time of
-# the write (ms), and n (event id, features) pairs. Each feature key gets the TTL; the
-# index (a sorted set of event ids by expiry) gains the ids, loses the expired ones
-# and gets the TTL too, so an erase finds every key without a scan. One call per chunk
+# KEYS: per user, the index of their scored events (`profile-scored:{u}`), then one key
+# per scored event (the index's name, a colon, the event id); ARGV[1]: TTL in seconds,
+# then per user: the number n of scored events, the time of the write (ms), and the n
+# events' features. Each feature key gets the TTL; the index (a sorted set of event ids
+# by expiry) gains the ids, loses the expired ones and gets the TTL too, so an erase
+# finds every key without a scan. One call per chunk
 # of users instead of commands per scored event: a client pays for every command in a
 # pipeline, and a batch scores hundreds of events.
 SCORED_SCRIPT: Final = """
@@ -173,12 +174,12 @@ local ttl = tonumber(ARGV[1])
 local k, a = 1, 2
 while k <= #KEYS do
   local n, now = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  local expiry = now + ttl * 1000
+  local expiry, skip = now + ttl * 1000, #KEYS[k] + 2
   a = a + 2
   for i = 1, n do
-    redis.call('SET', KEYS[k + i], ARGV[a + 1], 'EX', ttl)
-    redis.call('ZADD', KEYS[k], expiry, ARGV[a])
-    a = a + 2
+    redis.call('SET', KEYS[k + i], ARGV[a], 'EX', ttl)
+    redis.call('ZADD', KEYS[k], expiry, string.sub(KEYS[k + i], skip))
+    a = a + 1
   end
   redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now)
   redis.call('EXPIRE', KEYS[k], ttl)
@@ -321,12 +322,11 @@ class RedisProfileStore:
             scored_keys: list[str] = []
             scored_args: list[Any] = [self.scored_ttl_s]
             for write in chunk:
-                user_id = write.profile.user_id
+                user_id, scored = write.profile.user_id, write.scored
                 scored_keys.append(scored_index_key(user_id))
-                scored_keys += [scored_key(user_id, event_id) for event_id, _ in write.scored]
-                scored_args += (len(write.scored), write.profile.updated)
-                for pair in write.scored:
-                    scored_args += pair
+                scored_keys += [scored_key(user_id, event_id) for event_id, _ in scored]
+                scored_args += (len(scored), write.profile.updated)
+                scored_args += [features for _, features in scored]
             scored_calls.append((scored_keys, scored_args))
         # Cached as sent, before the reply: the worker folds its next batch while Redis
         # runs this one, from these profiles. A refused write drops its user; so does an
