@@ -29,7 +29,7 @@ from typing import Annotated, Protocol
 import msgspec
 
 from profiling.errors import StoreConflictError
-from profiling.events import INVALID_COMMAND, INVALID_JSON, KEY_MISMATCH, Rejection
+from profiling.events import INVALID_COMMAND, KEY_MISMATCH, Rejection, decode_record
 from profiling.merging import merge_marker, merge_profiles
 from profiling.messages import change_message
 from profiling.pipeline import (
@@ -68,14 +68,7 @@ class CommandRecord(SourceRecord, Protocol):
 
 def decode_command(raw: bytes | None) -> Command | Rejection:
     """A command, or why the record is not one."""
-    if raw is None:
-        return Rejection(INVALID_JSON, "record has no value (null)")
-    try:
-        return _decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        return Rejection(INVALID_COMMAND, str(exc))
-    except msgspec.DecodeError as exc:
-        return Rejection(INVALID_JSON, str(exc))
+    return decode_record(_decoder, raw, INVALID_COMMAND)
 
 
 async def apply_commands(
@@ -96,6 +89,8 @@ async def apply_commands(
         command = decode_command(record.value)
         if not isinstance(command, Rejection) and record.key != command.user_id.encode():
             command = Rejection(KEY_MISMATCH, "record key must be the command's user_id (UTF-8)")
+        elif isinstance(command, Merge) and command.from_user_id == command.user_id:
+            command = Rejection(INVALID_COMMAND, "a merge needs two users: from_user_id is user_id")
         if isinstance(command, Rejection):
             result.dead_letters.append((record.key, dead_letter_for(record, command, now_ms)))
             result.commands["invalid", "dead_lettered"] += 1

@@ -19,7 +19,7 @@ import math
 import string
 from dataclasses import dataclass
 from itertools import product
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -207,6 +207,24 @@ def _classify_validation(raw: bytes, message: str) -> Rejection:
     if "of length" in message or "out of range" in message:
         return Rejection(OUT_OF_RANGE, message)
     return Rejection(WRONG_TYPE, message)
+
+
+T = TypeVar("T")
+
+
+def decode_record(
+    decoder: msgspec.json.Decoder[T], raw: bytes | None, invalid: str
+) -> T | Rejection:
+    """A record value of another contract (labels, commands) through its decoder, or why
+    not: `invalid` for JSON that breaks the contract, `invalid_json` for the rest."""
+    if raw is None:
+        return Rejection(INVALID_JSON, "record has no value (null)")
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        return Rejection(invalid, str(exc))
+    except msgspec.DecodeError as exc:
+        return Rejection(INVALID_JSON, str(exc))
 
 
 def encode_event(fields: dict[str, Any]) -> bytes:

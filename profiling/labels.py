@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from profiling.events import INVALID_JSON, INVALID_LABEL, MIN_TS_MS, Rejection
+from profiling.events import INVALID_LABEL, MIN_TS_MS, Rejection, decode_record
 from profiling.models import ProfileModels
 from profiling.pipeline import SourceRecord, dead_letter_for
 from profiling.risk import kept_features
@@ -46,14 +46,7 @@ class LabelResult:
 
 def decode_label(raw: bytes | None) -> Label | Rejection:
     """A label, or why the record is not one."""
-    if raw is None:
-        return Rejection(INVALID_JSON, "record has no value (null)")
-    try:
-        return _decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        return Rejection(INVALID_LABEL, str(exc))
-    except msgspec.DecodeError as exc:
-        return Rejection(INVALID_JSON, str(exc))
+    return decode_record(_decoder, raw, INVALID_LABEL)
 
 
 async def apply_labels(

@@ -166,9 +166,9 @@ UNLINK_CHUNK: Final = 1000  # keys per UNLINK when an erase removes scored featu
 # then per user: the number n of scored events, the time of the write (ms), and the n
 # events' features. Each feature key gets the TTL; the index (a sorted set of event ids
 # by expiry) gains the ids, loses the expired ones and gets the TTL too, so an erase
-# finds every key without a scan. One call per chunk
-# of users instead of commands per scored event: a client pays for every command in a
-# pipeline, and a batch scores hundreds of events.
+# finds every key without a scan. One call per chunk of users instead of commands per
+# scored event: a client pays for every command in a pipeline, and a batch scores
+# hundreds of events.
 SCORED_SCRIPT: Final = """
 local ttl = tonumber(ARGV[1])
 local k, a = 1, 2

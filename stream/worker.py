@@ -537,7 +537,7 @@ class BatchWorker:
         if not records:
             return
         log.error(
-            "dead-lettering %d records of one user (%s: %s)",
+            "dead-lettering %d records (%s: %s)",
             len(records), type(failure).__name__, failure, exc_info=failure,
         )  # fmt: skip
         rejection = Rejection(INTERNAL_ERROR, f"{type(failure).__name__}: {failure}")

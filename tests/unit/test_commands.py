@@ -114,6 +114,7 @@ def test_erase_removes_the_profile_and_suppresses_older_events() -> None:
         (command({"command": "erase", "user_id": "u"}, key=None), "key_mismatch"),
         (command({"command": "forget", "user_id": "u"}), "invalid_command"),
         (command({"command": "merge", "from_user_id": "a", "user_id": "v"}), "key_mismatch"),
+        (command({"command": "merge", "from_user_id": "u", "user_id": "u"}), "invalid_command"),
     ],
 )
 def test_a_bad_command_is_a_dead_letter_and_touches_nothing(record: Record, error: str) -> None:
