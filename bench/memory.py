@@ -25,10 +25,11 @@ VmHWM) is read every 0.5 s with the records it had consumed, scraped from its
 sample of users, `MEMORY USAGE <key> SAMPLES 0` of each of the user's two
 keys (exact: every element counted; key name and dict entry included), plus
 its `profile-scored:{u}:<event_id>` keys (features of scored purchases and
-logins awaiting a label, 30-day TTL), and the growth of `INFO memory`
-used_memory over the pass per profile, with and without the growth of the
-keys that are no user's (the shared embedding cache). The payload probe
-splits the state into its JSON and its dedupe window (8 bytes per id).
+logins awaiting a label, 30-day TTL) with their index `profile-scored:{u}`,
+and the growth of `INFO memory` used_memory over the pass per profile, with
+and without the growth of the keys that are no user's (the shared embedding
+cache). The payload probe splits the state into its JSON and its dedupe
+window (8 bytes per id).
 
     python bench/memory.py --events 1000000 --users 100000
     python bench/memory.py --quick   # 20,000 events, 2,000 users: a smoke run
@@ -331,7 +332,8 @@ def keyspace(client: redis.Redis) -> tuple[dict[str, Any], dict[str, list[bytes]
         if prefix in ("profiler:emb:", "other"):
             shared.append(key)
         elif prefix == "profile-scored:":
-            user = text[len(SCORED_PREFIX) :].split("}:", 1)[0]
+            rest = text[len(SCORED_PREFIX) :]  # "<user>}:<event_id>", or "<user>}": the index
+            user = rest.split("}:", 1)[0] if "}:" in rest else rest[:-1]
             scored.setdefault(user, []).append(key)
     shared_bytes = 0
     for i in range(0, len(shared), 10_000):
