@@ -101,12 +101,29 @@ async def apply_commands(
         if isinstance(command, Erase):
             erasure = await store.erase(command.user_id, at_ms)
             result.commands["erase", erasure.value] += 1
-            result.erased.append(command.user_id)
+            await _tombstone(command.user_id, erasure, store, stages, result)
         else:
-            outcome = await _merge(command, at_ms, store, now_ms, params, stages, result)
+            erasure, outcome = await _merge(command, at_ms, store, now_ms, params, stages, result)
             result.commands["merge", outcome] += 1
-            result.erased.append(command.from_user_id)
+            await _tombstone(command.from_user_id, erasure, store, stages, result)
     return result
+
+
+async def _tombstone(
+    user_id: str, erasure: Erasure, store: ProfileStore, stages: Stages, result: BatchResult
+) -> None:
+    """The erased user's tombstone; after it, when a replayed command finds a profile
+    built since from newer events, that profile's change message again.
+
+    The first tombstone may never have been acked, so a replay sends it again; a
+    reader that saw the rebuilt profile meanwhile would then drop it, and the
+    change message that follows gives it back.
+    """
+    result.erased.append(user_id)
+    if erasure is Erasure.REPEATED:
+        (current,) = (await store.load([user_id])).values()
+        if not current.is_new:
+            _publish(current, result, stages)
 
 
 async def _merge(  # noqa: PLR0917 - one command's whole context
@@ -117,8 +134,9 @@ async def _merge(  # noqa: PLR0917 - one command's whole context
     params: ProfileParams,
     stages: Stages,
     result: BatchResult,
-) -> str:
-    """Fold `from_user_id` into `user_id` (see the module doc); the outcome's name."""
+) -> tuple[Erasure, str]:
+    """Fold `from_user_id` into `user_id` (see the module doc): what erasing
+    `from_user_id` found, and the outcome's name."""
     erasure, taken = await store.set_aside(command.from_user_id, at_ms)
     marker = merge_marker(command.from_user_id, at_ms)
     if taken is None:  # nothing (left) to merge: erased, as asked
@@ -126,7 +144,7 @@ async def _merge(  # noqa: PLR0917 - one command's whole context
             (known,) = (await store.load([command.user_id])).values()
             if in_window(known.seen, marker):
                 _publish(known, result, stages)
-        return erasure.value
+        return erasure, erasure.value
     vectors = stages.interests.params if stages.interests is not None else VectorParams()
     outcome = Erasure.REPEATED.value
     for _attempt in range(MAX_WRITE_ATTEMPTS):
@@ -143,12 +161,12 @@ async def _merge(  # noqa: PLR0917 - one command's whole context
     else:
         raise StoreConflictError(f"merge into {command.user_id!r} kept losing the version race")
     await store.drop_aside(command.from_user_id)
-    return outcome
+    return erasure, outcome
 
 
 def _publish(profile: Profile, result: BatchResult, stages: Stages) -> None:
-    """The change message of a profile merged into (again, when a replay finds it merged:
-    readers keep the highest version, so a repeat is harmless)."""
+    """The change message of `profile` as stored (again, on a replay: readers keep the
+    highest version, so a repeat is harmless)."""
     threshold = stages.models.alert_threshold if stages.models is not None else 0.8
     body = change_message(profile, profile.unpublished, stages.vector_in_updates, threshold)
     result.changes.append((profile.user_id, body))

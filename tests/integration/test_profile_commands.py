@@ -97,6 +97,11 @@ async def test_a_replayed_erase_keeps_the_profile_rebuilt_since(topics: Settings
     stats = await drain(replay)  # a new group: every record again, the erase included
     assert stats.summary()["commands"] == {"erase repeated": 1}
     assert (stats.replayed, stats.applied) == (2, 0)  # below the rebuilt profile's watermark
+    updates = await read_topic(topics.kafka_bootstrap, topics.topic_updates)
+    alice = [record.value for record in updates if record.key == b"alice"]
+    # The replayed tombstone is followed by the rebuilt profile, never left last.
+    assert alice[-1] is not None and orjson.loads(alice[-1])["version"] == 1
+    assert alice.count(None) == 2
     client = aioredis.Redis.from_url(topics.redis_url)
     try:
         profile = await client.hgetall("profile:{alice}")

@@ -94,9 +94,11 @@ def test_erase_removes_the_profile_and_suppresses_older_events() -> None:
         assert (profile.version, profile.events, profile.first_seen) == (1, 2, ERASED_AT)
         assert profile.erased_before == ERASED_AT
 
-        # The command again (a replay): nothing is touched, the tombstone is sent again.
+        # The command again (a replay): nothing is touched; the tombstone is sent again,
+        # then the profile built since, which a reader would otherwise drop for good.
         again = await run_commands(store, command({"command": "erase", "user_id": "u"}))
         assert again.erased == ["u"] and again.commands == {("erase", "repeated"): 1}
+        assert [orjson.loads(body)["version"] for _, body in again.changes] == [1]
         assert (await store.load(["u"]))["u"] == profile
 
         older = await apply_batch([event("e4", ERASED_AT - 5, 4)], store, params, lambda: NOW)
