@@ -57,6 +57,10 @@ async def check_servers(settings: Settings) -> None:
     try:
         await broker.bootstrap()
         missing = [name for name in settings.topic_names() if name not in broker.cluster.topics()]
+        partitions = {
+            name: len(broker.cluster.partitions_for_topic(name) or ())
+            for name in (settings.topic_events, settings.topic_commands)
+        }
     except (KafkaError, OSError) as exc:
         raise StartupError(
             f"the broker at {broker_setting(settings)} is unreachable: {exc}"
@@ -70,6 +74,14 @@ async def check_servers(settings: Settings) -> None:
             "that creates topics on first use needs nothing)",
             ", ".join(missing),
         )
+    events, commands = partitions[settings.topic_events], partitions[settings.topic_commands]
+    if events and commands and events != commands:
+        log.warning(
+            "%s has %d partitions and %s %d: a user's erase or merge then runs on a worker "
+            "other than the one folding the user's events; it stays safe, but its tombstone "
+            "may reach readers out of order with the user's change messages",
+            settings.topic_commands, commands, settings.topic_events, events,
+        )  # fmt: skip
 
 
 def redis_setting(settings: Settings) -> str:

@@ -33,7 +33,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
 from stream import kafka
-from stream.devstack import LocalBroker, default_topics, free_port, kafka_metadata_brokers
+from stream.devstack import (
+    LocalBroker,
+    create_topics,
+    default_topics,
+    free_port,
+    kafka_metadata_brokers,
+)
 from stream.lookup import profile_json
 from stream.producing import send_records
 from stream.redis_store import RedisProfileStore, connect
@@ -730,6 +736,20 @@ async def test_cluster_mode_against_a_single_redis_is_one_line(
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert len(lines) == 1, done.stderr
         assert "Cluster mode is not enabled" in lines[0]
+
+
+async def test_commands_not_partitioned_like_the_events_are_warned_of_at_start(
+    make_settings: SettingsFactory, tmp_path: Path, broker: LocalBroker
+) -> None:
+    settings = await make_settings(partitions=3)
+    commands = f"commands-{uuid.uuid4().hex[:8]}"
+    await create_topics(broker.bootstrap, {commands: 2})
+    env = profiler_env(settings, PROFILER_TOPIC_COMMANDS=commands, PROFILER_ENCODER_MODEL="none")
+    done = await profiler("run", "--until-idle", "1", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "partitions and" in line]
+    assert len(warned) == 1, done.stderr
+    assert f"{commands} has 2 partitions and {settings.topic_events} 3" in warned[0]
 
 
 async def test_topics_the_broker_lacks_are_named_in_a_warning_at_start(
