@@ -179,16 +179,31 @@ def produce(
 @app.command()
 def erase(user_id: str) -> None:
     """Ask the workers to erase a user (GDPR): every key, a tombstone, no older events again."""
+    _send_command({"command": "erase", "user_id": user_id}, f"an erase of {user_id!r}")
+
+
+@app.command()
+def merge(from_user_id: str, user_id: str) -> None:
+    """Ask the workers to merge a user's profile (an anonymous id) into another's, then
+    erase the first."""
+    if from_user_id == user_id:
+        console.print("[red]error:[/] a merge needs two different users")
+        raise typer.Exit(2)
+    body = {"command": "merge", "from_user_id": from_user_id, "user_id": user_id}
+    _send_command(body, f"a merge of {from_user_id!r} into {user_id!r}")
+
+
+def _send_command(body: dict[str, str], what: str) -> None:
+    """One `profile-commands` record, keyed by its `user_id` (the contract)."""
     settings = load_settings()
-    if not 1 <= len(user_id) <= MAX_USER_ID:
+    if not all(1 <= len(value) <= MAX_USER_ID for name, value in body.items() if name != "command"):
         console.print(f"[red]error:[/] a user id has 1 to {MAX_USER_ID} characters")
         raise typer.Exit(2)
     from stream.producing import send_records
 
-    body = orjson.dumps({"command": "erase", "user_id": user_id})
-    record = (user_id.encode(), body)
+    record = (body["user_id"].encode(), orjson.dumps(body))
     _with_servers(settings, send_records(settings, [record], settings.topic_commands))
-    console.print(f"sent an erase of {user_id!r} to {settings.topic_commands}")
+    console.print(f"sent {what} to {settings.topic_commands}")
 
 
 @app.command("dev-stack")

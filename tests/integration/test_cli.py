@@ -473,21 +473,30 @@ async def test_produce_files_then_run_then_look_profiles_up(
     assert unknown.stdout == ""
     assert "no profile" in unknown.stderr and "nobody" in unknown.stderr
 
-    sent, empty = await asyncio.gather(
+    sent, merged, empty, itself = await asyncio.gather(
         profiler("erase", "jl-ann", env=env, cwd=tmp_path),
+        profiler("merge", "jl-bo", "17850", env=env, cwd=tmp_path),
         profiler("erase", "", env=env, cwd=tmp_path),
+        profiler("merge", "17850", "17850", env=env, cwd=tmp_path),
     )
     assert sent.returncode == 0, sent.stderr
     assert f"sent an erase of 'jl-ann' to {topics.topic_commands}" in sent.stderr
+    assert merged.returncode == 0, merged.stderr
+    assert "sent a merge of 'jl-bo' into '17850'" in merged.stderr
     assert empty.returncode == 2 and "1 to 128 characters" in empty.stderr
+    assert itself.returncode == 2 and "two different users" in itself.stderr
     done = await profiler("run", "--until-idle", "1", env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    erased, kept = await asyncio.gather(
+    erased, gone, kept = await asyncio.gather(
         profiler("profile", "jl-ann", env=env, cwd=tmp_path),
+        profiler("profile", "jl-bo", env=env, cwd=tmp_path),
         profiler("profile", "17850", env=env, cwd=tmp_path),
     )
     assert erased.returncode == 1 and "no profile" in erased.stderr
+    assert gone.returncode == 1 and "no profile" in gone.stderr
     assert kept.returncode == 0, kept.stderr
+    body = orjson.loads(kept.stdout)
+    assert (body["events"], body["count:search"], body["version"]) == (4, 1, 2)
 
 
 # --- topics, configuration --------------------------------------------------------
