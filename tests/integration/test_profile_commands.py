@@ -48,12 +48,12 @@ async def test_erase_removes_a_user_publishes_a_tombstone_and_suppresses_older_e
         erase = orjson.dumps({"command": "erase", "user_id": "alice"})
         bad = orjson.dumps({"command": "erase"})
         await send_records(topics, [(b"alice", erase), (b"alice", bad)], topics.topic_commands)
-        # Events of alice from before the erase (late) and after it, in the next drain.
         erased_stats = await drain(topics)
         assert erased_stats.summary()["commands"] == {"erase erased": 1, "invalid dead_lettered": 1}
         assert await user_keys(client, "alice") == {b"profile-state:{alice}"}  # the marker
         assert await user_keys(client, "bob") == bob_before
 
+        # Events of alice from before the erase (late) and after it.
         after = wall_clock_ms() + 1_000
         late = [event("alice-late", "alice", "view", now - HOUR_MS)]
         fresh = [event("alice-new", "alice", "view", after)]
