@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
+from profiling.store import Erasure
 from stream.producing import send_records
+from stream.redis_store import RedisProfileStore
 from stream.settings import Settings
 from stream.worker import wall_clock_ms
 from tests.integration.kafka_io import drain, read_topic
@@ -137,3 +140,30 @@ async def test_merge_folds_a_visitor_into_an_account(topics: Settings) -> None:
     last = orjson.loads([r.value for r in updates if r.key == b"k"][-1])
     validator("profile_update.v1").validate(last)
     assert (last["version"], last["events"], last["orders"]) == (2, 7, 1)
+
+
+async def test_a_command_the_worker_fails_on_is_dead_lettered_and_events_applied(
+    topics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in carrying out a command: its record becomes an `internal_error` dead
+    letter, whole, and the batch's events are applied (user by user)."""
+
+    async def failing(self: RedisProfileStore, user_id: str, at_ms: int) -> Erasure:
+        raise ValueError(f"a bug erasing {user_id}")
+
+    monkeypatch.setattr(RedisProfileStore, "erase", failing)
+    now = wall_clock_ms()
+    await send_records(topics, [event(f"b-{i}", "bob", "view", now - i) for i in range(3)])
+    erase = orjson.dumps({"command": "erase", "user_id": "alice"})
+    await send_records(topics, [(b"alice", erase)], topics.topic_commands)
+    stats = await drain(topics)
+    assert stats.applied == 3
+    (letter,) = [
+        orjson.loads(r.value) for r in await read_topic(topics.kafka_bootstrap, topics.topic_dlq)
+    ]
+    validator("dead_letter.v1").validate(letter)
+    assert (letter["error"], letter["detail"]) == (
+        "internal_error",
+        "ValueError: a bug erasing alice",
+    )
+    assert (letter["topic"], letter["value"]) == (topics.topic_commands, erase.decode())
