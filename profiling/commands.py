@@ -138,19 +138,17 @@ async def _merge(  # noqa: PLR0917 - one command's whole context
     """Fold `from_user_id` into `user_id` (see the module doc): what erasing
     `from_user_id` found, and the outcome's name."""
     erasure, taken = await store.set_aside(command.from_user_id, at_ms)
+    if taken is None and erasure is not Erasure.REPEATED:
+        return erasure, erasure.value  # nothing to merge: erased, as asked
     marker = merge_marker(command.from_user_id, at_ms)
-    if taken is None:  # nothing (left) to merge: erased, as asked
-        if erasure is Erasure.REPEATED:  # perhaps merged before a crash: publish again
-            (known,) = (await store.load([command.user_id])).values()
-            if in_window(known.seen, marker):
-                _publish(known, result, stages)
-        return erasure, erasure.value
     vectors = stages.interests.params if stages.interests is not None else VectorParams()
     outcome = Erasure.REPEATED.value
     for _attempt in range(MAX_WRITE_ATTEMPTS):
         (known,) = (await store.load([command.user_id])).values()
-        if in_window(known.seen, marker):  # merged before a crash: publish again, drop
+        if in_window(known.seen, marker):  # merged before a crash: publish again
             _publish(known, result, stages)
+            break
+        if taken is None:  # a replay with nothing aside, and never merged
             break
         merged = merge_profiles(known, taken, marker, params=params, vectors=vectors, now_ms=now_ms)
         if not await store.save([Write(merged, known.version, (), known.updated)]):
@@ -160,7 +158,8 @@ async def _merge(  # noqa: PLR0917 - one command's whole context
             break
     else:
         raise StoreConflictError(f"merge into {command.user_id!r} kept losing the version race")
-    await store.drop_aside(command.from_user_id)
+    if taken is not None:
+        await store.drop_aside(command.from_user_id)
     return erasure, outcome
 
 

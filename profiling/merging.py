@@ -18,10 +18,7 @@ dedupe window, and a replayed command finds it there.
 from __future__ import annotations
 
 import heapq
-import math
-from typing import Final
 
-from profiling import slots
 from profiling.behaviour import merge_behaviour
 from profiling.profile import (
     DIGEST_BYTES,
@@ -29,11 +26,10 @@ from profiling.profile import (
     Profile,
     ProfileParams,
     event_digest,
+    evolve,
 )
-from profiling.store import VECTOR_FIELDS, public_fields
+from profiling.store import public_fields, vector_fields
 from profiling.vectors import Interest, StoredInterest, VectorParams, merge_interests
-
-_merged: Final = slots.replacer(Profile)
 
 
 def merge_marker(from_user_id: str, at_ms: int) -> bytes:
@@ -73,7 +69,7 @@ def merge_profiles(
     source = known if known.segment is not None else taken  # whose segment and dwell
     rated = known if known.risk is not None else taken
     version = known.version + 1
-    merged = _merged(
+    merged = evolve(
         known,
         version=version,
         first_seen=min(firsts, default=0),
@@ -97,19 +93,12 @@ def merge_profiles(
         published_at=now_ms,
         published_version=version,
     )
-    return _merged(merged, unpublished=merged_fields(merged))
+    return evolve(merged, unpublished=merged_fields(merged))
 
 
 def merged_fields(profile: Profile) -> frozenset[str]:
-    """Every public field of `profile`: what a merge's change message reports."""
-    names = set(public_fields(profile))
-    interest = profile.interest
-    if interest is not None:
-        present = (interest.vec_long, interest.vec_short)
-        names.update(
-            name for name, value in zip(VECTOR_FIELDS, present, strict=True) if value is not None
-        )
-    return frozenset(names)
+    """Every public field of `profile`, vectors included: what a merge's message reports."""
+    return frozenset(public_fields(profile)) | frozenset(vector_fields(profile))
 
 
 def _interest(
@@ -143,8 +132,8 @@ def _interest(
     stored = StoredInterest(
         long.published(),
         short.published(),
-        _finite(long.log2_norm),
-        _finite(short.log2_norm),
+        None if long.is_empty else long.log2_norm,
+        None if short.is_empty else short.log2_norm,
         mine.sketch,
         ref,
     )
@@ -155,7 +144,3 @@ def _dim(interest: StoredInterest) -> int | None:
     """The vectors' dimension (float32 values), None when there are none."""
     vector = interest.vec_long or interest.vec_short
     return len(vector) // 4 if vector else None
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None

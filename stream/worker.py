@@ -334,7 +334,7 @@ class BatchWorker:
                     idle_since = None
                     started = time.monotonic()
                     ends = next_offsets(records)
-                    last = await self._settled_for_commands(last, records)
+                    last = await self._settled_for_commands(last, ends)
                     if len(records) < self.settings.batch_max_events:
                         self._hold_fetches()  # keeping up: fetch late, for freshness
                     folded = await self._fold_guarded(records, ends, started, last)
@@ -371,14 +371,14 @@ class BatchWorker:
         return self.stats
 
     async def _settled_for_commands(
-        self, last: _Writing | None, records: Sequence[SourceRecord]
+        self, last: _Writing | None, ends: dict[TopicPartition, int]
     ) -> _Writing | None:
         """`last`, or None once it is settled when this batch carries commands.
 
         An erase waits for the batch before it to be written and published: that
         batch's change messages then go out before the tombstone, never after.
         """
-        if last is None or not self._commands(records):
+        if last is None or not self._carries_commands(ends):
             return last
         await self._settle(last)
         return None
@@ -547,6 +547,11 @@ class BatchWorker:
         ]
         result.errors[INTERNAL_ERROR] += len(records)
 
+    def _carries_commands(self, ends: dict[TopicPartition, int]) -> bool:
+        """Whether a batch (its partitions: `next_offsets`) holds `profile-commands` records."""
+        topic = self.settings.topic_commands
+        return any(tp.topic == topic for tp in ends)
+
     def _commands(self, records: Sequence[SourceRecord]) -> list[CommandRecord]:
         topic = self.settings.topic_commands
         return [r for r in records if r.topic == topic]  # type: ignore[misc]
@@ -567,7 +572,8 @@ class BatchWorker:
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = started
         self._positions.update(ends)
-        commanded = await self._apply_commands(self._commands(records))
+        commands = self._commands(records) if self._carries_commands(ends) else []
+        commanded = await self._apply_commands(commands)
         events = [r for r in records if r.topic == self.settings.topic_events]
         lookups = self._embedding_totals()
         folded = await self._retrying(
