@@ -17,8 +17,9 @@ that folds `from_user_id`'s events meanwhile finds the marker, never a half
 merged profile; the merge's digest then joins `user_id`'s dedupe window with
 the merged write (compare-and-set), and the profile aside is dropped last. A
 replay finds the profile still aside, or the digest already in the window.
-`from_user_id`'s events older than the merge that arrive after it are
-suppressed, like an erased user's: the shop should send them before the merge.
+`from_user_id`'s marker names `user_id`: their events older than the merge
+that arrive after it (a worker may read the command before them, from another
+topic) are forwarded to `user_id` (`Outcome.forwarded`), not suppressed.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ async def _merge(  # noqa: PLR0917 - one command's whole context
 ) -> tuple[Erasure, str]:
     """Fold `from_user_id` into `user_id` (see the module doc): what erasing
     `from_user_id` found, and the outcome's name."""
-    erasure, taken = await store.set_aside(command.from_user_id, at_ms)
+    erasure, taken = await store.set_aside(command.from_user_id, at_ms, command.user_id)
     if taken is None and erasure is not Erasure.REPEATED:
         return erasure, erasure.value  # nothing to merge: erased, as asked
     marker = merge_marker(command.from_user_id, at_ms)

@@ -77,6 +77,9 @@ class Event(msgspec.Struct, frozen=True, gc=False):
     ip: _text(64) | None = None  # type: ignore[valid-type]
     country: str | None = None  # 2 letters A-Z: `check_rules`
     success: bool | None = None
+    # Set by a worker that forwarded the event from a user merged into another
+    # (`profile-commands`): the user it was first sent under.
+    forwarded_from: _text(128, 1) | None = None  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +228,18 @@ def decode_record(
         return Rejection(invalid, str(exc))
     except msgspec.DecodeError as exc:
         return Rejection(INVALID_JSON, str(exc))
+
+
+def forwarded_event(event: Event, user_id: str) -> bytes:
+    """`event` sent again under `user_id`, marked with the user it was first sent under.
+
+    Fields the event does not set are left out, as a producer leaves them out.
+    """
+    fields = {name: getattr(event, name) for name in event.__struct_fields__}
+    body = {name: value for name, value in fields.items() if value is not None}
+    body["user_id"] = user_id
+    body["forwarded_from"] = event.forwarded_from or event.user_id
+    return msgspec.json.encode(body)
 
 
 def encode_event(fields: dict[str, Any]) -> bytes:

@@ -149,6 +149,7 @@ class InterestModel:
                     publish[u],
                     o.scored,
                     o.suppressed,
+                    o.forwarded,
                 )
             )
         return result

@@ -7,12 +7,15 @@ decayed sums (category affinity, interest vectors) are both decayed to the new
 last seen and added (they are linear in the events, `profiling.profile` and
 `profiling.vectors`); the behaviour state behind the risk features keeps the
 newest stamps and tokens of both (`merge_behaviour`). What only the known
-user's own history can say stays theirs: partition watermarks, the dedupe
-window, the segment and the latest risk (when they have one). The merge is
-published as a change of every public field.
+user's own history can say stays theirs: partition watermarks, the segment
+and the latest risk (when they have one). The merge is published as a change
+of every public field.
 
-`merge_marker` makes the merge idempotent: its digest joins the known user's
-dedupe window, and a replayed command finds it there.
+The dedupe window takes both users' event ids: a visitor's event older than
+the merge that arrives after it is forwarded to the known user
+(`Outcome.forwarded`), and one already in the merged profile (a replay) is
+then found there. `merge_marker` makes the merge idempotent: its digest joins
+the window too, last, and a replayed command finds it there.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ def merge_profiles(
         spend=round(known.spend + taken.spend, 6),
         orders=known.orders + taken.orders,
         category_scores=scores,
-        seen=(known.seen + marker)[-DIGEST_BYTES * params.dedupe_window :],
+        seen=(known.seen + taken.seen + marker)[-DIGEST_BYTES * params.dedupe_window :],
         interest=interest,
         model=model,
         behaviour=behaviour,

@@ -246,6 +246,7 @@ class ProfileModels:
             publish,
             snapshots,
             outcome.suppressed,
+            outcome.forwarded,
         )
 
     def learn_label(self, features: Mapping[str, float], label: bool) -> None:

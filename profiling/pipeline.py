@@ -24,7 +24,7 @@ from functools import partial
 from typing import Final, Protocol
 
 from profiling.errors import StoreConflictError
-from profiling.events import KEY_MISMATCH, Event, Rejection, decode_event
+from profiling.events import KEY_MISMATCH, Event, Rejection, decode_event, forwarded_event
 from profiling.interests import InterestModel
 from profiling.messages import change_message, dead_letter
 from profiling.models import ProfileModels
@@ -83,6 +83,9 @@ class BatchResult:
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)  # (key, body)
     outcomes: Counter[str] = field(default_factory=Counter)  # applied / duplicate / replayed / ...
     erased: list[str] = field(default_factory=list)  # users erased: a tombstone each
+    # Events of users merged into others, sent again under the user merged into:
+    # (user_id, event JSON) for the events topic (`Outcome.forwarded`).
+    forwarded: list[tuple[str, bytes]] = field(default_factory=list)
     commands: Counter[tuple[str, str]] = field(default_factory=Counter)  # (command, outcome)
     by_type: Counter[str] = field(default_factory=Counter)  # applied events per type
     errors: Counter[str] = field(default_factory=Counter)  # dead letters per error code
@@ -100,6 +103,7 @@ class BatchResult:
         self.alerts += other.alerts
         self.dead_letters += other.dead_letters
         self.erased += other.erased
+        self.forwarded += other.forwarded
         self.commands.update(other.commands)
         self.outcomes.update(other.outcomes)
         self.by_type.update(other.by_type)
@@ -290,6 +294,10 @@ def _record(outcome: Outcome, result: BatchResult, stages: Stages) -> None:
     result.outcomes["replayed"] += outcome.replayed
     if outcome.suppressed:
         result.outcomes["suppressed"] += outcome.suppressed
+    if outcome.forwarded:
+        into = outcome.profile.merged_into or ""  # set whenever events are forwarded
+        result.outcomes["forwarded"] += len(outcome.forwarded)
+        result.forwarded += [(into, forwarded_event(e, into)) for e in outcome.forwarded]
     for event in outcome.applied:
         result.by_type[event.type] += 1
         result.event_ts.append(event.ts)

@@ -101,6 +101,9 @@ class Profile:
     # The user was erased at this time (epoch ms, `profile-commands`): events older
     # than it are suppressed, never applied (DESIGN.md §9). 0: never erased.
     erased_before: int = 0
+    # With `erased_before`, when the erasure was a merge: the user merged into. Events
+    # older than the merge are forwarded to that user instead (`Outcome.forwarded`).
+    merged_into: str | None = None
 
     @property
     def is_new(self) -> bool:
@@ -147,6 +150,7 @@ class Outcome(NamedTuple):
     publish: bool
     scored: tuple[tuple[str, bytes], ...] = ()  # (event_id, kept features) for labels
     suppressed: int = 0  # events older than the user's erasure, dropped
+    forwarded: tuple[Event, ...] = ()  # events older than a merge, for `merged_into`
 
     @property
     def wrote(self) -> bool:
@@ -157,16 +161,28 @@ def apply_deliveries(
     profile: Profile, deliveries: Sequence[Delivery], params: ProfileParams, now_ms: int
 ) -> Outcome:
     """Fold a batch's deliveries for one user into `profile`; pure."""
-    fresh, digests, duplicates, replayed, suppressed, watermarks = _select_fresh(
-        profile, deliveries
+    fresh, digests, duplicates, replayed, passed_on, watermarks = _select_fresh(profile, deliveries)
+    # Forwarded once at most: an event forwarded before that meets another merge is
+    # suppressed (two users merged into each other would pass it back and forth).
+    forwarded = (
+        tuple(e for e in passed_on if e.forwarded_from is None) if profile.merged_into else ()
     )
+    suppressed = len(passed_on) - len(forwarded)
     if not fresh:
         # A replay of a batch whose write landed but whose change messages may not
         # have been acked: publish the user's current state again (readers keep the
         # highest version they saw, so a repeat or a newer version is harmless).
         republish = replayed > 0 and not profile.is_new
         return Outcome(
-            profile, [], duplicates, replayed, profile.unpublished, republish, (), suppressed
+            profile,
+            [],
+            duplicates,
+            replayed,
+            profile.unpublished,
+            republish,
+            (),
+            suppressed,
+            forwarded,
         )
     fresh.sort(key=lambda event: event.ts)
     counts = dict(profile.counts)
@@ -213,18 +229,20 @@ def apply_deliveries(
         published_at=now_ms if publish else profile.published_at,
         published_version=version if publish else profile.published_version,
     )
-    return Outcome(updated, fresh, duplicates, replayed, all_changed, publish, (), suppressed)
+    return Outcome(
+        updated, fresh, duplicates, replayed, all_changed, publish, (), suppressed, forwarded
+    )
 
 
 def _select_fresh(
     profile: Profile, deliveries: Sequence[Delivery]
-) -> tuple[list[Event], list[bytes], int, int, int, dict[int, int]]:
+) -> tuple[list[Event], list[bytes], int, int, list[Event], dict[int, int]]:
     """Drop deliveries at or below the partition watermark (replays), events older than
     the user's erasure, and known event ids.
 
     Returns the fresh events, their ids' digests (in delivery order), the
-    number of duplicates, replays and suppressed events, and the advanced
-    watermarks.
+    number of duplicates and replays, the events older than the erasure
+    (suppressed, or forwarded after a merge), and the advanced watermarks.
     """
     watermarks = dict(profile.watermarks)
     seen = profile.seen
@@ -232,7 +250,8 @@ def _select_fresh(
     digests: list[bytes] = []
     batch: set[bytes] = set()
     fresh: list[Event] = []
-    duplicates = replayed = suppressed = 0
+    older: list[Event] = []
+    duplicates = replayed = 0
     for event, partition, offset in deliveries:
         if offset <= profile.watermarks.get(partition, -1):
             replayed += 1
@@ -240,7 +259,7 @@ def _select_fresh(
         if offset > watermarks.get(partition, -1):
             watermarks[partition] = offset
         if event.ts < erased_before:
-            suppressed += 1
+            older.append(event)
             continue
         digest = event_digest(event.event_id)
         if digest in batch or in_window(seen, digest):
@@ -249,7 +268,7 @@ def _select_fresh(
         batch.add(digest)
         digests.append(digest)
         fresh.append(event)
-    return fresh, digests, duplicates, replayed, suppressed, watermarks
+    return fresh, digests, duplicates, replayed, older, watermarks
 
 
 DIGEST_BYTES: Final = 8

@@ -87,9 +87,14 @@ class Erasure(enum.Enum):
 ERASED_PREFIX: Final = b'{"erased":'  # a state that starts so carries an erasure time
 
 
-def erased_marker(at_ms: int) -> bytes:
-    """The state of a user erased at `at_ms` who has no profile (yet) since."""
-    return ERASED_PREFIX + str(at_ms).encode() + b"}"
+def erased_marker(at_ms: int, merged_into: str | None = None) -> bytes:
+    """The state of a user erased at `at_ms` who has no profile (yet) since; for a merge,
+    with the user merged into (`{"erased":<ms>,"into":<user_id>}`)."""
+    return jsonout.dumps(_marker(at_ms, merged_into))
+
+
+def _marker(at_ms: int, merged_into: str | None) -> dict[str, object]:
+    return {"erased": at_ms, "into": merged_into} if merged_into else {"erased": at_ms}
 
 
 class ProfileStore(Protocol):
@@ -116,8 +121,11 @@ class ProfileStore(Protocol):
         `at_ms`. Idempotent: a user already erased at or after `at_ms` is left alone."""
         ...
 
-    async def set_aside(self, user_id: str, at_ms: int) -> tuple[Erasure, Profile | None]:
-        """`erase`, keeping the profile aside (for a merge) until `drop_aside`: what `erase`
+    async def set_aside(
+        self, user_id: str, at_ms: int, merged_into: str
+    ) -> tuple[Erasure, Profile | None]:
+        """`erase` for a merge into `merged_into` (the marker names it: older events are
+        forwarded there), keeping the profile aside until `drop_aside`: what `erase`
         found, and the profile aside or None. A replayed call (`Erasure.REPEATED`) finds
         the profile still aside, if it was not dropped yet."""
         ...
@@ -204,7 +212,7 @@ def state_blob(profile: Profile) -> bytes:
         "alerts": profile.alerts,
     }
     if profile.erased_before:
-        state = {"erased": profile.erased_before, **state}
+        state = {**_marker(profile.erased_before, profile.merged_into), **state}
     document = jsonout.dumps(state)
     return document + b"\n" + profile.seen if profile.seen else document
 
@@ -221,10 +229,12 @@ def profile_from_storage(
     """
     if isinstance(state, str):
         state = state.encode()
-    if not fields:
-        return Profile(user_id, erased_before=_erased_at(state))
     document, _, seen = (state or b"").partition(b"\n")
     internal = orjson.loads(document) if document else {}
+    if not fields:  # the marker, if any, is all there is
+        return Profile(
+            user_id, erased_before=int(internal.get("erased", 0)), merged_into=internal.get("into")
+        )
     vectors = vectors or {}
     interest_json = internal.get("interest")
     interest = (
@@ -261,6 +271,7 @@ def profile_from_storage(
         risk_reasons=fields.get("risk_reasons"),
         alerts=tuple(internal.get("alerts", ())),
         erased_before=int(internal.get("erased", 0)),
+        merged_into=internal.get("into"),
     )
 
 
@@ -321,19 +332,24 @@ class InMemoryProfileStore:
         return [self._scored.get(key) for key in keys]
 
     async def erase(self, user_id: str, at_ms: int) -> Erasure:
+        return self._erase(user_id, at_ms, None)
+
+    def _erase(self, user_id: str, at_ms: int, merged_into: str | None) -> Erasure:
         if _erased_at(self._states.get(user_id)) >= at_ms:
             return Erasure.REPEATED
         existed = self._hashes.pop(user_id, None) is not None
         self._vectors.pop(user_id, None)
         self._aside.pop(user_id, None)
-        self._states[user_id] = erased_marker(at_ms)
+        self._states[user_id] = erased_marker(at_ms, merged_into)
         for key in [key for key in self._scored if key[0] == user_id]:
             del self._scored[key]
         return Erasure.ERASED if existed else Erasure.ABSENT
 
-    async def set_aside(self, user_id: str, at_ms: int) -> tuple[Erasure, Profile | None]:
+    async def set_aside(
+        self, user_id: str, at_ms: int, merged_into: str
+    ) -> tuple[Erasure, Profile | None]:
         (profile,) = (await self.load([user_id])).values()
-        erasure = await self.erase(user_id, at_ms)
+        erasure = self._erase(user_id, at_ms, merged_into)
         if erasure is Erasure.ERASED:
             self._aside[user_id] = profile
         return erasure, self._aside.get(user_id)

@@ -381,8 +381,10 @@ class RedisProfileStore:
         (found,) = await self._erase(user_id, at_ms, 0)
         return _ERASURES[int(found)]
 
-    async def set_aside(self, user_id: str, at_ms: int) -> tuple[Erasure, Profile | None]:
-        reply = await self._erase(user_id, at_ms, ASIDE_TTL_MS)
+    async def set_aside(
+        self, user_id: str, at_ms: int, merged_into: str
+    ) -> tuple[Erasure, Profile | None]:
+        reply = await self._erase(user_id, at_ms, ASIDE_TTL_MS, merged_into)
         fields, vectors = _split_fields(reply[1:-1])
         erasure = _ERASURES[int(reply[0])]
         if not fields:
@@ -392,10 +394,12 @@ class RedisProfileStore:
     async def drop_aside(self, user_id: str) -> None:
         await self.client.delete(aside_key(user_id), aside_state_key(user_id))
 
-    async def _erase(self, user_id: str, at_ms: int, aside_ms: int) -> list[Any]:
+    async def _erase(
+        self, user_id: str, at_ms: int, aside_ms: int, merged_into: str | None = None
+    ) -> list[Any]:
         self._cache.pop(user_id, None)
         keys = [*_user_keys([user_id]), aside_key(user_id), aside_state_key(user_id)]
-        args = [at_ms, erased_marker(at_ms), self.erased_ttl_ms, aside_ms]
+        args = [at_ms, erased_marker(at_ms, merged_into), self.erased_ttl_ms, aside_ms]
         (reply,) = await eval_pipelined(self.client, self._shas, [(ERASE_SCRIPT, keys, args)])
         await self._drop_scored(user_id)
         return list(reply)

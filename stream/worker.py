@@ -115,6 +115,7 @@ class WorkerStats:
     duplicates: int = 0
     replayed: int = 0
     suppressed: int = 0  # events older than their user's erasure
+    forwarded: int = 0  # events older than their user's merge, sent on to the user merged into
     dead_letters: int = 0
     profiles_written: int = 0
     changes_published: int = 0
@@ -140,6 +141,7 @@ class WorkerStats:
             "duplicates": self.duplicates,
             "replayed": self.replayed,
             "suppressed": self.suppressed,
+            "forwarded": self.forwarded,
             "dead_letters": self.dead_letters,
             "errors": dict(self.errors),
             "batches": self.batches,
@@ -162,6 +164,7 @@ class WorkerStats:
         self.duplicates += result.outcomes["duplicate"]
         self.replayed += result.outcomes["replayed"]
         self.suppressed += result.outcomes["suppressed"]
+        self.forwarded += result.outcomes["forwarded"]
         self.dead_letters += len(result.dead_letters)
         self.profiles_written += result.users_written
         self.changes_published += len(result.changes)
@@ -695,6 +698,9 @@ class BatchWorker:
         messages: list[tuple[str, bytes | None, bytes | None]] = [
             (settings.topic_dlq, key, body) for key, body in result.dead_letters
         ]
+        messages += [
+            (settings.topic_events, user_id.encode(), body) for user_id, body in result.forwarded
+        ]
         # Tombstones first: a change message of this batch is of a profile built since.
         messages += [(settings.topic_updates, user_id.encode(), None) for user_id in result.erased]
         messages += [
@@ -739,7 +745,7 @@ class BatchWorker:
             metrics.SEGMENT_MOVES.inc(result.segment_moves)
         for kind, count in result.by_type.items():
             metrics.EVENTS.labels(kind, "applied").inc(count)
-        for outcome in ("duplicate", "replayed", "suppressed"):
+        for outcome in ("duplicate", "replayed", "suppressed", "forwarded"):
             if result.outcomes[outcome]:
                 metrics.EVENTS.labels("any", outcome).inc(result.outcomes[outcome])
         for (command, outcome), count in result.commands.items():

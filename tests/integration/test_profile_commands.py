@@ -142,6 +142,36 @@ async def test_merge_folds_a_visitor_into_an_account(topics: Settings) -> None:
     assert (last["version"], last["events"], last["orders"]) == (2, 7, 1)
 
 
+async def test_a_visitors_event_read_after_the_merge_reaches_the_account(
+    topics: Settings,
+) -> None:
+    now = wall_clock_ms()
+    visits = [event(f"anon-{i}", "anon-9", "view", now - 2 * HOUR_MS + i) for i in range(2)]
+    await send_records(topics, [*visits, event("k-0", "k", "view", now - HOUR_MS)])
+    await drain(topics)
+    merge = orjson.dumps({"command": "merge", "from_user_id": "anon-9", "user_id": "k"})
+    await send_records(topics, [(b"k", merge)], topics.topic_commands)
+    await drain(topics)
+    # Sent before the merge by the shop, read after it here (a backlog, another topic).
+    await send_records(topics, [event("anon-late", "anon-9", "purchase", now - HOUR_MS // 2)])
+    stats = await drain(topics)  # forwards it, then reads it back under the account
+    assert (stats.forwarded, stats.applied, stats.suppressed) == (1, 1, 0)
+    client = aioredis.Redis.from_url(topics.redis_url)
+    try:
+        assert await user_keys(client, "anon-9") == {b"profile-state:{anon-9}"}
+        account = await client.hgetall("profile:{k}")
+        assert (account[b"events"], account[b"orders"], account[b"version"]) == (b"4", b"1", b"3")
+    finally:
+        await client.aclose()
+    records = await read_topic(topics.kafka_bootstrap, topics.topic_events)
+    forwarded = [orjson.loads(r.value) for r in records if r.key == b"k"][-1]
+    assert (forwarded["event_id"], forwarded["user_id"], forwarded["forwarded_from"]) == (
+        "anon-late",
+        "k",
+        "anon-9",
+    )
+
+
 async def test_a_command_the_worker_fails_on_is_dead_lettered_and_events_applied(
     topics: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

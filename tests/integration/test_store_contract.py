@@ -227,6 +227,17 @@ async def test_erase_is_idempotent_and_keeps_a_profile_rebuilt_since(store: Prof
     assert await load_one(store, "alice") == Profile("alice", erased_before=T0 + 1)
 
 
+async def test_a_merged_users_marker_names_the_user_merged_into(store: ProfileStore) -> None:
+    await write(store, rich_profile(), 0)
+    await store.set_aside("alice", T0, "bob")
+    rebuilt = replace(rich_profile(version=1), erased_before=T0, merged_into="bob")
+    assert await write(store, rebuilt, 0) == []
+    assert await load_one(store, "alice") == rebuilt  # the marker and its target ride along
+    # An erase after it is the user's own: events before it are theirs to lose.
+    assert await store.erase("alice", T0 + 1) is Erasure.ERASED
+    assert await load_one(store, "alice") == Profile("alice", erased_before=T0 + 1)
+
+
 async def test_a_new_profile_folded_before_an_erase_is_refused(store: ProfileStore) -> None:
     """An erase that lands between the load and the write of a new user's first events
     (version 0) must not be overwritten: the marker is part of the compare-and-set."""
@@ -249,20 +260,20 @@ async def test_a_cached_write_after_an_erase_is_refused(store: ProfileStore) -> 
 async def test_set_aside_erases_and_keeps_the_profile_until_dropped(store: ProfileStore) -> None:
     profile = rich_profile()
     assert await write(store, profile, 0) == []
-    assert await store.set_aside("alice", T0) == (Erasure.ERASED, profile)
+    assert await store.set_aside("alice", T0, "bob") == (Erasure.ERASED, profile)
     assert await store.read_profile("alice") is None
-    assert await load_one(store, "alice") == Profile("alice", erased_before=T0)
-    assert await store.set_aside("alice", T0) == (Erasure.REPEATED, profile)  # a replay
+    assert await load_one(store, "alice") == Profile("alice", erased_before=T0, merged_into="bob")
+    assert await store.set_aside("alice", T0, "bob") == (Erasure.REPEATED, profile)  # a replay
     await store.drop_aside("alice")
-    assert await store.set_aside("alice", T0) == (Erasure.REPEATED, None)
-    assert await store.set_aside("bob", T0) == (Erasure.ABSENT, None)
+    assert await store.set_aside("alice", T0, "bob") == (Erasure.REPEATED, None)
+    assert await store.set_aside("bob", T0, "carol") == (Erasure.ABSENT, None)
 
 
 async def test_an_erase_drops_a_profile_set_aside(store: ProfileStore) -> None:
     await write(store, rich_profile(), 0)
-    await store.set_aside("alice", T0)
+    await store.set_aside("alice", T0, "bob")
     assert await store.erase("alice", T0 + 1) is Erasure.ABSENT
-    assert await store.set_aside("alice", T0 + 1) == (Erasure.REPEATED, None)
+    assert await store.set_aside("alice", T0 + 1, "bob") == (Erasure.REPEATED, None)
 
 
 # --- what only the Redis store can show -----------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -281,6 +282,61 @@ def test_merge_publishes_the_known_user_whole_and_erases_the_other() -> None:
     asyncio.run(scenario())
 
 
+def test_a_visitors_events_older_than_the_merge_are_forwarded_to_the_account() -> None:
+    """Kafka orders nothing across topics: the merge may be read before the visitor's
+    last events. They are sent on to the account, once, and counted once there."""
+    store = InMemoryProfileStore()
+
+    async def fold(*records: Record) -> BatchResult:
+        return await apply_batch(records, store, PARAMS, lambda: NOW, NO_STAGES)
+
+    async def scenario() -> None:
+        await fold(event("a1", ERASED_AT - 30, 0, "anon"), event("a2", ERASED_AT - 20, 1, "anon"))
+        await fold(event("k1", ERASED_AT - 25, 0, "k"))
+        merge = command({"command": "merge", "from_user_id": "anon", "user_id": "k"}, key=b"k")
+        assert (await run_commands(store, merge)).commands == {("merge", "merged"): 1}
+
+        # a2 again (delivered twice), a3 late, a4 after the merge: a new visitor profile.
+        late = await fold(
+            event("a2", ERASED_AT - 20, 1, "anon"),
+            event("a3", ERASED_AT - 10, 2, "anon"),
+            event("a4", ERASED_AT + 10, 3, "anon"),
+        )
+        assert (late.outcomes["forwarded"], late.outcomes["applied"]) == (2, 1)
+        assert [key for key, _ in late.forwarded] == ["k", "k"]
+        bodies = [orjson.loads(body) for _, body in late.forwarded]
+        assert [(b["event_id"], b["user_id"], b["forwarded_from"]) for b in bodies] == [
+            ("a2", "k", "anon"),
+            ("a3", "k", "anon"),
+        ]
+        assert all(schema_accepts("behavior_event.v1", body) for _, body in late.forwarded)
+        visitor = (await store.load(["anon"]))["anon"]
+        assert (visitor.events, visitor.erased_before, visitor.merged_into) == (1, ERASED_AT, "k")
+
+        # On the events topic, keyed by the account: a3 is new there, a2 merged already.
+        sent = [Record(EVENTS, 0, 10 + i, key.encode(), body) for i, (key, body) in
+                enumerate(late.forwarded)]  # fmt: skip
+        landed = await fold(*sent)
+        assert (landed.outcomes["applied"], landed.outcomes["duplicate"]) == (1, 1)
+        account = (await store.load(["k"]))["k"]
+        assert (account.events, account.counts) == (4, {"login": 4})
+        # Delivered again: a duplicate; the account's own older events are its own.
+        again = await fold(*(replace(r, offset=r.offset + 2) for r in sent))
+        assert again.outcomes["duplicate"] == 2 and not again.forwarded
+
+        # The rebuilt visitor still forwards; an event forwarded once already is not
+        # passed on again (two users merged into each other would bounce it forever).
+        bounced = orjson.dumps({"event_id": "x1", "user_id": "anon", "type": "login",
+                                "ts": ERASED_AT - 5, "forwarded_from": "k"})  # fmt: skip
+        older = await fold(
+            event("a5", ERASED_AT - 5, 4, "anon"), Record(EVENTS, 0, 5, b"anon", bounced)
+        )
+        assert [orjson.loads(b)["event_id"] for _, b in older.forwarded] == ["a5"]
+        assert older.outcomes["suppressed"] == 1
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize("crash", ["after_set_aside", "after_write"])
 def test_a_merge_replayed_after_a_crash_merges_once(
     crash: str, monkeypatch: pytest.MonkeyPatch
@@ -292,7 +348,7 @@ def test_a_merge_replayed_after_a_crash_merges_once(
         await apply_batch(shop_log("anon", 10, 3, 0), store, PARAMS, lambda: NOW, NO_STAGES)
         await apply_batch(shop_log("k", 5, 4, 50), store, PARAMS, lambda: NOW, NO_STAGES)
         if crash == "after_set_aside":
-            await store.set_aside("anon", ERASED_AT)
+            await store.set_aside("anon", ERASED_AT, "k")
         else:
             with monkeypatch.context() as patched:
                 patched.setattr(store, "drop_aside", _crash)
@@ -303,7 +359,7 @@ def test_a_merge_replayed_after_a_crash_merges_once(
         assert done.commands == {("merge", want): 1}
         assert [orjson.loads(body)["events"] for _, body in done.changes] == [15]
         assert (await store.load(["k"]))["k"].events == 15
-        assert (await store.set_aside("anon", ERASED_AT))[1] is None  # dropped at last
+        assert (await store.set_aside("anon", ERASED_AT, "k"))[1] is None  # dropped at last
 
     asyncio.run(scenario())
 
