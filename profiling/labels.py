@@ -5,7 +5,9 @@ fraud (`schemas/fraud_label.v1.json`). `apply_labels` decodes a batch of them
 (bad records become dead letters, like bad events), fetches the features kept
 at scoring time in one store round trip, and teaches the risk classifier.
 A label whose features are gone (never scored here, or past their TTL) is
-counted as `unknown`, not an error. Records at or below the offsets the
+counted as `unknown`, not an error. A label of a user merged into another since
+(`profile-commands`) is joined with the features there: the merge moved them,
+or the event was forwarded and scored there. Records at or below the offsets the
 restored model snapshot had learnt are skipped, so a replay after a restart
 does not teach the same label twice.
 """
@@ -66,6 +68,7 @@ async def apply_labels(
         else:
             pending.append(verdict)
     kept = await store.load_scored([(label.user_id, label.event_id) for label in pending])
+    await _follow_merges(pending, kept, store)
     for label, features in zip(pending, kept, strict=True):
         if features is None:
             result.outcomes["unknown"] += 1
@@ -75,3 +78,21 @@ async def apply_labels(
     for record in records:
         models.advance(record.topic, record.partition, record.offset)
     return result
+
+
+async def _follow_merges(
+    labels: Sequence[Label], kept: list[bytes | None], store: ProfileStore
+) -> None:
+    """Fill in the features of labels whose user was merged into another since: a merge
+    moves the features, and an event forwarded after it is scored under the other user."""
+    missing = [i for i, features in enumerate(kept) if features is None]
+    if not missing:
+        return
+    into = await store.merged_into(list(dict.fromkeys(labels[i].user_id for i in missing)))
+    moved = [i for i in missing if labels[i].user_id in into]
+    if moved:
+        found = await store.load_scored(
+            [(into[labels[i].user_id], labels[i].event_id) for i in moved]
+        )
+        for i, features in zip(moved, found, strict=True):
+            kept[i] = features

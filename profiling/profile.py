@@ -157,17 +157,21 @@ class Outcome(NamedTuple):
         return bool(self.applied)
 
 
+NOTHING_FORWARDED: Final[tuple[Event, ...]] = ()
+
+
 def apply_deliveries(
     profile: Profile, deliveries: Sequence[Delivery], params: ProfileParams, now_ms: int
 ) -> Outcome:
     """Fold a batch's deliveries for one user into `profile`; pure."""
     fresh, digests, duplicates, replayed, passed_on, watermarks = _select_fresh(profile, deliveries)
-    # Forwarded once at most: an event forwarded before that meets another merge is
-    # suppressed (two users merged into each other would pass it back and forth).
-    forwarded = (
-        tuple(e for e in passed_on if e.forwarded_from is None) if profile.merged_into else ()
-    )
-    suppressed = len(passed_on) - len(forwarded)
+    suppressed, forwarded = 0, NOTHING_FORWARDED
+    if passed_on:
+        # Forwarded once at most: an event forwarded before that meets another merge is
+        # suppressed (two users merged into each other would pass it back and forth).
+        if profile.merged_into:
+            forwarded = tuple(e for e in passed_on if e.forwarded_from is None)
+        suppressed = len(passed_on) - len(forwarded)
     if not fresh:
         # A replay of a batch whose write landed but whose change messages may not
         # have been acked: publish the user's current state again (readers keep the

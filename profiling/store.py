@@ -127,7 +127,14 @@ class ProfileStore(Protocol):
         """`erase` for a merge into `merged_into` (the marker names it: older events are
         forwarded there), keeping the profile aside until `drop_aside`: what `erase`
         found, and the profile aside or None. A replayed call (`Erasure.REPEATED`) finds
-        the profile still aside, if it was not dropped yet."""
+        the profile still aside, if it was not dropped yet. The features kept for the
+        user's scored events move to `merged_into` (labels find them there), each with
+        the time it had left."""
+        ...
+
+    async def merged_into(self, user_ids: Sequence[str]) -> dict[str, str]:
+        """Of these users, those merged into another, and into whom (read from their
+        stored state, never from a cache)."""
         ...
 
     async def drop_aside(self, user_id: str) -> None:
@@ -349,6 +356,8 @@ class InMemoryProfileStore:
         self, user_id: str, at_ms: int, merged_into: str
     ) -> tuple[Erasure, Profile | None]:
         (profile,) = (await self.load([user_id])).values()
+        for owner, event_id in [key for key in self._scored if key[0] == user_id]:
+            self._scored[(merged_into, event_id)] = self._scored.pop((owner, event_id))
         erasure = self._erase(user_id, at_ms, merged_into)
         if erasure is Erasure.ERASED:
             self._aside[user_id] = profile
@@ -356,6 +365,20 @@ class InMemoryProfileStore:
 
     async def drop_aside(self, user_id: str) -> None:
         self._aside.pop(user_id, None)
+
+    async def merged_into(self, user_ids: Sequence[str]) -> dict[str, str]:
+        found = {user_id: merged_into_of(self._states.get(user_id)) for user_id in user_ids}
+        return {user_id: into for user_id, into in found.items() if into}
+
+
+def merged_into_of(state: bytes | str | None) -> str | None:
+    """The user a stored state says its user was merged into; None for any other state."""
+    if isinstance(state, str):
+        state = state.encode()
+    if not state or not state.startswith(ERASED_PREFIX):
+        return None
+    into = orjson.loads(state.partition(b"\n")[0]).get("into")
+    return into if isinstance(into, str) else None
 
 
 def _erased_at(state: bytes | None) -> int:

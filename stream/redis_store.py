@@ -38,6 +38,7 @@ from profiling.store import (
     aside_key,
     aside_state_key,
     erased_marker,
+    merged_into_of,
     profile_from_storage,
     profile_key,
     public_fields,
@@ -155,6 +156,32 @@ local out = redis.call('HGETALL', KEYS[4])
 table.insert(out, 1, found)
 out[#out + 1] = redis.call('GET', KEYS[5])
 return out
+"""
+# KEYS: one user's scored-feature keys. Returns, per key, the time it has left (ms;
+# -2 when it is gone) and its features.
+READ_SCORED_SCRIPT: Final = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[2 * i - 1] = redis.call('PTTL', key)
+  out[2 * i] = redis.call('GET', key)
+end
+return out
+"""
+# KEYS[1]: the index of the user a merge moves scored features to, then one key per
+# event (that index's name, a colon, the event id); ARGV: per key, the time it has
+# left (ms) and its features. The index keeps the later of its expiry and theirs.
+MOVE_SCORED_SCRIPT: Final = """
+local skip, longest = #KEYS[1] + 2, 0
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+for i = 2, #KEYS do
+  local left = tonumber(ARGV[2 * i - 3])
+  redis.call('SET', KEYS[i], ARGV[2 * i - 2], 'PX', left)
+  redis.call('ZADD', KEYS[1], now + left, string.sub(KEYS[i], skip))
+  if left > longest then longest = left end
+end
+if redis.call('PTTL', KEYS[1]) < longest then redis.call('PEXPIRE', KEYS[1], longest) end
+return #KEYS - 1
 """
 ASIDE_TTL_MS: Final = 86_400_000  # a merge's profile aside outlives any replay of the merge
 _ERASURES: Final = {0: Erasure.ABSENT, 1: Erasure.ERASED, 2: Erasure.REPEATED}
@@ -391,6 +418,17 @@ class RedisProfileStore:
             return erasure, None
         return erasure, profile_from_storage(user_id, fields, reply[-1], vectors)
 
+    async def merged_into(self, user_ids: Sequence[str]) -> dict[str, str]:
+        names = [state_key(user_id) for user_id in user_ids]
+        if isinstance(self.client, RedisCluster):  # one MGET per hash slot
+            states = await self.client.mget_nonatomic(names)
+        else:
+            states = await self.client.mget(names)
+        merged = [
+            (user, merged_into_of(state)) for user, state in zip(user_ids, states, strict=True)
+        ]
+        return {user: into for user, into in merged if into}
+
     async def drop_aside(self, user_id: str) -> None:
         await self.client.delete(aside_key(user_id), aside_state_key(user_id))
 
@@ -401,8 +439,33 @@ class RedisProfileStore:
         keys = [*_user_keys([user_id]), aside_key(user_id), aside_state_key(user_id)]
         args = [at_ms, erased_marker(at_ms, merged_into), self.erased_ttl_ms, aside_ms]
         (reply,) = await eval_pipelined(self.client, self._shas, [(ERASE_SCRIPT, keys, args)])
+        if merged_into:
+            await self._move_scored(user_id, merged_into)
         await self._drop_scored(user_id)
         return list(reply)
+
+    async def _move_scored(self, user_id: str, to_user_id: str) -> None:
+        """Copy the user's scored features to `to_user_id`, each with the time it has left.
+
+        Two users are two hash slots: read in one script, written in another, then
+        deleted (`_drop_scored`). Run on every merge, a replayed one too.
+        """
+        listed = await self.client.zrange(scored_index_key(user_id), 0, -1)
+        event_ids = [_text(event_id) for event_id in listed]  # type: ignore[arg-type]
+        for chunk in _chunks(event_ids, UNLINK_CHUNK):
+            keys = [scored_key(user_id, event_id) for event_id in chunk]
+            (found,) = await eval_pipelined(
+                self.client, self._shas, [(READ_SCORED_SCRIPT, keys, [])]
+            )
+            moved_keys, moved_args = [scored_index_key(to_user_id)], list[Any]()
+            for event_id, left, features in zip(chunk, found[::2], found[1::2], strict=True):
+                if int(left) > 0 and features is not None:
+                    moved_keys.append(scored_key(to_user_id, event_id))
+                    moved_args += (int(left), features)
+            if moved_args:
+                await eval_pipelined(
+                    self.client, self._shas, [(MOVE_SCORED_SCRIPT, moved_keys, moved_args)]
+                )
 
     async def _drop_scored(self, user_id: str) -> None:
         """Delete the user's scored features, listed by their index, then the index.

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, ResponseError
 
 from profiling.embedding_cache import text_key
@@ -91,6 +92,15 @@ async def test_erase_removes_the_users_scored_features_on_the_cluster(
     assert await cluster_client.exists(scored_index_key("u7"), scored_index_key("u8")) == 1
     assert await store.read_profile("u7") is None
     assert await store.read_profile("u8") is not None
+
+
+async def test_a_merge_moves_scored_features_across_slots(cluster_client: aioredis.Redis) -> None:
+    store = RedisProfileStore(cluster_client)
+    await store.save([Write(Profile("u7", version=1, events=1, updated=T0), 0, (("e1", b"\x01"),))])
+    assert key_slot(b"{u7}") != key_slot(b"{u8}")
+    await store.set_aside("u7", T0 + 60_000, "u8")
+    assert await store.load_scored([("u7", "e1"), ("u8", "e1")]) == [None, b"\x01"]
+    assert await store.merged_into(["u7", "u8"]) == {"u7": "u8"}
 
 
 async def test_a_worker_applies_a_stream_through_the_cluster(

@@ -25,6 +25,7 @@ from profiling.store import (
     profile_key,
     public_fields,
     scored_index_key,
+    scored_key,
     seen_key,
     state_key,
 )
@@ -269,6 +270,24 @@ async def test_set_aside_erases_and_keeps_the_profile_until_dropped(store: Profi
     assert await store.set_aside("bob", T0, "carol") == (Erasure.ABSENT, None)
 
 
+async def test_set_aside_moves_the_scored_features_to_the_user_merged_into(
+    store: ProfileStore,
+) -> None:
+    await store.save([Write(rich_profile(), 0, (("e1", b"\x01one"), ("e2", b"\x01two")))])
+    await store.save([Write(rich_profile("bob"), 0, (("b1", b"\x01bob"),))])
+    await store.set_aside("alice", T0, "bob")
+    assert await store.load_scored([("alice", "e1"), ("bob", "e1"), ("bob", "e2")]) == [
+        None,
+        b"\x01one",
+        b"\x01two",
+    ]
+    assert await store.merged_into(["alice", "bob", "carol"]) == {"alice": "bob"}
+    # Then an erase of the account takes them too (they are listed in its index).
+    assert await store.erase("bob", T0 + 1) is Erasure.ERASED
+    assert await store.load_scored([("bob", "e1"), ("bob", "b1")]) == [None, None]
+    assert await store.merged_into(["alice", "bob"]) == {"alice": "bob"}
+
+
 async def test_an_erase_drops_a_profile_set_aside(store: ProfileStore) -> None:
     await write(store, rich_profile(), 0)
     await store.set_aside("alice", T0, "bob")
@@ -277,6 +296,20 @@ async def test_an_erase_drops_a_profile_set_aside(store: ProfileStore) -> None:
 
 
 # --- what only the Redis store can show -----------------------------------------
+
+
+async def test_redis_moved_features_keep_the_time_they_had_left(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = RedisProfileStore(redis_client, scored_ttl_s=3600)
+    await store.save([Write(rich_profile(), 0, (("e1", b"\x01one"),))])
+    await redis_client.pexpire(scored_key("alice", "e1"), 600_000)  # as if 50 min had passed
+    await store.set_aside("alice", T0, "bob")
+    left = await redis_client.pttl(scored_key("bob", "e1"))
+    assert 590_000 < left <= 600_000
+    assert await redis_client.zrange(scored_index_key("bob"), 0, -1) == [b"e1"]
+    assert 590_000 < await redis_client.pttl(scored_index_key("bob")) <= 600_000
+    assert not await redis_client.exists(scored_index_key("alice"), scored_key("alice", "e1"))
 
 
 @pytest.mark.parametrize("ttl_s", [0, 60])

@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
+from profiling.commands import apply_commands
 from profiling.labels import apply_labels
 from profiling.models import ProfileModels, alert_id
 from profiling.pipeline import Record, Stages, apply_batch
@@ -172,6 +173,24 @@ async def test_labels_join_the_features_kept_at_scoring_time() -> None:
     assert models.risk.labels == {0: 1, 1: 1}
     replay = await apply_labels(batch, store, models, NOW)  # after a restart from the snapshot
     assert replay.outcomes == {"skipped": 5} and models.risk.labels == {0: 1, 1: 1}
+
+
+async def test_labels_of_a_merged_user_find_the_features_where_the_merge_moved_them() -> None:
+    store, models = InMemoryProfileStore(), ProfileModels()
+    rng = random.Random(3)
+    await run(models, shopper("u1", 3, NOW - 10 * 86_400_000, rng), store)  # type: ignore[arg-type]
+    merge = {"command": "merge", "from_user_id": "u1", "user_id": "acct"}
+    (command,) = records([merge], topic="profile-commands")
+    merged = await apply_commands([command], store, NOW, PARAMS, Stages(models=models))
+    assert merged.commands == {("merge", "merged"): 1}
+    assert await store.load_scored([("u1", "u1-p0")]) == [None]  # moved, not copied
+    labels = [
+        {"event_id": "u1-p0", "user_id": "u1", "label": 0, "ts": NOW},
+        {"event_id": "u1-p1", "user_id": "acct", "label": 1, "ts": NOW},  # either id
+        {"event_id": "never-scored", "user_id": "u1", "label": 1, "ts": NOW},
+    ]
+    result = await apply_labels(records(labels, topic="fraud-labels"), store, models, NOW)
+    assert result.outcomes == {"learnt": 2, "unknown": 1}
 
 
 def test_kept_features_are_what_was_scored_in_73_bytes() -> None:
