@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import jsonschema_rs
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -28,6 +29,7 @@ from profiling.events import (
     Event,
     Rejection,
     decode_event,
+    forwarded_event,
 )
 from tests.corpus import CASES, NOW_MS, Case, encode
 from tests.schemas import SCHEMA_DIR, load_schema, schema_accepts, validator
@@ -268,6 +270,9 @@ _BREAKAGES: list[tuple[str, Any]] = [
     ("country", "ÄB"),
     ("title", "t" * 513),
     ("success", 1),
+    ("forwarded_from", ""),
+    ("forwarded_from", 7),
+    ("forwarded_from", "f" * 129),
 ]
 
 
@@ -276,6 +281,21 @@ def test_generated_valid_events_pass_both(event: dict[str, Any]) -> None:
     raw = encode(event)
     assert isinstance(decode_event(raw, NOW_MS), Event)
     assert schema_accepts(EVENT, raw)
+
+
+@given(valid_events())
+def test_a_forwarded_event_is_the_same_event_under_the_other_user(event: dict[str, Any]) -> None:
+    decoded = decode_event(encode(event), NOW_MS)
+    assert isinstance(decoded, Event)
+    raw = forwarded_event(decoded, "account-1")
+    assert schema_accepts(EVENT, raw)
+    again = decode_event(raw, NOW_MS)
+    assert again == msgspec.structs.replace(
+        decoded, user_id="account-1", forwarded_from=decoded.user_id
+    )
+    assert decode_event(forwarded_event(again, "account-2"), NOW_MS) == msgspec.structs.replace(
+        decoded, user_id="account-2", forwarded_from=decoded.user_id
+    )  # the first user stays
 
 
 @given(valid_events(), st.sampled_from(_BREAKAGES))
