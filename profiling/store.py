@@ -20,7 +20,7 @@ import base64
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 
@@ -373,17 +373,20 @@ class InMemoryProfileStore:
 
 def merged_into_of(state: bytes | str | None) -> str | None:
     """The user a stored state says its user was merged into; None for any other state."""
-    if isinstance(state, str):
-        state = state.encode()
-    if not state or not state.startswith(ERASED_PREFIX):
-        return None
-    into = orjson.loads(state.partition(b"\n")[0]).get("into")
+    into = _marker_of(state).get("into")
     return into if isinstance(into, str) else None
 
 
 def _erased_at(state: bytes | None) -> int:
     """The erasure time a stored state carries; 0 for none."""
+    return int(_marker_of(state).get("erased", 0))
+
+
+def _marker_of(state: bytes | str | None) -> dict[str, Any]:
+    """The JSON document of a state that starts with an erasure marker; {} for any other."""
+    if isinstance(state, str):
+        state = state.encode()
     if not state or not state.startswith(ERASED_PREFIX):
-        return 0
-    document = state.partition(b"\n")[0]
-    return int(orjson.loads(document)["erased"])
+        return {}
+    marker: dict[str, Any] = orjson.loads(state.partition(b"\n")[0])
+    return marker

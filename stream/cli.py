@@ -37,7 +37,6 @@ def load_settings(**overrides: object) -> Settings:
 
 
 T = TypeVar("T")
-MAX_USER_ID = 128  # characters, as the contracts say
 
 
 def _with_servers(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
@@ -194,14 +193,20 @@ def merge(from_user_id: str, user_id: str) -> None:
 
 
 def _send_command(body: dict[str, str], what: str) -> None:
-    """One `profile-commands` record, keyed by its `user_id` (the contract)."""
+    """One `profile-commands` record, keyed by its `user_id`, if the workers' decoder
+    takes it (the contract)."""
+    from profiling.commands import decode_command
+    from profiling.events import Rejection
+
     settings = load_settings()
-    if not all(1 <= len(value) <= MAX_USER_ID for name, value in body.items() if name != "command"):
-        console.print(f"[red]error:[/] a user id has 1 to {MAX_USER_ID} characters")
+    value = orjson.dumps(body)
+    verdict = decode_command(value)
+    if isinstance(verdict, Rejection):
+        console.print(f"[red]error:[/] not a valid command: {verdict.detail}")
         raise typer.Exit(2)
     from stream.producing import send_records
 
-    record = (body["user_id"].encode(), orjson.dumps(body))
+    record = (body["user_id"].encode(), value)
     _with_servers(settings, send_records(settings, [record], settings.topic_commands))
     console.print(f"sent {what} to {settings.topic_commands}")
 

@@ -439,19 +439,18 @@ class RedisProfileStore:
         keys = [*_user_keys([user_id]), aside_key(user_id), aside_state_key(user_id)]
         args = [at_ms, erased_marker(at_ms, merged_into), self.erased_ttl_ms, aside_ms]
         (reply,) = await eval_pipelined(self.client, self._shas, [(ERASE_SCRIPT, keys, args)])
-        if merged_into:
-            await self._move_scored(user_id, merged_into)
-        await self._drop_scored(user_id)
-        return list(reply)
-
-    async def _move_scored(self, user_id: str, to_user_id: str) -> None:
-        """Copy the user's scored features to `to_user_id`, each with the time it has left.
-
-        Two users are two hash slots: read in one script, written in another, then
-        deleted (`_drop_scored`). Run on every merge, a replayed one too.
-        """
+        # After the script, not in it: the feature keys are only known from the index.
+        # On every erase, a replayed one too, so a crash in between leaves nothing behind.
         listed = await self.client.zrange(scored_index_key(user_id), 0, -1)
         event_ids = [_text(event_id) for event_id in listed]  # type: ignore[arg-type]
+        if merged_into:
+            await self._move_scored(user_id, event_ids, merged_into)
+        await self._drop_scored(user_id, event_ids)
+        return list(reply)
+
+    async def _move_scored(self, user_id: str, event_ids: list[str], to_user_id: str) -> None:
+        """Copy these scored features of the user to `to_user_id`, each with the time it
+        has left. Two users are two hash slots: read in one script, written in another."""
         for chunk in _chunks(event_ids, UNLINK_CHUNK):
             keys = [scored_key(user_id, event_id) for event_id in chunk]
             (found,) = await eval_pipelined(
@@ -467,19 +466,11 @@ class RedisProfileStore:
                     self.client, self._shas, [(MOVE_SCORED_SCRIPT, moved_keys, moved_args)]
                 )
 
-    async def _drop_scored(self, user_id: str) -> None:
-        """Delete the user's scored features, listed by their index, then the index.
-
-        After the erase script, not in it: the keys are only known from the
-        index. Run on every erase, a replayed one too, so a crash in between
-        leaves nothing behind. The keys share the user's hash tag: one slot.
-        """
-        index = scored_index_key(user_id)
-        event_ids = await self.client.zrange(index, 0, -1)
-        keys = [scored_key(user_id, _text(event_id)) for event_id in event_ids]  # type: ignore[arg-type]
-        for i in range(0, len(keys), UNLINK_CHUNK):
-            await self.client.unlink(*keys[i : i + UNLINK_CHUNK])
-        await self.client.unlink(index)
+    async def _drop_scored(self, user_id: str, event_ids: list[str]) -> None:
+        """Delete these scored features of the user, then their index (one hash slot)."""
+        for chunk in _chunks(event_ids, UNLINK_CHUNK):
+            await self.client.unlink(*[scored_key(user_id, event_id) for event_id in chunk])
+        await self.client.unlink(scored_index_key(user_id))
 
     async def read_profile(self, user_id: str) -> dict[str, str] | None:
         raw = await self.client.hgetall(profile_key(user_id))

@@ -483,7 +483,7 @@ async def test_produce_files_then_run_then_look_profiles_up(
     assert f"sent an erase of 'jl-ann' to {topics.topic_commands}" in sent.stderr
     assert merged.returncode == 0, merged.stderr
     assert "sent a merge of 'jl-bo' into '17850'" in merged.stderr
-    assert empty.returncode == 2 and "1 to 128 characters" in empty.stderr
+    assert empty.returncode == 2 and "length >= 1 - at `$.user_id`" in empty.stderr
     assert itself.returncode == 2 and "two different users" in itself.stderr
     done = await profiler("run", "--until-idle", "1", env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
