@@ -227,7 +227,7 @@ class ProfileModels:
         profile = _with_verdicts(
             before,
             behaviour=changes["behaviour"],
-            alerts=changes["alerts"],
+            alerts=before.alerts + changes["alerts"],  # a replayed write's, then this batch's
             risk=risk,
             risk_reasons=changes.get("risk_reasons", before.risk_reasons),
             segment=assignment.segment,

@@ -172,21 +172,15 @@ def apply_deliveries(
         if profile.merged_into:
             forwarded = tuple(e for e in passed_on if e.forwarded_from is None)
         suppressed = len(passed_on) - len(forwarded)
+    # A replay of a batch whose write landed but whose change message and alerts may
+    # not have been acked (a crash or a rebalance before the commit): publish the
+    # user's state again, with what that message carried and that write's alerts,
+    # also when the fetch brought newer events too (readers keep the highest
+    # version they saw and alert ids repeat, so a repeat is harmless).
+    replay = replayed > 0 and not profile.is_new
     if not fresh:
-        # A replay of a batch whose write landed but whose change messages may not
-        # have been acked: publish the user's current state again (readers keep the
-        # highest version they saw, so a repeat or a newer version is harmless).
-        republish = replayed > 0 and not profile.is_new
         return Outcome(
-            profile,
-            [],
-            duplicates,
-            replayed,
-            profile.unpublished,
-            republish,
-            (),
-            suppressed,
-            forwarded,
+            profile, [], duplicates, replayed, profile.unpublished, replay, (), suppressed, forwarded
         )
     fresh.sort(key=lambda event: event.ts)
     counts = dict(profile.counts)
@@ -210,9 +204,13 @@ def apply_deliveries(
         changed.add("last_seen")
     # Fields changed since the last published message; when the last write was itself
     # published, the fields that message carried (so a republish can repeat them).
-    carried = frozenset() if profile.published_version == profile.version else profile.unpublished
+    carried = (
+        profile.unpublished
+        if replay or profile.published_version != profile.version
+        else frozenset()
+    )
     all_changed = carried | changed
-    publish = profile.is_new or now_ms - profile.published_at >= params.heartbeat_ms
+    publish = replay or profile.is_new or now_ms - profile.published_at >= params.heartbeat_ms
     version = profile.version + 1
     updated = _fold_in(
         profile,
@@ -228,7 +226,7 @@ def apply_deliveries(
         watermarks=watermarks,
         unpublished=all_changed,
         seen=(profile.seen + b"".join(digests))[-DIGEST_BYTES * params.dedupe_window :],
-        alerts=(),
+        alerts=profile.alerts if replay else (),  # the models add this batch's
         # A change message is due: the profile records what it publishes.
         published_at=now_ms if publish else profile.published_at,
         published_version=version if publish else profile.published_version,

@@ -147,7 +147,12 @@ async def test_an_alert_is_raised_once_and_replayed_identically() -> None:
     # The same records again (a crash after the write, before the acks): same alerts, no new ones.
     again = await apply_batch(attack, store, PARAMS, lambda: NOW + 1, Stages(models=models))
     assert again.outcomes["applied"] == 0 and again.alerts == first.alerts
-    later = records(shopper("u7", 1, NOW, rng), start=20_000)
+    # Again, with a newer record of the user fetched along: the lost alerts still go out.
+    newer = records([{"event_id": "u7-v", "user_id": "u7", "type": "view", "ts": NOW, "item_id": "i2"}],
+                    start=20_000)  # fmt: skip
+    replayed = await apply_batch(attack + newer, store, PARAMS, lambda: NOW + 1, Stages(models=models))
+    assert replayed.outcomes["applied"] == 1 and replayed.alerts == first.alerts
+    later = records(shopper("u7", 1, NOW, rng), start=30_000)
     quiet = await apply_batch(later, store, PARAMS, lambda: NOW + 2, Stages(models=models))
     assert all(orjson.loads(b)["event_id"] not in {x["event_id"] for x in bodies}
                for _, b in quiet.alerts)  # fmt: skip

@@ -316,3 +316,9 @@ def test_publication_rules() -> None:
     replay = apply_deliveries(new.profile, [Delivery(first, 0, 0)], params, NOW + 5)
     assert replay.publish and not replay.wrote  # the write landed; its messages may not have
     assert "count:view" in replay.changed
+    # The fetch after a crash brings the replayed record and a newer one: the lost
+    # message is still due, with what it carried, though no heartbeat is.
+    both = [Delivery(first, 0, 0), Delivery(second, 0, 1)]
+    replay_and_more = apply_deliveries(new.profile, both, params, NOW + 5)
+    assert replay_and_more.publish and replay_and_more.applied == [second]
+    assert {"count:view", "first_seen", "categories"} <= replay_and_more.changed
