@@ -40,6 +40,25 @@ def merge_marker(from_user_id: str, at_ms: int) -> bytes:
     return event_digest(f"merge\x1f{from_user_id}\x1f{at_ms}")
 
 
+def merged_window(mine: bytes, theirs: bytes, marker: bytes, size: int) -> bytes:
+    """The merged dedupe window: both users' latest event ids, then the merge's marker.
+
+    Where they do not all fit in `size` entries, each side keeps its latest
+    ones and neither fewer than half of the room (or all it has), so a
+    visitor with a full window cannot push the account's own recent ids out,
+    nor the account the visitor's (re-sent or forwarded events meet them next).
+    """
+    room = size - 1  # the marker takes one entry
+    have_mine, have_theirs = len(mine) // DIGEST_BYTES, len(theirs) // DIGEST_BYTES
+    keep_theirs = min(have_theirs, max(room - have_mine, room // 2))
+    keep_mine = min(have_mine, room - keep_theirs)
+    return (
+        mine[len(mine) - DIGEST_BYTES * keep_mine :]
+        + theirs[len(theirs) - DIGEST_BYTES * keep_theirs :]
+        + marker
+    )[-DIGEST_BYTES * size :]
+
+
 def merge_profiles(
     known: Profile,
     taken: Profile,
@@ -83,7 +102,7 @@ def merge_profiles(
         spend=round(known.spend + taken.spend, 6),
         orders=known.orders + taken.orders,
         category_scores=scores,
-        seen=(known.seen + taken.seen + marker)[-DIGEST_BYTES * params.dedupe_window :],
+        seen=merged_window(known.seen, taken.seen, marker, params.dedupe_window),
         interest=interest,
         model=model,
         behaviour=behaviour,
@@ -93,6 +112,7 @@ def merge_profiles(
         risk=rated.risk,
         risk_reasons=rated.risk_reasons,
         alerts=(),
+        forwards=(),
         published_at=now_ms,
         published_version=version,
     )

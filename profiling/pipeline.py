@@ -294,16 +294,19 @@ def _record(outcome: Outcome, result: BatchResult, stages: Stages) -> None:
     result.outcomes["replayed"] += outcome.replayed
     if outcome.suppressed:
         result.outcomes["suppressed"] += outcome.suppressed
+    profile = outcome.profile
+    if outcome.wrote or outcome.publish:  # a write's own forwards; a replay's again
+        result.forwarded += [(user, body.encode()) for user, body in profile.forwards]
     if outcome.forwarded:
-        into = outcome.profile.merged_into or ""  # set whenever events are forwarded
         result.outcomes["forwarded"] += len(outcome.forwarded)
-        result.forwarded += [(into, forwarded_event(e, into)) for e in outcome.forwarded]
+        if not outcome.wrote:  # else kept in the profile's `forwards`, sent above
+            into = profile.merged_into or ""  # set whenever events are forwarded
+            result.forwarded += [(into, forwarded_event(e, into)) for e in outcome.forwarded]
     for event in outcome.applied:
         result.by_type[event.type] += 1
         result.event_ts.append(event.ts)
     if outcome.wrote:
         result.users_written += 1
-    profile = outcome.profile
     if outcome.publish:
         threshold = stages.models.alert_threshold if stages.models else 0.8
         body = change_message(profile, outcome.changed, stages.vector_in_updates, threshold)

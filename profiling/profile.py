@@ -25,7 +25,7 @@ from typing import Final, NamedTuple
 
 from profiling import slots
 from profiling.behaviour import Behaviour
-from profiling.events import Event
+from profiling.events import Event, forwarded_event
 from profiling.vectors import StoredInterest
 
 MS_PER_DAY: Final = 86_400_000
@@ -98,6 +98,9 @@ class Profile:
     risk: float | None = None  # of the latest purchase or login
     risk_reasons: str | None = None  # JSON [{feature, contribution, detail}]
     alerts: tuple[str, ...] = ()  # alert bodies raised by the write of this version
+    # (user_id, event JSON) that write forwarded (`Outcome.forwarded`): like its alerts,
+    # sent again when a replay finds those events below the watermark.
+    forwards: tuple[tuple[str, str], ...] = ()
     # The user was erased at this time (epoch ms, `profile-commands`): events older
     # than it are suppressed, never applied (DESIGN.md §9). 0: never erased.
     erased_before: int = 0
@@ -125,8 +128,8 @@ _replace: Final = slots.replacer(Profile)
 _fold_in: Final = slots.replacer_of(
     Profile,
     ("version", "first_seen", "last_seen", "updated", "events", "counts", "spend", "orders",
-     "category_scores", "watermarks", "unpublished", "seen", "alerts", "published_at",
-     "published_version"),
+     "category_scores", "watermarks", "unpublished", "seen", "alerts", "forwards",
+     "published_at", "published_version"),
 )  # fmt: skip
 
 
@@ -182,6 +185,10 @@ def apply_deliveries(
         return Outcome(
             profile, [], duplicates, replayed, profile.unpublished, replay, (), suppressed, forwarded
         )
+    forwards = profile.forwards if replay else ()
+    if forwarded:
+        into = profile.merged_into or ""  # set whenever events are forwarded
+        forwards += tuple((into, forwarded_event(event, into).decode()) for event in forwarded)
     fresh.sort(key=lambda event: event.ts)
     counts = dict(profile.counts)
     spend, orders = profile.spend, profile.orders
@@ -190,7 +197,9 @@ def apply_deliveries(
         counts[event.type] = counts.get(event.type, 0) + 1
         changed.add(f"count:{event.type}")
         if event.type == "purchase" and event.amount is not None:
-            spend += event.amount
+            # Counted to the millionth, as stored: the sum then does not depend on
+            # how the log was batched (the stored spend is rounded after each batch).
+            spend += round(event.amount, 6)
             orders += 1
             changed.update(("spend", "orders"))
     first_seen = fresh[0].ts if profile.is_new else min(profile.first_seen, fresh[0].ts)
@@ -227,6 +236,7 @@ def apply_deliveries(
         unpublished=all_changed,
         seen=(profile.seen + b"".join(digests))[-DIGEST_BYTES * params.dedupe_window :],
         alerts=profile.alerts if replay else (),  # the models add this batch's
+        forwards=forwards,
         # A change message is due: the profile records what it publishes.
         published_at=now_ms if publish else profile.published_at,
         published_version=version if publish else profile.published_version,

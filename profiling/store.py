@@ -218,6 +218,8 @@ def state_blob(profile: Profile) -> bytes:
         "seg": [profile.prev_segment, profile.segment_dwell],
         "alerts": profile.alerts,
     }
+    if profile.forwards:
+        state["fwd"] = profile.forwards
     if profile.erased_before:
         state = {**_marker(profile.erased_before, profile.merged_into), **state}
     document = jsonout.dumps(state)
@@ -277,6 +279,7 @@ def profile_from_storage(
         risk=float(fields["risk"]) if "risk" in fields else None,
         risk_reasons=fields.get("risk_reasons"),
         alerts=tuple(internal.get("alerts", ())),
+        forwards=tuple((user, body) for user, body in internal.get("fwd", ())),
         erased_before=int(internal.get("erased", 0)),
         merged_into=internal.get("into"),
     )

@@ -297,11 +297,12 @@ def test_a_visitors_events_older_than_the_merge_are_forwarded_to_the_account() -
         assert (await run_commands(store, merge)).commands == {("merge", "merged"): 1}
 
         # a2 again (delivered twice), a3 late, a4 after the merge: a new visitor profile.
-        late = await fold(
+        after_merge = (
             event("a2", ERASED_AT - 20, 1, "anon"),
             event("a3", ERASED_AT - 10, 2, "anon"),
             event("a4", ERASED_AT + 10, 3, "anon"),
         )
+        late = await fold(*after_merge)
         assert (late.outcomes["forwarded"], late.outcomes["applied"]) == (2, 1)
         assert [key for key, _ in late.forwarded] == ["k", "k"]
         bodies = [orjson.loads(body) for _, body in late.forwarded]
@@ -312,6 +313,10 @@ def test_a_visitors_events_older_than_the_merge_are_forwarded_to_the_account() -
         assert all(schema_accepts("behavior_event.v1", body) for _, body in late.forwarded)
         visitor = (await store.load(["anon"]))["anon"]
         assert (visitor.events, visitor.erased_before, visitor.merged_into) == (1, ERASED_AT, "k")
+        # A crash after that write, before the forwarded records' acks: the replay finds
+        # them below the watermark and sends them again.
+        replay = await fold(*after_merge)
+        assert replay.outcomes["replayed"] == 3 and replay.forwarded == late.forwarded
 
         # On the events topic, keyed by the account: a3 is new there, a2 merged already.
         sent = [Record(EVENTS, 0, 10 + i, key.encode(), body) for i, (key, body) in
@@ -333,6 +338,26 @@ def test_a_visitors_events_older_than_the_merge_are_forwarded_to_the_account() -
         )
         assert [orjson.loads(b)["event_id"] for _, b in older.forwarded] == ["a5"]
         assert older.outcomes["suppressed"] == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_merge_keeps_the_accounts_recent_ids_beside_a_full_visitor_window() -> None:
+    store, params = InMemoryProfileStore(), ProfileParams(dedupe_window=8)
+
+    async def fold(*records: Record) -> BatchResult:
+        return await apply_batch(records, store, params, lambda: NOW, NO_STAGES)
+
+    async def scenario() -> None:
+        await fold(*(event(f"a{i}", ERASED_AT - 100 + i, i, "anon") for i in range(20)))
+        await fold(*(event(f"k{i}", ERASED_AT - 50 + i, 20 + i, "k") for i in range(3)))
+        merge = command({"command": "merge", "from_user_id": "anon", "user_id": "k"}, key=b"k")
+        await apply_commands([merge], store, NOW, params, NO_STAGES)
+        # Re-sent by the producer: the account's own last events and the visitor's.
+        resent = [event(f"k{i}", ERASED_AT - 50 + i, 30 + i, "k") for i in range(3)]
+        resent += [event("a19", ERASED_AT - 81, 40, "k")]
+        again = await fold(*resent)
+        assert (again.outcomes["duplicate"], again.outcomes["applied"]) == (4, 0)
 
     asyncio.run(scenario())
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import orjson
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from profiling.events import EVENT_TYPES, Event, decode_event
@@ -249,6 +249,23 @@ def test_the_changed_fields_include_the_models_verdicts() -> None:
         stored.update(sent)
         assert stored == public_fields(after)
         profile = after
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=1e4, allow_nan=False), min_size=2, max_size=30),
+       st.integers(min_value=1, max_value=29))  # fmt: skip
+@example([4e-7, 4e-7], 1)  # 1e-06 summed whole, 0.0 when each batch's sum is rounded
+def test_spend_does_not_depend_on_the_batching(amounts: list[float], cut: int) -> None:
+    deliveries = []
+    for i, amount in enumerate(amounts):
+        body = {"event_id": f"e{i}", "user_id": "u", "type": "purchase", "ts": NOW, "amount": amount}
+        event = decode_event(orjson.dumps(body), NOW)
+        assert isinstance(event, Event)
+        deliveries.append(Delivery(event, 0, i))
+    whole = apply_deliveries(Profile("u"), deliveries, PARAMS, NOW).profile
+    first = apply_deliveries(Profile("u"), deliveries[:cut], PARAMS, NOW).profile
+    split = apply_deliveries(first, deliveries[cut:], PARAMS, NOW).profile
+    assert whole.spend == split.spend
 
 
 def test_late_event_counts_but_never_moves_last_seen_back() -> None:
