@@ -94,6 +94,7 @@ async def apply_commands(
             command = Rejection(INVALID_COMMAND, "a merge needs two users: from_user_id is user_id")
         if isinstance(command, Rejection):
             result.dead_letters.append((record.key, dead_letter_for(record, command, now_ms)))
+            result.errors[command.error] += 1
             result.commands["invalid", "dead_lettered"] += 1
             continue
         # The record's time, so that a replay finds the same erasure; a record

@@ -44,6 +44,7 @@ _decoder = msgspec.json.Decoder(Label)
 class LabelResult:
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)  # learnt / unknown / skipped / invalid
+    errors: Counter[str] = field(default_factory=Counter)  # dead letters per error code
 
 
 def decode_label(raw: bytes | None) -> Label | Rejection:
@@ -64,6 +65,7 @@ async def apply_labels(
         verdict = decode_label(record.value)
         if isinstance(verdict, Rejection):
             result.outcomes["invalid"] += 1
+            result.errors[verdict.error] += 1
             result.dead_letters.append((record.key, dead_letter_for(record, verdict, now_ms)))
         else:
             pending.append(verdict)

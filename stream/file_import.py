@@ -3,10 +3,11 @@
 Three ways in:
 
 * **JSON lines, no mapping**: each non-blank line is already an event and goes
-  out byte for byte. Its key is the line's `user_id` when the line parses as an
-  object with a non-empty string `user_id`; otherwise the line is still
-  produced, with a null key, so the worker dead-letters it with a reason code
-  (the DLQ is where bad events are explained; the importer does not judge them).
+  out byte for byte (less a UTF-8 BOM at the start of the file). Its key is the
+  line's `user_id` when the line parses as an object with a non-empty string
+  `user_id`; otherwise the line is still produced, with a null key, so the
+  worker dead-letters it with a reason code (the DLQ is where bad events are
+  explained; the importer does not judge them).
 * **A mapping** (`--map field=COLUMN`, for CSV, or for JSON lines whose keys are
   not ours): cells become typed event fields (`CsvOptions` says how: time
   format, type value map, constants, default amount).
@@ -27,6 +28,7 @@ the raw line (identical rows on different lines stay distinct events).
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import gzip
@@ -193,7 +195,10 @@ def _cast(name: str, value: Any) -> Any:
                 raise ValueError(value)
             return int(number)
         if name in _FLOAT_FIELDS:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # "NaN", "inf": msgspec would write them as null
+                raise ValueError(value)
+            return number
         if name == "success":
             return _truth(value)
     except (TypeError, ValueError, OverflowError):
@@ -541,6 +546,8 @@ def _numbered(path: Path, handle: IO[bytes]) -> Iterator[tuple[int, bytes]]:
         with handle:
             for number, raw in enumerate(handle, 1):
                 line = raw.rstrip(b"\r\n")
+                if number == 1:  # Windows tools start a file with a BOM, which is not JSON
+                    line = line.removeprefix(codecs.BOM_UTF8)
                 if line.strip():
                     yield number, line
     except (OSError, EOFError, zlib.error) as exc:

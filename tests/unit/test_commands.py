@@ -137,6 +137,26 @@ def test_a_bad_command_is_a_dead_letter_and_touches_nothing(record: Record, erro
     asyncio.run(scenario())
 
 
+def test_command_dead_letters_are_counted_by_error_code() -> None:
+    deep = b'{"command":"erase","user_id":"u","x":' + b"[" * 2000 + b"]" * 2000 + b"}"
+    batch = [
+        command(b"not json", offset=0),
+        command({"command": "forget", "user_id": "u"}, offset=1),
+        command({"command": "erase", "user_id": "u"}, key=b"v", offset=2),
+        command(deep, offset=3),  # once a RecursionError out of the decoder
+        command({"command": "erase", "user_id": "u"}, offset=4),
+    ]
+    done = asyncio.run(run_commands(InMemoryProfileStore(), *batch))
+    assert done.errors == {
+        "invalid_json": 1,
+        "invalid_command": 1,
+        "key_mismatch": 1,
+        "too_deep": 1,
+    }
+    assert sum(done.errors.values()) == len(done.dead_letters)
+    assert done.erased == ["u"]  # the one valid command
+
+
 def test_a_record_without_a_timestamp_erases_at_the_clock() -> None:
     store = InMemoryProfileStore()
     untimed = command({"command": "erase", "user_id": "u"}, ts=-1)

@@ -31,6 +31,7 @@ from profiling.events import (
     decode_event,
     forwarded_event,
 )
+from profiling.labels import Label, decode_label
 from tests.corpus import CASES, NOW_MS, Case, encode
 from tests.schemas import SCHEMA_DIR, load_schema, schema_accepts, validator
 
@@ -121,6 +122,98 @@ def test_schema_files_are_the_six_contracts() -> None:
 
 def test_dead_letter_error_codes_are_the_decoders() -> None:
     assert load_schema("dead_letter.v1")["properties"]["error"]["enum"] == list(ERROR_CODES)
+
+
+_DEEP = b"[" * 5000 + b"]" * 5000
+
+# A record that is not JSON is refused as such even when a field before the defect breaks
+# a rule: the decoder stops at that field, so the rest is checked before the field's code.
+NOT_JSON_AFTER_A_FIELD_ERROR: list[tuple[str, bytes, str]] = [
+    ("not_utf8_then_ts_too_old", b'{"zz":"\xff","ts":1}', "not_utf8"),
+    ("not_utf8_then_empty_id", b'{"zz":"\xff","event_id":""}', "not_utf8"),
+    ("unknown_type_then_not_utf8", b'{"type":"refund","title":"caf\xe9"}', "not_utf8"),
+    ("missing_fields_then_not_utf8", b'{"type":"login","zz":"\xff"}', "not_utf8"),
+    ("unknown_type_then_nan", b'{"type":"refund","price":NaN}', "invalid_json"),
+    ("unknown_type_then_surrogate", b'{"type":"refund","title":"\\ud800"}', "invalid_json"),
+    ("unknown_type_then_truncated", b'{"type":"refund","ts":17000', "invalid_json"),
+    ("missing_fields_then_garbage", b'{"type":"login"} garbage', "invalid_json"),
+    ("not_object_then_garbage", b"[1,2] x", "invalid_json"),
+    ("unknown_type_then_deep", b'{"type":"refund","zz":' + _DEEP + b"}", "too_deep"),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [case[1:] for case in NOT_JSON_AFTER_A_FIELD_ERROR],
+    ids=[case[0] for case in NOT_JSON_AFTER_A_FIELD_ERROR],
+)
+def test_not_json_is_refused_before_any_field_rule(raw: bytes, error: str) -> None:
+    verdict = decode_event(raw, NOW_MS)
+    assert isinstance(verdict, Rejection) and verdict.error == error, verdict
+    assert not schema_accepts(EVENT, raw)
+
+
+def test_a_huge_number_is_still_json_after_a_field_error() -> None:
+    raw = b'{"type":"refund","zz":1e400,"event_id":"e","user_id":"u","ts":1700000000000}'
+    assert decode_event(raw, NOW_MS) == Rejection(
+        "invalid_value", "Invalid enum value 'refund' - at `$.type`"
+    )
+
+
+# The label decoder against the label schema, as the corpus holds the event decoder to its own.
+LABEL = "fraud_label.v1"
+
+
+def _label(label: bytes = b"1", ts: bytes = b"1700000000000", tail: bytes = b"") -> bytes:
+    return b'{"event_id":"e","user_id":"u","label":' + label + b',"ts":' + ts + tail + b"}"
+
+
+LABEL_CASES: list[tuple[str, bytes, str | None, bool]] = [  # name, raw, error, schema agrees
+    ("fraud", _label(), None, True),
+    ("legitimate", _label(b"0", b"946684800000"), None, True),
+    ("extra_field", _label(tail=b',"source":"chargeback"'), None, True),
+    ("label_two", _label(b"2"), "invalid_label", True),
+    ("label_true", _label(b"true"), "invalid_label", True),
+    ("label_string", _label(b'"1"'), "invalid_label", True),
+    ("ts_before_2000", _label(ts=b"946684799999"), "invalid_label", True),
+    ("empty_user_id", _label().replace(b'"u"', b'""'), "invalid_label", True),
+    ("no_event_id", _label().replace(b'"event_id":"e",', b""), "invalid_label", True),
+    ("top_array", b"[" + _label() + b"]", "invalid_label", True),
+    ("label_float", _label(b"1.0"), "invalid_label", False),
+    ("ts_exponent", _label(ts=b"1.7e12"), "invalid_label", False),
+    ("ts_integral_float", _label(ts=b"1700000000000.0"), "invalid_label", False),
+    ("truncated", _label()[:-1], "invalid_json", True),
+    ("nan_unknown", _label(tail=b',"x":NaN'), "invalid_json", True),
+    ("not_utf8_unknown", _label(tail=b',"x":"\xff"'), "not_utf8", True),
+    ("deep_unknown", _label(tail=b',"x":' + _DEEP), "too_deep", True),
+    ("too_large", _label(tail=b',"x":"' + b"x" * 65_536 + b'"'), "too_large", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "error", "agrees"),
+    [case[1:] for case in LABEL_CASES],
+    ids=[case[0] for case in LABEL_CASES],
+)
+def test_label_decoder_and_schema_verdicts(raw: bytes, error: str | None, agrees: bool) -> None:
+    verdict = decode_label(raw)
+    if error is None:
+        assert isinstance(verdict, Label), verdict
+    else:
+        assert isinstance(verdict, Rejection) and verdict.error == error, verdict
+    accepted = schema_accepts(LABEL, raw)
+    if agrees:
+        assert accepted == (error is None)
+    else:  # a runtime-only rule: the schema's $comment must name it
+        assert accepted and error is not None
+        assert f"`{error}`" in load_schema(LABEL)["$comment"]
+
+
+def test_label_schema_says_its_integers_must_be_integer_literals() -> None:
+    schema = load_schema(LABEL)
+    for name in ("label", "ts"):
+        assert "integer literal" in schema["properties"][name]["$comment"]
+    assert "65536 bytes (`too_large`)" in schema["$comment"]
 
 
 # One valid example per other contract, then single changes that must break it.

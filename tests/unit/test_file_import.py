@@ -73,6 +73,17 @@ def test_json_lines_pass_through_byte_for_byte_with_user_keys(tmp_path: Path) ->
     assert (report.rows, report.produced, report.unkeyed) == (6, 6, 5)
 
 
+def test_a_byte_order_mark_does_not_cost_the_first_event(tmp_path: Path) -> None:
+    first = b'{"event_id":"e1","user_id":"alice","type":"login","ts":1699999999000}'
+    second = b'{"event_id":"e2","user_id":"bob","type":"login","ts":1699999999000}'
+    path = tmp_path / "windows.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + first + b"\r\n" + second + b"\r\n")
+    assert list(read_events(path, None, None)) == [(b"alice", first), (b"bob", second)]
+    mapping = {name: name for name in ("event_id", "user_id", "type", "ts")}
+    events, report = run(path, None, mapping)
+    assert [key for key, _ in events] == [b"alice", b"bob"] and not report.skipped
+
+
 def test_a_shop_stream_survives_a_round_trip_through_a_gzip_file(tmp_path: Path) -> None:
     shop = ShopGenerator(users=20, seed=5, start_ms=NOW - 3_600_000, end_ms=NOW, products=100)
     records = list(shop.records(300, malformed_ratio=0.0, duplicate_ratio=0.1))
@@ -246,6 +257,24 @@ def test_a_mapped_csv_converts_types_times_and_amounts(tmp_path: Path) -> None:
     assert click["ts"] == 1_699_992_000_000 and click["title"] == "Red Mug"
     assert review["rating"] == 4 and view["currency"] == "EUR"
     assert report.skipped == {"bad_value:ts": 1, "bad_value:quantity": 1}
+
+
+def test_a_number_cell_that_is_not_finite_skips_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "prices.csv"
+    path.write_text(
+        "who,what,when,item,cost,total\n"
+        "u1,view,1699990000,i1,NaN,\n"
+        "u2,view,1699990000,i2,inf,\n"
+        "u3,purchase,1699990000,i3,,-Infinity\n"
+        "u4,view,1699990000,i4,9.99,\n"
+    )
+    mapping = {"user_id": "who", "type": "what", "ts": "when", "item_id": "item"}
+    mapping |= {"price": "cost", "amount": "total"}
+    events, report = run(path, None, mapping)
+    assert [key for key, _ in events] == [b"u4"] and events[0][1]["price"] == 9.99
+    assert report.skipped == {"bad_value:price": 2, "bad_value:amount": 1}
+    with pytest.raises(FileImportError, match="amount"):
+        read_events(path, None, mapping, options=CsvOptions(constants={"amount": "nan"}))
 
 
 def test_a_header_less_file_maps_columns_by_position(tmp_path: Path) -> None:
