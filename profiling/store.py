@@ -9,6 +9,9 @@ shard and one Lua script can touch them atomically:
                        publication, ...), then a newline and the dedupe window's
                        8-byte event-id digests
 
+and, for a user erased or merged away, the erasure marker apart from the state
+(`profile-erased:{u}`), which outlives a profile built since and its TTL.
+
 A write carries the version it was computed from and is refused when the stored
 version moved on (compare-and-set): a worker that lost a partition, or any
 other concurrent writer, cannot overwrite newer state.
@@ -36,6 +39,11 @@ def profile_key(user_id: str) -> str:
 
 def state_key(user_id: str) -> str:
     return f"profile-state:{{{user_id}}}"
+
+
+def erased_key(user_id: str) -> str:
+    """The user's erasure marker, kept apart from the state with the marker's own TTL."""
+    return f"profile-erased:{{{user_id}}}"
 
 
 def seen_key(user_id: str) -> str:

@@ -37,6 +37,7 @@ from profiling.store import (
     Write,
     aside_key,
     aside_state_key,
+    erased_key,
     erased_marker,
     merged_into_of,
     profile_from_storage,
@@ -50,26 +51,28 @@ from profiling.store import (
     vector_fields,
 )
 
-# Both scripts serve several users per call, three keys each (profile, state,
-# and the dedupe window's key of earlier versions), and take each call's per-user
-# arguments as one JSON document: packing a few long arguments costs the client
-# far less than thousands of short ones, and the client's CPU, not the server's,
-# is what limits a worker. Every key of one user carries the same hash tag: on a
-# Redis Cluster client the store serves one user per call.
+# Both scripts serve several users per call, four keys each (profile, state, the
+# dedupe window's key of earlier versions, and the erasure marker kept apart from
+# the state), and take each call's per-user arguments as one JSON document: packing
+# a few long arguments costs the client far less than thousands of short ones, and
+# the client's CPU, not the server's, is what limits a worker. Every key of one user
+# carries the same hash tag: on a Redis Cluster client the store serves one user per
+# call.
 
 # Reads whole profiles (the users the store does not hold). Returns one flat array,
 # per user: the number n of hash items, the n items (field, value, ...), the state
-# or false, then the number m of ids in an earlier version's dedupe sorted set and
-# the m ids, oldest first (read only when the state has no window of its own). Flat,
-# because Redis 6 writes a nested script reply in many small pieces: 130 users'
-# replies took four times as long nested.
+# (or, once it expired, the erasure marker kept apart) or false, then the number m
+# of ids in an earlier version's dedupe sorted set and the m ids, oldest first (read
+# only when the state has no window of its own). Flat, because Redis 6 writes a
+# nested script reply in many small pieces: 130 users' replies took four times as
+# long nested.
 LOAD_SCRIPT: Final = """
 local out, n = {}, 0
-for k = 1, #KEYS, 3 do
+for k = 1, #KEYS, 4 do
   local hash = redis.call('HGETALL', KEYS[k])
   n = n + 1; out[n] = #hash
   for j = 1, #hash do n = n + 1; out[n] = hash[j] end
-  local state = redis.call('GET', KEYS[k + 1])
+  local state = redis.call('GET', KEYS[k + 1]) or redis.call('GET', KEYS[k + 3])
   n = n + 1; out[n] = state
   local ids = {}
   if not state or not string.find(state, '\\n', 1, true) then
@@ -81,29 +84,48 @@ end
 return out
 """
 
+# KEYS: four per user (as LOAD_SCRIPT's), then per user with scored events the index
+# of their scored events (`profile-scored:{u}`) and one key per scored event (the
+# index's name, a colon, the event id).
 # ARGV: ttl ms, JSON [[expected version, ARGV index of the state blob,
 #       [field, value, ...], [binary field, ARGV index, ...],
 #       expected updated stamp or 0 for any, 1 to delete an earlier version's
-#       dedupe key, expected erasure time or 0 for none], ...],
-#       one entry per user, then the binary values: vectors and state blobs, which
-#       JSON cannot carry (the state ends in raw digests).
+#       dedupe key, expected erasure time or 0 for none, scored events: [] or
+#       [KEYS index of the user's scored index, ARGV index of the first event's
+#       features, number of events, time of the write (ms)]], ...],
+#       one entry per user, the scored features' TTL in seconds, then the binary
+#       values: vectors, state blobs and scored features, which JSON cannot carry
+#       (the state ends in raw digests).
 # Returns per user 1 when written, 0 when the stored version (or stamp) was not the
-# expected one (compare-and-set: a stale writer changes nothing). A new profile
-# (version 0) is also refused when the user's erasure marker is not the one it
-# was folded from: an erase that landed meanwhile.
+# expected one (compare-and-set: a stale writer changes nothing, its scored features
+# included). A new profile (version 0) is also refused when the user's erasure
+# marker is not the one it was folded from: an erase that landed meanwhile.
+# A written user's scored features each get the scored TTL; their index (a sorted
+# set of event ids by expiry) gains the ids, loses the expired ones and gets the TTL
+# too, so an erase finds every key without a scan.
 SAVE_SCRIPT: Final = """
-local ttl = tonumber(ARGV[1])
+local ttl, scored_ttl = tonumber(ARGV[1]), tonumber(ARGV[3])
 local writes = cjson.decode(ARGV[2])
 local results = {}
 local function erased_at(state)
   return tonumber(state and string.match(state, '^{"erased":(%d+)') or '0')
 end
+local function save_scored(index, first, n, now)
+  local expiry, skip = now + scored_ttl * 1000, #KEYS[index] + 2
+  for i = 1, n do
+    redis.call('SET', KEYS[index + i], ARGV[first + i - 1], 'EX', scored_ttl)
+    redis.call('ZADD', KEYS[index], expiry, string.sub(KEYS[index + i], skip))
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[index], '-inf', now)
+  redis.call('EXPIRE', KEYS[index], scored_ttl)
+end
 for u = 1, #writes do
-  local k, write = 3 * u - 2, writes[u]
+  local k, write = 4 * u - 3, writes[u]
   local stored = redis.call('HMGET', KEYS[k], 'version', 'updated')
   if tonumber(stored[1] or '0') ~= write[1]
       or (write[5] ~= 0 and tonumber(stored[2] or '0') ~= write[5])
-      or (write[1] == 0 and erased_at(redis.call('GET', KEYS[k + 1])) ~= write[7]) then
+      or (write[1] == 0 and erased_at(
+        redis.call('GET', KEYS[k + 1]) or redis.call('GET', KEYS[k + 3])) ~= write[7]) then
     results[u] = 0
   else
     local fields = write[3]
@@ -118,6 +140,8 @@ for u = 1, #writes do
       redis.call('PEXPIRE', KEYS[k], ttl)
       redis.call('PEXPIRE', KEYS[k + 1], ttl)
     end
+    local scored = write[8]
+    if #scored > 0 then save_scored(scored[1], scored[2], scored[3], scored[4]) end
     results[u] = 1
   end
 end
@@ -125,10 +149,14 @@ return results
 """
 
 
-# KEYS: one user's profile, state and earlier dedupe key, then the two keys a merge
-# sets the profile aside in; ARGV: the erasure time (ms), the marker (the state of an
-# erased user), the marker's TTL in ms (0: none), and, for a merge, how long the
-# profile stays aside (ms; 0: an erase, nothing kept).
+# KEYS: one user's profile, state, earlier dedupe key and erasure marker, then the
+# two keys a merge sets the profile aside in; ARGV: the erasure time (ms), the marker
+# (the state of an erased user), the marker's TTL in ms (0: none), and, for a merge,
+# how long the profile stays aside (ms; 0: an erase, nothing kept). The marker is
+# written twice, as the state and apart from it: a profile rebuilt since replaces
+# the state and gives it the profile's TTL, and the marker apart, which only an
+# erase writes, keeps suppressing older events for the marker's own TTL once that
+# state has expired.
 # Returns {found}, and for a merge {found, field, value, ..., state} of the profile
 # aside. found: 1 when a profile was removed, 0 when there was none, 2 when the user
 # was already erased at or after that time (a replayed command: nothing is touched,
@@ -136,25 +164,28 @@ return results
 # it set aside, if that was not dropped yet).
 ERASE_SCRIPT: Final = """
 local state = redis.call('GET', KEYS[2])
-local erased = tonumber(state and string.match(state, '^{"erased":(%d+)') or '0')
-local aside = tonumber(ARGV[4])
+local marker = state or redis.call('GET', KEYS[4])
+local erased = tonumber(marker and string.match(marker, '^{"erased":(%d+)') or '0')
+local aside, marker_ttl = tonumber(ARGV[4]), tonumber(ARGV[3])
 local found = 2
 if erased < tonumber(ARGV[1]) then
   found = redis.call('EXISTS', KEYS[1])
-  redis.call('DEL', KEYS[4], KEYS[5])
+  redis.call('DEL', KEYS[5], KEYS[6])
   if found == 1 and aside > 0 then
-    redis.call('RENAME', KEYS[1], KEYS[4])
-    redis.call('PEXPIRE', KEYS[4], aside)
-    if state then redis.call('SET', KEYS[5], state, 'PX', aside) end
+    redis.call('RENAME', KEYS[1], KEYS[5])
+    redis.call('PEXPIRE', KEYS[5], aside)
+    if state then redis.call('SET', KEYS[6], state, 'PX', aside) end
   end
   redis.call('DEL', KEYS[1], KEYS[3])
-  redis.call('SET', KEYS[2], ARGV[2])
-  if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
+  for _, key in ipairs({KEYS[2], KEYS[4]}) do
+    redis.call('SET', key, ARGV[2])
+    if marker_ttl > 0 then redis.call('PEXPIRE', key, marker_ttl) end
+  end
 end
 if aside == 0 then return {found} end
-local out = redis.call('HGETALL', KEYS[4])
+local out = redis.call('HGETALL', KEYS[5])
 table.insert(out, 1, found)
-out[#out + 1] = redis.call('GET', KEYS[5])
+out[#out + 1] = redis.call('GET', KEYS[6])
 return out
 """
 # KEYS: one user's scored-feature keys. Returns, per key, the time it has left (ms;
@@ -186,34 +217,7 @@ return #KEYS - 1
 ASIDE_TTL_MS: Final = 86_400_000  # a merge's profile aside outlives any replay of the merge
 _ERASURES: Final = {0: Erasure.ABSENT, 1: Erasure.ERASED, 2: Erasure.REPEATED}
 UNLINK_CHUNK: Final = 1000  # keys per UNLINK when an erase removes scored features
-
-
-# KEYS: per user, the index of their scored events (`profile-scored:{u}`), then one key
-# per scored event (the index's name, a colon, the event id); ARGV[1]: TTL in seconds,
-# then per user: the number n of scored events, the time of the write (ms), and the n
-# events' features. Each feature key gets the TTL; the index (a sorted set of event ids
-# by expiry) gains the ids, loses the expired ones and gets the TTL too, so an erase
-# finds every key without a scan. One call per chunk of users instead of commands per
-# scored event: a client pays for every command in a pipeline, and a batch scores
-# hundreds of events.
-SCORED_SCRIPT: Final = """
-local ttl = tonumber(ARGV[1])
-local k, a = 1, 2
-while k <= #KEYS do
-  local n, now = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  local expiry, skip = now + ttl * 1000, #KEYS[k] + 2
-  a = a + 2
-  for i = 1, n do
-    redis.call('SET', KEYS[k + i], ARGV[a], 'EX', ttl)
-    redis.call('ZADD', KEYS[k], expiry, string.sub(KEYS[k + i], skip))
-    a = a + 1
-  end
-  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now)
-  redis.call('EXPIRE', KEYS[k], ttl)
-  k = k + n + 1
-end
-return #KEYS
-"""
+BINARY_ARGV: Final = 3  # the save script's arguments before its binary values
 
 
 async def compact_hash_limit(client: aioredis.Redis) -> int | None:
@@ -335,26 +339,16 @@ class RedisProfileStore:
         return loaded
 
     async def save(self, writes: Sequence[Write]) -> list[str]:
+        # A write's scored features ride in its entry of the save script, written only
+        # when its compare-and-set passes: a refused writer leaves no key behind (an
+        # erased user stays erased) and overwrites no other writer's features.
         calls = []
         for chunk in _chunks(list(writes), self.users_per_call):
             binary: list[bytes] = []
-            payload = [_write_entry(write, binary, self._held(write)) for write in chunk]
             keys = _user_keys([write.profile.user_id for write in chunk])
-            args = [self.ttl_ms, jsonout.dumps(payload), *binary]
+            payload = [_write_entry(write, keys, binary, self._held(write)) for write in chunk]
+            args = [self.ttl_ms, jsonout.dumps(payload), self.scored_ttl_s, *binary]
             calls.append((keys, args))
-        # Features of scored events ride in the same round trip; a write that loses its
-        # race recomputes them under the same keys, so writing them regardless is safe.
-        scored_calls = []
-        for chunk in _chunks([write for write in writes if write.scored], self.users_per_call):
-            scored_keys: list[str] = []
-            scored_args: list[Any] = [self.scored_ttl_s]
-            for write in chunk:
-                user_id, scored = write.profile.user_id, write.scored
-                scored_keys.append(scored_index_key(user_id))
-                scored_keys += [scored_key(user_id, event_id) for event_id, _ in scored]
-                scored_args += (len(scored), write.profile.updated)
-                scored_args += [features for _, features in scored]
-            scored_calls.append((scored_keys, scored_args))
         # Cached as sent, before the reply: the worker folds its next batch while Redis
         # runs this one, from these profiles. A refused write drops its user; so does an
         # error, when nobody can tell which writes landed.
@@ -366,7 +360,7 @@ class RedisProfileStore:
             while len(cache) > self.cache_users:
                 cache.popitem(last=False)
         try:
-            replies = await self._run(SAVE_SCRIPT, calls, scored_calls)
+            replies = await self._run(SAVE_SCRIPT, calls)
         except BaseException:
             for write in writes:
                 cache.pop(write.profile.user_id, None)
@@ -420,12 +414,15 @@ class RedisProfileStore:
 
     async def merged_into(self, user_ids: Sequence[str]) -> dict[str, str]:
         names = [state_key(user_id) for user_id in user_ids]
+        names += [erased_key(user_id) for user_id in user_ids]  # where a state expired
         if isinstance(self.client, RedisCluster):  # one MGET per hash slot
-            states = await self.client.mget_nonatomic(names)
+            values = await self.client.mget_nonatomic(names)
         else:
-            states = await self.client.mget(names)
+            values = await self.client.mget(names)
+        states, markers = values[: len(user_ids)], values[len(user_ids) :]
         merged = [
-            (user, merged_into_of(state)) for user, state in zip(user_ids, states, strict=True)
+            (user, merged_into_of(marker if state is None else state))
+            for user, state, marker in zip(user_ids, states, markers, strict=True)
         ]
         return {user: into for user, into in merged if into}
 
@@ -479,22 +476,12 @@ class RedisProfileStore:
         encoded = {name: base64.b64encode(value).decode() for name, value in vectors.items()}
         return {**fields, **encoded} or None
 
-    async def _run(
-        self,
-        script: str,
-        calls: list[tuple[list[str], list[Any]]],
-        scored_calls: Sequence[tuple[list[str], list[Any]]] = (),
-    ) -> list[Any]:
-        """Run `script` once per (keys, args) call, all in one pipelined round trip.
-
-        `scored_calls` (SCORED_SCRIPT calls) ride in the same trip; only `script`'s
-        replies are returned.
-        """
+    async def _run(self, script: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run `script` once per (keys, args) call, all in one pipelined round trip."""
         if not calls:
             return []
         every = [(script, keys, args) for keys, args in calls]
-        every += [(SCORED_SCRIPT, keys, args) for keys, args in scored_calls]
-        return (await eval_pipelined(self.client, self._shas, every))[: len(calls)]
+        return await eval_pipelined(self.client, self._shas, every)
 
 
 async def eval_pipelined(
@@ -527,8 +514,11 @@ async def _eval_once(
     return list(await pipe.execute())
 
 
-def _write_entry(write: Write, binary: list[bytes], since: Profile | None) -> list[Any]:
-    """One user's part of the save script's JSON; binary values are appended to `binary`.
+def _write_entry(
+    write: Write, keys: list[str], binary: list[bytes], since: Profile | None
+) -> list[Any]:
+    """One user's part of the save script's JSON; binary values are appended to `binary`,
+    the keys of scored events to `keys`.
 
     `since`: the profile the stored hash holds, when known (only changed fields are
     sent). When it is not known, the profile was read from Redis, where an earlier
@@ -539,9 +529,9 @@ def _write_entry(write: Write, binary: list[bytes], since: Profile | None) -> li
     refs: list[Any] = []
     for name, value in vector_fields(write.profile, since).items():
         binary.append(value)
-        refs += (name, 2 + len(binary))  # ARGV index (1-based) after ttl and the JSON
+        refs += (name, BINARY_ARGV + len(binary))  # its ARGV index (1-based)
     binary.append(state_blob(write.profile))
-    state_ref = 2 + len(binary)
+    state_ref = BINARY_ARGV + len(binary)
     legacy = 1 if since is None else 0
     return [
         write.expected_version,
@@ -551,7 +541,23 @@ def _write_entry(write: Write, binary: list[bytes], since: Profile | None) -> li
         write.expected_updated,
         legacy,
         write.profile.erased_before,
+        _scored_entry(write, keys, binary),
     ]
+
+
+def _scored_entry(write: Write, keys: list[str], binary: list[bytes]) -> list[int]:
+    """Where the save script finds the write's scored events: the KEYS index of the
+    user's scored index (their keys follow it), the ARGV index of the first event's
+    features (the others follow it), how many, and the time of the write; [] for none."""
+    if not write.scored:
+        return []
+    user_id = write.profile.user_id
+    keys.append(scored_index_key(user_id))
+    index = len(keys)
+    keys += [scored_key(user_id, event_id) for event_id, _ in write.scored]
+    first = BINARY_ARGV + len(binary) + 1
+    binary += [features for _, features in write.scored]
+    return [index, first, len(write.scored), write.profile.updated]
 
 
 def _split_fields(flat: Sequence[bytes | str]) -> tuple[dict[str, str], dict[str, bytes]]:
@@ -575,7 +581,7 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
 def _user_keys(user_ids: Sequence[str]) -> list[str]:
     keys: list[str] = []
     for user_id in user_ids:
-        keys += (profile_key(user_id), state_key(user_id), seen_key(user_id))
+        keys += (profile_key(user_id), state_key(user_id), seen_key(user_id), erased_key(user_id))
     return keys
 
 

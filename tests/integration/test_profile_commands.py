@@ -6,7 +6,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from profiling.store import Erasure
+from profiling.store import Erasure, erased_key, state_key
 from stream.producing import send_records
 from stream.redis_store import RedisProfileStore
 from stream.settings import Settings
@@ -28,6 +28,11 @@ def event(event_id: str, user: str, kind: str, ts: int) -> tuple[bytes, bytes]:
 
 async def user_keys(client: aioredis.Redis, user: str) -> set[bytes]:
     return {key async for key in client.scan_iter(match=f"*{{{user}}}*", count=1000)}
+
+
+def marker_keys(user: str) -> set[bytes]:
+    """All an erase leaves of a user: the erasure marker, as the state and apart from it."""
+    return {state_key(user).encode(), erased_key(user).encode()}
 
 
 async def test_erase_removes_a_user_publishes_a_tombstone_and_suppresses_older_events(
@@ -53,7 +58,7 @@ async def test_erase_removes_a_user_publishes_a_tombstone_and_suppresses_older_e
         await send_records(topics, [(b"alice", erase), (b"alice", bad)], topics.topic_commands)
         erased_stats = await drain(topics)
         assert erased_stats.summary()["commands"] == {"erase erased": 1, "invalid dead_lettered": 1}
-        assert await user_keys(client, "alice") == {b"profile-state:{alice}"}  # the marker
+        assert await user_keys(client, "alice") == marker_keys("alice")
         assert await user_keys(client, "bob") == bob_before
 
         # Events of alice from before the erase (late) and after it.
@@ -128,7 +133,7 @@ async def test_merge_folds_a_visitor_into_an_account(topics: Settings) -> None:
     assert stats.summary()["commands"] == {"merge merged": 1}
     client = aioredis.Redis.from_url(topics.redis_url)
     try:
-        assert await user_keys(client, "anon-7") == {b"profile-state:{anon-7}"}  # the marker
+        assert await user_keys(client, "anon-7") == marker_keys("anon-7")
         merged = await client.hgetall("profile:{k}")
         assert (merged[b"events"], merged[b"count:view"], merged[b"orders"]) == (b"7", b"6", b"1")
         assert len(merged[b"vec_long"]) == 4 * 384 and merged[b"spend"] == b"25.0"
@@ -158,7 +163,7 @@ async def test_a_visitors_event_read_after_the_merge_reaches_the_account(
     assert (stats.forwarded, stats.applied, stats.suppressed) == (1, 1, 0)
     client = aioredis.Redis.from_url(topics.redis_url)
     try:
-        assert await user_keys(client, "anon-9") == {b"profile-state:{anon-9}"}
+        assert await user_keys(client, "anon-9") == marker_keys("anon-9")
         account = await client.hgetall("profile:{k}")
         assert (account[b"events"], account[b"orders"], account[b"version"]) == (b"4", b"1", b"3")
     finally:

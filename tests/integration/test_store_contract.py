@@ -31,7 +31,7 @@ from profiling.store import (
 )
 from profiling.vectors import StoredInterest
 from stream.devstack import COMPACT_HASH_VALUE_BYTES
-from stream.redis_store import RedisProfileStore, compact_hash_limit, connect
+from stream.redis_store import RedisProfileStore, compact_hash_limit, connect, erased_key
 
 T0 = 1_700_000_000_000
 
@@ -258,6 +258,23 @@ async def test_a_cached_write_after_an_erase_is_refused(store: ProfileStore) -> 
     assert await store.read_profile("alice") is None
 
 
+async def test_a_refused_write_leaves_no_scored_features(store: ProfileStore) -> None:
+    """A stale writer's scored features land with its profile or not at all: after an
+    erase they would bring keys of the user back, and they would overwrite the features
+    the current writer's risk was computed on."""
+    current = rich_profile(version=1)
+    assert await store.save([Write(current, 0, (("e1", b"\x01current"),))]) == []
+    stale = Write(replace(current, events=99), 0, (("e1", b"\x01stale"), ("e2", b"\x01stale")))
+    assert await store.save([stale]) == ["alice"]
+    assert await store.load_scored([("alice", "e1"), ("alice", "e2")]) == [b"\x01current", None]
+
+    await store.erase("alice", T0)
+    cached = Write(replace(current, version=2), 1, (("e3", b"\x01late"),), current.updated)
+    assert await store.save([cached]) == ["alice"]
+    assert await store.load_scored([("alice", "e1"), ("alice", "e3")]) == [None, None]
+    assert await load_one(store, "alice") == Profile("alice", erased_before=T0)
+
+
 async def test_set_aside_erases_and_keeps_the_profile_until_dropped(store: ProfileStore) -> None:
     profile = rich_profile()
     assert await write(store, profile, 0) == []
@@ -310,6 +327,25 @@ async def test_redis_moved_features_keep_the_time_they_had_left(
     assert await redis_client.zrange(scored_index_key("bob"), 0, -1) == [b"e1"]
     assert 590_000 < await redis_client.pttl(scored_index_key("bob")) <= 600_000
     assert not await redis_client.exists(scored_index_key("alice"), scored_key("alice", "e1"))
+
+
+async def test_redis_refused_write_leaves_an_erased_user_only_the_marker(
+    redis_client: aioredis.Redis,
+) -> None:
+    """A worker that lost the user (its cached profile is stale) writes after an erase:
+    refused, and nothing of it lands, in one script call per user as on a cluster."""
+    store = RedisProfileStore(redis_client, users_per_call=1)
+    profile = rich_profile(version=1)
+    assert await store.save([Write(profile, 0, (("e1", b"\x01"),))]) == []
+    await store.erase("alice", T0)
+    late = Write(replace(profile, version=2), 1, (("e2", b"\x01"),), profile.updated)
+    assert await store.save([late, Write(rich_profile("bob", 1), 0, (("b1", b"\x01"),))]) == [
+        "alice"
+    ]
+    keys = {key.decode() async for key in redis_client.scan_iter(match="*{alice}*")}
+    assert keys == {state_key("alice"), erased_key("alice")}
+    assert await store.load_scored([("bob", "b1")]) == [b"\x01"]
+    assert await redis_client.zrange(scored_index_key("bob"), 0, -1) == [b"b1"]
 
 
 @pytest.mark.parametrize("ttl_s", [0, 60])
@@ -374,6 +410,7 @@ async def test_redis_keys_of_a_user_share_its_hash_tag(redis_client: aioredis.Re
         assert len(tagged) == 2
         assert {key_slot(k.encode()) for k in tagged} == {key_slot(user_id.encode())}
         assert key_slot(seen_key(user_id).encode()) == key_slot(user_id.encode())
+        assert key_slot(erased_key(user_id).encode()) == key_slot(user_id.encode())
     assert await redis_client.type(profile_key("alice")) == b"hash"
     assert await redis_client.type(state_key("alice")) == b"string"
 
