@@ -183,8 +183,9 @@ def apply_deliveries(
     replay = replayed > 0 and not profile.is_new
     if not fresh:
         return Outcome(
-            profile, [], duplicates, replayed, profile.unpublished, replay, (), suppressed, forwarded
-        )
+            profile, [], duplicates, replayed, profile.unpublished, replay, (), suppressed,
+            forwarded,
+        )  # fmt: skip
     forwards = profile.forwards if replay else ()
     if forwarded:
         into = profile.merged_into or ""  # set whenever events are forwarded

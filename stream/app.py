@@ -100,7 +100,7 @@ async def prometheus_metrics(web: Any, request: Any) -> Any:
 
 @app.page("/profile/{user_id}")
 async def profile_page(web: Any, request: Any, user_id: str) -> Any:
-    body = await read_profile_json(settings.redis_url, user_id)
+    body = await read_profile_json(settings.redis_url, user_id, cluster=settings.redis_cluster)
     if body is None:
         return web.json({"error": "not_found", "user_id": user_id}, status=404)
     return web.json(body)

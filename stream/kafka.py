@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -34,8 +35,15 @@ def security_options(settings: Settings) -> dict[str, Any]:
 
 
 def events_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
-    """The batch consumer of the events topic (subscribe it): manual commits, earliest offset."""
+    """The batch consumer of the events topic (subscribe it): manual commits, earliest offset.
+
+    Partitions are dealt out by range, topic by topic, so a worker owns partition
+    i of `profile-commands` with partition i of the events (the same count): a
+    user's commands reach the worker that folds the user's events. aiokafka's
+    default, round robin, deals the partitions of all topics out as one list.
+    """
     options = {
+        "partition_assignment_strategy": (RangePartitionAssignor,),
         "group_id": settings.group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",

@@ -41,7 +41,13 @@ from typing import NamedTuple, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    ClusterCrossSlotError,
+    DataError,
+    ExecAbortError,
+    RedisError,
+    ResponseError,
+)
 
 from profiling.commands import CommandRecord, apply_commands
 from profiling.errors import ProfilerError
@@ -185,20 +191,41 @@ class _Writing(NamedTuple):
     started: float
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether Redis refused the command itself: it would refuse it again, every time.
+
+    A key of the wrong type, a script's error on a value it cannot read: the
+    batch then goes the way of a bug (`BatchWorker._apply_apart`), where only
+    the users concerned are dead-lettered. Connection losses, timeouts,
+    fail-overs, a full or loading server and cluster redirections pass, and are
+    retried.
+    """
+    return isinstance(exc, DataError | ClusterCrossSlotError | ExecAbortError) or (
+        type(exc) is ResponseError
+    )
+
+
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
     """The events-topic partitions this worker owns (labels partitions come along unlisted)."""
 
-    def __init__(self, topic: str) -> None:
+    def __init__(self, topic: str, positions: dict[TopicPartition, int]) -> None:
         self.topic = topic
         self.partitions: set[TopicPartition] = set()
         self.assigned = asyncio.Event()  # set once the group gave this worker partitions
+        # The worker's next offsets (`BatchWorker._positions`): a partition that moves
+        # away and back has a position again only with its next batch, not its old one.
+        self._positions = positions
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.partitions -= set(revoked)
+        for tp in revoked:
+            self._positions.pop(tp, None)
         metrics.forget_partitions(revoked)
         metrics.ASSIGNED_PARTITIONS.set(len(self.partitions))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            self._positions.pop(tp, None)
         self.partitions |= {tp for tp in assigned if tp.topic == self.topic}
         metrics.ASSIGNED_PARTITIONS.set(len(self.partitions))
         if self.partitions:
@@ -213,7 +240,8 @@ class BatchWorker:
         self.clock = clock
         self.params = profile_params(settings)
         self.stats = WorkerStats()
-        self.assignment = _Assignment(settings.topic_events)
+        self._positions: dict[TopicPartition, int] = {}  # next offset after the last batch
+        self.assignment = _Assignment(settings.topic_events, self._positions)
         self.redis = connect(settings.redis_url, cluster=settings.redis_cluster)
         self.store = RedisProfileStore(
             self.redis,
@@ -230,7 +258,6 @@ class BatchWorker:
         self.consumer: AIOKafkaConsumer = kafka.events_consumer(settings)
         self.producer: AIOKafkaProducer = kafka.producer(settings)
         self._stopping = asyncio.Event()
-        self._positions: dict[TopicPartition, int] = {}  # next offset after the last batch
         self._profile_loads = (0, 0)  # the store's (cache, redis) loads at the last batch
         self._held: list[TopicPartition] = []  # paused while a batch is folded
 
@@ -507,31 +534,46 @@ class BatchWorker:
         )  # fmt: skip
         events = [r for r in records if r.topic == self.settings.topic_events]
         result = BatchResult()
-        commands = self._commands(records)
-        try:
-            result.add(await self._apply_commands(commands))
-        except Exception as exc:
-            if self.stopping:
-                raise
-            self._dead_letter_apart(commands, exc, result)
+        for command in self._commands(records):  # in order, each on its own
+            await self._apart(result, [command], partial(self._apply_commands, [command]))
         for user_records in _by_key(events):
-            try:
-                part = await self._retrying(
+            await self._apart(
+                result,
+                user_records,
+                partial(
+                    self._retrying,
                     "redis",
                     partial(
                         apply_batch, user_records, self.store, self.params, self.clock, self.stages
                     ),
-                )
-            except Exception as exc:
-                if self.stopping:
-                    raise
-                self._dead_letter_apart(user_records, exc, result)
-                continue
-            result.add(part)
+                ),
+            )
         self._advance_models(ends)
-        await self._learn_labels(records, result)
+        for label in (r for r in records if r.topic == self.settings.topic_labels):
+            await self._apart(result, [label], partial(self._labels_apart, label))
         await self._finish(records, ends, result, started)
         return result
+
+    async def _apart(
+        self,
+        result: BatchResult,
+        records: Sequence[SourceRecord],
+        apply: Callable[[], Awaitable[BatchResult]],
+    ) -> None:
+        """One part of a batch applied apart: its result, or its records dead-lettered."""
+        try:
+            part = await apply()
+        except Exception as exc:
+            if self.stopping:
+                raise
+            self._dead_letter_apart(records, exc, result)
+            return
+        result.add(part)
+
+    async def _labels_apart(self, label: SourceRecord) -> BatchResult:
+        part = BatchResult()
+        await self._learn_labels([label], part)
+        return part
 
     def _dead_letter_apart(
         self, records: Sequence[SourceRecord], failure: Exception, result: BatchResult
@@ -646,6 +688,7 @@ class BatchWorker:
             "redis", lambda: apply_labels(labels, self.store, models, self.clock())
         )
         result.dead_letters += learnt.dead_letters
+        result.errors.update(learnt.errors)
         result.labels.update(learnt.outcomes)
 
     def _embedding_totals(self) -> tuple[int, int, int] | None:
@@ -682,6 +725,8 @@ class BatchWorker:
             try:
                 return await attempt_once()
             except (RedisError, KafkaError, ProfilerError, OSError) as exc:
+                if _refused(exc):
+                    raise
                 attempt += 1
                 metrics.RETRIES.labels(component).inc()
                 if self.stopping and attempt > RETRIES_AFTER_STOP:

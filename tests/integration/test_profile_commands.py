@@ -181,18 +181,29 @@ async def test_a_command_the_worker_fails_on_is_dead_lettered_and_events_applied
     topics: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug in carrying out a command: its record becomes an `internal_error` dead
-    letter, whole, and the batch's events are applied (user by user)."""
+    letter, whole, and the batch's events and other commands are carried out (one by one)."""
+    real = RedisProfileStore.erase
 
     async def failing(self: RedisProfileStore, user_id: str, at_ms: int) -> Erasure:
-        raise ValueError(f"a bug erasing {user_id}")
+        if user_id == "alice":
+            raise ValueError(f"a bug erasing {user_id}")
+        return await real(self, user_id, at_ms)
 
     monkeypatch.setattr(RedisProfileStore, "erase", failing)
     now = wall_clock_ms()
     await send_records(topics, [event(f"b-{i}", "bob", "view", now - i) for i in range(3)])
     erase = orjson.dumps({"command": "erase", "user_id": "alice"})
-    await send_records(topics, [(b"alice", erase)], topics.topic_commands)
+    other = orjson.dumps({"command": "erase", "user_id": "carol"})
+    await send_records(topics, [(b"alice", erase), (b"carol", other)], topics.topic_commands)
     stats = await drain(topics)
     assert stats.applied == 3
+    # carol's, carried out (again, when it came before alice's in the failed batch)
+    assert stats.summary()["commands"] in ({"erase absent": 1}, {"erase repeated": 1})
+    client = aioredis.Redis.from_url(topics.redis_url)
+    try:
+        assert await user_keys(client, "carol") == marker_keys("carol")
+    finally:
+        await client.aclose()
     (letter,) = [
         orjson.loads(r.value) for r in await read_topic(topics.kafka_bootstrap, topics.topic_dlq)
     ]

@@ -204,6 +204,11 @@ async def test_three_workers_share_the_partitions_and_apply_each_event_once(make
         await group.start(*[BatchWorker] * WORKERS)
         owned = await group.wait_settled()
         assert all(owned)  # each worker got some partitions
+        for worker in group.workers:  # a user's commands reach the worker of its events
+            owned_tps = worker.consumer.assignment()
+            topics = (settings.topic_events, settings.topic_commands)
+            events, commands = ({tp.partition for tp in owned_tps if tp.topic == t} for t in topics)
+            assert events == commands
 
         await produce_in_chunks(settings, records, chunks=6)
         await group.wait_committed(await end_offsets(settings, settings.topic_events))

@@ -88,3 +88,32 @@ async def test_ready_fails_when_lag_exceeds_the_bound(topics: Settings) -> None:
     finally:
         await web.cleanup()
         await worker.close()
+
+
+async def test_a_partition_that_comes_back_reports_no_lag_until_its_next_batch(
+    topics: Settings,
+) -> None:
+    """A partition that moved away and back: its old position would show the records the
+    other worker applied meanwhile as lag, and /ready would fail with nothing behind."""
+    now = wall_clock_ms()
+    events = [
+        (b"lin", orjson.dumps({"event_id": f"l{i}", "user_id": "lin", "type": "login", "ts": now}))
+        for i in range(50)
+    ]
+    await send_records(topics, events[:1])
+    worker = BatchWorker(topics)
+    await worker.start()
+    try:
+        batch = {}
+        while not batch:
+            batch = await worker.consumer.getmany(timeout_ms=200, max_records=1)
+        await worker.process([record for part in batch.values() for record in part])
+        (tp,) = batch  # the partition of user lin
+        await worker.assignment.on_partitions_revoked({tp})
+        await send_records(topics, events[1:])  # applied by the worker that took it
+        await worker.assignment.on_partitions_assigned({tp})
+        while worker.consumer.highwater(tp) != len(events):
+            await worker.consumer.getmany(timeout_ms=200)
+        assert worker.consumer_lag() == {}  # unknown until it is fetched from its commit
+    finally:
+        await worker.close()

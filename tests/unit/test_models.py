@@ -148,9 +148,11 @@ async def test_an_alert_is_raised_once_and_replayed_identically() -> None:
     again = await apply_batch(attack, store, PARAMS, lambda: NOW + 1, Stages(models=models))
     assert again.outcomes["applied"] == 0 and again.alerts == first.alerts
     # Again, with a newer record of the user fetched along: the lost alerts still go out.
-    newer = records([{"event_id": "u7-v", "user_id": "u7", "type": "view", "ts": NOW, "item_id": "i2"}],
-                    start=20_000)  # fmt: skip
-    replayed = await apply_batch(attack + newer, store, PARAMS, lambda: NOW + 1, Stages(models=models))
+    view = {"event_id": "u7-v", "user_id": "u7", "type": "view", "ts": NOW, "item_id": "i2"}
+    newer = records([view], start=20_000)
+    replayed = await apply_batch(
+        attack + newer, store, PARAMS, lambda: NOW + 1, Stages(models=models)
+    )
     assert replayed.outcomes["applied"] == 1 and replayed.alerts == first.alerts
     later = records(shopper("u7", 1, NOW, rng), start=30_000)
     quiet = await apply_batch(later, store, PARAMS, lambda: NOW + 2, Stages(models=models))

@@ -258,8 +258,8 @@ def test_the_changed_fields_include_the_models_verdicts() -> None:
 def test_spend_does_not_depend_on_the_batching(amounts: list[float], cut: int) -> None:
     deliveries = []
     for i, amount in enumerate(amounts):
-        body = {"event_id": f"e{i}", "user_id": "u", "type": "purchase", "ts": NOW, "amount": amount}
-        event = decode_event(orjson.dumps(body), NOW)
+        body = {"event_id": f"e{i}", "user_id": "u", "type": "purchase", "ts": NOW}
+        event = decode_event(orjson.dumps({**body, "amount": amount}), NOW)
         assert isinstance(event, Event)
         deliveries.append(Delivery(event, 0, i))
     whole = apply_deliveries(Profile("u"), deliveries, PARAMS, NOW).profile
