@@ -11,7 +11,10 @@ one encoder call per batch. The encoder runs in a worker thread
 
 Items are remembered too: an item event with a title stores the title's vector
 under (model id, item id), so a later event for the same item that carries no
-title reuses it instead of falling back to brand and category words.
+title reuses it instead of falling back to brand and category words. "Later"
+does not depend on batching: an untitled event takes the item's latest title
+before it in its own batch first, and only without one the title remembered
+from earlier batches, so a replay split into other batches reuses the same titles.
 
 Values in the shared cache are float32 little-endian bytes, like the profile
 vectors. A value of the wrong length (another model, a corrupt write) is a miss.
@@ -214,9 +217,10 @@ async def embed_events(
 ) -> EventVectors:
     """Each event's interest vector (`vectors.event_text`), with item reuse; see the module doc.
 
-    An item event without a title takes the vector last remembered for its
-    `item_id` when there is one, and its brand and category words otherwise.
-    Events without text (logins) get no row.
+    An item event without a title takes the vector of its `item_id`'s latest
+    title: the last one before it in `events` (the pipeline passes each user's
+    events in event time), else the one remembered from earlier batches, else
+    its brand and category words. Events without text (logins) get no row.
 
     Per event this only finds a slot among the batch's distinct vectors (item
     vectors first, then texts); cache work is per distinct text or item.
@@ -229,22 +233,22 @@ async def embed_events(
     }
     items = await _lookup(list(untitled.values()), lru, shared, encoder.dim) if untitled else []
     reusable = {i: v for i, v in zip(untitled, items, strict=True) if v is not None}
-    item_slot = {item: slot for slot, item in enumerate(reusable)}
-    first_text = len(item_slot)
+    # Item id -> the slot of its latest vector so far: remembered ones first, each
+    # replaced by the item's title as the batch reaches one (text slots follow the items).
+    latest = {item: slot for slot, item in enumerate(reusable)}
+    first_text = len(latest)
     texts: dict[str, int] = {}  # distinct text -> its slot after the item vectors
-    titles: dict[str, int] = {}  # item id -> the text slot of its batch's last title
     rows: list[int] = []
     slots: list[int] = []
     reused = 0
     for i, event in enumerate(events):
         item, title = event.item_id, event.title
         if title and event.type in ITEM_TYPES:  # most events: an item's own title
-            slot = texts.setdefault(title, len(texts))
+            slot = texts.setdefault(title, len(texts)) + first_text
             if item:
-                titles[item] = slot
-            slot += first_text
-        elif item in item_slot and _reuses_item(event):
-            slot = item_slot[item]
+                latest[item] = slot
+        elif item in latest and _reuses_item(event):
+            slot = latest[item]
             reused += 1
         elif (text := event_text(event)) is not None:
             slot = texts.setdefault(text, len(texts)) + first_text
@@ -254,9 +258,8 @@ async def embed_events(
         slots.append(slot)
     lru.stats.items_reused += reused
     vectors = [*reusable.values(), *await _text_vectors(list(texts), encoder, lru, shared, ttl_s)]
-    await _remember_items(
-        titles, vectors[first_text:], model=model, lru=lru, shared=shared, ttl_s=ttl_s
-    )
+    titles = {item: slot for item, slot in latest.items() if slot >= first_text}
+    await _remember_items(titles, vectors, model=model, lru=lru, shared=shared, ttl_s=ttl_s)
     if not rows:
         nothing = np.zeros(0, dtype=np.intp)
         return EventVectors(nothing, nothing, np.zeros((0, encoder.dim), np.float32))

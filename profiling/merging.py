@@ -129,14 +129,24 @@ def _interest(
 ) -> tuple[StoredInterest | None, str | None]:
     """The merged vectors and the encoder that made them.
 
-    Vectors of different encoders are not comparable: the known user's are kept.
+    Where only one user has vectors (an account with nothing but logins), theirs
+    are the sum. Vectors of different encoders are not comparable: the known
+    user's are kept.
     """
     mine, theirs = known.interest, taken.interest
-    if mine is None or theirs is None:
-        return (mine, known.model) if mine is not None else (theirs, taken.model)
-    if known.model != taken.model or _dim(mine) != _dim(theirs) or _dim(mine) is None:
+    dim = None if mine is None else _dim(mine)
+    dim_theirs = None if theirs is None else _dim(theirs)
+    if mine is None or theirs is None or dim is None or dim_theirs is None:
+        source = taken if dim_theirs is not None or mine is None else known
+        kept = source.interest
+        if kept is not None and kept.ref_ms is None:  # decayed to a last_seen that moves on
+            kept = StoredInterest(
+                kept.vec_long, kept.vec_short, kept.log2_long, kept.log2_short, kept.sketch,
+                source.last_seen,
+            )  # fmt: skip
+        return kept, source.model
+    if known.model != taken.model or dim != dim_theirs:
         return mine, known.model
-    dim = _dim(mine) or 0
     ref_mine = mine.ref_ms if mine.ref_ms is not None else known.last_seen
     ref_theirs = theirs.ref_ms if theirs.ref_ms is not None else taken.last_seen
     ref = max(last_seen, ref_mine, ref_theirs)

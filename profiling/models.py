@@ -14,7 +14,9 @@ replayed batch (crash after the write, before the acks) sends the same alerts
 again; `alert_id` is a digest of (user_id, event_id), so consumers see one alert.
 
 `snapshot` / `restore` carry the models and the Kafka offsets they have learnt
-up to; the edge signs them (`profiling.snapshots`).
+up to; the edge signs them (`profiling.snapshots`). A restored worker keeps its
+own settings (alert threshold, segment hysteresis) and refuses a snapshot it
+cannot continue from (another format or number of segments).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from profiling.events import Event
 from profiling.profile import SCORE_THEN_NAME, Outcome, Profile
 from profiling.risk import ANOMALY, Risk, RiskModel, keep_features, risk_band
 from profiling.segments import Assignment, SegmentModel
+from profiling.snapshots import SnapshotRefusedError
 
 SNAPSHOT_FORMAT: Final = 1
 REASONS_FLOOR: Final = 0.1  # below this risk, reasons say nothing an analyst needs
@@ -271,12 +274,65 @@ class ProfileModels:
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        if state.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f"unknown model snapshot format {state.get('format')!r}")
-        self.risk, self.segments = state["risk"], state["segments"]
-        self.offsets = dict(state["offsets"])
-        self.alerts_raised = int(state.get("alerts_raised", 0))
-        self._drifts_seen = self.risk.drifts
+        """Continue from a snapshot's models under the current settings.
+
+        What the models learnt comes from the snapshot; what the settings decide
+        stays as configured: the alert threshold the risk is calibrated for, and
+        the segments' switch margin and minimum dwell. A snapshot this worker
+        cannot continue from (another format, a part missing, another number of
+        segments) raises SnapshotRefusedError and changes nothing.
+        """
+        risk, segments, offsets, alerts_raised = _snapshot_parts(state, self.segments.n_segments)
+        segments.switch_margin = self.segments.switch_margin
+        segments.min_dwell = self.segments.min_dwell
+        if getattr(risk, "calibration_threshold", None) != self.alert_threshold:
+            risk.recalibrate(self.alert_threshold)
+        self.risk, self.segments, self.offsets = risk, segments, offsets
+        self.alerts_raised = alerts_raised
+        self._drifts_seen = risk.drifts
+
+
+_FRESH: Final = "delete the snapshot to start fresh models"
+
+
+def _snapshot_parts(
+    state: object, n_segments: int
+) -> tuple[RiskModel, SegmentModel, dict[str, int], int]:
+    """The risk model, segment model, offsets and alert count of a snapshot, checked.
+
+    A signed snapshot is one this deployment wrote, but maybe by another version
+    or with other settings: what does not fit is refused, never half loaded.
+    """
+    if not isinstance(state, Mapping):
+        raise SnapshotRefusedError(f"not a model snapshot ({type(state).__name__}): {_FRESH}")
+    found = state.get("format")
+    if found != SNAPSHOT_FORMAT:
+        raise SnapshotRefusedError(
+            f"model snapshot format {found!r} is not format {SNAPSHOT_FORMAT}, which this "
+            f"version reads: run the version that wrote it, or {_FRESH}"
+        )
+    missing = [key for key in ("risk", "segments", "offsets") if key not in state]
+    if missing:
+        raise SnapshotRefusedError(f"model snapshot lacks {', '.join(missing)}: {_FRESH}")
+    risk, segments, offsets = state["risk"], state["segments"], state["offsets"]
+    alerts_raised = state.get("alerts_raised", 0)
+    for name, value, kind in (
+        ("risk", risk, RiskModel),
+        ("segments", segments, SegmentModel),
+        ("offsets", offsets, Mapping),
+        ("alerts_raised", alerts_raised, int),
+    ):
+        if not isinstance(value, kind):
+            raise SnapshotRefusedError(
+                f"model snapshot holds a {type(value).__name__} as {name}: {_FRESH}"
+            )
+    if segments.n_segments != n_segments:
+        raise SnapshotRefusedError(
+            f"model snapshot has {segments.n_segments} segments, the settings ask for "
+            f"{n_segments}: set PROFILER_SEGMENTS={segments.n_segments} to continue from it, "
+            f"or {_FRESH}"
+        )
+    return risk, segments, dict(offsets), alerts_raised
 
 
 def _top_category(profile: Profile) -> str | None:

@@ -26,7 +26,8 @@ MIN_SECRET_BYTES: Final = 16
 
 
 class SnapshotRefusedError(ProfilerError):
-    """A model snapshot failed its signature check (or is not a snapshot): it was not loaded."""
+    """A model snapshot was not loaded: it failed its signature check, is not a snapshot,
+    or does not fit this worker (another format, a part missing, another segment count)."""
 
 
 def _check_secret(secret: bytes) -> None:

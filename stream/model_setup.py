@@ -60,8 +60,9 @@ async def restore_models(models: ProfileModels, client: aioredis.Redis, settings
     """Load the group's snapshot into `models`; True when one was restored.
 
     Raises SnapshotRefusedError when a snapshot exists but its signature does not
-    verify: starting with fresh models would silently discard what was learnt,
-    and loading it would run untrusted code.
+    verify (starting with fresh models would silently discard what was learnt,
+    and loading it would run untrusted code), or when these models cannot
+    continue from it (another format or number of segments).
     """
     secret = _secret(settings)
     blob = await client.get(snapshot_key(settings.group_id))
@@ -74,9 +75,9 @@ async def restore_models(models: ProfileModels, client: aioredis.Redis, settings
         return False
     try:
         models.restore(verified_load(_bytes(blob), secret))
-    except SnapshotRefusedError:
+    except SnapshotRefusedError as exc:
         metrics.MODEL_SNAPSHOTS.labels("refused").inc()
-        raise
+        raise SnapshotRefusedError(f"{exc} (Redis key {snapshot_key(settings.group_id)})") from exc
     metrics.MODEL_SNAPSHOTS.labels("restored").inc()
     log.info("models restored: %s", describe_offsets(models))
     return True

@@ -201,6 +201,28 @@ async def test_a_titled_event_keeps_its_own_title_beside_an_untitled_one() -> No
     np.testing.assert_array_equal(got.vectors, np.stack([old, new]))
 
 
+async def test_an_untitled_event_takes_its_batchs_earlier_title_before_the_remembered_one() -> None:
+    """The title an untitled event reuses is the item's latest before it, whatever the batches."""
+    encoder, lru = CountingEncoder(), EmbeddingLRU()
+    await embed_events([event(0, "view", item_id="i1", title="Old kettle")], encoder, lru)
+    batch = [
+        event(1, "add_to_cart", item_id="i1"),  # before the rename: the remembered title
+        event(2, "view", item_id="i1", title="New kettle"),
+        event(3, "purchase", item_id="i1", amount=20.0),  # after it: this batch's title
+        event(4, "add_to_cart", item_id="i2", category="kitchen.toaster"),  # titled only later
+        event(5, "view", item_id="i2", title="Steel toaster"),
+        event(6, "remove_from_cart", item_id="i2"),
+    ]
+    got = await embed_events(batch, encoder, lru)
+    kettle, toaster = ["Old kettle", "New kettle", "New kettle"], ["kitchen toaster"]
+    expected = encoder.inner.encode([*kettle, *toaster, "Steel toaster", "Steel toaster"])
+    np.testing.assert_array_equal(got.vectors, expected)
+    assert lru.stats.items_reused == 3
+    # The batch's last title is what the next batch remembers.
+    later = await embed_events([event(7, "click", item_id="i1")], encoder, lru)
+    np.testing.assert_array_equal(later.vectors[0], expected[1])
+
+
 async def test_repeated_views_do_not_rewrite_the_shared_item_entry() -> None:
     shared, encoder, lru = InMemoryEmbeddingCache(), CountingEncoder(), EmbeddingLRU()
     view = event(0, "view", item_id="i1", title="Kettle")

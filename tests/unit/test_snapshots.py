@@ -6,9 +6,12 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from profiling.models import ProfileModels
+from profiling.models import SNAPSHOT_FORMAT, ProfileModels
+from profiling.risk import Calibration
+from profiling.segments import SegmentModel
 from profiling.snapshots import SnapshotRefusedError, sign, verified_load
 
 SECRET = b"a-deployment-secret-of-32-bytes!"
@@ -37,6 +40,85 @@ def test_signed_models_come_back_and_score_the_same() -> None:
     a = models.risk.score(FEATURES, learn=False)
     b = restored.risk.score(FEATURES, learn=False)
     assert a == b
+
+
+def trained(
+    threshold: float, n_segments: int, switch_margin: float, min_dwell: int
+) -> ProfileModels:
+    models = ProfileModels(
+        segments=SegmentModel(
+            n_segments=n_segments, switch_margin=switch_margin, min_dwell=min_dwell
+        ),
+        alert_threshold=threshold,
+    )
+    for i in range(50):
+        models.risk.score({**FEATURES, "amount_log": float(i % 7)})
+    models.advance("fraud-labels", 2, 41)
+    return models
+
+
+def test_a_restored_snapshot_keeps_the_current_threshold_and_hysteresis() -> None:
+    """The snapshot brings what was learnt; the settings of the restarted worker still hold."""
+    saved = trained(0.8, 8, switch_margin=0.8, min_dwell=3)
+    blob = sign(saved.snapshot(), SECRET)
+    restored = trained(0.5, 8, switch_margin=0.5, min_dwell=10)
+    restored.restore(verified_load(blob, SECRET))
+    assert restored.offsets == {"fraud-labels:2": 41}
+    assert restored.risk.calibration_threshold == restored.alert_threshold == 0.5
+    share = restored.risk.anomaly_alert_share
+    assert restored.risk.calibration.gamma == Calibration.for_share(share, 0.5).gamma
+    segments = restored.segments
+    assert (segments.n_segments, segments.switch_margin, segments.min_dwell) == (8, 0.5, 10)
+    # Scored as the saved models recalibrated for the new threshold: the learnt state is kept.
+    expected = verified_load(blob, SECRET)["risk"]
+    expected.recalibrate(0.5)
+    assert restored.risk.score(FEATURES, learn=False) == expected.score(FEATURES, learn=False)
+    np.testing.assert_array_equal(segments.centres(), saved.segments.centres())
+
+
+def test_a_snapshot_at_the_same_threshold_is_not_recalibrated() -> None:
+    saved = trained(0.7, 8, switch_margin=0.8, min_dwell=3)
+    restored = ProfileModels(alert_threshold=0.7)
+    restored.restore(verified_load(sign(saved.snapshot(), SECRET), SECRET))
+    assert restored.risk.calibration.gamma == saved.risk.calibration.gamma
+
+
+def _without(key: str) -> Any:
+    return lambda state: {k: v for k, v in state.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        pytest.param(
+            lambda state: state | {"format": SNAPSHOT_FORMAT + 1},
+            f"format {SNAPSHOT_FORMAT + 1}",
+            id="another format",
+        ),
+        pytest.param(_without("format"), "format None", id="no format"),
+        pytest.param(_without("segments"), "lacks segments", id="no segments"),
+        pytest.param(_without("risk"), "lacks risk", id="no risk"),
+        pytest.param(_without("offsets"), "lacks offsets", id="no offsets"),
+        pytest.param(lambda state: state | {"risk": {}}, "dict as risk", id="wrong part"),
+        pytest.param(lambda state: state | {"offsets": 3}, "int as offsets", id="bad offsets"),
+        pytest.param(list, "not a model snapshot", id="not a mapping"),
+        pytest.param(
+            lambda state: state | {"segments": SegmentModel(n_segments=4)},
+            "4 segments, the settings ask for 8",
+            id="another segment count",
+        ),
+    ],
+)
+def test_a_snapshot_that_does_not_fit_is_refused_and_changes_nothing(
+    change: Any, message: str
+) -> None:
+    """Signed, so ours, but of another version or settings: one clear refusal, no traceback."""
+    state = change(trained(0.8, 8, switch_margin=0.8, min_dwell=3).snapshot())
+    models = ProfileModels()
+    risk, segments = models.risk, models.segments
+    with pytest.raises(SnapshotRefusedError, match=message):
+        models.restore(verified_load(sign(state, SECRET), SECRET))
+    assert models.risk is risk and models.segments is segments and models.offsets == {}
 
 
 @pytest.mark.parametrize(

@@ -428,3 +428,39 @@ async def test_the_model_gives_the_same_vectors_however_the_batches_split(
     for one, other in zip(whole, split, strict=True):
         assert one is not None and other is not None
         np.testing.assert_allclose(decode_vector(one), decode_vector(other), atol=1e-5)
+
+
+@pytest.mark.parametrize("cuts", [[1], [2], [3], [1, 4], [2, 3, 5]])
+async def test_untitled_item_events_reuse_the_same_titles_however_the_batches_split(
+    cuts: list[int],
+) -> None:
+    """An untitled event takes its item's latest title before it, in its batch or an earlier one."""
+    events: list[tuple[str, dict[str, object]]] = [
+        ("view", {"item_id": "sku-1", "title": "Garmin Forerunner 55 running watch"}),
+        ("add_to_cart", {"item_id": "sku-1", "category": "kitchen.blender"}),
+        ("purchase", {"item_id": "sku-2", "amount": 9.5, "category": "garden.grill"}),
+        ("view", {"item_id": "sku-2", "title": "Weber kettle grill"}),
+        ("view", {"item_id": "sku-1", "title": "Garmin Forerunner 55, black"}),
+        ("click", {"item_id": "sku-1", "brand": "Garmin"}),
+        ("add_to_cart", {"item_id": "sku-2"}),
+    ]
+    batch = [
+        shop_record(i, "u1", kind, T0 + i * 60_000, **fields)
+        for i, (kind, fields) in enumerate(events)
+    ]
+
+    async def vectors(parts: list[list[Record]]) -> tuple[bytes | None, bytes | None]:
+        store = InMemoryProfileStore()
+        model = InterestModel(HashingEncoder(dim=DIM), EmbeddingLRU(), params=PARAMS)
+        for part in parts:
+            await apply_batch(part, store, ProfileParams(), lambda: T0, Stages(interests=model))
+        interest = (await store.load(["u1"]))["u1"].interest
+        assert interest is not None
+        return interest.vec_long, interest.vec_short
+
+    whole = await vectors([batch])
+    bounds = [0, *cuts, len(batch)]
+    split = await vectors([batch[a:b] for a, b in itertools.pairwise(bounds)])
+    for one, other in zip(whole, split, strict=True):
+        assert one is not None and other is not None
+        np.testing.assert_allclose(decode_vector(one), decode_vector(other), atol=1e-5)
