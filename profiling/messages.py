@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from profiling import jsonout
 from profiling.events import Rejection
@@ -43,6 +43,11 @@ def change_message(
     return jsonout.dumps(body)
 
 
+# Below aiokafka's and Kafka's default request and message limits (1 MiB), with room
+# for the key: a dead letter the broker refused would be retried for ever.
+DEAD_LETTER_MAX_BYTES: Final = 1_000_000
+
+
 def dead_letter(
     rejection: Rejection,
     *,
@@ -53,7 +58,12 @@ def dead_letter(
     value: bytes | None,
     now_ms: int,
 ) -> bytes:
-    """A `dead_letter.v1` body: why a record was refused and the record itself, intact."""
+    """A `dead_letter.v1` body: why a record was refused and the record itself, intact.
+
+    Only a value that would take the dead letter past `DEAD_LETTER_MAX_BYTES` is
+    left out (`value_encoding` "omitted"; the detail says so): the record is then
+    read at its topic, partition and offset, while the topic keeps it.
+    """
     value_text, encoding = _as_text(value)
     key_text, key_encoding = _as_text(key)
     body = {
@@ -68,6 +78,13 @@ def dead_letter(
         "value": value_text,
         "value_encoding": encoding,
     }
+    document = jsonout.dumps(body)
+    if len(document) <= DEAD_LETTER_MAX_BYTES or value is None:
+        return document
+    note = f" (the {len(value)}-byte value is left out: too large for a dead letter)"
+    body.update(
+        detail=rejection.detail[: 1000 - len(note)] + note, value=None, value_encoding="omitted"
+    )
     return jsonout.dumps(body)
 
 
@@ -75,6 +92,10 @@ def _as_text(raw: bytes | None) -> tuple[str | None, str]:
     if raw is None:
         return None, "text"
     try:
-        return raw.decode("utf-8"), "text"
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return base64.b64encode(raw).decode("ascii"), "base64"
+    # Control characters take six bytes each in JSON: text full of them goes as base64.
+    if len(jsonout.dumps(text)) > 4 * (len(raw) + 2) // 3 + 2:
+        return base64.b64encode(raw).decode("ascii"), "base64"
+    return text, "text"

@@ -7,11 +7,13 @@ checks generated events, and single-rule breakages of them, against both.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 import jsonschema_rs
 import msgspec
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -32,6 +34,7 @@ from profiling.events import (
     forwarded_event,
 )
 from profiling.labels import Label, decode_label
+from profiling.messages import DEAD_LETTER_MAX_BYTES, dead_letter
 from tests.corpus import CASES, NOW_MS, Case, encode
 from tests.schemas import SCHEMA_DIR, load_schema, schema_accepts, validator
 
@@ -122,6 +125,34 @@ def test_schema_files_are_the_six_contracts() -> None:
 
 def test_dead_letter_error_codes_are_the_decoders() -> None:
     assert load_schema("dead_letter.v1")["properties"]["error"]["enum"] == list(ERROR_CODES)
+
+
+@pytest.mark.parametrize(
+    ("value", "encoding"),
+    [
+        (b'{"type":"view","title":"\\"quoted\\""}', "text"),
+        ("é".encode() * 100, "text"),
+        (b"\x01" * 200_000, "base64"),  # 6 bytes each as JSON text: 1.2 MB
+        (b"\xff\xfe", "base64"),
+        (b"x" * 2_000_000, "omitted"),  # no broker would take the dead letter
+    ],
+)
+def test_a_dead_letter_carries_its_record_within_a_brokers_message_limit(
+    value: bytes, encoding: str
+) -> None:
+    body = dead_letter(
+        Rejection("too_large", "record too large"),
+        topic="behavior-events", partition=3, offset=7, key=b"u", value=value, now_ms=NOW_MS,
+    )  # fmt: skip
+    assert len(body) <= DEAD_LETTER_MAX_BYTES
+    letter = orjson.loads(body)
+    validator("dead_letter.v1").validate(letter)
+    assert letter["value_encoding"] == encoding
+    if encoding == "omitted":
+        assert letter["value"] is None and "left out" in letter["detail"]
+    else:
+        written = letter["value"].encode()
+        assert (written if encoding == "text" else base64.b64decode(written)) == value
 
 
 _DEEP = b"[" * 5000 + b"]" * 5000
