@@ -139,7 +139,10 @@ class TransformerEncoder:
     bf16 is unsupported) and the CPU otherwise (float32); pass `device` and
     `dtype` to override. `token_budget` and `max_batch` bound each forward pass
     (padded tokens, rows); unset, they take the device's default (`CPU_BATCH`,
-    `GPU_BATCH`). Texts are cut to `max_tokens` tokens, special tokens included.
+    `GPU_BATCH`). A device this torch cannot use is an `EncoderUnavailableError`.
+    Texts are cut to `max_tokens` tokens, special tokens included, or to the
+    model's own limit where that is lower (`model_max_tokens`: 512 for MiniLM,
+    whose forward pass fails on longer input); `max_tokens` says which was taken.
 
     `int8=True` applies dynamic int8 quantisation to the linear layers, on the
     CPU only, and keeps it only if every probe text's vector stays within
@@ -186,8 +189,8 @@ class TransformerEncoder:
         folder = Path(path) if path is not None else minilm_path()
         self.model_id = model_id or (MINILM_ID if path is None else folder.name)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        _check_device(torch, self.device)
         default_budget, default_batch = GPU_BATCH if self.device.startswith("cuda") else CPU_BATCH
-        self.max_tokens = max_tokens
         self.token_budget = token_budget or default_budget
         self.max_batch = max_batch or default_batch
         self.dedupe = dedupe
@@ -196,10 +199,11 @@ class TransformerEncoder:
         self._torch = torch
         self._lock = threading.Lock()
         self._tokenizer, self._model = _load(transformers, folder)
+        self.max_tokens = min(max_tokens, model_max_tokens(self._tokenizer, self._model))
         self.precision = dtype or _default_dtype(torch, self.device)
         self._model.to(device=self.device, dtype=getattr(torch, self.precision))
         self._pad_id = int(self._tokenizer.pad_token_id or 0)
-        self._fast = _truncating_backend(self._tokenizer, max_tokens)
+        self._fast = _truncating_backend(self._tokenizer, self.max_tokens)
         self.dim = int(self._model.config.hidden_size)
         self.tokenize_seconds = 0.0
         """Seconds spent tokenising, summed over calls (see `forward_seconds`); with
@@ -356,6 +360,42 @@ def _load(transformers: Any, folder: Path) -> tuple[Any, Any]:
             transformers.utils.logging.enable_progress_bar()
     model.eval()
     return tokenizer, model
+
+
+def _check_device(torch: Any, device: str) -> None:
+    """`EncoderUnavailableError` when this torch cannot run on `device` (cuda[:n], mps):
+    torch itself fails only at the first tensor moved there, with no word of the setting."""
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count <= int(index or 0):
+            found = f"{count} CUDA device(s)" if torch.version.cuda else "torch built without CUDA"
+            raise EncoderUnavailableError(
+                f"device {device} (PROFILER_DEVICE) is not available here ({found}): "
+                "use cpu, or leave it unset for CUDA when there is one"
+            )
+    elif kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise EncoderUnavailableError(
+                f"device {device} (PROFILER_DEVICE) is not available here (no Apple MPS): "
+                "use cpu, or leave it unset"
+            )
+
+
+# At or above this, a tokenizer's model_max_length is transformers' "unknown" (1e30).
+_NO_LIMIT: Final = 1 << 30
+
+
+def model_max_tokens(tokenizer: Any, model: Any) -> int:
+    """The most tokens `model` takes in one text: its position embeddings, and the
+    tokenizer's `model_max_length` where that is set (a RoBERTa-like model spends two
+    positions on padding, which only that says). Longer input fails in the forward pass."""
+    limits = [int(getattr(model.config, "max_position_embeddings", 0) or 0)]
+    known = getattr(tokenizer, "model_max_length", None)
+    if isinstance(known, int) and 0 < known < _NO_LIMIT:
+        limits.append(known)
+    return min((limit for limit in limits if limit > 0), default=_NO_LIMIT)
 
 
 def _truncating_backend(tokenizer: Any, max_tokens: int) -> Any:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from stream.settings import Settings
 
@@ -21,8 +23,14 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 topics_app = typer.Typer(help="Manage the topics profiler reads and writes.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 # soft_wrap: a message is one line whatever the width (80 columns when not a terminal),
-# so errors, summaries and log scrapers see whole lines.
-console = Console(stderr=True, soft_wrap=True)
+# so errors, summaries and log scrapers see whole lines. emoji: a value such as
+# `h:abc:` is printed as it is, not as an emoji.
+console = Console(stderr=True, soft_wrap=True, emoji=False)
+
+
+def _error(message: str) -> None:
+    """`error: message` on one line; what the message quotes is never read as markup."""
+    console.print(f"[red]error:[/] {escape(message)}")
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -32,27 +40,38 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         for error in exc.errors():
             name = "PROFILER_" + "_".join(str(p) for p in error["loc"]).upper()
-            console.print(f"[red]error:[/] {name}: {error['msg']}")
+            _error(f"{name}: {error['msg']}")
         raise typer.Exit(2) from None
 
 
 T = TypeVar("T")
+# Kafka counts a topic's partitions in a signed 32-bit field.
+MAX_PARTITIONS = 2**31 - 1
 
 
-def _with_servers(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
-    """Run `work`; a broker or Redis it cannot reach is one line naming the setting."""
+def _with_servers(
+    settings: Settings, work: Coroutine[Any, Any, T], server: Literal["redis", "broker"]
+) -> T:
+    """Run `work`, which reaches `server`; a setting of that server it cannot even use
+    (see `stream.preflight`), or a server it cannot reach, is one line naming the setting."""
     from aiokafka.errors import KafkaError
     from redis.exceptions import RedisClusterException, RedisError
 
-    from stream.preflight import broker_setting, redis_setting
+    from stream.preflight import StartupError, broker_setting, check_settings, redis_setting
 
+    try:
+        check_settings(settings, redis=server == "redis", broker=server == "broker")
+    except StartupError as exc:
+        work.close()  # never started
+        _error(str(exc))
+        raise typer.Exit(2) from None
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its refusals: the line below
     try:
         return asyncio.run(work)
     except (RedisError, RedisClusterException) as exc:
-        console.print(f"[red]error:[/] Redis at {redis_setting(settings)}: {exc}")
+        _error(f"Redis at {redis_setting(settings)}: {exc}")
     except KafkaError as exc:
-        console.print(f"[red]error:[/] the broker at {broker_setting(settings)}: {exc}")
+        _error(f"the broker at {broker_setting(settings)}: {exc}")
     raise typer.Exit(2)
 
 
@@ -78,6 +97,8 @@ def run(
     """Start a worker (configuration from PROFILER_* environment variables)."""
     _configure_logging(verbose)
     settings = load_settings()
+    if stats_json is not None:
+        _check_writable(stats_json, "--stats-json")  # now, not when the run is over
     from aiokafka.errors import KafkaError
     from redis.exceptions import RedisError
 
@@ -86,7 +107,7 @@ def run(
     try:
         asyncio.run(check_servers(settings))  # before the encoder and models load
     except StartupError as exc:
-        console.print(f"[red]error:[/] cannot start the worker: {exc}")
+        _error(f"cannot start the worker: {exc}")
         raise typer.Exit(1) from None
     from profiling.snapshots import SnapshotRefusedError
     from stream.runner import run_worker
@@ -94,10 +115,10 @@ def run(
     try:
         stats = asyncio.run(run_worker(settings, until_idle))
     except (StartupError, SnapshotRefusedError) as exc:
-        console.print(f"[red]error:[/] cannot start the worker: {exc}")
+        _error(f"cannot start the worker: {exc}")
         raise typer.Exit(1) from None
     except (KafkaError, RedisError, OSError) as exc:  # after it started: it stopped on this
-        console.print(f"[red]error:[/] the worker stopped: {exc}")
+        _error(f"the worker stopped: {exc}")
         raise typer.Exit(1) from None
     rate = f", {stats.records / stats.busy_s:,.0f} records/s while busy" if stats.busy_s else ""
     console.print(
@@ -106,7 +127,26 @@ def run(
         f"writes{rate}"
     )
     if stats_json is not None:
-        stats_json.write_bytes(orjson.dumps(stats.summary(), option=orjson.OPT_INDENT_2))
+        try:
+            stats_json.write_bytes(orjson.dumps(stats.summary(), option=orjson.OPT_INDENT_2))
+        except OSError as exc:  # the folder went away during the run, the disk filled
+            _error(f"--stats-json {stats_json}: {exc}")
+            raise typer.Exit(1) from None
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """One line and exit 2 unless `path` is a file that can be written in an existing folder."""
+    folder = path.parent
+    if path.is_dir():
+        why = "is a folder"
+    elif not folder.is_dir():
+        why = f"no folder {folder}"
+    elif not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        why = "not writable"
+    else:
+        return
+    _error(f"{option} {path}: {why}")
+    raise typer.Exit(2)
 
 
 @app.command()
@@ -116,17 +156,21 @@ def profile(user_id: str) -> None:
     from stream.lookup import read_profile_json
 
     body = _with_servers(
-        settings, read_profile_json(settings.redis_url, user_id, cluster=settings.redis_cluster)
+        settings,
+        read_profile_json(settings.redis_url, user_id, cluster=settings.redis_cluster),
+        "redis",
     )
     if body is None:
-        console.print(f"no profile for user {user_id!r}")
+        console.print(f"no profile for user {user_id!r}", markup=False)
         raise typer.Exit(1)
     sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 @topics_app.command("create")
 def topics_create(
-    partitions: Annotated[int, typer.Option(min=1, help="partitions per topic")] = 6,
+    partitions: Annotated[
+        int, typer.Option(min=1, max=MAX_PARTITIONS, help="partitions per topic")
+    ] = 6,
 ) -> None:
     """Create the six topics (existing ones are left as they are)."""
     settings = load_settings()
@@ -134,9 +178,9 @@ def topics_create(
 
     topics = default_topics(settings, partitions)
     try:
-        _with_servers(settings, create_topics(settings.kafka_bootstrap, topics))
+        _with_servers(settings, create_topics(settings.kafka_bootstrap, topics), "broker")
     except DevStackError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        _error(str(exc))
         raise typer.Exit(2) from None
     for name, count in topics.items():
         console.print(f"{name}: {count} partitions")
@@ -160,19 +204,19 @@ def produce(
     for pair in map_ or []:
         name, sep, column = pair.partition("=")
         if not sep or not name or not column:
-            console.print(f"[red]error:[/] --map takes FIELD=COLUMN, got {pair!r}")
+            _error(f"--map takes FIELD=COLUMN, got {pair!r}")
             raise typer.Exit(2)
         mapping[name] = column
     from stream.producing import produce_file
 
     try:
         report = _with_servers(
-            settings, produce_file(settings, file, preset, mapping or None, limit)
+            settings, produce_file(settings, file, preset, mapping or None, limit), "broker"
         )
     except (OSError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        _error(str(exc))
         raise typer.Exit(2) from None
-    console.print(report)
+    console.print(report, markup=False)
 
 
 @app.command()
@@ -186,7 +230,7 @@ def merge(from_user_id: str, user_id: str) -> None:
     """Ask the workers to merge a user's profile (an anonymous id) into another's, then
     erase the first."""
     if from_user_id == user_id:
-        console.print("[red]error:[/] a merge needs two different users")
+        _error("a merge needs two different users")
         raise typer.Exit(2)
     body = {"command": "merge", "from_user_id": from_user_id, "user_id": user_id}
     _send_command(body, f"a merge of {from_user_id!r} into {user_id!r}")
@@ -202,18 +246,20 @@ def _send_command(body: dict[str, str], what: str) -> None:
     value = orjson.dumps(body)
     verdict = decode_command(value)
     if isinstance(verdict, Rejection):
-        console.print(f"[red]error:[/] not a valid command: {verdict.detail}")
+        _error(f"not a valid command: {verdict.detail}")
         raise typer.Exit(2)
     from stream.producing import send_records
 
     record = (body["user_id"].encode(), value)
-    _with_servers(settings, send_records(settings, [record], settings.topic_commands))
-    console.print(f"sent {what} to {settings.topic_commands}")
+    _with_servers(settings, send_records(settings, [record], settings.topic_commands), "broker")
+    console.print(f"sent {what} to {settings.topic_commands}", markup=False)
 
 
 @app.command("dev-stack")
 def dev_stack(
-    partitions: Annotated[int, typer.Option(min=1, help="partitions per topic")] = 6,
+    partitions: Annotated[
+        int, typer.Option(min=1, max=MAX_PARTITIONS, help="partitions per topic")
+    ] = 6,
 ) -> None:
     """Start a local broker and redis-server, print the PROFILER_* lines, wait for Ctrl-C."""
     from stream.devstack import DevStack
@@ -254,9 +300,10 @@ def demo(
     """Start a local broker and Redis, stream a synthetic shop through a worker, summarise."""
     _configure_logging(False)
     logging.getLogger().setLevel(logging.WARNING)
-    from stream.demo import run_demo
+    from stream.demo import QUICK_GROUPS, run_demo
 
-    run_demo(users=users, events=events, seed=seed, console=Console())
+    settings = load_settings(**QUICK_GROUPS)
+    run_demo(settings, users=users, events=events, seed=seed, console=Console())
 
 
 @app.command()
@@ -266,20 +313,43 @@ def status(
     ] = None,
 ) -> None:
     """Ask a running worker whether it is ready: broker, Redis, partitions, lag."""
+    import http.client
     import urllib.error
     import urllib.request
 
-    base = url or f"http://localhost:{load_settings().web_port}"
+    base = _worker_url(url) if url else f"http://localhost:{load_settings().web_port}"
     try:
         with urllib.request.urlopen(f"{base}/ready", timeout=5) as reply:
             body, code = reply.read(), reply.status
     except urllib.error.HTTPError as exc:
         body, code = exc.read(), exc.code
-    except OSError as exc:
-        console.print(f"[red]unreachable:[/] {base} ({exc})")
+    except (OSError, http.client.HTTPException) as exc:  # HTTPException: no HTTP spoken
+        console.print(f"[red]unreachable:[/] {escape(f'{base} ({exc})')}")
         raise typer.Exit(2) from None
-    sys.stdout.write(orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2).decode() + "\n")
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        _error(f"{base}/ready answered HTTP {code} without JSON: not a profiler worker")
+        raise typer.Exit(2) from None
+    sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")
     raise typer.Exit(0 if code == 200 else 1)
+
+
+def _worker_url(url: str) -> str:
+    """`url` without a trailing slash, if it is an http(s) URL with a host; else one line."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError for a port that is no number, or out of range
+    except ValueError as exc:
+        why = str(exc)
+    else:
+        if parts.scheme in ("http", "https") and parts.hostname and port != 0:
+            return url.rstrip("/")
+        why = "it takes http:// or https://, a host and an optional port"
+    _error(f"--url {url}: not a worker URL ({why})")
+    raise typer.Exit(2)
 
 
 @app.command()
@@ -290,9 +360,9 @@ def segments() -> None:
 
     settings = load_settings()
     try:
-        rows = _with_servers(settings, segment_report(settings))
+        rows = _with_servers(settings, segment_report(settings), "redis")
     except (SnapshotRefusedError, OSError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        _error(str(exc))
         raise typer.Exit(2) from None
     total = sum(size for _, size, _ in rows) or 1
     for segment, size, words in rows:

@@ -35,6 +35,8 @@ from stream.worker import BatchWorker, WorkerStats, wall_clock_ms
 HOUR_MS = 3_600_000
 MALFORMED_RATIO = 0.005
 DUPLICATE_RATIO = 0.01
+# Tansu holds a group join for about half the session timeout: keep it short here.
+QUICK_GROUPS = {"kafka_session_timeout_ms": 3000, "kafka_heartbeat_interval_ms": 300}
 
 
 @dataclass
@@ -45,12 +47,13 @@ class Feed:
     done: bool = False
 
 
-def run_demo(users: int, events: int, seed: int, console: Console) -> None:
-    """Start the stack, stream the shop, print the summary; stop everything on the way out."""
+def run_demo(base_settings: Settings, users: int, events: int, seed: int, console: Console) -> None:
+    """Start the stack, stream the shop, print the summary; stop everything on the way out.
+
+    `base_settings` (loaded with `QUICK_GROUPS`) gets the stack's servers in place of its own.
+    """
     console.print("starting a local Kafka-compatible broker (Tansu) and redis-server ...")
-    # Tansu holds a group join for about half the session timeout: keep it short here.
-    quick_groups = Settings(kafka_session_timeout_ms=3000, kafka_heartbeat_interval_ms=300)
-    with DevStack(quick_groups, partitions=4) as stack:
+    with DevStack(base_settings, partitions=4) as stack:
         settings = stack.settings()
         console.print(f"broker {settings.kafka_bootstrap}, redis {settings.redis_url}")
         asyncio.run(_stream_shop(settings, users, events, seed, console))

@@ -6,14 +6,22 @@ is found here first, in well under a second, and the error names the
 setting; topics the broker does not have are named in a warning. The
 worker's own start checks the same servers again: this is for the
 operator's sake, not a guarantee that they stay up.
+
+`redis_client` and `broker_options` are the checks that need no server (a URL
+redis-py refuses, a bootstrap list with a bad port, a CA bundle that cannot be
+read); the commands that only reach one server run them before they start.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import redis.asyncio as aioredis
 from aiokafka.client import AIOKafkaClient
+from aiokafka.conn import get_ip_port_afi
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -35,22 +43,14 @@ class StartupError(ProfilerError):
 
 async def check_servers(settings: Settings) -> None:
     """Raise `StartupError` naming the setting when Redis or the broker cannot be reached."""
-    where = redis_setting(settings)
-    try:
-        client = connect(settings.redis_url, cluster=settings.redis_cluster)
-    except ValueError as exc:  # redis-py's verdict on the URL itself
-        raise StartupError(f"{where}: {exc}") from exc
+    client = redis_client(settings)
     try:
         await client.ping()
     except (RedisError, RedisClusterException, OSError) as exc:
-        raise StartupError(f"Redis at {where} is unreachable: {exc}") from exc
+        raise StartupError(f"Redis at {redis_setting(settings)} is unreachable: {exc}") from exc
     finally:
         await client.aclose()
-    try:
-        options = kafka.security_options(settings)
-    except (OSError, ValueError) as exc:  # the CA bundle cannot be read
-        raise StartupError(f"PROFILER_KAFKA_SSL_CAFILE={settings.kafka_ssl_cafile}: {exc}") from exc
-    broker = AIOKafkaClient(**options, request_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
+    broker = AIOKafkaClient(**broker_options(settings), request_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # it logs each refused address; the error below says it
@@ -84,6 +84,43 @@ async def check_servers(settings: Settings) -> None:
         )  # fmt: skip
 
 
+def redis_client(settings: Settings) -> aioredis.Redis:
+    """The Redis client of `PROFILER_REDIS_URL` (not connected yet); `StartupError` naming
+    the setting when redis-py refuses the URL itself (a scheme, a port out of range)."""
+    try:
+        return connect(settings.redis_url, cluster=settings.redis_cluster)
+    except ValueError as exc:
+        raise StartupError(f"{redis_setting(settings)}: {exc}") from exc
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    """The Kafka clients' connection options; `StartupError` naming the setting when a
+    bootstrap address is no host:port or the CA bundle cannot be read."""
+    for address in settings.kafka_bootstrap.split(","):
+        try:  # how aiokafka reads it, only when it first connects
+            host, port, _ = get_ip_port_afi(address)
+        except ValueError:
+            host, port = "", 0
+        if not host or not 0 < port < 1 << 16:
+            raise StartupError(
+                f"{broker_setting(settings)}: {address.strip()!r} is not a host:port "
+                "(a comma-separated list of them)"
+            )
+    try:
+        return kafka.security_options(settings)
+    except (OSError, ValueError) as exc:  # the CA bundle is missing or no certificate
+        raise StartupError(f"PROFILER_KAFKA_SSL_CAFILE={settings.kafka_ssl_cafile}: {exc}") from exc
+
+
+def check_settings(settings: Settings, *, redis: bool, broker: bool) -> None:
+    """`StartupError` naming the setting when the Redis URL (`redis`) or the broker's
+    options (`broker`) cannot even be used; reaches no server."""
+    if redis:
+        redis_client(settings)  # built only to parse the URL: it has no connection to close
+    if broker:
+        broker_options(settings)
+
+
 def redis_setting(settings: Settings) -> str:
     """`PROFILER_REDIS_URL=...` as errors show it (without a password)."""
     return f"PROFILER_REDIS_URL={redacted(settings.redis_url)}"
@@ -96,7 +133,10 @@ def broker_setting(settings: Settings) -> str:
 
 def redacted(url: str) -> str:
     """`url` with its password, if any, shown as `***` (it goes to logs and terminals)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # one urllib cannot read (an unclosed `[`) may still hold a password
+        return re.sub(r"(://[^:/@]*:).*@", r"\1***@", url)
     userinfo, at, hostport = parts.netloc.rpartition("@")
     if not at or ":" not in userinfo:
         return url

@@ -15,12 +15,19 @@ from profiling.snapshots import MIN_SECRET_BYTES
 
 # Kafka's rule for topic names: 1 to 249 of these characters.
 TOPIC_NAME = r"^[A-Za-z0-9._-]{1,249}$"
+# The longest duration a setting takes: 100 years. Redis refuses an expiry whose
+# milliseconds, added to the current time, overflow 64 bits; this stays far below.
+MAX_DAYS = 36_500
+MAX_SECONDS = MAX_DAYS * 86_400
 
 
 class Settings(BaseSettings):
     """Everything a worker reads from its environment (prefix `PROFILER_`)."""
 
-    model_config = SettingsConfigDict(env_prefix="PROFILER_", frozen=True, extra="ignore")
+    # allow_inf_nan: no float setting means anything infinite or NaN (inf days, nan seconds)
+    model_config = SettingsConfigDict(
+        env_prefix="PROFILER_", frozen=True, extra="ignore", allow_inf_nan=False
+    )
 
     # Connections
     kafka_bootstrap: str = Field(
@@ -89,7 +96,7 @@ class Settings(BaseSettings):
 
     # Profile semantics
     category_half_life_days: float = Field(
-        14.0, gt=0, description="half-life of category affinity, in event-time days"
+        14.0, gt=0, le=MAX_DAYS, description="half-life of category affinity, in event-time days"
     )
     category_slots: int = Field(
         64, ge=10, description="categories tracked per user (top 10 are published)"
@@ -98,10 +105,16 @@ class Settings(BaseSettings):
         2048, ge=16, description="recent event_ids remembered per user for de-duplication"
     )
     heartbeat_s: float = Field(
-        60.0, ge=0, description="publish a counters-only change at most this often per user"
+        60.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description="publish a counters-only change at most this often per user",
     )
     profile_ttl_s: int = Field(
-        0, ge=0, description="expire profiles inactive this long (seconds); 0 keeps them"
+        0,
+        ge=0,
+        le=MAX_SECONDS,
+        description="expire profiles inactive this long (seconds); 0 keeps them",
     )
     profile_cache_users: int = Field(
         20_000,
@@ -120,16 +133,25 @@ class Settings(BaseSettings):
         pattern=r"^(cpu|cuda(:[0-9]+)?|mps)$",
         description="encoder device (cpu, cuda, cuda:1); unset or auto: CUDA when there is one",
     )
-    encoder_max_tokens: int = Field(128, ge=2, description="texts are cut to this many tokens")
-    vector_long_half_life_days: float = Field(30.0, gt=0, description="half-life of vec_long")
-    vector_short_half_life_hours: float = Field(1.0, gt=0, description="half-life of vec_short")
+    encoder_max_tokens: int = Field(
+        128, ge=2, description="texts are cut to this many tokens (at most the model's limit)"
+    )
+    vector_long_half_life_days: float = Field(
+        30.0, gt=0, le=MAX_DAYS, description="half-life of vec_long"
+    )
+    vector_short_half_life_hours: float = Field(
+        1.0, gt=0, le=MAX_DAYS * 24, description="half-life of vec_short"
+    )
     vector_drift_threshold: float = Field(
         0.05, ge=0, le=2, description="publish when vec_long turned this far (1 - cosine)"
     )
     vector_in_updates: bool = Field(False, description="add vec_long (base64) to change messages")
-    embedding_cache_size: int = Field(50_000, ge=0, description="in-process embedding LRU entries")
+    embedding_cache_size: int = Field(50_000, ge=1, description="in-process embedding LRU entries")
     embedding_cache_ttl_s: int = Field(
-        7 * 86_400, ge=0, description="TTL of embeddings shared in Redis (0: not shared)"
+        7 * 86_400,
+        ge=0,
+        le=MAX_SECONDS,
+        description="TTL of embeddings shared in Redis (0: not shared)",
     )
 
     # Segments and fraud risk (River)
@@ -154,14 +176,21 @@ class Settings(BaseSettings):
         "unset: unkeyed digests; the same in every worker of a group",
     )
     model_checkpoint_s: float = Field(
-        60.0, gt=0, description="snapshot the models to Redis this often (and at shutdown)"
+        60.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="snapshot the models to Redis this often (and at shutdown)",
     )
     scored_ttl_days: float = Field(
-        30.0, gt=0, description="keep each scored event's features this long, awaiting its label"
+        30.0,
+        gt=0,
+        le=MAX_DAYS,
+        description="keep each scored event's features this long, awaiting its label",
     )
     erased_marker_days: float = Field(
         0.0,
         ge=0,
+        le=MAX_DAYS,
         description="keep an erased user's marker (it suppresses their events older than the "
         "erase) this long; 0 keeps it",
     )
@@ -207,6 +236,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"SASL ({protocol}) needs PROFILER_KAFKA_SASL_USERNAME and this password"
             )
+        return value
+
+    @field_validator("scored_ttl_days")
+    @classmethod
+    def _at_least_a_second(cls, value: float) -> float:
+        """The TTL goes to Redis in whole seconds, and Redis refuses an expiry of 0."""
+        if value * 86_400 < 1:
+            raise ValueError("must be at least one second (1/86400 days)")
         return value
 
     @field_validator("model_secret", "fingerprint_key")

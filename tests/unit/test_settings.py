@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from pydantic import ValidationError
 
 from profiling.behaviour import keyed_token, token
 from stream.model_setup import build_models
-from stream.settings import Settings
+from stream.settings import MAX_SECONDS, Settings
 
 
 @pytest.mark.parametrize(
@@ -80,3 +82,59 @@ def test_a_fingerprint_key_reaches_the_models_and_a_short_one_is_refused() -> No
     assert unkeyed is not None and unkeyed.fingerprint is token
     with pytest.raises(ValidationError, match="at least 16 bytes"):
         Settings(fingerprint_key="short")  # type: ignore[arg-type]
+
+
+FLOAT_FIELDS = [name for name, info in Settings.model_fields.items() if info.annotation is float]
+
+
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e999"])
+def test_no_float_setting_takes_an_infinite_or_nan_value(field: str, value: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(**{field: value})  # type: ignore[arg-type]
+    assert [error["loc"] for error in refused.value.errors()] == [(field,)]
+
+
+# Each duration setting and the seconds in its unit.
+DURATIONS = [
+    ("profile_ttl_s", 1),
+    ("embedding_cache_ttl_s", 1),
+    ("heartbeat_s", 1),
+    ("model_checkpoint_s", 1),
+    ("scored_ttl_days", 86_400),
+    ("erased_marker_days", 86_400),
+    ("category_half_life_days", 86_400),
+    ("vector_long_half_life_days", 86_400),
+    ("vector_short_half_life_hours", 3600),
+]
+INT64_MAX = 2**63 - 1
+
+
+@pytest.mark.parametrize(("field", "unit_s"), DURATIONS)
+def test_a_duration_redis_would_refuse_to_expire_is_refused_at_start(
+    field: str, unit_s: int
+) -> None:
+    """Redis refuses an expiry whose milliseconds from now overflow 64 bits ("invalid expire
+    time"), and only at write time; every duration is capped far below that, at 100 years."""
+    longest = getattr(Settings(**{field: MAX_SECONDS // unit_s}), field)  # type: ignore[arg-type]
+    assert longest * unit_s == MAX_SECONDS
+    assert time.time_ns() // 1_000_000 + MAX_SECONDS * 1000 < INT64_MAX
+    for value in (MAX_SECONDS // unit_s + 1, 1e12, 10**17):
+        with pytest.raises(ValidationError) as refused:
+            Settings(**{field: value})  # type: ignore[arg-type]
+        assert [error["loc"] for error in refused.value.errors()] == [(field,)]
+
+
+def test_a_scored_ttl_under_a_second_is_refused_not_rounded_to_no_expiry() -> None:
+    """The store sends whole seconds, and Redis refuses `SET ... EX 0`."""
+    with pytest.raises(ValidationError, match="at least one second"):
+        Settings(scored_ttl_days=0.5 / 86_400)
+    assert Settings(scored_ttl_days=1 / 86_400).scored_ttl_days * 86_400 >= 1
+
+
+def test_an_embedding_cache_of_no_entries_is_refused() -> None:
+    """The in-process LRU needs room for one vector; 0 crashed the worker as it started."""
+    with pytest.raises(ValidationError) as refused:
+        Settings(embedding_cache_size=0)
+    assert [error["loc"] for error in refused.value.errors()] == [("embedding_cache_size",)]
+    assert Settings(embedding_cache_size=1).embedding_cache_size == 1
