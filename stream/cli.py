@@ -174,11 +174,15 @@ def topics_create(
 ) -> None:
     """Create the six topics (existing ones are left as they are)."""
     settings = load_settings()
+    from stream import kafka
     from stream.devstack import DevStackError, create_topics, default_topics
 
     topics = default_topics(settings, partitions)
     try:
-        _with_servers(settings, create_topics(settings.kafka_bootstrap, topics), "broker")
+        work = create_topics(
+            settings.kafka_bootstrap, topics, security=kafka.security_options(settings)
+        )
+        _with_servers(settings, work, "broker")
     except DevStackError as exc:
         _error(str(exc))
         raise typer.Exit(2) from None

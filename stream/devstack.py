@@ -463,16 +463,24 @@ def default_topics(settings: Settings, partitions: int) -> dict[str, int]:
 
 
 async def create_topics(
-    bootstrap: str, topics: Mapping[str, int], *, timeout_s: float = 15.0
+    bootstrap: str,
+    topics: Mapping[str, int],
+    *,
+    timeout_s: float = 15.0,
+    security: Mapping[str, Any] | None = None,
 ) -> None:
     """Create topics (name -> partitions) and wait until metadata shows all partitions.
 
     Existing topics are fine when their partition count matches; a mismatch is an
     error rather than a silent surprise later, when keys land on other partitions.
+    `security`: the client's SSL / SASL options (`kafka.security_options`).
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="profiler-devstack")
+    options = {**(security or {}), "bootstrap_servers": bootstrap}
+    admin = AIOKafkaAdminClient(
+        client_id="profiler-devstack", request_timeout_ms=int(timeout_s * 1000), **options
+    )
     await admin.start()
     try:
         response = await admin.create_topics(

@@ -542,6 +542,28 @@ async def test_topics_create_makes_the_six_topics_and_may_run_twice(
     ]
 
 
+async def test_topics_create_speaks_to_the_broker_as_configured(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """SSL asked for: the admin client speaks SSL too (here to a plaintext broker, which
+    cannot answer it), where it used to ignore the security settings."""
+    suffix = uuid.uuid4().hex[:8]
+    settings = Settings(kafka_bootstrap=broker.bootstrap, topic_events=f"ssl-{suffix}")
+    env = profiler_env(settings, PROFILER_KAFKA_SECURITY_PROTOCOL="SSL")
+    done = await profiler("topics", "create", env=env, cwd=tmp_path, timeout_s=90)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: the broker at "), done.stderr
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        assert settings.topic_events not in await admin.list_topics()
+    finally:
+        await admin.close()
+
+
 @pytest.mark.parametrize("value", ["0", "abc"])
 async def test_bad_configuration_is_one_line_naming_the_variable(
     value: str, tmp_path: Path
