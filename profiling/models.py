@@ -87,8 +87,14 @@ class ProfileModels:
         drifts, self._drifts_seen = self.risk.drifts - self._drifts_seen, self.risk.drifts
         return scores, drifts, moves
 
-    def update(self, outcomes: Sequence[Outcome], now_ms: int) -> list[Outcome]:
-        """The outcomes with behaviour, risk, alerts and segments folded into their profiles."""
+    def update(
+        self, outcomes: Sequence[Outcome], now_ms: int, *, learn: bool = True
+    ) -> list[Outcome]:
+        """The outcomes with behaviour, risk, alerts and segments folded into their profiles.
+
+        `learn=False` scores and assigns without learning: for events the models
+        learnt already (a batch folded again after a write that did not land).
+        """
         written = [o for o in outcomes if o.wrote]
         if not written:
             return list(outcomes)
@@ -102,7 +108,7 @@ class ProfileModels:
             for event, features in zip(outcome.applied, all_features, strict=True)
             if features is not None
         ]
-        risks = self.risk.score_batch([features for _, _, features in scored])
+        risks = self.risk.score_batch([features for _, _, features in scored], learn=learn)
         per_user: list[list[tuple[Event, dict[str, float], float]]] = [[] for _ in written]
         for (user, event, features), (risk, anomaly) in zip(scored, risks, strict=True):
             features[ANOMALY] = anomaly  # ours: a fresh dict per event
@@ -115,7 +121,7 @@ class ProfileModels:
         ]
         current = [(o.profile.segment, o.profile.segment_dwell) for o in written]
         tops = [_top_category(o.profile) for o in written]
-        assignments = self.segments.assign([f for _, f, _ in verdicts], current, tops)
+        assignments = self.segments.assign([f for _, f, _ in verdicts], current, tops, learn=learn)
         updated = {}
         for outcome, (changes, _, kept), assignment in zip(
             written, verdicts, assignments, strict=True

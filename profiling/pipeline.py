@@ -231,8 +231,9 @@ class FoldedBatch:
             if not self.refold:
                 return result
             writes = await _fold_users(
-                self.refold, self.store, self.params, self.clock(), result, stages=self.stages
-            )
+                self.refold, self.store, self.params, self.clock(), result, stages=self.stages,
+                learn=False,  # the first fold taught the models these events
+            )  # fmt: skip
             lost = await _write_users(writes, self.store, result, self.stages)
             self.refold = {user: self.by_user[user] for user in lost}
             result.refolded.update(self.refold)
@@ -249,8 +250,12 @@ async def _fold_users(
     result: BatchResult,
     *,
     stages: Stages,
+    learn: bool = True,
 ) -> list[tuple[Outcome, Write | None]]:
-    """Load and fold these users; each outcome with the write it needs (None: none)."""
+    """Load and fold these users; each outcome with the write it needs (None: none).
+
+    `learn`: whether the models learn from the events (not when folding them again).
+    """
     loaded = await store.load(list(by_user))
     outcomes = [
         apply_deliveries(loaded[user], deliveries, params, now_ms)
@@ -259,7 +264,7 @@ async def _fold_users(
     if stages.interests is not None:
         outcomes = await stages.interests.update(outcomes, now_ms)
     if stages.models is not None:
-        outcomes = stages.models.update(outcomes, now_ms)
+        outcomes = stages.models.update(outcomes, now_ms, learn=learn)
         scores, drifts, moves = stages.models.observations()
         result.risk_scores += scores
         result.model_drifts += drifts

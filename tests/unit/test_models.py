@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import orjson
@@ -11,11 +12,11 @@ import pytest
 from profiling.commands import apply_commands
 from profiling.labels import apply_labels
 from profiling.models import ProfileModels, alert_id
-from profiling.pipeline import Record, Stages, apply_batch
-from profiling.profile import Outcome, Profile, ProfileParams
+from profiling.pipeline import Record, Stages, apply_batch, fold_batch
+from profiling.profile import Outcome, Profile, ProfileParams, evolve
 from profiling.risk import KEPT_FEATURES, RiskModel, keep_features, kept_features
 from profiling.segments import SEGMENT_FEATURES, SegmentModel
-from profiling.store import InMemoryProfileStore
+from profiling.store import InMemoryProfileStore, Write
 from profiling.vectors import StoredInterest
 from tests.schemas import schema_accepts, validator
 
@@ -158,6 +159,22 @@ async def test_an_alert_is_raised_once_and_replayed_identically() -> None:
     quiet = await apply_batch(later, store, PARAMS, lambda: NOW + 2, Stages(models=models))
     assert all(orjson.loads(b)["event_id"] not in {x["event_id"] for x in bodies}
                for _, b in quiet.alerts)  # fmt: skip
+
+
+async def test_a_batch_folded_again_after_its_write_lost_does_not_teach_the_models_twice() -> None:
+    store, models = InMemoryProfileStore(), ProfileModels()
+    rng = random.Random(4)
+    await run(models, shopper("u1", 3, NOW - 10 * 86_400_000, rng), store)  # type: ignore[arg-type]
+    later = records(shopper("u1", 2, NOW - 86_400_000, random.Random(5)), start=100)
+    later = [replace(r, value=r.value.replace(b'"u1-', b'"u1-later-')) for r in later]
+    folded = await fold_batch(later, store, PARAMS, lambda: NOW, Stages(models=models))
+    learnt = (models.risk.scored, models.segments.updates)
+    # Another writer moves the profile on meanwhile: the write loses and is folded again.
+    (profile,) = (await store.load(["u1"])).values()
+    await store.save([Write(evolve(profile, version=profile.version + 1), profile.version)])
+    result = await folded.write()
+    assert result.refolded == {"u1"} and result.outcomes["applied"] == len(later)
+    assert (models.risk.scored, models.segments.updates) == learnt
 
 
 async def test_labels_join_the_features_kept_at_scoring_time() -> None:
