@@ -9,7 +9,9 @@ counted as `unknown`, not an error. A label of a user merged into another since
 (`profile-commands`) is joined with the features there: the merge moved them,
 or the event was forwarded and scored there. Records at or below the offsets the
 restored model snapshot had learnt are skipped, so a replay after a restart
-does not teach the same label twice.
+does not teach the same label twice; and the features keep the label learnt
+from them, so the same label sent again (a producer's re-send) is a
+`duplicate`, while another label for the event (a verdict corrected) is learnt.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import msgspec
 from profiling.events import INVALID_LABEL, MIN_TS_MS, Rejection, decode_record
 from profiling.models import ProfileModels
 from profiling.pipeline import SourceRecord, dead_letter_for
-from profiling.risk import kept_features
+from profiling.risk import kept_features, learnt_label, with_label
 from profiling.store import ProfileStore
 
 
@@ -43,7 +45,8 @@ _decoder = msgspec.json.Decoder(Label)
 @dataclass(slots=True)
 class LabelResult:
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
-    outcomes: Counter[str] = field(default_factory=Counter)  # learnt / unknown / skipped / invalid
+    # learnt / duplicate / unknown / skipped / invalid
+    outcomes: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)  # dead letters per error code
 
 
@@ -69,24 +72,37 @@ async def apply_labels(
             result.dead_letters.append((record.key, dead_letter_for(record, verdict, now_ms)))
         else:
             pending.append(verdict)
-    kept = await store.load_scored([(label.user_id, label.event_id) for label in pending])
-    await _follow_merges(pending, kept, store)
-    for label, features in zip(pending, kept, strict=True):
+    where = [(label.user_id, label.event_id) for label in pending]
+    kept = await store.load_scored(where)
+    await _follow_merges(pending, kept, where, store)
+    learnt: dict[tuple[str, str], bytes] = {}  # where -> features with this batch's label
+    for label, place, stored in zip(pending, where, kept, strict=True):
+        features = learnt.get(place, stored)
         if features is None:
             result.outcomes["unknown"] += 1
             continue
-        models.learn_label(kept_features(features), bool(label.label))
+        fraud = bool(label.label)
+        if learnt_label(features) is fraud:
+            result.outcomes["duplicate"] += 1
+            continue
+        models.learn_label(kept_features(features), fraud)
+        learnt[place] = with_label(features, fraud)
         result.outcomes["learnt"] += 1
+    await store.relabel_scored([(user, event, value) for (user, event), value in learnt.items()])
     for record in records:
         models.advance(record.topic, record.partition, record.offset)
     return result
 
 
 async def _follow_merges(
-    labels: Sequence[Label], kept: list[bytes | None], store: ProfileStore
+    labels: Sequence[Label],
+    kept: list[bytes | None],
+    where: list[tuple[str, str]],
+    store: ProfileStore,
 ) -> None:
-    """Fill in the features of labels whose user was merged into another since: a merge
-    moves the features, and an event forwarded after it is scored under the other user."""
+    """Fill in the features (and where they are) of labels whose user was merged into
+    another since: a merge moves the features, and an event forwarded after it is
+    scored under the other user."""
     missing = [i for i, features in enumerate(kept) if features is None]
     if not missing:
         return
@@ -97,4 +113,5 @@ async def _follow_merges(
             [(into[labels[i].user_id], labels[i].event_id) for i in moved]
         )
         for i, features in zip(moved, found, strict=True):
-            kept[i] = features
+            if features is not None:
+                kept[i], where[i] = features, (into[labels[i].user_id], labels[i].event_id)

@@ -60,10 +60,28 @@ def keep_features(features: Mapping[str, float]) -> bytes:
 
 def kept_features(raw: bytes) -> dict[str, float]:
     """The features `keep_features` kept (or a JSON object of them, the earlier format)."""
-    if raw[:1] == _KEPT_FORMAT and len(raw) == 1 + _KEPT_PACK.size:
+    if raw[:1] == _KEPT_FORMAT and len(raw) - 1 - _KEPT_PACK.size in (0, 1):
         return dict(zip(KEPT_FEATURES, _KEPT_PACK.unpack_from(raw, 1), strict=True))
     decoded: dict[str, float] = orjson.loads(raw)
     return decoded
+
+
+def with_label(raw: bytes, label: bool) -> bytes:
+    """Kept features and the label they were learnt with: one byte more, after them.
+
+    A label sent again (a producer's re-send) then finds itself learnt already.
+    Features of the earlier JSON format stay as they are.
+    """
+    if raw[:1] != _KEPT_FORMAT:
+        return raw
+    return raw[: 1 + _KEPT_PACK.size] + (b"\x01" if label else b"\x00")
+
+
+def learnt_label(raw: bytes) -> bool | None:
+    """The label these kept features were learnt with (`with_label`), or None."""
+    if raw[:1] != _KEPT_FORMAT or len(raw) != 2 + _KEPT_PACK.size:
+        return None
+    return raw[-1] == 1
 
 
 def risk_band(risk: float | None, threshold: float = 0.8) -> str | None:

@@ -124,6 +124,12 @@ class ProfileStore(Protocol):
         """Features kept for each (user_id, event_id) when it was scored; None once expired."""
         ...
 
+    async def relabel_scored(self, values: Sequence[tuple[str, str, bytes]]) -> None:
+        """Replace the features kept for each (user_id, event_id) with the value given (the
+        same features with the label learnt from them), keeping their expiry; features
+        gone meanwhile are not made again."""
+        ...
+
     async def erase(self, user_id: str, at_ms: int) -> Erasure:
         """Remove every key of the user, leaving a marker that suppresses events older than
         `at_ms`. Idempotent: a user already erased at or after `at_ms` is left alone."""
@@ -348,6 +354,11 @@ class InMemoryProfileStore:
 
     async def load_scored(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
         return [self._scored.get(key) for key in keys]
+
+    async def relabel_scored(self, values: Sequence[tuple[str, str, bytes]]) -> None:
+        for user_id, event_id, value in values:
+            if (user_id, event_id) in self._scored:
+                self._scored[user_id, event_id] = value
 
     async def erase(self, user_id: str, at_ms: int) -> Erasure:
         return self._erase(user_id, at_ms, None)

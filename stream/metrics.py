@@ -90,8 +90,9 @@ RISK_SCORES = Histogram(
 )
 LABELS = Counter(
     "profiler_fraud_labels",
-    "Fraud label records, by outcome: learnt, unknown (features expired or never scored), "
-    "skipped (learnt before the restored snapshot), invalid (dead-lettered)",
+    "Fraud label records, by outcome: learnt, duplicate (the same label learnt before), "
+    "unknown (features expired or never scored), skipped (learnt before the restored "
+    "snapshot), invalid (dead-lettered)",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -396,6 +396,14 @@ class RedisProfileStore:
             values = await self.client.mget(names)
         return [value.encode() if isinstance(value, str) else value for value in values]
 
+    async def relabel_scored(self, values: Sequence[tuple[str, str, bytes]]) -> None:
+        if not values:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for user_id, event_id, value in values:  # XX: not made again once expired
+            pipe.set(scored_key(user_id, event_id), value, xx=True, keepttl=True)
+        await pipe.execute()
+
     async def erase(self, user_id: str, at_ms: int) -> Erasure:
         """`ProfileStore.erase`: the user's keys in one script, then the user's scored
         features (`_drop_scored`)."""

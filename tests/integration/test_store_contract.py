@@ -195,6 +195,21 @@ async def test_read_profile_shows_the_public_fields_only(store: ProfileStore) ->
     assert await store.read_profile("bob") is None
 
 
+async def test_relabelled_features_replace_the_kept_ones_and_nothing_else(
+    store: ProfileStore,
+) -> None:
+    scored = (("e1", b"\x01features"), ("e2", b"\x01more"))
+    assert await store.save([Write(rich_profile("alice"), 0, scored)]) == []
+    await store.relabel_scored([("alice", "e1", b"\x01features\x01"), ("alice", "gone", b"x")])
+    assert await store.load_scored([("alice", "e1"), ("alice", "e2"), ("alice", "gone")]) == [
+        b"\x01features\x01",
+        b"\x01more",
+        None,  # not made again
+    ]
+    if isinstance(store, RedisProfileStore):  # the features keep their expiry
+        assert 0 < await store.client.ttl(scored_key("alice", "e1")) <= store.scored_ttl_s
+
+
 async def test_erase_removes_the_profile_and_its_scored_features(store: ProfileStore) -> None:
     profile = rich_profile("a*[b]?\\c")  # glob characters in the id match only themselves
     scored = (("e1", b"\x01features"), ("e2", b"\x01more"))

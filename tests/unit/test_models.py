@@ -199,6 +199,24 @@ async def test_labels_join_the_features_kept_at_scoring_time() -> None:
     assert replay.outcomes == {"skipped": 5} and models.risk.labels == {0: 1, 1: 1}
 
 
+async def test_a_label_sent_again_is_learnt_once_and_a_corrected_one_again() -> None:
+    store, models = InMemoryProfileStore(), ProfileModels()
+    await run(models, shopper("u1", 2, NOW - 10 * 86_400_000, random.Random(3)), store)  # type: ignore[arg-type]
+    legit = {"event_id": "u1-p0", "user_id": "u1", "label": 0, "ts": NOW}
+    fraud = {**legit, "label": 1}
+    first = await apply_labels(records([legit, legit], topic="fraud-labels"), store, models, NOW)
+    assert first.outcomes == {"learnt": 1, "duplicate": 1}  # re-sent within the batch
+    again = await apply_labels(records([legit], topic="fraud-labels", start=10), store, models, NOW)
+    assert again.outcomes == {"duplicate": 1}  # re-sent later
+    (features,) = await store.load_scored([("u1", "u1-p0")])
+    assert features is not None and kept_features(features)  # still the features
+    corrected = await apply_labels(
+        records([fraud, legit], topic="fraud-labels", start=20), store, models, NOW
+    )
+    assert corrected.outcomes == {"learnt": 2}  # a chargeback, then the verdict put back
+    assert models.risk.labels == {0: 2, 1: 1}
+
+
 async def test_labels_of_a_merged_user_find_the_features_where_the_merge_moved_them() -> None:
     store, models = InMemoryProfileStore(), ProfileModels()
     rng = random.Random(3)
