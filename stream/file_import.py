@@ -21,9 +21,15 @@ contract allows are cut to the limit rather than rejected.
 
 Event ids are deterministic so that producing the same file twice is a no-op
 for the worker's dedupe: a preset with a natural key hashes it (an Amazon
-review is reviewer + product + time, so the data set's per-variant copies of
-one review collapse to one event); everything else hashes the line number and
-the raw line (identical rows on different lines stay distinct events).
+review is reviewer + time + what they wrote: the data set repeats a review
+under every variant's product, and those copies collapse to one event, while
+two reviews a reviewer wrote on one day stay two); everything else hashes the
+line number and the raw line (identical rows on different lines stay distinct
+events).
+
+A preset's user ids carry its tag (`tb:1`, `or:17850`, `az:A3UMNRR89DIZRM`):
+the data sets number their users independently, and Taobao's ids cover UCI's,
+so two data sets imported into one deployment would otherwise share profiles.
 """
 
 from __future__ import annotations
@@ -292,6 +298,7 @@ class Preset:
     convert: Converter
     natural_key: Callable[[Mapping[str, Any]], str] | None
     about: str
+    own_users: bool = True  # user ids prefixed with the tag (a public data set's numbering)
 
 
 _TAOBAO_TYPES: Final = {"pv": "view", "cart": "add_to_cart", "fav": "click", "buy": "purchase"}
@@ -402,6 +409,13 @@ def _amazon_review(row: Mapping[str, Any], options: CsvOptions) -> dict[str, Any
     return event
 
 
+def _amazon_review_key(row: Mapping[str, Any]) -> str:
+    """One review, whichever variant's product it is listed under: who, when (a day), and
+    what they wrote."""
+    written = orjson.dumps([row.get("overall"), row.get("summary"), row.get("reviewText")])
+    return f"{row['reviewerID']}|{row['unixReviewTime']}|{hashlib.blake2b(written).hexdigest()}"
+
+
 PRESETS: Final = {
     p.name: p
     for p in (
@@ -443,7 +457,7 @@ PRESETS: Final = {
             columns=(("reviewerID",), ("asin",), ("unixReviewTime",)),
             header=False,
             convert=_amazon_review,
-            natural_key=lambda r: f"{r['reviewerID']}|{r['asin']}|{r['unixReviewTime']}",
+            natural_key=_amazon_review_key,
             about="Amazon Reviews 2018 (Ni & McAuley) JSON lines: review events, text = summary "
             "+ reviewText; per-variant copies of one review share an event id",
         ),
@@ -502,7 +516,9 @@ def read_events(
     )
     if chosen is None:
         assert mapping is not None
-        chosen = Preset("mapping", "f", fmt, (), options.header, _mapped(mapping), None, "")
+        chosen = Preset(
+            "mapping", "f", fmt, (), options.header, _mapped(mapping), None, "", own_users=False
+        )
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     return _produce(rows, chosen, options, report, now)
 
@@ -689,6 +705,8 @@ def _produce(
     for line, row, raw in rows:
         try:
             event = how.convert(row, options)
+            if how.own_users:  # the data set's ids, in its own namespace
+                event["user_id"] = f"{how.tag}:{event['user_id']}"
             if "event_id" not in event:
                 key = how.natural_key(row) if how.natural_key else f"{line}\x1f{raw}"
                 event["event_id"] = natural_event_id(how.tag, key)

@@ -455,12 +455,12 @@ async def test_produce_files_then_run_then_look_profiles_up(
     assert consumed(done.stderr) == (9, 8, 0, 1)  # the event without type/ts is dead-lettered
 
     shown = await asyncio.gather(
-        *(profiler("profile", u, env=env, cwd=tmp_path) for u in ("17850", "jl-ann", "nobody"))
+        *(profiler("profile", u, env=env, cwd=tmp_path) for u in ("or:17850", "jl-ann", "nobody"))
     )
     retail, ann, unknown = shown
     assert retail.returncode == 0, retail.stderr
     body = orjson.loads(retail.stdout)
-    assert body["user_id"] == "17850"
+    assert body["user_id"] == "or:17850"
     assert (body["events"], body["orders"], body["count:purchase"]) == (3, 3, 3)
     assert math.isclose(body["spend"], 6 * 2.55 + 6 * 3.39 + 6 * 1.85)
     assert body["first_seen"] == 1291191960000  # 2010-12-01 08:26 UTC
@@ -476,14 +476,14 @@ async def test_produce_files_then_run_then_look_profiles_up(
 
     sent, merged, empty, itself = await asyncio.gather(
         profiler("erase", "jl-ann", env=env, cwd=tmp_path),
-        profiler("merge", "jl-bo", "17850", env=env, cwd=tmp_path),
+        profiler("merge", "jl-bo", "or:17850", env=env, cwd=tmp_path),
         profiler("erase", "", env=env, cwd=tmp_path),
-        profiler("merge", "17850", "17850", env=env, cwd=tmp_path),
+        profiler("merge", "or:17850", "or:17850", env=env, cwd=tmp_path),
     )
     assert sent.returncode == 0, sent.stderr
     assert f"sent an erase of 'jl-ann' to {topics.topic_commands}" in sent.stderr
     assert merged.returncode == 0, merged.stderr
-    assert "sent a merge of 'jl-bo' into '17850'" in merged.stderr
+    assert "sent a merge of 'jl-bo' into 'or:17850'" in merged.stderr
     assert empty.returncode == 2 and "length >= 1 - at `$.user_id`" in empty.stderr
     assert itself.returncode == 2 and "two different users" in itself.stderr
     done = await profiler("run", "--until-idle", "1", env=env, cwd=tmp_path)
@@ -491,7 +491,7 @@ async def test_produce_files_then_run_then_look_profiles_up(
     erased, gone, kept = await asyncio.gather(
         profiler("profile", "jl-ann", env=env, cwd=tmp_path),
         profiler("profile", "jl-bo", env=env, cwd=tmp_path),
-        profiler("profile", "17850", env=env, cwd=tmp_path),
+        profiler("profile", "or:17850", env=env, cwd=tmp_path),
     )
     assert erased.returncode == 1 and "no profile" in erased.stderr
     assert gone.returncode == 1 and "no profile" in gone.stderr

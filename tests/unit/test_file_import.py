@@ -111,7 +111,7 @@ def test_taobao_preset(tmp_path: Path) -> None:
     assert_all_valid(events)
     assert [e["type"] for _, e in events] == ["view", "add_to_cart", "click", "purchase"]
     view = events[0][1]
-    assert view["user_id"] == "1" and view["item_id"] == "2268318"
+    assert view["user_id"] == "tb:1" and view["item_id"] == "2268318"
     assert view["category"] == "taobao.2520377" and view["ts"] == 1_511_544_070_000
     purchase = events[3][1]
     assert purchase["amount"] == estimated_taobao_price("1603476") > 0
@@ -144,10 +144,10 @@ def test_online_retail_preset(tmp_path: Path) -> None:
     events, report = run(path, "online-retail")
     assert_all_valid(events)
     first = events[0][1]
-    assert events[0][0] == b"17850"
+    assert events[0][0] == b"or:17850"
     assert first == first | {
         "type": "purchase",
-        "user_id": "17850",
+        "user_id": "or:17850",
         "order_id": "536365",
         "item_id": "85123A",
         "title": "WHITE HANGING HEART T-LIGHT HOLDER",
@@ -173,7 +173,7 @@ def test_online_retail_ii_header_names_are_understood(tmp_path: Path) -> None:
         "United Kingdom\n"
     )
     events, _ = run(path, "online-retail")
-    assert events[0][1]["amount"] == 83.4 and events[0][1]["user_id"] == "13085"
+    assert events[0][1]["amount"] == 83.4 and events[0][1]["user_id"] == "or:13085"
 
 
 def test_amazon_reviews_preset(tmp_path: Path) -> None:
@@ -187,10 +187,13 @@ def test_amazon_reviews_preset(tmp_path: Path) -> None:
         "summary": "Five Stars",
         "unixReviewTime": 1441324800,
     }
-    variant = review | {"style": {"Size:": " Little Boys"}}
+    # The data set lists a review again under each variant's product.
+    variant = review | {"asin": "B0058YEJ5K", "style": {"Size:": " Little Boys"}}
+    other = review | {"overall": 3.0, "summary": "Runs small", "reviewText": "Size up."}
     rows = [
         review,
         variant,
+        other,  # the same reviewer, product and day, another review
         {"asin": "B1", "overall": 3.0, "unixReviewTime": 1441324800},
         {
             "reviewerID": "R2",
@@ -209,8 +212,10 @@ def test_amazon_reviews_preset(tmp_path: Path) -> None:
     assert first["type"] == "review" and first["rating"] == 5 and first["item_id"] == "B000K2PJ4K"
     assert first["text"] == "Five Stars. Great product and price!"
     assert first["ts"] == 1_441_324_800_000
+    assert first["user_id"] == "az:ALJ66O1Y6SLHA"
     assert events[1][1]["event_id"] == first["event_id"]  # per-variant copies: one review
-    assert events[2][1]["text"] == "Meh"
+    assert events[2][1]["event_id"] != first["event_id"]
+    assert events[3][1]["text"] == "Meh"
     assert report.skipped == {"missing_value:reviewerID": 1, "invalid_json": 1}
 
 
