@@ -357,10 +357,20 @@ _COUNTRY_ISO2: Final = {
 """UCI Online Retail country names (I and II) to ISO 3166 alpha-2; "" = no single country."""
 
 
+# UCI Online Retail's stock codes of invoice lines that are no product: postage,
+# carriage, manual entries, fees, discounts, samples, commission, bad-debt adjustments.
+_NOT_PRODUCTS: Final = frozenset(
+    {"POST", "DOT", "C2", "M", "BANK CHARGES", "AMAZONFEE", "D", "S", "CRUK", "B"}
+)
+
+
 def _online_retail(row: Mapping[str, Any], options: CsvOptions) -> dict[str, Any]:
     customer = str(row["CustomerID"]).strip()
     if not customer:
         raise SkipRow("no_customer", "CustomerID is empty")
+    code = str(row["StockCode"]).strip()
+    if code.upper() in _NOT_PRODUCTS or code.startswith("gift_"):
+        raise SkipRow("not_a_product", f"stock code {code} ({row['Description']})")
     quantity = _cast("quantity", row["Quantity"])
     if quantity <= 0:
         raise SkipRow("return", f"quantity {quantity} (invoice {row['InvoiceNo']})")
@@ -448,7 +458,8 @@ PRESETS: Final = {
             convert=_online_retail,
             natural_key=None,
             about="UCI Online Retail (I or II): one purchase per line, in GBP; rows without "
-            "a customer and returns (quantity <= 0) are skipped",
+            "a customer, returns (quantity <= 0) and lines that are no product (postage, "
+            "fees, discounts, vouchers) are skipped",
         ),
         Preset(
             name="amazon-reviews",
