@@ -11,6 +11,8 @@ flight and commits it before the app stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import tempfile
 from typing import Any, ClassVar
@@ -24,15 +26,16 @@ from stream.preflight import check_servers
 from stream.runner import settle_heap
 from stream.settings import Settings
 from stream.web import readiness
-from stream.worker import BatchWorker
+from stream.worker import BatchWorker, stop_within
 
+log = logging.getLogger("profiler.app")
 settings = Settings()
 
 app = faust.App(
     f"{settings.group_id}-faust",
     broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
-    web_port=settings.web_port,
-    web_enabled=True,
+    web_port=settings.web_port or 6066,  # Faust's default; unused when 0 turns the web off
+    web_enabled=settings.web_port != 0,
     autodiscover=False,
     # Faust keeps table state on disk; this app has no tables, so keep it out of the cwd.
     datadir=os.path.join(tempfile.gettempdir(), f"{settings.group_id}-faust"),
@@ -49,8 +52,10 @@ class EventPathService(Service):
     """Runs the batch worker for the lifetime of the Faust app."""
 
     running: ClassVar[BatchWorker | None] = None  # the started worker, for the web pages
+    failed: ClassVar[BaseException | None] = None  # why the event path stopped on its own
     worker: BatchWorker | None = None
     _task: asyncio.Task[Any] | None = None
+    _crashing: asyncio.Future[None] | None = None
 
     async def on_start(self) -> None:
         # Faust starts user services once the app has started, even when a SIGTERM
@@ -64,13 +69,26 @@ class EventPathService(Service):
         settle_heap()
         EventPathService.running = self.worker
         self._task = asyncio.ensure_future(self.worker.run())
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        """The event path stopped. On an error, say so and crash the app: left running,
+        it would keep its partitions (and answer /health) with nobody consuming them."""
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        assert error is not None
+        EventPathService.failed = error
+        log.error("the event path stopped: %s: %s", type(error).__name__, error, exc_info=error)
+        self._crashing = asyncio.ensure_future(self.crash(error))
 
     async def on_stop(self) -> None:
         if self.worker is None:
             return
         self.worker.request_stop()
         if self._task is not None:  # else stopped while its clients were starting
-            await self._task
+            with contextlib.suppress(Exception):  # logged as it ended (`_ended`)
+                await stop_within(self._task)
         await self.worker.close()
 
 
@@ -79,16 +97,25 @@ app.service(EventPathService)
 
 @app.page("/health")
 async def health(web: Any, request: Any) -> Any:
+    if EventPathService.failed is not None:
+        return web.json({"status": "failed", "error": _failure()}, status=503)
     return web.json({"status": "ok"})
 
 
 @app.page("/ready")
 async def ready(web: Any, request: Any) -> Any:
     worker = EventPathService.running
+    if EventPathService.failed is not None:
+        return web.json({"ready": False, "checks": {"worker": _failure()}}, status=503)
     if worker is None:
         return web.json({"ready": False, "checks": {"worker": "starting"}}, status=503)
     report = await readiness(worker, settings.ready_max_lag)
     return web.json(report, status=200 if report["ready"] else 503)
+
+
+def _failure() -> str:
+    error = EventPathService.failed
+    return f"stopped: {type(error).__name__}: {error}"
 
 
 @app.page("/metrics")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
@@ -96,6 +97,9 @@ def run(
 ) -> None:
     """Start a worker (configuration from PROFILER_* environment variables)."""
     _configure_logging(verbose)
+    if until_idle is not None and not 0 <= until_idle < math.inf:  # nan compares false
+        _error(f"--until-idle {until_idle}: seconds, 0 or more")
+        raise typer.Exit(2)
     settings = load_settings()
     if stats_json is not None:
         _check_writable(stats_json, "--stats-json")  # now, not when the run is over

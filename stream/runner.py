@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from profiling.errors import ProfilerError
 from stream.preflight import StartupError
 from stream.settings import Settings
-from stream.worker import BatchWorker, WorkerStats
+from stream.worker import BatchWorker, WorkerStats, stop_within
 
 log = logging.getLogger("profiler.runner")
 
@@ -43,14 +43,29 @@ def settle_heap() -> None:
 
 
 async def run_worker(settings: Settings, until_idle_s: float | None = None) -> WorkerStats:
-    """Run one worker until SIGTERM/SIGINT (drain, commit, return) or until idle."""
+    """Run one worker until SIGTERM/SIGINT or until idle.
+
+    A first signal finishes the batch in flight (written, published, committed)
+    within `SHUTDOWN_GRACE_S`, then closes; a second one, or the grace running
+    out (a broker or Redis gone), stops without it (`stop_within`).
+    """
     try:
         worker = BatchWorker(settings)
     except ProfilerError as exc:  # the encoder or the models cannot be built here
         raise StartupError(str(exc)) from exc
     loop = asyncio.get_running_loop()
+    stop_asked = asyncio.Event()
+    running: list[asyncio.Task[WorkerStats]] = []
+
+    def on_signal() -> None:
+        if stop_asked.is_set():  # the second: do not wait for the batch in flight
+            for task in running:
+                task.cancel()
+        stop_asked.set()
+        worker.request_stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.request_stop)
+        loop.add_signal_handler(sig, on_signal)
     web = None
     try:
         try:
@@ -71,7 +86,16 @@ async def run_worker(settings: Settings, until_idle_s: float | None = None) -> W
             settings.kafka_bootstrap,
             settings.topic_events,
         )
-        return await worker.run(until_idle_s)
+        run = asyncio.ensure_future(worker.run(until_idle_s))
+        running.append(run)
+        asked = asyncio.ensure_future(stop_asked.wait())
+        try:
+            await asyncio.wait({run, asked}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            asked.cancel()
+        if await stop_within(run) is None:
+            log.warning("stopped without committing the batch in flight: it will be replayed")
+        return worker.stats
     finally:
         if web is not None:
             await web.cleanup()

@@ -45,6 +45,7 @@ from redis.exceptions import (
     ClusterCrossSlotError,
     DataError,
     ExecAbortError,
+    RedisClusterException,
     RedisError,
     ResponseError,
 )
@@ -78,6 +79,29 @@ MAX_BACKOFF_S = 5.0
 # only goes out later, once the write is packed and sent.
 FETCH_TURNS = 5
 RETRIES_AFTER_STOP = 3
+# After a stop is asked for, how long the batch in flight may take to be written,
+# published and committed before it is given up (`stop_within`); then how long each
+# step of closing may take (`BatchWorker.close`). Within the 30 s an orchestrator
+# usually allows between SIGTERM and SIGKILL.
+SHUTDOWN_GRACE_S = 15.0
+CLOSE_STEP_S = 3.0
+
+
+async def stop_within(task: asyncio.Task[T], grace_s: float = SHUTDOWN_GRACE_S) -> T | None:
+    """`task`'s result (a worker's `run`, asked to stop), or None once `grace_s` passed.
+
+    Then the task is cancelled: the batch in flight is not committed, and its
+    records are applied again (idempotently) by the partitions' next owner. A
+    broker or Redis gone at shutdown would otherwise hold the worker for minutes.
+    """
+    done, _ = await asyncio.wait({task}, timeout=grace_s)
+    if not done:
+        log.warning("the batch in flight took over %.0f s: stopping without it", grace_s)
+        task.cancel()
+        await asyncio.wait({task})
+    if task.cancelled():
+        return None
+    return task.result()
 
 
 def wall_clock_ms() -> int:
@@ -296,14 +320,26 @@ class BatchWorker:
         return await save_models(self.models, self.redis, self.settings)
 
     async def close(self) -> None:
+        """Snapshot the models, then close the clients; each step bounded (`CLOSE_STEP_S`).
+
+        A step that fails or hangs (a broker or Redis gone) is logged and the next
+        one runs: every client is closed whatever happened before.
+        """
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("the consumer's stop", self.consumer.stop),
+            ("the producer's stop", self.producer.stop),
+            ("closing Redis", self.redis.aclose),
+        ]
         if self.models is not None:
+            steps.insert(0, ("the model snapshot at shutdown", self.checkpoint))
+        for what, step in steps:
             try:
-                await self.checkpoint()
-            except (RedisError, OSError) as exc:
-                log.warning("model snapshot at shutdown failed: %s", exc)
-        await self.consumer.stop()
-        await self.producer.stop()
-        await self.redis.aclose()
+                await asyncio.wait_for(step(), CLOSE_STEP_S)
+            except (Exception, asyncio.CancelledError) as exc:
+                task = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and task and task.cancelling():
+                    raise  # this close itself is being cancelled
+                log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
 
     async def broker_reachable(self) -> bool | str:
         """True when the brokers answer a metadata request now, else the reason."""
@@ -397,8 +433,20 @@ class BatchWorker:
                     break
         finally:
             if last is not None:
-                await self._settle(last)
+                await self._let_go(last)
         return self.stats
+
+    async def _let_go(self, last: _Writing) -> None:
+        """At the end of `run`: `last` written, published and committed; or, when `run` is
+        being cancelled (`stop_within` gave up on it), cancelled: not committed, its
+        records are replayed."""
+        task = asyncio.current_task()
+        if task is None or not task.cancelling():
+            await self._settle(last)
+            return
+        for writing in (last.task, last.previous):
+            if writing is not None:
+                writing.cancel()
 
     async def _settled_for_commands(
         self, last: _Writing | None, ends: dict[TopicPartition, int]
@@ -724,7 +772,9 @@ class BatchWorker:
         while True:
             try:
                 return await attempt_once()
-            except (RedisError, KafkaError, ProfilerError, OSError) as exc:
+            except (RedisError, RedisClusterException, KafkaError, ProfilerError, OSError) as exc:
+                # RedisClusterException: a cluster that cannot be reached or has a slot
+                # no node serves (resharding); not a RedisError, yet it passes.
                 if _refused(exc):
                     raise
                 attempt += 1

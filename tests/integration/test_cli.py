@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -46,7 +47,7 @@ from stream.producing import send_records
 from stream.redis_store import RedisProfileStore, connect
 from stream.settings import Settings
 from stream.synthetic_shop import ShopGenerator
-from stream.worker import wall_clock_ms
+from stream.worker import CLOSE_STEP_S, SHUTDOWN_GRACE_S, wall_clock_ms
 from tests.integration.kafka_io import committed_offsets, end_offsets, read_topic
 from tests.integration.test_devstack import process_gone
 from tests.integration.test_worker import expected_profiles, stored_profiles
@@ -403,6 +404,99 @@ async def test_faust_worker_stopped_while_starting_closes_its_event_path(
     assert worker.proc.returncode == 0, log[-5000:]
     assert "Unclosed AIOKafka" not in log, log[-5000:]
     assert "Traceback" not in log, log[-5000:]
+
+
+# Loaded by the child through PYTHONPATH: its third offset commit fails the way a
+# broker's refusal that no retry cures would (the group's ACL revoked).
+_FAILING_COMMIT = """
+import importlib.abc, importlib.util, sys
+
+class _Patch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "stream.worker":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            from aiokafka.errors import GroupAuthorizationFailedError
+            commit, calls = module.BatchWorker._commit, []
+
+            async def failing(self, offsets):
+                calls.append(1)
+                if len(calls) > 2:
+                    raise GroupAuthorizationFailedError("the group's ACL was revoked")
+                await commit(self, offsets)
+
+            module.BatchWorker._commit = failing
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _Patch())
+"""
+
+
+async def test_a_faust_worker_whose_event_path_fails_stops_instead_of_holding_its_partitions(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    settings = await make_settings(partitions=1, batch_max_events=200)
+    await send_records(settings, shop_records(1500, seed=24))
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(_FAILING_COMMIT)
+    env = profiler_env(settings, PYTHONPATH=str(inject))
+    argv = [FAUST, "-A", "stream.app", "worker", "-l", "info"]
+    async with started(argv, env, tmp_path) as worker:
+        await asyncio.wait_for(worker.proc.wait(), 60)
+        log = worker.log()
+    assert worker.proc.returncode != 0, log[-5000:]
+    assert "the event path stopped: GroupAuthorizationFailedError" in log, log[-5000:]
+    assert "Unclosed AIOKafka" not in log, log[-5000:]
+
+
+async def test_a_worker_whose_broker_is_gone_stops_within_its_grace_on_sigterm(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The acks of the batch in flight never come: the worker waits SHUTDOWN_GRACE_S for
+    them, then stops without committing it (replayed by the next owner) and closes."""
+    broker = LocalBroker().start()  # its own: this test kills it
+    try:
+        settings = Settings(
+            kafka_bootstrap=broker.bootstrap, redis_url=redis_url, encoder_model="none",
+            group_id=f"gone-{uuid.uuid4().hex[:8]}", batch_max_events=500,
+        )  # fmt: skip
+        await create_topics(broker.bootstrap, default_topics(settings, 1))
+        await send_records(settings, shop_records(20_000, seed=25))
+        env = profiler_env(settings)
+        async with started([PROFILER, "run"], env, tmp_path) as worker:
+
+            async def applying() -> bool:
+                assert worker.proc.returncode is None, worker.log()[-5000:]
+                return "worker started" in worker.log() and bool(
+                    await stored_totals(settings.redis_url)
+                )
+
+            await eventually(applying, 60, "the worker applying the backlog")
+            os.killpg(broker.pid, signal.SIGKILL)
+            took = await worker.sigterm(timeout_s=SHUTDOWN_GRACE_S + 4 * CLOSE_STEP_S + 5)
+            log = worker.log()
+        assert worker.proc.returncode == 0, log[-5000:]
+        assert took < SHUTDOWN_GRACE_S + 4 * CLOSE_STEP_S + 5
+        assert "Traceback" not in log, log[-5000:]
+    finally:
+        broker.stop()
+
+
+def test_the_faust_app_takes_a_web_port_of_0_as_no_web_server(tmp_path: Path) -> None:
+    env = {**os.environ, "PROFILER_WEB_PORT": "0"}
+    done = subprocess.run(
+        [str(BIN / "python"), "-c", "from stream.app import app; print(app.conf.web_enabled)"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout.strip()) == (0, "False"), done.stderr
 
 
 # --- produce, profile -------------------------------------------------------------
@@ -988,6 +1082,16 @@ async def test_a_stats_file_that_cannot_be_written_is_refused_before_the_run(
     assert done.returncode == 2
     line = one_line(done)
     assert line.startswith(f"error: --stats-json {path}: {why}")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+async def test_an_idle_time_that_could_never_pass_or_is_negative_is_refused(
+    value: str, tmp_path: Path
+) -> None:
+    env = base_env(PROFILER_REDIS_URL="redis://127.0.0.1:1/0")  # never reached: refused first
+    done = await profiler("run", f"--until-idle={value}", env=env, cwd=tmp_path, timeout_s=30)
+    assert done.returncode == 2
+    assert one_line(done).startswith(f"error: --until-idle {float(value)}: seconds, 0 or more")
 
 
 @pytest.mark.parametrize("command", [["dev-stack"], ["topics", "create"]])

@@ -1,11 +1,24 @@
-"""What a worker commits and where it resumes: the offset after each partition's highest."""
+"""What a worker commits and where it resumes, and which failures it retries."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from aiokafka import TopicPartition
+from redis.exceptions import (
+    ConnectionError,
+    DataError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    SlotNotCoveredError,
+    TimeoutError,
+)
 
 from profiling.pipeline import Record
-from stream.worker import next_offsets
+from stream.settings import Settings
+from stream.worker import BatchWorker, next_offsets
 
 
 def test_next_offsets_per_partition_and_topic() -> None:
@@ -22,3 +35,39 @@ def test_next_offsets_per_partition_and_topic() -> None:
         TopicPartition("labels", 0): 42,
     }
     assert next_offsets([]) == {}
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (ConnectionError("reset by peer"), True),
+        (TimeoutError("no reply"), True),
+        (ReadOnlyError("a replica now"), True),  # a fail-over
+        (OutOfMemoryError("OOM command not allowed"), True),
+        (SlotNotCoveredError("slot 42 not covered"), True),  # resharding
+        (ResponseError("WRONGTYPE Operation against a key"), False),
+        (ResponseError("Error running script: user_script:4: bad argument"), False),
+        (DataError("invalid input"), False),
+    ],
+)
+def test_what_redis_refuses_is_not_retried_what_may_pass_is(
+    error: Exception, retried: bool
+) -> None:
+    calls: list[int] = []
+
+    async def attempt() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return "done"
+
+    async def run() -> str:  # the worker's clients are made in a running loop
+        settings = Settings(encoder_model="none", models=False, redis_url="redis://127.0.0.1:1")
+        return await BatchWorker(settings)._retrying("redis", attempt)
+
+    if retried:
+        assert asyncio.run(run()) == "done" and len(calls) == 2
+    else:
+        with pytest.raises(type(error)):
+            asyncio.run(run())
+        assert len(calls) == 1
