@@ -37,14 +37,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import partial
-from typing import NamedTuple, TypeVar
+from typing import Final, NamedTuple, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from redis.exceptions import (
     ClusterCrossSlotError,
     DataError,
-    ExecAbortError,
     RedisClusterException,
     RedisError,
     ResponseError,
@@ -218,15 +217,26 @@ class _Writing(NamedTuple):
 def _refused(exc: BaseException) -> bool:
     """Whether Redis refused the command itself: it would refuse it again, every time.
 
-    A key of the wrong type, a script's error on a value it cannot read: the
-    batch then goes the way of a bug (`BatchWorker._apply_apart`), where only
-    the users concerned are dead-lettered. Connection losses, timeouts,
-    fail-overs, a full or loading server and cluster redirections pass, and are
-    retried.
+    A key of the wrong type, or one of our scripts failing on a value it cannot
+    read: the batch then goes the way of a bug (`BatchWorker._apply_apart`),
+    where only the users concerned are dead-lettered. Anything else Redis
+    answers with an error (BUSY with another script, MISCONF while it cannot
+    persist, NOREPLICAS, an error not known here) may pass and is retried, like
+    connection losses, timeouts and fail-overs: a stalled worker loses nothing.
     """
-    return isinstance(exc, DataError | ClusterCrossSlotError | ExecAbortError) or (
-        type(exc) is ResponseError
-    )
+    if isinstance(exc, DataError | ClusterCrossSlotError):  # refused before it was sent
+        return True
+    if type(exc) is not ResponseError:  # its subclasses: OOM, READONLY, TRYAGAIN, ...
+        return False
+    message = str(exc)
+    if "WRONGTYPE" in message:
+        return True
+    # Our script's own error: "Error running script ... @user_script:12: ...", but not
+    # a server state the script ran into (those keep their code after the script's).
+    return "user_script" in message and not any(code in message for code in _PASSING)
+
+
+_PASSING: Final = ("BUSY", "MISCONF", "NOREPLICAS", "MASTERDOWN", "LOADING", "OOM", "READONLY")
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -45,8 +45,13 @@ def test_next_offsets_per_partition_and_topic() -> None:
         (ReadOnlyError("a replica now"), True),  # a fail-over
         (OutOfMemoryError("OOM command not allowed"), True),
         (SlotNotCoveredError("slot 42 not covered"), True),  # resharding
+        (ResponseError("BUSY Redis is busy running a script"), True),
+        (ResponseError("MISCONF Redis is configured to save RDB snapshots"), True),
+        (ResponseError("NOREPLICAS Not enough good replicas to write"), True),
+        (ResponseError("an error nobody foresaw"), True),  # stall rather than lose events
         (ResponseError("WRONGTYPE Operation against a key"), False),
-        (ResponseError("Error running script: user_script:4: bad argument"), False),
+        (ResponseError("Error running script (call to f_1): @user_script:4: bad argument"), False),
+        (ResponseError("Error running script (call to f_1): @user_script:4: MISCONF"), True),
         (DataError("invalid input"), False),
     ],
 )
