@@ -44,7 +44,8 @@ def change_message(
 
 
 # Below aiokafka's and Kafka's default request and message limits (1 MiB), with room
-# for the key: a dead letter the broker refused would be retried for ever.
+# for the record's overhead: a dead letter the broker refused would be retried for ever.
+# The dead letter's Kafka key (the refused record's) counts against it.
 DEAD_LETTER_MAX_BYTES: Final = 1_000_000
 
 
@@ -60,9 +61,11 @@ def dead_letter(
 ) -> bytes:
     """A `dead_letter.v1` body: why a record was refused and the record itself, intact.
 
-    Only a value that would take the dead letter past `DEAD_LETTER_MAX_BYTES` is
-    left out (`value_encoding` "omitted"; the detail says so): the record is then
-    read at its topic, partition and offset, while the topic keeps it.
+    Only what would take the dead letter (with `key` as its Kafka key) past
+    `DEAD_LETTER_MAX_BYTES` is left out, the value first, then the key's copy in
+    the body (`value_encoding` / `key_encoding` "omitted"; the detail says so):
+    the record is then read at its topic, partition and offset, while the topic
+    keeps it.
     """
     value_text, encoding = _as_text(value)
     key_text, key_encoding = _as_text(key)
@@ -78,14 +81,18 @@ def dead_letter(
         "value": value_text,
         "value_encoding": encoding,
     }
+    room = DEAD_LETTER_MAX_BYTES - len(key or b"")
     document = jsonout.dumps(body)
-    if len(document) <= DEAD_LETTER_MAX_BYTES or value is None:
-        return document
-    note = f" (the {len(value)}-byte value is left out: too large for a dead letter)"
-    body.update(
-        detail=rejection.detail[: 1000 - len(note)] + note, value=None, value_encoding="omitted"
-    )
-    return jsonout.dumps(body)
+    left_out = []
+    for part, raw in (("value", value), ("key", key)):
+        if len(document) <= room or raw is None:
+            break
+        body.update({part: None, f"{part}_encoding": "omitted"})
+        left_out.append(f"the {len(raw)}-byte {part}")
+        note = f" ({' and '.join(left_out)} left out: too large for a dead letter)"
+        body["detail"] = rejection.detail[: 1000 - len(note)] + note
+        document = jsonout.dumps(body)
+    return document
 
 
 def _as_text(raw: bytes | None) -> tuple[str | None, str]:

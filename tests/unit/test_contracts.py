@@ -127,6 +127,20 @@ def test_dead_letter_error_codes_are_the_decoders() -> None:
     assert load_schema("dead_letter.v1")["properties"]["error"]["enum"] == list(ERROR_CODES)
 
 
+def test_a_dead_letter_with_a_huge_key_stays_within_the_limit_with_that_key() -> None:
+    key = b"\xff" * 600_000  # not UTF-8: base64 in the body, a third larger
+    body = dead_letter(
+        Rejection("key_mismatch", "record key must be the event's user_id"),
+        topic="behavior-events", partition=0, offset=1, key=key, value=b"{}", now_ms=NOW_MS,
+    )  # fmt: skip
+    assert len(body) + len(key) <= DEAD_LETTER_MAX_BYTES  # the Kafka key is the same bytes
+    letter = orjson.loads(body)
+    validator("dead_letter.v1").validate(letter)
+    assert (letter["key"], letter["key_encoding"]) == (None, "omitted")
+    assert (letter["value"], letter["value_encoding"]) == (None, "omitted")
+    assert "600000-byte key left out" in letter["detail"]
+
+
 @pytest.mark.parametrize(
     ("value", "encoding"),
     [
