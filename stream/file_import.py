@@ -21,11 +21,12 @@ contract allows are cut to the limit rather than rejected.
 
 Event ids are deterministic so that producing the same file twice is a no-op
 for the worker's dedupe: a preset with a natural key hashes it (an Amazon
-review is reviewer + time + what they wrote: the data set repeats a review
+review is reviewer + day + rating + text: the data set repeats a review
 under every variant's product, and those copies collapse to one event, while
-two reviews a reviewer wrote on one day stay two); everything else hashes the
-line number and the raw line (identical rows on different lines stay distinct
-events).
+two reviews a reviewer wrote on one day stay two unless their rating and
+text are the same too, which the data set cannot tell from a variant's copy);
+everything else hashes the line number and the raw line (identical rows on
+different lines stay distinct events).
 
 A preset's user ids carry its tag (`tb:1`, `or:17850`, `az:A3UMNRR89DIZRM`):
 the data sets number their users independently, and Taobao's ids cover UCI's,
