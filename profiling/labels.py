@@ -10,8 +10,10 @@ counted as `unknown`, not an error. A label of a user merged into another since
 or the event was forwarded and scored there. Records at or below the offsets the
 restored model snapshot had learnt are skipped, so a replay after a restart
 does not teach the same label twice; and the features keep the label learnt
-from them, so the same label sent again (a producer's re-send) is a
-`duplicate`, while another label for the event (a verdict corrected) is learnt.
+from them with the record that taught it, so the same label from another
+record (a producer's re-send) is a `duplicate`, while another label for the
+event (a verdict corrected) is learnt, and so is the same record read again
+past the snapshot (a crash before the next one).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import msgspec
 from profiling.events import INVALID_LABEL, MIN_TS_MS, Rejection, decode_record
 from profiling.models import ProfileModels
 from profiling.pipeline import SourceRecord, dead_letter_for
-from profiling.risk import kept_features, learnt_label, with_label
+from profiling.risk import LearntLabel, kept_features, learnt_label, with_label
 from profiling.store import ProfileStore
 
 
@@ -61,6 +63,7 @@ async def apply_labels(
     """Learn from a batch of label records; return dead letters and counts."""
     result = LabelResult()
     pending: list[Label] = []
+    positions: list[tuple[int, int]] = []  # (partition, offset) of each pending label
     for record in records:
         if models.learnt(record.topic, record.partition, record.offset):
             result.outcomes["skipped"] += 1
@@ -72,21 +75,23 @@ async def apply_labels(
             result.dead_letters.append((record.key, dead_letter_for(record, verdict, now_ms)))
         else:
             pending.append(verdict)
+            positions.append((record.partition, record.offset))
     where = [(label.user_id, label.event_id) for label in pending]
     kept = await store.load_scored(where)
     await _follow_merges(pending, kept, where, store)
     learnt: dict[tuple[str, str], bytes] = {}  # where -> features with this batch's label
-    for label, place, stored in zip(pending, where, kept, strict=True):
+    for label, position, place, stored in zip(pending, positions, where, kept, strict=True):
         features = learnt.get(place, stored)
         if features is None:
             result.outcomes["unknown"] += 1
             continue
         fraud = bool(label.label)
-        if learnt_label(features) is fraud:
-            result.outcomes["duplicate"] += 1
+        before = learnt_label(features)
+        if before is not None and before.fraud is fraud and before[1:] != position:
+            result.outcomes["duplicate"] += 1  # another record with the same verdict
             continue
         models.learn_label(kept_features(features), fraud)
-        learnt[place] = with_label(features, fraud)
+        learnt[place] = with_label(features, LearntLabel(fraud, *position))
         result.outcomes["learnt"] += 1
     await store.relabel_scored([(user, event, value) for (user, event), value in learnt.items()])
     for record in records:

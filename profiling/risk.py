@@ -30,7 +30,7 @@ import struct
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import orjson
@@ -60,28 +60,41 @@ def keep_features(features: Mapping[str, float]) -> bytes:
 
 def kept_features(raw: bytes) -> dict[str, float]:
     """The features `keep_features` kept (or a JSON object of them, the earlier format)."""
-    if raw[:1] == _KEPT_FORMAT and len(raw) - 1 - _KEPT_PACK.size in (0, 1):
+    if raw[:1] == _KEPT_FORMAT and len(raw) - 1 - _KEPT_PACK.size in (0, _LEARNT.size):
         return dict(zip(KEPT_FEATURES, _KEPT_PACK.unpack_from(raw, 1), strict=True))
     decoded: dict[str, float] = orjson.loads(raw)
     return decoded
 
 
-def with_label(raw: bytes, label: bool) -> bytes:
-    """Kept features and the label they were learnt with: one byte more, after them.
+# After the kept features, once a label was learnt from them: the label, and the
+# partition and offset of the label record that taught it.
+_LEARNT: Final = struct.Struct("<?Iq")
 
-    A label sent again (a producer's re-send) then finds itself learnt already.
-    Features of the earlier JSON format stay as they are.
+
+class LearntLabel(NamedTuple):
+    fraud: bool
+    partition: int  # of the fraud-labels record that taught it
+    offset: int
+
+
+def with_label(raw: bytes, learnt: LearntLabel) -> bytes:
+    """Kept features and the label learnt from them, with the record that taught it.
+
+    The same label from another record (a producer's re-send) then finds itself
+    learnt already, while the same record read again (a replay after a crash,
+    past the restored model snapshot) is learnt again. Features of the earlier
+    JSON format stay as they are.
     """
     if raw[:1] != _KEPT_FORMAT:
         return raw
-    return raw[: 1 + _KEPT_PACK.size] + (b"\x01" if label else b"\x00")
+    return raw[: 1 + _KEPT_PACK.size] + _LEARNT.pack(*learnt)
 
 
-def learnt_label(raw: bytes) -> bool | None:
+def learnt_label(raw: bytes) -> LearntLabel | None:
     """The label these kept features were learnt with (`with_label`), or None."""
-    if raw[:1] != _KEPT_FORMAT or len(raw) != 2 + _KEPT_PACK.size:
+    if raw[:1] != _KEPT_FORMAT or len(raw) != 1 + _KEPT_PACK.size + _LEARNT.size:
         return None
-    return raw[-1] == 1
+    return LearntLabel(*_LEARNT.unpack_from(raw, 1 + _KEPT_PACK.size))
 
 
 def risk_band(risk: float | None, threshold: float = 0.8) -> str | None:

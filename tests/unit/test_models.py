@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import replace
 
@@ -215,6 +216,20 @@ async def test_a_label_sent_again_is_learnt_once_and_a_corrected_one_again() -> 
     )
     assert corrected.outcomes == {"learnt": 2}  # a chargeback, then the verdict put back
     assert models.risk.labels == {0: 2, 1: 1}
+
+
+async def test_a_label_read_again_after_a_crash_past_the_snapshot_is_learnt_again() -> None:
+    store, models = InMemoryProfileStore(), ProfileModels()
+    await run(models, shopper("u1", 2, NOW - 10 * 86_400_000, random.Random(3)), store)  # type: ignore[arg-type]
+    snapshot = copy.deepcopy(models.snapshot())
+    label = records([{"event_id": "u1-p0", "user_id": "u1", "label": 1, "ts": NOW}],
+                    topic="fraud-labels", start=7)  # fmt: skip
+    assert (await apply_labels(label, store, models, NOW)).outcomes == {"learnt": 1}
+    # The worker dies before its next snapshot: the restored models never learnt it.
+    restored = ProfileModels()
+    restored.restore(snapshot)
+    again = await apply_labels(label, store, restored, NOW)
+    assert again.outcomes == {"learnt": 1} and restored.risk.labels == {0: 0, 1: 1}
 
 
 async def test_labels_of_a_merged_user_find_the_features_where_the_merge_moved_them() -> None:
