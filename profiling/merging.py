@@ -113,6 +113,8 @@ def merge_profiles(
         risk_reasons=rated.risk_reasons,
         alerts=(),
         forwards=(),
+        alerts_before=(),
+        forwards_before=(),
         published_at=now_ms,
         published_version=version,
     )

@@ -300,8 +300,11 @@ def _record(outcome: Outcome, result: BatchResult, stages: Stages) -> None:
     if outcome.suppressed:
         result.outcomes["suppressed"] += outcome.suppressed
     profile = outcome.profile
-    if outcome.wrote or outcome.publish:  # a write's own forwards; a replay's again
-        result.forwarded += [(user, body.encode()) for user, body in profile.forwards]
+    # Published with nothing written: a replay, whose last two writes' acks may be lost.
+    replay = outcome.publish and not outcome.wrote
+    if outcome.wrote or replay:  # a write's own forwards; a replay's again
+        kept = profile.forwards_before + profile.forwards if replay else profile.forwards
+        result.forwarded += [(user, body.encode()) for user, body in kept]
     if outcome.forwarded:
         result.outcomes["forwarded"] += len(outcome.forwarded)
         if not outcome.wrote:  # else kept in the profile's `forwards`, sent above
@@ -316,5 +319,6 @@ def _record(outcome: Outcome, result: BatchResult, stages: Stages) -> None:
         threshold = stages.models.alert_threshold if stages.models else 0.8
         body = change_message(profile, outcome.changed, stages.vector_in_updates, threshold)
         result.changes.append((profile.user_id, body))
-    if outcome.wrote or outcome.publish:  # a replay sends the last write's alerts again
-        result.alerts.extend((profile.user_id, alert.encode()) for alert in profile.alerts)
+    if outcome.wrote or replay:  # a replay sends the last writes' alerts again
+        alerts = profile.alerts_before + profile.alerts if replay else profile.alerts
+        result.alerts.extend((profile.user_id, alert.encode()) for alert in alerts)

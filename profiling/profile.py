@@ -101,6 +101,10 @@ class Profile:
     # (user_id, event JSON) that write forwarded (`Outcome.forwarded`): like its alerts,
     # sent again when a replay finds those events below the watermark.
     forwards: tuple[tuple[str, str], ...] = ()
+    # The write before's alerts and forwards. A worker writes a batch while the one
+    # before it still waits for its acks: a crash then replays both writes at once.
+    alerts_before: tuple[str, ...] = ()
+    forwards_before: tuple[tuple[str, str], ...] = ()
     # The user was erased at this time (epoch ms, `profile-commands`): events older
     # than it are suppressed, never applied (DESIGN.md §9). 0: never erased.
     erased_before: int = 0
@@ -129,7 +133,7 @@ _fold_in: Final = slots.replacer_of(
     Profile,
     ("version", "first_seen", "last_seen", "updated", "events", "counts", "spend", "orders",
      "category_scores", "watermarks", "unpublished", "seen", "alerts", "forwards",
-     "published_at", "published_version"),
+     "alerts_before", "forwards_before", "published_at", "published_version"),
 )  # fmt: skip
 
 
@@ -161,6 +165,8 @@ class Outcome(NamedTuple):
 
 
 NOTHING_FORWARDED: Final[tuple[Event, ...]] = ()
+NO_ALERTS: Final[tuple[str, ...]] = ()
+NOTHING_KEPT: Final[tuple[tuple[str, str], ...]] = ()
 
 
 def apply_deliveries(
@@ -186,7 +192,13 @@ def apply_deliveries(
             profile, [], duplicates, replayed, profile.unpublished, replay, (), suppressed,
             forwarded,
         )  # fmt: skip
-    forwards = profile.forwards if replay else ()
+    if replay:  # the replayed writes' alerts and forwards go out again with this one's
+        alerts, forwards = profile.alerts_before + profile.alerts, profile.forwards_before
+        forwards += profile.forwards
+        alerts_before, forwards_before = NO_ALERTS, NOTHING_KEPT
+    else:
+        alerts, forwards = NO_ALERTS, NOTHING_KEPT
+        alerts_before, forwards_before = profile.alerts, profile.forwards
     if forwarded:
         into = profile.merged_into or ""  # set whenever events are forwarded
         forwards += tuple((into, forwarded_event(event, into).decode()) for event in forwarded)
@@ -236,8 +248,10 @@ def apply_deliveries(
         watermarks=watermarks,
         unpublished=all_changed,
         seen=(profile.seen + b"".join(digests))[-DIGEST_BYTES * params.dedupe_window :],
-        alerts=profile.alerts if replay else (),  # the models add this batch's
+        alerts=alerts,  # the models add this batch's
         forwards=forwards,
+        alerts_before=alerts_before,
+        forwards_before=forwards_before,
         # A change message is due: the profile records what it publishes.
         published_at=now_ms if publish else profile.published_at,
         published_version=version if publish else profile.published_version,

@@ -234,6 +234,10 @@ def state_blob(profile: Profile) -> bytes:
     }
     if profile.forwards:
         state["fwd"] = profile.forwards
+    if profile.alerts_before:
+        state["alerts_b"] = profile.alerts_before
+    if profile.forwards_before:
+        state["fwd_b"] = profile.forwards_before
     if profile.erased_before:
         state = {**_marker(profile.erased_before, profile.merged_into), **state}
     document = jsonout.dumps(state)
@@ -294,6 +298,8 @@ def profile_from_storage(
         risk_reasons=fields.get("risk_reasons"),
         alerts=tuple(internal.get("alerts", ())),
         forwards=tuple((user, body) for user, body in internal.get("fwd", ())),
+        alerts_before=tuple(internal.get("alerts_b", ())),
+        forwards_before=tuple((user, body) for user, body in internal.get("fwd_b", ())),
         erased_before=int(internal.get("erased", 0)),
         merged_into=internal.get("into"),
     )

@@ -337,6 +337,15 @@ def test_a_visitors_events_older_than_the_merge_are_forwarded_to_the_account() -
         # them below the watermark and sends them again.
         replay = await fold(*after_merge)
         assert replay.outcomes["replayed"] == 3 and replay.forwarded == late.forwarded
+        # Two writes replayed at once (the second landed while the first's acks were
+        # pending): the first's forwarded events go out again too.
+        later = await fold(
+            event("a6", ERASED_AT - 8, 20, "anon"), event("a7", ERASED_AT + 20, 21, "anon")
+        )
+        assert [orjson.loads(b)["event_id"] for _, b in later.forwarded] == ["a6"]
+        both = await fold(*after_merge, event("a6", ERASED_AT - 8, 20, "anon"),
+                          event("a7", ERASED_AT + 20, 21, "anon"))  # fmt: skip
+        assert sorted(orjson.loads(b)["event_id"] for _, b in both.forwarded) == ["a2", "a3", "a6"]
 
         # On the events topic, keyed by the account: a3 is new there, a2 merged already.
         sent = [Record(EVENTS, 0, 10 + i, key.encode(), body) for i, (key, body) in
@@ -354,7 +363,7 @@ def test_a_visitors_events_older_than_the_merge_are_forwarded_to_the_account() -
         bounced = orjson.dumps({"event_id": "x1", "user_id": "anon", "type": "login",
                                 "ts": ERASED_AT - 5, "forwarded_from": "k"})  # fmt: skip
         older = await fold(
-            event("a5", ERASED_AT - 5, 4, "anon"), Record(EVENTS, 0, 5, b"anon", bounced)
+            event("a5", ERASED_AT - 5, 30, "anon"), Record(EVENTS, 0, 31, b"anon", bounced)
         )
         assert [orjson.loads(b)["event_id"] for _, b in older.forwarded] == ["a5"]
         assert older.outcomes["suppressed"] == 1

@@ -162,6 +162,27 @@ async def test_an_alert_is_raised_once_and_replayed_identically() -> None:
                for _, b in quiet.alerts)  # fmt: skip
 
 
+async def test_a_replay_of_two_writes_sends_the_alerts_of_the_first_too() -> None:
+    """A worker writes a batch while the one before it waits for its acks: a crash then
+    replays both, and the first one's alerts may never have been sent."""
+    store, models = InMemoryProfileStore(), ProfileModels(alert_threshold=0.5)
+    rng = random.Random(2)
+    history = [b for u in range(30) for b in shopper(f"u{u}", 6, NOW - 40 * 86_400_000, rng)]
+    await run(models, sorted(history, key=lambda b: b["ts"]), store)  # type: ignore[arg-type]
+    attack = records(takeover("u7", NOW - 3_600_000), start=10_000)
+    first = await apply_batch(attack, store, PARAMS, lambda: NOW, Stages(models=models))
+    assert first.alerts
+    view = {"event_id": "u7-v", "user_id": "u7", "type": "view", "ts": NOW, "item_id": "i2"}
+    newer = records([view], start=20_000)
+    second = await apply_batch(newer, store, PARAMS, lambda: NOW + 1, Stages(models=models))
+    assert second.outcomes["applied"] == 1 and not second.alerts
+    replay = await apply_batch(
+        attack + newer, store, PARAMS, lambda: NOW + 2, Stages(models=models)
+    )
+    assert replay.outcomes["replayed"] == len(attack) + 1
+    assert replay.alerts == first.alerts
+
+
 async def test_a_batch_folded_again_after_its_write_lost_does_not_teach_the_models_twice() -> None:
     store, models = InMemoryProfileStore(), ProfileModels()
     rng = random.Random(4)
