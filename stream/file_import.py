@@ -361,7 +361,22 @@ _COUNTRY_ISO2: Final = {
 # UCI Online Retail's stock codes of invoice lines that are no product: postage,
 # carriage, manual entries, fees, discounts, samples, commission, bad-debt adjustments.
 _NOT_PRODUCTS: Final = frozenset(
-    {"POST", "DOT", "C2", "M", "BANK CHARGES", "AMAZONFEE", "D", "S", "CRUK", "B"}
+    {
+        "POST",
+        "DOT",
+        "C2",
+        "M",
+        "BANK CHARGES",
+        "AMAZONFEE",
+        "D",
+        "S",
+        "CRUK",
+        "B",
+        "ADJUST",
+        "ADJUST2",
+        "TEST001",
+        "TEST002",
+    }
 )
 
 

@@ -9,6 +9,7 @@ from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -40,10 +41,12 @@ def events_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
     Partitions are dealt out by range, topic by topic, so a worker owns partition
     i of `profile-commands` with partition i of the events (the same count): a
     user's commands reach the worker that folds the user's events. aiokafka's
-    default, round robin, deals the partitions of all topics out as one list.
+    default, round robin, deals the partitions of all topics out as one list;
+    it stays second, so that workers of an earlier version, which offer only it,
+    can share the group during a rolling upgrade (then it is the one used).
     """
     options = {
-        "partition_assignment_strategy": (RangePartitionAssignor,),
+        "partition_assignment_strategy": (RangePartitionAssignor, RoundRobinPartitionAssignor),
         "group_id": settings.group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",

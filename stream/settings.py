@@ -246,6 +246,14 @@ class Settings(BaseSettings):
             raise ValueError("must be at least one second (1/86400 days)")
         return value
 
+    @field_validator("erased_marker_days")
+    @classmethod
+    def _none_or_a_second(cls, value: float) -> float:
+        """Whole seconds go to Redis, where 0 means for ever: less than one would be that."""
+        if 0 < value * 86_400 < 1:
+            raise ValueError("must be 0 (for ever) or at least one second (1/86400 days)")
+        return value
+
     @field_validator("model_secret", "fingerprint_key")
     @classmethod
     def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from profiling.pipeline import BatchResult, FoldedBatch, SourceRecord
+from stream import kafka
 from stream.producing import send_records
 from stream.settings import Settings
 from stream.worker import BatchWorker
@@ -263,3 +265,32 @@ async def test_partitions_of_a_leaving_worker_move_and_nothing_is_applied_twice(
             assert sum(w.stats.replayed for w in survivors) >= lost
     finally:
         await group.close()
+
+
+async def test_a_worker_joins_a_group_whose_earlier_workers_offer_only_round_robin(
+    make_settings,
+) -> None:
+    """A rolling upgrade: workers of an earlier version assign partitions round robin
+    only; the group settles on the one strategy every member offers."""
+    settings = await make_settings(partitions=2)
+    topics = [settings.topic_events, settings.topic_commands]
+    earlier = kafka.events_consumer(
+        settings, partition_assignment_strategy=(RoundRobinPartitionAssignor,)
+    )
+    current = kafka.events_consumer(settings)
+    consumers = (earlier, current)
+    try:
+        for consumer in consumers:
+            consumer.subscribe(topics)
+            await consumer.start()
+
+        async def poll() -> None:
+            while not all(c.assignment() for c in consumers):
+                await asyncio.gather(*(c.getmany(timeout_ms=100) for c in consumers))
+
+        await asyncio.wait_for(poll(), 30)
+        owned = [c.assignment() for c in consumers]
+        assert not owned[0] & owned[1] and len(owned[0] | owned[1]) == 2 * len(topics)
+    finally:
+        for consumer in consumers:
+            await consumer.stop()

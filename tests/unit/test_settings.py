@@ -132,6 +132,13 @@ def test_a_scored_ttl_under_a_second_is_refused_not_rounded_to_no_expiry() -> No
     assert Settings(scored_ttl_days=1 / 86_400).scored_ttl_days * 86_400 >= 1
 
 
+def test_an_erased_marker_under_a_second_is_refused_not_kept_for_ever() -> None:
+    """Whole seconds go to Redis, where 0 keeps the marker for ever."""
+    with pytest.raises(ValidationError, match="at least one second"):
+        Settings(erased_marker_days=0.5 / 86_400)
+    assert Settings(erased_marker_days=0).erased_marker_days == 0
+
+
 def test_an_embedding_cache_of_no_entries_is_refused() -> None:
     """The in-process LRU needs room for one vector; 0 crashed the worker as it started."""
     with pytest.raises(ValidationError) as refused:
