@@ -13,7 +13,7 @@ import pytest
 from profiling.commands import apply_commands
 from profiling.labels import apply_labels
 from profiling.models import ProfileModels, alert_id
-from profiling.pipeline import Record, Stages, apply_batch, fold_batch
+from profiling.pipeline import BatchResult, Record, Stages, apply_batch, fold_batch
 from profiling.profile import Outcome, Profile, ProfileParams, evolve
 from profiling.risk import KEPT_FEATURES, RiskModel, keep_features, kept_features
 from profiling.segments import SEGMENT_FEATURES, SegmentModel
@@ -133,13 +133,21 @@ async def test_profiles_get_segment_risk_and_reasons() -> None:
     assert len(result.risk_scores) == 200
 
 
-async def test_an_alert_is_raised_once_and_replayed_identically() -> None:
-    store, models = InMemoryProfileStore(), ProfileModels(alert_threshold=0.5)
-    rng = random.Random(2)
+async def taken_over(
+    store: InMemoryProfileStore, models: ProfileModels, rng: random.Random
+) -> tuple[list[Record], BatchResult]:
+    """Thirty regular customers' history, then u7's account taken over: the attack's
+    records and what applying them gave."""
     history = [b for u in range(30) for b in shopper(f"u{u}", 6, NOW - 40 * 86_400_000, rng)]
     await run(models, sorted(history, key=lambda b: b["ts"]), store)  # type: ignore[arg-type]
     attack = records(takeover("u7", NOW - 3_600_000), start=10_000)
-    first = await apply_batch(attack, store, PARAMS, lambda: NOW, Stages(models=models))
+    return attack, await apply_batch(attack, store, PARAMS, lambda: NOW, Stages(models=models))
+
+
+async def test_an_alert_is_raised_once_and_replayed_identically() -> None:
+    store, models = InMemoryProfileStore(), ProfileModels(alert_threshold=0.5)
+    rng = random.Random(2)
+    attack, first = await taken_over(store, models, rng)
     assert first.alerts, "the takeover purchase should alert at threshold 0.5"
     bodies = [orjson.loads(body) for _, body in first.alerts]
     assert {b["alert_id"] for b in bodies} == {alert_id("u7", b["event_id"]) for b in bodies}
@@ -167,10 +175,7 @@ async def test_a_replay_of_two_writes_sends_the_alerts_of_the_first_too() -> Non
     replays both, and the first one's alerts may never have been sent."""
     store, models = InMemoryProfileStore(), ProfileModels(alert_threshold=0.5)
     rng = random.Random(2)
-    history = [b for u in range(30) for b in shopper(f"u{u}", 6, NOW - 40 * 86_400_000, rng)]
-    await run(models, sorted(history, key=lambda b: b["ts"]), store)  # type: ignore[arg-type]
-    attack = records(takeover("u7", NOW - 3_600_000), start=10_000)
-    first = await apply_batch(attack, store, PARAMS, lambda: NOW, Stages(models=models))
+    attack, first = await taken_over(store, models, rng)
     assert first.alerts
     view = {"event_id": "u7-v", "user_id": "u7", "type": "view", "ts": NOW, "item_id": "i2"}
     newer = records([view], start=20_000)

@@ -401,17 +401,8 @@ async def test_the_model_publishes_when_the_long_vector_drifts() -> None:
     assert interest.sketch == drift_sketch(decode_vector(interest.vec_long)) != sketch_before
 
 
-@pytest.mark.parametrize("cuts", [[1], [2], [1, 3], [1, 2, 3]])
-async def test_the_model_gives_the_same_vectors_however_the_batches_split(
-    cuts: list[int],
-) -> None:
-    """Stored vectors carry the time they are decayed to, so a later batch decays them."""
-    titles = ["red running shoes", "steel kettle", "camping tent", "crime novel"]
-    gaps = [0, 2 * MS_PER_HOUR, 3 * MS_PER_DAY, 3 * MS_PER_DAY + 5 * 60_000]
-    batch = [
-        shop_record(i, "u1", "view", T0 + gap, item_id=f"i{i}", title=title)
-        for i, (gap, title) in enumerate(zip(gaps, titles, strict=True))
-    ]
+async def assert_same_vectors_whole_and_split(batch: list[Record], cuts: list[int]) -> None:
+    """u1's vectors from `batch` in one batch and cut at `cuts` are the same."""
 
     async def vectors(parts: list[list[Record]]) -> tuple[bytes | None, bytes | None]:
         store = InMemoryProfileStore()
@@ -428,6 +419,21 @@ async def test_the_model_gives_the_same_vectors_however_the_batches_split(
     for one, other in zip(whole, split, strict=True):
         assert one is not None and other is not None
         np.testing.assert_allclose(decode_vector(one), decode_vector(other), atol=1e-5)
+
+
+@pytest.mark.parametrize("cuts", [[1], [2], [1, 3], [1, 2, 3]])
+async def test_the_model_gives_the_same_vectors_however_the_batches_split(
+    cuts: list[int],
+) -> None:
+    """Stored vectors carry the time they are decayed to, so a later batch decays them."""
+    titles = ["red running shoes", "steel kettle", "camping tent", "crime novel"]
+    gaps = [0, 2 * MS_PER_HOUR, 3 * MS_PER_DAY, 3 * MS_PER_DAY + 5 * 60_000]
+    batch = [
+        shop_record(i, "u1", "view", T0 + gap, item_id=f"i{i}", title=title)
+        for i, (gap, title) in enumerate(zip(gaps, titles, strict=True))
+    ]
+
+    await assert_same_vectors_whole_and_split(batch, cuts)
 
 
 @pytest.mark.parametrize("cuts", [[1], [2], [3], [1, 4], [2, 3, 5]])
@@ -449,18 +455,4 @@ async def test_untitled_item_events_reuse_the_same_titles_however_the_batches_sp
         for i, (kind, fields) in enumerate(events)
     ]
 
-    async def vectors(parts: list[list[Record]]) -> tuple[bytes | None, bytes | None]:
-        store = InMemoryProfileStore()
-        model = InterestModel(HashingEncoder(dim=DIM), EmbeddingLRU(), params=PARAMS)
-        for part in parts:
-            await apply_batch(part, store, ProfileParams(), lambda: T0, Stages(interests=model))
-        interest = (await store.load(["u1"]))["u1"].interest
-        assert interest is not None
-        return interest.vec_long, interest.vec_short
-
-    whole = await vectors([batch])
-    bounds = [0, *cuts, len(batch)]
-    split = await vectors([batch[a:b] for a, b in itertools.pairwise(bounds)])
-    for one, other in zip(whole, split, strict=True):
-        assert one is not None and other is not None
-        np.testing.assert_allclose(decode_vector(one), decode_vector(other), atol=1e-5)
+    await assert_same_vectors_whole_and_split(batch, cuts)
