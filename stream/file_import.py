@@ -46,10 +46,11 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from statistics import NormalDist
 from typing import IO, Any, Final, Literal, cast
+from zoneinfo import ZoneInfo
 
 import msgspec
 import orjson
@@ -157,14 +158,15 @@ def parse_pairs(pairs: Iterable[str], flag: str = "--map") -> dict[str, str]:
 # -- typed cells ------------------------------------------------------------------------------
 
 
-def parse_ts(value: Any, unit: str = "auto", fmt: str | None = None) -> int:
-    """Epoch milliseconds from epoch seconds/ms (number or digits) or a date-time string."""
+def parse_ts(value: Any, unit: str = "auto", fmt: str | None = None, zone: tzinfo = UTC) -> int:
+    """Epoch milliseconds from epoch seconds/ms (number or digits) or a date-time string
+    (one without a time zone read in `zone`)."""
     if isinstance(value, str):
         text = value.strip()
         try:
             number = float(text)
         except ValueError:
-            return _parse_datetime(text, fmt)
+            return _parse_datetime(text, fmt, zone)
     elif isinstance(value, int | float) and not isinstance(value, bool):
         number = float(value)
     else:
@@ -175,7 +177,7 @@ def parse_ts(value: Any, unit: str = "auto", fmt: str | None = None) -> int:
     return round(number * 1000) if seconds else round(number)
 
 
-def _parse_datetime(text: str, fmt: str | None) -> int:
+def _parse_datetime(text: str, fmt: str | None, zone: tzinfo) -> int:
     """`fmt` if given; else ISO 8601, then US before EU forms (3/4/2011 is March 4th)."""
     moment = None
     if fmt is None:
@@ -189,7 +191,7 @@ def _parse_datetime(text: str, fmt: str | None) -> int:
     if moment is None:
         raise SkipRow("bad_value:ts", f"{text!r} is not a time{f' in {fmt!r}' if fmt else ''}")
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+        moment = moment.replace(tzinfo=zone)
     return round(moment.timestamp() * 1000)
 
 
@@ -361,23 +363,13 @@ _COUNTRY_ISO2: Final = {
 # UCI Online Retail's stock codes of invoice lines that are no product: postage,
 # carriage, manual entries, fees, discounts, samples, commission, bad-debt adjustments.
 _NOT_PRODUCTS: Final = frozenset(
-    {
-        "POST",
-        "DOT",
-        "C2",
-        "M",
-        "BANK CHARGES",
-        "AMAZONFEE",
-        "D",
-        "S",
-        "CRUK",
-        "B",
-        "ADJUST",
-        "ADJUST2",
-        "TEST001",
-        "TEST002",
-    }
-)
+    {"POST", "DOT", "C2", "M", "BANK CHARGES", "AMAZONFEE", "D", "S", "CRUK", "B", "ADJUST",
+     "ADJUST2", "TEST001", "TEST002"}
+)  # fmt: skip
+
+
+# The retailer's invoice times are the UK's wall-clock times (GMT, BST in summer).
+_UK: Final = ZoneInfo("Europe/London")
 
 
 def _online_retail(row: Mapping[str, Any], options: CsvOptions) -> dict[str, Any]:
@@ -397,7 +389,7 @@ def _online_retail(row: Mapping[str, Any], options: CsvOptions) -> dict[str, Any
         **options.constants,
         "type": "purchase",
         "user_id": customer.removesuffix(".0"),  # pandas wrote the ids as floats
-        "ts": parse_ts(row["InvoiceDate"], "auto", options.ts_format),
+        "ts": parse_ts(row["InvoiceDate"], "auto", options.ts_format, _UK),
         "order_id": _cast("order_id", row["InvoiceNo"]),
         "item_id": _cast("item_id", row["StockCode"]),
         "quantity": quantity,
@@ -473,9 +465,9 @@ PRESETS: Final = {
             header=True,
             convert=_online_retail,
             natural_key=None,
-            about="UCI Online Retail (I or II): one purchase per line, in GBP; rows without "
-            "a customer, returns (quantity <= 0) and lines that are no product (postage, "
-            "fees, discounts, vouchers) are skipped",
+            about="UCI Online Retail (I or II): one purchase per line, in GBP, at UK times; "
+            "rows without a customer, returns (quantity <= 0) and lines that are no product "
+            "(postage, fees, discounts, vouchers) are skipped",
         ),
         Preset(
             name="amazon-reviews",

@@ -159,11 +159,25 @@ def test_online_retail_preset(tmp_path: Path) -> None:
         "ts": 1_291_191_960_000,
     }
     assert events[1][1]["country"] == "IE"
-    assert events[1][1]["ts"] == 1_291_192_080_000  # US-style date, read as UTC
+    assert events[1][1]["ts"] == 1_291_192_080_000  # US-style date; UK time, GMT in December
     assert "country" not in events[2][1]  # Atlantis
     assert events[2][1]["title"] == "PAPER CHAIN KIT, 50'S CHRISTMAS"
     # The discount and the postage are lines of an invoice, not products bought.
     assert report.skipped == {"no_customer": 1, "not_a_product": 2, "invalid:out_of_range": 1}
+
+
+def test_online_retail_times_are_the_uks_wall_clock(tmp_path: Path) -> None:
+    path = tmp_path / "Online Retail.csv"
+    path.write_text(
+        "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+        "562000,22633,HAND WARMER UNION JACK,6,2011-08-01 09:00:00,1.85,13047,United Kingdom\n"
+        "581000,22633,HAND WARMER UNION JACK,6,2011-12-01 09:00:00,1.85,13047,United Kingdom\n"
+    )
+    events, _ = run(path, "online-retail")
+    assert [e["ts"] for _, e in events] == [
+        1_312_185_600_000,  # 2011-08-01 08:00 UTC: 09:00 British Summer Time
+        1_322_730_000_000,  # 2011-12-01 09:00 UTC: 09:00 GMT
+    ]
 
 
 def test_online_retail_ii_header_names_are_understood(tmp_path: Path) -> None:
