@@ -246,6 +246,7 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         self.topic = topic
         self.partitions: set[TopicPartition] = set()
         self.assigned = asyncio.Event()  # set once the group gave this worker partitions
+        self.joined = asyncio.Event()  # set once the group gave it its share, even none
         # The worker's next offsets (`BatchWorker._positions`): a partition that moves
         # away and back has a position again only with its next batch, not its old one.
         self._positions = positions
@@ -264,6 +265,7 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         metrics.ASSIGNED_PARTITIONS.set(len(self.partitions))
         if self.partitions:
             self.assigned.set()
+        self.joined.set()
 
 
 class BatchWorker:
@@ -435,7 +437,10 @@ class BatchWorker:
                 if last is not None:
                     await self._settle(last)
                     last = None
-                if until_idle_s is None or not self.consumer.assignment():
+                # Idle only once in the group: a worker still joining has not had
+                # its share yet, while one given none (more workers than
+                # partitions) has nothing to wait for.
+                if until_idle_s is None or not self.assignment.joined.is_set():
                     continue
                 now = time.monotonic()
                 idle_since = idle_since or now

@@ -294,3 +294,19 @@ async def test_a_worker_joins_a_group_whose_earlier_workers_offer_only_round_rob
     finally:
         for consumer in consumers:
             await consumer.stop()
+
+
+async def test_until_idle_also_ends_a_worker_the_group_gave_no_partition(make_settings) -> None:
+    """More workers than partitions: the one given none has nothing to wait for."""
+    settings = await make_settings(partitions=1)
+    await send_records(settings, shop_records(200, malformed=0, duplicates=0, seed=26))
+    workers = [BatchWorker(settings), BatchWorker(settings)]
+    try:
+        for worker in workers:
+            await worker.start()
+        runs = [worker.run(until_idle_s=1.0) for worker in workers]
+        stats = await asyncio.wait_for(asyncio.gather(*runs), 60)
+    finally:
+        for worker in workers:
+            await worker.close()
+    assert sorted(s.records for s in stats) == [0, 200]
