@@ -87,7 +87,7 @@ async def apply_labels(
             continue
         fraud = bool(label.label)
         before = learnt_label(features)
-        if before is not None and before.fraud is fraud and before[1:] != position:
+        if before is not None and before.fraud is fraud and before.at != position:
             result.outcomes["duplicate"] += 1  # another record with the same verdict
             continue
         models.learn_label(kept_features(features), fraud)

@@ -21,6 +21,7 @@ the window too, last, and a replayed command finds it there.
 from __future__ import annotations
 
 import heapq
+from dataclasses import replace
 
 from profiling.behaviour import merge_behaviour
 from profiling.profile import (
@@ -142,10 +143,7 @@ def _interest(
         source = taken if dim_theirs is not None or mine is None else known
         kept = source.interest
         if kept is not None and kept.ref_ms is None:  # decayed to a last_seen that moves on
-            kept = StoredInterest(
-                kept.vec_long, kept.vec_short, kept.log2_long, kept.log2_short, kept.sketch,
-                source.last_seen,
-            )  # fmt: skip
+            kept = replace(kept, ref_ms=source.last_seen)
         return kept, source.model
     if known.model != taken.model or dim != dim_theirs:
         return mine, known.model

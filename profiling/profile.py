@@ -193,8 +193,8 @@ def apply_deliveries(
             forwarded,
         )  # fmt: skip
     if replay:  # the replayed writes' alerts and forwards go out again with this one's
-        alerts, forwards = profile.alerts_before + profile.alerts, profile.forwards_before
-        forwards += profile.forwards
+        alerts = profile.alerts_before + profile.alerts
+        forwards = profile.forwards_before + profile.forwards
         alerts_before, forwards_before = NO_ALERTS, NOTHING_KEPT
     else:
         alerts, forwards = NO_ALERTS, NOTHING_KEPT

@@ -76,6 +76,11 @@ class LearntLabel(NamedTuple):
     partition: int  # of the fraud-labels record that taught it
     offset: int
 
+    @property
+    def at(self) -> tuple[int, int]:
+        """(partition, offset) of the record that taught it."""
+        return self.partition, self.offset
+
 
 def with_label(raw: bytes, learnt: LearntLabel) -> bytes:
     """Kept features and the label learnt from them, with the record that taught it.
