@@ -55,7 +55,7 @@ import redis.asyncio as aioredis
 import stream  # noqa: F401  first: numpy then loads as in the worker (one OpenBLAS thread)
 
 # isort: split
-from drain import write_report  # bench/drain.py
+from drain import SHOP_RATES, write_report  # bench/drain.py
 
 from profiling import pipeline
 from profiling.embedding_cache import EmbeddingLRU, embed_events
@@ -107,7 +107,7 @@ async def warmed_step(
     """
     client = connect(url)
     await client.flushall()
-    settings = Settings(redis_url=url, profile_cache_users=cache_users)
+    settings = Settings(redis_url=url, profile_cache_users=cache_users, currency_rates=SHOP_RATES)
     store = RedisProfileStore(client, cache_users=settings.profile_cache_users)
     interests = await warm_interests(records, client, START_MS + 40_000) if vectors else None
     stages = Stages(interests, False, build_models(settings) if models else None)

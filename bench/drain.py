@@ -37,6 +37,7 @@ from typing import Any
 
 import redis
 
+from stream import synthetic_shop
 from stream.devstack import DevStack
 from stream.producing import send_records
 from stream.settings import Settings
@@ -45,6 +46,12 @@ from stream.worker import wall_clock_ms
 
 RESULTS = Path(__file__).parent / "results"
 HOUR_MS = 3_600_000
+# The shop sells in eight currencies: a worker for it counts money in dollars
+# (PROFILER_CURRENCY_RATES). A tree from before that setting, measured side by
+# side, has no RATES and ignores the variable.
+SHOP_RATES = json.dumps(
+    {code: rate for code, rate in getattr(synthetic_shop, "RATES", {}).items() if code != "USD"}
+)
 
 
 def worker_env(settings: Settings, group: str, encoder: str, models: bool) -> dict[str, str]:
@@ -58,6 +65,7 @@ def worker_env(settings: Settings, group: str, encoder: str, models: bool) -> di
         PROFILER_KAFKA_SESSION_TIMEOUT_MS="3000",
         PROFILER_KAFKA_HEARTBEAT_INTERVAL_MS="300",
         PROFILER_WEB_PORT="0",
+        PROFILER_CURRENCY_RATES=SHOP_RATES,
     )
     return env
 

@@ -77,7 +77,7 @@ from typing import Any
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
-from drain import write_report  # bench/drain.py
+from drain import SHOP_RATES, write_report  # bench/drain.py
 from noise import NoiseProbe  # bench/noise.py
 from redis.asyncio.client import PubSub
 
@@ -493,6 +493,7 @@ def run_rate(
         "PROFILER_KAFKA_HEARTBEAT_INTERVAL_MS": "300",
         "PROFILER_WEB_PORT": str(port),
         "PROFILER_ENCODER_MODEL": args.encoder,
+        "PROFILER_CURRENCY_RATES": SHOP_RATES,
         **extra,
     }
     worker = subprocess.Popen([sys.executable, "-m", "stream.cli", "run"], env=env, cwd=ROOT)

@@ -5,7 +5,9 @@ timestamps of their last events, orders and failed logins, the devices,
 countries and cards they used (as short digests, never raw), a running mean
 and variance of their order amounts, their last login and last cart. It is
 stored with the profile and folded forward only by events the engine applies,
-so it is idempotent like every other aggregate.
+so it is idempotent like every other aggregate. Amounts and prices count in
+the worker's base currency (`profiling.currency`); one without a rate is left
+out of the amount statistics and the average price.
 
 `observe` folds one event in and, for a purchase or a login, returns the
 transactional features *as they were when the event happened* (the state
@@ -34,6 +36,7 @@ from typing import Any, Final
 import numpy as np
 
 from profiling import slots
+from profiling.currency import SAME_CURRENCY, Currencies
 from profiling.events import Event
 
 MINUTE_MS: Final = 60_000
@@ -161,15 +164,21 @@ _TOKEN_SETS: Final = tuple(_FIELDS.index(name) for name in ("devices", "countrie
 
 
 def observe(
-    state: Behaviour, event: Event, fingerprint: Fingerprint = token
+    state: Behaviour,
+    event: Event,
+    fingerprint: Fingerprint = token,
+    currencies: Currencies = SAME_CURRENCY,
 ) -> tuple[Behaviour, dict[str, float] | None]:
     """`state` with `event` folded in, and the event's features if it is a purchase or login."""
-    state, [features] = observe_all(state, [event], fingerprint)
+    state, [features] = observe_all(state, [event], fingerprint, currencies)
     return state, features
 
 
 def observe_all(
-    state: Behaviour, events: Sequence[Event], fingerprint: Fingerprint = token
+    state: Behaviour,
+    events: Sequence[Event],
+    fingerprint: Fingerprint = token,
+    currencies: Currencies = SAME_CURRENCY,
 ) -> tuple[Behaviour, list[dict[str, float] | None]]:
     """Fold `events` in order; for each, its features (purchases and logins) or None.
 
@@ -185,13 +194,16 @@ def observe_all(
     first_ts, last_ts, stamps = work.first_ts, work.last_ts, work.events
     add_stamp = stamps.append  # in arrival order; sorted and cut to the newest when read
     price_n, price_sum = work.price_n, work.price_sum
+    base, in_base = currencies.base, currencies.value
     device = country = None  # raw ids of the most recent device and country remembered
     for event in events:
         ts, kind = event.ts, event.type
+        purchase = kind == "purchase"
+        amount = in_base(event.amount, event.currency) if purchase else None
         if kind in SCORED_TYPES:
             work.first_ts = first_ts
             _newest(stamps, RECENT_EVENTS)
-            features.append(_features(work, event, fingerprint))
+            features.append(_features(work, event, fingerprint, amount))
         else:
             features.append(None)
         if not first_ts or ts < first_ts:
@@ -203,11 +215,13 @@ def observe_all(
         if not failed_login and (event.device_id != device or event.country != country):
             device, country = work.identify(event, device, country, fingerprint)
         price = event.price
+        if price is not None and event.currency != base:
+            price = in_base(price, event.currency)
         if price is not None:
             price_n += 1
             price_sum += price
-        if kind == "purchase":
-            work.purchase(event, fingerprint)
+        if purchase:
+            work.purchase(event, fingerprint, amount)
         elif failed_login:
             _append(work.failures, ts, RECENT_FAILURES)
         elif kind == "login":
@@ -241,17 +255,29 @@ def _row_getter(names: tuple[str, ...]) -> Any:  # operator.itemgetter of those 
 
 
 def transaction_features(
-    state: Behaviour, event: Event, fingerprint: Fingerprint = token
+    state: Behaviour,
+    event: Event,
+    fingerprint: Fingerprint = token,
+    currencies: Currencies = SAME_CURRENCY,
 ) -> dict[str, float]:
     """What a fraud model should know about this purchase or login, from the state before it."""
-    return _features(state, event, fingerprint)
+    purchase = event.type == "purchase"
+    amount = currencies.value(event.amount, event.currency) if purchase else None
+    return _features(state, event, fingerprint, amount)
 
 
-def _features(v: Behaviour | _Working, event: Event, fingerprint: Fingerprint) -> dict[str, float]:
-    """`transaction_features` over a state's fields (a `Behaviour`'s, or a working copy's)."""
+def _features(
+    v: Behaviour | _Working, event: Event, fingerprint: Fingerprint, amount_in_base: float | None
+) -> dict[str, float]:
+    """`transaction_features` over a state's fields (a `Behaviour`'s, or a working copy's).
+
+    `amount_in_base`: a purchase's amount in the base currency; None for a login, or
+    a purchase in a currency without a rate (its amount features are then 0).
+    """
     ts = event.ts
     purchase = event.type == "purchase"
-    amount = float(event.amount or 0.0) if purchase else 0.0
+    known = amount_in_base is not None
+    amount = float(amount_in_base) if amount_in_base is not None else 0.0
     card = fingerprint(event.card_fp) if purchase and event.card_fp else None
     cards_24h = {c for c, _, used in v.cards if ts - used <= DAY_MS}
     if card is not None:
@@ -264,9 +290,9 @@ def _features(v: Behaviour | _Working, event: Event, fingerprint: Fingerprint) -
     return {
         "amount_log": math.log1p(amount),
         "amount_vs_usual": math.log2((amount + 1.0) / (v.amount_mean + 1.0))
-        if purchase and amount_n
+        if known and amount_n
         else 0.0,
-        "first_order": float(purchase and amount_n == 0),
+        "first_order": float(purchase and not orders),
         "orders_1m": float(_within(orders, ts, MINUTE_MS)),
         "orders_1h": float(_within(orders, ts, HOUR_MS)),
         "events_1m": float(_within(events, ts, MINUTE_MS)),
@@ -359,14 +385,16 @@ class _Working:
             self.countries = _touch(self.countries, fingerprint(country), ts)
         return device, country
 
-    def purchase(self, event: Event, fingerprint: Fingerprint) -> None:
-        amount = float(event.amount or 0.0)
-        n = self.amount_n + 1
-        delta = amount - self.amount_mean
-        mean = self.amount_mean + delta / n
+    def purchase(self, event: Event, fingerprint: Fingerprint, amount: float | None) -> None:
+        """An order: `amount` in the base currency, None when its currency has no rate
+        (the order counts, the amount statistics go without it)."""
         _append(self.orders, event.ts, RECENT_ORDERS)
-        self.amount_n, self.amount_mean = n, mean
-        self.amount_m2 += delta * (amount - mean)
+        if amount is not None:
+            n = self.amount_n + 1
+            delta = amount - self.amount_mean
+            mean = self.amount_mean + delta / n
+            self.amount_n, self.amount_mean = n, mean
+            self.amount_m2 += delta * (amount - mean)
         if event.card_fp is not None:
             self.cards = _remember(self.cards, fingerprint(event.card_fp), event.ts)
 

@@ -37,6 +37,7 @@ from profiling.behaviour import (
     token,
     vector_projection,
 )
+from profiling.currency import SAME_CURRENCY, Currencies
 from profiling.events import Event
 from profiling.profile import SCORE_THEN_NAME, Outcome, Profile
 from profiling.risk import ANOMALY, Risk, RiskModel, keep_features, risk_band
@@ -69,6 +70,7 @@ class ProfileModels:
     offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> last learnt
     alerts_raised: int = 0
     fingerprint: Fingerprint = token  # devices, countries, cards in profiles (`keyed_token`)
+    currencies: Currencies = SAME_CURRENCY  # what amounts and prices count in
 
     def __post_init__(self) -> None:
         if not 0 < self.alert_threshold < 1:
@@ -98,9 +100,10 @@ class ProfileModels:
         written = [o for o in outcomes if o.wrote]
         if not written:
             return list(outcomes)
-        fingerprint = self.fingerprint
+        fingerprint, currencies = self.fingerprint, self.currencies
         folded = [
-            observe_all(o.profile.behaviour or Behaviour(), o.applied, fingerprint) for o in written
+            observe_all(o.profile.behaviour or Behaviour(), o.applied, fingerprint, currencies)
+            for o in written
         ]
         scored = [
             (user, event, features)

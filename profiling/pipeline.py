@@ -88,6 +88,8 @@ class BatchResult:
     forwarded: list[tuple[str, bytes]] = field(default_factory=list)
     commands: Counter[tuple[str, str]] = field(default_factory=Counter)  # (command, outcome)
     by_type: Counter[str] = field(default_factory=Counter)  # applied events per type
+    # Valid purchases per currency other than the base one (`profiling.currency`).
+    foreign_purchases: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)  # dead letters per error code
     users_written: int = 0
     event_ts: list[int] = field(default_factory=list)  # ts of each applied event
@@ -107,6 +109,7 @@ class BatchResult:
         self.commands.update(other.commands)
         self.outcomes.update(other.outcomes)
         self.by_type.update(other.by_type)
+        self.foreign_purchases.update(other.foreign_purchases)
         self.errors.update(other.errors)
         self.users_written += other.users_written
         self.event_ts += other.event_ts
@@ -118,9 +121,14 @@ class BatchResult:
 
 
 def decode_batch(
-    records: Sequence[SourceRecord], now_ms: int, result: BatchResult
+    records: Sequence[SourceRecord], now_ms: int, result: BatchResult, base_currency: str = "USD"
 ) -> dict[str, list[Delivery]]:
-    """Validate every record; group the valid ones by user, dead-letter the rest."""
+    """Validate every record; group the valid ones by user, dead-letter the rest.
+
+    Valid purchases in another currency than `base_currency` are counted per
+    currency (`BatchResult.foreign_purchases`): what their amounts count for
+    depends on the rates the worker has (`profiling.currency`).
+    """
     by_user: dict[str, list[Delivery]] = {}
     for record in records:
         value = record.value
@@ -137,6 +145,8 @@ def decode_batch(
             result.dead_letters.append((record.key, dead_letter_for(record, verdict, now_ms)))
             result.errors[verdict.error] += 1
             continue
+        if verdict.currency != base_currency and verdict.type == "purchase":
+            result.foreign_purchases[verdict.currency] += 1
         deliveries = by_user.get(verdict.user_id)
         if deliveries is None:  # not setdefault: that builds a list for every record
             deliveries = by_user[verdict.user_id] = []
@@ -184,7 +194,7 @@ async def fold_batch(
     `FoldedBatch.write` for what keeps that safe).
     """
     result = BatchResult()
-    by_user = decode_batch(records, clock(), result)
+    by_user = decode_batch(records, clock(), result, params.currencies.base)
     batch = FoldedBatch(by_user, result, store, params, clock, stages)
     if by_user:
         batch.writes = await _fold_users(by_user, store, params, clock(), result, stages=stages)

@@ -25,6 +25,7 @@ from typing import Final, NamedTuple
 
 from profiling import slots
 from profiling.behaviour import Behaviour
+from profiling.currency import SAME_CURRENCY, Currencies
 from profiling.events import Event, forwarded_event
 from profiling.vectors import StoredInterest
 
@@ -63,6 +64,7 @@ class ProfileParams:
     )
     heartbeat_ms: int = 60_000
     dedupe_window: int = 2048  # event ids remembered per user
+    currencies: Currencies = SAME_CURRENCY  # what spend counts in
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,12 +211,15 @@ def apply_deliveries(
     for event in fresh:
         counts[event.type] = counts.get(event.type, 0) + 1
         changed.add(f"count:{event.type}")
-        if event.type == "purchase" and event.amount is not None:
-            # Counted to the millionth, as stored: the sum then does not depend on
-            # how the log was batched (the stored spend is rounded after each batch).
-            spend += round(event.amount, 6)
+        if event.type == "purchase":
             orders += 1
-            changed.update(("spend", "orders"))
+            changed.add("orders")
+            amount = params.currencies.value(event.amount, event.currency)
+            if amount is not None:  # None: a currency without a rate
+                # Counted to the millionth, as stored: the sum then does not depend on
+                # how the log was batched (the stored spend is rounded after each batch).
+                spend += round(amount, 6)
+                changed.add("spend")
     first_seen = fresh[0].ts if profile.is_new else min(profile.first_seen, fresh[0].ts)
     last_seen = max(profile.last_seen, fresh[-1].ts)
     scores = decay_categories(profile.category_scores, profile.last_seen, fresh, last_seen, params)

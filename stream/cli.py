@@ -40,8 +40,10 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
         for error in exc.errors():
-            name = "PROFILER_" + "_".join(str(p) for p in error["loc"]).upper()
-            _error(f"{name}: {error['msg']}")
+            field, *within = error["loc"]  # within: the key of a JSON setting's entry
+            name = f"PROFILER_{str(field).upper()}"
+            entry = f" ({'.'.join(map(str, within))})" if within else ""
+            _error(f"{name}{entry}: {error['msg']}")
         raise typer.Exit(2) from None
 
 
@@ -383,7 +385,14 @@ def config() -> None:
     settings = load_settings()
     for name, info in Settings.model_fields.items():
         value = getattr(settings, name)
-        shown = "" if value is None else str(value)  # unset prints empty: the lines read back
+        # Unset prints empty and a JSON setting prints JSON: the lines read back.
+        shown = (
+            ""
+            if value is None
+            else orjson.dumps(value).decode()
+            if isinstance(value, dict)
+            else str(value)
+        )
         sys.stdout.write(f"PROFILER_{name.upper()}={shown}\t# {info.description}\n")
 
 

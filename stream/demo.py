@@ -29,7 +29,7 @@ from stream.model_setup import segment_sizes
 from stream.producing import send_all
 from stream.redis_store import connect
 from stream.settings import Settings
-from stream.synthetic_shop import ShopGenerator
+from stream.synthetic_shop import ShopGenerator, shop_rates
 from stream.worker import BatchWorker, WorkerStats, wall_clock_ms
 
 HOUR_MS = 3_600_000
@@ -50,8 +50,12 @@ class Feed:
 def run_demo(base_settings: Settings, users: int, events: int, seed: int, console: Console) -> None:
     """Start the stack, stream the shop, print the summary; stop everything on the way out.
 
-    `base_settings` (loaded with `QUICK_GROUPS`) gets the stack's servers in place of its own.
+    `base_settings` (loaded with `QUICK_GROUPS`) gets the stack's servers in place of its own,
+    and the shop's exchange rates when it sets none: the shop sells in eight currencies.
     """
+    rates = shop_rates(base_settings.currency)
+    if not base_settings.currency_rates and rates is not None:
+        base_settings = base_settings.model_copy(update={"currency_rates": rates})
     console.print("starting a local Kafka-compatible broker (Tansu) and redis-server ...")
     with DevStack(base_settings, partitions=4) as stack:
         settings = stack.settings()
@@ -142,7 +146,8 @@ async def _summarise(
     table.add_row("profiles in Redis", f"{len(keys):,}")
     table.add_row(
         "buyers / revenue",
-        f"{sum(1 for s in spends.values() if s > 0):,} / {sum(spends.values()):,.2f}",
+        f"{sum(1 for s in spends.values() if s > 0):,} / "
+        f"{sum(spends.values()):,.2f} {settings.currency}",
     )
     console.print(table)
     if top_user is not None:

@@ -19,6 +19,13 @@ EVENTS = Counter(
 DEAD_LETTERS = Counter(
     "profiler_dead_letters", "Records sent to the DLQ, by error code", ["error"], registry=REGISTRY
 )
+FOREIGN_PURCHASES = Counter(
+    "profiler_foreign_purchases",
+    "Purchases in a currency other than PROFILER_CURRENCY, by currency and what their amount "
+    "did: converted, as_sent (no rates set) or left_out (no rate for it)",
+    ["currency", "amount"],
+    registry=REGISTRY,
+)
 BATCH_SIZE = Histogram(
     "profiler_batch_records",
     "Records per consumer batch",

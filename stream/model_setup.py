@@ -46,6 +46,7 @@ def build_models(settings: Settings, dim: int = 384) -> ProfileModels | None:
         alert_threshold=settings.risk_alert_threshold,
         dim=dim,
         fingerprint=keyed_token(key.get_secret_value().encode() if key is not None else b""),
+        currencies=settings.currencies(),
     )
 
 

@@ -6,11 +6,14 @@ never sees this object: the edge turns it into plain arguments.
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+import re
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from profiling.currency import Currencies
 from profiling.snapshots import MIN_SECRET_BYTES
 
 # Kafka's rule for topic names: 1 to 249 of these characters.
@@ -19,6 +22,7 @@ TOPIC_NAME = r"^[A-Za-z0-9._-]{1,249}$"
 # milliseconds, added to the current time, overflow 64 bits; this stays far below.
 MAX_DAYS = 36_500
 MAX_SECONDS = MAX_DAYS * 86_400
+CURRENCY_CODE = r"^[A-Z]{3}$"
 
 
 class Settings(BaseSettings):
@@ -116,6 +120,17 @@ class Settings(BaseSettings):
         le=MAX_SECONDS,
         description="expire profiles inactive this long (seconds); 0 keeps them",
     )
+    currency: str = Field(
+        "USD",
+        pattern=CURRENCY_CODE,
+        description="currency spend, order amounts and prices are counted in (ISO 4217)",
+    )
+    currency_rates: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description="JSON: units of each other currency per unit of PROFILER_CURRENCY, e.g. "
+        '{"EUR": 0.92, "JPY": 150}; a currency without a rate counts no money; '
+        "empty: every amount counts as sent",
+    )
     profile_cache_users: int = Field(
         20_000,
         ge=0,
@@ -203,6 +218,10 @@ class Settings(BaseSettings):
         100_000, ge=0, description="/ready fails while the consumer lag exceeds this many records"
     )
 
+    def currencies(self) -> Currencies:
+        """What spend, amounts and prices count in (`PROFILER_CURRENCY` and its `_RATES`)."""
+        return Currencies(self.currency, dict(self.currency_rates))
+
     def topic_names(self) -> tuple[str, ...]:
         """The six topics a worker reads or writes."""
         return (
@@ -252,6 +271,33 @@ class Settings(BaseSettings):
         """Whole seconds go to Redis, where 0 means for ever: less than one would be that."""
         if 0 < value * 86_400 < 1:
             raise ValueError("must be 0 (for ever) or at least one second (1/86400 days)")
+        return value
+
+    @field_validator("currency_rates", mode="before")
+    @classmethod
+    def _rates_from_json(cls, value: object) -> object:
+        """The variable holds a JSON object; empty is no rates."""
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return {}
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"not JSON ({exc})") from None
+
+    @field_validator("currency_rates")
+    @classmethod
+    def _rates_usable(cls, value: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        """Codes of three letters A-Z, rates above 0; the base currency's rate, if given, is 1."""
+        for code, rate in value.items():
+            if not re.fullmatch(CURRENCY_CODE, code):
+                raise ValueError(f"{code!r} is not a currency code (3 letters A-Z, ISO 4217)")
+            if rate <= 0:
+                raise ValueError(f"the rate of {code} must be above 0, not {rate}")
+        base = info.data.get("currency")
+        if base in value and value[base] != 1:
+            raise ValueError(f"{base} is PROFILER_CURRENCY: its rate is 1, not {value[base]}")
         return value
 
     @field_validator("model_secret", "fingerprint_key")

@@ -57,7 +57,7 @@ _COUNTRIES: Final = (
     ("ES", 5, "EUR"), ("IT", 5, "EUR"), ("NL", 4, "EUR"), ("AU", 4, "AUD"), ("JP", 4, "JPY"),
     ("PL", 3, "PLN"), ("SE", 3, "SEK"), ("IE", 2, "EUR"), ("BE", 2, "EUR"), ("AT", 2, "EUR"),
 )  # fmt: skip
-_RATES: Final = {
+RATES: Final = {  # units of each currency the shop sells in per US dollar
     "USD": 1.0, "EUR": 0.92, "GBP": 0.79, "CAD": 1.36, "AUD": 1.52, "JPY": 150.0, "PLN": 4.0,
     "SEK": 10.5,
 }  # fmt: skip
@@ -262,7 +262,7 @@ def build_catalog(products: int, seed: int) -> Catalog:
             tuple(accumulate(1.0 / (r + 1) ** 0.9 for r in range(len(m)))) for m in members
         ),
         queries=tuple(_queries(_FAMILIES[f], c[1].split("|"), rng) for f, c in cats),
-        offers={cur: [_offer(p, cur) for p in rows] for cur in _RATES},
+        offers={cur: [_offer(p, cur) for p in rows] for cur in RATES},
     )
 
 
@@ -272,8 +272,16 @@ def _offer(p: Product, currency: str) -> dict[str, Any]:
 
 
 def _local_price(usd: float, currency: str) -> float:
-    local = usd * _RATES[currency]
+    local = usd * RATES[currency]
     return float(round(local)) if currency == "JPY" else round(local, 2)
+
+
+def shop_rates(base: str) -> dict[str, float] | None:
+    """The shop's own rates with `base` as the unit (`PROFILER_CURRENCY_RATES`); None when
+    the shop does not sell in `base`."""
+    if base not in RATES:
+        return None
+    return {code: rate / RATES[base] for code, rate in RATES.items() if code != base}
 
 
 def _mix64(x: int) -> int:

@@ -33,7 +33,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import partial
@@ -50,6 +50,7 @@ from redis.exceptions import (
 )
 
 from profiling.commands import CommandRecord, apply_commands
+from profiling.currency import AS_SENT, CONVERTED
 from profiling.errors import ProfilerError
 from profiling.events import INTERNAL_ERROR, Rejection
 from profiling.labels import apply_labels
@@ -128,6 +129,7 @@ def profile_params(settings: Settings) -> ProfileParams:
         category_slots=settings.category_slots,
         heartbeat_ms=int(settings.heartbeat_s * 1000),
         dedupe_window=settings.dedupe_window,
+        currencies=settings.currencies(),
     )
 
 
@@ -295,6 +297,7 @@ class BatchWorker:
         self.producer: AIOKafkaProducer = kafka.producer(settings)
         self._stopping = asyncio.Event()
         self._profile_loads = (0, 0)  # the store's (cache, redis) loads at the last batch
+        self._currencies_told: set[str] = set()  # currencies whose money a warning explained
         self._held: list[TopicPartition] = []  # paused while a batch is folded
 
     async def start(self) -> None:
@@ -855,6 +858,8 @@ class BatchWorker:
             metrics.SEGMENT_MOVES.inc(result.segment_moves)
         for kind, count in result.by_type.items():
             metrics.EVENTS.labels(kind, "applied").inc(count)
+        if result.foreign_purchases:
+            self._observe_currencies(result.foreign_purchases)
         for outcome in ("duplicate", "replayed", "suppressed", "forwarded"):
             if result.outcomes[outcome]:
                 metrics.EVENTS.labels("any", outcome).inc(result.outcomes[outcome])
@@ -866,6 +871,25 @@ class BatchWorker:
         now_ms = self.clock()
         for ts in result.event_ts[:: max(1, len(result.event_ts) // 100)]:
             metrics.EVENT_TO_STORE_SECONDS.observe(max(0.0, (now_ms - ts) / 1000))
+
+    def _observe_currencies(self, purchases: Mapping[str, int]) -> None:
+        """Count purchases in other currencies; say once per currency when their money
+        is not converted (no rates: summed as sent; no rate for it: left out)."""
+        currencies = self.params.currencies
+        for currency, count in purchases.items():
+            handling = currencies.handling(currency)
+            metrics.FOREIGN_PURCHASES.labels(currency, handling).inc(count)
+            if handling == CONVERTED or currency in self._currencies_told:
+                continue
+            self._currencies_told.add(currency)
+            log.warning(
+                "purchases in %s: %s; set PROFILER_CURRENCY_RATES (units per %s) to convert them",
+                currency,
+                f"amounts counted as if in {currencies.base}"
+                if handling == AS_SENT
+                else "no rate, so their amounts are left out of spend and the models",
+                currencies.base,
+            )
 
 
 def _by_key(records: Sequence[SourceRecord]) -> list[list[SourceRecord]]:

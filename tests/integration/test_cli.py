@@ -658,25 +658,35 @@ async def test_topics_create_speaks_to_the_broker_as_configured(
         await admin.close()
 
 
-@pytest.mark.parametrize("value", ["0", "abc"])
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("PROFILER_BATCH_MAX_EVENTS", "0", "PROFILER_BATCH_MAX_EVENTS: "),
+        ("PROFILER_BATCH_MAX_EVENTS", "abc", "PROFILER_BATCH_MAX_EVENTS: "),
+        ("PROFILER_CURRENCY_RATES", "EUR=0.92", "PROFILER_CURRENCY_RATES: "),
+        ("PROFILER_CURRENCY_RATES", '{"EUR": "x"}', "PROFILER_CURRENCY_RATES (EUR): "),
+    ],
+)
 async def test_bad_configuration_is_one_line_naming_the_variable(
-    value: str, tmp_path: Path
+    variable: str, value: str, named: str, tmp_path: Path
 ) -> None:
-    env = base_env(PROFILER_BATCH_MAX_EVENTS=value, COLUMNS="60")
+    env = base_env(**{variable: value}, COLUMNS="60")
     done = await profiler("run", env=env, cwd=tmp_path, timeout_s=30)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("error: PROFILER_BATCH_MAX_EVENTS: ")
+    assert lines[0].startswith(f"error: {named}")
     assert done.stdout == ""
 
 
 async def test_config_prints_lines_that_read_back_as_the_same_settings(tmp_path: Path) -> None:
-    first = await profiler("config", env=base_env(), cwd=tmp_path, timeout_s=30)
+    rates = base_env(PROFILER_CURRENCY_RATES='{"EUR": 0.92, "JPY": 150}')
+    first = await profiler("config", env=rates, cwd=tmp_path, timeout_s=30)
     assert first.returncode == 0, first.stderr
     variables = dict(line.split("\t# ", 1)[0].split("=", 1) for line in first.stdout.splitlines())
     assert variables["PROFILER_DEVICE"] == ""  # unset: empty, not "None"
+    assert variables["PROFILER_CURRENCY_RATES"] == '{"EUR":0.92,"JPY":150.0}'  # JSON
     again = await profiler("config", env=base_env(**variables), cwd=tmp_path, timeout_s=30)
     assert again.returncode == 0, again.stderr
     assert again.stdout == first.stdout

@@ -17,11 +17,11 @@ from profiling import pipeline
 from profiling.events import Event, decode_event
 from profiling.profile import Profile
 from profiling.store import Write
-from stream import redis_store
+from stream import metrics, redis_store
 from stream.devstack import COMPACT_HASH_VALUE_BYTES
 from stream.producing import send_records
 from stream.settings import Settings
-from stream.synthetic_shop import ShopGenerator
+from stream.synthetic_shop import RATES, ShopGenerator
 from stream.worker import BatchWorker, wall_clock_ms
 from tests.corpus import CASES
 from tests.integration.kafka_io import committed_offsets, drain, end_offsets, read_topic
@@ -245,6 +245,43 @@ async def test_dead_letters_of_every_topic_are_counted_by_error_code(make_settin
     stats = await drain(settings, idle_s=2.0)
     assert stats.errors == {"invalid_command": 1, "invalid_label": 1, "invalid_json": 1}
     assert stats.dead_letters == 3
+
+
+async def test_spend_is_counted_in_one_currency_and_money_without_a_rate_is_told(
+    make_settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shop sells in eight currencies; the worker has rates for all but the yen."""
+    rates = {code: rate for code, rate in RATES.items() if code not in ("USD", "JPY")}
+    settings = await make_settings(encoder_model="none", currency_rates=rates)
+    records = shop_records(3000, malformed=0, duplicates=0, seed=8)
+    expected, purchases = expected_profiles(records), Counter[str]()
+    for user in expected.values():
+        user["spend"] = 0.0
+    for _, value in records:
+        event = decode_event(value, wall_clock_ms())
+        assert isinstance(event, Event)
+        if event.type == "purchase" and event.amount is not None:
+            purchases[event.currency] += 1
+            if event.currency != "JPY":
+                expected[event.user_id]["spend"] += event.amount / RATES[event.currency]
+    assert purchases["JPY"] and purchases["EUR"], "the shop's mix should hold both"
+    counted = {
+        (code, handling): metrics.FOREIGN_PURCHASES.labels(code, handling)._value.get()
+        for code in purchases
+        for handling in ("converted", "left_out")
+    }
+    await send_records(settings, records)
+    with caplog.at_level(logging.WARNING, logger="profiler.worker"):
+        await drain(settings)
+
+    assert_profiles_match(await stored_profiles(settings.redis_url), expected)
+    for (code, handling), before in counted.items():
+        now = metrics.FOREIGN_PURCHASES.labels(code, handling)._value.get()
+        left_out = handling == "left_out"
+        want = purchases[code] if code != "USD" and left_out == (code == "JPY") else 0
+        assert now - before == want, (code, handling)
+    told = [r.getMessage() for r in caplog.records if "PROFILER_CURRENCY_RATES" in r.getMessage()]
+    assert len(told) == 1 and told[0].startswith("purchases in JPY: no rate"), told
 
 
 async def test_resent_events_are_applied_once(topics: Settings) -> None:

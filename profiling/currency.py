@@ -1,0 +1,57 @@
+"""Money in one currency: what spend, order amounts and prices are counted in.
+
+An event's `amount` and `price` are in its `currency` (default USD). A shop
+that sells in several currencies needs them in one unit before they are
+summed or compared: a user's spend, the fraud model's "amount against the
+usual" and the segments' spend and price features would otherwise count
+150 yen as 150 dollars.
+
+`Currencies(base, rates)`: `rates` maps each other currency to its units per
+one unit of `base` (`{"EUR": 0.92, "JPY": 150.0}` with base USD). A value in
+a currency without a rate is left out (`None`): the event still counts, its
+money does not. Without rates, every value counts as sent: a one-currency shop
+needs nothing set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+CONVERTED: Final = "converted"
+AS_SENT: Final = "as_sent"
+LEFT_OUT: Final = "left_out"
+Handling = Literal["converted", "as_sent", "left_out"]
+
+
+@dataclass(frozen=True, slots=True)
+class Currencies:
+    """The currency money is counted in, and the rates that bring others to it."""
+
+    base: str = "USD"
+    rates: Mapping[str, float] = field(default_factory=dict)  # units of each per unit of base
+
+    def __post_init__(self) -> None:
+        for code, rate in self.rates.items():
+            if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
+                raise ValueError(f"the rate of {code} must be a positive number, not {rate!r}")
+        if self.base in self.rates and self.rates[self.base] != 1:
+            raise ValueError(f"{self.base} is the base currency: its rate is 1")
+
+    def value(self, amount: float | None, currency: str) -> float | None:
+        """`amount` of `currency` in the base currency; None when there is no rate for it."""
+        if amount is None or currency == self.base or not self.rates:
+            return amount
+        rate = self.rates.get(currency)
+        return None if rate is None else amount / rate
+
+    def handling(self, currency: str) -> Handling:
+        """What happens to money sent in `currency` (not the base)."""
+        if not self.rates:
+            return AS_SENT
+        return CONVERTED if currency in self.rates else LEFT_OUT
+
+
+SAME_CURRENCY: Final = Currencies()

@@ -1,0 +1,156 @@
+"""Money counts in one currency: spend, the amount features and the price level."""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from profiling.behaviour import Behaviour, observe_all, transaction_features
+from profiling.currency import Currencies
+from profiling.events import Event
+from profiling.pipeline import BatchResult, Record, decode_batch
+from profiling.profile import Delivery, Profile, ProfileParams, apply_deliveries
+from stream.settings import Settings
+from stream.synthetic_shop import RATES, shop_rates
+from tests.unit.test_behaviour import history
+
+NOW = 1_750_000_000_000
+RATES_PER_USD = Currencies("USD", {"EUR": 0.8, "JPY": 160.0})
+
+
+def purchase(i: int, amount: float, currency: str = "USD", **fields: object) -> Event:
+    return Event(
+        event_id=f"p{i}", user_id="u", type="purchase", ts=NOW + i * 60_000, amount=amount,
+        currency=currency, **fields,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def times(value: float | None, factor: float) -> float | None:
+    return None if value is None else value * factor
+
+
+def spend_of(events: list[Event], currencies: Currencies) -> Profile:
+    deliveries = [Delivery(e, 0, i) for i, e in enumerate(events)]
+    params = ProfileParams(heartbeat_ms=0, currencies=currencies)
+    return apply_deliveries(Profile("u"), deliveries, params, NOW).profile
+
+
+def test_a_value_is_brought_to_the_base_currency_or_left_out() -> None:
+    assert RATES_PER_USD.value(8.0, "EUR") == 10.0
+    assert RATES_PER_USD.value(1600.0, "JPY") == 10.0
+    assert RATES_PER_USD.value(5.0, "USD") == 5.0
+    assert RATES_PER_USD.value(3.0, "CHF") is None
+    assert RATES_PER_USD.value(None, "EUR") is None
+    assert Currencies().value(1600.0, "JPY") == 1600.0  # no rates: as sent
+    assert [RATES_PER_USD.handling(c) for c in ("EUR", "CHF")] == ["converted", "left_out"]
+    assert Currencies().handling("EUR") == "as_sent"
+
+
+@pytest.mark.parametrize(
+    "rates", [{"EUR": 0.0}, {"EUR": -1.0}, {"EUR": math.inf}, {"EUR": math.nan}, {"USD": 2.0}]
+)
+def test_rates_that_cannot_convert_are_refused(rates: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="rate"):
+        Currencies("USD", rates)
+
+
+def test_spend_is_summed_in_the_base_currency_and_a_currency_without_a_rate_adds_no_money() -> None:
+    events = [purchase(0, 8.0, "EUR"), purchase(1, 1600.0, "JPY"), purchase(2, 5.0),
+              purchase(3, 3.0, "CHF")]  # fmt: skip
+    converted = spend_of(events, RATES_PER_USD)
+    assert (converted.spend, converted.orders) == (25.0, 4)
+    as_sent = spend_of(events, Currencies())
+    assert (as_sent.spend, as_sent.orders) == (1616.0, 4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 60))
+def test_a_history_in_yen_gives_the_state_and_features_of_the_same_history_in_dollars(
+    seed: int, n: int
+) -> None:
+    dollars = history(seed, n)
+    yen = [msgspec.structs.replace(e, currency="JPY", amount=times(e.amount, 150),
+                                   price=times(e.price, 150)) for e in dollars]  # fmt: skip
+    in_usd = Currencies("USD", {"JPY": 150.0})
+    want_state, want = observe_all(Behaviour(), dollars)
+    got_state, got = observe_all(Behaviour(), yen, currencies=in_usd)
+    assert got_state.amount_n == want_state.amount_n
+    assert math.isclose(got_state.amount_mean, want_state.amount_mean, rel_tol=1e-12)
+    assert math.isclose(got_state.price_sum, want_state.price_sum, rel_tol=1e-12)
+    assert got_state.orders == want_state.orders
+    for got_features, want_features in zip(got, want, strict=True):
+        if want_features is None:
+            assert got_features is None
+            continue
+        assert got_features is not None
+        for name, value in want_features.items():
+            assert math.isclose(got_features[name], value, rel_tol=1e-9, abs_tol=1e-12), name
+    # Without the rate, the yen amounts are 150 times the dollars: the model sees outliers.
+    _, as_sent = observe_all(Behaviour(), yen)
+    for sent, right in zip(as_sent, want, strict=True):
+        if right is not None and right["amount_log"] > 0:
+            assert sent is not None and sent["amount_log"] > right["amount_log"] + 4
+
+
+def test_an_order_without_a_rate_counts_as_an_order_but_not_in_the_amount_statistics() -> None:
+    events = [purchase(0, 100.0), purchase(1, 9000.0, "CHF"), purchase(2, 100.0)]
+    state, features = observe_all(Behaviour(), events, currencies=RATES_PER_USD)
+    assert (state.amount_n, state.amount_mean) == (2, 100.0)
+    assert len(state.orders) == 3
+    assert features[1] is not None and features[2] is not None
+    assert features[1]["amount_log"] == 0.0 and features[1]["amount_vs_usual"] == 0.0
+    assert features[1]["first_order"] == 0.0  # the first order came before
+    assert features[2]["orders_1h"] == 2.0  # the order without a rate counts
+    assert features[2]["amount_vs_usual"] == 0.0  # 100 against the usual 100
+    alone = transaction_features(Behaviour(), events[1], currencies=RATES_PER_USD)
+    assert alone["first_order"] == 1.0 and alone["amount_log"] == 0.0
+
+
+def test_foreign_purchases_are_counted_per_currency_as_they_are_decoded() -> None:
+    bodies = [
+        {"event_id": "a", "user_id": "u", "type": "purchase", "ts": NOW, "amount": 1.0,
+         "currency": "EUR"},
+        {"event_id": "b", "user_id": "u", "type": "purchase", "ts": NOW, "amount": 1.0},
+        {"event_id": "c", "user_id": "u", "type": "view", "ts": NOW, "item_id": "i",
+         "price": 2.0, "currency": "JPY"},
+        {"event_id": "d", "user_id": "u", "type": "purchase", "ts": NOW, "amount": 1.0,
+         "currency": "EUR"},
+    ]  # fmt: skip
+    records = [Record("t", 0, i, b"u", orjson.dumps(b)) for i, b in enumerate(bodies)]
+    result = BatchResult()
+    decode_batch(records, NOW, result, "USD")
+    assert result.foreign_purchases == {"EUR": 2}
+    result = BatchResult()
+    decode_batch(records, NOW, result, "EUR")
+    assert result.foreign_purchases == {"USD": 1}
+
+
+def test_the_rates_setting_reads_json_and_refuses_what_cannot_convert() -> None:
+    taken = Settings(currency_rates='{"EUR": 0.92, "JPY": 150}')  # type: ignore[arg-type]
+    assert taken.currencies() == Currencies("USD", {"EUR": 0.92, "JPY": 150.0})
+    assert Settings(currency_rates="").currency_rates == {}  # type: ignore[arg-type]
+    for value, why in [
+        ("nope", "not JSON"),
+        ('{"eur": 1}', "not a currency code"),
+        ('{"EUR": 0}', "above 0"),
+        ('{"USD": 2}', "its rate is 1"),
+        ('{"EUR": "x"}', "valid number"),
+        ("[1]", "valid dictionary"),
+    ]:
+        with pytest.raises(ValidationError, match=why):
+            Settings(currency_rates=value)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="pattern"):
+        Settings(currency="usd")
+
+
+def test_the_synthetic_shops_rates_have_any_of_its_currencies_as_the_unit() -> None:
+    assert shop_rates("USD") == {c: r for c, r in RATES.items() if c != "USD"}
+    in_euros = shop_rates("EUR")
+    assert in_euros is not None and math.isclose(in_euros["USD"], 1 / RATES["EUR"])
+    assert shop_rates("CHF") is None
