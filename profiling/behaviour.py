@@ -134,6 +134,10 @@ class Behaviour:
     price_sum: float = 0.0
     last_login: int = 0
     last_cart: int = 0
+    # The last order: its id's fingerprint and its amount so far (base currency; None
+    # when unknown). A purchase with the same order id is a further line of it.
+    order: str = ""
+    order_amount: float | None = None
 
     def to_json(self) -> list[Any]:
         """The stored form: the fields' values in declaration order (no names: ~17 % smaller)."""
@@ -145,6 +149,7 @@ class Behaviour:
         if isinstance(raw, Mapping):
             raw = [raw.get(name, default) for name, default in _DEFAULTS.items()]
         values = list(raw)
+        values += _DEFAULT_VALUES[len(values) :]  # fields added since it was written
         for i in _STAMP_RUNS:
             values[i] = tuple(values[i])
         for i in _TOKEN_SETS:
@@ -159,6 +164,8 @@ _FIELDS: Final = tuple(Behaviour.__dataclass_fields__)
 _ALL_VALUES: Final = operator.attrgetter(*_FIELDS)  # every field's value, in order, one call
 _build: Final = slots.builder(Behaviour)  # Behaviour(*values) without the frozen __init__
 _DEFAULTS: Final = {name: getattr(Behaviour(), name) for name in _FIELDS}
+_DEFAULT_VALUES: Final = list(_DEFAULTS.values())
+_NO_ORDER: Final[tuple[None, str, bool]] = (None, "", False)  # what `order_of` is for others
 _STAMP_RUNS: Final = tuple(_FIELDS.index(name) for name in ("events", "orders", "failures"))
 _TOKEN_SETS: Final = tuple(_FIELDS.index(name) for name in ("devices", "countries", "cards"))
 
@@ -198,8 +205,17 @@ def observe_all(
     device = country = None  # raw ids of the most recent device and country remembered
     for event in events:
         ts, kind = event.ts, event.type
+        price = event.price if event.currency == base else in_base(event.price, event.currency)
+        if price is not None:
+            price_n += 1
+            price_sum += price
         purchase = kind == "purchase"
-        amount = in_base(event.amount, event.currency) if purchase else None
+        amount, order, line = work.order_of(event, fingerprint, in_base) if purchase else _NO_ORDER
+        if line:  # a further line of the last order: one transaction, counted at its first
+            work.order_line(amount)
+            features.append(None)
+            last_ts = max(last_ts, ts)
+            continue
         if kind in SCORED_TYPES:
             work.first_ts = first_ts
             _newest(stamps, RECENT_EVENTS)
@@ -214,14 +230,8 @@ def observe_all(
         # Most events of a session share device and country: those are not even digested.
         if not failed_login and (event.device_id != device or event.country != country):
             device, country = work.identify(event, device, country, fingerprint)
-        price = event.price
-        if price is not None and event.currency != base:
-            price = in_base(price, event.currency)
-        if price is not None:
-            price_n += 1
-            price_sum += price
         if purchase:
-            work.purchase(event, fingerprint, amount)
+            work.purchase(event, fingerprint, amount, order)
         elif failed_login:
             _append(work.failures, ts, RECENT_FAILURES)
         elif kind == "login":
@@ -358,6 +368,8 @@ class _Working:
     price_sum: float
     last_login: int
     last_cart: int
+    order: str
+    order_amount: float | None
 
     @classmethod
     def of(cls, state: Behaviour) -> _Working:
@@ -385,10 +397,26 @@ class _Working:
             self.countries = _touch(self.countries, fingerprint(country), ts)
         return device, country
 
-    def purchase(self, event: Event, fingerprint: Fingerprint, amount: float | None) -> None:
-        """An order: `amount` in the base currency, None when its currency has no rate
-        (the order counts, the amount statistics go without it)."""
+    def order_of(
+        self,
+        event: Event,
+        fingerprint: Fingerprint,
+        in_base: Callable[[float | None, str], float | None],
+    ) -> tuple[float | None, str, bool]:
+        """A purchase's amount in the base currency (None: no rate), its order id's
+        fingerprint ("" without one), and whether it is a further line of the last order."""
+        amount = in_base(event.amount, event.currency)
+        if event.order_id is None:
+            return amount, "", False
+        order = fingerprint(event.order_id)
+        return amount, order, order == self.order
+
+    def purchase(
+        self, event: Event, fingerprint: Fingerprint, amount: float | None, order: str
+    ) -> None:
+        """A new order (`order_of`'s parts): `amount` None counts the order, not its money."""
         _append(self.orders, event.ts, RECENT_ORDERS)
+        self.order, self.order_amount = order, amount
         if amount is not None:
             n = self.amount_n + 1
             delta = amount - self.amount_mean
@@ -397,6 +425,18 @@ class _Working:
             self.amount_m2 += delta * (amount - mean)
         if event.card_fp is not None:
             self.cards = _remember(self.cards, fingerprint(event.card_fp), event.ts)
+
+    def order_line(self, amount: float | None) -> None:
+        """A further line of the last order: its amount joins the order's, and the
+        amount statistics hold the order's total in place of what it was."""
+        before = self.order_amount
+        if amount is None or before is None or not self.amount_n:
+            return
+        total = before + amount
+        delta = total - before
+        mean = self.amount_mean + delta / self.amount_n
+        self.amount_m2 += delta * ((total - mean) + (before - self.amount_mean))
+        self.amount_mean, self.order_amount = mean, total
 
 
 _working_copy: Final = slots.copier(_Working)
@@ -464,6 +504,7 @@ def merge_behaviour(a: Behaviour, b: Behaviour) -> Behaviour:
     mean = a.amount_mean + delta * b.amount_n / n if n else 0.0
     m2 = a.amount_m2 + b.amount_m2 + delta * delta * a.amount_n * b.amount_n / n if n else 0.0
     firsts = [ts for ts in (a.first_ts, b.first_ts) if ts]
+    latest = b if b.orders[-1:] > a.orders[-1:] else a  # the last order is the newer one's
     return Behaviour(
         first_ts=min(firsts, default=0),
         last_ts=max(a.last_ts, b.last_ts),
@@ -480,6 +521,8 @@ def merge_behaviour(a: Behaviour, b: Behaviour) -> Behaviour:
         price_sum=a.price_sum + b.price_sum,
         last_login=max(a.last_login, b.last_login),
         last_cart=max(a.last_cart, b.last_cart),
+        order=latest.order,
+        order_amount=latest.order_amount,
     )
 
 

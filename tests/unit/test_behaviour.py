@@ -6,6 +6,7 @@ import itertools
 import math
 import random
 
+import msgspec
 import numpy as np
 import orjson
 import pytest
@@ -22,6 +23,7 @@ from profiling.behaviour import (
     Behaviour,
     _Working,
     keyed_token,
+    merge_behaviour,
     observe,
     observe_all,
     token,
@@ -273,3 +275,81 @@ def test_only_purchases_and_logins_are_scored(kind: str) -> None:
     )
     _, features = observe(Behaviour(), event)
     assert features is None
+
+
+# --- orders sent one event per line --------------------------------------------------
+
+
+def order_lines(seed: int, n: int) -> list[Event]:
+    """Purchases whose order ids repeat (an order's further lines), among other events."""
+    rng = random.Random(seed)
+    events, order = history(seed, n), 0
+    for i, event in enumerate(events):
+        if event.type == "purchase":
+            order += rng.random() < 0.4  # else a further line of the order before
+            events[i] = msgspec.structs.replace(event, order_id=f"o{order}")
+    return events
+
+
+def test_the_lines_of_one_order_are_one_transaction() -> None:
+    def line(i: int, order: str, amount: float) -> Event:
+        return Event(event_id=f"p{i}", user_id="u", type="purchase", ts=START + i,
+                     amount=amount, order_id=order)  # fmt: skip
+
+    events = [line(0, "o1", 10.0), line(1, "o1", 30.0), line(2, "o1", 20.0), line(3, "o2", 100.0)]
+    state, features = observe_all(Behaviour(), events)
+    assert [f is not None for f in features] == [True, False, False, True]
+    assert len(state.orders) == 2 and len(state.events) == 2
+    assert (state.amount_n, state.amount_mean, state.amount_m2) == (2, 80.0, 800.0)  # 60, 100
+    assert features[3] is not None
+    assert features[3]["amount_vs_usual"] == math.log2(101 / 61)  # against the whole order
+    assert features[3]["orders_1m"] == 1.0  # one order before, not three lines
+    assert (state.order, state.order_amount) == (token("o2"), 100.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 120),
+    cuts=st.lists(st.integers(0, 120), max_size=6),
+)
+def test_an_orders_lines_fold_alike_in_any_batch_split(seed: int, n: int, cuts: list[int]) -> None:
+    events = order_lines(seed, n)
+    one_by_one, expected = Behaviour(), []
+    for event in events:
+        one_by_one, features = observe(one_by_one, event)
+        expected.append(features)
+    state, got = Behaviour(), []
+    for start, end in itertools.pairwise(sorted({0, n, *(c for c in cuts if c < n)})):
+        state, features_of_run = observe_all(state, events[start:end])
+        got += features_of_run
+    assert state == one_by_one
+    assert got == expected
+    totals: dict[str, float] = {}
+    for event in events:
+        if event.type == "purchase" and event.order_id is not None:
+            totals[event.order_id] = totals.get(event.order_id, 0.0) + (event.amount or 0.0)
+    orders = np.array(list(totals.values()))
+    assert state.amount_n == len(orders)
+    if len(orders):
+        assert math.isclose(state.amount_mean, orders.mean(), rel_tol=1e-9)
+        assert math.isclose(state.amount_m2, ((orders - orders.mean()) ** 2).sum(),
+                            rel_tol=1e-6, abs_tol=1e-6)  # fmt: skip
+
+
+def test_a_state_stored_before_the_order_fields_loads_with_no_last_order() -> None:
+    state, _ = observe_all(Behaviour(), order_lines(3, 40))
+    stored = state.to_json()[:-2]  # the two order fields came later
+    older = Behaviour.from_json(orjson.loads(orjson.dumps(stored)))
+    assert (older.order, older.order_amount) == ("", None)
+    assert older.amount_n == state.amount_n
+
+
+def test_a_merge_keeps_the_newer_users_last_order() -> None:
+    early, _ = observe_all(Behaviour(), order_lines(1, 30))
+    later_event = Event(event_id="x", user_id="u", type="purchase", ts=early.last_ts + DAY_MS,
+                        amount=5.0, order_id="late")  # fmt: skip
+    later, _ = observe_all(Behaviour(), [later_event])
+    for a, b in ((early, later), (later, early)):
+        merged = merge_behaviour(a, b)
+        assert (merged.order, merged.order_amount) == (token("late"), 5.0)
