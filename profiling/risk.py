@@ -10,6 +10,14 @@ anomaly risk as a noisy-or: 1 - (1 - weighted probability) x (1 - anomaly
 risk). Either side can raise the risk, so a kind of fraud that no label has
 shown yet still alerts through the anomaly side.
 
+A fresh model's first anomaly scores mean nothing: the trees score 0 until
+their first window (250 events) is full, and percentiles over a few hundred
+scores are noise. Past the first window, every score sat at the top of a
+histogram of zeros: one scored event in nine raised an alert, against one in
+two hundred later. So the calibration learns from the trees' second window
+on, and the anomaly side counts once it knows `CALIBRATION_MIN_SCORES`
+scores; until then (750 scored events), only labels can raise the risk.
+
 Reasons: each feature's share of the risk, top 3. The classifier's part is its
 weight times the standardised feature; the anomaly part is how far the
 feature sits above the shop's mean (in standard deviations, from a scaler that
@@ -41,6 +49,7 @@ from profiling.hst import FlatHalfSpaceTrees
 
 RISK_MODEL: Final = "hst-lr-v1"
 REFRESH_EVERY: Final = 64
+CALIBRATION_MIN_SCORES: Final = 500  # anomaly scores learnt before they make any risk
 ANOMALY: Final = "anomaly"  # the raw HalfSpaceTrees score, a feature of the classifier
 KEPT_FEATURES: Final = (*TRANSACTION_FEATURES, ANOMALY)
 _KEPT_FORMAT: Final = b"\x01"  # then float32 little-endian, one per KEPT_FEATURES name
@@ -215,9 +224,12 @@ class RiskModel:
         raws = self._anomaly_scores(self.population.scale(matrix), learn)
         weight = self.label_weight
         calibration, drift = self.calibration, self.drift
+        first_window = self.trees.window_size - self.scored  # events left in it, if > 0
         out = []
-        for x, raw in zip(batch, raws, strict=True):
-            anomalous = calibration.risk(raw)
+        for i, (x, raw) in enumerate(zip(batch, raws, strict=True)):
+            anomalous = (
+                calibration.risk(raw) if calibration.learnt >= CALIBRATION_MIN_SCORES else 0.0
+            )
             supervised = 0.0
             if weight:
                 plain = {name: value for name, value in x.items() if name != ANOMALY}
@@ -227,7 +239,8 @@ class RiskModel:
             # shown yet still alerts through the anomaly side (its top share of traffic).
             risk = min(1.0, max(0.0, 1.0 - (1.0 - supervised) * (1.0 - anomalous)))
             if learn:
-                calibration.learn(raw)
+                if i >= first_window:  # the trees' first window scores 0: nothing to learn
+                    calibration.learn(raw)
                 drift.update(risk)
                 if drift.drift_detected:
                     self.drifts += 1
@@ -326,6 +339,11 @@ class Calibration:
         if not 0 < share < 1 or not 0 < threshold < 1:
             raise ValueError("anomaly_alert_share and alert_threshold must be in (0, 1)")
         return cls(math.log(threshold) / math.log(1.0 - share))
+
+    @property
+    def learnt(self) -> int:
+        """How many raw scores the histogram has learnt."""
+        return self._learnt
 
     def _bin(self, raw: float) -> int:
         return min(len(self.counts) - 1, max(0, int(raw * len(self.counts))))

@@ -29,10 +29,12 @@ def as_records(bodies: list[dict[str, object]]) -> list[tuple[bytes | None, byte
     return [(str(b["user_id"]).encode(), orjson.dumps(b)) for b in ordered]
 
 
-def shop_with_takeover(now: int) -> list[dict[str, object]]:
+USERS = 100  # 1,200 scored events: past the risk model's warm-up (750)
+
+
+def shop(now: int) -> list[dict[str, object]]:
     rng = random.Random(11)
-    bodies = [b for u in range(40) for b in shopper(f"u{u}", 6, now - 40 * DAY_MS, rng)]
-    return bodies + takeover("u7", now - 3_600_000)
+    return [b for u in range(USERS) for b in shopper(f"u{u}", 6, now - 40 * DAY_MS, rng)]
 
 
 @pytest.fixture
@@ -47,8 +49,10 @@ async def test_alerts_labels_and_snapshots_end_to_end(
 ) -> None:
     settings = models_settings
     now = wall_clock_ms()
-    await send_records(settings, as_records(shop_with_takeover(now)))
-    stats = await drain(settings)
+    await send_records(settings, as_records(shop(now)))
+    await drain(settings)  # the shop's usual traffic, learnt and saved at shutdown
+    await send_records(settings, as_records(takeover("u7", now - 3_600_000)))
+    stats = await drain(settings)  # a worker that restores the snapshot
     assert stats.alerts_published >= 1
 
     alerts = await read_topic(settings.kafka_bootstrap, settings.topic_alerts)
@@ -95,7 +99,7 @@ async def test_alerts_labels_and_snapshots_end_to_end(
         await again.close()
 
     report = await segment_report(settings)
-    assert sum(size for _, size, _ in report) == 40
+    assert sum(size for _, size, _ in report) == USERS
     done = await profiler("segments", env=profiler_env(settings), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("segment ") == settings.segments

@@ -10,12 +10,19 @@ import numpy as np
 import orjson
 import pytest
 
+from profiling.behaviour import TRANSACTION_FEATURES
 from profiling.commands import apply_commands
 from profiling.labels import apply_labels
 from profiling.models import ProfileModels, alert_id
 from profiling.pipeline import BatchResult, Record, Stages, apply_batch, fold_batch
 from profiling.profile import Outcome, Profile, ProfileParams, evolve
-from profiling.risk import KEPT_FEATURES, RiskModel, keep_features, kept_features
+from profiling.risk import (
+    CALIBRATION_MIN_SCORES,
+    KEPT_FEATURES,
+    RiskModel,
+    keep_features,
+    kept_features,
+)
 from profiling.segments import SEGMENT_FEATURES, SegmentModel
 from profiling.store import InMemoryProfileStore, Write
 from profiling.vectors import StoredInterest
@@ -136,9 +143,9 @@ async def test_profiles_get_segment_risk_and_reasons() -> None:
 async def taken_over(
     store: InMemoryProfileStore, models: ProfileModels, rng: random.Random
 ) -> tuple[list[Record], BatchResult]:
-    """Thirty regular customers' history, then u7's account taken over: the attack's
-    records and what applying them gave."""
-    history = [b for u in range(30) for b in shopper(f"u{u}", 6, NOW - 40 * 86_400_000, rng)]
+    """A hundred regular customers' history (1,200 scored events, past the risk model's
+    warm-up), then u7's account taken over: the attack's records and what applying them gave."""
+    history = [b for u in range(100) for b in shopper(f"u{u}", 6, NOW - 40 * 86_400_000, rng)]
     await run(models, sorted(history, key=lambda b: b["ts"]), store)  # type: ignore[arg-type]
     attack = records(takeover("u7", NOW - 3_600_000), start=10_000)
     return attack, await apply_batch(attack, store, PARAMS, lambda: NOW, Stages(models=models))
@@ -286,6 +293,25 @@ def test_kept_features_are_what_was_scored_in_73_bytes() -> None:
     assert all(abs(back[n] - features[n]) <= 1e-6 * max(1.0, abs(features[n])) for n in features)
     assert kept_features(keep_features({"new_card": 1.0}))["amount_log"] == 0.0  # absent = 0
     assert kept_features(b'{"new_card": 1.0}') == {"new_card": 1.0}  # the earlier JSON format
+
+
+def test_a_fresh_risk_model_raises_no_anomaly_risk_until_its_calibration_knows_the_traffic() -> (
+    None
+):
+    """The trees score 0 through their first window; past it, every score used to sit at
+    the top of a histogram of those zeros, and one event in nine alerted."""
+    rng = random.Random(4)
+    model = RiskModel()
+    risks = []
+    for _ in range(20):
+        batch = [{name: rng.random() for name in TRANSACTION_FEATURES} for _ in range(50)]
+        risks += [risk for risk, _ in model.score_batch(batch)]
+    warm_up = model.trees.window_size + CALIBRATION_MIN_SCORES
+    assert max(risks[:warm_up]) == 0.0
+    assert model.calibration.learnt == len(risks) - model.trees.window_size
+    later = risks[warm_up:]
+    assert max(later) > 0.0
+    assert sum(risk >= 0.8 for risk in later) <= 0.02 * len(later)  # about the 0.5 % it aims at
 
 
 def test_labels_make_risk_separate_fraud_better() -> None:
