@@ -201,11 +201,17 @@ def observe_all(
     first_ts, last_ts, stamps = work.first_ts, work.last_ts, work.events
     add_stamp = stamps.append  # in arrival order; sorted and cut to the newest when read
     price_n, price_sum = work.price_n, work.price_sum
-    base, in_base = currencies.base, currencies.value
+    # Without rates every price counts as sent: no call per event for it.
+    base = currencies.base if currencies.rates else None
+    in_base = currencies.value
     device = country = None  # raw ids of the most recent device and country remembered
     for event in events:
         ts, kind = event.ts, event.type
-        price = event.price if event.currency == base else in_base(event.price, event.currency)
+        price = (
+            event.price
+            if base is None or event.currency == base
+            else in_base(event.price, event.currency)
+        )
         if price is not None:
             price_n += 1
             price_sum += price

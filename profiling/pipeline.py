@@ -145,7 +145,7 @@ def decode_batch(
             result.dead_letters.append((record.key, dead_letter_for(record, verdict, now_ms)))
             result.errors[verdict.error] += 1
             continue
-        if verdict.currency != base_currency and verdict.type == "purchase":
+        if verdict.type == "purchase" and verdict.currency != base_currency:
             result.foreign_purchases[verdict.currency] += 1
         deliveries = by_user.get(verdict.user_id)
         if deliveries is None:  # not setdefault: that builds a list for every record
