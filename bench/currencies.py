@@ -48,7 +48,8 @@ async def fold(records: list[Record], currencies: Currencies, batch: int) -> dic
     alerted: set[str] = set()
     risks: dict[str, float] = {}
     for start in range(0, len(records), batch):
-        result = await apply_batch(records[start : start + batch], store, params, lambda: now, stages)
+        chunk = records[start : start + batch]
+        result = await apply_batch(chunk, store, params, lambda: now, stages)
         alerted.update(orjson.loads(body)["event_id"] for _, body in result.alerts)
         risks.update(result.risk_scores)
     purchases: dict[str, list[str]] = defaultdict(list)  # currency -> event ids
