@@ -134,10 +134,9 @@ class Behaviour:
     price_sum: float = 0.0
     last_login: int = 0
     last_cart: int = 0
-    # The last order: its id's fingerprint and its amount so far (base currency; None
-    # when unknown). A purchase with the same order id is a further line of it.
+    # The last order's id, fingerprinted: a purchase with the same order id is a further
+    # line of it (a shop that sends one purchase per line).
     order: str = ""
-    order_amount: float | None = None
 
     def to_json(self) -> list[Any]:
         """The stored form: the fields' values in declaration order (no names: ~17 % smaller)."""
@@ -218,7 +217,6 @@ def observe_all(
         purchase = kind == "purchase"
         amount, order, line = work.order_of(event, fingerprint, in_base) if purchase else _NO_ORDER
         if line:  # a further line of the last order: one transaction, counted at its first
-            work.order_line(amount)
             features.append(None)
             last_ts = max(last_ts, ts)
             continue
@@ -375,7 +373,6 @@ class _Working:
     last_login: int
     last_cart: int
     order: str
-    order_amount: float | None
 
     @classmethod
     def of(cls, state: Behaviour) -> _Working:
@@ -422,7 +419,7 @@ class _Working:
     ) -> None:
         """A new order (`order_of`'s parts): `amount` None counts the order, not its money."""
         _append(self.orders, event.ts, RECENT_ORDERS)
-        self.order, self.order_amount = order, amount
+        self.order = order
         if amount is not None:
             n = self.amount_n + 1
             delta = amount - self.amount_mean
@@ -431,18 +428,6 @@ class _Working:
             self.amount_m2 += delta * (amount - mean)
         if event.card_fp is not None:
             self.cards = _remember(self.cards, fingerprint(event.card_fp), event.ts)
-
-    def order_line(self, amount: float | None) -> None:
-        """A further line of the last order: its amount joins the order's, and the
-        amount statistics hold the order's total in place of what it was."""
-        before = self.order_amount
-        if amount is None or before is None or not self.amount_n:
-            return
-        total = before + amount
-        delta = total - before
-        mean = self.amount_mean + delta / self.amount_n
-        self.amount_m2 += delta * ((total - mean) + (before - self.amount_mean))
-        self.amount_mean, self.order_amount = mean, total
 
 
 _working_copy: Final = slots.copier(_Working)
@@ -528,7 +513,6 @@ def merge_behaviour(a: Behaviour, b: Behaviour) -> Behaviour:
         last_login=max(a.last_login, b.last_login),
         last_cart=max(a.last_cart, b.last_cart),
         order=latest.order,
-        order_amount=latest.order_amount,
     )
 
 
