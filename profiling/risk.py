@@ -20,9 +20,12 @@ scores; until then (750 scored events), only labels can raise the risk.
 
 Reasons: each feature's share of the risk, top 3. The classifier's part is its
 weight times the standardised feature; the anomaly part is how far the
-feature sits above the shop's mean (in standard deviations, from a scaler that
-sees every scored event). Shares are scaled to sum to the risk, so a reader
-can say "this much of 0.93 came from the new card".
+feature sits on its risky side of the shop's mean (in standard deviations,
+from a scaler that sees every scored event): above it for most features,
+below it for the account's age (a young account, never an old one). A feature
+that has not varied (no logins in a shop's data) is no reason. Shares are
+scaled to sum to the risk, so a reader can say "this much of 0.93 came from
+the new card".
 
 The models are global to a worker and learn online; they are not part of a
 profile's idempotent state (DESIGN.md §8: checkpointed with offsets instead).
@@ -50,6 +53,9 @@ from profiling.hst import FlatHalfSpaceTrees
 RISK_MODEL: Final = "hst-lr-v1"
 REFRESH_EVERY: Final = 64
 CALIBRATION_MIN_SCORES: Final = 500  # anomaly scores learnt before they make any risk
+FLAT: Final = 1e-9  # a feature whose range is this small next to its values never varied
+# Features whose low values are the unusual, risky side (the rest: high values).
+RISKIER_LOW: Final = frozenset({"account_age_days"})
 ANOMALY: Final = "anomaly"  # the raw HalfSpaceTrees score, a feature of the classifier
 KEPT_FEATURES: Final = (*TRANSACTION_FEATURES, ANOMALY)
 _KEPT_FORMAT: Final = b"\x01"  # then float32 little-endian, one per KEPT_FEATURES name
@@ -298,7 +304,7 @@ class RiskModel:
         self, x: Mapping[str, float], risk: float, weight: float
     ) -> tuple[tuple[str, float], ...]:
         pushes = {
-            name: (1 - weight) * min(max(0.0, z), 10.0)
+            name: (1 - weight) * min(max(0.0, -z if name in RISKIER_LOW else z), 10.0)
             for name, z in zip(TRANSACTION_FEATURES, self.population.z(x), strict=True)
         }
         if weight:
@@ -406,12 +412,14 @@ class Population:
         return scaled
 
     def z(self, x: Mapping[str, float]) -> list[float]:
-        """How many standard deviations each feature of `x` sits above the mean."""
+        """How many standard deviations each feature of `x` sits above the mean; 0 for a
+        feature that has not varied (its spread, if any, is rounding: 1e-15 became a cap)."""
         values = np.array([x.get(name, 0.0) for name in self.names])
         spread = np.sqrt(self.m2 / self.n) if self.n > 1 else np.zeros(len(self.names))
-        spread = np.where(spread > 0, spread, 1.0)
-        z: list[float] = ((values - self.means) / spread).tolist()
-        return z
+        size = np.maximum(1.0, np.maximum(np.abs(self.high), np.abs(self.low)))
+        varied = (spread > 0) & (self.high - self.low > FLAT * size)
+        z = np.where(varied, (values - self.means) / np.where(varied, spread, 1.0), 0.0)
+        return z.tolist()  # type: ignore[no-any-return]
 
 
 def explain(feature: str, x: Mapping[str, float]) -> str:
@@ -422,15 +430,16 @@ def explain(feature: str, x: Mapping[str, float]) -> str:
         "amount_log": f"order amount {math.expm1(value):,.2f}",
         "amount_vs_usual": f"order is {2**value:.1f}x this user's usual amount",
         "first_order": "first order of this account",
-        "orders_1m": f"{count} other orders in the last minute",
-        "orders_1h": f"{count} other orders in the last hour",
-        "events_1m": f"{count} events in the last minute",
-        "events_1h": f"{count} events in the last hour",
-        "new_device": "device never seen on this account",
-        "new_country": "country never seen on this account",
-        "new_card": "card never used by this account",
-        "cards_24h": f"{count} different cards in 24 h",
-        "failed_logins_1h": f"{count} failed logins in the last hour",
+        "orders_1m": f"{_counted(count, 'other order')} in the last minute",
+        "orders_1h": f"{_counted(count, 'other order')} in the last hour",
+        "events_1m": f"{_counted(count, 'event')} in the last minute",
+        "events_1h": f"{_counted(count, 'event')} in the last hour",
+        # New: not used on this account before today (TRUST_MS), never or only just now.
+        "new_device": "device new to this account (first seen under a day ago)",
+        "new_country": "country new to this account (first seen under a day ago)",
+        "new_card": "card new to this account (first used under a day ago)",
+        "cards_24h": f"{_counted(count, 'different card')} in 24 h",
+        "failed_logins_1h": f"{_counted(count, 'failed login')} in the last hour",
         "account_age_days": f"account {math.expm1(value):.2f} days old",
         "since_login_hours": f"{math.expm1(value):.1f} h since the last successful login",
         "cart_to_purchase_min": f"{math.expm1(value):.0f} min from cart to purchase",
@@ -439,3 +448,7 @@ def explain(feature: str, x: Mapping[str, float]) -> str:
         ANOMALY: f"unlike this shop's usual traffic (anomaly score {value:.2f})",
     }
     return words.get(feature, feature)
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import random
 from dataclasses import replace
 
@@ -20,6 +21,7 @@ from profiling.risk import (
     CALIBRATION_MIN_SCORES,
     KEPT_FEATURES,
     RiskModel,
+    explain,
     keep_features,
     kept_features,
 )
@@ -312,6 +314,46 @@ def test_a_fresh_risk_model_raises_no_anomaly_risk_until_its_calibration_knows_t
     later = risks[warm_up:]
     assert max(later) > 0.0
     assert sum(risk >= 0.8 for risk in later) <= 0.02 * len(later)  # about the 0.5 % it aims at
+
+
+def ordinary(rng: random.Random) -> dict[str, float]:
+    """Features of an ordinary purchase, with logins nowhere in the shop's data."""
+    return {
+        **dict.fromkeys(TRANSACTION_FEATURES, 0.0),
+        "amount_log": rng.uniform(2, 5),
+        "events_1h": float(rng.randint(1, 10)),
+        "account_age_days": rng.uniform(2, 5),
+        "since_login_hours": math.log1p(720.0),  # every event: no login in 30 days
+    }
+
+
+def test_a_young_account_is_a_reason_and_an_old_one_is_not() -> None:
+    rng = random.Random(5)
+    model = RiskModel()
+    for _ in range(10):
+        model.score_batch([ordinary(rng) for _ in range(100)])
+    young = {**ordinary(rng), "account_age_days": 0.01}
+    old = {**ordinary(rng), "account_age_days": 8.0}
+    assert "account_age_days" in dict(model.explain(young, 0.9).reasons)
+    assert "account_age_days" not in dict(model.explain(old, 0.9).reasons)
+
+
+def test_a_feature_that_never_varied_is_no_reason() -> None:
+    """The same `since_login_hours` for every event: its spread is float rounding, which
+    used to reach the z cap and make "720.0 h since the last login" a reason."""
+    rng = random.Random(6)
+    model = RiskModel()
+    for _ in range(10):
+        model.score_batch([ordinary(rng) for _ in range(100)])
+    assert model.population.m2[TRANSACTION_FEATURES.index("since_login_hours")] < 1e-9
+    unusual = {**ordinary(rng), "amount_log": 9.0}
+    reasons = dict(model.explain(unusual, 0.9).reasons)
+    assert "since_login_hours" not in reasons and "amount_log" in reasons
+
+
+def test_reasons_in_words_count_one_thing_in_the_singular() -> None:
+    assert explain("orders_1m", {"orders_1m": 1.0}) == "1 other order in the last minute"
+    assert explain("events_1h", {"events_1h": 3.0}) == "3 events in the last hour"
 
 
 def test_labels_make_risk_separate_fraud_better() -> None:
