@@ -111,6 +111,9 @@ class ProfileModels:
             for event, features in zip(outcome.applied, all_features, strict=True)
             if features is not None
         ]
+        # In event time, not user by user: the models learn in turn, and the order must
+        # not depend on which users a batch happened to hold.
+        scored.sort(key=_in_event_time)
         risks = self.risk.score_batch([features for _, _, features in scored], learn=learn)
         per_user: list[list[tuple[Event, dict[str, float], float]]] = [[] for _ in written]
         for (user, event, features), (risk, anomaly) in zip(scored, risks, strict=True):
@@ -342,6 +345,11 @@ def _snapshot_parts(
             f"or {_FRESH}"
         )
     return risk, segments, dict(offsets), alerts_raised
+
+
+def _in_event_time(item: tuple[int, Event, dict[str, float]]) -> tuple[int, str]:
+    _, event, _ = item
+    return event.ts, event.user_id
 
 
 def _top_category(profile: Profile) -> str | None:

@@ -213,9 +213,10 @@ class RiskModel:
     ) -> list[tuple[float, float]]:
         """(risk, raw anomaly score) of each event, in order, learning each after its score.
 
-        The batch's features first update the shop-wide statistics in one
-        vectorised step, then every event is min-max scaled against them (the
-        trees want [0, 1]) and the whole batch goes through the trees at once
+        Every event is min-max scaled (the trees want [0, 1]) against the range
+        of the events before it and itself, as if they came one at a time (in
+        one vectorised step), the shop-wide statistics then learn the batch, and
+        the whole batch goes through the trees at once
         (`profiling.hst`: River's scores, event by event, to the bit). The raw
         anomaly score is a feature of the classifier too (stacking): keep it
         with the features, so a label joins with exactly what was scored.
@@ -225,9 +226,11 @@ class RiskModel:
         if not batch:
             return []
         matrix = feature_matrix(batch, TRANSACTION_FEATURES)
+        population = self.population
+        scaled = population.scale_in_turn(matrix) if learn else population.scale(matrix)
         if learn:
-            self.population.learn(matrix)
-        raws = self._anomaly_scores(self.population.scale(matrix), learn)
+            population.learn(matrix)
+        raws = self._anomaly_scores(scaled, learn)
         weight = self.label_weight
         calibration, drift = self.calibration, self.drift
         first_window = self.trees.window_size - self.scored  # events left in it, if > 0
@@ -402,6 +405,19 @@ class Population:
         self.n = total
         self.low = np.minimum(self.low, matrix.min(axis=0))
         self.high = np.maximum(self.high, matrix.max(axis=0))
+
+    def scale_in_turn(self, matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Rows min-max scaled as if learnt one at a time: each against the range of
+        every row before it and itself, never a later one (so a score does not depend
+        on how many events its batch held)."""
+        low = np.minimum(self.low, np.minimum.accumulate(matrix, axis=0))
+        high = np.maximum(self.high, np.maximum.accumulate(matrix, axis=0))
+        span = high - low
+        scaled: np.ndarray[Any, Any] = np.clip(
+            (matrix - low) / np.where(span > 0, span, 1.0), 0.0, 1.0
+        )
+        scaled[span <= 0] = 0.0
+        return scaled
 
     def scale(self, matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Rows min-max scaled to [0, 1] (clipped), the range the trees split."""

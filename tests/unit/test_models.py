@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import random
 from dataclasses import replace
@@ -314,6 +315,31 @@ def test_a_fresh_risk_model_raises_no_anomaly_risk_until_its_calibration_knows_t
     later = risks[warm_up:]
     assert max(later) > 0.0
     assert sum(risk >= 0.8 for risk in later) <= 0.02 * len(later)  # about the 0.5 % it aims at
+
+
+async def risks_in_batches_of(size: int, bodies: list[dict[str, object]]) -> dict[str, float]:
+    store, models, stream = InMemoryProfileStore(), ProfileModels(), records(bodies)
+    risks: dict[str, float] = {}
+    for start in range(0, len(stream), size):
+        result = await apply_batch(
+            stream[start : start + size], store, PARAMS, lambda: NOW, Stages(models=models)
+        )
+        risks.update(result.risk_scores)
+    return risks
+
+
+async def test_risk_does_not_depend_on_how_many_events_a_batch_held() -> None:
+    """Each event is scaled against the events before it only, and the models take a
+    batch's events in event time, not user by user. (Events tied in event time on both
+    sides of a batch boundary may still be taken in another order.)"""
+    rng = random.Random(9)
+    bodies = [b for u in range(110) for b in shopper(f"u{u}", 6, NOW - 40 * 86_400_000, rng)]
+    bodies.sort(key=lambda b: int(str(b["ts"])))
+    for before, body in itertools.pairwise(bodies):  # one log order, whatever the batches
+        body["ts"] = max(int(str(body["ts"])), int(str(before["ts"])) + 1)
+    by_size = [await risks_in_batches_of(size, bodies) for size in (97, 1000, 5000)]
+    assert len(by_size[0]) > 1000 and max(by_size[0].values()) > 0  # past the warm-up
+    assert by_size[0] == by_size[1] == by_size[2]
 
 
 def ordinary(rng: random.Random) -> dict[str, float]:
