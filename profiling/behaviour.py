@@ -48,6 +48,7 @@ RECENT_FAILURES: Final = 16
 KNOWN_TOKENS: Final = 8  # devices, countries, cards remembered per user
 TRUST_MS: Final = 24 * 3_600_000  # a device, country or card is familiar a day after first use
 NO_HISTORY_MS: Final = 30 * DAY_MS  # "never": how far back a missing login or cart counts
+VISIT_GAP_MS: Final = 30 * MINUTE_MS  # a longer gap between events starts a new visit
 TOKEN_BYTES: Final = 6
 MAX_KEY_BYTES: Final = 64  # BLAKE2b's longest key; a longer one is digested to this
 SCORED_TYPES: Final = frozenset({"purchase", "login"})
@@ -137,6 +138,7 @@ class Behaviour:
     # The last order's id, fingerprinted: a purchase with the same order id is a further
     # line of it (a shop that sends one purchase per line).
     order: str = ""
+    away: int = 0  # ms between the current visit's first event and the event before it
 
     def to_json(self) -> list[Any]:
         """The stored form: the fields' values in declaration order (no names: ~17 % smaller)."""
@@ -226,8 +228,9 @@ def observe_all(
             features.append(_features(work, event, fingerprint, amount))
         else:
             features.append(None)
-        if not first_ts or ts < first_ts:
-            first_ts = ts
+        first_ts = min(first_ts, ts) if first_ts else ts
+        if last_ts and ts - last_ts > VISIT_GAP_MS:  # a new visit, after time away
+            work.away = ts - last_ts
         last_ts = max(last_ts, ts)
         add_stamp(ts)
         failed_login = kind == "login" and event.success is False
@@ -373,6 +376,7 @@ class _Working:
     last_login: int
     last_cart: int
     order: str
+    away: int
 
     @classmethod
     def of(cls, state: Behaviour) -> _Working:
@@ -513,6 +517,7 @@ def merge_behaviour(a: Behaviour, b: Behaviour) -> Behaviour:
         last_login=max(a.last_login, b.last_login),
         last_cart=max(a.last_cart, b.last_cart),
         order=latest.order,
+        away=(a if a.last_ts >= b.last_ts else b).away,
     )
 
 
@@ -540,7 +545,6 @@ def profile_features(
     orders: int,
     first_seen: int,
     last_seen: int,
-    previous_seen: int,
     behaviour: Behaviour,
     category_focus: float,
     taste: Sequence[float] | None,
@@ -552,9 +556,9 @@ def profile_features(
     active_days = max(1.0, (last_seen - first_seen) / DAY_MS)
     total = max(1, events)
     features = {
-        "recency_gap_days": math.log1p(max(0, last_seen - previous_seen) / DAY_MS)
-        if previous_seen
-        else 0.0,
+        # The time away before the current visit: event time only, so it does not
+        # depend on where batches split.
+        "recency_gap_days": math.log1p(behaviour.away / DAY_MS),
         "frequency": math.log1p(events / active_days),
         "monetary": math.log1p(spend),
         "orders": math.log1p(orders),

@@ -161,8 +161,7 @@ class ProfileModels:
                 else []
             )
             changes["risk_reasons"] = jsonout.dumps(reasons).decode() if reasons else "[]"
-        previous_seen = (profile.behaviour or Behaviour()).last_ts
-        segment_features = self._profile_features(profile, state, previous_seen, taste)
+        segment_features = self._profile_features(profile, state, taste)
         return changes, segment_features, tuple(snapshots)
 
     def _alert(self, user_id: str, event: Event, risk: Risk, features: Mapping[str, float]) -> str:
@@ -198,7 +197,7 @@ class ProfileModels:
         return [None if vector is None else next(projected) for vector in raw]
 
     def _profile_features(
-        self, profile: Profile, behaviour: Behaviour, previous_seen: int, taste: list[float] | None
+        self, profile: Profile, behaviour: Behaviour, taste: list[float] | None
     ) -> dict[str, float]:
         scores = profile.category_scores
         total = sum(scores.values())
@@ -209,7 +208,6 @@ class ProfileModels:
             orders=profile.orders,
             first_seen=profile.first_seen,
             last_seen=profile.last_seen,
-            previous_seen=previous_seen,
             behaviour=behaviour,
             category_focus=max(scores.values()) / total if total > 0 else 0.0,
             taste=taste,

@@ -338,11 +338,12 @@ def test_an_orders_lines_fold_alike_in_any_batch_split(seed: int, n: int, cuts: 
                             rel_tol=1e-6, abs_tol=1e-6)  # fmt: skip
 
 
-def test_a_state_stored_before_the_order_fields_loads_with_no_last_order() -> None:
+def test_a_state_stored_before_the_last_fields_loads_with_their_defaults() -> None:
     state, _ = observe_all(Behaviour(), order_lines(3, 40))
-    stored = state.to_json()[:-1]  # the order field came later
+    assert state.order and state.away
+    stored = state.to_json()[:-2]  # the last order and the time away came later
     older = Behaviour.from_json(orjson.loads(orjson.dumps(stored)))
-    assert older.order == ""
+    assert (older.order, older.away) == ("", 0)
     assert older.amount_n == state.amount_n
 
 
@@ -354,3 +355,20 @@ def test_a_merge_keeps_the_newer_users_last_order() -> None:
     for a, b in ((early, later), (later, early)):
         merged = merge_behaviour(a, b)
         assert merged.order == token("late")
+
+
+def test_the_time_away_before_a_visit_does_not_depend_on_where_batches_split() -> None:
+    """A visit split over two batches used to measure its second half's "break" from the
+    first half: minutes, where the user had been away for days."""
+    visit = [START + 3 * DAY_MS + i * MINUTE_MS for i in range(6)]
+    events = [
+        Event(event_id=f"e{i}", user_id="u", type="view", ts=ts, item_id="i")
+        for i, ts in enumerate([START, START + 5 * MINUTE_MS, *visit])
+    ]
+    whole, _ = observe_all(Behaviour(), events)
+    first, _ = observe_all(Behaviour(), events[:5])
+    split, _ = observe_all(first, events[5:])
+    assert whole.away == split.away == 3 * DAY_MS - 5 * MINUTE_MS
+    late = Event(event_id="late", user_id="u", type="view", ts=START + DAY_MS, item_id="i")
+    after_late, _ = observe_all(whole, [late])
+    assert after_late.away == whole.away  # an event from the past is no new visit
