@@ -342,6 +342,8 @@ def _taobao(row: Mapping[str, Any], options: CsvOptions) -> dict[str, Any]:
             event["amount"] = estimated_taobao_price(event["item_id"])
             event["amount_estimated"] = True
         event.setdefault("currency", "CNY")
+        # No order ids in the data: a user's buys in one second are one checkout.
+        event["order_id"] = f"{event['user_id']}-{event['ts'] // 1000}"
     return event
 
 
@@ -446,7 +448,8 @@ PRESETS: Final = {
             convert=_taobao,
             natural_key=None,
             about="Taobao UserBehavior.csv (no header): pv/cart/fav/buy become "
-            "view/add_to_cart/click/purchase; purchases get an estimated CNY amount",
+            "view/add_to_cart/click/purchase; purchases get an estimated CNY amount, "
+            "and a user's buys in the same second one order id (one checkout)",
         ),
         Preset(
             name="online-retail",

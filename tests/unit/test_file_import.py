@@ -103,20 +103,24 @@ def test_taobao_preset(tmp_path: Path) -> None:
         "1,2333346,2520771,cart,1511561733\n"
         "1,2576651,149192,fav,1511572885\n"
         "100,1603476,2951233,buy,1511579908\n"
+        "100,1603477,2951233,buy,1511579908\n"  # the same checkout
+        "100,1603478,2951233,buy,1511579909\n"  # the next one
         "100,1603476,2951233,share,1511579908\n"
         "301780,543546,4181361,pv,15\n"  # the truncated last line of a slice
         "5,6,7\n"
     )
     events, report = run(path, "taobao")
     assert_all_valid(events)
-    assert [e["type"] for _, e in events] == ["view", "add_to_cart", "click", "purchase"]
+    assert [e["type"] for _, e in events] == ["view", "add_to_cart", "click", *["purchase"] * 3]
     view = events[0][1]
     assert view["user_id"] == "tb:1" and view["item_id"] == "2268318"
     assert view["category"] == "taobao.2520377" and view["ts"] == 1_511_544_070_000
     purchase = events[3][1]
     assert purchase["amount"] == estimated_taobao_price("1603476") > 0
     assert purchase["currency"] == "CNY" and purchase["amount_estimated"] is True
-    assert report.rows == 7
+    orders = [e["order_id"] for _, e in events[3:]]
+    assert orders[0] == orders[1] != orders[2]
+    assert report.rows == 9
     assert report.skipped == {"unknown_behavior": 1, "invalid:out_of_range": 1, "short_row": 1}
 
 
