@@ -205,7 +205,9 @@ class ProfileModels:
             counts=profile.counts,
             events=profile.events,
             spend=profile.spend,
-            orders=profile.orders,
+            # Orders, not purchase events: a shop's order of many lines counts once
+            # (the behaviour's priced orders; `spend` holds priced money only too).
+            orders=behaviour.amount_n,
             first_seen=profile.first_seen,
             last_seen=profile.last_seen,
             behaviour=behaviour,

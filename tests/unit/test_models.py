@@ -342,6 +342,24 @@ async def test_risk_does_not_depend_on_how_many_events_a_batch_held() -> None:
     assert by_size[0] == by_size[1] == by_size[2]
 
 
+async def test_segments_count_an_order_of_many_lines_once() -> None:
+    """The segments' orders and average order are per order, not per purchase event."""
+    sent = [("o1", 10.0), ("o1", 20.0), ("o1", 30.0), ("o2", 40.0)]
+    lines = [
+        {"event_id": f"l{i}", "user_id": "u", "type": "purchase", "ts": NOW - 1000 + i,
+         "amount": amount, "order_id": order}
+        for i, (order, amount) in enumerate(sent)
+    ]  # fmt: skip
+    store, models = InMemoryProfileStore(), ProfileModels()
+    await run(models, lines, store)
+    profile = (await store.load(["u"]))["u"]
+    assert (profile.orders, profile.spend) == (4, 100.0)  # the contract: purchase events
+    assert profile.behaviour is not None
+    features = models._profile_features(profile, profile.behaviour, None)
+    assert features["orders"] == math.log1p(2)
+    assert features["avg_order"] == math.log1p(50.0)
+
+
 def ordinary(rng: random.Random) -> dict[str, float]:
     """Features of an ordinary purchase, with logins nowhere in the shop's data."""
     return {
