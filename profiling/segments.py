@@ -16,7 +16,8 @@ than `switch_margin` times the distance to their current one, and only after
 `describe` turns a centre into plain words ("frequent, high spend, mostly
 electronics"): each feature's centre coordinate is in standard deviations
 from the shop's mean, and the segment's most common top category is counted
-as users are assigned.
+as users are assigned: named when it is most of the segment's ("mostly") or
+stands out against the whole shop ("often").
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ WORDS: Final = (
     ("category_focus", "focused on few categories", "broad interests"),
 )
 MAX_CATEGORIES: Final = 32  # top categories counted per segment, for its description
+MOSTLY: Final = 0.5  # "mostly X": X is the top category of this share of a segment's updates
+STANDS_OUT: Final = 1.5  # "often X": X this many times as common as in the whole shop
+OFTEN_AT_LEAST: Final = 0.1  # ... and at least this share of the segment's updates
 WORD_THRESHOLD: Final = 0.5  # standard deviations from the mean before a word applies
 
 
@@ -204,7 +208,29 @@ class SegmentModel:
                 words.append(high)
             elif value <= -WORD_THRESHOLD and low:
                 words.append(low)
-        categories = self.top_categories.get(segment)
-        if categories:
-            words.append(f"mostly {categories.most_common(1)[0][0]}")
+        category = self._category_words(segment)
+        if category:
+            words.append(category)
         return ", ".join(words) or "average shoppers"
+
+    def _category_words(self, segment: int) -> str | None:
+        """ "mostly X" when X is the top category of most of the segment; "often X" when X
+        is much more common here than in the whole shop; else nothing. The shop's most
+        popular category is the commonest in most segments, and says nothing of them."""
+        counts = self.top_categories.get(segment)
+        if not counts:
+            return None
+        total = counts.total()
+        ranked = counts.most_common()
+        name, count = ranked[0]
+        if count >= MOSTLY * total:
+            return f"mostly {name}"
+        shop = sum(c.total() for c in self.top_categories.values())
+        for name, count in ranked:
+            share = count / total
+            if share < OFTEN_AT_LEAST:
+                break
+            in_shop = sum(c.get(name, 0) for c in self.top_categories.values()) / shop
+            if share >= STANDS_OUT * in_shop:
+                return f"often {name}"
+        return None

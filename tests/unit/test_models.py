@@ -6,6 +6,7 @@ import copy
 import itertools
 import math
 import random
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -460,6 +461,20 @@ def test_segment_words_describe_the_centre() -> None:
         del i
     words = {model.describe(k) for k in range(2)}
     assert any("frequent" in w and "high spend" in w and "electronics" in w for w in words), words
+
+
+def test_a_segment_is_named_after_a_category_only_when_it_stands_out() -> None:
+    model = SegmentModel(n_segments=2)
+    popular = Counter({"books": 40, "toys": 35, "garden": 25})  # the shop's favourite: books
+    model.top_categories = {0: popular, 1: Counter({"books": 30, "shoes": 20, "toys": 50})}
+    assert model.describe(0).endswith("often garden")  # 25 % here, 12.5 % in the shop
+    assert "books" not in model.describe(0)  # about as common everywhere: says nothing
+    assert model.describe(1).endswith("mostly toys")
+    model.top_categories[1] = Counter({"books": 45, "shoes": 35, "toys": 20})
+    assert model.describe(1).endswith("often shoes")
+    same = Counter({"books": 45, "toys": 35, "garden": 20})
+    model.top_categories = {0: same, 1: same.copy()}
+    assert not any(w in model.describe(0) for w in ("mostly", "often"))  # nothing stands out
 
 
 @pytest.mark.parametrize("threshold", [0.0, 1.0, 1.5])
