@@ -13,11 +13,12 @@ than `switch_margin` times the distance to their current one, and only after
 `min_dwell` updates in the current segment. A move is a significant change
 (published with `prev_segment`).
 
-`describe` turns a centre into plain words ("frequent, high spend, mostly
-electronics"): each feature's centre coordinate is in standard deviations
-from the shop's mean, and the segment's most common top category is counted
-as users are assigned: named when it is most of the segment's ("mostly") or
-stands out against the whole shop ("often").
+`describe` turns a segment into plain words ("frequent, high spend, mostly
+electronics"): the mean of its assigned users' features, in standard
+deviations from the shop's mean (recent updates weigh more), and the
+segment's most common top category, counted as users are assigned: named
+when it is most of the segment's ("mostly") or stands out against the whole
+shop ("often").
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ WORDS: Final = (
     ("category_focus", "focused on few categories", "broad interests"),
 )
 MAX_CATEGORIES: Final = 32  # top categories counted per segment, for its description
+MEMBER_MEMORY: Final = 20_000  # updates per segment before its member sums are halved
 MOSTLY: Final = 0.5  # "mostly X": X is the top category of this share of a segment's updates
 STANDS_OUT: Final = 1.5  # "often X": X this many times as common as in the whole shop
 OFTEN_AT_LEAST: Final = 0.1  # ... and at least this share of the segment's updates
@@ -103,6 +105,10 @@ class SegmentModel:
         self.updates = 0
         self.seeded = 0  # centres placed on real profiles so far (then k-means moves them)
         self.top_categories: dict[int, Counter[str]] = {}
+        # What each segment's users look like (standardised features, summed over the
+        # updates assigned to it; halved now and then, so recent ones weigh more).
+        self.member_sums = np.zeros((n_segments, len(SEGMENT_FEATURES)))
+        self.member_counts = np.zeros(n_segments)
 
     def assign(
         self,
@@ -138,7 +144,21 @@ class SegmentModel:
                         dict(counter.most_common(MAX_CATEGORIES))
                     )
             out.append(assigned)
+        self._remember_members(standardised, [a.segment for a in out])
         return out
+
+    def _remember_members(self, standardised: np.ndarray[Any, Any], segments: list[int]) -> None:
+        sums = getattr(self, "member_sums", None)  # snapshots from before it lack it
+        if sums is None:
+            sums = self.member_sums = np.zeros((self.n_segments, len(SEGMENT_FEATURES)))
+            self.member_counts = np.zeros(self.n_segments)
+        rows = np.array(segments)
+        np.add.at(sums, rows, standardised)
+        np.add.at(self.member_counts, rows, 1.0)
+        full = self.member_counts > MEMBER_MEMORY
+        if full.any():
+            sums[full] /= 2
+            self.member_counts[full] /= 2
 
     def _hysteresis(
         self, row: list[float], best: int, segment: int | None, dwell: int
@@ -199,8 +219,17 @@ class SegmentModel:
         )
 
     def describe(self, segment: int) -> str:
-        """Plain words for a segment's centre, e.g. "frequent, high spend, mostly electronics"."""
-        centre = dict(zip(SEGMENT_FEATURES, self.centres()[segment], strict=True))
+        """Plain words for what a segment's users look like, e.g. "frequent, high spend,
+        mostly electronics": the mean of their standardised features, not the centre
+        (a centre seeded from the first few profiles, or never moved, says little of them)."""
+        counts = getattr(self, "member_counts", None)
+        if counts is None:  # a snapshot from before the members were kept
+            looks = self.centres()[segment]
+        elif counts[segment] > 0:
+            looks = self.member_sums[segment] / counts[segment]
+        else:
+            return "no users yet"
+        centre = dict(zip(SEGMENT_FEATURES, looks, strict=True))
         words = []
         for feature, high, low in WORDS:
             value = centre[feature]

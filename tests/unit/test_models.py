@@ -452,6 +452,19 @@ def test_segments_do_not_flap_between_two_close_centres() -> None:
     assert held.moved_from is None and held.since == 2  # min dwell not reached yet
 
 
+def test_a_segment_is_described_by_its_users_not_by_a_centre_they_never_reached() -> None:
+    model = SegmentModel(n_segments=6, learn_every=1, seed=4)
+    assert {model.describe(k) for k in range(6)} == {"no users yet"}  # random centres only
+    low = dict.fromkeys(SEGMENT_FEATURES, 0.0)
+    high = {**low, "frequency": 3.0, "monetary": 6.0, "orders": 2.5}
+    for _ in range(200):
+        model.assign([low, high], [(None, 0), (None, 0)], [None, None])
+    described = [model.describe(k) for k in range(6) if model.member_counts[k]]
+    assert any(w.startswith("frequent, high spend, many orders") for w in described), described
+    assert any(w.startswith("occasional, low spend, few orders") for w in described), described
+    assert len(described) < 6 and "no users yet" in {model.describe(k) for k in range(6)}
+
+
 def test_segment_words_describe_the_centre() -> None:
     model = SegmentModel(n_segments=2, learn_every=1, seed=4)
     low = dict.fromkeys(SEGMENT_FEATURES, 0.0)
@@ -465,6 +478,7 @@ def test_segment_words_describe_the_centre() -> None:
 
 def test_a_segment_is_named_after_a_category_only_when_it_stands_out() -> None:
     model = SegmentModel(n_segments=2)
+    model.member_counts[:] = 1  # both have users, of the shop's average
     popular = Counter({"books": 40, "toys": 35, "garden": 25})  # the shop's favourite: books
     model.top_categories = {0: popular, 1: Counter({"books": 30, "shoes": 20, "toys": 50})}
     assert model.describe(0).endswith("often garden")  # 25 % here, 12.5 % in the shop
