@@ -166,7 +166,6 @@ _ALL_VALUES: Final = operator.attrgetter(*_FIELDS)  # every field's value, in or
 _build: Final = slots.builder(Behaviour)  # Behaviour(*values) without the frozen __init__
 _DEFAULTS: Final = {name: getattr(Behaviour(), name) for name in _FIELDS}
 _DEFAULT_VALUES: Final = list(_DEFAULTS.values())
-_NO_ORDER: Final[tuple[None, str, bool]] = (None, "", False)  # what `order_of` is for others
 _STAMP_RUNS: Final = tuple(_FIELDS.index(name) for name in ("events", "orders", "failures"))
 _TOKEN_SETS: Final = tuple(_FIELDS.index(name) for name in ("devices", "countries", "cards"))
 
@@ -182,7 +181,7 @@ def observe(
     return state, features
 
 
-def observe_all(
+def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept flat: hot path
     state: Behaviour,
     events: Sequence[Event],
     fingerprint: Fingerprint = token,
@@ -208,28 +207,30 @@ def observe_all(
     device = country = None  # raw ids of the most recent device and country remembered
     for event in events:
         ts, kind = event.ts, event.type
-        price = (
-            event.price
-            if base is None or event.currency == base
-            else in_base(event.price, event.currency)
-        )
+        price = event.price
         if price is not None:
-            price_n += 1
-            price_sum += price
-        purchase = kind == "purchase"
-        amount, order, line = work.order_of(event, fingerprint, in_base) if purchase else _NO_ORDER
-        if line:  # a further line of the last order: one transaction, counted at its first
-            features.append(None)
-            last_ts = max(last_ts, ts)
-            continue
+            if base is not None and event.currency != base:
+                price = in_base(price, event.currency)
+            if price is not None:
+                price_n += 1
+                price_sum += price
+        if kind == "purchase":
+            amount, order, line = work.order_of(event, fingerprint, in_base)
+            if line:  # a further line of the last order: one transaction, counted at its first
+                features.append(None)
+                last_ts = max(last_ts, ts)
+                continue
+        else:
+            amount, order = None, ""
         if kind in SCORED_TYPES:
             work.first_ts = first_ts
             _newest(stamps, RECENT_EVENTS)
             features.append(_features(work, event, fingerprint, amount))
         else:
             features.append(None)
-        first_ts = min(first_ts, ts) if first_ts else ts
-        if last_ts and ts - last_ts > VISIT_GAP_MS:  # a new visit, after time away
+        if not first_ts or ts < first_ts:
+            first_ts = ts
+        if ts - last_ts > VISIT_GAP_MS and last_ts:  # a new visit, after time away
             work.away = ts - last_ts
         last_ts = max(last_ts, ts)
         add_stamp(ts)
@@ -237,7 +238,7 @@ def observe_all(
         # Most events of a session share device and country: those are not even digested.
         if not failed_login and (event.device_id != device or event.country != country):
             device, country = work.identify(event, device, country, fingerprint)
-        if purchase:
+        if kind == "purchase":
             work.purchase(event, fingerprint, amount, order)
         elif failed_login:
             _append(work.failures, ts, RECENT_FAILURES)
