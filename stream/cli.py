@@ -364,7 +364,7 @@ def _worker_url(url: str) -> str:
 
 @app.command()
 def segments() -> None:
-    """Print each segment's size and what its centre means, from the group's saved models."""
+    """Print each segment's size and what its users are like, from the group's saved models."""
     from profiling.snapshots import SnapshotRefusedError
     from stream.model_setup import segment_report
 

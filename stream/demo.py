@@ -199,7 +199,7 @@ async def _show_segments(settings: Settings, models: ProfileModels, console: Con
     table = Table(title="segments (River k-means, live)", show_header=True)
     table.add_column("segment")
     table.add_column("users", justify="right")
-    table.add_column("centre, in words")
+    table.add_column("its users, in words")
     for segment in range(models.segments.n_segments):
         if sizes.get(segment):
             table.add_row(str(segment), f"{sizes[segment]:,}", models.segments.describe(segment))
