@@ -16,6 +16,7 @@ needs nothing set.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -24,6 +25,7 @@ CONVERTED: Final = "converted"
 AS_SENT: Final = "as_sent"
 LEFT_OUT: Final = "left_out"
 Handling = Literal["converted", "as_sent", "left_out"]
+CODE: Final = re.compile(r"[A-Z]{3}")  # ISO 4217's form
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,11 +36,16 @@ class Currencies:
     rates: Mapping[str, float] = field(default_factory=dict)  # units of each per unit of base
 
     def __post_init__(self) -> None:
+        """Codes of three letters A-Z, finite rates above 0; the base's own rate, if given, 1."""
+        for code in (self.base, *self.rates):
+            if not CODE.fullmatch(code):
+                raise ValueError(f"{code!r} is not a currency code (3 letters A-Z, ISO 4217)")
         for code, rate in self.rates.items():
             if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
-                raise ValueError(f"the rate of {code} must be a positive number, not {rate!r}")
-        if self.base in self.rates and self.rates[self.base] != 1:
-            raise ValueError(f"{self.base} is the base currency: its rate is 1")
+                raise ValueError(f"the rate of {code} must be above 0, not {rate!r}")
+        own = self.rates.get(self.base, 1)
+        if own != 1:
+            raise ValueError(f"{self.base} is the base currency: its rate is 1, not {own}")
 
     def value(self, amount: float | None, currency: str) -> float | None:
         """`amount` of `currency` in the base currency; None when there is no rate for it."""

@@ -7,7 +7,6 @@ never sees this object: the edge turns it into plain arguments.
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
@@ -289,15 +288,8 @@ class Settings(BaseSettings):
     @field_validator("currency_rates")
     @classmethod
     def _rates_usable(cls, value: dict[str, float], info: ValidationInfo) -> dict[str, float]:
-        """Codes of three letters A-Z, rates above 0; the base currency's rate, if given, is 1."""
-        for code, rate in value.items():
-            if not re.fullmatch(CURRENCY_CODE, code):
-                raise ValueError(f"{code!r} is not a currency code (3 letters A-Z, ISO 4217)")
-            if rate <= 0:
-                raise ValueError(f"the rate of {code} must be above 0, not {rate}")
-        base = info.data.get("currency")
-        if base in value and value[base] != 1:
-            raise ValueError(f"{base} is PROFILER_CURRENCY: its rate is 1, not {value[base]}")
+        """What `Currencies` takes (its errors name the code); PROFILER_CURRENCY is the base."""
+        Currencies(info.data.get("currency", "USD"), value)
         return value
 
     @field_validator("model_secret", "fingerprint_key")

@@ -60,6 +60,12 @@ def test_rates_that_cannot_convert_are_refused(rates: dict[str, float]) -> None:
         Currencies("USD", rates)
 
 
+@pytest.mark.parametrize(("base", "rates"), [("usd", {}), ("USD", {"EURO": 0.9})])
+def test_a_code_that_is_not_three_letters_is_refused(base: str, rates: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="not a currency code"):
+        Currencies(base, rates)
+
+
 def test_spend_is_summed_in_the_base_currency_and_a_currency_without_a_rate_adds_no_money() -> None:
     events = [purchase(0, 8.0, "EUR"), purchase(1, 1600.0, "JPY"), purchase(2, 5.0),
               purchase(3, 3.0, "CHF")]  # fmt: skip
