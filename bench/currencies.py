@@ -24,32 +24,34 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from drain import write_report  # bench/drain.py
+from drain import (  # bench/drain.py
+    AFTER_SHOP_DAY_MS,
+    as_records,
+    batch_results,
+    shop_day,
+    write_report,
+)
 
 from profiling.currency import Currencies
 from profiling.events import Event, decode_event
 from profiling.models import ProfileModels
-from profiling.pipeline import Record, Stages, apply_batch
+from profiling.pipeline import Record
 from profiling.profile import ProfileParams
 from profiling.store import InMemoryProfileStore
-from stream.synthetic_shop import RATES, ShopGenerator, shop_rates
+from stream.synthetic_shop import RATES, shop_rates
 
 RESULTS = Path(__file__).parent / "results"
-START_MS = 1_764_000_000_000
-DAY_MS = 86_400_000
 
 
 async def fold(records: list[Record], currencies: Currencies, batch: int) -> dict[str, Any]:
     """Fold every record; per-currency alert shares and risks, and the top spends."""
     store = InMemoryProfileStore()
     params = ProfileParams(heartbeat_ms=60_000, currencies=currencies)
-    stages = Stages(models=ProfileModels(currencies=currencies))
-    now = START_MS + DAY_MS + 60_000
+    models = ProfileModels(currencies=currencies)
+    now = AFTER_SHOP_DAY_MS
     alerted: set[str] = set()
     risks: dict[str, float] = {}
-    for start in range(0, len(records), batch):
-        chunk = records[start : start + batch]
-        result = await apply_batch(chunk, store, params, lambda: now, stages)
+    async for result in batch_results(records, batch, store, params, models):
         alerted.update(orjson.loads(body)["event_id"] for _, body in result.alerts)
         risks.update(result.risk_scores)
     purchases: dict[str, list[str]] = defaultdict(list)  # currency -> event ids
@@ -96,11 +98,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=RESULTS / "currencies.json")
     args = parser.parse_args()
-    shop = ShopGenerator(args.users, args.seed, START_MS, START_MS + DAY_MS)
-    records = [
-        Record("behavior-events", 0, offset, key, value)
-        for offset, (key, value) in enumerate(shop.records(args.events))
-    ]
+    records = as_records(shop_day(args.users, args.seed).records(args.events))
     runs = {}
     for label, currencies in (
         ("as_sent", Currencies()),

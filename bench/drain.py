@@ -32,11 +32,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from profiling.models import ProfileModels
+from profiling.pipeline import BatchResult, Record, Stages, apply_batch
+from profiling.profile import ProfileParams
+from profiling.store import InMemoryProfileStore
 from stream import synthetic_shop
 from stream.devstack import DevStack
 from stream.producing import send_records
@@ -46,6 +51,11 @@ from stream.worker import wall_clock_ms
 
 RESULTS = Path(__file__).parent / "results"
 HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+# The day of synthetic shop the in-process model benchmarks fold (currencies,
+# order_lines, risk_warmup); their clock is a minute after it.
+SHOP_DAY_MS = 1_764_000_000_000
+AFTER_SHOP_DAY_MS = SHOP_DAY_MS + DAY_MS + 60_000
 # The shop sells in eight currencies: a worker for it counts money in dollars
 # (PROFILER_CURRENCY_RATES). A tree from before that setting, measured side by
 # side, has no RATES and ignores the variable.
@@ -222,6 +232,35 @@ def main() -> None:
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def shop_day(users: int, seed: int) -> ShopGenerator:
+    return ShopGenerator(users, seed, SHOP_DAY_MS, SHOP_DAY_MS + DAY_MS)
+
+
+def as_records(pairs: Iterable[tuple[bytes, bytes]]) -> list[Record]:
+    """(key, value) pairs as one partition's records, offsets from 0."""
+    return [
+        Record("behavior-events", 0, offset, key, value)
+        for offset, (key, value) in enumerate(pairs)
+    ]
+
+
+async def batch_results(
+    records: Sequence[Record],
+    batch: int,
+    store: InMemoryProfileStore,
+    params: ProfileParams,
+    models: ProfileModels,
+    *,
+    now_ms: int = AFTER_SHOP_DAY_MS,
+) -> AsyncIterator[BatchResult]:
+    """What the worker's batch step gives for each batch of `records`, folded in turn."""
+    stages = Stages(models=models)
+    for start in range(0, len(records), batch):
+        yield await apply_batch(
+            records[start : start + batch], store, params, lambda: now_ms, stages
+        )
 
 
 def write_report(out: Path, benchmark: str, **fields: Any) -> None:

@@ -27,17 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from drain import write_report  # bench/drain.py
+from drain import as_records, batch_results, shop_day, write_report  # bench/drain.py
 
 from profiling.models import ProfileModels
-from profiling.pipeline import Record, Stages, apply_batch
 from profiling.profile import ProfileParams
 from profiling.store import InMemoryProfileStore
-from stream.synthetic_shop import ShopGenerator
 
 RESULTS = Path(__file__).parent / "results"
-START_MS = 1_764_000_000_000
-DAY_MS = 86_400_000
 MAX_LINES = 12
 
 
@@ -60,17 +56,11 @@ def as_lines(events: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
 
 
 async def fold(events: list[dict[str, Any]], batch: int) -> dict[str, Any]:
-    records = [
-        Record("behavior-events", 0, i, str(e["user_id"]).encode(), orjson.dumps(e))
-        for i, e in enumerate(events)
-    ]
-    store, params, stages = InMemoryProfileStore(), ProfileParams(), Stages(models=ProfileModels())
-    now = START_MS + DAY_MS + 60_000
+    records = as_records((str(e["user_id"]).encode(), orjson.dumps(e)) for e in events)
+    store, params, models = InMemoryProfileStore(), ProfileParams(), ProfileModels()
     alerted: list[str] = []
     scored = 0
-    for start in range(0, len(records), batch):
-        chunk = records[start : start + batch]
-        result = await apply_batch(chunk, store, params, lambda: now, stages)
+    async for result in batch_results(records, batch, store, params, models):
         alerted += [orjson.loads(body)["event_id"] for _, body in result.alerts]
         scored += len(result.risk_scores)
     order_of = {e["event_id"]: e["order_id"] for e in events if e["type"] == "purchase"}
@@ -98,8 +88,7 @@ def main() -> None:
     parser.add_argument("--label", default="this tree")
     parser.add_argument("--out", type=Path, default=RESULTS / "order_lines.json")
     args = parser.parse_args()
-    shop = ShopGenerator(args.users, args.seed, START_MS, START_MS + DAY_MS)
-    whole = list(shop.events(args.events))
+    whole = list(shop_day(args.users, args.seed).events(args.events))
     runs = {}
     for name, events in (("whole orders", whole), ("one event per line", as_lines(whole, 1))):
         began = time.perf_counter()

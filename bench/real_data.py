@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import orjson
-from drain import write_report  # bench/drain.py
+from drain import as_records, batch_results, write_report  # bench/drain.py
 
 from profiling.models import ProfileModels
-from profiling.pipeline import Record, Stages, apply_batch
+from profiling.pipeline import Record
 from profiling.profile import ProfileParams
 from profiling.store import InMemoryProfileStore
 from stream.file_import import read_events
@@ -59,12 +58,9 @@ async def fold(records: list[Record], batch: int, code: str) -> dict[str, Any]:
     models = ProfileModels(**money)
     params = ProfileParams(heartbeat_ms=60_000, **money)
     now = max(orjson.loads(r.value or b"{}")["ts"] for r in records) + 3_600_000
-    stages = Stages(models=models)
     risks: dict[str, float] = {}
     alerts, reasons = 0, Counter[str]()
-    for start in range(0, len(records), batch):
-        chunk = records[start : start + batch]
-        result = await apply_batch(chunk, store, params, lambda: now, stages)
+    async for result in batch_results(records, batch, store, params, models, now_ms=now):
         risks.update(result.risk_scores)
         alerts += len(result.alerts)
         for _, body in result.alerts:
@@ -90,7 +86,6 @@ def main() -> None:
     parser.add_argument("--label", default="this tree")
     parser.add_argument("--out", type=Path, default=RESULTS / "real_data.json")
     args = parser.parse_args()
-    read = inspect.signature(read_events).parameters
     report: dict[str, Any] = {}
     for preset in args.presets:
         name, code = FILES[preset]
@@ -98,11 +93,7 @@ def main() -> None:
         if not path.exists():
             print(f"{preset}: {path} is missing, skipped", flush=True)
             continue
-        kwargs = {"now_ms": LATE_MS} if "now_ms" in read else {}
-        records = [
-            Record("behavior-events", 0, i, key, value)
-            for i, (key, value) in enumerate(read_events(path, preset, **kwargs))
-        ]
+        records = as_records(read_events(path, preset, now_ms=LATE_MS))
         runs = {str(b): asyncio.run(fold(records, b, code)) for b in args.batches}
         reference = runs[str(args.batches[len(args.batches) // 2])]["risks"]
         moved = {

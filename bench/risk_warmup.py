@@ -21,29 +21,23 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from drain import write_report  # bench/drain.py
+from drain import as_records, batch_results, shop_day, write_report  # bench/drain.py
 
 from profiling.models import ProfileModels
-from profiling.pipeline import Record, Stages, apply_batch
+from profiling.pipeline import Record
 from profiling.profile import ProfileParams
 from profiling.store import InMemoryProfileStore
-from stream.synthetic_shop import ShopGenerator
 
 RESULTS = Path(__file__).parent / "results"
-START_MS = 1_764_000_000_000
-DAY_MS = 86_400_000
 RANGES = ((0, 250), (250, 500), (500, 750), (750, 1000), (1000, 2000), (2000, 5000),
           (5000, 10_000), (10_000, None))  # fmt: skip
 
 
 async def alerted_by_position(records: list[Record], batch: int) -> list[dict[str, Any]]:
-    store, params, stages = InMemoryProfileStore(), ProfileParams(), Stages(models=ProfileModels())
-    now = START_MS + DAY_MS + 60_000
+    store, params, models = InMemoryProfileStore(), ProfileParams(), ProfileModels()
     order: list[str] = []
     alerted: set[str] = set()
-    for start in range(0, len(records), batch):
-        chunk = records[start : start + batch]
-        result = await apply_batch(chunk, store, params, lambda: now, stages)
+    async for result in batch_results(records, batch, store, params, models):
         order += [event_id for event_id, _ in result.risk_scores]
         alerted.update(orjson.loads(body)["event_id"] for _, body in result.alerts)
     rows = []
@@ -64,11 +58,7 @@ def main() -> None:
     parser.add_argument("--label", default="this tree")
     parser.add_argument("--out", type=Path, default=RESULTS / "risk_warmup.json")
     args = parser.parse_args()
-    shop = ShopGenerator(args.users, args.seed, START_MS, START_MS + DAY_MS)
-    records = [
-        Record("behavior-events", 0, offset, key, value)
-        for offset, (key, value) in enumerate(shop.records(args.events))
-    ]
+    records = as_records(shop_day(args.users, args.seed).records(args.events))
     rows = asyncio.run(alerted_by_position(records, args.batch))
     for row in rows:
         print(args.label, orjson.dumps(row).decode(), flush=True)
