@@ -98,6 +98,12 @@ class SegmentModel:
             )
         self.scaler = preprocessing.StandardScaler()
         self.kmeans = cluster.KMeans(n_clusters=n_segments, halflife=halflife, sigma=1.0, seed=seed)
+        # River draws a centre's random start lazily, feature by feature, in the order a
+        # set of feature names iterates: string hashing's, which changes with every
+        # process. Drawn here in a fixed order, the same seed gives the same centres.
+        for centre in self.kmeans.centers.values():
+            for name in SEGMENT_FEATURES:
+                centre[name]  # the defaultdict draws it
         self.n_segments = n_segments
         self.switch_margin = switch_margin
         self.min_dwell = min_dwell

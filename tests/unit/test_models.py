@@ -5,7 +5,10 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
 import random
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import replace
 
@@ -463,6 +466,27 @@ def test_a_segment_is_described_by_its_users_not_by_a_centre_they_never_reached(
     assert any(w.startswith("frequent, high spend, many orders") for w in described), described
     assert any(w.startswith("occasional, low spend, few orders") for w in described), described
     assert len(described) < 6 and "no users yet" in {model.describe(k) for k in range(6)}
+
+
+def test_the_same_seed_gives_the_same_segments_in_every_process() -> None:
+    """River draws centres in a set's order, which changes with string hashing."""
+    script = (
+        "from profiling.segments import SegmentModel, SEGMENT_FEATURES\n"
+        "m = SegmentModel(n_segments=4, learn_every=1)\n"
+        "low = dict.fromkeys(SEGMENT_FEATURES, 0.0)\n"
+        "high = {**low, 'frequency': 3.0, 'monetary': 6.0}\n"
+        "for _ in range(50):\n"
+        "    m.assign([low, high], [(None, 0), (None, 0)], [None, None])\n"
+        "print(m.centres().round(12).tolist())\n"
+    )
+    centres = {
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2", "3")
+    }  # fmt: skip
+    assert len(centres) == 1, centres
 
 
 def test_segment_words_describe_the_centre() -> None:
