@@ -25,7 +25,7 @@ CONVERTED: Final = "converted"
 AS_SENT: Final = "as_sent"
 LEFT_OUT: Final = "left_out"
 Handling = Literal["converted", "as_sent", "left_out"]
-CODE: Final = re.compile(r"[A-Z]{3}")  # ISO 4217's form
+CODE_PATTERN: Final = r"^[A-Z]{3}$"  # ISO 4217's form
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ class Currencies:
     def __post_init__(self) -> None:
         """Codes of three letters A-Z, finite rates above 0; the base's own rate, if given, 1."""
         for code in (self.base, *self.rates):
-            if not CODE.fullmatch(code):
+            if not re.fullmatch(CODE_PATTERN, code):
                 raise ValueError(f"{code!r} is not a currency code (3 letters A-Z, ISO 4217)")
         for code, rate in self.rates.items():
             if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):

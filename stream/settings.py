@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from profiling.currency import Currencies
+from profiling.currency import CODE_PATTERN, Currencies
 from profiling.snapshots import MIN_SECRET_BYTES
 
 # Kafka's rule for topic names: 1 to 249 of these characters.
@@ -21,7 +21,6 @@ TOPIC_NAME = r"^[A-Za-z0-9._-]{1,249}$"
 # milliseconds, added to the current time, overflow 64 bits; this stays far below.
 MAX_DAYS = 36_500
 MAX_SECONDS = MAX_DAYS * 86_400
-CURRENCY_CODE = r"^[A-Z]{3}$"
 
 
 class Settings(BaseSettings):
@@ -121,7 +120,7 @@ class Settings(BaseSettings):
     )
     currency: str = Field(
         "USD",
-        pattern=CURRENCY_CODE,
+        pattern=CODE_PATTERN,
         description="currency spend, order amounts and prices are counted in (ISO 4217)",
     )
     currency_rates: Annotated[dict[str, float], NoDecode] = Field(
