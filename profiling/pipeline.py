@@ -28,7 +28,7 @@ from profiling.events import KEY_MISMATCH, Event, Rejection, decode_event, forwa
 from profiling.interests import InterestModel
 from profiling.messages import change_message, dead_letter
 from profiling.models import ProfileModels
-from profiling.profile import Delivery, Outcome, ProfileParams, apply_deliveries
+from profiling.profile import Delivery, Outcome, Profile, ProfileParams, apply_deliveries, evolve
 from profiling.store import ProfileStore, Write
 
 MAX_WRITE_ATTEMPTS = 3
@@ -98,6 +98,9 @@ class BatchResult:
     model_drifts: int = 0  # drifts ADWIN detected in the risk scores
     segment_moves: int = 0
     refolded: set[str] = field(default_factory=set)  # users whose first write did not land
+    # Users written whose change message the heartbeat held back: (source partition,
+    # the time their last message was published); `held_back_changes` publishes it.
+    held_back: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def add(self, other: BatchResult) -> None:
         """Fold `other`'s messages and counts into this result (parts of one batch)."""
@@ -118,6 +121,7 @@ class BatchResult:
         self.model_drifts += other.model_drifts
         self.segment_moves += other.segment_moves
         self.refolded.update(other.refolded)
+        self.held_back.update(other.held_back)
 
 
 def decode_batch(
@@ -230,7 +234,7 @@ class FoldedBatch:
             sent = [(o, w) for o, w in first if o.profile.user_id not in stale]
             self.refold = {u: self.by_user[u] for u in stale if u in self.by_user}
             try:
-                lost = await _write_users(sent, self.store, result, self.stages)
+                lost = await _write_users(sent, self.store, result, self.stages, self.by_user)
             except BaseException:
                 self.refold = {o.profile.user_id: self.by_user[o.profile.user_id] for o, _ in first}
                 result.refolded.update(self.refold)
@@ -244,7 +248,7 @@ class FoldedBatch:
                 self.refold, self.store, self.params, self.clock(), result, stages=self.stages,
                 learn=False,  # the first fold taught the models these events
             )  # fmt: skip
-            lost = await _write_users(writes, self.store, result, self.stages)
+            lost = await _write_users(writes, self.store, result, self.stages, self.by_user)
             self.refold = {user: self.by_user[user] for user in lost}
             result.refolded.update(self.refold)
         if self.refold:
@@ -294,16 +298,18 @@ async def _write_users(
     store: ProfileStore,
     result: BatchResult,
     stages: Stages,
+    by_user: dict[str, list[Delivery]],
 ) -> set[str]:
     """Write the folded users once; record the ones written, return the ones whose write lost."""
     conflicts = set(await store.save([w for _, w in folded if w is not None]))
     for outcome, _ in folded:
-        if outcome.profile.user_id not in conflicts:
-            _record(outcome, result, stages)
+        user_id = outcome.profile.user_id
+        if user_id not in conflicts:
+            _record(outcome, result, stages, by_user[user_id][-1].partition)
     return conflicts
 
 
-def _record(outcome: Outcome, result: BatchResult, stages: Stages) -> None:
+def _record(outcome: Outcome, result: BatchResult, stages: Stages, partition: int) -> None:
     result.outcomes["applied"] += len(outcome.applied)
     result.outcomes["duplicate"] += outcome.duplicates
     result.outcomes["replayed"] += outcome.replayed
@@ -326,9 +332,61 @@ def _record(outcome: Outcome, result: BatchResult, stages: Stages) -> None:
     if outcome.wrote:
         result.users_written += 1
     if outcome.publish:
-        threshold = stages.models.alert_threshold if stages.models else 0.8
-        body = change_message(profile, outcome.changed, stages.vector_in_updates, threshold)
-        result.changes.append((profile.user_id, body))
+        result.changes.append((profile.user_id, _change_message(profile, outcome.changed, stages)))
+    elif outcome.wrote:
+        result.held_back[profile.user_id] = (partition, profile.published_at)
     if outcome.wrote or replay:  # a replay sends the last writes' alerts again
         alerts = profile.alerts_before + profile.alerts if replay else profile.alerts
         result.alerts.extend((profile.user_id, alert.encode()) for alert in alerts)
+
+
+def _change_message(profile: Profile, changed: AbstractSet[str], stages: Stages) -> bytes:
+    threshold = stages.models.alert_threshold if stages.models else 0.8
+    return change_message(profile, changed, stages.vector_in_updates, threshold)
+
+
+@dataclass(slots=True)
+class HeldBack:
+    """Change messages the heartbeat held back, now due; `writes` record them as published."""
+
+    changes: list[tuple[str, bytes]] = field(default_factory=list)  # (user_id, body)
+    writes: list[Write] = field(default_factory=list)
+
+
+async def held_back_changes(
+    user_ids: Sequence[str],
+    store: ProfileStore,
+    params: ProfileParams,
+    now_ms: int,
+    stages: Stages,
+    *,
+    handing_off: bool = False,
+) -> HeldBack:
+    """The change messages of users whose last writes the heartbeat held back.
+
+    A write that changed only counters publishes nothing until the heartbeat
+    has passed since the user's last message (`apply_deliveries`); a user who
+    then sends no more events would keep those changes unpublished. So the
+    worker remembers such users (`BatchResult.held_back`) and, once the
+    heartbeat has passed, publishes their profile as it stands, with every
+    field changed since their last message. `handing_off`: publish them now,
+    heartbeat or not, because the worker is letting their partition go (a
+    rebalance or a shutdown) and the next owner does not know they wait.
+
+    Publish `changes` first, then save `writes`: each marks its profile as
+    published (compare-and-set on the version it was read at, so a user
+    written meanwhile, here or by another worker, is left as it is). A crash
+    between the two publishes the message again later, under the same version.
+    """
+    held = HeldBack()
+    loaded = await store.load(list(user_ids))
+    for user_id in user_ids:
+        profile = loaded[user_id]
+        if profile.is_new or profile.published_version == profile.version:
+            continue  # erased since, or published by a later write
+        if not handing_off and now_ms - profile.published_at < params.heartbeat_ms:
+            continue  # published meanwhile (another worker's write); due later
+        marked = evolve(profile, published_at=now_ms, published_version=profile.version)
+        held.changes.append((user_id, _change_message(marked, marked.unpublished, stages)))
+        held.writes.append(Write(marked, profile.version, (), profile.updated))
+    return held

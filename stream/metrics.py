@@ -50,6 +50,11 @@ PROFILES_WRITTEN = Counter(
 CHANGES_PUBLISHED = Counter(
     "profiler_changes_published", "Profile change messages published", registry=REGISTRY
 )
+HELD_BACK_PUBLISHED = Counter(
+    "profiler_held_back_changes_published",
+    "Change messages the heartbeat held back, published once due or when handed off",
+    registry=REGISTRY,
+)
 RETRIES = Counter(
     "profiler_retries",
     "Batch attempts retried after a store or broker error, by component",

@@ -62,9 +62,11 @@ from profiling.pipeline import (
     apply_batch,
     dead_letter_for,
     fold_batch,
+    held_back_changes,
 )
 from profiling.profile import MS_PER_DAY, ProfileParams
 from stream import kafka, metrics
+from stream.held_back import HeldBackIndex
 from stream.interest_setup import interest_model
 from stream.model_setup import build_models, restore_models, save_models
 from stream.redis_store import RedisProfileStore, compact_hash_limit, connect
@@ -150,6 +152,7 @@ class WorkerStats:
     dead_letters: int = 0
     profiles_written: int = 0
     changes_published: int = 0
+    held_back_published: int = 0  # of those, messages the heartbeat had held back
     alerts_published: int = 0
     labels: Counter[str] = field(default_factory=Counter)  # label records by outcome
     commands: Counter[tuple[str, str]] = field(default_factory=Counter)  # (command, outcome)
@@ -178,6 +181,7 @@ class WorkerStats:
             "batches": self.batches,
             "profiles_written": self.profiles_written,
             "changes_published": self.changes_published,
+            "held_back_published": self.held_back_published,
             "alerts_published": self.alerts_published,
             "labels": dict(self.labels),
             "commands": {
@@ -212,6 +216,7 @@ class _Writing(NamedTuple):
     task: asyncio.Task[None]  # write, acks, commit
     previous: asyncio.Task[None] | None  # the batch before, committed before this one
     records: Sequence[SourceRecord]  # the batch, to apply apart if its write fails on a bug
+    users: AbstractSet[str]  # the users it writes
     ends: dict[TopicPartition, int]
     started: float
 
@@ -247,6 +252,7 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, topic: str, positions: dict[TopicPartition, int]) -> None:
         self.topic = topic
         self.partitions: set[TopicPartition] = set()
+        self.revoked: set[int] = set()  # events partitions let go since the worker last looked
         self.assigned = asyncio.Event()  # set once the group gave this worker partitions
         self.joined = asyncio.Event()  # set once the group gave it its share, even none
         # The worker's next offsets (`BatchWorker._positions`): a partition that moves
@@ -255,6 +261,7 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.partitions -= set(revoked)
+        self.revoked |= {tp.partition for tp in revoked if tp.topic == self.topic}
         for tp in revoked:
             self._positions.pop(tp, None)
         metrics.forget_partitions(revoked)
@@ -299,6 +306,11 @@ class BatchWorker:
         self._profile_loads = (0, 0)  # the store's (cache, redis) loads at the last batch
         self._currencies_told: set[str] = set()  # currencies whose money a warning explained
         self._held: list[TopicPartition] = []  # paused while a batch is folded
+        self.held_back = HeldBackIndex(self.params.heartbeat_ms)
+        self._handing_off: list[str] = []  # users of partitions let go, waiting for a write
+        # How often the loop publishes held-back changes that came due.
+        self._held_back_every_s = max(0.05, min(1.0, settings.heartbeat_s))
+        self._held_back_at = time.monotonic()
 
     async def start(self) -> None:
         await self.redis.ping()
@@ -406,6 +418,7 @@ class BatchWorker:
         last: _Writing | None = None  # the batch whose write (then publishing) is under way
         try:
             while not self.stopping:
+                await self._publish_held_back(last)
                 batches = await self.consumer.getmany(
                     timeout_ms=self.settings.batch_max_ms,
                     max_records=self.settings.batch_max_events,
@@ -452,7 +465,56 @@ class BatchWorker:
         finally:
             if last is not None:
                 await self._let_go(last)
+        # Stopping: the users still waiting are handed off, published now. Not after a
+        # failure (an exception above): the worker then stops as it is.
+        await self._publish_held_back(None, handing_off=self.held_back.take_all())
         return self.stats
+
+    async def _publish_held_back(
+        self, last: _Writing | None, handing_off: Sequence[str] = ()
+    ) -> None:
+        """Publish the change messages the heartbeat held back that are due now, and
+        those of partitions let go (`handing_off`, and the ones revoked since).
+
+        Users that `last` writes wait for it: its write may publish them or hold
+        them back again, and a message is only ever of a profile that landed.
+        """
+        self._handing_off += handing_off
+        if self.assignment.revoked:
+            self._handing_off += self.held_back.take_partitions(self.assignment.revoked)
+            self.assignment.revoked.clear()
+        writing = last.users if last is not None else frozenset()
+        handing_off = [user for user in self._handing_off if user not in writing]
+        self._handing_off = [user for user in self._handing_off if user in writing]
+        due: list[str] = []
+        if time.monotonic() - self._held_back_at >= self._held_back_every_s:
+            self._held_back_at = time.monotonic()
+            due = self.held_back.take_due(self.clock(), skip=writing)
+        if not due and not handing_off:
+            return
+        try:
+            for group, hand_off in ((due, False), (handing_off, True)):
+                if not group:
+                    continue
+                held = await self._retrying(
+                    "redis",
+                    partial(
+                        held_back_changes, group, self.store, self.params, self.clock(),
+                        self.stages, handing_off=hand_off,
+                    ),
+                )  # fmt: skip
+                await self._retrying("kafka", partial(self._publish, BatchResult(held.changes)))
+                await self._retrying("redis", partial(self.store.save, held.writes))
+                self.stats.changes_published += len(held.changes)
+                self.stats.held_back_published += len(held.changes)
+                metrics.CHANGES_PUBLISHED.inc(len(held.changes))
+                metrics.HELD_BACK_PUBLISHED.inc(len(held.changes))
+        except Exception as exc:
+            log.error(
+                "publishing %d held-back change messages failed (%s: %s); they wait for "
+                "their users' next events", len(due) + len(handing_off), type(exc).__name__, exc,
+                exc_info=exc,
+            )  # fmt: skip
 
     async def _let_go(self, last: _Writing) -> None:
         """At the end of `run`: `last` written, published and committed; or, when `run` is
@@ -742,7 +804,7 @@ class BatchWorker:
             await self._finish(records, ends, result, started)
 
         task = asyncio.create_task(write_then_finish())
-        return _Writing(written, task, previous, records, ends, started)
+        return _Writing(written, task, previous, records, folded.by_user.keys(), ends, started)
 
     async def _learn_labels(self, records: Sequence[SourceRecord], result: BatchResult) -> None:
         """Teach the models the batch's `fraud-labels` records."""
@@ -774,6 +836,7 @@ class BatchWorker:
         """Publish the batch's messages, wait for every ack, then commit `ends`."""
         await self._retrying("kafka", lambda: self._publish(result))
         await self._commit(ends)
+        self.held_back.note(result.held_back, [user for user, _ in result.changes] + result.erased)
         self.stats.last_commit_at = time.monotonic()
         self.stats.add(len(records), result)
         self._observe(records, result, started)

@@ -28,6 +28,7 @@ from stream.settings import Settings
 from stream.worker import BatchWorker
 from tests.integration.kafka_io import committed_offsets, end_offsets
 from tests.integration.test_worker import (
+    assert_every_last_message_is_the_stored_profile,
     assert_profiles_match,
     expected_profiles,
     shop_records,
@@ -220,6 +221,7 @@ async def test_three_workers_share_the_partitions_and_apply_each_event_once(make
         assert all(w.stats.applied for w in group.workers), "a worker applied nothing"
         assert_profiles_match(await stored_profiles(settings.redis_url), expected)
         assert sum(w.stats.dead_letters for w in group.workers) > 0
+        await assert_every_last_message_is_the_stored_profile(settings)
     finally:
         await group.close()
 
@@ -263,6 +265,8 @@ async def test_partitions_of_a_leaving_worker_move_and_nothing_is_applied_twice(
         if leave == "crash":
             assert lost > 0
             assert sum(w.stats.replayed for w in survivors) >= lost
+        else:  # a crash leaves the changes it held back for their users' next events
+            await assert_every_last_message_is_the_stored_profile(settings)
     finally:
         await group.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections import Counter, defaultdict
@@ -404,3 +405,96 @@ async def test_a_full_batch_leaves_the_consumer_fetching_ahead(make_settings) ->
     settings = await make_settings(batch_max_events=50)
     seen = await watch_fetching(settings, shop_records(600, malformed=0, duplicates=0, seed=13))
     assert [paused for step, paused, _ in seen if step == "load"].count(set()) >= 6
+
+
+def last_messages(updates: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """Each user's change message of the highest version (what a consumer keeps)."""
+    last: dict[str, dict[str, Any]] = {}
+    for update in updates:
+        body = orjson.loads(update.value)
+        if body["version"] >= last.get(body["user_id"], {"version": -1})["version"]:
+            last[body["user_id"]] = body
+    return last
+
+
+async def assert_every_last_message_is_the_stored_profile(settings: Settings) -> None:
+    """No user's last change waits unpublished: their last message is Redis's profile."""
+    updates = await read_topic(settings.kafka_bootstrap, settings.topic_updates)
+    last = last_messages(updates)
+    stored = await stored_profiles(settings.redis_url)
+    assert last.keys() == stored.keys()
+    behind = {
+        user: (last[user]["version"], fields["version"])
+        for user, fields in stored.items()
+        if (last[user]["version"], last[user]["events"])
+        != (int(fields["version"]), int(fields["events"]))
+    }
+    assert not behind, (
+        f"{len(behind)} users' last message is behind Redis: {list(behind.items())[:5]}"
+    )
+
+
+def views(users: Sequence[str], round_: int, now: int) -> list[tuple[bytes, bytes]]:
+    """One view per user, event ids unique per round."""
+    records = []
+    for user in users:
+        body = {"event_id": f"{user}-{round_}", "user_id": user, "type": "view", "ts": now - 1000,
+                "item_id": f"item{round_}", "category": "shoes"}  # fmt: skip
+        records.append((user.encode(), orjson.dumps(body)))
+    return records
+
+
+async def test_held_back_changes_are_published_once_due_without_further_events(
+    make_settings,
+) -> None:
+    """A user's counters-only change is held back by the heartbeat, then published while the
+    worker runs, though the user sends nothing more."""
+    settings = await make_settings(partitions=2, heartbeat_s=1.0)
+    users = [f"quiet-{i}" for i in range(8)]
+    worker = BatchWorker(settings)
+    await worker.start()
+    run = asyncio.create_task(worker.run())
+    try:
+        await send_records(settings, views(users, 1, wall_clock_ms()))
+        await wait_for_messages(settings, len(users))  # new users: published at once
+        await send_records(settings, views(users, 2, wall_clock_ms()))
+        await wait_until_applied(worker, 2 * len(users))
+        assert worker.stats.changes_published == len(users)  # held back by the heartbeat
+        updates = await wait_for_messages(settings, 2 * len(users))
+        assert worker.stats.held_back_published == len(users)
+        assert {body["events"] for body in last_messages(updates).values()} == {2}
+        assert all("count:view" in body["changed"] for body in last_messages(updates).values())
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(run, 30)
+        await worker.close()
+    await assert_every_last_message_is_the_stored_profile(settings)
+
+
+async def test_a_stopping_worker_hands_off_the_changes_it_held_back(topics: Settings) -> None:
+    users = [f"quiet-{i}" for i in range(8)]
+    await send_records(topics, views(users, 1, wall_clock_ms()))
+    await drain(topics)
+    await send_records(
+        topics, views(users, 2, wall_clock_ms()) + views(users[:3], 3, wall_clock_ms())
+    )
+    stats = await drain(topics)  # within the heartbeat of the first drain's messages
+    assert stats.held_back_published == len(users)
+    await assert_every_last_message_is_the_stored_profile(topics)
+
+
+async def wait_for_messages(settings: Settings, n: int, timeout_s: float = 15.0) -> list[Any]:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        updates = await read_topic(settings.kafka_bootstrap, settings.topic_updates)
+        if len(updates) >= n or asyncio.get_running_loop().time() > deadline:
+            assert len(updates) == n, f"{len(updates)} change messages, not {n}"
+            return updates
+        await asyncio.sleep(0.2)
+
+
+async def wait_until_applied(worker: BatchWorker, n: int, timeout_s: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while worker.stats.applied < n:
+        assert asyncio.get_running_loop().time() < deadline, f"applied {worker.stats.applied}"
+        await asyncio.sleep(0.05)
