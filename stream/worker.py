@@ -270,6 +270,9 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:
             self._positions.pop(tp, None)
+        # A rebalance revokes every partition, then assigns most of them back: the users
+        # held back on those stay this worker's to publish.
+        self.revoked -= {tp.partition for tp in assigned if tp.topic == self.topic}
         self.partitions |= {tp for tp in assigned if tp.topic == self.topic}
         metrics.ASSIGNED_PARTITIONS.set(len(self.partitions))
         if self.partitions:

@@ -18,7 +18,7 @@ from redis.exceptions import (
 
 from profiling.pipeline import Record
 from stream.settings import Settings
-from stream.worker import BatchWorker, next_offsets
+from stream.worker import BatchWorker, _Assignment, next_offsets
 
 
 def test_next_offsets_per_partition_and_topic() -> None:
@@ -76,3 +76,14 @@ def test_what_redis_refuses_is_not_retried_what_may_pass_is(
         with pytest.raises(type(error)):
             asyncio.run(run())
         assert len(calls) == 1
+
+
+def test_partitions_a_rebalance_gives_back_are_not_handed_off() -> None:
+    """Held-back changes are handed off only for the partitions that went elsewhere."""
+    assignment = _Assignment("events", {})
+    tps = {TopicPartition("events", p) for p in range(3)} | {TopicPartition("commands", 0)}
+    asyncio.run(assignment.on_partitions_assigned(tps))
+    asyncio.run(assignment.on_partitions_revoked(tps))  # every partition, as a rebalance does
+    assert assignment.revoked == {0, 1, 2}
+    asyncio.run(assignment.on_partitions_assigned({TopicPartition("events", 2)}))
+    assert assignment.revoked == {0, 1}
