@@ -17,7 +17,7 @@ watermark (another worker already applied them) and nothing is written.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import partial
@@ -352,6 +352,10 @@ class HeldBack:
     changes: list[tuple[str, bytes]] = field(default_factory=list)  # (user_id, body)
     writes: list[Write] = field(default_factory=list)
 
+    def landed(self, refused: Collection[str]) -> list[tuple[str, bytes]]:
+        """The changes to publish once `writes` are saved: those of users not `refused`."""
+        return [(user_id, body) for user_id, body in self.changes if user_id not in refused]
+
 
 async def held_back_changes(
     user_ids: Sequence[str],
@@ -373,13 +377,18 @@ async def held_back_changes(
     heartbeat or not, because the worker is letting their partition go (a
     rebalance or a shutdown) and the next owner does not know they wait.
 
-    Publish `changes` first, then save `writes`: each marks its profile as
-    published (compare-and-set on the version it was read at, so a user
-    written meanwhile, here or by another worker, is left as it is). A crash
-    between the two publishes the message again later, under the same version.
+    The profiles are read from the store itself, not from what this process
+    last wrote: another worker may have erased the user (a merge runs on the
+    worker of the user merged into) or, after a rebalance, written them.
+    Save `writes` first, then publish the `changes` of the users whose write
+    landed (`HeldBack.landed`): each write marks its profile as published,
+    compare-and-set on the version it was read at, so no message goes out for
+    a user erased or written meanwhile (that write publishes or holds back
+    their changes itself). A crash between the two leaves the message unsent,
+    as a crash leaves held-back changes: for the user's next event.
     """
     held = HeldBack()
-    loaded = await store.load(list(user_ids))
+    loaded = await store.load(list(user_ids), cached=False)
     for user_id in user_ids:
         profile = loaded[user_id]
         if profile.is_new or profile.published_version == profile.version:

@@ -108,8 +108,12 @@ def _marker(at_ms: int, merged_into: str | None) -> dict[str, object]:
 class ProfileStore(Protocol):
     """Batch-oriented profile storage: one round trip to load, one to write."""
 
-    async def load(self, user_ids: Sequence[str]) -> dict[str, Profile]:
-        """The stored profiles of these users (an empty `Profile` for a new one)."""
+    async def load(self, user_ids: Sequence[str], *, cached: bool = True) -> dict[str, Profile]:
+        """The stored profiles of these users (an empty `Profile` for a new one).
+
+        `cached=False`: as the store holds them now, not as this process last wrote
+        them (a store that keeps the profiles it wrote reads them again).
+        """
         ...
 
     async def save(self, writes: Sequence[Write]) -> list[str]:
@@ -315,7 +319,7 @@ class InMemoryProfileStore:
         self._scored: dict[tuple[str, str], bytes] = {}
         self._aside: dict[str, Profile] = {}
 
-    async def load(self, user_ids: Sequence[str]) -> dict[str, Profile]:
+    async def load(self, user_ids: Sequence[str], *, cached: bool = True) -> dict[str, Profile]:
         return {
             user_id: profile_from_storage(
                 user_id,

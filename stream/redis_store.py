@@ -306,11 +306,11 @@ class RedisProfileStore:
     def cached_users(self) -> int:
         return len(self._cache)
 
-    async def load(self, user_ids: Sequence[str]) -> dict[str, Profile]:
+    async def load(self, user_ids: Sequence[str], *, cached: bool = True) -> dict[str, Profile]:
         loaded: dict[str, Profile] = {}
         missing: list[str] = []
         for user_id in user_ids:
-            held = self._cache.get(user_id)
+            held = self._cache.get(user_id) if cached else None
             if held is None:
                 missing.append(user_id)
             else:

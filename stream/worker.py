@@ -253,6 +253,9 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         self.topic = topic
         self.partitions: set[TopicPartition] = set()
         self.revoked: set[int] = set()  # events partitions let go since the worker last looked
+        # False from a revocation until the group's next assignment: until then, `revoked`
+        # still holds the partitions this worker will be given back.
+        self.settled = True
         self.assigned = asyncio.Event()  # set once the group gave this worker partitions
         self.joined = asyncio.Event()  # set once the group gave it its share, even none
         # The worker's next offsets (`BatchWorker._positions`): a partition that moves
@@ -262,6 +265,7 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.partitions -= set(revoked)
         self.revoked |= {tp.partition for tp in revoked if tp.topic == self.topic}
+        self.settled = False
         for tp in revoked:
             self._positions.pop(tp, None)
         metrics.forget_partitions(revoked)
@@ -273,6 +277,7 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         # A rebalance revokes every partition, then assigns most of them back: the users
         # held back on those stay this worker's to publish.
         self.revoked -= {tp.partition for tp in assigned if tp.topic == self.topic}
+        self.settled = True
         self.partitions |= {tp for tp in assigned if tp.topic == self.topic}
         metrics.ASSIGNED_PARTITIONS.set(len(self.partitions))
         if self.partitions:
@@ -483,7 +488,7 @@ class BatchWorker:
         them back again, and a message is only ever of a profile that landed.
         """
         self._handing_off += handing_off
-        if self.assignment.revoked:
+        if self.assignment.revoked and self.assignment.settled:
             self._handing_off += self.held_back.take_partitions(self.assignment.revoked)
             self.assignment.revoked.clear()
         writing = last.users if last is not None else frozenset()
@@ -506,12 +511,13 @@ class BatchWorker:
                         self.stages, handing_off=hand_off,
                     ),
                 )  # fmt: skip
-                await self._retrying("kafka", partial(self._publish, BatchResult(held.changes)))
-                await self._retrying("redis", partial(self.store.save, held.writes))
-                self.stats.changes_published += len(held.changes)
-                self.stats.held_back_published += len(held.changes)
-                metrics.CHANGES_PUBLISHED.inc(len(held.changes))
-                metrics.HELD_BACK_PUBLISHED.inc(len(held.changes))
+                refused = await self._retrying("redis", partial(self.store.save, held.writes))
+                changes = held.landed(set(refused))
+                await self._retrying("kafka", partial(self._publish, BatchResult(changes)))
+                self.stats.changes_published += len(changes)
+                self.stats.held_back_published += len(changes)
+                metrics.CHANGES_PUBLISHED.inc(len(changes))
+                metrics.HELD_BACK_PUBLISHED.inc(len(changes))
         except Exception as exc:
             log.error(
                 "publishing %d held-back change messages failed (%s: %s); they wait for "

@@ -18,7 +18,15 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from profiling.pipeline import BatchResult, FoldedBatch, Record, Stages, apply_batch, fold_batch
+from profiling.pipeline import (
+    BatchResult,
+    FoldedBatch,
+    Record,
+    Stages,
+    apply_batch,
+    fold_batch,
+    held_back_changes,
+)
 from profiling.profile import ProfileParams, event_digest
 from profiling.store import profile_key, public_fields, state_key, vector_fields
 from stream.devstack import free_port
@@ -136,6 +144,27 @@ async def test_a_rewritten_profile_at_the_same_version_is_not_built_upon(
     assert stored.version == 2
     # Built on the rewrite, not on the cache: its window holds x1 and e2, not e1.
     assert stored.seen == event_digest("x1") + event_digest("e2")
+
+
+async def test_held_back_changes_of_a_user_erased_elsewhere_are_not_published(
+    redis_client: aioredis.Redis,
+) -> None:
+    """A merge runs on the worker of the user merged into: the worker that held back the
+    visitor's changes still caches the visitor, and must not publish them after the
+    visitor's tombstone."""
+    cached, other = (
+        RedisProfileStore(redis_client, cache_users=100),
+        RedisProfileStore(redis_client),
+    )
+    params, clock = ProfileParams(heartbeat_ms=60_000), ticking()
+    await apply_batch([event("vis", "e1", T0, 0)], cached, params, clock)
+    quiet = await apply_batch([event("vis", "e2", T0 + 1000, 1)], cached, params, clock)
+    assert "vis" in quiet.held_back
+    await other.set_aside("vis", T0 + 2000, merged_into="acct")
+    assert "vis" in cached._cache  # this worker does not know
+    held = await held_back_changes(["vis"], cached, params, T0 + 120_000, Stages())
+    assert not held.changes and not held.writes
+    assert not await redis_client.exists(profile_key("vis"))
 
 
 async def test_the_cache_is_bounded_and_off_at_zero(redis_client: aioredis.Redis) -> None:

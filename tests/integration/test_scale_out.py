@@ -25,14 +25,16 @@ from profiling.pipeline import BatchResult, FoldedBatch, SourceRecord
 from stream import kafka
 from stream.producing import send_records
 from stream.settings import Settings
-from stream.worker import BatchWorker
-from tests.integration.kafka_io import committed_offsets, end_offsets
+from stream.worker import BatchWorker, wall_clock_ms
+from tests.integration.kafka_io import committed_offsets, end_offsets, read_topic
 from tests.integration.test_worker import (
     assert_every_last_message_is_the_stored_profile,
     assert_profiles_match,
     expected_profiles,
+    last_messages,
     shop_records,
     stored_profiles,
+    views,
 )
 
 PARTITIONS = 6
@@ -200,7 +202,7 @@ def assert_applied_exactly_once(
 
 
 async def test_three_workers_share_the_partitions_and_apply_each_event_once(make_settings) -> None:
-    settings = await make_settings(partitions=PARTITIONS)
+    settings = await make_settings(partitions=PARTITIONS, heartbeat_s=1.0)
     records = shop_records(EVENTS, malformed=0.02, duplicates=0.03, seed=21)
     group = Group(settings)
     try:
@@ -215,13 +217,23 @@ async def test_three_workers_share_the_partitions_and_apply_each_event_once(make
 
         await produce_in_chunks(settings, records, chunks=6)
         await group.wait_committed(await end_offsets(settings, settings.topic_events))
+        # Changes held back by the heartbeat go out once due, the workers still running.
+        deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT_S
+        while True:
+            try:
+                await assert_every_last_message_is_the_stored_profile(settings)
+                break
+            except AssertionError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+        assert sum(w.stats.held_back_published for w in group.workers) > 0
         await group.stop_all()
 
         expected = assert_applied_exactly_once(group, records)
         assert all(w.stats.applied for w in group.workers), "a worker applied nothing"
         assert_profiles_match(await stored_profiles(settings.redis_url), expected)
         assert sum(w.stats.dead_letters for w in group.workers) > 0
-        await assert_every_last_message_is_the_stored_profile(settings)
     finally:
         await group.close()
 
@@ -314,3 +326,39 @@ async def test_until_idle_also_ends_a_worker_the_group_gave_no_partition(make_se
         for worker in workers:
             await worker.close()
     assert sorted(s.records for s in stats) == [0, 200]
+
+
+async def test_a_worker_hands_off_the_held_back_changes_of_the_partitions_it_loses(
+    make_settings,
+) -> None:
+    """A second worker joins: the first publishes at once the changes it held back for the
+    users of the partitions that move, and keeps waiting for the heartbeat on the others."""
+    settings = await make_settings(partitions=PARTITIONS, heartbeat_s=60.0)
+    users = [f"quiet-{i}" for i in range(60)]
+    group = Group(settings)
+    try:
+        await group.start(BatchWorker)
+        await group.wait_settled()
+        first = group.workers[0]
+        await send_records(settings, views(users, 1, wall_clock_ms()))  # new: published
+        await wait_until(lambda: first.stats.applied == len(users), DRAIN_TIMEOUT_S, "round 1")
+        await send_records(settings, views(users, 2, wall_clock_ms()))  # counters only
+        await wait_until(lambda: len(first.held_back) == len(users), DRAIN_TIMEOUT_S, "round 2")
+        partition_of = {user: first.held_back._due[user][0] for user in users}
+        assert first.stats.held_back_published == 0
+
+        await group.start(BatchWorker)
+        await group.wait_settled()
+        kept = {tp.partition for tp in first.assignment.partitions}
+        moved = {user for user, partition in partition_of.items() if partition not in kept}
+        assert moved and len(moved) < len(users)
+        await wait_until(
+            lambda: first.stats.held_back_published >= len(moved), DRAIN_TIMEOUT_S, "hand-off"
+        )
+        assert first.stats.held_back_published == len(moved)
+        assert set(first.held_back._due) == set(users) - moved  # the heartbeat is not due
+        updates = await read_topic(settings.kafka_bootstrap, settings.topic_updates)
+        last = last_messages(updates)
+        assert {user for user, body in last.items() if body["events"] == 2} == moved
+    finally:
+        await group.close()

@@ -22,6 +22,12 @@ def view(n: int, user: str = "alice", partition: int = 2) -> Record:
     return Record("events", partition, n, user.encode(), orjson.dumps(body))
 
 
+def purchase(n: int, user: str = "alice", partition: int = 2) -> Record:
+    body = {"event_id": f"e{n}", "user_id": user, "type": "purchase", "ts": NOW - 1000 + n,
+            "amount": 12.5}  # fmt: skip
+    return Record("events", partition, n, user.encode(), orjson.dumps(body))
+
+
 def test_the_index_gives_users_once_due_and_forgets_the_ones_published() -> None:
     index = HeldBackIndex(heartbeat_ms=1000)
     index.note({"a": (0, 100), "b": (1, 50), "c": (1, 500)}, published=())
@@ -56,7 +62,7 @@ def test_held_back_counters_are_published_once_due_and_then_not_carried_again() 
     async def scenario() -> None:
         first = await apply_batch([view(1)], store, PARAMS, lambda: NOW)
         assert [user for user, _ in first.changes] == ["alice"] and not first.held_back
-        quiet = await apply_batch([view(2), view(3)], store, PARAMS, lambda: NOW + 1000)
+        quiet = await apply_batch([view(2), purchase(3)], store, PARAMS, lambda: NOW + 1000)
         assert not quiet.changes
         assert quiet.held_back == {"alice": (2, NOW)}  # partition, last published
 
@@ -67,8 +73,9 @@ def test_held_back_counters_are_published_once_due_and_then_not_carried_again() 
         ((user, body),) = held.changes
         message = orjson.loads(body)
         assert user == "alice" and message["events"] == 3 and message["version"] == 2
-        assert {"count:view", "events", "version"} <= set(message["changed"])
+        assert {"count:view", "count:purchase", "orders", "spend"} <= set(message["changed"])
         assert await store.save(held.writes) == []
+        assert held.landed(()) == held.changes
         again = await held_back_changes(["alice"], store, PARAMS, due_at + 1, Stages())
         assert not again.changes  # published: nothing waits any more
 
@@ -79,9 +86,10 @@ def test_held_back_counters_are_published_once_due_and_then_not_carried_again() 
         handed = await held_back_changes(
             ["alice"], store, PARAMS, due_at + 2000, Stages(), handing_off=True
         )
-        # Only what changed since the last message: not first_seen or categories again.
+        # Only what changed since the last message: not the purchase's fields again.
         (changed,) = [orjson.loads(body)["changed"] for _, body in handed.changes]
-        assert "count:view" in changed and "first_seen" not in changed
+        assert "count:view" in changed
+        assert not {"count:purchase", "orders", "spend"} & set(changed)
 
     asyncio.run(scenario())
 
@@ -94,7 +102,8 @@ def test_a_profile_written_since_is_not_marked_by_a_stale_publication() -> None:
         await apply_batch([view(2)], store, PARAMS, lambda: NOW + 1000)
         held = await held_back_changes(["alice"], store, PARAMS, NOW + HEARTBEAT_MS, Stages())
         await apply_batch([view(3)], store, PARAMS, lambda: NOW + 2000)  # another write lands
-        assert await store.save(held.writes) == ["alice"]  # compare-and-set: refused
+        refused = await store.save(held.writes)
+        assert refused == ["alice"] and held.landed(refused) == []  # compare-and-set: refused
         (stored,) = (await store.load(["alice"])).values()
         assert stored.version == 3 and stored.published_version == 1
 
