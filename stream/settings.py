@@ -110,7 +110,9 @@ class Settings(BaseSettings):
         60.0,
         ge=0,
         le=MAX_SECONDS,
-        description="publish a counters-only change at most this often per user",
+        description=(
+            "publish a counters-only change at most this often per user, and once it has passed"
+        ),
     )
     profile_ttl_s: int = Field(
         0,
