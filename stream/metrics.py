@@ -55,6 +55,11 @@ HELD_BACK_PUBLISHED = Counter(
     "Change messages the heartbeat held back, published once due or when handed off",
     registry=REGISTRY,
 )
+HELD_BACK_USERS = Gauge(
+    "profiler_held_back_users",
+    "Users whose change message the heartbeat holds back, waiting on this worker",
+    registry=REGISTRY,
+)
 RETRIES = Counter(
     "profiler_retries",
     "Batch attempts retried after a store or broker error, by component",

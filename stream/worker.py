@@ -500,6 +500,7 @@ class BatchWorker:
             due = self.held_back.take_due(self.clock(), skip=writing)
         if not due and not handing_off:
             return
+        metrics.HELD_BACK_USERS.set(len(self.held_back))
         try:
             for group, hand_off in ((due, False), (handing_off, True)):
                 if not group:
@@ -846,6 +847,7 @@ class BatchWorker:
         await self._retrying("kafka", lambda: self._publish(result))
         await self._commit(ends)
         self.held_back.note(result.held_back, [user for user, _ in result.changes] + result.erased)
+        metrics.HELD_BACK_USERS.set(len(self.held_back))
         self.stats.last_commit_at = time.monotonic()
         self.stats.add(len(records), result)
         self._observe(records, result, started)

@@ -460,12 +460,14 @@ async def test_held_back_changes_are_published_once_due_without_further_events(
         await send_records(settings, views(users, 2, wall_clock_ms()))
         await wait_until_applied(worker, 2 * len(users))
         assert worker.stats.changes_published == len(users)  # held back by the heartbeat
+        assert metrics.REGISTRY.get_sample_value("profiler_held_back_users") == len(users)
         updates = await wait_for_messages(settings, 2 * len(users))
         deadline = asyncio.get_running_loop().time() + 10
         while worker.stats.held_back_published < len(users):  # counted once acked
             assert asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.05)
         assert worker.stats.held_back_published == len(users)
+        assert metrics.REGISTRY.get_sample_value("profiler_held_back_users") == 0
         assert {body["events"] for body in last_messages(updates).values()} == {2}
         assert all("count:view" in body["changed"] for body in last_messages(updates).values())
     finally:
