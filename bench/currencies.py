@@ -29,6 +29,7 @@ from drain import (  # bench/drain.py
     as_records,
     batch_results,
     shop_day,
+    shop_day_arguments,
     write_report,
 )
 
@@ -92,11 +93,9 @@ async def fold(records: list[Record], currencies: Currencies, batch: int) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=5000)
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--out", type=Path, default=RESULTS / "currencies.json")
+    shop_day_arguments(
+        parser, users=5000, events=100_000, batch=2000, out=RESULTS / "currencies.json"
+    )
     args = parser.parse_args()
     records = as_records(shop_day(args.users, args.seed).records(args.events))
     runs = {}

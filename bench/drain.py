@@ -238,6 +238,17 @@ def shop_day(users: int, seed: int) -> ShopGenerator:
     return ShopGenerator(users, seed, SHOP_DAY_MS, SHOP_DAY_MS + DAY_MS)
 
 
+def shop_day_arguments(
+    parser: argparse.ArgumentParser, *, users: int, events: int, batch: int, out: Path
+) -> None:
+    """The options of a benchmark that folds the synthetic shop's day in process."""
+    parser.add_argument("--users", type=int, default=users)
+    parser.add_argument("--events", type=int, default=events)
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=out)
+
+
 def as_records(pairs: Iterable[tuple[bytes, bytes]]) -> list[Record]:
     """(key, value) pairs as one partition's records, offsets from 0."""
     return [

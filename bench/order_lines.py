@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from drain import as_records, batch_results, shop_day, write_report  # bench/drain.py
+from drain import (  # bench/drain.py
+    as_records,
+    batch_results,
+    shop_day,
+    shop_day_arguments,
+    write_report,
+)
 
 from profiling.models import ProfileModels
 from profiling.profile import ProfileParams
@@ -81,12 +87,10 @@ async def fold(events: list[dict[str, Any]], batch: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=20_000)
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=7)
+    shop_day_arguments(
+        parser, users=20_000, events=200_000, batch=2000, out=RESULTS / "order_lines.json"
+    )
     parser.add_argument("--label", default="this tree")
-    parser.add_argument("--out", type=Path, default=RESULTS / "order_lines.json")
     args = parser.parse_args()
     whole = list(shop_day(args.users, args.seed).events(args.events))
     runs = {}

@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from drain import as_records, batch_results, shop_day, write_report  # bench/drain.py
+from drain import (  # bench/drain.py
+    as_records,
+    batch_results,
+    shop_day,
+    shop_day_arguments,
+    write_report,
+)
 
 from profiling.models import ProfileModels
 from profiling.pipeline import Record
@@ -51,12 +57,10 @@ async def alerted_by_position(records: list[Record], batch: int) -> list[dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=20_000)
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=7)
+    shop_day_arguments(
+        parser, users=20_000, events=200_000, batch=1000, out=RESULTS / "risk_warmup.json"
+    )
     parser.add_argument("--label", default="this tree")
-    parser.add_argument("--out", type=Path, default=RESULTS / "risk_warmup.json")
     args = parser.parse_args()
     records = as_records(shop_day(args.users, args.seed).records(args.events))
     rows = asyncio.run(alerted_by_position(records, args.batch))
