@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -91,3 +92,13 @@ async def drain(
         return await asyncio.wait_for(worker.run(until_idle_s=idle_s), timeout=120)
     finally:
         await worker.close()
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Until `condition()` holds, checked every 50 ms; TimeoutError naming `what` after
+    `timeout_s`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"not within {timeout_s:.0f}s: {what}")
+        await asyncio.sleep(0.05)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
@@ -26,7 +26,7 @@ from stream import kafka
 from stream.producing import send_records
 from stream.settings import Settings
 from stream.worker import BatchWorker, wall_clock_ms
-from tests.integration.kafka_io import committed_offsets, end_offsets, read_topic
+from tests.integration.kafka_io import committed_offsets, end_offsets, read_topic, wait_until
 from tests.integration.test_worker import (
     assert_every_last_message_is_the_stored_profile,
     assert_profiles_match,
@@ -83,14 +83,6 @@ class CrashBeforeCommit(BatchWorker):
         if self.stats.batches + 1 >= self.crash_at:
             raise Crash("killed before the offset commit")
         await super()._commit(offsets)
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"not within {timeout_s:.0f}s: {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclass

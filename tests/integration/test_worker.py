@@ -25,7 +25,13 @@ from stream.settings import Settings
 from stream.synthetic_shop import RATES, ShopGenerator
 from stream.worker import BatchWorker, wall_clock_ms
 from tests.corpus import CASES
-from tests.integration.kafka_io import committed_offsets, drain, end_offsets, read_topic
+from tests.integration.kafka_io import (
+    committed_offsets,
+    drain,
+    end_offsets,
+    read_topic,
+    wait_until,
+)
 from tests.schemas import validator
 
 HOUR_MS = 3_600_000
@@ -458,14 +464,12 @@ async def test_held_back_changes_are_published_once_due_without_further_events(
         await send_records(settings, views(users, 1, wall_clock_ms()))
         await wait_for_messages(settings, len(users))  # new users: published at once
         await send_records(settings, views(users, 2, wall_clock_ms()))
-        await wait_until_applied(worker, 2 * len(users))
+        await wait_until(lambda: worker.stats.applied >= 2 * len(users), 15, "round 2 applied")
         assert worker.stats.changes_published == len(users)  # held back by the heartbeat
         assert metrics.REGISTRY.get_sample_value("profiler_held_back_users") == len(users)
         updates = await wait_for_messages(settings, 2 * len(users))
-        deadline = asyncio.get_running_loop().time() + 10
-        while worker.stats.held_back_published < len(users):  # counted once acked
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.05)
+        # Counted once the messages are acked, which may be after a reader sees them.
+        await wait_until(lambda: worker.stats.held_back_published >= len(users), 10, "counted")
         assert worker.stats.held_back_published == len(users)
         assert metrics.REGISTRY.get_sample_value("profiler_held_back_users") == 0
         assert {body["events"] for body in last_messages(updates).values()} == {2}
@@ -497,10 +501,3 @@ async def wait_for_messages(settings: Settings, n: int, timeout_s: float = 15.0)
             assert len(updates) == n, f"{len(updates)} change messages, not {n}"
             return updates
         await asyncio.sleep(0.2)
-
-
-async def wait_until_applied(worker: BatchWorker, n: int, timeout_s: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while worker.stats.applied < n:
-        assert asyncio.get_running_loop().time() < deadline, f"applied {worker.stats.applied}"
-        await asyncio.sleep(0.05)
