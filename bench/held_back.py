@@ -12,6 +12,11 @@ consumer keeps) is behind their profile in Redis:
   still running and nothing more sent;
 * `after_stop`: once the worker stopped (SIGTERM).
 
+With `--crash`, the worker is killed (SIGKILL) as it finishes the feed and a
+second one takes its partitions: `after_heartbeat` and `after_stop` are then
+the second worker's, which only knows what the first held back from the
+held-back ledger in Redis.
+
 Each tree given to `--trees` (a `PYTHONPATH` for the worker; `.` is this
 one) runs in turn on its own topic and Redis database, so a tree from before
 held-back changes were published shows what a consumer missed. Also recorded:
@@ -20,6 +25,7 @@ the worker's CPU over the feed.
 
     python bench/held_back.py
     python bench/held_back.py --trees /path/to/older/tree . --heartbeat 5
+    python bench/held_back.py --trees /path/to/older/tree . --crash
 """
 
 from __future__ import annotations
@@ -167,7 +173,6 @@ def run_tree(stack: DevStack, index: int, tree: str, args: argparse.Namespace) -
     asyncio.run(create_topics(settings.kafka_bootstrap, {
         settings.topic_events: 6, settings.topic_updates: 6,
     }))  # fmt: skip
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROFILER_")} | {
         "PYTHONPATH": str(Path(tree).resolve()),
         "PROFILER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -177,7 +182,6 @@ def run_tree(stack: DevStack, index: int, tree: str, args: argparse.Namespace) -
         "PROFILER_TOPIC_UPDATES": settings.topic_updates,
         "PROFILER_KAFKA_SESSION_TIMEOUT_MS": "3000",
         "PROFILER_KAFKA_HEARTBEAT_INTERVAL_MS": "300",
-        "PROFILER_WEB_PORT": str(port),
         "PROFILER_ENCODER_MODEL": "none",
         "PROFILER_CURRENCY_RATES": SHOP_RATES,
         "PROFILER_HEARTBEAT_S": str(args.heartbeat),
@@ -185,16 +189,19 @@ def run_tree(stack: DevStack, index: int, tree: str, args: argparse.Namespace) -
     now = wall_clock_ms()
     shop = ShopGenerator(args.users, seed=7, start_ms=now - HOUR_MS, end_ms=now)
     code = Path(tree).resolve()  # `-m` puts the working directory first on the path
-    worker = subprocess.Popen([sys.executable, "-m", "stream.cli", "run"], env=env, cwd=code)
+    worker, port = start_worker(env, code)
     result: dict[str, Any] = {"tree": "this tree" if code == ROOT.resolve() else "another tree"}
     try:
-        _wait_ready(port)
         cpu = process_cpu_s(worker.pid)
         sent = asyncio.run(feed(settings, shop, args.rate, args.seconds))
         result["sent"] = sent
         result["catch_up_s"] = round(asyncio.run(wait_applied(settings.redis_url, sent)), 2)
         result["worker_cpu_s"] = round(process_cpu_s(worker.pid) - cpu, 2)
         result["caught_up"] = asyncio.run(behind(settings))
+        if args.crash:
+            worker.kill()  # no hand-off, no commit of the batch in flight
+            worker.wait(timeout=60)
+            worker, port = start_worker(env, code)
         time.sleep(args.heartbeat + 2)
         result["after_heartbeat"] = asyncio.run(behind(settings))
         result["worker_mean_batch_records"] = scrape_worker(port)["worker_mean_batch_records"]
@@ -205,6 +212,18 @@ def run_tree(stack: DevStack, index: int, tree: str, args: argparse.Namespace) -
     result["after_stop"] = asyncio.run(behind(settings))
     print(json.dumps(result), flush=True)
     return result
+
+
+def start_worker(env: dict[str, str], code: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A `profiler run` process of the code in `code`, ready (partitions assigned); its port."""
+    port = free_port()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "run"],
+        env=env | {"PROFILER_WEB_PORT": str(port)},
+        cwd=code,
+    )
+    _wait_ready(port)
+    return worker, port
 
 
 def held_back_published(port: int) -> int | None:
@@ -223,6 +242,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--users", type=int, default=5000)
     parser.add_argument("--heartbeat", type=float, default=5.0, help="PROFILER_HEARTBEAT_S")
+    parser.add_argument(
+        "--crash", action="store_true", help="kill the worker after the feed; a second takes over"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "held_back.json")
     args = parser.parse_args()
     with DevStack(Settings(), partitions=6) as stack:

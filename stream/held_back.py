@@ -6,12 +6,43 @@ with the partition their events come from; once a user's heartbeat has
 passed, or their partition is let go, `profiling.pipeline.held_back_changes`
 publishes what waited. A user published since (a later write's message, an
 erase) is forgotten.
+
+The index lives in the worker's memory, and a copy of it in Redis
+(`HeldBackLedger`): one sorted set per partition of the events topic, users
+by due time. The worker saves what changed in the index before it commits a
+batch, and a worker given a partition reads that partition's set, so the
+changes a worker held back when it crashed are published by the partition's
+next owner, not only with their users' next events.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from profiling import jsonout
+from stream.redis_store import eval_pipelined
+
+# user -> (partition, due ms): what `take_due`, `take_partitions` and `take_all` give.
+Taken = dict[str, tuple[int, int]]
+
+
+@dataclass
+class LedgerChanges:
+    """What changed in an index since its last save: per partition, users and due times."""
+
+    waiting: dict[int, dict[str, int]] = field(default_factory=dict)  # noted or due anew
+    # Published, or forgotten: removed from the ledger unless due later there (noted
+    # since by the partition's next owner).
+    done: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.waiting or self.done)
 
 
 class HeldBackIndex:
@@ -21,23 +52,45 @@ class HeldBackIndex:
         self.heartbeat_ms = heartbeat_ms
         self._due: dict[str, tuple[int, int]] = {}  # user -> (partition, due ms)
         self._queue: list[tuple[int, str]] = []  # (due ms, user); entries may be outdated
+        # Since the last `unsaved()`, per user: (partition, due ms, still waiting).
+        self._unsaved: dict[str, tuple[int, int, bool]] = {}
 
     def __len__(self) -> int:
         return len(self._due)
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._due
 
     def note(self, held_back: dict[str, tuple[int, int]], published: Iterable[str]) -> None:
         """After a batch: `published` users are up to date, `held_back` ones wait
         (user -> (partition, when their last message was published))."""
         for user_id in published:
-            self._due.pop(user_id, None)
+            entry = self._due.pop(user_id, None)
+            if entry is not None:
+                self._unsaved[user_id] = (*entry, False)
         for user_id, (partition, published_at) in held_back.items():
-            due = published_at + self.heartbeat_ms
-            if self._due.get(user_id) != (partition, due):
-                self._due[user_id] = (partition, due)
-                heapq.heappush(self._queue, (due, user_id))
+            self._wait(user_id, partition, published_at + self.heartbeat_ms)
         if len(self._queue) > 2 * len(self._due) + 1024:  # mostly outdated entries
             self._queue = [(due, user) for user, (_, due) in self._due.items()]
             heapq.heapify(self._queue)
+
+    def restore(self, partition: int, due: Mapping[str, int]) -> int:
+        """Users of `partition` as its ledger holds them (user -> due ms), for a worker
+        given the partition; those noted here already keep their entry. Returns how
+        many were added."""
+        added = 0
+        for user_id, at in due.items():
+            if user_id not in self._due:
+                self._due[user_id] = (partition, at)
+                heapq.heappush(self._queue, (at, user_id))
+                added += 1
+        return added
+
+    def _wait(self, user_id: str, partition: int, due: int) -> None:
+        if self._due.get(user_id) != (partition, due):
+            self._due[user_id] = (partition, due)
+            heapq.heappush(self._queue, (due, user_id))
+            self._unsaved[user_id] = (partition, due, True)
 
     def next_due(self) -> int | None:
         """The soonest due time (ms), or None when nobody waits."""
@@ -49,30 +102,123 @@ class HeldBackIndex:
             heapq.heappop(queue)  # published or re-noted since
         return None
 
-    def take_due(self, now_ms: int, skip: Collection[str] = ()) -> list[str]:
+    def take_due(self, now_ms: int, skip: Collection[str] = ()) -> Taken:
         """The users due at `now_ms`, forgotten here; those in `skip` stay."""
-        taken, skipped = [], []
+        taken: Taken = {}
+        skipped = []
         while (at := self.next_due()) is not None and at <= now_ms:
             entry = heapq.heappop(self._queue)
             if entry[1] in skip:
                 skipped.append(entry)
                 continue
-            del self._due[entry[1]]
-            taken.append(entry[1])
+            taken[entry[1]] = self._due.pop(entry[1])
         for entry in skipped:
             heapq.heappush(self._queue, entry)
         return taken
 
-    def take_partitions(self, partitions: Collection[int]) -> list[str]:
+    def take_partitions(self, partitions: Collection[int]) -> Taken:
         """The users of these partitions, due or not, forgotten here."""
-        taken = [user for user, (partition, _) in self._due.items() if partition in partitions]
+        taken = {user: e for user, e in self._due.items() if e[0] in partitions}
         for user_id in taken:
             del self._due[user_id]
         return taken
 
-    def take_all(self) -> list[str]:
+    def take_all(self) -> Taken:
         """Every user waiting, forgotten here."""
-        taken = list(self._due)
-        self._due.clear()
+        taken, self._due = self._due, {}
         self._queue.clear()
         return taken
+
+    def settled(self, taken: Taken) -> None:
+        """Users taken here (`take_due` and the like) whose changes went out, or who had
+        none left: the ledger forgets them too, unless they were noted again since."""
+        for user_id, (partition, due) in taken.items():
+            if user_id not in self._due:
+                self._unsaved[user_id] = (partition, due, False)
+
+    def unsaved(self) -> LedgerChanges:
+        """What changed since the last call, for `HeldBackLedger.save`."""
+        changes = LedgerChanges()
+        for user_id, (partition, due, waiting) in self._unsaved.items():
+            into = changes.waiting if waiting else changes.done
+            into.setdefault(partition, {})[user_id] = due
+        self._unsaved.clear()
+        return changes
+
+    def not_saved(self, changes: LedgerChanges) -> None:
+        """`changes` (from `unsaved`) did not reach the ledger: keep them for the next
+        save, behind what changed since."""
+        for into, waiting in ((changes.waiting, True), (changes.done, False)):
+            for partition, users in into.items():
+                for user_id, due in users.items():
+                    self._unsaved.setdefault(user_id, (partition, due, waiting))
+
+
+# KEYS: the ledgers of some partitions; ARGV[1]: JSON, per key [[user, due ms, ...] that
+# wait, [user, due ms, ...] done]. A user done is removed only when the ledger has
+# them due no later than that: a later entry is the partition's next owner's.
+SAVE_SCRIPT: Final = """
+local changes = cjson.decode(ARGV[1])
+for k = 1, #KEYS do
+  local waiting, done = changes[k][1], changes[k][2]
+  for i = 1, #waiting, 2 do redis.call('ZADD', KEYS[k], waiting[i + 1], waiting[i]) end
+  for i = 1, #done, 2 do
+    local due = redis.call('ZSCORE', KEYS[k], done[i])
+    if due and tonumber(due) <= done[i + 1] then redis.call('ZREM', KEYS[k], done[i]) end
+  end
+end
+return #KEYS
+"""
+
+
+class HeldBackLedger:
+    """The held-back index's copy in Redis: a sorted set per partition, users by due time.
+
+    `profiler:held-back:{<group_id>:<partition>}`: each partition's set has a hash
+    tag of its own, so a Redis Cluster spreads the partitions over its slots.
+    One script call saves every partition's changes on a single node; on a
+    cluster (`per_call=1`) one call per partition, each within one slot.
+    """
+
+    def __init__(self, client: aioredis.Redis, group_id: str, *, per_call: int = 0) -> None:
+        self.client = client
+        self.group_id = group_id
+        self.per_call = per_call or (1 if isinstance(client, RedisCluster) else 1 << 16)
+        self._shas: dict[str, str] = {}
+
+    def key(self, partition: int) -> str:
+        return f"profiler:held-back:{{{self.group_id}:{partition}}}"
+
+    async def save(self, changes: LedgerChanges) -> None:
+        """Add the users that wait (at their due time), drop the ones done; one round trip."""
+        partitions = sorted(changes.waiting.keys() | changes.done.keys())
+        calls = []
+        for start in range(0, len(partitions), self.per_call):
+            chunk = partitions[start : start + self.per_call]
+            body = [
+                [_flat(changes.waiting.get(p, {})), _flat(changes.done.get(p, {}))] for p in chunk
+            ]
+            calls.append((SAVE_SCRIPT, [self.key(p) for p in chunk], [jsonout.dumps(body)]))
+        await eval_pipelined(self.client, self._shas, calls)
+
+    async def read(self, partitions: Collection[int]) -> dict[int, dict[str, int]]:
+        """Per partition, the users that wait in the ledger and when each is due (ms)."""
+        if not partitions:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        ordered = sorted(partitions)
+        for partition in ordered:
+            pipe.zrange(self.key(partition), 0, -1, withscores=True)
+        replies: list[Any] = await pipe.execute()
+        return {
+            partition: {_text(user): int(due) for user, due in reply}
+            for partition, reply in zip(ordered, replies, strict=True)
+        }
+
+
+def _flat(due: Mapping[str, int]) -> list[str | int]:
+    return [item for pair in due.items() for item in pair]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

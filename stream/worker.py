@@ -10,6 +10,8 @@ The order of one batch, and why it is safe to crash anywhere in it:
 3. `FoldedBatch.write` writes every changed profile to Redis in one round trip
    (compare-and-set per user, watermark inside);
 4. dead letters and profile changes are sent, and every producer ack awaited;
+   the users whose change message the heartbeat held back are saved to the
+   held-back ledger (`stream.held_back`);
 5. only then are the batch's offsets committed.
 
 Steps 3 to 5 of one batch overlap with steps 1 and 2 of the next: the next
@@ -66,7 +68,7 @@ from profiling.pipeline import (
 )
 from profiling.profile import MS_PER_DAY, ProfileParams
 from stream import kafka, metrics
-from stream.held_back import HeldBackIndex
+from stream.held_back import HeldBackIndex, HeldBackLedger, Taken
 from stream.interest_setup import interest_model
 from stream.model_setup import build_models, restore_models, save_models
 from stream.redis_store import RedisProfileStore, compact_hash_limit, connect
@@ -253,6 +255,8 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         self.topic = topic
         self.partitions: set[TopicPartition] = set()
         self.revoked: set[int] = set()  # events partitions let go since the worker last looked
+        self.gained: set[int] = set()  # events partitions given since the worker last looked
+        self._before: set[int] = set()  # those owned before the revocation under way
         # False from a revocation until the group's next assignment: until then, `revoked`
         # still holds the partitions this worker will be given back.
         self.settled = True
@@ -263,6 +267,7 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         self._positions = positions
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._before |= {tp.partition for tp in self.partitions}
         self.partitions -= set(revoked)
         self.revoked |= {tp.partition for tp in revoked if tp.topic == self.topic}
         self.settled = False
@@ -275,8 +280,11 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         for tp in assigned:
             self._positions.pop(tp, None)
         # A rebalance revokes every partition, then assigns most of them back: the users
-        # held back on those stay this worker's to publish.
-        self.revoked -= {tp.partition for tp in assigned if tp.topic == self.topic}
+        # held back on those stay this worker's to publish, and it knows them already.
+        mine = {tp.partition for tp in assigned if tp.topic == self.topic}
+        self.gained |= mine - self._before
+        self._before = set()
+        self.revoked -= mine
         self.settled = True
         self.partitions |= {tp for tp in assigned if tp.topic == self.topic}
         metrics.ASSIGNED_PARTITIONS.set(len(self.partitions))
@@ -315,7 +323,9 @@ class BatchWorker:
         self._currencies_told: set[str] = set()  # currencies whose money a warning explained
         self._held: list[TopicPartition] = []  # paused while a batch is folded
         self.held_back = HeldBackIndex(self.params.heartbeat_ms)
-        self._handing_off: list[str] = []  # users of partitions let go, waiting for a write
+        self.ledger = HeldBackLedger(self.redis, settings.group_id)  # the index's copy in Redis
+        self._ledger_saving = asyncio.Lock()  # the ledger's changes go out in the index's order
+        self._handing_off: Taken = {}  # users of partitions let go, waiting for a write
         # How often the loop publishes held-back changes that came due.
         self._held_back_every_s = max(0.05, min(1.0, settings.heartbeat_s))
         self._held_back_at = time.monotonic()
@@ -474,57 +484,114 @@ class BatchWorker:
             if last is not None:
                 await self._let_go(last)
         # Stopping: the users still waiting are handed off, published now. Not after a
-        # failure (an exception above): the worker then stops as it is.
+        # failure (an exception above): the worker then stops as it is, and the ledger
+        # keeps them for the partitions' next owner.
         await self._publish_held_back(None, handing_off=self.held_back.take_all())
         return self.stats
 
     async def _publish_held_back(
-        self, last: _Writing | None, handing_off: Sequence[str] = ()
+        self, last: _Writing | None, handing_off: Taken | None = None
     ) -> None:
         """Publish the change messages the heartbeat held back that are due now, and
         those of partitions let go (`handing_off`, and the ones revoked since).
 
         Users that `last` writes wait for it: its write may publish them or hold
         them back again, and a message is only ever of a profile that landed.
+        Partitions given since the last call first bring their users from the
+        ledger: what their last owner held back, had it no time to publish it.
         """
-        self._handing_off += handing_off
+        if self.assignment.gained:
+            await self._restore_held_back()
+        self._handing_off.update(handing_off or {})
         if self.assignment.revoked and self.assignment.settled:
-            self._handing_off += self.held_back.take_partitions(self.assignment.revoked)
+            self._handing_off.update(self.held_back.take_partitions(self.assignment.revoked))
             self.assignment.revoked.clear()
         writing = last.users if last is not None else frozenset()
-        handing_off = [user for user in self._handing_off if user not in writing]
-        self._handing_off = [user for user in self._handing_off if user in writing]
-        due: list[str] = []
+        handing = {u: e for u, e in self._handing_off.items() if u not in writing}
+        self._handing_off = {u: e for u, e in self._handing_off.items() if u in writing}
+        due: Taken = {}
         if time.monotonic() - self._held_back_at >= self._held_back_every_s:
             self._held_back_at = time.monotonic()
             due = self.held_back.take_due(self.clock(), skip=writing)
-        if not due and not handing_off:
+        if not due and not handing:
             return
-        metrics.HELD_BACK_USERS.set(len(self.held_back))
         try:
-            for group, hand_off in ((due, False), (handing_off, True)):
-                if not group:
-                    continue
-                held = await self._retrying(
-                    "redis",
-                    partial(
-                        held_back_changes, group, self.store, self.params, self.clock(),
-                        self.stages, handing_off=hand_off,
-                    ),
-                )  # fmt: skip
-                refused = await self._retrying("redis", partial(self.store.save, held.writes))
-                changes = held.landed(set(refused))
-                await self._retrying("kafka", partial(self._publish, BatchResult(changes)))
-                self.stats.changes_published += len(changes)
-                self.stats.held_back_published += len(changes)
-                metrics.CHANGES_PUBLISHED.inc(len(changes))
-                metrics.HELD_BACK_PUBLISHED.inc(len(changes))
+            for group, hand_off in ((due, False), (handing, True)):
+                if group:
+                    await self._publish_group(group, handing_off=hand_off)
         except Exception as exc:
             log.error(
-                "publishing %d held-back change messages failed (%s: %s); they wait for "
-                "their users' next events", len(due) + len(handing_off), type(exc).__name__, exc,
-                exc_info=exc,
+                "publishing %d held-back change messages failed (%s: %s); they wait for their "
+                "users' next events, or for the partitions' next owner (the ledger)",
+                len(due) + len(handing), type(exc).__name__, exc, exc_info=exc,
             )  # fmt: skip
+        await self._save_ledger()
+        metrics.HELD_BACK_USERS.set(len(self.held_back))
+
+    async def _restore_held_back(self) -> None:
+        """Take in the ledger's users of the partitions given since the last look.
+
+        Read once the group settled, and kept for the next look when a rebalance
+        began during the read: the partitions owned then are known only after it.
+        """
+        gained = set(self.assignment.gained)
+        if not self.assignment.settled:
+            return
+        try:
+            ledger = await self._retrying("redis", partial(self.ledger.read, gained))
+        except Exception as exc:
+            log.error("reading the held-back ledger of partitions %s failed (%s: %s)",
+                      sorted(gained), type(exc).__name__, exc, exc_info=exc)  # fmt: skip
+            return
+        if not self.assignment.settled:
+            return
+        self.assignment.gained -= gained
+        owned = {tp.partition for tp in self.assignment.partitions}
+        restored = sum(
+            self.held_back.restore(partition, users)
+            for partition, users in ledger.items()
+            if partition in owned  # else let go again meanwhile: the next owner reads it
+        )
+        if restored:
+            log.info("%d users with held-back changes taken from the ledger of partitions %s",
+                     restored, sorted(gained & owned))  # fmt: skip
+        metrics.HELD_BACK_USERS.set(len(self.held_back))
+
+    async def _publish_group(self, group: Taken, *, handing_off: bool) -> None:
+        """Publish these users' held-back changes (those still waiting) and settle them."""
+        held = await self._retrying(
+            "redis",
+            partial(
+                held_back_changes, list(group), self.store, self.params, self.clock(),
+                self.stages, handing_off=handing_off,
+            ),
+        )  # fmt: skip
+        refused = await self._retrying("redis", partial(self.store.save, held.writes))
+        changes = held.landed(set(refused))
+        await self._retrying("kafka", partial(self._publish, BatchResult(changes)))
+        self.held_back.settled(group)
+        self.stats.changes_published += len(changes)
+        self.stats.held_back_published += len(changes)
+        metrics.CHANGES_PUBLISHED.inc(len(changes))
+        metrics.HELD_BACK_PUBLISHED.inc(len(changes))
+
+    async def _save_ledger(self) -> None:
+        """Save what changed in the held-back index to its ledger, in the order it changed.
+
+        The ledger only spares users a crash of this worker; a save that fails
+        (Redis refusing it, or gone as the worker stops) is logged and its
+        changes kept for the next, and the batch goes on to its commit.
+        """
+        async with self._ledger_saving:
+            changes = self.held_back.unsaved()
+            if not changes:
+                return
+            try:
+                await self._retrying("redis", partial(self.ledger.save, changes))
+            except Exception as exc:
+                self.held_back.not_saved(changes)
+                log.error("saving the held-back ledger failed (%s: %s); kept for the next save",
+                          type(exc).__name__, exc, exc_info=exc)  # fmt: skip
 
     async def _let_go(self, last: _Writing) -> None:
         """At the end of `run`: `last` written, published and committed; or, when `run` is
@@ -845,9 +912,10 @@ class BatchWorker:
     ) -> None:
         """Publish the batch's messages, wait for every ack, then commit `ends`."""
         await self._retrying("kafka", lambda: self._publish(result))
-        await self._commit(ends)
         self.held_back.note(result.held_back, [user for user, _ in result.changes] + result.erased)
         metrics.HELD_BACK_USERS.set(len(self.held_back))
+        await self._save_ledger()  # before the commit: a crash then leaves it to the replay
+        await self._commit(ends)
         self.stats.last_commit_at = time.monotonic()
         self.stats.add(len(records), result)
         self._observe(records, result, started)

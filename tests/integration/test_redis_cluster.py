@@ -22,6 +22,7 @@ from profiling.pipeline import Record, apply_batch
 from profiling.profile import Profile, ProfileParams
 from profiling.store import Erasure, Write, scored_index_key
 from stream.devstack import LocalRedis
+from stream.held_back import HeldBackLedger, LedgerChanges
 from stream.interest_setup import RedisEmbeddingCache
 from stream.producing import send_records
 from stream.redis_store import RedisProfileStore, connect
@@ -106,12 +107,17 @@ async def test_a_merge_moves_scored_features_across_slots(cluster_client: aiored
 async def test_a_worker_applies_a_stream_through_the_cluster(
     make_settings: SettingsFactory, cluster_redis: LocalRedis, cluster_client: aioredis.Redis
 ) -> None:
-    settings = await make_settings(partitions=3, redis_url=cluster_redis.url, redis_cluster=True)
+    settings = await make_settings(
+        partitions=3, redis_url=cluster_redis.url, redis_cluster=True, batch_max_events=300
+    )
     shop = ShopGenerator(users=60, seed=3, start_ms=T0, end_ms=T0 + 3_600_000)
     pairs = list(shop.records(1500))
     await send_records(settings, pairs)
     stats = await drain(settings)
     assert stats.applied == len(pairs) and stats.dead_letters == 0
+    assert stats.held_back_published > 0  # later batches held back, then handed off
+    ledger = HeldBackLedger(cluster_client, settings.group_id)
+    assert await ledger.read(range(3)) == {0: {}, 1: {}, 2: {}}  # all handed off at the stop
     users = {key.decode() for key, _ in pairs}
     store = RedisProfileStore(cluster_client)
     counted = 0
@@ -127,6 +133,22 @@ async def test_a_worker_applies_a_stream_through_the_cluster(
     ]
     kept = await store.load_scored(scored)  # the label join's read: one MGET per slot
     assert scored and all(value is not None for value in kept)
+
+
+async def test_the_held_back_ledger_keeps_each_partition_in_a_slot_of_its_own(
+    cluster_client: aioredis.Redis,
+) -> None:
+    ledger = HeldBackLedger(cluster_client, "group-a")
+    slots = {key_slot(ledger.key(partition).encode()) for partition in range(6)}
+    assert len(slots) == 6  # a slot each: a cluster spreads them, and one call serves one
+    waiting = {p: {f"u{p}-{i}": 1000 * p + i for i in range(3)} for p in range(6)}
+    await ledger.save(LedgerChanges(waiting=waiting))
+    assert await ledger.read(range(6)) == waiting
+    # u*-0 done; u*-1 done as due earlier than the ledger has it (noted since elsewhere).
+    done = {p: {f"u{p}-0": 1000 * p, f"u{p}-1": 1000 * p} for p in range(6)}
+    await ledger.save(LedgerChanges(done=done))
+    left = await ledger.read([2, 5])
+    assert left == {p: {f"u{p}-1": 1000 * p + 1, f"u{p}-2": 1000 * p + 2} for p in (2, 5)}
 
 
 async def test_the_shared_embedding_cache_spans_hash_slots(cluster_client: aioredis.Redis) -> None:

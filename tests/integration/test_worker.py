@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections import Counter, defaultdict
@@ -491,6 +492,52 @@ async def test_a_stopping_worker_hands_off_the_changes_it_held_back(topics: Sett
     stats = await drain(topics)  # within the heartbeat of the first drain's messages
     assert stats.held_back_published == len(users)
     await assert_every_last_message_is_the_stored_profile(topics)
+
+
+async def test_changes_held_back_by_a_worker_that_crashed_are_published_by_the_next(
+    make_settings,
+) -> None:
+    """The held-back index has a copy in Redis: the partitions' next owner publishes what a
+    worker that died (no hand-off at a stop) held back, once due."""
+    settings = await make_settings(partitions=2, heartbeat_s=3.0)
+    users = [f"quiet-{i}" for i in range(8)]
+    crashed = BatchWorker(settings)
+    await crashed.start()
+    run = asyncio.create_task(crashed.run())
+    try:
+        await send_records(settings, views(users, 1, wall_clock_ms()))
+        await wait_for_messages(settings, len(users))
+        await send_records(settings, views(users, 2, wall_clock_ms()))
+        await wait_until(lambda: len(crashed.held_back) == len(users), 15, "held back")
+        for _ in range(100):  # saved before the batch's commit, after the index noted them
+            ledger = await crashed.ledger.read({0, 1})
+            if sum(map(len, ledger.values())) == len(users):
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(u for due in ledger.values() for u in due) == sorted(users)
+    finally:
+        run.cancel()  # dies: nothing handed off
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        await crashed.close()
+    assert crashed.stats.held_back_published == 0
+
+    successor = BatchWorker(settings)
+    await successor.start()
+    run = asyncio.create_task(successor.run())
+    try:
+        await wait_until(
+            lambda: successor.stats.held_back_published >= len(users), 20, "published"
+        )
+        assert successor.stats.applied == 0  # from the ledger, not from events
+        await wait_until(lambda: not len(successor.held_back), 5, "settled")
+        await successor._save_ledger()
+        assert await successor.ledger.read({0, 1}) == {0: {}, 1: {}}
+    finally:
+        successor.request_stop()
+        await asyncio.wait_for(run, 30)
+        await successor.close()
+    await assert_every_last_message_is_the_stored_profile(settings)
 
 
 async def wait_for_messages(settings: Settings, n: int, timeout_s: float = 15.0) -> list[Any]:

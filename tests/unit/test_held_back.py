@@ -32,20 +32,20 @@ def test_the_index_gives_users_once_due_and_forgets_the_ones_published() -> None
     index = HeldBackIndex(heartbeat_ms=1000)
     index.note({"a": (0, 100), "b": (1, 50), "c": (1, 500)}, published=())
     assert len(index) == 3 and index.next_due() == 1050
-    assert index.take_due(1099) == ["b"]
+    assert index.take_due(1099) == {"b": (1, 1050)}
     index.note({}, published=["a"])  # a later write published it
-    assert index.take_due(10_000) == ["c"]
+    assert index.take_due(10_000) == {"c": (1, 1500)}
     assert index.next_due() is None and len(index) == 0
 
 
 def test_the_index_keeps_skipped_users_and_hands_off_by_partition() -> None:
     index = HeldBackIndex(heartbeat_ms=1000)
     index.note({"a": (0, 0), "b": (1, 0), "c": (1, 0)}, published=())
-    assert index.take_due(2000, skip={"a"}) == ["b", "c"]
-    assert index.take_due(2000) == ["a"]  # skipped while its batch was being written
+    assert list(index.take_due(2000, skip={"a"})) == ["b", "c"]
+    assert list(index.take_due(2000)) == ["a"]  # skipped while its batch was being written
     index.note({"d": (3, 0), "e": (4, 0), "f": (4, 9_000)}, published=())
     assert sorted(index.take_partitions({4})) == ["e", "f"]
-    assert index.take_all() == ["d"] and index.next_due() is None
+    assert index.take_all() == {"d": (3, 1000)} and index.next_due() is None
 
 
 def test_a_user_noted_again_keeps_one_entry_at_the_new_time() -> None:
@@ -53,7 +53,44 @@ def test_a_user_noted_again_keeps_one_entry_at_the_new_time() -> None:
     for published_at in range(3000):  # outdated queue entries are dropped as they pile up
         index.note({"a": (0, published_at)}, published=())
     assert len(index) == 1 and index.next_due() == 3999
-    assert index.take_due(3998) == [] and index.take_due(3999) == ["a"]
+    assert index.take_due(3998) == {} and list(index.take_due(3999)) == ["a"]
+
+
+def test_the_ledger_is_told_what_waits_and_what_is_done_last_change_first() -> None:
+    index = HeldBackIndex(heartbeat_ms=1000)
+    index.note({"a": (0, 0), "b": (1, 0), "c": (1, 0)}, published=())
+    index.note({"a": (0, 500)}, published=["b"])  # a: due later; b: published by a write
+    changes = index.unsaved()
+    assert changes.waiting == {0: {"a": 1500}, 1: {"c": 1000}}
+    assert changes.done == {1: {"b": 1000}}
+    assert not index.unsaved()  # each change is given once
+    taken = index.take_due(2000)
+    assert taken == {"c": (1, 1000), "a": (0, 1500)}
+    assert not index.unsaved()  # taken, not yet published: the ledger keeps them meanwhile
+    index.note({"a": (0, 1800)}, published=())  # written again while being published
+    index.settled(taken)
+    changes = index.unsaved()
+    assert changes.done == {1: {"c": 1000}} and changes.waiting == {0: {"a": 2800}}
+
+
+def test_changes_the_ledger_did_not_take_wait_for_the_next_save_behind_newer_ones() -> None:
+    index = HeldBackIndex(heartbeat_ms=1000)
+    index.note({"a": (0, 0), "b": (1, 0)}, published=())
+    failed = index.unsaved()
+    index.note({"a": (0, 700)}, published=["b"])  # changed again while the save failed
+    index.not_saved(failed)
+    changes = index.unsaved()
+    assert changes.waiting == {0: {"a": 1700}} and changes.done == {1: {"b": 1000}}
+
+
+def test_users_restored_from_the_ledger_wait_like_noted_ones() -> None:
+    index = HeldBackIndex(heartbeat_ms=1000)
+    index.note({"a": (2, 4000)}, published=())
+    index.unsaved()
+    assert index.restore(2, {"a": 1000, "b": 3000, "c": 9000}) == 2  # a: this worker's own
+    assert not index.unsaved()  # the ledger has them already
+    assert index.take_due(5000) == {"b": (2, 3000), "a": (2, 5000)}
+    assert "c" in index and len(index) == 1
 
 
 def test_held_back_counters_are_published_once_due_and_then_not_carried_again() -> None:

@@ -87,3 +87,29 @@ def test_partitions_a_rebalance_gives_back_are_not_handed_off() -> None:
     assert assignment.revoked == {0, 1, 2}
     asyncio.run(assignment.on_partitions_assigned({TopicPartition("events", 2)}))
     assert assignment.revoked == {0, 1}
+
+
+def test_only_partitions_new_to_the_worker_are_read_from_the_held_back_ledger() -> None:
+    assignment = _Assignment("events", {})
+    tps = {TopicPartition("events", p) for p in range(3)} | {TopicPartition("commands", 0)}
+    asyncio.run(assignment.on_partitions_assigned(tps))
+    assert assignment.gained == {0, 1, 2}
+    assignment.gained.clear()  # read
+    asyncio.run(assignment.on_partitions_revoked(tps))
+    asyncio.run(assignment.on_partitions_assigned({TopicPartition("events", p) for p in (2, 3)}))
+    assert assignment.gained == {3}  # 2 came back: its users are still in the worker's index
+    assignment.gained.clear()
+
+
+def test_a_partition_given_back_before_the_worker_handed_it_off_is_read_again() -> None:
+    """Another worker may have held users back on it meanwhile, and crashed."""
+    assignment = _Assignment("events", {})
+    owned = {TopicPartition("events", p) for p in (0, 1)}
+    asyncio.run(assignment.on_partitions_assigned(owned))
+    assignment.gained.clear()
+    asyncio.run(assignment.on_partitions_revoked(owned))
+    asyncio.run(assignment.on_partitions_assigned({TopicPartition("events", 0)}))
+    assert assignment.revoked == {1} and not assignment.gained  # 1 not yet handed off
+    asyncio.run(assignment.on_partitions_revoked({TopicPartition("events", 0)}))
+    asyncio.run(assignment.on_partitions_assigned(owned))
+    assert assignment.gained == {1} and not assignment.revoked
