@@ -145,29 +145,27 @@ class HeldBackIndex:
         self._unsaved.clear()
         return changes
 
-    def not_saved(self, changes: LedgerChanges) -> None:
-        """`changes` (from `unsaved`) did not reach the ledger: keep them for the next
-        save, behind what changed since."""
-        for into, waiting in ((changes.waiting, True), (changes.done, False)):
-            for partition, users in into.items():
-                for user_id, due in users.items():
-                    self._unsaved.setdefault(user_id, (partition, due, waiting))
-
 
 # KEYS: the ledgers of some partitions; ARGV[1]: JSON, per key [[user, due ms, ...] that
 # wait, [user, due ms, ...] done]. A user done is removed only when the ledger has
-# them due no later than that: a later entry is the partition's next owner's.
+# them due no later than that: a later entry is the partition's next owner's. A key
+# holding anything but a sorted set is left alone; the reply lists those keys' indices.
 SAVE_SCRIPT: Final = """
-local changes = cjson.decode(ARGV[1])
+local changes, refused = cjson.decode(ARGV[1]), {}
 for k = 1, #KEYS do
-  local waiting, done = changes[k][1], changes[k][2]
-  for i = 1, #waiting, 2 do redis.call('ZADD', KEYS[k], waiting[i + 1], waiting[i]) end
-  for i = 1, #done, 2 do
-    local due = redis.call('ZSCORE', KEYS[k], done[i])
-    if due and tonumber(due) <= done[i + 1] then redis.call('ZREM', KEYS[k], done[i]) end
+  local kind = redis.call('TYPE', KEYS[k]).ok
+  if kind ~= 'zset' and kind ~= 'none' then
+    refused[#refused + 1] = k
+  else
+    local waiting, done = changes[k][1], changes[k][2]
+    for i = 1, #waiting, 2 do redis.call('ZADD', KEYS[k], waiting[i + 1], waiting[i]) end
+    for i = 1, #done, 2 do
+      local due = redis.call('ZSCORE', KEYS[k], done[i])
+      if due and tonumber(due) <= done[i + 1] then redis.call('ZREM', KEYS[k], done[i]) end
+    end
   end
 end
-return #KEYS
+return refused
 """
 
 
@@ -189,31 +187,45 @@ class HeldBackLedger:
     def key(self, partition: int) -> str:
         return f"profiler:held-back:{{{self.group_id}:{partition}}}"
 
-    async def save(self, changes: LedgerChanges) -> None:
-        """Add the users that wait (at their due time), drop the ones done; one round trip."""
+    async def save(self, changes: LedgerChanges) -> list[int]:
+        """Add the users that wait (at their due time), drop the ones done; one round trip.
+
+        Returns the partitions whose key holds something else than a sorted set:
+        their changes are dropped, the others' saved.
+        """
         partitions = sorted(changes.waiting.keys() | changes.done.keys())
-        calls = []
+        calls, chunks = [], []
         for start in range(0, len(partitions), self.per_call):
             chunk = partitions[start : start + self.per_call]
             body = [
                 [_flat(changes.waiting.get(p, {})), _flat(changes.done.get(p, {}))] for p in chunk
             ]
             calls.append((SAVE_SCRIPT, [self.key(p) for p in chunk], [jsonout.dumps(body)]))
-        await eval_pipelined(self.client, self._shas, calls)
+            chunks.append(chunk)
+        replies = await eval_pipelined(self.client, self._shas, calls)
+        return [
+            chunk[k - 1] for chunk, refused in zip(chunks, replies, strict=True) for k in refused
+        ]
 
-    async def read(self, partitions: Collection[int]) -> dict[int, dict[str, int]]:
-        """Per partition, the users that wait in the ledger and when each is due (ms)."""
+    async def read(
+        self, partitions: Collection[int]
+    ) -> tuple[dict[int, dict[str, int]], dict[int, Exception]]:
+        """Per partition, the users that wait in the ledger and when each is due (ms); and
+        the partitions whose key Redis refused to read (another type), with the error."""
         if not partitions:
-            return {}
+            return {}, {}
         pipe = self.client.pipeline(transaction=False)
         ordered = sorted(partitions)
         for partition in ordered:
             pipe.zrange(self.key(partition), 0, -1, withscores=True)
-        replies: list[Any] = await pipe.execute()
-        return {
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        errors = {p: r for p, r in zip(ordered, replies, strict=True) if isinstance(r, Exception)}
+        waiting = {
             partition: {_text(user): int(due) for user, due in reply}
             for partition, reply in zip(ordered, replies, strict=True)
+            if partition not in errors
         }
+        return waiting, errors
 
 
 def _flat(due: Mapping[str, int]) -> list[str | int]:

@@ -257,6 +257,7 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         self.revoked: set[int] = set()  # events partitions let go since the worker last looked
         self.gained: set[int] = set()  # events partitions given since the worker last looked
         self._before: set[int] = set()  # those owned before the revocation under way
+        self.generation = 0  # assignments so far
         # False from a revocation until the group's next assignment: until then, `revoked`
         # still holds the partitions this worker will be given back.
         self.settled = True
@@ -282,6 +283,7 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         # A rebalance revokes every partition, then assigns most of them back: the users
         # held back on those stay this worker's to publish, and it knows them already.
         mine = {tp.partition for tp in assigned if tp.topic == self.topic}
+        self.generation += 1
         self.gained |= mine - self._before
         self._before = set()
         self.revoked -= mine
@@ -531,21 +533,26 @@ class BatchWorker:
     async def _restore_held_back(self) -> None:
         """Take in the ledger's users of the partitions given since the last look.
 
-        Read once the group settled, and kept for the next look when a rebalance
-        began during the read: the partitions owned then are known only after it.
+        Read once the group settled, and again when an assignment came during
+        the read: the partitions owned, and what their sets hold, are known
+        only after it.
         """
         gained = set(self.assignment.gained)
+        generation = self.assignment.generation
         if not self.assignment.settled:
             return
         try:
-            ledger = await self._retrying("redis", partial(self.ledger.read, gained))
-        except Exception as exc:
+            ledger, refused = await self._retrying("redis", partial(self.ledger.read, gained))
+        except Exception as exc:  # Redis gone as the worker stops
             log.error("reading the held-back ledger of partitions %s failed (%s: %s)",
-                      sorted(gained), type(exc).__name__, exc, exc_info=exc)  # fmt: skip
+                      sorted(gained), type(exc).__name__, exc)  # fmt: skip
             return
-        if not self.assignment.settled:
+        if self.assignment.generation != generation or not self.assignment.settled:
             return
         self.assignment.gained -= gained
+        for partition, error in refused.items():
+            log.error("the held-back ledger of partition %d cannot be read (%s); its users "
+                      "wait for their next events", partition, error)  # fmt: skip
         owned = {tp.partition for tp in self.assignment.partitions}
         restored = sum(
             self.held_back.restore(partition, users)
@@ -566,10 +573,12 @@ class BatchWorker:
                 self.stages, handing_off=handing_off,
             ),
         )  # fmt: skip
-        refused = await self._retrying("redis", partial(self.store.save, held.writes))
-        changes = held.landed(set(refused))
+        refused = set(await self._retrying("redis", partial(self.store.save, held.writes)))
+        changes = held.landed(refused)
         await self._retrying("kafka", partial(self._publish, BatchResult(changes)))
-        self.held_back.settled(group)
+        # A refused mark: another worker wrote the user meanwhile, and its ledger entry
+        # may be that worker's, due when this one's was.
+        self.held_back.settled({u: e for u, e in group.items() if u not in refused})
         self.stats.changes_published += len(changes)
         self.stats.held_back_published += len(changes)
         metrics.CHANGES_PUBLISHED.inc(len(changes))
@@ -578,20 +587,22 @@ class BatchWorker:
     async def _save_ledger(self) -> None:
         """Save what changed in the held-back index to its ledger, in the order it changed.
 
-        The ledger only spares users a crash of this worker; a save that fails
-        (Redis refusing it, or gone as the worker stops) is logged and its
-        changes kept for the next, and the batch goes on to its commit.
+        The ledger only spares users a crash of this worker: a save Redis
+        refuses (a partition's key of another type), or that fails as the
+        worker stops, is logged and dropped, and the batch goes on to its commit.
         """
         async with self._ledger_saving:
             changes = self.held_back.unsaved()
             if not changes:
                 return
             try:
-                await self._retrying("redis", partial(self.ledger.save, changes))
+                refused = await self._retrying("redis", partial(self.ledger.save, changes))
             except Exception as exc:
-                self.held_back.not_saved(changes)
-                log.error("saving the held-back ledger failed (%s: %s); kept for the next save",
-                          type(exc).__name__, exc, exc_info=exc)  # fmt: skip
+                log.error("saving the held-back ledger failed (%s: %s)", type(exc).__name__, exc)
+                return
+            if refused:
+                log.error("the held-back ledger of partitions %s holds another type of value: "
+                          "not saved", refused)  # fmt: skip
 
     async def _let_go(self, last: _Writing) -> None:
         """At the end of `run`: `last` written, published and committed; or, when `run` is

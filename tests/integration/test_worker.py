@@ -21,6 +21,7 @@ from profiling.profile import Profile
 from profiling.store import Write
 from stream import metrics, redis_store
 from stream.devstack import COMPACT_HASH_VALUE_BYTES
+from stream.held_back import HeldBackLedger, LedgerChanges
 from stream.producing import send_records
 from stream.settings import Settings
 from stream.synthetic_shop import RATES, ShopGenerator
@@ -510,7 +511,7 @@ async def test_changes_held_back_by_a_worker_that_crashed_are_published_by_the_n
         await send_records(settings, views(users, 2, wall_clock_ms()))
         await wait_until(lambda: len(crashed.held_back) == len(users), 15, "held back")
         for _ in range(100):  # saved before the batch's commit, after the index noted them
-            ledger = await crashed.ledger.read({0, 1})
+            ledger, _ = await crashed.ledger.read({0, 1})
             if sum(map(len, ledger.values())) == len(users):
                 break
             await asyncio.sleep(0.05)
@@ -532,11 +533,52 @@ async def test_changes_held_back_by_a_worker_that_crashed_are_published_by_the_n
         assert successor.stats.applied == 0  # from the ledger, not from events
         await wait_until(lambda: not len(successor.held_back), 5, "settled")
         await successor._save_ledger()
-        assert await successor.ledger.read({0, 1}) == {0: {}, 1: {}}
+        assert await successor.ledger.read({0, 1}) == ({0: {}, 1: {}}, {})
     finally:
         successor.request_stop()
         await asyncio.wait_for(run, 30)
         await successor.close()
+    await assert_every_last_message_is_the_stored_profile(settings)
+
+
+async def test_a_held_back_ledger_key_of_another_type_spoils_only_its_partition(
+    topics: Settings,
+) -> None:
+    client = aioredis.Redis.from_url(topics.redis_url)
+    ledger = HeldBackLedger(client, topics.group_id)
+    try:
+        await client.set(ledger.key(1), b"not a sorted set")
+        waiting = {p: {f"u{p}": 1000 + p} for p in range(3)}
+        assert await ledger.save(LedgerChanges(waiting=waiting)) == [1]
+        saved, refused = await ledger.read(range(3))
+        assert saved == {0: waiting[0], 2: waiting[2]} and list(refused) == [1]
+        assert await client.get(ledger.key(1)) == b"not a sorted set"
+    finally:
+        await client.aclose()
+
+
+async def test_a_held_back_ledger_redis_refuses_costs_no_event_and_no_commit(
+    make_settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ledger is a hint: a key of another type (Redis refuses every command on it)
+    is logged, and the batches are applied and committed as ever."""
+    settings = await make_settings(partitions=1)
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        await client.set(HeldBackLedger(client, settings.group_id).key(0), b"not a sorted set")
+    finally:
+        await client.aclose()
+    users = [f"quiet-{i}" for i in range(5)]
+    records = views(users, 1, wall_clock_ms())
+    await send_records(settings, records)
+    await drain(settings)
+    await send_records(settings, views(users, 2, wall_clock_ms()))  # held back
+    stats = await drain(settings)
+    assert stats.applied == len(users) and stats.held_back_published == len(users)
+    ends = await end_offsets(settings, settings.topic_events)
+    assert await committed_offsets(settings) == ends
+    assert "the held-back ledger of partition 0 cannot be read" in caplog.text
+    assert "the held-back ledger of partitions [0] holds another type" in caplog.text
     await assert_every_last_message_is_the_stored_profile(settings)
 
 

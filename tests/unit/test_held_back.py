@@ -73,16 +73,6 @@ def test_the_ledger_is_told_what_waits_and_what_is_done_last_change_first() -> N
     assert changes.done == {1: {"c": 1000}} and changes.waiting == {0: {"a": 2800}}
 
 
-def test_changes_the_ledger_did_not_take_wait_for_the_next_save_behind_newer_ones() -> None:
-    index = HeldBackIndex(heartbeat_ms=1000)
-    index.note({"a": (0, 0), "b": (1, 0)}, published=())
-    failed = index.unsaved()
-    index.note({"a": (0, 700)}, published=["b"])  # changed again while the save failed
-    index.not_saved(failed)
-    changes = index.unsaved()
-    assert changes.waiting == {0: {"a": 1700}} and changes.done == {1: {"b": 1000}}
-
-
 def test_users_restored_from_the_ledger_wait_like_noted_ones() -> None:
     index = HeldBackIndex(heartbeat_ms=1000)
     index.note({"a": (2, 4000)}, published=())
