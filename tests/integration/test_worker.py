@@ -452,6 +452,21 @@ def views(users: Sequence[str], round_: int, now: int) -> list[tuple[bytes, byte
     return records
 
 
+async def running(settings: Settings) -> tuple[BatchWorker, asyncio.Task[Any]]:
+    """A started worker and the task running it."""
+    worker = BatchWorker(settings)
+    await worker.start()
+    return worker, asyncio.create_task(worker.run())
+
+
+async def published_then_counted(settings: Settings, users: Sequence[str]) -> None:
+    """A view per user, published at once (new users); then another, a counters-only
+    change the heartbeat holds back."""
+    await send_records(settings, views(users, 1, wall_clock_ms()))
+    await wait_for_messages(settings, len(users))
+    await send_records(settings, views(users, 2, wall_clock_ms()))
+
+
 async def test_held_back_changes_are_published_once_due_without_further_events(
     make_settings,
 ) -> None:
@@ -459,13 +474,9 @@ async def test_held_back_changes_are_published_once_due_without_further_events(
     worker runs, though the user sends nothing more."""
     settings = await make_settings(partitions=2, heartbeat_s=3.0)
     users = [f"quiet-{i}" for i in range(8)]
-    worker = BatchWorker(settings)
-    await worker.start()
-    run = asyncio.create_task(worker.run())
+    worker, run = await running(settings)
     try:
-        await send_records(settings, views(users, 1, wall_clock_ms()))
-        await wait_for_messages(settings, len(users))  # new users: published at once
-        await send_records(settings, views(users, 2, wall_clock_ms()))
+        await published_then_counted(settings, users)
         await wait_until(lambda: worker.stats.applied >= 2 * len(users), 15, "round 2 applied")
         assert worker.stats.changes_published == len(users)  # held back by the heartbeat
         assert metrics.REGISTRY.get_sample_value("profiler_held_back_users") == len(users)
@@ -502,13 +513,9 @@ async def test_changes_held_back_by_a_worker_that_crashed_are_published_by_the_n
     worker that died (no hand-off at a stop) held back, once due."""
     settings = await make_settings(partitions=2, heartbeat_s=3.0)
     users = [f"quiet-{i}" for i in range(8)]
-    crashed = BatchWorker(settings)
-    await crashed.start()
-    run = asyncio.create_task(crashed.run())
+    crashed, run = await running(settings)
     try:
-        await send_records(settings, views(users, 1, wall_clock_ms()))
-        await wait_for_messages(settings, len(users))
-        await send_records(settings, views(users, 2, wall_clock_ms()))
+        await published_then_counted(settings, users)
         await wait_until(lambda: len(crashed.held_back) == len(users), 15, "held back")
         for _ in range(100):  # saved before the batch's commit, after the index noted them
             ledger, _ = await crashed.ledger.read({0, 1})
@@ -523,13 +530,9 @@ async def test_changes_held_back_by_a_worker_that_crashed_are_published_by_the_n
         await crashed.close()
     assert crashed.stats.held_back_published == 0
 
-    successor = BatchWorker(settings)
-    await successor.start()
-    run = asyncio.create_task(successor.run())
+    successor, run = await running(settings)
     try:
-        await wait_until(
-            lambda: successor.stats.held_back_published >= len(users), 20, "published"
-        )
+        await wait_until(lambda: successor.stats.held_back_published >= len(users), 20, "published")
         assert successor.stats.applied == 0  # from the ledger, not from events
         await wait_until(lambda: not len(successor.held_back), 5, "settled")
         await successor._save_ledger()
