@@ -365,6 +365,7 @@ async def held_back_changes(
     stages: Stages,
     *,
     handing_off: bool = False,
+    again: bool = False,
 ) -> HeldBack:
     """The change messages of users whose last writes the heartbeat held back.
 
@@ -376,6 +377,10 @@ async def held_back_changes(
     field changed since their last message. `handing_off`: publish them now,
     heartbeat or not, because the worker is letting their partition go (a
     rebalance or a shutdown) and the next owner does not know they wait.
+    `again`: users another worker held back (read from the held-back ledger),
+    published as they stand even when marked published already: that worker
+    may have died between its mark and its message, and a repeat is harmless
+    where a lost message is not.
 
     The profiles are read from the store itself, not from what this process
     last wrote: another worker may have erased the user (a merge runs on the
@@ -384,17 +389,21 @@ async def held_back_changes(
     landed (`HeldBack.landed`): each write marks its profile as published,
     compare-and-set on the version it was read at, so no message goes out for
     a user erased or written meanwhile (that write publishes or holds back
-    their changes itself). A crash between the two leaves the message unsent,
-    as a crash leaves held-back changes: for the user's next event.
+    their changes itself). A crash between the two leaves the message unsent
+    until the partition's next owner finds the user in the held-back ledger
+    and publishes it `again`.
     """
     held = HeldBack()
     loaded = await store.load(list(user_ids), cached=False)
     for user_id in user_ids:
         profile = loaded[user_id]
-        if profile.is_new or profile.published_version == profile.version:
-            continue  # erased since, or published by a later write
-        if not handing_off and now_ms - profile.published_at < params.heartbeat_ms:
-            continue  # published meanwhile (another worker's write); due later
+        if profile.is_new:
+            continue  # erased since
+        if not again:  # else marked published maybe, its message never sent
+            if profile.published_version == profile.version:
+                continue  # published by a later write
+            if not handing_off and now_ms - profile.published_at < params.heartbeat_ms:
+                continue  # published meanwhile (another worker's write); due later
         marked = evolve(profile, published_at=now_ms, published_version=profile.version)
         held.changes.append((user_id, _change_message(marked, marked.unpublished, stages)))
         held.writes.append(Write(marked, profile.version, (), profile.updated))

@@ -54,6 +54,7 @@ class HeldBackIndex:
         self._queue: list[tuple[int, str]] = []  # (due ms, user); entries may be outdated
         # Since the last `unsaved()`, per user: (partition, due ms, still waiting).
         self._unsaved: dict[str, tuple[int, int, bool]] = {}
+        self._restored: set[str] = set()  # users taken from the ledger, not noted here since
 
     def __len__(self) -> int:
         return len(self._due)
@@ -68,8 +69,10 @@ class HeldBackIndex:
             entry = self._due.pop(user_id, None)
             if entry is not None:
                 self._unsaved[user_id] = (*entry, False)
+                self._restored.discard(user_id)
         for user_id, (partition, published_at) in held_back.items():
             self._wait(user_id, partition, published_at + self.heartbeat_ms)
+            self._restored.discard(user_id)
         if len(self._queue) > 2 * len(self._due) + 1024:  # mostly outdated entries
             self._queue = [(due, user) for user, (_, due) in self._due.items()]
             heapq.heapify(self._queue)
@@ -83,8 +86,17 @@ class HeldBackIndex:
             if user_id not in self._due:
                 self._due[user_id] = (partition, at)
                 heapq.heappush(self._queue, (at, user_id))
+                self._restored.add(user_id)
                 added += 1
         return added
+
+    def restored(self, taken: Taken) -> Taken:
+        """Those of `taken` that came from the ledger and were not noted here since: their
+        last owner may have marked them published and died before the message went out.
+        """
+        again = {user: e for user, e in taken.items() if user in self._restored}
+        self._restored.difference_update(taken)
+        return again
 
     def _wait(self, user_id: str, partition: int, due: int) -> None:
         if self._due.get(user_id) != (partition, due):

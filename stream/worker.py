@@ -517,10 +517,16 @@ class BatchWorker:
             due = self.held_back.take_due(self.clock(), skip=writing)
         if not due and not handing:
             return
+        again = self.held_back.restored(due | handing)  # from the ledger: maybe never sent
+        groups = (  # (users, handing off, again)
+            ({u: e for u, e in due.items() if u not in again}, False, False),
+            ({u: e for u, e in handing.items() if u not in again}, True, False),
+            (again, False, True),
+        )
         try:
-            for group, hand_off in ((due, False), (handing, True)):
+            for group, hand_off, once_more in groups:
                 if group:
-                    await self._publish_group(group, handing_off=hand_off)
+                    await self._publish_group(group, handing_off=hand_off, again=once_more)
         except Exception as exc:
             log.error(
                 "publishing %d held-back change messages failed (%s: %s); they wait for their "
@@ -564,13 +570,15 @@ class BatchWorker:
                      restored, sorted(gained & owned))  # fmt: skip
         metrics.HELD_BACK_USERS.set(len(self.held_back))
 
-    async def _publish_group(self, group: Taken, *, handing_off: bool) -> None:
+    async def _publish_group(
+        self, group: Taken, *, handing_off: bool = False, again: bool = False
+    ) -> None:
         """Publish these users' held-back changes (those still waiting) and settle them."""
         held = await self._retrying(
             "redis",
             partial(
                 held_back_changes, list(group), self.store, self.params, self.clock(),
-                self.stages, handing_off=handing_off,
+                self.stages, handing_off=handing_off, again=again,
             ),
         )  # fmt: skip
         refused = set(await self._retrying("redis", partial(self.store.save, held.writes)))

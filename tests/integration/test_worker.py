@@ -506,11 +506,13 @@ async def test_a_stopping_worker_hands_off_the_changes_it_held_back(topics: Sett
     await assert_every_last_message_is_the_stored_profile(topics)
 
 
+@pytest.mark.parametrize("marked", [False, True], ids=["before-its-mark", "after-its-mark"])
 async def test_changes_held_back_by_a_worker_that_crashed_are_published_by_the_next(
-    make_settings,
+    make_settings, marked: bool
 ) -> None:
     """The held-back index has a copy in Redis: the partitions' next owner publishes what a
-    worker that died (no hand-off at a stop) held back, once due."""
+    worker that died (no hand-off at a stop) held back, once due; also when the worker
+    died between marking the profiles published and sending their messages."""
     settings = await make_settings(partitions=2, heartbeat_s=3.0)
     users = [f"quiet-{i}" for i in range(8)]
     crashed, run = await running(settings)
@@ -529,6 +531,13 @@ async def test_changes_held_back_by_a_worker_that_crashed_are_published_by_the_n
             await run
         await crashed.close()
     assert crashed.stats.held_back_published == 0
+    if marked:
+        store = redis_store.RedisProfileStore(redis_store.connect(settings.redis_url))
+        held = await pipeline.held_back_changes(
+            users, store, crashed.params, wall_clock_ms(), pipeline.Stages(), handing_off=True
+        )
+        assert await store.save(held.writes) == []  # the marks landed; no message went out
+        await store.client.aclose()
 
     successor, run = await running(settings)
     try:

@@ -135,3 +135,36 @@ def test_a_profile_written_since_is_not_marked_by_a_stale_publication() -> None:
         assert stored.version == 3 and stored.published_version == 1
 
     asyncio.run(scenario())
+
+
+def test_users_from_the_ledger_are_told_apart_until_noted_here() -> None:
+    index = HeldBackIndex(heartbeat_ms=1000)
+    index.restore(0, {"a": 100, "b": 100, "c": 100})
+    index.note({"b": (0, 500)}, published=["c"])  # written here since: this worker's own
+    taken = index.take_due(5000)
+    assert index.restored(taken) == {"a": (0, 100)}
+    assert index.restored(taken) == {}  # told once
+
+
+def test_users_from_the_ledger_are_published_again_though_marked_published() -> None:
+    """Their last owner may have marked them published and died before the message went
+    out: a repeat is harmless, a lost message is not. An erased user stays unpublished."""
+    store = InMemoryProfileStore()
+
+    async def scenario() -> None:
+        await apply_batch([view(1), view(2, "bob")], store, PARAMS, lambda: NOW)
+        await apply_batch([view(3), view(4, "bob")], store, PARAMS, lambda: NOW + 1000)
+        marked = await held_back_changes(["alice"], store, PARAMS, NOW + 2000, Stages(),
+                                         handing_off=True)  # fmt: skip
+        assert await store.save(marked.writes) == []  # marked; its message never sent
+        await store.erase("bob", NOW + 3000)
+        usual = await held_back_changes(["alice", "bob"], store, PARAMS, NOW + HEARTBEAT_MS,
+                                        Stages())  # fmt: skip
+        assert not usual.changes
+        again = await held_back_changes(["alice", "bob"], store, PARAMS, NOW + HEARTBEAT_MS,
+                                        Stages(), again=True)  # fmt: skip
+        ((user, body),) = again.changes
+        assert user == "alice" and orjson.loads(body)["events"] == 2
+        assert orjson.loads(body)["changed"] == orjson.loads(marked.changes[0][1])["changed"]
+
+    asyncio.run(scenario())
