@@ -12,7 +12,9 @@ The index lives in the worker's memory, and a copy of it in Redis
 by due time. The worker saves what changed in the index before it commits a
 batch, and a worker given a partition reads that partition's set, so the
 changes a worker held back when it crashed are published by the partition's
-next owner, not only with their users' next events.
+next owner, not only with their users' next events: as they stand, even when
+marked published, since that worker may have died between its mark and its
+message (`HeldBackIndex.restored`).
 """
 
 from __future__ import annotations
