@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from profiling import jsonout
-from stream.redis_store import eval_pipelined
+from stream.redis_store import as_text, eval_pipelined
 
 # user -> (partition, due ms): what `take_due`, `take_partitions` and `take_all` give.
 Taken = dict[str, tuple[int, int]]
@@ -189,13 +189,13 @@ class HeldBackLedger:
     `profiler:held-back:{<group_id>:<partition>}`: each partition's set has a hash
     tag of its own, so a Redis Cluster spreads the partitions over its slots.
     One script call saves every partition's changes on a single node; on a
-    cluster (`per_call=1`) one call per partition, each within one slot.
+    cluster, one call per partition, each within one slot.
     """
 
-    def __init__(self, client: aioredis.Redis, group_id: str, *, per_call: int = 0) -> None:
+    def __init__(self, client: aioredis.Redis, group_id: str) -> None:
         self.client = client
         self.group_id = group_id
-        self.per_call = per_call or (1 if isinstance(client, RedisCluster) else 1 << 16)
+        self.per_call = 1 if isinstance(client, RedisCluster) else 1 << 16
         self._shas: dict[str, str] = {}
 
     def key(self, partition: int) -> str:
@@ -235,7 +235,7 @@ class HeldBackLedger:
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         errors = {p: r for p, r in zip(ordered, replies, strict=True) if isinstance(r, Exception)}
         waiting = {
-            partition: {_text(user): int(due) for user, due in reply}
+            partition: {as_text(user): int(due) for user, due in reply}
             for partition, reply in zip(ordered, replies, strict=True)
             if partition not in errors
         }
@@ -244,7 +244,3 @@ class HeldBackLedger:
 
 def _flat(due: Mapping[str, int]) -> list[str | int]:
     return [item for pair in due.items() for item in pair]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -333,7 +333,7 @@ class RedisProfileStore:
             fields, vectors = _split_fields(flat)
             profile = profile_from_storage(user_id, fields, state, vectors)
             if legacy_ids and not profile.seen:
-                seen = b"".join(event_digest(_text(event_id)) for event_id in legacy_ids)
+                seen = b"".join(event_digest(as_text(event_id)) for event_id in legacy_ids)
                 profile = evolve(profile, seen=seen)
             loaded[user_id] = profile
         return loaded
@@ -447,7 +447,7 @@ class RedisProfileStore:
         # After the script, not in it: the feature keys are only known from the index.
         # On every erase, a replayed one too, so a crash in between leaves nothing behind.
         listed = await self.client.zrange(scored_index_key(user_id), 0, -1)
-        event_ids = [_text(event_id) for event_id in listed]  # type: ignore[arg-type]
+        event_ids = [as_text(event_id) for event_id in listed]  # type: ignore[arg-type]
         if merged_into:
             await self._move_scored(user_id, event_ids, merged_into)
         await self._drop_scored(user_id, event_ids)
@@ -513,7 +513,7 @@ async def _eval_once(
     client: aioredis.Redis, shas: dict[str, str], calls: Sequence[tuple[str, list[str], list[Any]]]
 ) -> list[Any]:
     for script in {script for script, _, _ in calls} - shas.keys():
-        shas[script] = _text(await client.script_load(script))
+        shas[script] = as_text(await client.script_load(script))
     pipe = client.pipeline(transaction=False)
     # execute_command, not evalsha(): the cluster pipeline refuses the named method,
     # and routes the command by its keys' hash slot either way.
@@ -573,12 +573,12 @@ def _split_fields(flat: Sequence[bytes | str]) -> tuple[dict[str, str], dict[str
     fields: dict[str, str] = {}
     vectors: dict[str, bytes] = {}
     for i in range(0, len(flat), 2):
-        name = _text(flat[i])
+        name = as_text(flat[i])
         if name in VECTOR_FIELDS:
             value = flat[i + 1]
             vectors[name] = value if isinstance(value, bytes) else value.encode()
         else:
-            fields[name] = _text(flat[i + 1])
+            fields[name] = as_text(flat[i + 1])
     return fields, vectors
 
 
@@ -597,5 +597,6 @@ def _flatten(replies: list[Any]) -> list[Any]:
     return [item for reply in replies for item in reply]
 
 
-def _text(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
+    """A reply's value as text, whether the client decodes replies or not."""
     return value.decode() if isinstance(value, bytes) else value
