@@ -161,11 +161,12 @@ class HeldBackIndex:
 
 
 # KEYS: the ledgers of some partitions; ARGV[1]: JSON, per key [[user, due ms, ...] that
-# wait, [user, due ms, ...] done]. A user done is removed only when the ledger has
-# them due no later than that: a later entry is the partition's next owner's. A key
-# holding anything but a sorted set is left alone; the reply lists those keys' indices.
+# wait, [user, due ms, ...] done]; ARGV[2]: the ledgers' TTL in ms (0: none). A user
+# done is removed only when the ledger has them due no later than that: a later entry
+# is the partition's next owner's. Each saved ledger's TTL starts again. A key holding
+# anything but a sorted set is left alone; the reply lists those keys' indices.
 SAVE_SCRIPT: Final = """
-local changes, refused = cjson.decode(ARGV[1]), {}
+local changes, refused, ttl = cjson.decode(ARGV[1]), {}, tonumber(ARGV[2])
 for k = 1, #KEYS do
   local kind = redis.call('TYPE', KEYS[k]).ok
   if kind ~= 'zset' and kind ~= 'none' then
@@ -177,6 +178,7 @@ for k = 1, #KEYS do
       local due = redis.call('ZSCORE', KEYS[k], done[i])
       if due and tonumber(due) <= done[i + 1] then redis.call('ZREM', KEYS[k], done[i]) end
     end
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[k], ttl) else redis.call('PERSIST', KEYS[k]) end
   end
 end
 return refused
@@ -190,11 +192,17 @@ class HeldBackLedger:
     tag of its own, so a Redis Cluster spreads the partitions over its slots.
     One script call saves every partition's changes on a single node; on a
     cluster, one call per partition, each within one slot.
+
+    Each save starts a saved set's TTL (`ttl_ms`; 0: none) again, so the sets of
+    a consumer group that stopped for good do not stay in Redis forever. The
+    default, 7 days, is Kafka's for the committed offsets of a group without
+    members: once those are gone, the group starts the topic again anyway.
     """
 
-    def __init__(self, client: aioredis.Redis, group_id: str) -> None:
+    def __init__(self, client: aioredis.Redis, group_id: str, ttl_ms: int = 0) -> None:
         self.client = client
         self.group_id = group_id
+        self.ttl_ms = ttl_ms
         self.per_call = 1 if isinstance(client, RedisCluster) else 1 << 16
         self._shas: dict[str, str] = {}
 
@@ -214,7 +222,8 @@ class HeldBackLedger:
             body = [
                 [_flat(changes.waiting.get(p, {})), _flat(changes.done.get(p, {}))] for p in chunk
             ]
-            calls.append((SAVE_SCRIPT, [self.key(p) for p in chunk], [jsonout.dumps(body)]))
+            keys = [self.key(p) for p in chunk]
+            calls.append((SAVE_SCRIPT, keys, [jsonout.dumps(body), self.ttl_ms]))
             chunks.append(chunk)
         replies = await eval_pipelined(self.client, self._shas, calls)
         return [

@@ -114,6 +114,15 @@ class Settings(BaseSettings):
             "publish a counters-only change at most this often per user, and once it has passed"
         ),
     )
+    held_back_ttl_s: int = Field(
+        7 * 86_400,
+        ge=0,
+        le=MAX_SECONDS,
+        description=(
+            "a partition's held-back ledger in Redis expires this long after its last save"
+            " (0 keeps it)"
+        ),
+    )
     profile_ttl_s: int = Field(
         0,
         ge=0,

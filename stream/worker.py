@@ -325,7 +325,10 @@ class BatchWorker:
         self._currencies_told: set[str] = set()  # currencies whose money a warning explained
         self._held: list[TopicPartition] = []  # paused while a batch is folded
         self.held_back = HeldBackIndex(self.params.heartbeat_ms)
-        self.ledger = HeldBackLedger(self.redis, settings.group_id)  # the index's copy in Redis
+        # The index's copy in Redis.
+        self.ledger = HeldBackLedger(
+            self.redis, settings.group_id, ttl_ms=settings.held_back_ttl_s * 1000
+        )
         self._ledger_saving = asyncio.Lock()  # the ledger's changes go out in the index's order
         self._handing_off: Taken = {}  # users of partitions let go, waiting for a write
         # How often the loop publishes held-back changes that came due.

@@ -525,6 +525,10 @@ async def test_changes_held_back_by_a_worker_that_crashed_are_published_by_the_n
                 break
             await asyncio.sleep(0.05)
         assert sorted(u for due in ledger.values() for u in due) == sorted(users)
+        ttl_ms = settings.held_back_ttl_s * 1000
+        for partition in (p for p, due in ledger.items() if due):
+            key = crashed.ledger.key(partition)
+            assert 0 < await crashed.redis.pttl(key) <= ttl_ms  # the setting's TTL
     finally:
         run.cancel()  # dies: nothing handed off
         with contextlib.suppress(asyncio.CancelledError):
@@ -565,6 +569,24 @@ async def test_a_held_back_ledger_key_of_another_type_spoils_only_its_partition(
         saved, refused = await ledger.read(range(3))
         assert saved == {0: waiting[0], 2: waiting[2]} and list(refused) == [1]
         assert await client.get(ledger.key(1)) == b"not a sorted set"
+    finally:
+        await client.aclose()
+
+
+async def test_each_save_starts_a_held_back_ledgers_ttl_again(topics: Settings) -> None:
+    """A consumer group that stopped for good leaves no ledger behind for ever."""
+    client = aioredis.Redis.from_url(topics.redis_url)
+    ledger = HeldBackLedger(client, topics.group_id, ttl_ms=60_000)
+    try:
+        await ledger.save(LedgerChanges(waiting={0: {"a": 1000}, 1: {"b": 1000}}))
+        await client.pexpire(ledger.key(0), 5_000)
+        await ledger.save(LedgerChanges(done={0: {"nobody": 1000}}))  # changes nothing there
+        assert 5_000 < await client.pttl(ledger.key(0)) <= 60_000  # saved: started again
+        assert 0 < await client.pttl(ledger.key(1)) <= 60_000
+        await HeldBackLedger(client, topics.group_id).save(LedgerChanges(waiting={1: {"c": 5}}))
+        assert await client.pttl(ledger.key(1)) == -1  # a TTL of 0: kept
+        await ledger.save(LedgerChanges(done={0: {"a": 1000}}))
+        assert await client.exists(ledger.key(0)) == 0  # its last user gone: so is the set
     finally:
         await client.aclose()
 

@@ -100,6 +100,7 @@ DURATIONS = [
     ("profile_ttl_s", 1),
     ("embedding_cache_ttl_s", 1),
     ("heartbeat_s", 1),
+    ("held_back_ttl_s", 1),
     ("model_checkpoint_s", 1),
     ("scored_ttl_days", 86_400),
     ("erased_marker_days", 86_400),
