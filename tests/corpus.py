@@ -287,6 +287,8 @@ INVALID: Final = [
     bad("ts_negative", "out_of_range", ts=-1),
     with_raw("ts_1e400", "out_of_range", b'"ts":1e400', ts=DROP),
     with_raw("price_1e400", "out_of_range", b'"price":1e400'),
+    with_raw("amount_1e400", "out_of_range", b'"amount":1e400'),
+    with_raw("amount_minus_1e400", "out_of_range", b'"amount":-1e400'),
     bad("price_negative", "out_of_range", price=-0.01),
     bad("price_over_max", "out_of_range", price=10_000_000.01),
     bad("amount_negative", "out_of_range", "purchase", amount=-1),
