@@ -139,6 +139,8 @@ for u = 1, #writes do
     if ttl > 0 then
       redis.call('PEXPIRE', KEYS[k], ttl)
       redis.call('PEXPIRE', KEYS[k + 1], ttl)
+    else  -- kept: also a hash an earlier setting gave a TTL (SET cleared the state's)
+      redis.call('PERSIST', KEYS[k])
     end
     local scored = write[8]
     if #scored > 0 then save_scored(scored[1], scored[2], scored[3], scored[4]) end

@@ -377,6 +377,17 @@ async def test_redis_ttl_applies_to_every_key_of_the_user(
         assert ttls == [-1, -1]  # kept for ever
 
 
+async def test_redis_ttl_of_0_keeps_a_profile_an_earlier_ttl_would_expire(
+    redis_client: aioredis.Redis,
+) -> None:
+    """`PROFILER_PROFILE_TTL_S` set back to 0: the next write keeps both keys for ever,
+    not the state alone (the hash then expired, and the user's counts with it)."""
+    await write(RedisProfileStore(redis_client, ttl_s=60), rich_profile(version=1), 0)
+    assert await write(RedisProfileStore(redis_client, ttl_s=0), rich_profile(version=2), 1) == []
+    keys = [profile_key("alice"), state_key("alice")]
+    assert [await redis_client.ttl(key) for key in keys] == [-1, -1]
+
+
 async def test_redis_scored_index_lists_the_live_features_only(
     redis_client: aioredis.Redis,
 ) -> None:
