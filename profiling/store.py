@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -33,41 +34,74 @@ from profiling.profile import Profile
 from profiling.vectors import StoredInterest
 
 
+def user_tag(user_id: str) -> str:
+    """The user's part of each of their keys: `{<user_id>}`, a Redis Cluster hash tag,
+    so that every key of a user lives in one slot.
+
+    An id with a `}` cannot be its own tag: Redis ends a tag at its first `}`
+    (at the id's very start, an empty tag: each key is hashed whole, into slots
+    of their own), and the rest of the id could make one user's key another's
+    (`profile-scored:{a}:x}` is user `a}:x`'s index and user `a`'s event `x}`).
+    Such an id is tagged by its digest, the id itself after the tag:
+    `{<32 hex digits>}=<user_id>`. A key of an id without `}` has nothing after
+    its tag but a scored event's `:<event_id>`, so the two kinds never meet.
+    """
+    if "}" not in user_id:
+        return f"{{{user_id}}}"
+    return f"{{{hashlib.blake2b(user_id.encode(), digest_size=16).hexdigest()}}}={user_id}"
+
+
+def user_of_key(key: str, prefix: str = "profile:") -> str:
+    """The user id in one of their keys (`profile:{alice}` by default): `user_tag` undone."""
+    tag = key[len(prefix) :]
+    if "}" not in tag[1:-1]:
+        return tag[1:-1]
+    return tag[tag.index("}=") + 2 :]
+
+
 def profile_key(user_id: str) -> str:
-    return f"profile:{{{user_id}}}"
+    return f"profile:{user_tag(user_id)}"
 
 
 def state_key(user_id: str) -> str:
-    return f"profile-state:{{{user_id}}}"
+    return f"profile-state:{user_tag(user_id)}"
 
 
 def erased_key(user_id: str) -> str:
     """The user's erasure marker, kept apart from the state with the marker's own TTL."""
-    return f"profile-erased:{{{user_id}}}"
+    return f"profile-erased:{user_tag(user_id)}"
 
 
 def seen_key(user_id: str) -> str:
     """The dedupe window's key before it moved into the state (read once, then deleted)."""
-    return f"profile-seen:{{{user_id}}}"
+    return f"profile-seen:{user_tag(user_id)}"
 
 
 def aside_key(user_id: str) -> str:
     """A merged user's profile hash, kept aside until the merge is written."""
-    return f"profile-aside:{{{user_id}}}"
+    return f"profile-aside:{user_tag(user_id)}"
 
 
 def aside_state_key(user_id: str) -> str:
-    return f"profile-aside-state:{{{user_id}}}"
+    return f"profile-aside-state:{user_tag(user_id)}"
+
+
+def script_keys(user_id: str) -> tuple[str, str, str, str]:
+    """The user's keys as the store's scripts take them: profile, state, the earlier
+    dedupe key, erasure marker (one tag for the four)."""
+    tag = user_tag(user_id)
+    return f"profile:{tag}", f"profile-state:{tag}", f"profile-seen:{tag}", f"profile-erased:{tag}"
 
 
 def scored_key(user_id: str, event_id: str) -> str:
-    """Features of one scored event, kept (with a TTL) until its fraud label arrives."""
-    return f"profile-scored:{{{user_id}}}:{event_id}"
+    """Features of one scored event, kept (with a TTL) until its fraud label arrives:
+    the user's index key, a colon, the event id (the save script relies on it)."""
+    return f"{scored_index_key(user_id)}:{event_id}"
 
 
 def scored_index_key(user_id: str) -> str:
     """The user's scored event ids, by expiry: what an erase finds their features by."""
-    return f"profile-scored:{{{user_id}}}"
+    return f"profile-scored:{user_tag(user_id)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from rich.table import Table
 from profiling.embedding_cache import embed_texts
 from profiling.interests import InterestModel
 from profiling.models import ProfileModels
+from profiling.store import user_of_key
 from stream import kafka
 from stream.devstack import DevStack
 from stream.lookup import read_profile_json
@@ -180,7 +181,7 @@ async def _show_interests(
             scores = vectors @ np.frombuffer(raw_vec, dtype="<f4")
             best = np.argsort(scores)[::-1][:3]
             table.add_row(
-                key.decode()[len("profile:{") : -1],
+                user_of_key(key.decode()),
                 events.decode(),
                 "\n".join(f"{scores[i]:.2f}  {titles[i]}" for i in best),
             )
@@ -213,6 +214,6 @@ async def _spends(client: object, keys: list[bytes]) -> dict[str, float]:
     values = await pipe.execute()
     spends: dict[str, float] = {}
     for key, value in zip(keys, values, strict=True):
-        user = key.decode()[len("profile:{") : -1]
+        user = user_of_key(key.decode())
         spends[user] = float(value or 0)
     return spends

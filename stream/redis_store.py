@@ -45,7 +45,7 @@ from profiling.store import (
     public_fields,
     scored_index_key,
     scored_key,
-    seen_key,
+    script_keys,
     state_blob,
     state_key,
     vector_fields,
@@ -591,7 +591,7 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
 def _user_keys(user_ids: Sequence[str]) -> list[str]:
     keys: list[str] = []
     for user_id in user_ids:
-        keys += (profile_key(user_id), state_key(user_id), seen_key(user_id), erased_key(user_id))
+        keys += script_keys(user_id)
     return keys
 
 

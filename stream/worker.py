@@ -235,6 +235,8 @@ def _refused(exc: BaseException) -> bool:
     """
     if isinstance(exc, DataError | ClusterCrossSlotError):  # refused before it was sent
         return True
+    if isinstance(exc, RedisClusterException) and "same key slot" in str(exc):
+        return True  # the cluster client's own refusal of keys in several slots
     if type(exc) is not ResponseError:  # its subclasses: OOM, READONLY, TRYAGAIN, ...
         return False
     message = str(exc)

@@ -75,6 +75,23 @@ async def test_one_user_per_call_works_and_several_are_refused(
     assert (await per_user.read_profile("u7") or {})["events"] == "1"
 
 
+async def test_a_user_id_with_braces_stays_in_one_slot(cluster_client: aioredis.Redis) -> None:
+    """An id that starts with `}` gave an empty hash tag, each key a slot of its own: the
+    cluster client refused every script call for the user, and the worker retried
+    the batch for ever."""
+    store = RedisProfileStore(cluster_client)
+    users = ["}evil", "a}:x", "a", "{x}"]
+    records = [view(user, f"e{i}", i) for i, user in enumerate(users)]
+    result = await apply_batch(records, store, ProfileParams(), lambda: T0 + 60_000)
+    assert result.outcomes["applied"] == len(users) and not result.dead_letters
+    assert [(await store.read_profile(user) or {}).get("events") for user in users] == ["1"] * 4
+    saved = Write(Profile("}evil", version=2, events=1, updated=T0), 1, (("p", b"1"),))
+    assert await store.save([saved]) == []
+    assert await store.erase("}evil", T0 + 120_000) is Erasure.ERASED
+    assert await store.read_profile("}evil") is None
+    assert await store.load_scored([("}evil", "p")]) == [None]
+
+
 async def test_erase_removes_the_users_scored_features_on_the_cluster(
     cluster_client: aioredis.Redis,
 ) -> None:

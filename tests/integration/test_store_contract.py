@@ -344,6 +344,25 @@ async def test_redis_moved_features_keep_the_time_they_had_left(
     assert not await redis_client.exists(scored_index_key("alice"), scored_key("alice", "e1"))
 
 
+async def test_redis_ids_with_braces_keep_their_keys_apart(redis_client: aioredis.Redis) -> None:
+    """User `a`'s scored event `x}` and user `a}:x`'s index of scored events were one key:
+    the second user's next write failed on a key of the wrong type, after the script
+    had written part of it, and their erase left features behind."""
+    store = RedisProfileStore(redis_client, scored_ttl_s=3600)
+    braced = replace(rich_profile("a}:x", version=1), updated=T0)
+    assert await store.save([Write(braced, 0, (("e1", b"\x01"),))]) == []
+    assert await store.save([Write(rich_profile("a", 1), 0, (("x}", b"\x02"),))]) == []
+    later = replace(braced, version=2, updated=T0 + 1)
+    assert await store.save([Write(later, 1, (("e2", b"\x03"),), T0)]) == []
+    assert (await load_one(store, "a}:x")).version == 2
+    await store.erase("a}:x", T0 + 2)
+    assert await store.load_scored([("a}:x", "e1"), ("a}:x", "e2"), ("a", "x}")]) == [
+        None,
+        None,
+        b"\x02",
+    ]
+
+
 async def test_redis_refused_write_leaves_an_erased_user_only_the_marker(
     redis_client: aioredis.Redis,
 ) -> None:

@@ -11,6 +11,7 @@ from redis.exceptions import (
     DataError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     ResponseError,
     SlotNotCoveredError,
     TimeoutError,
@@ -53,6 +54,8 @@ def test_next_offsets_per_partition_and_topic() -> None:
         (ResponseError("Error running script (call to f_1): @user_script:4: bad argument"), False),
         (ResponseError("Error running script (call to f_1): @user_script:4: MISCONF"), True),
         (DataError("invalid input"), False),
+        (RedisClusterException("EVALSHA - all keys must map to the same key slot"), False),
+        (RedisClusterException("Redis Cluster cannot be connected"), True),
     ],
 )
 def test_what_redis_refuses_is_not_retried_what_may_pass_is(
