@@ -943,12 +943,18 @@ class BatchWorker:
         self.stats.last_commit_at = time.monotonic()
         self.stats.add(len(records), result)
         self._observe(records, result, started)
-        if time.monotonic() - self._checkpointed >= self.settings.model_checkpoint_s:
-            try:
-                await self.checkpoint()
-            except (RedisError, OSError) as exc:
-                log.warning("model snapshot failed (next try in %ss): %s",
-                            self.settings.model_checkpoint_s, exc)  # fmt: skip
+        await self._checkpoint_if_due()
+
+    async def _checkpoint_if_due(self) -> None:
+        """The periodic model snapshot. One that fails (Redis away, a cluster resharding,
+        anything else) is logged and tried again next time: it never stops the worker."""
+        if time.monotonic() - self._checkpointed < self.settings.model_checkpoint_s:
+            return
+        try:
+            await self.checkpoint()
+        except Exception as exc:
+            log.warning("model snapshot failed (next try in %ss): %s: %s",
+                        self.settings.model_checkpoint_s, type(exc).__name__, exc)  # fmt: skip
 
     async def _retrying(self, component: str, attempt_once: Callable[[], Awaitable[T]]) -> T:
         """Run `attempt_once` until it succeeds, backing off; both steps are idempotent."""
@@ -965,7 +971,7 @@ class BatchWorker:
                 metrics.RETRIES.labels(component).inc()
                 if self.stopping and attempt > RETRIES_AFTER_STOP:
                     raise
-                delay = min(MAX_BACKOFF_S, 0.05 * 2**attempt)
+                delay = min(MAX_BACKOFF_S, 0.05 * 2 ** min(attempt, 16))  # 2**1024: no float
                 log.warning(
                     "%s step failed (attempt %d, %s: %s); retrying in %.2fs",
                     component, attempt, type(exc).__name__, exc, delay,

@@ -17,6 +17,7 @@ from redis.exceptions import (
     TimeoutError,
 )
 
+import stream.worker
 from profiling.pipeline import Record
 from stream.settings import Settings
 from stream.worker import BatchWorker, _Assignment, next_offsets
@@ -116,3 +117,48 @@ def test_a_partition_given_back_before_the_worker_handed_it_off_is_read_again() 
     asyncio.run(assignment.on_partitions_revoked({TopicPartition("events", 0)}))
     asyncio.run(assignment.on_partitions_assigned(owned))
     assert assignment.gained == {1} and not assignment.revoked
+
+
+def test_the_backoff_outlasts_a_thousand_failed_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`0.05 * 2**attempt` overflowed a float at attempt 1,024 (about 85 minutes of an
+    outage at the 5 s cap): the batch then went the way of a bug, dead-lettered."""
+    calls: list[int] = []
+
+    async def attempt() -> str:
+        calls.append(1)
+        if len(calls) <= 1100:
+            raise ConnectionError("connection refused")
+        return "done"
+
+    async def no_wait(_delay: float) -> None:
+        pass
+
+    async def run() -> str:
+        settings = Settings(encoder_model="none", models=False, redis_url="redis://127.0.0.1:1")
+        worker = BatchWorker(settings)
+        monkeypatch.setattr(stream.worker.asyncio, "sleep", no_wait)
+        return await worker._retrying("redis", attempt)
+
+    assert asyncio.run(run()) == "done" and len(calls) == 1101
+
+
+@pytest.mark.parametrize("error", [SlotNotCoveredError("slot 42 not covered"), ValueError("bug")])
+def test_a_failed_periodic_snapshot_is_logged_not_raised(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, error: Exception
+) -> None:
+    """A snapshot taken while a cluster reshards raised out of the batch's task, and the
+    next batch stopped the worker."""
+
+    async def failing(*_args: object) -> bool:
+        raise error
+
+    async def run() -> None:
+        settings = Settings(encoder_model="none", redis_url="redis://127.0.0.1:1")
+        worker = BatchWorker(settings)
+        worker._snapshots_allowed = True
+        worker._checkpointed = -1e9  # due
+        monkeypatch.setattr(stream.worker, "save_models", failing)
+        await worker._checkpoint_if_due()
+
+    asyncio.run(run())
+    assert f"model snapshot failed (next try in 60.0s): {type(error).__name__}" in caplog.text
