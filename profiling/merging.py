@@ -112,10 +112,13 @@ def merge_profiles(
         segment_dwell=source.segment_dwell,
         risk=rated.risk,
         risk_reasons=rated.risk_reasons,
+        # The merge raises no alert and forwards nothing; what both users' last writes
+        # did is kept as a write's is, for the replay of a batch whose acks were lost
+        # (a crash with that batch still publishing as the merge landed).
         alerts=(),
         forwards=(),
-        alerts_before=(),
-        forwards_before=(),
+        alerts_before=known.alerts + taken.alerts,
+        forwards_before=known.forwards + taken.forwards,
         published_at=now_ms,
         published_version=version,
     )

@@ -158,6 +158,23 @@ async def taken_over(
     return attack, await apply_batch(attack, store, PARAMS, lambda: NOW, Stages(models=models))
 
 
+async def test_the_alerts_of_a_batch_replayed_after_a_merge_go_out_again() -> None:
+    """A merge into the user landed while the batch that raised their alerts was still
+    publishing; after a crash the batch is replayed and its alerts must go out again
+    (the merge's write had dropped them)."""
+    store, models = InMemoryProfileStore(), ProfileModels(alert_threshold=0.5)
+    attack, first = await taken_over(store, models, random.Random(2))
+    assert first.alerts
+    visit = {"event_id": "a-v", "user_id": "anon-7", "type": "view", "ts": NOW, "item_id": "i2"}
+    await apply_batch(records([visit], start=30_000), store, PARAMS, lambda: NOW, Stages())
+    body = {"command": "merge", "from_user_id": "anon-7", "user_id": "u7"}
+    merge = Record("profile-commands", 0, 0, b"u7", orjson.dumps(body), NOW)
+    merged = await apply_commands([merge], store, NOW + 1, PARAMS, Stages(models=models))
+    assert merged.commands == {("merge", "merged"): 1}
+    again = await apply_batch(attack, store, PARAMS, lambda: NOW + 2, Stages(models=models))
+    assert again.outcomes["applied"] == 0 and again.alerts == first.alerts
+
+
 async def test_an_alert_is_raised_once_and_replayed_identically() -> None:
     store, models = InMemoryProfileStore(), ProfileModels(alert_threshold=0.5)
     rng = random.Random(2)
