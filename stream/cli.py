@@ -34,6 +34,16 @@ def _error(message: str) -> None:
     console.print(f"[red]error:[/] {escape(message)}")
 
 
+def _utf8(value: str | None) -> str | None:
+    """A command-line value that is text: the shell may pass bytes that are not UTF-8."""
+    if value is not None:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise typer.BadParameter("is not valid UTF-8") from None
+    return value
+
+
 def load_settings(**overrides: object) -> Settings:
     """Settings from PROFILER_* variables; a bad value is a one-line message, not a traceback."""
     try:
@@ -156,7 +166,7 @@ def _check_writable(path: Path, option: str) -> None:
 
 
 @app.command()
-def profile(user_id: str) -> None:
+def profile(user_id: Annotated[str, typer.Argument(callback=_utf8)]) -> None:
     """Print a user's stored profile as JSON."""
     settings = load_settings()
     from stream.lookup import read_profile_json
@@ -230,13 +240,16 @@ def produce(
 
 
 @app.command()
-def erase(user_id: str) -> None:
+def erase(user_id: Annotated[str, typer.Argument(callback=_utf8)]) -> None:
     """Ask the workers to erase a user (GDPR): every key, a tombstone, no older events again."""
     _send_command({"command": "erase", "user_id": user_id}, f"an erase of {user_id!r}")
 
 
 @app.command()
-def merge(from_user_id: str, user_id: str) -> None:
+def merge(
+    from_user_id: Annotated[str, typer.Argument(callback=_utf8)],
+    user_id: Annotated[str, typer.Argument(callback=_utf8)],
+) -> None:
     """Ask the workers to merge a user's profile (an anonymous id) into another's, then
     erase the first."""
     if from_user_id == user_id:
@@ -305,7 +318,7 @@ def _wait_for_signal(announce: Callable[[], None]) -> None:
 def demo(
     users: Annotated[int, typer.Option(min=1, help="shoppers in the synthetic shop")] = 5000,
     events: Annotated[int, typer.Option(min=1, help="events to stream")] = 100_000,
-    seed: Annotated[int, typer.Option(help="seed of the synthetic shop")] = 7,
+    seed: Annotated[int, typer.Option(min=0, help="seed of the synthetic shop")] = 7,
 ) -> None:
     """Start a local broker and Redis, stream a synthetic shop through a worker, summarise."""
     _configure_logging(False)
@@ -319,7 +332,10 @@ def demo(
 @app.command()
 def status(
     url: Annotated[
-        str | None, typer.Option(help="worker base URL (default: localhost and PROFILER_WEB_PORT)")
+        str | None,
+        typer.Option(
+            callback=_utf8, help="worker base URL (default: localhost and PROFILER_WEB_PORT)"
+        ),
     ] = None,
 ) -> None:
     """Ask a running worker whether it is ready: broker, Redis, partitions, lag."""
@@ -333,7 +349,8 @@ def status(
             body, code = reply.read(), reply.status
     except urllib.error.HTTPError as exc:
         body, code = exc.read(), exc.code
-    except (OSError, http.client.HTTPException) as exc:  # HTTPException: no HTTP spoken
+    # HTTPException: no HTTP spoken; UnicodeError: a host name with an empty label.
+    except (OSError, http.client.HTTPException, UnicodeError) as exc:
         console.print(f"[red]unreachable:[/] {escape(f'{base} ({exc})')}")
         raise typer.Exit(2) from None
     try:

@@ -106,6 +106,13 @@ def broker_options(settings: Settings) -> dict[str, Any]:
                 f"{broker_setting(settings)}: {address.strip()!r} is not a host:port "
                 "(a comma-separated list of them)"
             )
+        try:  # what the resolver does with it: an empty or over-long label fails there
+            host.encode("idna")
+        except UnicodeError:
+            raise StartupError(
+                f"{broker_setting(settings)}: {host!r} is no host name (an empty label, "
+                "or one longer than 63 characters)"
+            ) from None
     try:
         return kafka.security_options(settings)
     except (OSError, ValueError) as exc:  # the CA bundle is missing or no certificate

@@ -21,6 +21,8 @@ TOPIC_NAME = r"^[A-Za-z0-9._-]{1,249}$"
 # milliseconds, added to the current time, overflow 64 bits; this stays far below.
 MAX_DAYS = 36_500
 MAX_SECONDS = MAX_DAYS * 86_400
+# Kafka's protocol carries timeouts and waits as 32-bit integers (ms).
+INT32_MAX = 2**31 - 1
 
 
 class Settings(BaseSettings):
@@ -56,10 +58,16 @@ class Settings(BaseSettings):
         "profiler", min_length=1, description="Kafka consumer group of the workers"
     )
     kafka_session_timeout_ms: int = Field(
-        10_000, ge=1000, description="consumer group session timeout; a silent worker is dropped"
+        10_000,
+        ge=1000,
+        le=INT32_MAX,
+        description="consumer group session timeout; a silent worker is dropped",
     )
     kafka_heartbeat_interval_ms: int = Field(
-        3000, ge=100, description="consumer group heartbeat interval (below a third of the session)"
+        3000,
+        ge=100,
+        le=INT32_MAX,
+        description="consumer group heartbeat interval (below a third of the session)",
     )
 
     # Topics
@@ -82,10 +90,13 @@ class Settings(BaseSettings):
 
     # Batching
     batch_max_events: int = Field(5000, ge=1, description="most events taken in one batch")
-    batch_max_ms: int = Field(50, ge=1, description="longest wait, in ms, to fill a batch")
+    batch_max_ms: int = Field(
+        50, ge=1, le=INT32_MAX, description="longest wait, in ms, to fill a batch"
+    )
     producer_linger_ms: int = Field(
         5,
         ge=0,
+        le=INT32_MAX,
         description="producer linger, in ms, of a message sent alone (a batch's "
         "messages go out whole, without it)",
     )
@@ -292,8 +303,8 @@ class Settings(BaseSettings):
             return {}
         try:
             return json.loads(value)
-        except ValueError as exc:
-            raise ValueError(f"not JSON ({exc})") from None
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+            raise ValueError(f"not JSON ({type(exc).__name__}: {exc})") from None
 
     @field_validator("currency_rates")
     @classmethod

@@ -997,6 +997,16 @@ async def test_status_of_a_server_that_answers_no_json_is_one_line(
             {"PROFILER_KAFKA_SSL_CAFILE": "events.jsonl"},
             "PROFILER_KAFKA_SSL_CAFILE",
         ),
+        (  # an empty DNS label: the resolver refused it with a traceback
+            ["topics", "create"],
+            {"PROFILER_KAFKA_BOOTSTRAP": "kafka..local:9092"},
+            "PROFILER_KAFKA_BOOTSTRAP=kafka..local:9092: 'kafka..local' is no host name",
+        ),
+        (
+            ["erase", "u1"],
+            {"PROFILER_KAFKA_BOOTSTRAP": "a" * 64 + ".com:9092"},
+            "PROFILER_KAFKA_BOOTSTRAP=" + "a" * 64,
+        ),
     ],
 )
 async def test_a_server_setting_a_command_cannot_use_is_one_line_naming_it(
@@ -1017,6 +1027,28 @@ async def test_a_server_setting_a_command_cannot_use_is_one_line_naming_it(
     done = await profiler(*command, env=env, cwd=tmp_path, timeout_s=60)
     assert done.returncode == 2
     assert one_line(done).startswith(f"error: {named}")
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (["erase", "a\udcff"], "Invalid value for 'user_id': is not valid UTF-8"),
+        (["merge", "a", "b\udcff"], "Invalid value for 'user_id': is not valid UTF-8"),
+        (["profile", "a\udcff"], "Invalid value for 'user_id': is not valid UTF-8"),
+        (["status", "--url", "http://a\udcff:1"], "Invalid value for '--url': is not valid"),
+        (["status", "--url", "http://worker..local:6066"], "unreachable: http://worker..local"),
+        (["demo", "--seed", "-1"], "Invalid value for '--seed'"),
+    ],
+)
+async def test_a_command_line_value_that_cannot_be_used_is_a_message(
+    command: list[str], said: str, tmp_path: Path
+) -> None:
+    """Bytes that are not UTF-8 (the shell passes them as they are), a host name with an
+    empty label, a negative seed: each a traceback before."""
+    done = await profiler(*command, env=base_env(), cwd=tmp_path, timeout_s=60)
+    assert done.returncode == 2
+    output = done.stdout + done.stderr
+    assert said in " ".join(output.split()) and "Traceback" not in output
 
 
 async def test_a_malformed_bootstrap_stops_the_worker_start_with_one_line(

@@ -146,3 +146,21 @@ def test_an_embedding_cache_of_no_entries_is_refused() -> None:
         Settings(embedding_cache_size=0)
     assert [error["loc"] for error in refused.value.errors()] == [("embedding_cache_size",)]
     assert Settings(embedding_cache_size=1).embedding_cache_size == 1
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "kafka_session_timeout_ms",
+        "kafka_heartbeat_interval_ms",
+        "batch_max_ms",
+        "producer_linger_ms",
+    ],
+)
+def test_a_kafka_time_beyond_32_bits_is_refused_at_start(field: str) -> None:
+    """The protocol carries these as int32: aiokafka failed on them deep in its fetcher
+    (the worker then hung) or in the group's coordination."""
+    assert getattr(Settings(**{field: 2**31 - 1}), field) == 2**31 - 1  # type: ignore[arg-type]
+    with pytest.raises(ValidationError) as refused:
+        Settings(**{field: 2**31})  # type: ignore[arg-type]
+    assert [error["loc"] for error in refused.value.errors()] == [(field,)]
