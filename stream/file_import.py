@@ -7,7 +7,9 @@ Three ways in:
   line's `user_id` when the line parses as an object with a non-empty string
   `user_id`; otherwise the line is still produced, with a null key, so the
   worker dead-letters it with a reason code (the DLQ is where bad events are
-  explained; the importer does not judge them).
+  explained; the importer does not judge them). Only a line over the
+  contract's size (64 KiB) is skipped here, as `too_large`: a line over the
+  producer's limit (1 MiB) would otherwise stop the import.
 * **A mapping** (`--map field=COLUMN`, for CSV, or for JSON lines whose keys are
   not ours): cells become typed event fields (`CsvOptions` says how: time
   format, type value map, constants, default amount).
@@ -55,7 +57,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 import orjson
 
-from profiling.events import Event, Rejection, decode_event
+from profiling.events import MAX_EVENT_BYTES, Event, Rejection, decode_event
 
 Record = tuple[bytes | None, bytes]
 Format = Literal["csv", "jsonl"]
@@ -593,8 +595,11 @@ def _numbered(path: Path, handle: IO[bytes]) -> Iterator[tuple[int, bytes]]:
 
 
 def _passthrough(lines: Iterator[tuple[int, bytes]], report: ImportReport) -> Iterator[Record]:
-    for _, line in lines:
+    for number, line in lines:
         report.rows += 1
+        if len(line) > MAX_EVENT_BYTES:  # the producer may refuse it, and stop the import
+            report.skip(number, "too_large", f"{len(line)} bytes > {MAX_EVENT_BYTES}")
+            continue
         report.produced += 1
         key = _user_key(line)
         report.unkeyed += key is None
@@ -641,38 +646,100 @@ def _csv_rows(
     utf8 = options.encoding.lower().replace("_", "-") in ("utf-8", "utf8")
     handle = _open(path, "rt", "utf-8-sig" if utf8 else options.encoding)  # drop a BOM
     delimiter = options.delimiter or ("\t" if ".tsv" in path.suffixes else ",")
-    reader = csv.reader(handle, delimiter=delimiter)
+    # A cell longer than csv's default (131,072 characters) is cut later, not refused.
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_CSV_CELL))
+    lines = _PhysicalLines(handle)
+    reader = csv.reader(lines, delimiter=delimiter)
     try:
-        names = _column_names(path, reader, preset, mapping, options)
+        names, columns = _column_names(path, reader, preset, mapping, options)
     except BaseException:
         handle.close()
         raise
-    return _csv_records(path, handle, reader, names, report)
+    return _csv_records(
+        path, handle, lines, reader, names=names, columns=columns, report=report
+    )
+
+
+MAX_CSV_CELL: Final = 1 << 26  # characters; a longer one is a csv_error
+
+
+class _PhysicalLines:
+    """The lines of a CSV file as its reader takes them, each with its number; lines
+    given back (`again`) are read once more, before the rest of the file."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self._lines = enumerate(handle, 1)
+        self._again: list[tuple[int, str]] = []  # in reverse order
+        self.taken: list[tuple[int, str]] = []  # the lines of the record being read
+
+    def __iter__(self) -> _PhysicalLines:
+        return self
+
+    def __next__(self) -> str:
+        numbered = self._again.pop() if self._again else next(self._lines)
+        self.taken.append(numbered)
+        return numbered[1]
+
+    def again(self, lines: list[tuple[int, str]]) -> None:
+        self._again += reversed(lines)
 
 
 def _csv_records(
-    path: Path, handle: IO[Any], reader: Any, names: list[tuple[str, int]], report: ImportReport
+    path: Path,
+    handle: IO[Any],
+    lines: _PhysicalLines,
+    reader: Any,
+    *,
+    names: list[tuple[str, int]],
+    columns: int | None,
+    report: ImportReport,
 ) -> Iterator[Row]:
+    """The records of a CSV file. A quoted cell may hold line breaks, but a quote that
+    is never closed would take every line after it into one cell: a record over
+    several lines that a strict reader finds unfinished, or with another number of
+    columns than the header, is skipped as a `csv_error` and the lines after its
+    first are read again."""
     width = 1 + max((index for _, index in names), default=-1)
     with handle:
         while True:
+            lines.taken = []
             try:
                 cells = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
                 report.rows += 1
-                report.skip(reader.line_num, "csv_error", str(exc))
+                report.skip(lines.taken[0][0] if lines.taken else 0, "csv_error", str(exc))
                 continue
             except (OSError, EOFError, zlib.error) as exc:
                 raise UnreadableFileError(f"cannot read {path}: {exc}") from exc
+            taken = lines.taken
             if not cells or (len(cells) == 1 and not cells[0].strip()):
                 continue
+            line = taken[0][0]
             report.rows += 1
-            if len(cells) < width:
-                report.skip(reader.line_num, "short_row", f"{len(cells)} of {width} columns")
+            if len(taken) > 1 and _unclosed(taken, reader.dialect, len(cells), columns):
+                report.skip(line, "csv_error", f"a quote on line {line} is never closed")
+                lines.again(taken[1:])
                 continue
-            yield reader.line_num, {name: cells[i] for name, i in names}, "\x1f".join(cells)
+            if len(cells) < width:
+                report.skip(line, "short_row", f"{len(cells)} of {width} columns")
+                continue
+            yield line, {name: cells[i] for name, i in names}, "\x1f".join(cells)
+
+
+def _unclosed(
+    taken: list[tuple[int, str]], dialect: Any, cells: int, columns: int | None
+) -> bool:
+    """Whether a record read over these lines is a quote left open, not a cell with
+    line breaks: unfinished at the end of the file, or not the header's width."""
+    if columns is not None and cells != columns:
+        return True
+    try:
+        list(csv.reader([text for _, text in taken], dialect, strict=True))
+    except csv.Error:
+        return True
+    return False
 
 
 def _column_names(
@@ -681,10 +748,11 @@ def _column_names(
     preset: Preset | None,
     mapping: Mapping[str, str] | None,
     options: CsvOptions,
-) -> list[tuple[str, int]]:
-    """`(name, index)` of every column a row needs; checks the header has them all."""
+) -> tuple[list[tuple[str, int]], int | None]:
+    """`(name, index)` of every column a row needs, and how many columns a row has when
+    the file says (its header); checks the header has every column needed."""
     if preset and not preset.header:
-        return [(alts[0], i) for i, alts in enumerate(preset.columns)]
+        return [(alts[0], i) for i, alts in enumerate(preset.columns)], None
     header_line = preset.header if preset else options.header
     if header_line:
         try:
@@ -698,7 +766,7 @@ def _column_names(
     mapped = dict.fromkeys((mapping or {}).values())
     wanted = preset.columns if preset else tuple((column,) for column in mapped)
     if not header:  # header-less, unnamed: columns are 1-based positions, as in cut and awk
-        return [(alts[0], _position(alts[0])) for alts in wanted]
+        return [(alts[0], _position(alts[0])) for alts in wanted], None
     found = []
     for alts in wanted:
         index = next((header.index(a) for a in alts if a in header), None)
@@ -708,7 +776,7 @@ def _column_names(
                 f"columns are {', '.join(map(repr, header))}"
             )
         found.append((alts[0], index))
-    return found
+    return found, len(header) if header_line else None
 
 
 def _position(column: str) -> int:

@@ -320,7 +320,7 @@ def test_json_lines_can_be_mapped_too(tmp_path: Path) -> None:
 
 def test_row_errors_never_stop_an_import(tmp_path: Path) -> None:
     path = tmp_path / "messy.csv"
-    huge = "x" * 200_000  # past the csv module's field size limit
+    huge = "x" * 200_000  # past the csv module's default field size limit: cut, not refused
     path.write_text(
         "user,type,ts,item\n"
         f'u1,view,1699990000,"{huge}"\n'
@@ -333,15 +333,37 @@ def test_row_errors_never_stop_an_import(tmp_path: Path) -> None:
     )
     mapping = {"user_id": "user", "type": "type", "ts": "ts", "item_id": "item"}
     events, report = run(path, None, mapping)
-    assert len(events) == 1 and report.rows == 5
-    assert set(report.skipped) == {
-        "csv_error",
-        "short_row",
-        "invalid:invalid_value",
-        "invalid:ts_in_future",
-    }
+    assert len(events) == 2 and report.rows == 5
+    assert len(events[0][1]["item_id"]) == 128
+    assert set(report.skipped) == {"short_row", "invalid:invalid_value", "invalid:ts_in_future"}
     assert all(reason in report.examples for reason in report.skipped)
-    assert "5 rows read, 1 produced, 4 skipped" in report.summary()
+    assert "5 rows read, 2 produced, 3 skipped" in report.summary()
+
+
+@pytest.mark.parametrize("preset", ["online-retail", None])
+def test_a_quote_never_closed_costs_its_row_only(tmp_path: Path, preset: str | None) -> None:
+    """The reader took every line after a stray quote into one cell: the rows after it
+    were lost (with a mapping, produced inside the first row's description). A cell
+    with a line break inside its quotes is still one cell."""
+    path = tmp_path / "or.csv"
+    path.write_text(
+        "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+        '536365,85123A,"WHITE HANGING HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom\n'
+        "536365,71053,WHITE METAL LANTERN,6,12/1/2010 8:26,3.39,17850,United Kingdom\n"
+        '536366,22633,"HAND WARMER\nUNION JACK",6,12/1/2010 8:28,1.85,17850,United Kingdom\n'
+        "536367,84879,BIRD ORNAMENT,32,12/1/2010 8:34,1.69,13047,United Kingdom\n",
+        encoding="utf-8",
+    )
+    mapping = {"user_id": "CustomerID", "item_id": "StockCode", "title": "Description",
+               "ts": "InvoiceDate", "price": "UnitPrice"}  # fmt: skip
+    if preset:
+        events, report = run(path, preset)
+    else:
+        events, report = run(path, None, mapping, constants={"type": "view"})
+    titles = [value["title"] for _, value in events]
+    assert titles == ["WHITE METAL LANTERN", "HAND WARMER\nUNION JACK", "BIRD ORNAMENT"]
+    assert report.rows == 4 and report.skipped == {"csv_error": 1}
+    assert report.examples["csv_error"] == "line 2: a quote on line 2 is never closed"
 
 
 # -- clear errors before anything is produced --------------------------------------------------
@@ -418,3 +440,16 @@ def test_parse_pairs_and_parse_ts() -> None:
     assert parse_ts("1511544070", unit="ms") == 1_511_544_070
     assert parse_ts("2017-11-24 17:21:10") == 1_511_544_070_000
     assert parse_ts("2017-11-24T18:21:10+01:00") == 1_511_544_070_000
+
+
+def test_a_json_line_too_large_for_any_worker_is_skipped_not_sent(tmp_path: Path) -> None:
+    """A line over the producer's 1 MiB stopped the import, the valid lines after it
+    unsent; one over the contract's 64 KiB would only be dead-lettered."""
+    path = tmp_path / "big.jsonl"
+    login = '{"event_id": "e%d", "user_id": "u", "type": "login", "ts": 1699990000000}'
+    huge = (login % 9)[:-1] + ', "pad": "' + "x" * 1_100_000 + '"}'
+    path.write_text("\n".join([login % 0, huge, login % 1, login % 2]) + "\n")
+    events, report = run(path)
+    assert [value["event_id"] for _, value in events] == ["e0", "e1", "e2"]
+    assert report.skipped == {"too_large": 1}
+    assert report.examples["too_large"].startswith("line 2: 1100")
