@@ -80,6 +80,7 @@ async def apply_labels(
     kept = await store.load_scored(where)
     await _follow_merges(pending, kept, where, store)
     learnt: dict[tuple[str, str], bytes] = {}  # where -> features with this batch's label
+    lessons: list[tuple[dict[str, float], bool]] = []
     for label, position, place, stored in zip(pending, positions, where, kept, strict=True):
         features = learnt.get(place, stored)
         if features is None:
@@ -90,10 +91,16 @@ async def apply_labels(
         if before is not None and before.fraud is fraud and before.at != position:
             result.outcomes["duplicate"] += 1  # another record with the same verdict
             continue
-        models.learn_label(kept_features(features), fraud)
+        lessons.append((kept_features(features), fraud))
         learnt[place] = with_label(features, LearntLabel(fraud, *position))
         result.outcomes["learnt"] += 1
+    # Learnt once the labels are stored: a store error here is retried with the batch,
+    # which would otherwise teach the model these labels again. A crash in between
+    # teaches them on the replay: a label stored at this record's own position is
+    # no duplicate.
     await store.relabel_scored([(user, event, value) for (user, event), value in learnt.items()])
+    for lesson, fraud in lessons:
+        models.learn_label(lesson, fraud)
     for record in records:
         models.advance(record.topic, record.partition, record.offset)
     return result

@@ -189,8 +189,13 @@ async def fold_batch(
     params: ProfileParams,
     clock: Callable[[], int],
     stages: Stages = Stages(),
+    *,
+    learn: bool = True,
 ) -> FoldedBatch:
     """A batch decoded, its users loaded and folded; `FoldedBatch.write` then writes it.
+
+    `learn=False`: the models score and assign without learning, for a batch
+    they learnt already (folded again after the write before it failed).
 
     Between the two, the store's profile cache holds the profiles of the
     previous batch's write even while that write is under way, so a worker
@@ -201,7 +206,9 @@ async def fold_batch(
     by_user = decode_batch(records, clock(), result, params.currencies.base)
     batch = FoldedBatch(by_user, result, store, params, clock, stages)
     if by_user:
-        batch.writes = await _fold_users(by_user, store, params, clock(), result, stages=stages)
+        batch.writes = await _fold_users(
+            by_user, store, params, clock(), result, stages=stages, learn=learn
+        )
     return batch
 
 

@@ -674,13 +674,15 @@ class BatchWorker:
         ends: dict[TopicPartition, int],
         started: float,
         last: _Writing | None,
+        *,
+        learn: bool = True,
     ) -> FoldedBatch | None:
         """`_fold`; or, when that fails on neither Redis nor Kafka, `_apply_apart` (None).
 
         The fetch `run` held is let go either way when it fails.
         """
         try:
-            return await self._fold(records, ends, started)
+            return await self._fold(records, ends, started, learn=learn)
         except Exception as exc:
             if self.stopping:  # Redis or Kafka gone as we stop: the batch is replayed later
                 self._fetch_again()
@@ -728,8 +730,8 @@ class BatchWorker:
         (`last` is then committed and None); None when it too was applied apart.
         """
         landed = await self._landed(last)
-        if landed is None:
-            again = await self._fold_guarded(records, ends, started, None)
+        if landed is None:  # the models learnt this batch in its first fold
+            again = await self._fold_guarded(records, ends, started, None, learn=False)
             return None if again is None else (again, frozenset(), None)
         if last.previous is not None:
             await last.previous
@@ -840,9 +842,15 @@ class BatchWorker:
         )
 
     async def _fold(
-        self, records: Sequence[SourceRecord], ends: dict[TopicPartition, int], started: float
+        self,
+        records: Sequence[SourceRecord],
+        ends: dict[TopicPartition, int],
+        started: float,
+        *,
+        learn: bool = True,
     ) -> FoldedBatch:
-        """Fold a batch whose next offsets (`next_offsets`) are `ends` (commands first)."""
+        """Fold a batch whose next offsets (`next_offsets`) are `ends` (commands first);
+        `learn=False` when the models learnt it already (folded again)."""
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = started
         self._positions.update(ends)
@@ -852,7 +860,9 @@ class BatchWorker:
         lookups = self._embedding_totals()
         folded = await self._retrying(
             "redis",
-            lambda: fold_batch(events, self.store, self.params, self.clock, self.stages),
+            lambda: fold_batch(
+                events, self.store, self.params, self.clock, self.stages, learn=learn
+            ),
         )
         if lookups is not None:
             metrics.observe_embeddings(lookups, self._embedding_totals() or lookups)

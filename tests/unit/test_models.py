@@ -233,6 +233,15 @@ async def test_a_batch_folded_again_after_its_write_lost_does_not_teach_the_mode
     result = await folded.write()
     assert result.refolded == {"u1"} and result.outcomes["applied"] == len(later)
     assert (models.risk.scored, models.segments.updates) == learnt
+    # A batch the worker folds again after the write before it failed: learnt already.
+    again = [
+        replace(r, offset=r.offset + 100, value=r.value.replace(b'"u1-later-', b'"u1-again-'))
+        for r in later
+    ]
+    stages = Stages(models=models)
+    refolded = await fold_batch(again, store, PARAMS, lambda: NOW, stages, learn=False)
+    assert (await refolded.write()).outcomes["applied"] == len(again)
+    assert (models.risk.scored, models.segments.updates) == learnt
 
 
 async def test_labels_join_the_features_kept_at_scoring_time() -> None:
@@ -255,6 +264,29 @@ async def test_labels_join_the_features_kept_at_scoring_time() -> None:
     assert models.risk.labels == {0: 1, 1: 1}
     replay = await apply_labels(batch, store, models, NOW)  # after a restart from the snapshot
     assert replay.outcomes == {"skipped": 5} and models.risk.labels == {0: 1, 1: 1}
+
+
+async def test_labels_retried_after_a_store_error_are_learnt_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker retries a batch's labels when Redis fails; the model learnt each label
+    before the store refused to keep it, so again with every retry."""
+    store, models = InMemoryProfileStore(), ProfileModels()
+    await run(models, shopper("u1", 2, NOW - 10 * 86_400_000, random.Random(3)), store)  # type: ignore[arg-type]
+    fraud = {"event_id": "u1-p0", "user_id": "u1", "label": 1, "ts": NOW}
+    batch = records([fraud], topic="fraud-labels")
+    keep = store.relabel_scored
+
+    async def failing(values: object) -> None:
+        raise ConnectionError("Redis went away")
+
+    monkeypatch.setattr(store, "relabel_scored", failing)
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            await apply_labels(batch, store, models, NOW)
+    monkeypatch.setattr(store, "relabel_scored", keep)
+    assert (await apply_labels(batch, store, models, NOW)).outcomes == {"learnt": 1}
+    assert models.risk.labels == {0: 0, 1: 1}
 
 
 async def test_a_label_sent_again_is_learnt_once_and_a_corrected_one_again() -> None:
