@@ -104,6 +104,12 @@ def scored_index_key(user_id: str) -> str:
     return f"profile-scored:{user_tag(user_id)}"
 
 
+def scored_erasing_key(user_id: str) -> str:
+    """The index of an erased user's scored features, until the erase has removed them
+    (a profile rebuilt since starts an index of its own)."""
+    return f"profile-scored-erasing:{user_tag(user_id)}"
+
+
 @dataclass(frozen=True, slots=True)
 class Write:
     """One user's new profile and the version it replaces.

@@ -43,6 +43,7 @@ from profiling.store import (
     profile_from_storage,
     profile_key,
     public_fields,
+    scored_erasing_key,
     scored_index_key,
     scored_key,
     script_keys,
@@ -159,6 +160,10 @@ return results
 # the state and gives it the profile's TTL, and the marker apart, which only an
 # erase writes, keeps suppressing older events for the marker's own TTL once that
 # state has expired.
+# KEYS[7] and KEYS[8]: the user's index of scored features and where an erase moves
+# it (`scored_erasing_key`): the caller then drops, or for a merge moves, the
+# features it lists, and deletes it. An erase cut short leaves it for the next
+# call, and a profile rebuilt since keeps its own index.
 # Returns {found}, and for a merge {found, field, value, ..., state} of the profile
 # aside. found: 1 when a profile was removed, 0 when there was none, 2 when the user
 # was already erased at or after that time (a replayed command: nothing is touched,
@@ -171,6 +176,13 @@ local erased = tonumber(marker and string.match(marker, '^{"erased":(%d+)') or '
 local aside, marker_ttl = tonumber(ARGV[4]), tonumber(ARGV[3])
 local found = 2
 if erased < tonumber(ARGV[1]) then
+  local left = redis.call('PTTL', KEYS[7])
+  if left ~= -2 then  -- the index exists: joins what an erase cut short left
+    local kept = redis.call('PTTL', KEYS[8])
+    redis.call('ZUNIONSTORE', KEYS[8], 2, KEYS[8], KEYS[7], 'AGGREGATE', 'MAX')
+    redis.call('DEL', KEYS[7])
+    if left > 0 and kept ~= -1 then redis.call('PEXPIRE', KEYS[8], math.max(left, kept)) end
+  end
   found = redis.call('EXISTS', KEYS[1])
   redis.call('DEL', KEYS[5], KEYS[6])
   if found == 1 and aside > 0 then
@@ -443,12 +455,15 @@ class RedisProfileStore:
         self, user_id: str, at_ms: int, aside_ms: int, merged_into: str | None = None
     ) -> list[Any]:
         self._cache.pop(user_id, None)
-        keys = [*_user_keys([user_id]), aside_key(user_id), aside_state_key(user_id)]
+        erasing = scored_erasing_key(user_id)
+        keys = [*_user_keys([user_id]), aside_key(user_id), aside_state_key(user_id),
+                scored_index_key(user_id), erasing]  # fmt: skip
         args = [at_ms, erased_marker(at_ms, merged_into), self.erased_ttl_ms, aside_ms]
         (reply,) = await eval_pipelined(self.client, self._shas, [(ERASE_SCRIPT, keys, args)])
-        # After the script, not in it: the feature keys are only known from the index.
-        # On every erase, a replayed one too, so a crash in between leaves nothing behind.
-        listed = await self.client.zrange(scored_index_key(user_id), 0, -1)
+        # After the script, not in it: the feature keys are only known from the index,
+        # which the script set aside. On every call, a replayed one too, so a crash in
+        # between leaves nothing behind.
+        listed = await self.client.zrange(erasing, 0, -1)
         event_ids = [as_text(event_id) for event_id in listed]  # type: ignore[arg-type]
         if merged_into:
             await self._move_scored(user_id, event_ids, merged_into)
@@ -474,10 +489,10 @@ class RedisProfileStore:
                 )
 
     async def _drop_scored(self, user_id: str, event_ids: list[str]) -> None:
-        """Delete these scored features of the user, then their index (one hash slot)."""
+        """Delete these scored features of the user, then the index an erase set aside."""
         for chunk in _chunks(event_ids, UNLINK_CHUNK):
             await self.client.unlink(*[scored_key(user_id, event_id) for event_id in chunk])
-        await self.client.unlink(scored_index_key(user_id))
+        await self.client.unlink(scored_erasing_key(user_id))
 
     async def read_profile(self, user_id: str) -> dict[str, str] | None:
         raw = await self.client.hgetall(profile_key(user_id))

@@ -10,6 +10,7 @@ refused write must not bring any key of an erased user back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import orjson
 import redis.asyncio as aioredis
@@ -139,3 +140,39 @@ async def test_a_stale_workers_write_after_an_erase_brings_no_key_back(
     assert result.users_written == 0
     keys = {key.decode() async for key in redis_client.scan_iter(match="*{u}*")}
     assert keys == {state_key("u"), erased_key("u")}
+
+
+async def test_a_replayed_erase_or_merge_leaves_a_rebuilt_profiles_features(
+    redis_client: aioredis.Redis,
+) -> None:
+    """A replayed erase changes nothing: it used to drop the features a profile rebuilt
+    since had scored (their labels then found nothing), and a replayed merge moved
+    them to the account."""
+    store = RedisProfileStore(redis_client)
+    first = Write(Profile("alice", version=1, events=1, updated=T0), 0, (("old", b"\x01"),))
+    assert await store.save([first]) == []
+    assert await store.erase("alice", ERASED_AT) is Erasure.ERASED
+    again = rebuilt("alice")
+    assert await store.save([Write(again.profile, 0, (("new", b"\x02"),))]) == []
+    assert await store.erase("alice", ERASED_AT) is Erasure.REPEATED
+    assert (await store.set_aside("alice", ERASED_AT, "bob"))[0] is Erasure.REPEATED
+    scored = [("alice", "old"), ("alice", "new"), ("bob", "new")]
+    assert await store.load_scored(scored) == [None, b"\x02", None]
+
+
+async def test_an_erase_cut_short_is_finished_by_its_replay(redis_client: aioredis.Redis) -> None:
+    store = RedisProfileStore(redis_client)
+    first = Write(Profile("alice", version=1, events=1, updated=T0), 0, (("old", b"\x01"),))
+    assert await store.save([first]) == []
+
+    async def crash(user_id: str, event_ids: list[str]) -> None:
+        raise ConnectionError("gone after the script")
+
+    store._drop_scored = crash  # type: ignore[method-assign]
+    with contextlib.suppress(ConnectionError):
+        await store.erase("alice", ERASED_AT)
+    store = RedisProfileStore(redis_client)
+    assert await store.load_scored([("alice", "old")]) == [b"\x01"]  # left behind
+    assert await store.erase("alice", ERASED_AT) is Erasure.REPEATED
+    assert await store.load_scored([("alice", "old")]) == [None]
+    assert not await redis_client.keys("profile-scored*")
