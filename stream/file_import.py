@@ -200,6 +200,8 @@ def _parse_datetime(text: str, fmt: str | None, zone: tzinfo) -> int:
 def _cast(name: str, value: Any) -> Any:
     """One event field from a cell (a string) or a JSON value; raises SkipRow when it cannot."""
     try:
+        if isinstance(value, bool) and name in _INT_FIELDS | _FLOAT_FIELDS:
+            raise ValueError(value)  # JSON's true is no 1
         if name in _INT_FIELDS:
             number = float(value)
             if not number.is_integer():
@@ -421,8 +423,10 @@ def _amazon_review(row: Mapping[str, Any], options: CsvOptions) -> dict[str, Any
         "item_id": _cast("item_id", row["asin"]),
         "ts": parse_ts(row["unixReviewTime"], "s"),
     }
-    if row.get("overall") is not None:
-        event["rating"] = _cast("rating", row["overall"])
+    if row.get("overall") not in (None, ""):
+        # A rating is optional: one the contract cannot hold (4.5, true) leaves the review.
+        with contextlib.suppress(SkipRow):
+            event["rating"] = _cast("rating", row["overall"])
     parts = [str(row[k]).strip() for k in ("summary", "reviewText") if row.get(k)]
     if len(parts) == 2 and parts[0][-1:] not in ".!?":
         parts[0] += "."

@@ -302,9 +302,12 @@ class Settings(BaseSettings):
         if not value.strip():
             return {}
         try:
-            return json.loads(value)
+            rates = json.loads(value)
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise ValueError(f"not JSON ({type(exc).__name__}: {exc})") from None
+        if isinstance(rates, dict) and any(isinstance(rate, bool) for rate in rates.values()):
+            raise ValueError("a rate is a number, not true or false")
+        return rates
 
     @field_validator("currency_rates")
     @classmethod

@@ -144,6 +144,7 @@ def test_the_rates_setting_reads_json_and_refuses_what_cannot_convert() -> None:
     for value, why in [
         ("nope", "not JSON"),
         ("[" * 100_000, "not JSON"),  # deeper than the parser goes
+        ('{"EUR": true}', "not true or false"),
         ('{"eur": 1}', "not a currency code"),
         ('{"EUR": 0}', "above 0"),
         ('{"USD": 2}', "its rate is 1"),

@@ -195,6 +195,18 @@ def test_online_retail_ii_header_names_are_understood(tmp_path: Path) -> None:
     assert events[0][1]["amount"] == 83.4 and events[0][1]["user_id"] == "or:13085"
 
 
+def test_an_amazon_rating_the_contract_cannot_hold_leaves_the_review(tmp_path: Path) -> None:
+    """A rating is optional: "" or 4.5 dropped the whole review, and true became 1."""
+    base = {"reviewerID": "R", "asin": "B", "unixReviewTime": 1441324800, "summary": "Fine"}
+    overall: list[object] = ["", 4.5, True, 4]
+    path = tmp_path / "reviews.json"
+    lines = [json.dumps(base | {"overall": o, "summary": str(o)}) for o in overall]
+    path.write_text("\n".join(lines))
+    events, report = run(path, "amazon-reviews")
+    assert [value.get("rating") for _, value in events] == [None, None, None, 4]
+    assert report.produced == 4 and not report.skipped
+
+
 def test_amazon_reviews_preset(tmp_path: Path) -> None:
     review = {
         "overall": 5.0,
