@@ -229,7 +229,7 @@ async def embed_events(
     untitled = {  # `not e.title` first: most events have one, and this runs per event
         e.item_id: item_key(model, e.item_id)
         for e in events
-        if not e.title and e.item_id is not None and _reuses_item(e)
+        if (not e.title or e.title.isspace()) and e.item_id is not None and _reuses_item(e)
     }
     items = await _lookup(list(untitled.values()), lru, shared, encoder.dim) if untitled else []
     reusable = {i: v for i, v in zip(untitled, items, strict=True) if v is not None}
@@ -243,7 +243,7 @@ async def embed_events(
     reused = 0
     for i, event in enumerate(events):
         item, title = event.item_id, event.title
-        if title and event.type in ITEM_TYPES:  # most events: an item's own title
+        if title and event.type in ITEM_TYPES and not title.isspace():  # most: its own title
             slot = texts.setdefault(title, len(texts)) + first_text
             if item:
                 latest[item] = slot
@@ -269,10 +269,12 @@ async def embed_events(
 
 
 def _reuses_item(event: Event) -> bool:
-    """An item event whose text is not its own: no title (a review: no title and no text)."""
-    if event.item_id is None or event.title:
+    """An item event whose text is not its own: no title (a review: no title and no text);
+    a title or text of only white space is none."""
+    if event.item_id is None or (event.title and not event.title.isspace()):
         return False
-    return event.type in ITEM_TYPES or (event.type == "review" and not event.text)
+    untold = not event.text or event.text.isspace()
+    return event.type in ITEM_TYPES or (event.type == "review" and untold)
 
 
 async def _text_vectors(

@@ -63,8 +63,10 @@ DEFAULT_VECTOR_WEIGHTS: Final[Mapping[str, float]] = {
     "login": 0.0,
 }
 # A fold whose result is this small next to its largest term has cancelled
-# itself out: its direction would be rounding noise, so it becomes empty.
-_CANCELLED: Final = 1e-9
+# itself out: its direction would be rounding noise, so it becomes empty. Stored
+# directions are float32, about 1e-7 from the encoder's rows: a sum of terms that
+# cancel across batches leaves that much, so the bound sits well above it.
+_CANCELLED: Final = 1e-5
 
 Vector = npt.NDArray[np.float32]
 
@@ -90,17 +92,23 @@ def event_text(event: Event) -> str | None:
 
     Item events: the title, else brand and category words (`electronics.smartphone`
     reads `electronics smartphone`). Search: the query. Review: the review text,
-    after the item title when there is one. Logins and empty fields: nothing.
+    after the item title when there is one. Logins and empty fields: nothing; a
+    field of only white space is empty too.
     """
     kind = event.type
     if kind in ITEM_TYPES:
-        return event.title or item_fallback_text(event)
+        return _said(event.title) or item_fallback_text(event)
     if kind == "search":
-        return event.query or None
+        return _said(event.query)
     if kind == "review":
-        parts = [part for part in (event.title, event.text) if part]
+        parts = [part for part in (_said(event.title), _said(event.text)) if part]
         return ". ".join(parts) if parts else item_fallback_text(event)
     return None
+
+
+def _said(text: str | None) -> str | None:
+    """`text`, unless it is empty or only white space (which would still encode)."""
+    return text if text and not text.isspace() else None
 
 
 def item_fallback_text(event: Event) -> str | None:

@@ -189,6 +189,21 @@ async def test_an_untitled_item_event_reuses_the_items_vector() -> None:
     assert other.calls == []
 
 
+async def test_a_title_of_white_space_is_no_title() -> None:
+    """It was encoded (to one vector every blank-titled item shared) and became the
+    item's remembered title."""
+    shared, encoder, lru = InMemoryEmbeddingCache(), CountingEncoder(), EmbeddingLRU()
+    await embed_events([event(0, "view", item_id="i1", title="Weber Kettle")], encoder, lru, shared)
+    blank = [
+        event(1, "view", item_id="i1", title=" "),
+        event(2, "view", item_id="i2", title="\t", brand="Garmin", category="sports.watch"),
+        event(3, "search", query="  "),
+    ]
+    got = await embed_events(blank, encoder, lru, shared)
+    assert encoder.encoded == ["Weber Kettle", "Garmin sports watch"]
+    assert len(got.vectors) == 2 and lru.stats.items_reused == 1
+
+
 async def test_a_titled_event_keeps_its_own_title_beside_an_untitled_one() -> None:
     encoder, lru = CountingEncoder(), EmbeddingLRU()
     await embed_events([event(0, "view", item_id="i1", title="Old kettle")], encoder, lru)

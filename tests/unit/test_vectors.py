@@ -228,6 +228,16 @@ def test_a_sum_that_cancels_out_becomes_empty() -> None:
     assert state.long.is_empty and state.long.published() is None
 
 
+def test_a_sum_that_cancels_across_batches_becomes_empty() -> None:
+    """Stored as float32, the first batch's direction is about 1e-7 off the item's row:
+    what was left after the removal passed for a vector (a unit vector of noise)."""
+    v = unit_rows(np.random.default_rng(2), 1)
+    view = Contributions(np.zeros(1, np.intp), np.array([T0]), np.array([0.5]), v)
+    removal = Contributions(np.zeros(1, np.intp), np.array([T0]), np.array([-0.5]), v)
+    state = advance(advance(InterestState.empty(DIM), view, PARAMS), removal, PARAMS)
+    assert state.long.is_empty and state.short.is_empty
+
+
 def test_new_reference_below_the_batch_is_refused() -> None:
     rows = random_rows(1, 3)
     with pytest.raises(ValueError, match="new_ref_ms"):
@@ -248,6 +258,10 @@ def test_event_texts() -> None:
     assert event_text(event("remove_from_cart", item_id="i", title="Kettle")) == "Kettle"
     assert event_text(event("view", item_id="i")) is None
     assert event_text(event("login", success=True)) is None
+    # White space alone says nothing (it would encode all the same, to one vector for all).
+    assert event_text(event("view", item_id="i", title=" ", brand="Garmin")) == "Garmin"
+    assert event_text(event("search", query="\t ")) is None
+    assert event_text(event("review", item_id="i", title="Mixer", text="  ")) == "Mixer"
 
 
 def test_weights_rank_the_event_types() -> None:
