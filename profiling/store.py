@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import enum
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -38,15 +39,16 @@ def user_tag(user_id: str) -> str:
     """The user's part of each of their keys: `{<user_id>}`, a Redis Cluster hash tag,
     so that every key of a user lives in one slot.
 
-    An id with a `}` cannot be its own tag: Redis ends a tag at its first `}`
-    (at the id's very start, an empty tag: each key is hashed whole, into slots
-    of their own), and the rest of the id could make one user's key another's
-    (`profile-scored:{a}:x}` is user `a}:x`'s index and user `a`'s event `x}`).
-    Such an id is tagged by its digest, the id itself after the tag:
-    `{<32 hex digits>}=<user_id>`. A key of an id without `}` has nothing after
-    its tag but a scored event's `:<event_id>`, so the two kinds never meet.
+    Redis ends a tag at its first `}`. An id that starts with one gives an empty
+    tag (each key is then hashed whole, into slots of their own), and one with
+    `}:` in it can make one user's key another's (`profile-scored:{a}:x}` is
+    user `a}:x`'s index and user `a`'s event `x}`). Such ids, and those with
+    `}=`, are tagged by their digest, the id itself after the tag:
+    `{<32 hex digits>}=<user_id>`. No other id gives a key with `}=` after its
+    first `}`, nor two of them one key; every other id, `}` or not, keeps
+    `{<user_id>}`, whose tag is the same for all its keys.
     """
-    if "}" not in user_id:
+    if user_id[:1] != "}" and "}:" not in user_id and "}=" not in user_id:
         return f"{{{user_id}}}"
     return f"{{{hashlib.blake2b(user_id.encode(), digest_size=16).hexdigest()}}}={user_id}"
 
@@ -54,9 +56,27 @@ def user_tag(user_id: str) -> str:
 def user_of_key(key: str, prefix: str = "profile:") -> str:
     """The user id in one of their keys (`profile:{alice}` by default): `user_tag` undone."""
     tag = key[len(prefix) :]
-    if "}" not in tag[1:-1]:
-        return tag[1:-1]
-    return tag[tag.index("}=") + 2 :]
+    end = tag.find("}")
+    if tag[end : end + 2] == "}=" and end == 33:
+        return tag[end + 2 :]
+    return tag[1:-1]
+
+
+def legacy_keys(user_id: str) -> list[str]:
+    """The keys a user whose tag is a digest had under `{<user_id>}` before: an erase
+    removes them too (on a cluster they may lie in several slots). None for the rest.
+
+    Their scored features are not among them: under the old names they may be
+    another user's (`profile-scored:{a}:x}`), and they expire with their TTL.
+    """
+    if user_tag(user_id)[1:-1] == user_id or _DIGEST_TAGGED.match(f"{{{user_id}}}"):
+        return []  # the second: its old names may be another user's keys now
+    kinds = ("profile", "profile-state", "profile-erased", "profile-seen", "profile-aside",
+             "profile-aside-state")  # fmt: skip
+    return [f"{kind}:{{{user_id}}}" for kind in kinds]
+
+
+_DIGEST_TAGGED: Final = re.compile(r"\{[0-9a-f]{32}\}=")
 
 
 def profile_key(user_id: str) -> str:

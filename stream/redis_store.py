@@ -39,6 +39,7 @@ from profiling.store import (
     aside_state_key,
     erased_key,
     erased_marker,
+    legacy_keys,
     merged_into_of,
     profile_from_storage,
     profile_key,
@@ -468,7 +469,15 @@ class RedisProfileStore:
         if merged_into:
             await self._move_scored(user_id, event_ids, merged_into)
         await self._drop_scored(user_id, event_ids)
+        if legacy := legacy_keys(user_id):  # on every call too: written by nothing now
+            await self._drop_legacy(legacy)
         return list(reply)
+
+    async def _drop_legacy(self, legacy: list[str]) -> None:
+        """The keys a user had before their tag became a digest; one key a call, as a
+        cluster may hold them in several slots."""
+        for key in legacy:
+            await self.client.unlink(key)
 
     async def _move_scored(self, user_id: str, event_ids: list[str], to_user_id: str) -> None:
         """Copy these scored features of the user to `to_user_id`, each with the time it

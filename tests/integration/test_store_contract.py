@@ -363,6 +363,23 @@ async def test_redis_ids_with_braces_keep_their_keys_apart(redis_client: aioredi
     ]
 
 
+async def test_redis_an_erase_removes_the_keys_an_id_had_before_its_tag_was_a_digest(
+    redis_client: aioredis.Redis,
+) -> None:
+    """Earlier versions kept `a}:x` under `{a}:x}`: an erase must leave none of it."""
+    old = ["profile:{a}:x}", "profile-state:{a}:x}", "profile-erased:{a}:x}"]
+    await redis_client.hset(old[0], mapping={"version": "3", "events": "3"})
+    await redis_client.set(old[1], b'{"cats":{}}')
+    await redis_client.set(old[2], b'{"erased":1}')
+    await redis_client.set(scored_key("a", "x}"), b"\x01")  # user a's, by the old names too
+    store = RedisProfileStore(redis_client)
+    assert await store.save([Write(rich_profile("a}:x", 1), 0)]) == []
+    await store.erase("a}:x", T0)
+    assert await redis_client.exists(*old) == 0
+    assert await store.read_profile("a}:x") is None
+    assert await store.load_scored([("a", "x}")]) == [b"\x01"]
+
+
 async def test_redis_refused_write_leaves_an_erased_user_only_the_marker(
     redis_client: aioredis.Redis,
 ) -> None:

@@ -9,6 +9,7 @@ from profiling.store import (
     aside_key,
     aside_state_key,
     erased_key,
+    legacy_keys,
     profile_key,
     scored_index_key,
     scored_key,
@@ -19,7 +20,8 @@ from profiling.store import (
 )
 
 # Ids a shop may send (the contract allows any string): braces where a hash tag has them.
-USERS = ["alice", "a", "a}:x", "}evil", "}", "{", "{}", "a{b", "x}y}z", "a}=b", "=b", "ü}ß"]
+USERS = ["alice", "a", "a}:x", "}evil", "}", "{", "{}", "a{b", "x}y}z", "a}=b", "=b", "ü}ß",
+         "}}", "x}", "shop}42", "0123456789abcdef0123456789abcdef}=q"]
 EVENTS = ["e1", "x}", ":", "}=b", "{x}"]
 PER_USER = (profile_key, state_key, erased_key, seen_key, aside_key, aside_state_key,
             scored_index_key)  # fmt: skip
@@ -46,10 +48,15 @@ def test_no_two_users_share_a_key() -> None:
     assert len(owners) == len(USERS) * (len(PER_USER) + len(EVENTS))
 
 
-def test_ids_without_a_closing_brace_keep_the_documented_names() -> None:
+def test_only_ids_a_tag_cannot_carry_change_names() -> None:
+    """Ids with a `}` kept working keys before, unless it came first or before `:`
+    (or `=`, which a digest's tag uses): those keep their names."""
     assert profile_key("alice") == "profile:{alice}"
     assert scored_key("a{b", "x}") == "profile-scored:{a{b}:x}"
-    assert profile_key("a}:x").startswith("profile:{") and profile_key("a}:x").endswith("}=a}:x")
+    assert profile_key("shop}42") == "profile:{shop}42}"
+    for moved in ("}evil", "a}:x", "a}=b"):
+        assert profile_key(moved).endswith("}=" + moved) and legacy_keys(moved)
+    assert legacy_keys("shop}42") == []
 
 
 @pytest.mark.parametrize("user_id", USERS)
