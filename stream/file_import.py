@@ -655,12 +655,12 @@ def _csv_rows(
     lines = _PhysicalLines(handle)
     reader = csv.reader(lines, delimiter=delimiter)
     try:
-        names, columns = _column_names(path, reader, preset, mapping, options)
+        names = _column_names(path, reader, preset, mapping, options)
     except BaseException:
         handle.close()
         raise
     return _csv_records(
-        path, handle, lines, reader, names=names, columns=columns, report=report
+        path, handle, lines, reader, names=names, report=report
     )
 
 
@@ -695,14 +695,17 @@ def _csv_records(
     reader: Any,
     *,
     names: list[tuple[str, int]],
-    columns: int | None,
     report: ImportReport,
 ) -> Iterator[Row]:
     """The records of a CSV file. A quoted cell may hold line breaks, but a quote that
-    is never closed would take every line after it into one cell: a record over
-    several lines that a strict reader finds unfinished, or with another number of
-    columns than the header, is skipped as a `csv_error` and the lines after its
-    first are read again."""
+    is never closed takes the lines after it into one cell: a record over several
+    lines that runs to the end of the file inside quotes, or has fewer columns
+    than a row needs, or is refused (a cell over the size limit), is skipped as a
+    `csv_error`, and the lines after its first are read again.
+
+    A record is named by its last line, as the reader counts lines (its event id
+    hashes that number), and reported at its first.
+    """
     width = 1 + max((index for _, index in names), default=-1)
     with handle:
         while True:
@@ -714,35 +717,32 @@ def _csv_records(
             except csv.Error as exc:
                 report.rows += 1
                 report.skip(lines.taken[0][0] if lines.taken else 0, "csv_error", str(exc))
+                lines.again(lines.taken[1:])
                 continue
             except (OSError, EOFError, zlib.error) as exc:
                 raise UnreadableFileError(f"cannot read {path}: {exc}") from exc
             taken = lines.taken
             if not cells or (len(cells) == 1 and not cells[0].strip()):
                 continue
-            line = taken[0][0]
+            first, last = taken[0][0], taken[-1][0]
             report.rows += 1
-            if len(taken) > 1 and _unclosed(taken, reader.dialect, len(cells), columns):
-                report.skip(line, "csv_error", f"a quote on line {line} is never closed")
+            if len(taken) > 1 and (len(cells) < width or _open_at_end(taken, reader.dialect)):
+                report.skip(first, "csv_error", f"a quote on line {first} is never closed")
                 lines.again(taken[1:])
                 continue
             if len(cells) < width:
-                report.skip(line, "short_row", f"{len(cells)} of {width} columns")
+                report.skip(last, "short_row", f"{len(cells)} of {width} columns")
                 continue
-            yield line, {name: cells[i] for name, i in names}, "\x1f".join(cells)
+            yield last, {name: cells[i] for name, i in names}, "\x1f".join(cells)
 
 
-def _unclosed(
-    taken: list[tuple[int, str]], dialect: Any, cells: int, columns: int | None
-) -> bool:
-    """Whether a record read over these lines is a quote left open, not a cell with
-    line breaks: unfinished at the end of the file, or not the header's width."""
-    if columns is not None and cells != columns:
-        return True
+def _open_at_end(taken: list[tuple[int, str]], dialect: Any) -> bool:
+    """Whether a record read over these lines ran to the end of the file inside quotes
+    (the reader gives such a record as it stands)."""
     try:
         list(csv.reader([text for _, text in taken], dialect, strict=True))
-    except csv.Error:
-        return True
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
     return False
 
 
@@ -752,11 +752,10 @@ def _column_names(
     preset: Preset | None,
     mapping: Mapping[str, str] | None,
     options: CsvOptions,
-) -> tuple[list[tuple[str, int]], int | None]:
-    """`(name, index)` of every column a row needs, and how many columns a row has when
-    the file says (its header); checks the header has every column needed."""
+) -> list[tuple[str, int]]:
+    """`(name, index)` of every column a row needs; checks the header has them all."""
     if preset and not preset.header:
-        return [(alts[0], i) for i, alts in enumerate(preset.columns)], None
+        return [(alts[0], i) for i, alts in enumerate(preset.columns)]
     header_line = preset.header if preset else options.header
     if header_line:
         try:
@@ -770,7 +769,7 @@ def _column_names(
     mapped = dict.fromkeys((mapping or {}).values())
     wanted = preset.columns if preset else tuple((column,) for column in mapped)
     if not header:  # header-less, unnamed: columns are 1-based positions, as in cut and awk
-        return [(alts[0], _position(alts[0])) for alts in wanted], None
+        return [(alts[0], _position(alts[0])) for alts in wanted]
     found = []
     for alts in wanted:
         index = next((header.index(a) for a in alts if a in header), None)
@@ -780,7 +779,7 @@ def _column_names(
                 f"columns are {', '.join(map(repr, header))}"
             )
         found.append((alts[0], index))
-    return found, len(header) if header_line else None
+    return found
 
 
 def _position(column: str) -> int:

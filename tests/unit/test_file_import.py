@@ -5,6 +5,7 @@ Each test writes a few lines of its own; none reads the shared data folder.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+import stream.file_import
 from profiling.events import Event, decode_event
 from stream.file_import import (
     CsvOptions,
@@ -22,6 +24,7 @@ from stream.file_import import (
     UnknownPresetError,
     UnreadableFileError,
     estimated_taobao_price,
+    natural_event_id,
     parse_pairs,
     parse_ts,
     read_events,
@@ -452,6 +455,45 @@ def test_parse_pairs_and_parse_ts() -> None:
     assert parse_ts("1511544070", unit="ms") == 1_511_544_070
     assert parse_ts("2017-11-24 17:21:10") == 1_511_544_070_000
     assert parse_ts("2017-11-24T18:21:10+01:00") == 1_511_544_070_000
+
+
+def test_a_cell_with_line_breaks_is_one_cell_however_wide_its_row(tmp_path: Path) -> None:
+    """A row narrower than its header (but with every column mapped) and a quote closed
+    on a later line, beside a cell a strict reader refuses: one row each, as before,
+    and a multi-line row keeps the event id it had (its last line's number)."""
+    path = tmp_path / "notes.tsv"
+    path.write_text(
+        "user\titem\ttype\tts\ttitle\textra\n"
+        "u1\ti1\tview\t1700000000\tKettle\tx\n"
+        'u2\ti2\tview\t1700000001\t"Deliver to:\n12 High St, London"\n'
+        'u3\t"i3"x\tview\t1700000002\t"two\nlines"\ty\n',
+        encoding="utf-8",
+    )
+    mapping = {"user_id": "user", "item_id": "item", "type": "type", "ts": "ts", "title": "title"}
+    events, report = run(path, None, mapping)
+    assert [value["user_id"] for _, value in events] == ["u1", "u2", "u3"]
+    assert report.rows == 3 and not report.skipped
+    cells = ["u2", "i2", "view", "1700000001", "Deliver to:\n12 High St, London"]
+    assert events[1][1]["event_id"] == natural_event_id("f", "4\x1f" + "\x1f".join(cells))
+
+
+def test_a_quote_never_closed_past_the_cell_size_limit_gives_its_lines_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader refuses a cell past its limit: the lines the open quote took were
+    dropped with it (a million rows in a large file)."""
+    limit = csv.field_size_limit()
+    monkeypatch.setattr(stream.file_import, "MAX_CSV_CELL", 1000)
+    rows = [f"u{i},view,1699990000,i{i}" for i in range(100)]
+    path = tmp_path / "open.csv"
+    path.write_text("user,type,ts,item\n" + 'u0,view,1699990000,"i0\n' + "\n".join(rows) + "\n")
+    try:
+        csv.field_size_limit(1000)
+        events, report = run(path, None, {"user_id": "user", "type": "type", "ts": "ts",
+                                          "item_id": "item"})  # fmt: skip
+    finally:
+        csv.field_size_limit(limit)
+    assert len(events) == 100 and report.skipped == {"csv_error": 1}
 
 
 def test_a_json_line_too_large_for_any_worker_is_skipped_not_sent(tmp_path: Path) -> None:
