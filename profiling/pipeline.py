@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Final, Protocol
 
+import orjson
+
 from profiling.errors import StoreConflictError
 from profiling.events import KEY_MISMATCH, Event, Rejection, decode_event, forwarded_event
 from profiling.interests import InterestModel
@@ -344,7 +346,9 @@ def _record(outcome: Outcome, result: BatchResult, stages: Stages, partition: in
         result.held_back[profile.user_id] = (partition, profile.published_at)
     if outcome.wrote or replay:  # a replay sends the last writes' alerts again
         alerts = profile.alerts_before + profile.alerts if replay else profile.alerts
-        result.alerts.extend((profile.user_id, alert.encode()) for alert in alerts)
+        # Keyed by the alert's own user: a merged visitor's alerts go out again with
+        # the account's replay (`profiling.merging`), under the visitor's key.
+        result.alerts.extend((orjson.loads(alert)["user_id"], alert.encode()) for alert in alerts)
 
 
 def _change_message(profile: Profile, changed: AbstractSet[str], stages: Stages) -> bytes:

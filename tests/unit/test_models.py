@@ -175,6 +175,27 @@ async def test_the_alerts_of_a_batch_replayed_after_a_merge_go_out_again() -> No
     assert again.outcomes["applied"] == 0 and again.alerts == first.alerts
 
 
+async def test_a_merged_visitors_alerts_go_out_again_under_the_visitors_key() -> None:
+    """A batch wrote the visitor (alerts raised) and the account; the merge landed before
+    its acks. Its replay sends the visitor's alerts again with the account's (the
+    merged profile keeps both), each under its own user's key, not the account's."""
+    store, models = InMemoryProfileStore(), ProfileModels(alert_threshold=0.5)
+    rng = random.Random(2)
+    history = [b for u in range(100) for b in shopper(f"u{u}", 6, NOW - 40 * 86_400_000, rng)]
+    await run(models, sorted(history, key=lambda b: b["ts"]), store)  # type: ignore[arg-type]
+    view = {"event_id": "u8-v", "user_id": "u8", "type": "view", "ts": NOW, "item_id": "i2"}
+    batch = records([*takeover("u7", NOW - 3_600_000), view], start=10_000)
+    stages = Stages(models=models)
+    first = await apply_batch(batch, store, PARAMS, lambda: NOW, stages)
+    assert first.alerts and {key for key, _ in first.alerts} == {"u7"}
+    body = {"command": "merge", "from_user_id": "u7", "user_id": "u8"}
+    merge = Record("profile-commands", 0, 0, b"u8", orjson.dumps(body), NOW)
+    merged = await apply_commands([merge], store, NOW + 1, PARAMS, stages)
+    assert merged.commands == {("merge", "merged"): 1}
+    replay = await apply_batch(batch, store, PARAMS, lambda: NOW + 2, stages)
+    assert replay.alerts == first.alerts  # keyed u7, as their bodies say
+
+
 async def test_an_alert_is_raised_once_and_replayed_identically() -> None:
     store, models = InMemoryProfileStore(), ProfileModels(alert_threshold=0.5)
     rng = random.Random(2)
