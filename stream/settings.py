@@ -131,7 +131,7 @@ class Settings(BaseSettings):
         le=MAX_SECONDS,
         description=(
             "a partition's held-back ledger in Redis expires this long after its last save"
-            " (0 keeps it)"
+            " (at least the heartbeat; 0 keeps it)"
         ),
     )
     profile_ttl_s: int = Field(

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -223,6 +224,14 @@ class _Writing(NamedTuple):
     started: float
 
 
+def ledger_ttl_ms(settings: Settings) -> int:
+    """The held-back ledger's TTL: the setting, but never below the heartbeat (a ledger
+    that expired before its users were due would lose them when a worker died)."""
+    if not settings.held_back_ttl_s:
+        return 0
+    return max(settings.held_back_ttl_s * 1000, math.ceil(settings.heartbeat_s * 1000))
+
+
 def _refused(exc: BaseException) -> bool:
     """Whether Redis refused the command itself: it would refuse it again, every time.
 
@@ -328,9 +337,7 @@ class BatchWorker:
         self._held: list[TopicPartition] = []  # paused while a batch is folded
         self.held_back = HeldBackIndex(self.params.heartbeat_ms)
         # The index's copy in Redis.
-        self.ledger = HeldBackLedger(
-            self.redis, settings.group_id, ttl_ms=settings.held_back_ttl_s * 1000
-        )
+        self.ledger = HeldBackLedger(self.redis, settings.group_id, ttl_ms=ledger_ttl_ms(settings))
         self._ledger_saving = asyncio.Lock()  # the ledger's changes go out in the index's order
         self._handing_off: Taken = {}  # users of partitions let go, waiting for a write
         # How often the loop publishes held-back changes that came due.

@@ -164,3 +164,4 @@ def test_a_kafka_time_beyond_32_bits_is_refused_at_start(field: str) -> None:
     with pytest.raises(ValidationError) as refused:
         Settings(**{field: 2**31})  # type: ignore[arg-type]
     assert [error["loc"] for error in refused.value.errors()] == [(field,)]
+

@@ -20,7 +20,7 @@ from redis.exceptions import (
 import stream.worker
 from profiling.pipeline import Record
 from stream.settings import Settings
-from stream.worker import BatchWorker, _Assignment, next_offsets
+from stream.worker import BatchWorker, _Assignment, ledger_ttl_ms, next_offsets
 
 
 def test_next_offsets_per_partition_and_topic() -> None:
@@ -162,3 +162,9 @@ def test_a_failed_periodic_snapshot_is_logged_not_raised(
 
     asyncio.run(run())
     assert f"model snapshot failed (next try in 60.0s): {type(error).__name__}" in caplog.text
+
+
+def test_the_held_back_ledger_outlives_the_heartbeat() -> None:
+    assert ledger_ttl_ms(Settings(heartbeat_s=60, held_back_ttl_s=600)) == 600_000
+    assert ledger_ttl_ms(Settings(heartbeat_s=900.5, held_back_ttl_s=600)) == 900_500
+    assert ledger_ttl_ms(Settings(heartbeat_s=900, held_back_ttl_s=0)) == 0  # kept
