@@ -125,7 +125,7 @@ async def prometheus_metrics(web: Any, request: Any) -> Any:
     return web.bytes(metrics.exposition(), content_type="text/plain; version=0.0.4")
 
 
-@app.page("/profile/{user_id}")
+@app.page("/profile/{user_id:.+}")  # any id: `{`, `}` and `/` too
 async def profile_page(web: Any, request: Any, user_id: str) -> Any:
     body = await read_profile_json(settings.redis_url, user_id, cluster=settings.redis_cluster)
     if body is None:

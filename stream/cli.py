@@ -345,7 +345,8 @@ def status(
 
     base = _worker_url(url) if url else f"http://localhost:{load_settings().web_port}"
     try:
-        with urllib.request.urlopen(f"{base}/ready", timeout=5) as reply:
+        # The worker answers within about twice its checks' bound (READY_TIMEOUT_S).
+        with urllib.request.urlopen(f"{base}/ready", timeout=10) as reply:
             body, code = reply.read(), reply.status
     except urllib.error.HTTPError as exc:
         body, code = exc.read(), exc.code

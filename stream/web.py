@@ -8,6 +8,7 @@ worker that is up from one that is useful. The Faust app serves the same paths.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -22,24 +23,39 @@ READY_TIMEOUT_S = 2.0
 
 
 async def readiness(worker: BatchWorker, max_lag: int) -> dict[str, Any]:
-    """What `/ready` and `profiler status` report: each check and the verdict."""
+    """What `/ready` and `profiler status` report: each check and the verdict.
+
+    Redis and the broker are asked at once, each for at most `READY_TIMEOUT_S`. The
+    lag counts every partition the worker owns; one whose lag is not known yet
+    (no fetch has told its end) is listed under `lag_unknown`, and the worker is
+    not ready until it knows: right after an assignment it may be far behind.
+    """
     checks: dict[str, Any] = {}
-    try:
-        checks["redis"] = bool(await worker.redis.ping())
-    except Exception as exc:  # any failure means "not ready", and says why
-        checks["redis"] = f"error: {exc}"
-    checks["broker"] = await worker.broker_reachable()
+    checks["redis"], checks["broker"] = await asyncio.gather(
+        _redis_answers(worker), worker.broker_reachable()
+    )
     partitions = sorted(f"{tp.topic}:{tp.partition}" for tp in worker.assignment.partitions)
     checks["partitions"] = partitions
-    lag = worker.consumer_lag()
+    lag, unknown = await worker.lag_now(READY_TIMEOUT_S)
     checks["lag"] = sum(lag.values())
+    checks["lag_unknown"] = sorted(f"{tp.topic}:{tp.partition}" for tp in unknown)
     ready = (
         checks["redis"] is True
         and checks["broker"] is True
         and bool(partitions)
+        and not unknown
         and checks["lag"] <= max_lag
     )
     return {"ready": ready, "checks": checks, "max_lag": max_lag}
+
+
+async def _redis_answers(worker: BatchWorker) -> bool | str:
+    try:
+        return bool(await asyncio.wait_for(worker.redis.ping(), READY_TIMEOUT_S))
+    except TimeoutError:
+        return f"error: no answer within {READY_TIMEOUT_S:g} s"
+    except Exception as exc:  # any failure means "not ready", and says why
+        return f"error: {exc}"
 
 
 def build_app(worker: BatchWorker, max_lag: int) -> web.Application:
@@ -73,7 +89,7 @@ def build_app(worker: BatchWorker, max_lag: int) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", prometheus)
-    app.router.add_get("/profile/{user_id}", profile)
+    app.router.add_get("/profile/{user_id:.+}", profile)  # any id: `{`, `}` and `/` too
     return app
 
 

@@ -418,6 +418,35 @@ class BatchWorker:
                 lag[tp] = max(0, highwater - position)
         return lag
 
+    async def lag_now(
+        self, timeout_s: float
+    ) -> tuple[dict[TopicPartition, int], list[TopicPartition]]:
+        """`consumer_lag` for every owned partition, and those whose lag is not known yet.
+
+        A partition no batch has come from yet counts from the consumer's position
+        (the committed offset after an assignment), asked for at most `timeout_s`
+        for all of them; one whose end no fetch has told yet is not known.
+        """
+        lag, unknown, asked = {}, [], []
+        for tp in self.assignment.partitions:
+            highwater, position = self.consumer.highwater(tp), self._positions.get(tp)
+            if highwater is None:
+                unknown.append(tp)
+            elif position is None:
+                asked.append((tp, highwater))
+            else:
+                lag[tp] = max(0, highwater - position)
+        if asked:
+            try:
+                positions = await asyncio.wait_for(
+                    asyncio.gather(*(self.consumer.position(tp) for tp, _ in asked)), timeout_s
+                )
+            except (KafkaError, IllegalStateError, TimeoutError):  # given back, or no answer
+                return lag, unknown + [tp for tp, _ in asked]
+            for (tp, highwater), position in zip(asked, positions, strict=True):
+                lag[tp] = max(0, highwater - position)
+        return lag, unknown
+
     def request_stop(self) -> None:
         """Finish the batch in flight, commit it, and return from `run()` (SIGTERM)."""
         self._stopping.set()

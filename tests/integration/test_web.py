@@ -10,7 +10,7 @@ import orjson
 from stream.devstack import free_port
 from stream.producing import send_records
 from stream.settings import Settings
-from stream.web import start_web
+from stream.web import readiness, start_web
 from stream.worker import BatchWorker, wall_clock_ms
 
 
@@ -34,7 +34,8 @@ async def wait_for_status(port: int, path: str, status: int, timeout_s: float = 
 
 async def test_health_ready_metrics_and_profile_lookup(topics: Settings) -> None:
     event = {"event_id": "w1", "user_id": "ada", "type": "login", "ts": wall_clock_ms()}
-    await send_records(topics, [(b"ada", orjson.dumps(event))])
+    braced = {**event, "event_id": "w2", "user_id": "{x}/1"}  # the route took no brace
+    await send_records(topics, [(b"ada", orjson.dumps(event)), (b"{x}/1", orjson.dumps(braced))])
     worker = BatchWorker(topics)
     await worker.start()
     port = free_port()
@@ -53,6 +54,8 @@ async def test_health_ready_metrics_and_profile_lookup(topics: Settings) -> None
         assert profile["user_id"] == "ada" and profile["count:login"] == 1
         code, _ = await get(port, "/profile/nobody")
         assert code == 404
+        braced_profile = orjson.loads(await wait_for_status(port, "/profile/%7Bx%7D%2F1", 200))
+        assert braced_profile["user_id"] == "{x}/1"
 
         code, text = await get(port, "/metrics")
         assert code == 200
@@ -87,6 +90,33 @@ async def test_ready_fails_when_lag_exceeds_the_bound(topics: Settings) -> None:
         assert report["ready"] is False and report["checks"]["lag"] > 0
     finally:
         await web.cleanup()
+        await worker.close()
+
+
+async def test_a_worker_with_a_backlog_is_not_ready_before_its_first_batch(
+    topics: Settings,
+) -> None:
+    """Lag counted only partitions a batch had come from: a worker just given partitions
+    with a backlog said ready, with a lag of 0."""
+    now = wall_clock_ms()
+    logins = [
+        {"event_id": f"b{i}", "user_id": f"u{i}", "type": "login", "ts": now} for i in range(60)
+    ]
+    events = [(login["user_id"].encode(), orjson.dumps(login)) for login in logins]
+    await send_records(topics, events)
+    worker = BatchWorker(topics)
+    await worker.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            report = await readiness(worker, max_lag=10)
+            if report["checks"]["partitions"] and not report["checks"]["lag_unknown"]:
+                break
+            assert report["ready"] is False  # partitions or their ends not known yet
+            assert asyncio.get_running_loop().time() < deadline, report
+            await asyncio.sleep(0.1)
+        assert report["ready"] is False and report["checks"]["lag"] == len(events)
+    finally:
         await worker.close()
 
 
