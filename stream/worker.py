@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Final, NamedTuple, TypeVar
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from redis.exceptions import (
@@ -1085,7 +1086,10 @@ class BatchWorker:
             metrics.COMMANDS.labels(command, outcome).inc(count)
         for error, count in result.errors.items():
             metrics.DEAD_LETTERS.labels(error).inc(count)
-            metrics.EVENTS.labels("unknown", "dead_lettered").inc(count)
+        topic = self.settings.topic_events  # not labels or commands: they have their own
+        events = sum(orjson.loads(body)["topic"] == topic for _, body in result.dead_letters)
+        if events:
+            metrics.EVENTS.labels("unknown", "dead_lettered").inc(events)
         now_ms = self.clock()
         for ts in result.event_ts[:: max(1, len(result.event_ts) // 100)]:
             metrics.EVENT_TO_STORE_SECONDS.observe(max(0.0, (now_ms - ts) / 1000))

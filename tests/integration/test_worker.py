@@ -251,9 +251,12 @@ async def test_dead_letters_of_every_topic_are_counted_by_error_code(make_settin
                        topic=settings.topic_commands)  # fmt: skip
     await send_records(settings, [(b"u", b'{"label": 7}')], topic=settings.topic_labels)
     await send_records(settings, [(b"u", b"not json")])
+    events = metrics.EVENTS.labels("unknown", "dead_lettered")
+    before = events._value.get()
     stats = await drain(settings, idle_s=2.0)
     assert stats.errors == {"invalid_command": 1, "invalid_label": 1, "invalid_json": 1}
     assert stats.dead_letters == 3
+    assert events._value.get() - before == 1  # the event: labels and commands count apart
 
 
 async def test_spend_is_counted_in_one_currency_and_money_without_a_rate_is_told(
