@@ -79,7 +79,14 @@ class InterestModel:
             self.params,
             slot=embedded.slots,
         )
-        stored = [o.profile.interest or _NOTHING_STORED for o in written]
+        # Vectors another encoder wrote are in another space (most encoders give 384
+        # dimensions): folding them with this one's would mix the two. Start again.
+        model = self.encoder.model_id
+        stored = [
+            o.profile.interest if o.profile.interest and o.profile.model in (model, None)
+            else _NOTHING_STORED
+            for o in written
+        ]  # fmt: skip
         dim = self.encoder.dim
         long = Horizon.from_stored([s.vec_long for s in stored], [s.log2_long for s in stored], dim)
         short = Horizon.from_stored(

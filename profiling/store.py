@@ -277,6 +277,25 @@ def vector_fields(profile: Profile, since: Profile | None = None) -> dict[str, b
     return {name: value for name, value, old in pairs if value is not None and value != old}
 
 
+def gone_vector_fields(profile: Profile, since: Profile | None = None) -> list[str]:
+    """The vector fields a write must delete: vectors the profile no longer has (another
+    encoder's, dropped). With `since`, only those it had; without, any a profile of
+    the vector stage (`model` set) may have left."""
+    interest = profile.interest
+    now = (interest.vec_long, interest.vec_short) if interest else (None, None)
+    if since is None:
+        if profile.model is None:
+            return []
+        had: tuple[bytes | None, ...] = (b"", b"")  # unknown: maybe
+    else:
+        before = since.interest
+        had = (before.vec_long, before.vec_short) if before else (None, None)
+    return [
+        name for name, new, old in zip(VECTOR_FIELDS, now, had, strict=True)
+        if new is None and old is not None
+    ]  # fmt: skip
+
+
 def state_blob(profile: Profile) -> bytes:
     """The `profile-state:{u}` value: what the engine needs that readers do not.
 
@@ -409,7 +428,10 @@ class InMemoryProfileStore:
                 conflicts.append(user_id)
                 continue
             self._hashes.setdefault(user_id, {}).update(public_fields(write.profile))
-            self._vectors.setdefault(user_id, {}).update(vector_fields(write.profile))
+            vectors = self._vectors.setdefault(user_id, {})
+            vectors.update(vector_fields(write.profile))
+            for name in gone_vector_fields(write.profile):
+                vectors.pop(name, None)
             self._states[user_id] = state_blob(write.profile)
             for event_id, features in write.scored:
                 self._scored[(user_id, event_id)] = features

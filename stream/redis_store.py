@@ -39,6 +39,7 @@ from profiling.store import (
     aside_state_key,
     erased_key,
     erased_marker,
+    gone_vector_fields,
     legacy_keys,
     merged_into_of,
     profile_from_storage,
@@ -94,7 +95,8 @@ return out
 #       expected updated stamp or 0 for any, 1 to delete an earlier version's
 #       dedupe key, expected erasure time or 0 for none, scored events: [] or
 #       [KEYS index of the user's scored index, ARGV index of the first event's
-#       features, number of events, time of the write (ms)]], ...],
+#       features, number of events, time of the write (ms)], vector fields to
+#       delete], ...],
 #       one entry per user, the scored features' TTL in seconds, then the binary
 #       values: vectors, state blobs and scored features, which JSON cannot carry
 #       (the state ends in raw digests).
@@ -136,6 +138,7 @@ for u = 1, #writes do
     end
     local binary = write[4]
     for j = 1, #binary, 2 do redis.call('HSET', KEYS[k], binary[j], ARGV[binary[j + 1]]) end
+    if #write[9] > 0 then redis.call('HDEL', KEYS[k], unpack(write[9])) end
     redis.call('SET', KEYS[k + 1], ARGV[write[2]])
     if write[6] == 1 then redis.call('DEL', KEYS[k + 2]) end
     if ttl > 0 then
@@ -576,6 +579,7 @@ def _write_entry(
         legacy,
         write.profile.erased_before,
         _scored_entry(write, keys, binary),
+        gone_vector_fields(write.profile, since),
     ]
 
 

@@ -380,6 +380,27 @@ async def test_redis_an_erase_removes_the_keys_an_id_had_before_its_tag_was_a_di
     assert await store.load_scored([("a", "x}")]) == [b"\x01"]
 
 
+@pytest.mark.parametrize("cached", [True, False])
+async def test_redis_vectors_a_profile_no_longer_has_leave_the_hash(
+    redis_client: aioredis.Redis, cached: bool
+) -> None:
+    """Another encoder's vectors are dropped, not folded: their bytes stayed in the hash,
+    beside the new `model`, where readers took them for the new encoder's."""
+    vectors = StoredInterest(bytes(range(256)) * 6, bytes(6 * 256), 0.5, -1.0)
+    first = replace(rich_profile(version=1), interest=vectors, model="encoder-a")
+    store = RedisProfileStore(redis_client)
+    assert await write(store, first, 0) == []
+    no_short = replace(first, version=2, interest=replace(vectors, vec_short=None, log2_short=None))
+    later = replace(first, version=3, interest=StoredInterest(), model="encoder-b")
+    if not cached:
+        store = RedisProfileStore(redis_client)
+    assert await store.save([Write(no_short, 1, (), first.updated)]) == []
+    assert await redis_client.hexists(profile_key("alice"), "vec_short") == 0
+    assert await store.save([Write(later, 2, (), first.updated)]) == []
+    stored = await store.read_profile("alice")
+    assert stored is not None and "vec_long" not in stored and stored["model"] == "encoder-b"
+
+
 async def test_redis_refused_write_leaves_an_erased_user_only_the_marker(
     redis_client: aioredis.Redis,
 ) -> None:

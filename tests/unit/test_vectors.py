@@ -415,6 +415,28 @@ async def test_the_model_publishes_when_the_long_vector_drifts() -> None:
     assert interest.sketch == drift_sketch(decode_vector(interest.vec_long)) != sketch_before
 
 
+async def test_another_encoders_vectors_are_not_folded_with_this_ones() -> None:
+    """Most encoders give 384 dimensions: the stored sum of another one was folded with
+    this one's vectors (a space of its own) and labelled with this one's name."""
+    store, quiet = InMemoryProfileStore(), ProfileParams()
+    before, after = HashingEncoder(dim=DIM, seed=1), HashingEncoder(dim=DIM, seed=2)
+
+    async def send(encoder: HashingEncoder, offset: int, user: str, kind: str) -> None:
+        record = shop_record(offset, user, kind, T0 + offset, item_id="s", title="iron skillet")
+        stages = Stages(interests=InterestModel(encoder, EmbeddingLRU(), params=PARAMS))
+        assert not (await apply_batch([record], store, quiet, lambda: T0, stages)).dead_letters
+
+    for user in ("u1", "u2"):
+        await send(before, 0, user, "view")
+    await send(after, 10, "u1", "view")
+    await send(after, 10, "u2", "login")  # no text: nothing of the earlier encoder stays
+    u1, u2 = (await store.load(["u1", "u2"])).values()
+    assert u1.model == after.model_id and u1.interest and u1.interest.vec_long
+    own = after.encode(["iron skillet"])[0]
+    assert float(decode_vector(u1.interest.vec_long) @ own) == pytest.approx(1.0, abs=1e-5)
+    assert u2.model == after.model_id and u2.interest and u2.interest.vec_long is None
+
+
 async def assert_same_vectors_whole_and_split(batch: list[Record], cuts: list[int]) -> None:
     """u1's vectors from `batch` in one batch and cut at `cuts` are the same."""
 
