@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ import numpy as np
 from profiling.encoder import Encoder, Vectors
 from profiling.events import Event
 from profiling.vectors import ITEM_TYPES, Vector, encode_vector, event_text
+
+log = logging.getLogger("profiler.embeddings")
 
 DEFAULT_CAPACITY: Final = 50_000  # ~80 MB of 384-d float32 vectors
 DEFAULT_TTL_S: Final = 7 * 86_400
@@ -297,7 +300,14 @@ async def _text_vectors(
         encoded = await asyncio.to_thread(encoder.encode, [texts[i] for i in missing])
         lru.stats.encoded += len(missing)
         fresh = [(keys[i], _frozen_copy(row)) for i, row in zip(missing, encoded, strict=True)]
-        await _store(fresh, lru, shared, ttl_s)
+        finite = np.isfinite(encoded).all(axis=1).tolist()
+        if not all(finite):  # an encoder that overflowed: no vector, and nothing cached
+            log.warning("the encoder gave %d of %d texts a vector that is not finite: "
+                        "they count as no text", finite.count(False), len(finite))  # fmt: skip
+            nothing = _frozen_copy(np.zeros(encoder.dim, dtype=np.float32))
+            fresh = [(k, v if ok else nothing) for (k, v), ok in zip(fresh, finite, strict=True)]
+        kept = [entry for entry, ok in zip(fresh, finite, strict=True) if ok]
+        await _store(kept, lru, shared, ttl_s)
         for i, (_, row) in zip(missing, fresh, strict=True):
             found[i] = row
     return cast("list[Vector]", found)  # every None was just filled
@@ -320,7 +330,10 @@ async def _remember_items(
     for item_id, slot in titles.items():
         key, vector = item_key(model, item_id), vectors[slot]
         known = peek(key)
-        if known is None or (known is not vector and not np.array_equal(known, vector)):
+        # Zeros: a title the encoder gave no finite vector, remembered by nobody.
+        if (known is None or (known is not vector and not np.array_equal(known, vector))) and (
+            vector.any()
+        ):
             changed.append((key, vector))
     await _store(changed, lru, shared, ttl_s)
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from profiling.embedding_cache import EmbeddingLRU
+from profiling.embedding_cache import EmbeddingLRU, InMemoryEmbeddingCache, text_key
 from profiling.encoder import HashingEncoder
 from profiling.events import Event
 from profiling.interests import InterestModel
@@ -435,6 +435,34 @@ async def test_another_encoders_vectors_are_not_folded_with_this_ones() -> None:
     own = after.encode(["iron skillet"])[0]
     assert float(decode_vector(u1.interest.vec_long) @ own) == pytest.approx(1.0, abs=1e-5)
     assert u2.model == after.model_id and u2.interest and u2.interest.vec_long is None
+
+
+class OverflowingEncoder(HashingEncoder):
+    """A hashing encoder whose rows for one text are NaN, as an fp16 overflow gives."""
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        rows = super().encode(texts)
+        rows[[text == "overflow" for text in texts]] = np.nan
+        return rows
+
+
+async def test_a_vector_the_encoder_could_not_give_leaves_the_users_interest() -> None:
+    """A NaN row was cached (Redis too) and emptied the user's vectors in the fold."""
+    encoder, store, shared = (
+        OverflowingEncoder(dim=DIM),
+        InMemoryProfileStore(),
+        InMemoryEmbeddingCache(),
+    )
+    model = InterestModel(encoder, EmbeddingLRU(), shared, params=PARAMS)
+    for offset, title in ((0, "iron skillet"), (1, "overflow")):
+        record = shop_record(offset, "u1", "view", T0 + offset, item_id=title, title=title)
+        await apply_batch([record], store, ProfileParams(), lambda: T0, Stages(interests=model))
+    interest = (await store.load(["u1"]))["u1"].interest
+    assert interest is not None and interest.vec_long is not None
+    own = encoder.encode(["iron skillet"])[0]
+    assert float(decode_vector(interest.vec_long) @ own) == pytest.approx(1.0, abs=1e-5)
+    assert not any(np.isnan(np.frombuffer(v, "<f4")).any() for v in shared.values.values())
+    assert text_key(encoder.model_id, "overflow") not in shared.values
 
 
 async def assert_same_vectors_whole_and_split(batch: list[Record], cuts: list[int]) -> None:
