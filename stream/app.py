@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import faust
 from mode import Service
 
-from stream import metrics
+from stream import kafka, metrics
 from stream.lookup import read_profile_json
 from stream.preflight import check_servers
 from stream.runner import settle_heap
@@ -31,9 +31,26 @@ from stream.worker import BatchWorker, stop_within
 log = logging.getLogger("profiler.app")
 settings = Settings()
 
+
+def broker_credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:
+    """Faust's own clients' security: the one the batch worker's clients get
+    (`stream.kafka.security_options`), SSL and SASL alike."""
+    options = kafka.security_options(settings)
+    context = options.get("ssl_context")
+    if settings.kafka_security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"],
+            password=options["sasl_plain_password"],
+            ssl_context=context,
+            mechanism=options["sasl_mechanism"],
+        )
+    return faust.SSLCredentials(context) if context is not None else None
+
+
 app = faust.App(
     f"{settings.group_id}-faust",
     broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+    broker_credentials=broker_credentials(settings),
     web_port=settings.web_port or 6066,  # Faust's default; unused when 0 turns the web off
     web_enabled=settings.web_port != 0,
     autodiscover=False,

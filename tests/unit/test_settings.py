@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import faust
 import pytest
 from pydantic import ValidationError
 
@@ -165,3 +166,22 @@ def test_a_kafka_time_beyond_32_bits_is_refused_at_start(field: str) -> None:
         Settings(**{field: 2**31})  # type: ignore[arg-type]
     assert [error["loc"] for error in refused.value.errors()] == [(field,)]
 
+
+
+def test_the_faust_apps_own_clients_get_the_kafka_security_settings() -> None:
+    """`faust -A stream.app worker` ran its own clients in plain text whatever was set."""
+    from stream.app import broker_credentials
+
+    assert broker_credentials(Settings()) is None
+    sasl = Settings(
+        kafka_security_protocol="SASL_SSL",  # type: ignore[arg-type]
+        kafka_sasl_mechanism="SCRAM-SHA-256",  # type: ignore[arg-type]
+        kafka_sasl_username="u",
+        kafka_sasl_password="p",  # type: ignore[arg-type]
+    )
+    credentials = broker_credentials(sasl)
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert (credentials.username, credentials.password) == ("u", "p")
+    assert credentials.mechanism.value == "SCRAM-SHA-256" and credentials.ssl_context is not None
+    tls = broker_credentials(Settings(kafka_security_protocol="SSL"))  # type: ignore[arg-type]
+    assert isinstance(tls, faust.SSLCredentials)
