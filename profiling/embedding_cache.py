@@ -71,6 +71,13 @@ def item_key(model_id: str, item_id: str) -> CacheKey:
     return CacheKey(model_id, ITEM, _sha1(item_id))
 
 
+def cache_space(encoder: Encoder) -> str:
+    """What cache keys name the encoder by: its `model_id`, unless a setting of its own
+    changes some vectors too (the transformer's cut, `TransformerEncoder.cache_space`)."""
+    space: str = getattr(encoder, "cache_space", encoder.model_id)
+    return space
+
+
 def _sha1(text: str) -> str:
     # surrogatepass: a JSON "\ud800" escape decodes to a lone surrogate, still a valid key.
     return hashlib.sha1(text.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()
@@ -228,7 +235,7 @@ async def embed_events(
     Per event this only finds a slot among the batch's distinct vectors (item
     vectors first, then texts); cache work is per distinct text or item.
     """
-    model = encoder.model_id
+    model = cache_space(encoder)
     untitled = {  # `not e.title` first: most events have one, and this runs per event
         e.item_id: item_key(model, e.item_id)
         for e in events
@@ -293,7 +300,7 @@ async def _text_vectors(
     remembered from them and the caller share one array (`_remember_items`
     then sees an unchanged title by identity, without comparing 384 floats).
     """
-    keys = [text_key(encoder.model_id, text) for text in texts]
+    keys = [text_key(cache_space(encoder), text) for text in texts]
     found = await _lookup(keys, lru, shared, encoder.dim)
     missing = [i for i, vector in enumerate(found) if vector is None]
     if missing:

@@ -187,7 +187,7 @@ class TransformerEncoder:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         torch, transformers = _import_backend()
         folder = Path(path) if path is not None else minilm_path()
-        self.model_id = model_id or (MINILM_ID if path is None else folder.name)
+        self.model_id = model_id or (MINILM_ID if path is None else folder_model_id(folder))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         _check_device(torch, self.device)
         default_budget, default_batch = GPU_BATCH if self.device.startswith("cuda") else CPU_BATCH
@@ -199,7 +199,12 @@ class TransformerEncoder:
         self._torch = torch
         self._lock = threading.Lock()
         self._tokenizer, self._model = _load(transformers, folder)
-        self.max_tokens = min(max_tokens, model_max_tokens(self._tokenizer, self._model))
+        longest = model_max_tokens(self._tokenizer, self._model)
+        self.max_tokens = min(max_tokens, longest)
+        # A text longer than the cut has another vector under another cut: the caches
+        # keep those apart (the space, `model_id`, is the same).
+        cut = self.max_tokens != min(DEFAULT_MAX_TOKENS, longest)
+        self.cache_space = f"{self.model_id}~t{self.max_tokens}" if cut else self.model_id
         self.precision = dtype or _default_dtype(torch, self.device)
         self._model.to(device=self.device, dtype=getattr(torch, self.precision))
         self._pad_id = int(self._tokenizer.pad_token_id or 0)
@@ -332,6 +337,31 @@ def _import_backend() -> tuple[Any, Any]:
             f"(torch first, pinned to the build you want): {exc}"
         ) from exc
     return torch, transformers
+
+
+def folder_model_id(folder: Path) -> str:
+    """A model folder's `model_id`: its name and a digest of what it holds.
+
+    The name alone named two models whose folders share it (or one whose
+    weights were replaced) alike, and their vectors were cached and folded as
+    one space. The digest reads the small files whole and each weight file's
+    size, first and last MiB (a model trained further changes them all).
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(folder)}\x1f{size}\x1f".encode())
+        with file.open("rb") as data:
+            if size <= 2 * _WHOLE_BYTES:
+                digest.update(data.read())
+            else:
+                digest.update(data.read(_WHOLE_BYTES))
+                data.seek(-_WHOLE_BYTES, os.SEEK_END)
+                digest.update(data.read(_WHOLE_BYTES))
+    return f"{folder.name}-{digest.hexdigest()}"
+
+
+_WHOLE_BYTES: Final = 1 << 20
 
 
 def minilm_path() -> Path:

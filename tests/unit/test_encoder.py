@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from profiling.embedding_cache import cache_space
 from profiling.encoder import (
     MINILM_ID,
     ONEDNN_CACHE_ENTRIES,
@@ -19,6 +21,7 @@ from profiling.encoder import (
     TransformerEncoder,
     _import_backend,
     dedupe,
+    folder_model_id,
     model_max_tokens,
     plan_batches,
 )
@@ -234,6 +237,30 @@ def test_max_tokens_above_the_models_positions_are_cut_to_them() -> None:
     assert encoder.token_counts([long]) == [512]
     (row,) = encoder.encode([long])
     np.testing.assert_allclose(unit_norms(row[None, :]), 1.0, atol=1e-5)
+
+
+def test_a_cut_of_its_own_names_the_caches_apart_and_the_space_alike(
+    minilm: TransformerEncoder,
+) -> None:
+    """A long text's vector under a 512-token cut was served from a 128-token cut's cache."""
+    require_model()
+    default = TransformerEncoder()
+    assert default.cache_space == default.model_id == MINILM_ID
+    assert minilm.model_id == MINILM_ID and minilm.cache_space == f"{MINILM_ID}~t32"
+    assert cache_space(minilm) != cache_space(default)
+
+
+def test_a_model_folder_is_named_by_what_it_holds(tmp_path: Path) -> None:
+    """Two folders named `model` (or one whose weights were replaced) shared one id, so
+    their vectors one cache and one space."""
+    ids = []
+    for weights in (b"a" * 3_000_000, b"b" * 3_000_000, b"a" * 3_000_000):
+        folder = tmp_path / str(len(ids)) / "model"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text('{"hidden_size": 384}')
+        (folder / "model.safetensors").write_bytes(weights)
+        ids.append(folder_model_id(folder))
+    assert ids[0] != ids[1] and ids[0] == ids[2] and ids[0].startswith("model-")
 
 
 @pytest.mark.parametrize(
