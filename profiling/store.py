@@ -282,14 +282,18 @@ def gone_vector_fields(profile: Profile, since: Profile | None = None) -> list[s
     encoder's, dropped). With `since`, only those it had; without, any a profile of
     the vector stage (`model` set) may have left."""
     interest = profile.interest
-    now = (interest.vec_long, interest.vec_short) if interest else (None, None)
+    if interest is not None and interest.vec_long is not None and interest.vec_short is not None:
+        return []  # the usual case with vectors: both there
     if since is None:
-        if profile.model is None:
+        if profile.model is None:  # the usual case without: never had any
             return []
         had: tuple[bytes | None, ...] = (b"", b"")  # unknown: maybe
     else:
         before = since.interest
-        had = (before.vec_long, before.vec_short) if before else (None, None)
+        if before is None:
+            return []
+        had = (before.vec_long, before.vec_short)
+    now = (interest.vec_long, interest.vec_short) if interest else (None, None)
     return [
         name for name, new, old in zip(VECTOR_FIELDS, now, had, strict=True)
         if new is None and old is not None
