@@ -505,7 +505,9 @@ def preset_named(name: str) -> Preset:
 
 # -- reading ----------------------------------------------------------------------------------
 
-Row = tuple[int, Mapping[str, Any], str]  # line number, cells by column name, raw text for ids
+# The line numbers a row is reported at and named by (its first and last: a CSV cell
+# may hold line breaks), its cells by column name, and its raw text (for its id).
+Row = tuple[int, int, Mapping[str, Any], str]
 
 
 def read_events(
@@ -636,7 +638,7 @@ def _json_rows(lines: Iterator[tuple[int, bytes]], report: ImportReport) -> Iter
         if not isinstance(obj, dict):
             report.skip(number, "not_object", type(obj).__name__)
             continue
-        yield number, obj, line.decode("utf-8", "replace")
+        yield number, number, obj, line.decode("utf-8", "replace")
 
 
 def _csv_rows(
@@ -703,8 +705,8 @@ def _csv_records(
     than a row needs, or is refused (a cell over the size limit), is skipped as a
     `csv_error`, and the lines after its first are read again.
 
-    A record is named by its last line, as the reader counts lines (its event id
-    hashes that number), and reported at its first.
+    A record is reported at its first line and named by its last, as the reader
+    counts lines (its event id hashes that number).
     """
     width = 1 + max((index for _, index in names), default=-1)
     with handle:
@@ -726,23 +728,25 @@ def _csv_records(
                 continue
             first, last = taken[0][0], taken[-1][0]
             report.rows += 1
-            if len(taken) > 1 and (len(cells) < width or _open_at_end(taken, reader.dialect)):
+            if len(taken) > 1 and (len(cells) < width or _quote_left_open(taken, reader.dialect)):
                 report.skip(first, "csv_error", f"a quote on line {first} is never closed")
                 lines.again(taken[1:])
                 continue
             if len(cells) < width:
-                report.skip(last, "short_row", f"{len(cells)} of {width} columns")
+                report.skip(first, "short_row", f"{len(cells)} of {width} columns")
                 continue
-            yield last, {name: cells[i] for name, i in names}, "\x1f".join(cells)
+            yield first, last, {name: cells[i] for name, i in names}, "\x1f".join(cells)
 
 
-def _open_at_end(taken: list[tuple[int, str]], dialect: Any) -> bool:
-    """Whether a record read over these lines ran to the end of the file inside quotes
-    (the reader gives such a record as it stands)."""
+def _quote_left_open(taken: list[tuple[int, str]], dialect: Any) -> bool:
+    """Whether a record read over these lines is a quote left open: a strict reader
+    finds it broken past its first line (the quote closed by a later cell's, or at
+    the end of the file). A cell broken on the first line (`"i3"x`) is not that."""
+    strict = csv.reader([text for _, text in taken], dialect, strict=True)
     try:
-        list(csv.reader([text for _, text in taken], dialect, strict=True))
-    except csv.Error as exc:
-        return "unexpected end of data" in str(exc)
+        list(strict)
+    except csv.Error:
+        return strict.line_num > 1
     return False
 
 
@@ -795,13 +799,13 @@ def _produce(
     rows: Iterator[Row], how: Preset, options: CsvOptions, report: ImportReport, now_ms: int
 ) -> Iterator[Record]:
     """Convert, give ids, validate like the worker, encode; count what is skipped and why."""
-    for line, row, raw in rows:
+    for line, last, row, raw in rows:
         try:
             event = how.convert(row, options)
             if how.own_users:  # the data set's ids, in its own namespace
                 event["user_id"] = f"{how.tag}:{event['user_id']}"
             if "event_id" not in event:
-                key = how.natural_key(row) if how.natural_key else f"{line}\x1f{raw}"
+                key = how.natural_key(row) if how.natural_key else f"{last}\x1f{raw}"
                 event["event_id"] = natural_event_id(how.tag, key)
             value = _encode(event)
         except SkipRow as skip:

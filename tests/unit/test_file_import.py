@@ -457,6 +457,32 @@ def test_parse_pairs_and_parse_ts() -> None:
     assert parse_ts("2017-11-24T18:21:10+01:00") == 1_511_544_070_000
 
 
+def test_a_stray_quote_closed_by_a_later_cells_costs_its_row_only(tmp_path: Path) -> None:
+    """The next quoted cell closed the stray quote: the rows between were taken into one
+    cell of a record wide enough to pass, and lost without a word."""
+    path = tmp_path / "or.csv"
+    path.write_text(
+        "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+        '536365,85123A,HEART,6,12/1/2010 8:26,2.55,17850,"United Kingdom\n'
+        "536365,71053,WHITE METAL LANTERN,6,12/1/2010 8:26,3.39,17850,United Kingdom\n"
+        "536366,22632,HAND WARMER RED,6,12/1/2010 8:28,1.85,17850,United Kingdom\n"
+        '536366,22633,"HAND WARMER, UNION JACK",6,12/1/2010 8:28,1.85,17850,United Kingdom\n',
+        encoding="utf-8",
+    )
+    events, report = run(path, "online-retail")
+    titles = [value["title"] for _, value in events]
+    assert titles == ["WHITE METAL LANTERN", "HAND WARMER RED", "HAND WARMER, UNION JACK"]
+    assert report.skipped == {"csv_error": 1} and report.rows == 4
+
+
+def test_a_multi_line_row_is_reported_at_its_first_line(tmp_path: Path) -> None:
+    path = tmp_path / "late.csv"
+    path.write_text('user,type,ts,item\nu1,view,notatime,"i\n1\n"\nu2,view,1699990000,i2\n')
+    events, report = run(path, None, {"user_id": "user", "type": "type", "ts": "ts",
+                                      "item_id": "item"})  # fmt: skip
+    assert len(events) == 1 and report.examples["bad_value:ts"].startswith("line 2: ")
+
+
 def test_a_cell_with_line_breaks_is_one_cell_however_wide_its_row(tmp_path: Path) -> None:
     """A row narrower than its header (but with every column mapped) and a quote closed
     on a later line, beside a cell a strict reader refuses: one row each, as before,
