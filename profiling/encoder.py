@@ -188,6 +188,8 @@ class TransformerEncoder:
         torch, transformers = _import_backend()
         folder = Path(path) if path is not None else minilm_path()
         self.model_id = model_id or (MINILM_ID if path is None else folder_model_id(folder))
+        # Ids this model's vectors had before: a folder was named by its name alone.
+        self.former_ids = (folder.name,) if path is not None and model_id is None else ()
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         _check_device(torch, self.device)
         default_budget, default_batch = GPU_BATCH if self.device.startswith("cuda") else CPU_BATCH
@@ -340,7 +342,9 @@ def _import_backend() -> tuple[Any, Any]:
 
 
 def folder_model_id(folder: Path) -> str:
-    """A model folder's `model_id`: its name and a digest of what it holds.
+    """A model folder's `model_id`: its name and a digest of the files its vectors
+    come from (configuration, tokenizer, weights; not hidden folders, downloads'
+    metadata or documents, which differ between copies of one model).
 
     The name alone named two models whose folders share it (or one whose
     weights were replaced) alike, and their vectors were cached and folded as
@@ -348,9 +352,14 @@ def folder_model_id(folder: Path) -> str:
     size, first and last MiB (a model trained further changes them all).
     """
     digest = hashlib.blake2b(digest_size=8)
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+    files = sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix in _MODEL_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )  # fmt: skip
+    for file in files:
         size = file.stat().st_size
-        digest.update(f"{file.relative_to(folder)}\x1f{size}\x1f".encode())
+        digest.update(f"{file.relative_to(folder).as_posix()}\x1f{size}\x1f".encode())
         with file.open("rb") as data:
             if size <= 2 * _WHOLE_BYTES:
                 digest.update(data.read())
@@ -361,6 +370,9 @@ def folder_model_id(folder: Path) -> str:
     return f"{folder.name}-{digest.hexdigest()}"
 
 
+# What a model's vectors come from: configuration (JSON), vocabularies (text,
+# SentencePiece), weights.
+_MODEL_SUFFIXES: Final = frozenset({".json", ".txt", ".model", ".safetensors", ".bin", ".pt"})
 _WHOLE_BYTES: Final = 1 << 20
 
 

@@ -41,6 +41,7 @@ _MOVED: Final = {
     for long in (False, True)
     for short in (False, True)
 }
+_MODEL: Final = frozenset({"model"})
 _stored_interest: Final = slots.builder(StoredInterest)
 _with_vectors: Final = slots.replacer_of(
     Profile, ("interest", "model", "unpublished", "published_at", "published_version")
@@ -81,9 +82,9 @@ class InterestModel:
         )
         # Vectors another encoder wrote are in another space (most encoders give 384
         # dimensions): folding them with this one's would mix the two. Start again.
-        model = self.encoder.model_id
+        same = (self.encoder.model_id, None, *getattr(self.encoder, "former_ids", ()))
         stored = [
-            o.profile.interest if o.profile.interest and o.profile.model in (model, None)
+            o.profile.interest if o.profile.interest and o.profile.model in same
             else _NOTHING_STORED
             for o in written
         ]  # fmt: skip
@@ -119,10 +120,15 @@ class InterestModel:
         vec_long, vec_short = long.published(), short.published()
         log2_long, log2_short = long.finite_log2_norms(), short.finite_log2_norms()
         drift = self._drifts(previous, long, vec_long)
-        # Drifted: a long vector now, and none published before or one it turned away from.
+        # What the profiles hold: `previous` unless it was another encoder's (dropped).
+        held = [o.profile.interest or _NOTHING_STORED for o in written]
+        # Drifted: a long vector now, and none published before or one it turned away from;
+        # or none now, where there was one (another encoder's).
         publish = [
-            o.publish or (vec is not None and (before.sketch is None or d > self.drift_threshold))
-            for o, before, vec, d in zip(written, previous, vec_long, drift, strict=True)
+            o.publish
+            or (vec is not None and (before.sketch is None or d > self.drift_threshold))
+            or (vec is None and had.vec_long is not None)
+            for o, before, had, vec, d in zip(written, previous, held, vec_long, drift, strict=True)
         ]
         sketched = [u for u, vec in enumerate(vec_long) if publish[u] and vec is not None]
         codes = drift_sketches(long.directions[sketched])
@@ -131,8 +137,10 @@ class InterestModel:
             sketches[u] = row.tobytes()
         model = self.encoder.model_id
         result = []
-        for u, (o, before) in enumerate(zip(written, previous, strict=True)):
+        for u, (o, before) in enumerate(zip(written, held, strict=True)):
             moved = _MOVED[before.vec_long != vec_long[u], before.vec_short != vec_short[u]]
+            if o.profile.model != model:
+                moved |= _MODEL
             stored = _stored_interest(
                 vec_long[u], vec_short[u], log2_long[u], log2_short[u], sketches[u],
                 o.profile.last_seen,

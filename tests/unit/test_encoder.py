@@ -256,9 +256,12 @@ def test_a_model_folder_is_named_by_what_it_holds(tmp_path: Path) -> None:
     ids = []
     for weights in (b"a" * 3_000_000, b"b" * 3_000_000, b"a" * 3_000_000):
         folder = tmp_path / str(len(ids)) / "model"
-        folder.mkdir(parents=True)
+        (folder / ".cache").mkdir(parents=True)
         (folder / "config.json").write_text('{"hidden_size": 384}')
         (folder / "model.safetensors").write_bytes(weights)
+        # What copies of one model differ in: download metadata, documents.
+        (folder / ".cache" / "model.safetensors.json").write_text(str(len(ids)))
+        (folder / "README.md").write_text(f"copy {len(ids)}")
         ids.append(folder_model_id(folder))
     assert ids[0] != ids[1] and ids[0] == ids[2] and ids[0].startswith("model-")
 

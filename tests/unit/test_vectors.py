@@ -421,20 +421,38 @@ async def test_another_encoders_vectors_are_not_folded_with_this_ones() -> None:
     store, quiet = InMemoryProfileStore(), ProfileParams()
     before, after = HashingEncoder(dim=DIM, seed=1), HashingEncoder(dim=DIM, seed=2)
 
-    async def send(encoder: HashingEncoder, offset: int, user: str, kind: str) -> None:
+    async def send(encoder: HashingEncoder, offset: int, user: str, kind: str) -> list[str]:
         record = shop_record(offset, user, kind, T0 + offset, item_id="s", title="iron skillet")
         stages = Stages(interests=InterestModel(encoder, EmbeddingLRU(), params=PARAMS))
-        assert not (await apply_batch([record], store, quiet, lambda: T0, stages)).dead_letters
+        result = await apply_batch([record], store, quiet, lambda: T0, stages)
+        assert not result.dead_letters
+        return [field for _, body in result.changes for field in orjson.loads(body)["changed"]]
 
     for user in ("u1", "u2"):
         await send(before, 0, user, "view")
     await send(after, 10, "u1", "view")
-    await send(after, 10, "u2", "login")  # no text: nothing of the earlier encoder stays
+    # No text: nothing of the earlier encoder stays, and the message says so.
+    assert {"vec_long", "vec_short", "model"} <= set(await send(after, 10, "u2", "login"))
     u1, u2 = (await store.load(["u1", "u2"])).values()
     assert u1.model == after.model_id and u1.interest and u1.interest.vec_long
     own = after.encode(["iron skillet"])[0]
     assert float(decode_vector(u1.interest.vec_long) @ own) == pytest.approx(1.0, abs=1e-5)
     assert u2.model == after.model_id and u2.interest and u2.interest.vec_long is None
+
+
+async def test_vectors_under_a_former_id_of_the_same_model_are_kept() -> None:
+    """A model folder was named by its name alone: its vectors are the same space."""
+    store, renamed = InMemoryProfileStore(), HashingEncoder(dim=DIM)
+    record = shop_record(0, "u1", "view", T0, item_id="s", title="iron skillet")
+    stages = Stages(interests=InterestModel(renamed, EmbeddingLRU(), params=PARAMS))
+    await apply_batch([record], store, ProfileParams(), lambda: T0, stages)
+    renamed.former_ids = (renamed.model_id,)  # type: ignore[attr-defined]
+    renamed.model_id = "model-0123456789abcdef"
+    login = shop_record(1, "u1", "login", T0 + 1)
+    await apply_batch([login], store, ProfileParams(), lambda: T0, stages)
+    profile = (await store.load(["u1"]))["u1"]
+    assert profile.model == renamed.model_id
+    assert profile.interest is not None and profile.interest.vec_long is not None
 
 
 class OverflowingEncoder(HashingEncoder):
