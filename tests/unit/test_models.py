@@ -196,6 +196,22 @@ async def test_a_merged_visitors_alerts_go_out_again_under_the_visitors_key() ->
     assert replay.alerts == first.alerts  # keyed u7, as their bodies say
 
 
+async def test_a_customer_written_without_the_models_is_not_scored_as_a_new_account() -> None:
+    """Models switched on for an existing store: a long-time customer's purchase was a
+    "first order" of an account "0 days old"."""
+    store, models = InMemoryProfileStore(), ProfileModels()
+    history = shopper("u1", 30, NOW - 400 * 86_400_000, random.Random(6))
+    await apply_batch(records(history), store, PARAMS, lambda: NOW, Stages())  # no models
+    purchase = {"event_id": "u1-now", "user_id": "u1", "type": "purchase", "ts": NOW,
+                "amount": 40.0, "card_fp": "u1-card", "device_id": "u1-phone"}  # fmt: skip
+    later = records([purchase], start=100)
+    await apply_batch(later, store, PARAMS, lambda: NOW, Stages(models=models))
+    (kept,) = await store.load_scored([("u1", "u1-now")])
+    assert kept is not None
+    features = kept_features(kept)
+    assert features["first_order"] == 0.0 and math.expm1(features["account_age_days"]) > 300
+
+
 async def test_an_alert_is_raised_once_and_replayed_identically() -> None:
     store, models = InMemoryProfileStore(), ProfileModels(alert_threshold=0.5)
     rng = random.Random(2)
