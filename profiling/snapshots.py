@@ -5,7 +5,12 @@ keeps it whole. Unpickling runs code, so a snapshot read back from Redis
 (which anyone with network access to it may write) is trusted only when its
 HMAC-SHA256 under the deployment's secret matches (DESIGN.md §8). The layout:
 
-    b"PRFSNAP1" | 32-byte HMAC-SHA256(secret, payload) | payload (pickle)
+    b"PRFSNAP2" | 32-byte HMAC-SHA256(secret, DOMAIN | context | 0x1f | payload) | payload
+
+`context` names what the snapshot is of (the consumer group): a snapshot
+signed for one group is refused for another, whose offsets and labels it
+would pass for. The first format, `b"PRFSNAP1"`, signed the payload alone; it
+is still read (with a warning), and the next checkpoint writes the second.
 
 The MAC is checked with `hmac.compare_digest` before `pickle.loads` sees a
 byte; an unsigned, truncated or tampered snapshot raises `SnapshotRefusedError`.
@@ -15,12 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import pickle
 from typing import Any, Final
 
 from profiling.errors import ProfilerError
 
-MAGIC: Final = b"PRFSNAP1"
+log = logging.getLogger("profiler.snapshots")
+
+MAGIC: Final = b"PRFSNAP2"
+UNBOUND_MAGIC: Final = b"PRFSNAP1"  # the payload alone signed, for any group
+DOMAIN: Final = b"profiler model snapshot\x1f"
 MAC_BYTES: Final = 32
 MIN_SECRET_BYTES: Final = 16
 
@@ -35,27 +45,41 @@ def _check_secret(secret: bytes) -> None:
         raise ValueError(f"the model secret must be at least {MIN_SECRET_BYTES} bytes")
 
 
-def sign(state: Any, secret: bytes) -> bytes:
-    """`state` pickled and signed with `secret`."""
+def sign(state: Any, secret: bytes, context: str = "") -> bytes:
+    """`state` pickled and signed with `secret` for `context` (the consumer group)."""
     _check_secret(secret)
     payload = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-    mac = hmac.new(secret, payload, hashlib.sha256).digest()
-    return MAGIC + mac + payload
+    return MAGIC + _mac(secret, context, payload) + payload
 
 
-def verified_load(blob: bytes, secret: bytes) -> Any:
-    """The state in a snapshot made by `sign` with the same secret; refuses anything else."""
+def verified_load(blob: bytes, secret: bytes, context: str = "") -> Any:
+    """The state in a snapshot `sign` made with the same secret and context; refuses
+    anything else (an earlier, unbound snapshot is read, with a warning)."""
     _check_secret(secret)
-    if not blob.startswith(MAGIC) or len(blob) <= len(MAGIC) + MAC_BYTES:
+    magic = blob[: len(MAGIC)]
+    if magic not in (MAGIC, UNBOUND_MAGIC) or len(blob) <= len(MAGIC) + MAC_BYTES:
         raise SnapshotRefusedError(
             "not a signed profiler model snapshot (missing header): refusing to load it"
         )
     mac = blob[len(MAGIC) : len(MAGIC) + MAC_BYTES]
     payload = blob[len(MAGIC) + MAC_BYTES :]
-    expected = hmac.new(secret, payload, hashlib.sha256).digest()
+    if magic == MAGIC:
+        expected = _mac(secret, context, payload)
+    else:
+        expected = hmac.new(secret, payload, hashlib.sha256).digest()
     if not hmac.compare_digest(mac, expected):
         raise SnapshotRefusedError(
-            "model snapshot signature does not match: it was altered, or signed with another "
-            "PROFILER_MODEL_SECRET; refusing to load it (delete the key to start fresh models)"
+            "model snapshot signature does not match: it was altered, signed for another "
+            "consumer group, or with another PROFILER_MODEL_SECRET; refusing to load it "
+            "(delete the key to start fresh models)"
         )
+    if magic == UNBOUND_MAGIC:
+        log.warning("a model snapshot of the earlier format, signed for any group: the next "
+                    "checkpoint signs it for this one")  # fmt: skip
     return pickle.loads(payload)  # verified above: these are bytes we signed
+
+
+def _mac(secret: bytes, context: str, payload: bytes) -> bytes:
+    signed = hmac.new(secret, DOMAIN + context.encode() + b"\x1f", hashlib.sha256)
+    signed.update(payload)
+    return signed.digest()

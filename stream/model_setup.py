@@ -75,7 +75,7 @@ async def restore_models(models: ProfileModels, client: aioredis.Redis, settings
         )
         return False
     try:
-        models.restore(verified_load(_bytes(blob), secret))
+        models.restore(verified_load(_bytes(blob), secret, settings.group_id))
     except SnapshotRefusedError as exc:
         metrics.MODEL_SNAPSHOTS.labels("refused").inc()
         raise SnapshotRefusedError(f"{exc} (Redis key {snapshot_key(settings.group_id)})") from exc
@@ -89,7 +89,8 @@ async def save_models(models: ProfileModels, client: aioredis.Redis, settings: S
     secret = _secret(settings)
     if secret is None:
         return False
-    await client.set(snapshot_key(settings.group_id), sign(models.snapshot(), secret))
+    signed = sign(models.snapshot(), secret, settings.group_id)
+    await client.set(snapshot_key(settings.group_id), signed)
     metrics.MODEL_SNAPSHOTS.labels("saved").inc()
     return True
 
@@ -107,7 +108,7 @@ async def load_snapshot(client: aioredis.Redis, settings: Settings) -> ProfileMo
         )
     models = build_models(settings.model_copy(update={"models": True}))
     assert models is not None
-    models.restore(verified_load(_bytes(blob), secret))
+    models.restore(verified_load(_bytes(blob), secret, settings.group_id))
     return models
 
 

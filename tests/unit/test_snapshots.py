@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import pickle
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import pytest
 from profiling.models import SNAPSHOT_FORMAT, ProfileModels
 from profiling.risk import Calibration
 from profiling.segments import SegmentModel
-from profiling.snapshots import SnapshotRefusedError, sign, verified_load
+from profiling.snapshots import UNBOUND_MAGIC, SnapshotRefusedError, sign, verified_load
 
 SECRET = b"a-deployment-secret-of-32-bytes!"
 FEATURES = {"amount_log": 3.2, "new_card": 1.0, "failed_logins_1h": 2.0}
@@ -147,6 +149,28 @@ def test_another_secret_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     with pytest.raises(SnapshotRefusedError, match="PROFILER_MODEL_SECRET"):
         verified_load(blob, SECRET)
     assert not marker.exists()
+
+
+def test_a_snapshot_signed_for_another_group_is_refused(tmp_path: Path) -> None:
+    """A snapshot copied from another group's key passed for this group's models, with
+    that group's offsets: labels up to them were skipped as learnt."""
+    marker = tmp_path / "ran"
+    blob = sign(Planted(str(marker)), SECRET, "blue")
+    with pytest.raises(SnapshotRefusedError, match="another consumer group"):
+        verified_load(blob, SECRET, "green")
+    assert not marker.exists()
+    assert verified_load(sign({"format": 1}, SECRET, "green"), SECRET, "green") == {"format": 1}
+
+
+def test_a_snapshot_of_the_earlier_unbound_format_is_read_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    payload = pickle.dumps({"format": 1})
+    blob = UNBOUND_MAGIC + hmac.new(SECRET, payload, hashlib.sha256).digest() + payload
+    assert verified_load(blob, SECRET, "green") == {"format": 1}
+    assert "earlier format" in caplog.text
+    with pytest.raises(SnapshotRefusedError):
+        verified_load(blob[:-1] + b"\x00", SECRET, "green")
 
 
 def test_a_short_secret_is_rejected() -> None:
