@@ -286,7 +286,7 @@ class RiskModel:
 
     def explain(self, features: Mapping[str, float], risk: float) -> Risk:
         """`risk` with its top-3 reasons, as the models stand now."""
-        return Risk(risk, self._reasons(features, risk, self.label_weight))
+        return Risk(risk, self._reasons(features, risk))
 
     def learn_label(self, features: Mapping[str, float], label: bool) -> None:
         """A delayed fraud label for an event scored earlier, with the features it had then.
@@ -303,26 +303,53 @@ class RiskModel:
         self.replay.append((x, bool(label)))
         self.labels[int(bool(label))] += 1
 
-    def _reasons(
-        self, x: Mapping[str, float], risk: float, weight: float
-    ) -> tuple[tuple[str, float], ...]:
-        pushes = {
-            name: (1 - weight) * min(max(0.0, -z if name in RISKIER_LOW else z), 10.0)
-            for name, z in zip(TRANSACTION_FEATURES, self.population.z(x), strict=True)
-        }
+    def _reasons(self, x: Mapping[str, float], risk: float) -> tuple[tuple[str, float], ...]:
+        """The top 3 of each feature's share of `risk`.
+
+        Each side's part of the noisy-or is split among the features that pushed
+        it: the classifier's (`s`) among its positive terms, the anomaly side's
+        (`a(1 - s)`) among the features far above the shop's usual (z-scores).
+        Split by the sides' parts, not by the label weight: with labels, a
+        classifier that said "no fraud" named the reasons for the trees' alarm.
+        """
+        parts: dict[str, float] = {}
+        weight, raw = self.label_weight, x.get(ANOMALY, 0.0)
+        supervised = 0.0
         if weight:
             scaler = self.classifier["StandardScaler"]
             coefficients = self.classifier["LogisticRegression"].weights
+            pushes = {}
             for name in (*TRANSACTION_FEATURES, ANOMALY):
                 spread = math.sqrt(scaler.vars.get(name, 0.0)) or 1.0
                 z = (x.get(name, 0.0) - scaler.means.get(name, 0.0)) / spread
-                push = weight * max(0.0, coefficients.get(name, 0.0) * z)
-                pushes[name] = pushes.get(name, 0.0) + push
-        total = sum(pushes.values())
+                pushes[name] = max(0.0, coefficients.get(name, 0.0) * z)
+            plain = {name: value for name, value in x.items() if name != ANOMALY}
+            proba = self.classifier.predict_proba_one({**plain, ANOMALY: raw}).get(True, 0.0)
+            supervised = weight * float(proba)
+            _share(parts, pushes, supervised)
+        calibration = self.calibration
+        if calibration.learnt >= CALIBRATION_MIN_SCORES:
+            anomalous = calibration.risk(raw) * (1.0 - supervised)
+            pushes = {
+                name: min(max(0.0, -z if name in RISKIER_LOW else z), 10.0)
+                for name, z in zip(TRANSACTION_FEATURES, self.population.z(x), strict=True)
+            }
+            _share(parts, pushes, anomalous)
+        total = sum(parts.values())
         if total <= 0:
             return ()
-        top = sorted(pushes.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
-        return tuple((name, risk * push / total) for name, push in top if push > 0)
+        top = sorted(parts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        return tuple((name, risk * part / total) for name, part in top if part > 0)
+
+
+def _share(parts: dict[str, float], pushes: Mapping[str, float], part: float) -> None:
+    """Add `part` to `parts`, split among the features in proportion to their pushes."""
+    total = sum(pushes.values())
+    if part <= 0 or total <= 0:
+        return
+    for name, push in pushes.items():
+        if push > 0:
+            parts[name] = parts.get(name, 0.0) + part * push / total
 
 
 class Calibration:

@@ -23,6 +23,7 @@ from profiling.models import ProfileModels, alert_id
 from profiling.pipeline import BatchResult, Record, Stages, apply_batch, fold_batch
 from profiling.profile import Outcome, Profile, ProfileParams, evolve
 from profiling.risk import (
+    ANOMALY,
     CALIBRATION_MIN_SCORES,
     KEPT_FEATURES,
     RiskModel,
@@ -466,10 +467,30 @@ def test_a_young_account_is_a_reason_and_an_old_one_is_not() -> None:
     model = RiskModel()
     for _ in range(10):
         model.score_batch([ordinary(rng) for _ in range(100)])
-    young = {**ordinary(rng), "account_age_days": 0.01}
-    old = {**ordinary(rng), "account_age_days": 8.0}
+    # Reasons share out what each side gave: here the trees' alarm (their top raw score).
+    young = {**ordinary(rng), "account_age_days": 0.01, ANOMALY: 1.0}
+    old = {**ordinary(rng), "account_age_days": 8.0, ANOMALY: 1.0}
     assert "account_age_days" in dict(model.explain(young, 0.9).reasons)
     assert "account_age_days" not in dict(model.explain(old, 0.9).reasons)
+
+
+def test_the_classifier_names_no_reason_for_an_alarm_it_did_not_raise() -> None:
+    """Labels taught that a new device on a purchase is fraud. A login from a new device
+    with a huge amount: the classifier says no fraud, the trees raise the alarm; the
+    reasons went by the label weight (0.95 to the classifier) and named the device."""
+    rng = random.Random(7)
+    model = RiskModel()
+    for _ in range(10):
+        model.score_batch([{**ordinary(rng), "new_device": float(rng.random() < 0.1)}
+                           for _ in range(100)])  # fmt: skip
+    for _ in range(400):
+        x = {**ordinary(rng), "new_device": float(rng.random() < 0.5)}
+        x["is_login"] = float(rng.random() < 0.5)
+        model.learn_label({**x, ANOMALY: 0.5}, bool(x["new_device"] and not x["is_login"]))
+    login = {**ordinary(rng), "new_device": 1.0, "is_login": 1.0, "amount_log": 12.0}
+    [(risk, _)] = model.score_batch([{**login, ANOMALY: 1.0}], learn=False)
+    reasons = model.explain({**login, ANOMALY: 1.0}, max(risk, 0.9)).reasons
+    assert model.label_weight > 0.7 and reasons[0][0] == "amount_log", reasons
 
 
 def test_a_feature_that_never_varied_is_no_reason() -> None:
@@ -480,7 +501,7 @@ def test_a_feature_that_never_varied_is_no_reason() -> None:
     for _ in range(10):
         model.score_batch([ordinary(rng) for _ in range(100)])
     assert model.population.m2[TRANSACTION_FEATURES.index("since_login_hours")] < 1e-9
-    unusual = {**ordinary(rng), "amount_log": 9.0}
+    unusual = {**ordinary(rng), "amount_log": 9.0, ANOMALY: 1.0}
     reasons = dict(model.explain(unusual, 0.9).reasons)
     assert "since_login_hours" not in reasons and "amount_log" in reasons
 
