@@ -333,9 +333,9 @@ def test_the_amount_statistics_are_those_of_each_orders_first_line(seed: int, n:
 def test_a_state_stored_before_the_last_fields_loads_with_their_defaults() -> None:
     state, _ = observe_all(Behaviour(), order_lines(3, 40))
     assert state.order and state.away
-    stored = state.to_json()[:-2]  # the last order and the time away came later
+    stored = state.to_json()[:-3]  # the last order, the time away and the visit came later
     older = Behaviour.from_json(orjson.loads(orjson.dumps(stored)))
-    assert (older.order, older.away) == ("", 0)
+    assert (older.order, older.away, older.visit) == ("", 0, 0)
     assert older.amount_n == state.amount_n
 
 
@@ -361,6 +361,24 @@ def test_the_time_away_before_a_visit_does_not_depend_on_where_batches_split() -
     first, _ = observe_all(Behaviour(), events[:5])
     split, _ = observe_all(first, events[5:])
     assert whole.away == split.away == 3 * DAY_MS - 5 * MINUTE_MS
+    # A late event in the time away is a visit of its own: the answer of event time.
     late = Event(event_id="late", user_id="u", type="view", ts=START + DAY_MS, item_id="i")
     after_late, _ = observe_all(whole, [late])
-    assert after_late.away == whole.away  # an event from the past is no new visit
+    in_order, _ = observe_all(Behaviour(), sorted([*events, late], key=lambda e: e.ts))
+    assert after_late.away == in_order.away == 2 * DAY_MS
+    # One before the previous visit ended changes nothing.
+    older = Event(event_id="older", user_id="u", type="view", ts=START + MINUTE_MS, item_id="i")
+    assert observe_all(after_late, [older])[0].away == after_late.away
+
+
+@pytest.mark.parametrize("late_h", [1.0, 1.9, 0.2])
+def test_a_late_event_in_the_time_away_gives_the_time_away_of_event_time(late_h: float) -> None:
+    """Events at 0 and 2 h, then one late between them: the time away before the visit at
+    2 h was 2 h in two batches and what event time says in one."""
+    hour = 3_600_000
+    ts = [START, START + 2 * hour, START + int(late_h * hour)]
+    events = [Event(event_id=f"e{i}", user_id="u", type="view", ts=t, item_id="i")
+              for i, t in enumerate(ts)]  # fmt: skip
+    whole, _ = observe_all(Behaviour(), sorted(events, key=lambda e: e.ts))
+    split, _ = observe_all(observe_all(Behaviour(), events[:2])[0], events[2:])
+    assert split.away == whole.away
