@@ -262,14 +262,21 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
 
 
 def _late_visit(work: _Working, ts: int) -> None:
-    """A late event before the current visit's start: where it falls in the time away,
-    as if the events had come in event time (batches split anywhere give one answer).
+    """A late event before the current visit's start: the visit and the time away before
+    it as event time gives them (batches split anywhere give one answer).
 
-    Within the visit gap of the start, it begins the visit earlier (the time away
-    shrinks, unless it joins the visit before); further back, it is a visit of its
-    own or the end of the one before, and the time away is from it. Before the
-    previous visit ended, it changes nothing here.
+    The kept stamps of the newest events usually show where the newest visit
+    began: the newest gap over `VISIT_GAP_MS` among them and the late one. A
+    visit longer than they reach falls back to the visit and gap known: within
+    the visit gap of the start, the event begins the visit earlier; further
+    back, the time away is from it; before the previous visit ended, nothing.
     """
+    stamps = work.events
+    times = sorted([*stamps, ts] if stamps and ts >= min(stamps) else stamps)
+    found = _newest_visit(times)
+    if found is not None:
+        work.visit, work.away = found
+        return
     visit, away = work.visit, work.away
     before = visit - away if away else 0  # the previous visit's last event
     if away and ts <= before:
@@ -278,9 +285,17 @@ def _late_visit(work: _Working, ts: int) -> None:
         work.visit = ts
         if away and ts - before > VISIT_GAP_MS:
             work.away = ts - before
-        # else the two visits are one now: its time away is the previous one's, not kept
     else:
         work.away = visit - ts
+
+
+def _newest_visit(times: Sequence[int]) -> tuple[int, int] | None:
+    """(first event, time away before it) of the newest visit in these sorted event
+    times, or None when no gap among them shows where it began."""
+    for i in range(len(times) - 1, 0, -1):
+        if times[i] - times[i - 1] > VISIT_GAP_MS:
+            return times[i], times[i] - times[i - 1]
+    return None
 
 
 def feature_matrix(
@@ -529,10 +544,15 @@ def merge_behaviour(a: Behaviour, b: Behaviour) -> Behaviour:
     m2 = a.amount_m2 + b.amount_m2 + delta * delta * a.amount_n * b.amount_n / n if n else 0.0
     firsts = [ts for ts in (a.first_ts, b.first_ts) if ts]
     latest = b if b.orders[-1:] > a.orders[-1:] else a  # the last order is the newer one's
+    events = tuple(sorted(a.events + b.events)[-RECENT_EVENTS:])
+    # The newest visit and the time away before it, from both users' events: the
+    # newer user's alone said "never away" for a visitor merged into an account.
+    newer = a if a.last_ts >= b.last_ts else b
+    visit, away = _newest_visit(events) or (newer.visit, newer.away)
     return Behaviour(
         first_ts=min(firsts, default=0),
         last_ts=max(a.last_ts, b.last_ts),
-        events=tuple(sorted(a.events + b.events)[-RECENT_EVENTS:]),
+        events=events,
         orders=tuple(sorted(a.orders + b.orders)[-RECENT_ORDERS:]),
         failures=tuple(sorted(a.failures + b.failures)[-RECENT_FAILURES:]),
         devices=_merge_tokens(a.devices, b.devices),
@@ -546,8 +566,8 @@ def merge_behaviour(a: Behaviour, b: Behaviour) -> Behaviour:
         last_login=max(a.last_login, b.last_login),
         last_cart=max(a.last_cart, b.last_cart),
         order=latest.order,
-        away=(a if a.last_ts >= b.last_ts else b).away,
-        visit=(a if a.last_ts >= b.last_ts else b).visit,
+        away=away,
+        visit=visit,
     )
 
 

@@ -371,6 +371,30 @@ def test_the_time_away_before_a_visit_does_not_depend_on_where_batches_split() -
     assert observe_all(after_late, [older])[0].away == after_late.away
 
 
+def test_a_late_event_that_joins_two_visits_gives_the_time_away_before_both() -> None:
+    """Days 0 and 10, 10 d + 40 min, then late at 10 d + 20 min: one visit from day 10,
+    ten days away; the late event kept the 40 minutes."""
+    times = [START, START + 10 * DAY_MS, START + 10 * DAY_MS + 40 * MINUTE_MS,
+             START + 10 * DAY_MS + 20 * MINUTE_MS]  # fmt: skip
+    events = [Event(event_id=f"e{i}", user_id="u", type="view", ts=t, item_id="i")
+              for i, t in enumerate(times)]  # fmt: skip
+    whole, _ = observe_all(Behaviour(), sorted(events, key=lambda e: e.ts))
+    split, _ = observe_all(observe_all(Behaviour(), events[:3])[0], events[3:])
+    assert split.away == whole.away == 10 * DAY_MS
+
+
+def test_a_merge_keeps_the_time_away_both_users_events_give() -> None:
+    """An account that browsed ten days ago, a visitor browsing now: merged, the account
+    was "never away" (the newer side's time away alone)."""
+    account = [Event(event_id="a", user_id="k", type="view", ts=START, item_id="i")]
+    now = START + 10 * DAY_MS
+    visitor = [Event(event_id=f"v{i}", user_id="v", type="view", ts=now + i * MINUTE_MS,
+                     item_id="i") for i in range(3)]  # fmt: skip
+    merged = merge_behaviour(observe_all(Behaviour(), account)[0],
+                             observe_all(Behaviour(), visitor)[0])  # fmt: skip
+    assert merged.away == 10 * DAY_MS and merged.visit == START + 10 * DAY_MS
+
+
 @pytest.mark.parametrize("late_h", [1.0, 1.9, 0.2])
 def test_a_late_event_in_the_time_away_gives_the_time_away_of_event_time(late_h: float) -> None:
     """Events at 0 and 2 h, then one late between them: the time away before the visit at
