@@ -102,7 +102,9 @@ class ProfileModels:
             return list(outcomes)
         fingerprint, currencies = self.fingerprint, self.currencies
         folded = [
-            observe_all(o.profile.behaviour or _seeded(o), o.applied, fingerprint, currencies)
+            observe_all(
+                o.profile.behaviour or _seeded(o, currencies), o.applied, fingerprint, currencies
+            )
             for o in written
         ]
         scored = [
@@ -352,23 +354,31 @@ def _in_event_time(item: tuple[int, Event, dict[str, float]]) -> tuple[int, str]
     return event.ts, event.user_id
 
 
-def _seeded(outcome: Outcome) -> Behaviour:
+def _seeded(outcome: Outcome, currencies: Currencies) -> Behaviour:
     """The behaviour state of a profile that has none: empty for a user new with this
     batch; for one written without the models (switched on since, or a profile of an
-    earlier version), what the aggregates know before the batch: since when the
-    account is known, and its orders. A long-time customer was scored as a new
-    account with a first order (the devices and cards it used cannot be known)."""
+    earlier version), what the aggregates knew before the batch: since when the
+    account is known, its orders and their mean amount. A long-time customer was
+    scored as a new account with a first order (the devices and cards it used
+    cannot be known)."""
     profile, applied = outcome.profile, outcome.applied
     if profile.events <= len(applied):
         return Behaviour()
-    orders = profile.orders - sum(event.type == "purchase" for event in applied)
+    # The profile is folded already: this batch's purchases come out of its figures.
+    purchases = [event for event in applied if event.type == "purchase"]
+    orders = profile.orders - len(purchases)
     if orders <= 0:
         return Behaviour(first_ts=profile.first_seen)
+    spent = sum(
+        amount
+        for event in purchases
+        if (amount := currencies.value(event.amount, event.currency)) is not None
+    )
     return Behaviour(
         first_ts=profile.first_seen,
         orders=(profile.first_seen,),  # when they were is not kept: long ago will do
         amount_n=orders,
-        amount_mean=profile.spend / profile.orders,
+        amount_mean=max(0.0, profile.spend - spent) / orders,
     )
 
 

@@ -211,6 +211,10 @@ async def test_a_customer_written_without_the_models_is_not_scored_as_a_new_acco
     assert kept is not None
     features = kept_features(kept)
     assert features["first_order"] == 0.0 and math.expm1(features["account_age_days"]) > 300
+    # The usual amount is the orders' before this one: a huge order is far above it.
+    (profile,) = (await store.load(["u1"])).values()
+    usual = (profile.spend - 40.0) / (profile.orders - 1)
+    assert features["amount_vs_usual"] == pytest.approx(math.log2(41.0 / (usual + 1.0)), abs=1e-4)
 
 
 async def test_an_alert_is_raised_once_and_replayed_identically() -> None:
