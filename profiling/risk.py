@@ -239,11 +239,7 @@ class RiskModel:
             anomalous = (
                 calibration.risk(raw) if calibration.learnt >= CALIBRATION_MIN_SCORES else 0.0
             )
-            supervised = 0.0
-            if weight:
-                plain = {name: value for name, value in x.items() if name != ANOMALY}
-                proba = self.classifier.predict_proba_one({**plain, ANOMALY: raw}).get(True, 0.0)
-                supervised = weight * float(proba)
+            supervised = self._supervised(x, raw, weight) if weight else 0.0
             # Noisy-or: either side can raise the risk. A kind of fraud no label has
             # shown yet still alerts through the anomaly side (its top share of traffic).
             risk = min(1.0, max(0.0, 1.0 - (1.0 - supervised) * (1.0 - anomalous)))
@@ -257,6 +253,13 @@ class RiskModel:
         if learn:
             self.scored += len(out)
         return out
+
+    def _supervised(self, x: Mapping[str, float], raw: float, weight: float) -> float:
+        """The classifier's side of the risk: its fraud probability of `x` with the raw
+        anomaly score `raw` (stacking), times the label weight."""
+        plain = {name: value for name, value in x.items() if name != ANOMALY}
+        proba = self.classifier.predict_proba_one({**plain, ANOMALY: raw}).get(True, 0.0)
+        return weight * float(proba)
 
     def _anomaly_scores(self, scaled: np.ndarray[Any, Any], learn: bool) -> list[float]:
         """HalfSpaceTrees' raw score of each scaled row, learning each after its score."""
@@ -323,9 +326,7 @@ class RiskModel:
                 spread = math.sqrt(scaler.vars.get(name, 0.0)) or 1.0
                 z = (x.get(name, 0.0) - scaler.means.get(name, 0.0)) / spread
                 pushes[name] = max(0.0, coefficients.get(name, 0.0) * z)
-            plain = {name: value for name, value in x.items() if name != ANOMALY}
-            proba = self.classifier.predict_proba_one({**plain, ANOMALY: raw}).get(True, 0.0)
-            supervised = weight * float(proba)
+            supervised = self._supervised(x, raw, weight)
             _share(parts, pushes, supervised)
         calibration = self.calibration
         if calibration.learnt >= CALIBRATION_MIN_SCORES:

@@ -44,6 +44,10 @@ def _utf8(value: str | None) -> str | None:
     return value
 
 
+# A command-line argument read as text (`_utf8`).
+Text = Annotated[str, typer.Argument(callback=_utf8)]
+
+
 def load_settings(**overrides: object) -> Settings:
     """Settings from PROFILER_* variables; a bad value is a one-line message, not a traceback."""
     try:
@@ -166,7 +170,7 @@ def _check_writable(path: Path, option: str) -> None:
 
 
 @app.command()
-def profile(user_id: Annotated[str, typer.Argument(callback=_utf8)]) -> None:
+def profile(user_id: Text) -> None:
     """Print a user's stored profile as JSON."""
     settings = load_settings()
     from stream.lookup import read_profile_json
@@ -240,16 +244,13 @@ def produce(
 
 
 @app.command()
-def erase(user_id: Annotated[str, typer.Argument(callback=_utf8)]) -> None:
+def erase(user_id: Text) -> None:
     """Ask the workers to erase a user (GDPR): every key, a tombstone, no older events again."""
     _send_command({"command": "erase", "user_id": user_id}, f"an erase of {user_id!r}")
 
 
 @app.command()
-def merge(
-    from_user_id: Annotated[str, typer.Argument(callback=_utf8)],
-    user_id: Annotated[str, typer.Argument(callback=_utf8)],
-) -> None:
+def merge(from_user_id: Text, user_id: Text) -> None:
     """Ask the workers to merge a user's profile (an anonymous id) into another's, then
     erase the first."""
     if from_user_id == user_id:

@@ -428,15 +428,15 @@ class BatchWorker:
         (the committed offset after an assignment), asked for at most `timeout_s`
         for all of them; one whose end no fetch has told yet is not known.
         """
-        lag, unknown, asked = {}, [], []
+        lag = self.consumer_lag()
+        unknown, asked = [], []
         for tp in self.assignment.partitions:
-            highwater, position = self.consumer.highwater(tp), self._positions.get(tp)
-            if highwater is None:
-                unknown.append(tp)
-            elif position is None:
-                asked.append((tp, highwater))
-            else:
-                lag[tp] = max(0, highwater - position)
+            if tp not in lag:
+                highwater = self.consumer.highwater(tp)
+                if highwater is None:
+                    unknown.append(tp)
+                else:
+                    asked.append((tp, highwater))
         if asked:
             try:
                 positions = await asyncio.wait_for(
