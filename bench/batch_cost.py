@@ -121,7 +121,7 @@ async def warmed_step(
 
     for start in range(0, warm_events, 2_500):
         await (await step(records[start : start + 2_500])).write()
-    settle_heap()
+    settle_heap(Settings().batch_max_events)
     return client, step
 
 

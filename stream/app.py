@@ -83,7 +83,7 @@ class EventPathService(Service):
         await check_servers(settings)  # before the encoder and models load
         self.worker = BatchWorker(settings)
         await self.worker.start()
-        settle_heap()
+        settle_heap(settings.batch_max_events)
         EventPathService.running = self.worker
         self._task = asyncio.ensure_future(self.worker.run())
         self._task.add_done_callback(self._ended)

@@ -18,11 +18,17 @@ from stream.worker import BatchWorker, WorkerStats, stop_within
 log = logging.getLogger("profiler.runner")
 
 
-# Net allocations of container objects between young collections (CPython's default: 700).
-YOUNG_COLLECTION_THRESHOLD = 10_000
+# Net allocations of container objects between young collections (CPython's default: 700),
+# per event of the largest batch, and at least (BENCHMARKS.md).
+YOUNG_OBJECTS_PER_EVENT = 20
+YOUNG_COLLECTION_MIN = 100_000
 
 
-def settle_heap() -> None:
+def young_threshold(batch_max_events: int) -> int:
+    return max(YOUNG_COLLECTION_MIN, YOUNG_OBJECTS_PER_EVENT * batch_max_events)
+
+
+def settle_heap(batch_max_events: int) -> None:
     """Hide what start-up built from the garbage collector, for the life of the process.
 
     Imported modules, River models and the encoder stay until the process ends,
@@ -30,16 +36,20 @@ def settle_heap() -> None:
     only what batches allocate. Measured on the drain benchmark: about 1.3x the
     events per second (BENCHMARKS.md). Called once per process, after start-up.
 
-    Nearly everything a batch allocates dies young, by reference count, so the
-    default young threshold collected a thousand times over 50,000 events (at
-    260 a batch) for almost nothing: 158 ms in all, and every hundredth young
-    collection a full one (up to 6.6 ms, more as the profile cache fills).
-    With 10,000: four collections, 17 ms. Cyclic garbage waits a little longer.
+    Nearly everything a batch allocates dies by reference count once the batch
+    is written. A young collection counts the container objects allocated and
+    not yet freed, so one that falls inside a batch walks the batch's live
+    events, profiles and features, frees nothing, and moves them all to an
+    older generation. A batch of 5,000 events holds about 20,000 of them at its
+    peak without the models and 30,000 with them, on top of what outlives
+    batches (the profile cache filling). The threshold leaves a few batches'
+    room, so collections come from what outlives batches and from cyclic
+    garbage, not from each batch's own work.
     """
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()
-    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, old)
+    gc.set_threshold(young_threshold(batch_max_events), middle, old)
 
 
 async def run_worker(settings: Settings, until_idle_s: float | None = None) -> WorkerStats:
@@ -72,7 +82,7 @@ async def run_worker(settings: Settings, until_idle_s: float | None = None) -> W
             await worker.start()
         except (KafkaError, RedisError, OSError) as exc:
             raise StartupError(str(exc)) from exc
-        settle_heap()
+        settle_heap(settings.batch_max_events)
         if settings.web_port:
             from stream.web import start_web
 
