@@ -190,6 +190,17 @@ VALID: Final = [
     ok("ts_min", "login", ts=MIN_TS),
     ok("ts_recent", "login", ts=NOW_MS - 31 * 86_400_000),
     Case("fields_64", _wide("fields_64", 64), None),
+    # More colons than fields allowed, in a nested object and in a text: still 64 fields.
+    Case(
+        "fields_64_nested",
+        _wide("fields_64_nested", 63)[:-1] + b',"zz":' + _wide("in", 70) + b"}",
+        None,
+    ),
+    Case(
+        "fields_64_colons",
+        _wide("fields_64_colons", 63)[:-1] + b',"title":"' + b":" * 80 + b'"}',
+        None,
+    ),
     Case("size_64kib_exactly", _padded("size_64kib_exactly", 64 * 1024), None),
     Case("pretty_printed", json.dumps(fields("pretty_printed", "click"), indent=2).encode(), None),
     Case(
@@ -236,6 +247,9 @@ INVALID: Final = [
     Case("top_null", b"null", "not_object"),
     Case("top_true", b"true", "not_object"),
     Case("fields_65", _wide("fields_65", 65), "too_many_fields"),
+    Case(
+        "fields_65_spaced", _wide("fields_65_spaced", 65).replace(b":", b" : "), "too_many_fields"
+    ),
     bad("too_large_text", "too_large", "review", text="x" * 70_000),
     Case(
         "too_large_padding",
