@@ -40,7 +40,7 @@ from profiling.behaviour import (
 from profiling.currency import SAME_CURRENCY, Currencies
 from profiling.events import Event
 from profiling.profile import SCORE_THEN_NAME, Outcome, Profile
-from profiling.risk import ANOMALY, Risk, RiskModel, keep_features, risk_band
+from profiling.risk import ANOMALY, Risk, RiskModel, ScoredBatch, keep_features, risk_band
 from profiling.segments import Assignment, SegmentModel
 from profiling.snapshots import SnapshotRefusedError
 
@@ -116,15 +116,17 @@ class ProfileModels:
         # In event time, not user by user: the models learn in turn, and the order must
         # not depend on which users a batch happened to hold.
         scored.sort(key=_in_event_time)
-        risks = self.risk.score_batch([features for _, _, features in scored], learn=learn)
-        per_user: list[list[tuple[Event, dict[str, float], float]]] = [[] for _ in written]
-        for (user, event, features), (risk, anomaly) in zip(scored, risks, strict=True):
+        batch = self.risk.scored_batch([features for _, _, features in scored], learn=learn)
+        per_user: list[list[tuple[Event, dict[str, float], int]]] = [[] for _ in written]
+        for i, ((user, event, features), risk, anomaly) in enumerate(
+            zip(scored, batch.risks, batch.raws, strict=True)
+        ):
             features[ANOMALY] = anomaly  # ours: a fresh dict per event
-            per_user[user].append((event, features, risk))
+            per_user[user].append((event, features, i))
             self._scores.append((event.event_id, risk))
         tastes = self._tastes(written)
         verdicts = [
-            self._verdicts(o, state, events, taste)
+            self._verdicts(o, state, events, batch, taste)
             for o, (state, _), events, taste in zip(written, folded, per_user, tastes, strict=True)
         ]
         current = [(o.profile.segment, o.profile.segment_dwell) for o in written]
@@ -141,24 +143,28 @@ class ProfileModels:
         self,
         outcome: Outcome,
         state: Behaviour,
-        scored: list[tuple[Event, dict[str, float], float]],
+        scored: list[tuple[Event, dict[str, float], int]],
+        batch: ScoredBatch,
         taste: list[float] | None,
     ) -> tuple[dict[str, Any], dict[str, float], tuple[tuple[str, bytes], ...]]:
-        """One user's profile changes, segment features and kept features, from their scores."""
+        """One user's profile changes, segment features and kept features, from their scores
+        (`scored`: each event with its features and its place in the scored `batch`)."""
         profile = outcome.profile
         snapshots: list[tuple[str, bytes]] = []
         alerts: list[str] = []
-        for event, features, risk in scored:
+        risks = batch.risks
+        for event, features, i in scored:
             snapshots.append((event.event_id, keep_features(features)))
-            if risk >= self.alert_threshold:
-                explained = self.risk.explain(features, risk)
+            if risks[i] >= self.alert_threshold:
+                explained = self.risk.explain_scored(batch, i, features)
                 alerts.append(self._alert(profile.user_id, event, explained, features))
         changes: dict[str, Any] = {"behaviour": state, "alerts": tuple(alerts)}
         if scored:
-            _, features, risk = scored[-1]
+            _, features, i = scored[-1]
+            risk = risks[i]
             changes["risk"] = round(risk, 6)
             reasons = (
-                self.risk.explain(features, risk).reasons_json(features)
+                self.risk.explain_scored(batch, i, features).reasons_json(features)
                 if risk >= REASONS_FLOOR
                 else []
             )

@@ -140,6 +140,46 @@ class Risk:
         ]
 
 
+class ScoredBatch:
+    """A batch's risks as `RiskModel.scored_batch` made them, and what each was made of.
+
+    An event's reasons say what its risk was made of when it was scored, so they
+    do not depend on how many events its batch held: each side's part of the
+    noisy-or (kept by the scoring loop, two floats an event), and the shop's
+    statistics as they stood for that event (before the batch, then in turn:
+    each event against the events before it and itself, as it was scaled). The
+    z-scores are worked out for the whole batch in one vectorised step, and only
+    once some event's reasons are asked for.
+    """
+
+    __slots__ = ("_in_turn", "_matrix", "_population", "_z", "parts", "raws", "risks")
+
+    def __init__(
+        self,
+        risks: list[float],
+        raws: list[float],
+        parts: list[tuple[float, float]],
+        matrix: np.ndarray[Any, Any],
+        population: Population,
+        *,
+        in_turn: bool,
+    ) -> None:
+        self.risks = risks
+        self.raws = raws
+        self.parts = parts  # (supervised, anomalous): each side's part of each risk
+        self._matrix = matrix  # the events' features, in TRANSACTION_FEATURES order
+        self._population = population  # before the batch if it learnt the batch (in turn)
+        self._in_turn = in_turn
+        self._z: np.ndarray[Any, Any] | None = None
+
+    def z(self, i: int) -> list[float]:
+        """Event `i`'s z-scores (`Population.z`) as they stood when it was scored."""
+        if self._z is None:
+            population, matrix = self._population, self._matrix
+            self._z = population.z_in_turn(matrix) if self._in_turn else population.z_rows(matrix)
+        return self._z[i].tolist()  # type: ignore[no-any-return]
+
+
 class RiskModel:
     """HalfSpaceTrees (unsupervised) blended with logistic regression (from delayed labels)."""
 
@@ -211,7 +251,15 @@ class RiskModel:
     def score_batch(
         self, batch: Sequence[Mapping[str, float]], *, learn: bool = True
     ) -> list[tuple[float, float]]:
-        """(risk, raw anomaly score) of each event, in order, learning each after its score.
+        """(risk, raw anomaly score) of each event, in order, learning each after its score."""
+        scored = self.scored_batch(batch, learn=learn)
+        return list(zip(scored.risks, scored.raws, strict=True))
+
+    def scored_batch(
+        self, batch: Sequence[Mapping[str, float]], *, learn: bool = True
+    ) -> ScoredBatch:
+        """Each event's risk and raw anomaly score, in order, learning each after its score,
+        with what each risk was made of for its reasons (`explain_scored`).
 
         Every event is min-max scaled (the trees want [0, 1]) against the range
         of the events before it and itself, as if they came one at a time (in
@@ -220,13 +268,16 @@ class RiskModel:
         (`profiling.hst`: River's scores, event by event, to the bit). The raw
         anomaly score is a feature of the classifier too (stacking): keep it
         with the features, so a label joins with exactly what was scored.
-        Reasons cost as much as the score, so they are asked for separately
-        (`explain`), for the events whose reasons are kept.
+        Reasons cost as much as the score, so they are asked for separately,
+        for the events whose reasons are kept; all the loop keeps for them is
+        each side's part of the noisy-or.
         """
-        if not batch:
-            return []
-        matrix = feature_matrix(batch, TRANSACTION_FEATURES)
         population = self.population
+        if not batch:
+            empty = np.zeros((0, len(TRANSACTION_FEATURES)))
+            return ScoredBatch([], [], [], empty, population.copy(), in_turn=False)
+        matrix = feature_matrix(batch, TRANSACTION_FEATURES)
+        before = population.copy()  # what the events' z-scores are measured from, in turn
         scaled = population.scale_in_turn(matrix) if learn else population.scale(matrix)
         if learn:
             population.learn(matrix)
@@ -234,11 +285,11 @@ class RiskModel:
         weight = self.label_weight
         calibration, drift = self.calibration, self.drift
         first_window = self.trees.window_size - self.scored  # events left in it, if > 0
-        out = []
+        anomaly_from = self._anomaly_from(first_window, len(batch), learn)
+        risks: list[float] = []
+        parts: list[tuple[float, float]] = []
         for i, (x, raw) in enumerate(zip(batch, raws, strict=True)):
-            anomalous = (
-                calibration.risk(raw) if calibration.learnt >= CALIBRATION_MIN_SCORES else 0.0
-            )
+            anomalous = calibration.risk(raw) if i >= anomaly_from else 0.0
             supervised = self._supervised(x, raw, weight) if weight else 0.0
             # Noisy-or: either side can raise the risk. A kind of fraud no label has
             # shown yet still alerts through the anomaly side (its top share of traffic).
@@ -249,10 +300,20 @@ class RiskModel:
                 drift.update(risk)
                 if drift.drift_detected:
                     self.drifts += 1
-            out.append((risk, raw))
+            risks.append(risk)
+            parts.append((supervised, anomalous))
         if learn:
-            self.scored += len(out)
-        return out
+            self.scored += len(risks)
+        return ScoredBatch(risks, raws, parts, matrix, before, in_turn=learn)
+
+    def _anomaly_from(self, first_window: int, size: int, learn: bool) -> int:
+        """The first event of the batch whose score the anomaly side joins: the one by
+        which the calibration knows `CALIBRATION_MIN_SCORES` scores (it learns each
+        scored event past the trees' first window, after its score)."""
+        missing = CALIBRATION_MIN_SCORES - self.calibration.learnt
+        if missing <= 0:
+            return 0
+        return max(0, first_window) + missing if learn else size
 
     def _supervised(self, x: Mapping[str, float], raw: float, weight: float) -> float:
         """The classifier's side of the risk: its fraud probability of `x` with the raw
@@ -288,8 +349,30 @@ class RiskModel:
         self._flat = None  # snapshots from before the working form lack it
 
     def explain(self, features: Mapping[str, float], risk: float) -> Risk:
-        """`risk` with its top-3 reasons, as the models stand now."""
-        return Risk(risk, self._reasons(features, risk))
+        """`risk` with its top-3 reasons, as the models stand now (for features not scored
+        in a batch: a scored event's reasons come from `explain_scored`)."""
+        raw = features.get(ANOMALY, 0.0)
+        weight, calibration = self.label_weight, self.calibration
+        supervised = self._supervised(features, raw, weight) if weight else 0.0
+        learnt = calibration.learnt >= CALIBRATION_MIN_SCORES
+        anomalous = calibration.risk(raw) if learnt else 0.0
+        z = self.population.z(features) if anomalous > 0 else []
+        return Risk(risk, self._reasons(features, raw, risk, (supervised, anomalous), z))
+
+    def explain_scored(self, scored: ScoredBatch, i: int, features: Mapping[str, float]) -> Risk:
+        """The risk of the batch's event `i` (its `features`) with its top-3 reasons, from
+        what that risk was made of when the event was scored.
+
+        Not from the models after the whole batch: the calibration and the shop's
+        statistics learnt the events after it since, so the same event gave other
+        reasons in a batch of 500 than alone, and in the batch where the
+        calibration first counted, the anomaly side got a share of risks it had
+        no part in. The classifier learns from labels only, never while scoring,
+        so its weights are still the ones that scored the batch.
+        """
+        parts, risk = scored.parts[i], scored.risks[i]
+        z = scored.z(i) if parts[1] > 0 else []  # the anomaly side's part: its features' z
+        return Risk(risk, self._reasons(features, scored.raws[i], risk, parts, z))
 
     def learn_label(self, features: Mapping[str, float], label: bool) -> None:
         """A delayed fraud label for an event scored earlier, with the features it had then.
@@ -306,41 +389,52 @@ class RiskModel:
         self.replay.append((x, bool(label)))
         self.labels[int(bool(label))] += 1
 
-    def _reasons(self, x: Mapping[str, float], risk: float) -> tuple[tuple[str, float], ...]:
+    def _reasons(
+        self,
+        x: Mapping[str, float],
+        raw: float,
+        risk: float,
+        parts: tuple[float, float],
+        z: Sequence[float],
+    ) -> tuple[tuple[str, float], ...]:
         """The top 3 of each feature's share of `risk`.
 
-        Each side's part of the noisy-or is split among the features that pushed
-        it: the classifier's (`s`) among its positive terms, the anomaly side's
-        (`a(1 - s)`) among the features far above the shop's usual (z-scores).
-        Split by the sides' parts, not by the label weight: with labels, a
-        classifier that said "no fraud" named the reasons for the trees' alarm.
+        Each side's part of the noisy-or (`parts`: supervised `s`, anomalous
+        `a`) is split among the features that pushed it: the classifier's (`s`)
+        among its positive terms, the anomaly side's (`a(1 - s)`) among the
+        features far above the shop's usual (`z`, their z-scores; read only
+        when `a` > 0). Split by the sides' parts, not by the label weight: with
+        labels, a classifier that said "no fraud" named the reasons for the
+        trees' alarm.
         """
-        parts: dict[str, float] = {}
-        weight, raw = self.label_weight, x.get(ANOMALY, 0.0)
-        supervised = 0.0
-        if weight:
-            scaler = self.classifier["StandardScaler"]
-            coefficients = self.classifier["LogisticRegression"].weights
-            pushes = {}
-            for name in (*TRANSACTION_FEATURES, ANOMALY):
-                spread = math.sqrt(scaler.vars.get(name, 0.0)) or 1.0
-                z = (x.get(name, 0.0) - scaler.means.get(name, 0.0)) / spread
-                pushes[name] = max(0.0, coefficients.get(name, 0.0) * z)
-            supervised = self._supervised(x, raw, weight)
-            _share(parts, pushes, supervised)
-        calibration = self.calibration
-        if calibration.learnt >= CALIBRATION_MIN_SCORES:
-            anomalous = calibration.risk(raw) * (1.0 - supervised)
+        supervised, anomalous = parts
+        shares: dict[str, float] = {}
+        if supervised > 0:
+            _share(shares, self._pushes(x, raw), supervised)
+        if anomalous > 0:
             pushes = {
-                name: min(max(0.0, -z if name in RISKIER_LOW else z), 10.0)
-                for name, z in zip(TRANSACTION_FEATURES, self.population.z(x), strict=True)
+                name: min(max(0.0, -z_score if name in RISKIER_LOW else z_score), 10.0)
+                for name, z_score in zip(TRANSACTION_FEATURES, z, strict=True)
             }
-            _share(parts, pushes, anomalous)
-        total = sum(parts.values())
+            _share(shares, pushes, anomalous * (1.0 - supervised))
+        total = sum(shares.values())
         if total <= 0:
             return ()
-        top = sorted(parts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        top = sorted(shares.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
         return tuple((name, risk * part / total) for name, part in top if part > 0)
+
+    def _pushes(self, x: Mapping[str, float], raw: float) -> dict[str, float]:
+        """How far each feature of `x` (with the raw anomaly score `raw`) pushed the
+        classifier towards fraud: its weight times the standardised feature, if positive."""
+        scaler = self.classifier["StandardScaler"]
+        coefficients = self.classifier["LogisticRegression"].weights
+        pushes = {}
+        for name in KEPT_FEATURES:
+            value = raw if name == ANOMALY else x.get(name, 0.0)
+            spread = math.sqrt(scaler.vars.get(name, 0.0)) or 1.0
+            z = (value - scaler.means.get(name, 0.0)) / spread
+            pushes[name] = max(0.0, coefficients.get(name, 0.0) * z)
+        return pushes
 
 
 def _share(parts: dict[str, float], pushes: Mapping[str, float], part: float) -> None:
@@ -455,15 +549,63 @@ class Population:
         scaled[:, span <= 0] = 0.0
         return scaled
 
+    def copy(self) -> Population:
+        """The statistics as they stand now, apart from what this one learns next."""
+        twin = Population(self.names)
+        twin.n = self.n
+        twin.low, twin.high = self.low.copy(), self.high.copy()
+        twin.means, twin.m2 = self.means.copy(), self.m2.copy()
+        return twin
+
     def z(self, x: Mapping[str, float]) -> list[float]:
         """How many standard deviations each feature of `x` sits above the mean; 0 for a
         feature that has not varied (its spread, if any, is rounding: 1e-15 became a cap)."""
-        values = np.array([x.get(name, 0.0) for name in self.names])
-        spread = np.sqrt(self.m2 / self.n) if self.n > 1 else np.zeros(len(self.names))
-        size = np.maximum(1.0, np.maximum(np.abs(self.high), np.abs(self.low)))
-        varied = (spread > 0) & (self.high - self.low > FLAT * size)
-        z = np.where(varied, (values - self.means) / np.where(varied, spread, 1.0), 0.0)
-        return z.tolist()  # type: ignore[no-any-return]
+        values = np.array([[x.get(name, 0.0) for name in self.names]])
+        return self.z_rows(values)[0].tolist()  # type: ignore[no-any-return]
+
+    def z_rows(self, matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """`z` of each row (one per event, columns in `names` order)."""
+        n = np.float64(self.n)
+        return _z_scores(matrix, n, means=self.means, m2=self.m2, low=self.low, high=self.high)
+
+    def z_in_turn(self, matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """`z` of each row as if the rows were learnt one at a time, before `learn` of
+        them: each against the mean and spread of every row before it and itself, as
+        `scale_in_turn` scales it, so an event's z does not depend on its batch.
+
+        Running sums of the rows' offsets from the mean before them (from the first
+        row, for a population that knows none) give every row's mean and sum of
+        squared deviations in one step: sum((x - c)^2) - (sum(x - c))^2 / n.
+        """
+        counts = self.n + np.arange(1.0, len(matrix) + 1.0)[:, None]
+        centre = self.means if self.n else matrix[0]
+        offsets = matrix - centre
+        sums = np.cumsum(offsets, axis=0)
+        m2 = np.maximum(0.0, self.m2 + np.cumsum(offsets * offsets, axis=0) - sums * sums / counts)
+        low = np.minimum(self.low, np.minimum.accumulate(matrix, axis=0))
+        high = np.maximum(self.high, np.maximum.accumulate(matrix, axis=0))
+        means = centre + sums / counts
+        return _z_scores(matrix, counts, means=means, m2=m2, low=low, high=high)
+
+
+def _z_scores(
+    matrix: np.ndarray[Any, Any],
+    counts: np.ndarray[Any, Any] | np.float64,
+    *,
+    means: np.ndarray[Any, Any],
+    m2: np.ndarray[Any, Any],
+    low: np.ndarray[Any, Any],
+    high: np.ndarray[Any, Any],
+) -> np.ndarray[Any, Any]:
+    """Each row's z-scores against the statistics of `counts` events (a row each, or one
+    for all): 0 for a feature that has not varied, whose spread is rounding at most."""
+    spread = np.where(counts > 1, np.sqrt(m2 / np.maximum(counts, 1.0)), 0.0)
+    size = np.maximum(1.0, np.maximum(np.abs(high), np.abs(low)))
+    varied = (spread > 0) & (high - low > FLAT * size)
+    z: np.ndarray[Any, Any] = np.where(
+        varied, (matrix - means) / np.where(varied, spread, 1.0), 0.0
+    )
+    return z
 
 
 def explain(feature: str, x: Mapping[str, float]) -> str:
