@@ -7,7 +7,8 @@ events in event time through the bounded behaviour state
 keeps the features each scored event had (so a fraud label arriving days
 later can be learnt from them), raises an alert at or above the threshold,
 and assigns the user's segment (`profiling.segments`). A segment move or a
-risk band change makes the profile's change message due.
+risk band change makes the profile's change message due (a user's first risk
+only above the lowest band: a low one waits for the heartbeat).
 
 Alerts are stored on the profile with the version that raised them, so a
 replayed batch (crash after the write, before the acks) sends the same alerts
@@ -40,7 +41,14 @@ from profiling.behaviour import (
 from profiling.currency import SAME_CURRENCY, Currencies
 from profiling.events import Event
 from profiling.profile import SCORE_THEN_NAME, Outcome, Profile
-from profiling.risk import ANOMALY, Risk, RiskModel, ScoredBatch, keep_features, risk_band
+from profiling.risk import (
+    ANOMALY,
+    Risk,
+    RiskModel,
+    ScoredBatch,
+    keep_features,
+    risk_band_moved,
+)
 from profiling.segments import Assignment, SegmentModel
 from profiling.snapshots import SnapshotRefusedError
 
@@ -241,9 +249,7 @@ class ProfileModels:
         band_moved = False
         if risk != before.risk:
             changed.update(("risk", "risk_reasons"))
-            band_moved = risk_band(risk, self.alert_threshold) != risk_band(
-                before.risk, self.alert_threshold
-            )
+            band_moved = risk_band_moved(before.risk, risk, self.alert_threshold)
         publish = outcome.publish or moved or band_moved
         # Published here and not by the fold: the message carries the stored version.
         newly = publish and not outcome.publish

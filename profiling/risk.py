@@ -126,6 +126,18 @@ def risk_band(risk: float | None, threshold: float = 0.8) -> str | None:
     return "medium" if risk >= min(0.5, threshold) else "low"
 
 
+def risk_band_moved(before: float | None, after: float | None, threshold: float = 0.8) -> bool:
+    """Whether the risk moved to another band, which makes a change message due.
+
+    No risk yet counts as the lowest band: a user's first purchase or login
+    almost always scores low, and a message for that alone, due at once, went
+    round the heartbeat that holds back counter changes (the risk still rides
+    with the next message). A first risk in a higher band is news.
+    """
+    lowest = risk_band(0.0, threshold)
+    return (risk_band(before, threshold) or lowest) != (risk_band(after, threshold) or lowest)
+
+
 @dataclass(frozen=True, slots=True)
 class Risk:
     """A score in [0, 1] and the features that made it, largest share first."""
