@@ -85,6 +85,9 @@ MAX_BACKOFF_S = 5.0
 # only goes out later, once the write is packed and sent.
 FETCH_TURNS = 5
 RETRIES_AFTER_STOP = 3
+# Held-back users read, marked and published at a time: a worker that stops, or lets its
+# partitions go, hands off every user it holds back (tens of thousands on a busy shop).
+HELD_BACK_CHUNK = 1_000
 # After a stop is asked for, how long the batch in flight may take to be written,
 # published and committed before it is given up (`stop_within`); then how long each
 # step of closing may take (`BatchWorker.close`). Within the 30 s an orchestrator
@@ -567,8 +570,10 @@ class BatchWorker:
         )
         try:
             for group, hand_off, once_more in groups:
-                if group:
-                    await self._publish_group(group, handing_off=hand_off, again=once_more)
+                users = list(group.items())
+                for start in range(0, len(users), HELD_BACK_CHUNK):
+                    chunk = dict(users[start : start + HELD_BACK_CHUNK])
+                    await self._publish_group(chunk, handing_off=hand_off, again=once_more)
         except Exception as exc:
             log.error(
                 "publishing %d held-back change messages failed (%s: %s); they wait for their "
