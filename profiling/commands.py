@@ -38,6 +38,7 @@ from profiling.pipeline import (
     BatchResult,
     SourceRecord,
     Stages,
+    alert_messages,
     dead_letter_for,
 )
 from profiling.profile import Profile, ProfileParams, in_window
@@ -149,12 +150,17 @@ async def _merge(  # noqa: PLR0917 - one command's whole context
         (known,) = (await store.load([command.user_id])).values()
         if in_window(known.seen, marker):  # merged before a crash: publish again
             _publish(known, result, stages)
+            # With the alerts of the account's last two writes, as a replayed batch
+            # sends them: the merge's own (the visitor's, maybe never acked) are among
+            # them unless the account wrote twice since.
+            result.alerts += alert_messages(known.alerts_before + known.alerts)
             break
         if taken is None:  # a replay with nothing aside, and never merged
             break
         merged = merge_profiles(known, taken, marker, params=params, vectors=vectors, now_ms=now_ms)
         if not await store.save([Write(merged, known.version, (), known.updated)]):
             _publish(merged, result, stages)
+            result.alerts += alert_messages(merged.alerts)  # the visitor's, maybe never acked
             result.users_written += 1
             outcome = "merged"
             break

@@ -9,7 +9,8 @@ last seen and added (they are linear in the events, `profiling.profile` and
 newest stamps and tokens of both (`merge_behaviour`). What only the known
 user's own history can say stays theirs: partition watermarks, the segment
 and the latest risk (when they have one). The merge is published as a change
-of every public field.
+of every public field, with the visitor's alerts that may not have gone out
+yet (the merged write's `Profile.alerts`).
 
 The dedupe window takes both users' event ids: a visitor's event older than
 the merge that arrives after it is forwarded to the known user
@@ -112,12 +113,16 @@ def merge_profiles(
         segment_dwell=source.segment_dwell,
         risk=rated.risk,
         risk_reasons=rated.risk_reasons,
-        # The merge raises no alert and forwards nothing; what both users' last writes
-        # did is kept as a write's is, for the replay of a batch whose acks were lost
-        # (a crash with that batch still publishing as the merge landed).
-        alerts=(),
+        # The merge raises no alert and forwards nothing of its own. It sends again the
+        # alerts of the visitor's last two writes, whose acks may still be pending: a
+        # replay of the batch that raised them finds no profile of the visitor, and
+        # the events it forwards are duplicates at the account, where nothing resends
+        # them. The account's last write's alerts and both users' forwards are kept as
+        # a write's are, for the replay of a batch whose acks were lost (a crash with
+        # that batch still publishing as the merge landed).
+        alerts=taken.alerts_before + taken.alerts,
         forwards=(),
-        alerts_before=known.alerts + taken.alerts,
+        alerts_before=known.alerts,
         forwards_before=known.forwards + taken.forwards,
         published_at=now_ms,
         published_version=version,

@@ -346,9 +346,17 @@ def _record(outcome: Outcome, result: BatchResult, stages: Stages, partition: in
         result.held_back[profile.user_id] = (partition, profile.published_at)
     if outcome.wrote or replay:  # a replay sends the last writes' alerts again
         alerts = profile.alerts_before + profile.alerts if replay else profile.alerts
-        # Keyed by the alert's own user: a merged visitor's alerts go out again with
-        # the account's replay (`profiling.merging`), under the visitor's key.
-        result.alerts.extend((orjson.loads(alert)["user_id"], alert.encode()) for alert in alerts)
+        result.alerts += alert_messages(alerts)
+
+
+def alert_messages(alerts: Sequence[str]) -> list[tuple[str, bytes]]:
+    """(user_id, body) of each alert body a profile keeps, for the alerts topic.
+
+    Keyed by the alert's own user, not the profile's: a merged visitor's alerts
+    go out again with the merge and the account's replays (`profiling.merging`),
+    under the visitor's key.
+    """
+    return [(orjson.loads(alert)["user_id"], alert.encode()) for alert in alerts]
 
 
 def _change_message(profile: Profile, changed: AbstractSet[str], stages: Stages) -> bytes:

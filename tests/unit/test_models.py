@@ -197,6 +197,37 @@ async def test_a_merged_visitors_alerts_go_out_again_under_the_visitors_key() ->
     assert replay.alerts == first.alerts  # keyed u7, as their bodies say
 
 
+async def test_a_visitors_alerts_go_out_with_the_merge_that_lands_before_their_acks() -> None:
+    """A batch of the visitor's alone raised alerts; the merge landed before its acks.
+    Its replay finds no visitor: their events, older than the merge, are forwarded,
+    and are duplicates at the account. So the merge sends those alerts itself, and
+    again when it is replayed."""
+    store, models = InMemoryProfileStore(), ProfileModels(alert_threshold=0.5)
+    rng = random.Random(2)
+    history = [b for u in range(100) for b in shopper(f"u{u}", 6, NOW - 40 * 86_400_000, rng)]
+    await run(models, sorted(history, key=lambda b: b["ts"]), store)  # type: ignore[arg-type]
+    stages = Stages(models=models)
+    batch = records(takeover("u7", NOW - 3_600_000), start=10_000)
+    first = await apply_batch(batch, store, PARAMS, lambda: NOW, stages)
+    assert first.alerts and {key for key, _ in first.alerts} == {"u7"}
+    body = {"command": "merge", "from_user_id": "u7", "user_id": "u8"}
+    merge = Record("profile-commands", 0, 0, b"u8", orjson.dumps(body), NOW)
+    merged = await apply_commands([merge], store, NOW + 1, PARAMS, stages)
+    assert merged.commands == {("merge", "merged"): 1}
+    assert merged.alerts == first.alerts  # keyed u7, as their bodies say
+    replay = await apply_batch(batch, store, PARAMS, lambda: NOW + 2, stages)
+    assert replay.outcomes["forwarded"] == len(batch) and not replay.alerts
+    forwarded = [
+        Record("events", 1, 50 + i, key.encode(), value)
+        for i, (key, value) in enumerate(replay.forwarded)
+    ]
+    at_account = await apply_batch(forwarded, store, PARAMS, lambda: NOW + 3, stages)
+    assert at_account.outcomes["duplicate"] == len(batch) and not at_account.alerts
+    again = await apply_commands([merge], store, NOW + 4, PARAMS, stages)
+    assert again.commands == {("merge", "repeated"): 1}
+    assert set(first.alerts) <= set(again.alerts)
+
+
 async def test_a_customer_written_without_the_models_is_not_scored_as_a_new_account() -> None:
     """Models switched on for an existing store: a long-time customer's purchase was a
     "first order" of an account "0 days old"."""
