@@ -6,8 +6,9 @@ fraud (`schemas/fraud_label.v1.json`). `apply_labels` decodes a batch of them
 at scoring time in one store round trip, and teaches the risk classifier.
 A label whose features are gone (never scored here, or past their TTL) is
 counted as `unknown`, not an error. A label of a user merged into another since
-(`profile-commands`) is joined with the features there: the merge moved them,
-or the event was forwarded and scored there. Records at or below the offsets the
+(`profile-commands`) is joined with the features there, following a chain of
+merges to its end: the merge moved them, or the event was forwarded and scored
+there. Records at or below the offsets the
 restored model snapshot had learnt are skipped, so a replay after a restart
 does not teach the same label twice; and the features keep the label learnt
 from them with the record that taught it, so the same label from another
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -106,6 +107,9 @@ async def apply_labels(
     return result
 
 
+MAX_MERGE_HOPS: Final = 8  # merges followed from a label's user (a cycle ends there too)
+
+
 async def _follow_merges(
     labels: Sequence[Label],
     kept: list[bytes | None],
@@ -114,16 +118,26 @@ async def _follow_merges(
 ) -> None:
     """Fill in the features (and where they are) of labels whose user was merged into
     another since: a merge moves the features, and an event forwarded after it is
-    scored under the other user."""
-    missing = [i for i, features in enumerate(kept) if features is None]
-    if not missing:
-        return
-    into = await store.merged_into(list(dict.fromkeys(labels[i].user_id for i in missing)))
-    moved = [i for i in missing if labels[i].user_id in into]
-    if moved:
-        found = await store.load_scored(
-            [(into[labels[i].user_id], labels[i].event_id) for i in moved]
-        )
-        for i, features in zip(moved, found, strict=True):
+    scored under the other user.
+
+    Merges chain (a visitor into a guest account, the guest into a registered one;
+    each merge moves what the user holds then), so each label follows them from
+    user to user, looking at each, up to `MAX_MERGE_HOPS` and never to a user it
+    passed already (two users merged into each other).
+    """
+    at = {i: labels[i].user_id for i, features in enumerate(kept) if features is None}
+    passed = {i: {user} for i, user in at.items()}
+    for _hop in range(MAX_MERGE_HOPS):
+        if not at:
+            return
+        into = await store.merged_into(list(dict.fromkeys(at.values())))
+        at = {i: into[user] for i, user in at.items() if user in into}
+        at = {i: user for i, user in at.items() if user not in passed[i]}
+        if not at:
+            return
+        found = await store.load_scored([(user, labels[i].event_id) for i, user in at.items()])
+        for (i, user), features in zip(list(at.items()), found, strict=True):
+            passed[i].add(user)
             if features is not None:
-                kept[i], where[i] = features, (into[labels[i].user_id], labels[i].event_id)
+                kept[i], where[i] = features, (user, labels[i].event_id)
+                del at[i]

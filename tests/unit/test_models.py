@@ -412,6 +412,31 @@ async def test_labels_of_a_merged_user_find_the_features_where_the_merge_moved_t
     assert result.outcomes == {"learnt": 2, "unknown": 1}
 
 
+async def test_labels_follow_a_chain_of_merges_to_the_features() -> None:
+    """A visitor merged into a guest account, the guest into a registered one: each merge
+    moved the features on, and a label under any of the three ids finds them. Two users
+    merged into each other end the search (`unknown`), however often it goes round."""
+    store, models = InMemoryProfileStore(), ProfileModels()
+    rng = random.Random(3)
+    await run(models, shopper("u1", 3, NOW - 10 * 86_400_000, rng), store)  # type: ignore[arg-type]
+    merges = [("u1", "guest"), ("guest", "acct"), ("x", "y"), ("y", "x")]
+    commands = records(
+        [{"command": "merge", "from_user_id": a, "user_id": b} for a, b in merges],
+        topic="profile-commands",
+    )
+    done = await apply_commands(commands, store, NOW, PARAMS, Stages(models=models))
+    assert done.commands == {("merge", "merged"): 2, ("merge", "absent"): 2}
+    assert await store.load_scored([("acct", "u1-p0")]) != [None]
+    labels = [
+        {"event_id": "u1-p0", "user_id": "u1", "label": 1, "ts": NOW},
+        {"event_id": "u1-p1", "user_id": "guest", "label": 0, "ts": NOW},
+        {"event_id": "u1-p2", "user_id": "acct", "label": 1, "ts": NOW},
+        {"event_id": "u1-p0", "user_id": "x", "label": 1, "ts": NOW},
+    ]
+    result = await apply_labels(records(labels, topic="fraud-labels"), store, models, NOW)
+    assert result.outcomes == {"learnt": 3, "unknown": 1}
+
+
 def test_kept_features_are_what_was_scored_in_73_bytes() -> None:
     rng = random.Random(11)
     features = {name: rng.choice([0.0, 1.0, rng.uniform(-5, 20)]) for name in KEPT_FEATURES}
