@@ -9,8 +9,9 @@ last seen and added (they are linear in the events, `profiling.profile` and
 newest stamps and tokens of both (`merge_behaviour`). What only the known
 user's own history can say stays theirs: partition watermarks, the segment
 and the latest risk (when they have one). The merge is published as a change
-of every public field, with the visitor's alerts that may not have gone out
-yet (the merged write's `Profile.alerts`).
+of every public field (but the segment, when the account keeps the one its last
+message carried: `prev_segment` is then that one too), with the visitor's
+alerts that may not have gone out yet (the merged write's `Profile.alerts`).
 
 The dedupe window takes both users' event ids: a visitor's event older than
 the merge that arrives after it is forwarded to the known user
@@ -91,6 +92,9 @@ def merge_profiles(
     )
     interest, model = _interest(known, taken, last_seen, vectors)
     source = known if known.segment is not None else taken  # whose segment and dwell
+    # The account's last message carried its segment (a move is published at once); a
+    # segment taken from the visitor is a move from there, as the models' would be.
+    moved = known.is_new or source.segment != known.segment
     rated = known if known.risk is not None else taken
     version = known.version + 1
     merged = evolve(
@@ -109,7 +113,7 @@ def merge_profiles(
         model=model,
         behaviour=behaviour,
         segment=source.segment,
-        prev_segment=source.prev_segment,
+        prev_segment=known.segment if moved else known.prev_segment,
         segment_dwell=source.segment_dwell,
         risk=rated.risk,
         risk_reasons=rated.risk_reasons,
@@ -127,11 +131,13 @@ def merge_profiles(
         published_at=now_ms,
         published_version=version,
     )
-    return evolve(merged, unpublished=merged_fields(merged))
+    changed = merged_fields(merged)
+    return evolve(merged, unpublished=changed if moved else changed - {"segment"})
 
 
 def merged_fields(profile: Profile) -> frozenset[str]:
-    """Every public field of `profile`, vectors included: what a merge's message reports."""
+    """Every public field of `profile`, vectors included: what a merge's message reports
+    (but the segment, when the account keeps the one its last message carried)."""
     return frozenset(public_fields(profile)) | frozenset(vector_fields(profile))
 
 

@@ -17,11 +17,13 @@ from profiling.embedding_cache import EmbeddingLRU
 from profiling.encoder import HashingEncoder
 from profiling.events import Rejection
 from profiling.interests import InterestModel
+from profiling.merging import merge_profiles
+from profiling.messages import change_message
 from profiling.models import ProfileModels
 from profiling.pipeline import BatchResult, Record, Stages, apply_batch
 from profiling.profile import Profile, ProfileParams
 from profiling.store import InMemoryProfileStore, Write
-from profiling.vectors import decode_vector
+from profiling.vectors import VectorParams, decode_vector
 from tests.schemas import schema_accepts, validator
 
 NOW = 1_750_000_000_000
@@ -300,6 +302,39 @@ def test_merge_publishes_the_known_user_whole_and_erases_the_other() -> None:
         assert (await run_commands(store, nobody)).commands == {("merge", "absent"): 1}
 
     asyncio.run(scenario())
+
+
+def test_a_merge_message_reports_the_segment_against_the_accounts_last_message() -> None:
+    """`prev_segment` is the segment of the user's previous message, and `segment` is
+    listed as changed only when it differs from it: an account keeps its own segment,
+    and takes the visitor's only when it had none (a move, or a new user)."""
+    stages = Stages(models=ProfileModels())
+
+    async def scenario() -> None:
+        store = InMemoryProfileStore()
+        login = {"event_id": "k1", "user_id": "k", "type": "login", "ts": NOW - 9_000}
+        first = await apply_batch(
+            [Record(EVENTS, 0, 0, b"k", orjson.dumps(login))], store, PARAMS, lambda: NOW, stages
+        )
+        ((_, body),) = first.changes
+        last = orjson.loads(body)
+        await apply_batch(shop_log("anon", 10, 3, 1), store, PARAMS, lambda: NOW, stages)
+        merge = command({"command": "merge", "from_user_id": "anon", "user_id": "k"}, key=b"k")
+        ((_, body),) = (await run_commands(store, merge, stages=stages)).changes
+        message = orjson.loads(body)
+        validator("profile_update.v1").validate(message)
+        assert message["segment"] == message["prev_segment"] == last["segment"] is not None
+        assert "segment" not in message["changed"] and "events" in message["changed"]
+
+    asyncio.run(scenario())
+    visitor = Profile("anon", version=4, segment=3, prev_segment=1, segment_dwell=2)
+    for account in (Profile("k"), Profile("k", version=2, published_version=2)):
+        merged = merge_profiles(
+            account, visitor, b"m" * 8, params=PARAMS, vectors=VectorParams(), now_ms=NOW
+        )
+        message = orjson.loads(change_message(merged, merged.unpublished))
+        assert (message["segment"], message["prev_segment"]) == (3, None)
+        assert "segment" in message["changed"]
 
 
 def test_a_visitors_events_older_than_the_merge_are_forwarded_to_the_account() -> None:
