@@ -161,6 +161,25 @@ def erased_marker(at_ms: int, merged_into: str | None = None) -> bytes:
     return jsonout.dumps(_marker(at_ms, merged_into))
 
 
+def merged_marker(at_ms: int, merged_into: str, state: bytes | None) -> bytes:
+    """The state of a user merged into `merged_into` at `at_ms`, whose state was `state`:
+    the marker, with their watermarks and dedupe window when they had a window.
+
+    Their events the account holds now, read again (a replay, a producer's
+    re-send), are then replays and duplicates here too, also those at or after
+    the merge time (folded before the merge was read): else they would build a
+    new profile of the visitor and count twice. Events older than the merge are
+    forwarded as before. The Redis store keeps this state as long as a profile
+    stays aside (a replay comes sooner), then the marker alone (`erased_marker`).
+    """
+    document, newline, seen = (state or b"").partition(b"\n")
+    marker = erased_marker(at_ms, merged_into)
+    if not newline:
+        return marker
+    watermarks = orjson.loads(document).get("wm", {})
+    return jsonout.dumps({**_marker(at_ms, merged_into), "wm": watermarks}) + b"\n" + seen
+
+
 def _marker(at_ms: int, merged_into: str | None) -> dict[str, object]:
     return {"erased": at_ms, "into": merged_into} if merged_into else {"erased": at_ms}
 
@@ -345,9 +364,13 @@ def profile_from_storage(
         state = state.encode()
     document, _, seen = (state or b"").partition(b"\n")
     internal = orjson.loads(document) if document else {}
-    if not fields:  # the marker, if any, is all there is
+    if not fields:  # the marker, if any, is all there is (a merge's with a window)
         return Profile(
-            user_id, erased_before=int(internal.get("erased", 0)), merged_into=internal.get("into")
+            user_id,
+            watermarks={int(p): int(o) for p, o in internal.get("wm", {}).items()},
+            seen=seen,
+            erased_before=int(internal.get("erased", 0)),
+            merged_into=internal.get("into"),
         )
     vectors = vectors or {}
     interest_json = internal.get("interest")
@@ -465,7 +488,10 @@ class InMemoryProfileStore:
         existed = self._hashes.pop(user_id, None) is not None
         self._vectors.pop(user_id, None)
         self._aside.pop(user_id, None)
-        self._states[user_id] = erased_marker(at_ms, merged_into)
+        state = self._states.get(user_id)
+        self._states[user_id] = (
+            merged_marker(at_ms, merged_into, state) if merged_into else erased_marker(at_ms)
+        )
         for key in [key for key in self._scored if key[0] == user_id]:
             del self._scored[key]
         return Erasure.ERASED if existed else Erasure.ABSENT

@@ -168,6 +168,10 @@ return results
 # it (`scored_erasing_key`): the caller then drops, or for a merge moves, the
 # features it lists, and deletes it. An erase cut short leaves it for the next
 # call, and a profile rebuilt since keeps its own index.
+# A merge's marker as the state keeps the user's watermarks and dedupe window
+# (`merged_marker`), for as long as the profile stays aside or the marker lives,
+# whichever is shorter; the marker apart, and the state once that expired, hold the
+# marker alone.
 # Returns {found}, and for a merge {found, field, value, ..., state} of the profile
 # aside. found: 1 when a profile was removed, 0 when there was none, 2 when the user
 # was already erased at or after that time (a replayed command: nothing is touched,
@@ -198,6 +202,13 @@ if erased < tonumber(ARGV[1]) then
   for _, key in ipairs({KEYS[2], KEYS[4]}) do
     redis.call('SET', key, ARGV[2])
     if marker_ttl > 0 then redis.call('PEXPIRE', key, marker_ttl) end
+  end
+  local nl = aside > 0 and state and string.find(state, '\\n', 1, true)
+  if nl then  -- a merge: the state's marker keeps the watermarks and window a while
+    local wm = string.match(string.sub(state, 1, nl - 1), '"wm":(%b{})') or '{}'
+    local kept = string.sub(ARGV[2], 1, -2) .. ',"wm":' .. wm .. '}' .. string.sub(state, nl)
+    local ttl = marker_ttl > 0 and math.min(marker_ttl, aside) or aside
+    redis.call('SET', KEYS[2], kept, 'PX', ttl)
   end
 end
 if aside == 0 then return {found} end

@@ -19,7 +19,7 @@ from profiling.pipeline import Record, Stages, apply_batch, fold_batch
 from profiling.profile import Profile, ProfileParams
 from profiling.store import Erasure, Write, profile_key, state_key
 from stream.model_setup import build_models
-from stream.redis_store import RedisProfileStore, erased_key
+from stream.redis_store import ASIDE_TTL_MS, RedisProfileStore, erased_key
 from stream.settings import Settings
 
 T0 = 1_700_000_000_000
@@ -118,6 +118,28 @@ async def test_a_merged_users_marker_outlives_the_profile_ttl(
 
     await expire_profile(redis_client, "alice")
     assert await store.merged_into(["alice", "bob"]) == {"alice": "bob"}
+    expected = Profile("alice", erased_before=ERASED_AT, merged_into="bob")
+    assert await store.load(["alice"]) == {"alice": expected}
+
+
+async def test_a_merged_users_window_stays_a_day_and_the_marker_apart_without_it(
+    redis_client: aioredis.Redis,
+) -> None:
+    """The window a merge's marker keeps is for replays and re-sends, which come within
+    the day a profile stays aside: then the state expires, and the marker apart, the
+    size of any erasure's, is what stays."""
+    store = RedisProfileStore(redis_client)
+    window = b"\n12345678"
+    visitor = Profile("alice", version=1, events=1, updated=T0, watermarks={0: 9}, seen=window[1:])
+    await store.save([Write(visitor, 0)])
+    await store.set_aside("alice", ERASED_AT, "bob")
+    marker = b'{"erased":%d,"into":"bob"}' % ERASED_AT
+    state, apart = await redis_client.mget(state_key("alice"), erased_key("alice"))
+    assert (state, apart) == (marker[:-1] + b',"wm":{"0":9}}' + window, marker)
+    assert 0 < await redis_client.pttl(state_key("alice")) <= ASIDE_TTL_MS
+    assert await redis_client.pttl(erased_key("alice")) == -1
+
+    await redis_client.delete(state_key("alice"))  # as if the day had passed
     expected = Profile("alice", erased_before=ERASED_AT, merged_into="bob")
     assert await store.load(["alice"]) == {"alice": expected}
 

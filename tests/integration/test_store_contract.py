@@ -254,6 +254,27 @@ async def test_a_merged_users_marker_names_the_user_merged_into(store: ProfileSt
     assert await load_one(store, "alice") == Profile("alice", erased_before=T0 + 1)
 
 
+async def test_a_merged_users_marker_keeps_their_watermarks_and_window(
+    store: ProfileStore,
+) -> None:
+    """What the merge took is theirs no more, but their events read again must still be
+    replays and duplicates (the account counts them); an erase keeps nothing of theirs."""
+    profile = rich_profile()
+    await write(store, profile, 0)
+    await store.set_aside("alice", T0, "bob")
+    merged = Profile(
+        "alice", watermarks=profile.watermarks, seen=profile.seen, erased_before=T0,
+        merged_into="bob",
+    )  # fmt: skip
+    assert await load_one(store, "alice") == merged
+    assert await store.set_aside("alice", T0 + 1, "carol") == (Erasure.ABSENT, None)
+    assert await load_one(store, "alice") == replace(
+        merged, erased_before=T0 + 1, merged_into="carol"
+    )
+    assert await store.erase("alice", T0 + 2) is Erasure.ABSENT
+    assert await load_one(store, "alice") == Profile("alice", erased_before=T0 + 2)
+
+
 async def test_a_new_profile_folded_before_an_erase_is_refused(store: ProfileStore) -> None:
     """An erase that lands between the load and the write of a new user's first events
     (version 0) must not be overwritten: the marker is part of the compare-and-set."""
@@ -295,7 +316,8 @@ async def test_set_aside_erases_and_keeps_the_profile_until_dropped(store: Profi
     assert await write(store, profile, 0) == []
     assert await store.set_aside("alice", T0, "bob") == (Erasure.ERASED, profile)
     assert await store.read_profile("alice") is None
-    assert await load_one(store, "alice") == Profile("alice", erased_before=T0, merged_into="bob")
+    marker = await load_one(store, "alice")
+    assert (marker.erased_before, marker.merged_into, marker.is_new) == (T0, "bob", True)
     assert await store.set_aside("alice", T0, "bob") == (Erasure.REPEATED, profile)  # a replay
     await store.drop_aside("alice")
     assert await store.set_aside("alice", T0, "bob") == (Erasure.REPEATED, None)

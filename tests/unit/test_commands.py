@@ -351,9 +351,13 @@ def test_a_visitors_events_older_than_the_merge_are_forwarded_to_the_account() -
         merge = command({"command": "merge", "from_user_id": "anon", "user_id": "k"}, key=b"k")
         assert (await run_commands(store, merge)).commands == {("merge", "merged"): 1}
 
-        # a2 again (delivered twice), a3 late, a4 after the merge: a new visitor profile.
+        # a2 read again at its offset (a replay): the marker keeps the visitor's watermark.
+        replayed = await fold(event("a2", ERASED_AT - 20, 1, "anon"))
+        assert replayed.outcomes["replayed"] == 1 and not replayed.forwarded
+        # a2 again (the producer sent it twice), a3 late, a4 after the merge: a new
+        # visitor profile.
         after_merge = (
-            event("a2", ERASED_AT - 20, 1, "anon"),
+            event("a2", ERASED_AT - 20, 4, "anon"),
             event("a3", ERASED_AT - 10, 2, "anon"),
             event("a4", ERASED_AT + 10, 3, "anon"),
         )
@@ -402,6 +406,33 @@ def test_a_visitors_events_older_than_the_merge_are_forwarded_to_the_account() -
         )
         assert [orjson.loads(b)["event_id"] for _, b in older.forwarded] == ["a5"]
         assert older.outcomes["suppressed"] == 1
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("again", ["replayed", "resent"])
+def test_a_visitors_event_after_the_merge_time_merged_with_them_counts_once(again: str) -> None:
+    """The visitor's checkout has a time just after the merge's and was folded before
+    the merge was read: the account holds it. Read again (the batch replayed after a
+    crash, or the producer's re-send), it is no new event of a new visitor."""
+    store = InMemoryProfileStore()
+
+    def purchase(event_id: str, ts: int, offset: int) -> Record:
+        body = {"event_id": event_id, "user_id": "anon", "type": "purchase", "ts": ts,
+                "amount": 40.0}  # fmt: skip
+        return Record(EVENTS, 3, offset, b"anon", orjson.dumps(body))
+
+    async def scenario() -> None:
+        batch = [purchase("v1", ERASED_AT - 5_000, 0), purchase("v2", ERASED_AT + 300, 1)]
+        await apply_batch(batch, store, PARAMS, lambda: NOW, NO_STAGES)
+        merge = command({"command": "merge", "from_user_id": "anon", "user_id": "k"}, key=b"k")
+        assert (await run_commands(store, merge)).commands == {("merge", "merged"): 1}
+        records = batch if again == "replayed" else [purchase("v2", ERASED_AT + 300, 7)]
+        late = await apply_batch(records, store, PARAMS, lambda: NOW, NO_STAGES)
+        assert late.outcomes["applied"] == 0 and not late.forwarded and not late.changes
+        account, visitor = (await store.load(["k", "anon"])).values()
+        assert (account.orders, account.spend) == (2, 80.0)
+        assert visitor.is_new and visitor.merged_into == "k"  # no profile since its tombstone
 
     asyncio.run(scenario())
 
