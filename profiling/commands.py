@@ -124,6 +124,11 @@ async def _tombstone(
     reader that saw the rebuilt profile meanwhile would then drop it, and the
     change message that follows gives it back.
     """
+    # Tombstones go out before a batch's change messages (a profile rebuilt since is
+    # newer than its erasure), so a change message of this user from an earlier
+    # command of the batch, a merge into them, would come after it: dropped, as the
+    # tombstone says what is left of it.
+    result.changes = [(user, body) for user, body in result.changes if user != user_id]
     result.erased.append(user_id)
     if erasure is Erasure.REPEATED:
         (current,) = (await store.load([user_id])).values()
@@ -151,6 +156,8 @@ async def _merge(  # noqa: PLR0917 - one command's whole context
     for _attempt in range(MAX_WRITE_ATTEMPTS):
         (known,) = (await store.load([command.user_id])).values()
         if in_window(known.seen, marker):  # merged before a crash: publish again
+            if known.is_new:  # the marker of `user_id`, merged on or erased since
+                break  # its tombstone went out: a message now would bring it back
             _publish(known, result, stages)
             # With the alerts of the account's last two writes, as a replayed batch
             # sends them: the merge's own (the visitor's, maybe never acked) are among

@@ -484,6 +484,59 @@ def test_a_merge_replayed_after_a_crash_merges_once(
     asyncio.run(scenario())
 
 
+def _chain() -> tuple[InMemoryProfileStore, Record, Record]:
+    """A store with visitor v and guest account a, and the commands v -> a, then a -> b."""
+    store = InMemoryProfileStore()
+    v_to_a = command({"command": "merge", "from_user_id": "v", "user_id": "a"}, key=b"a")
+    a_to_b = command(
+        {"command": "merge", "from_user_id": "a", "user_id": "b"},
+        key=b"b", offset=1, ts=ERASED_AT + 1_000,
+    )  # fmt: skip
+
+    async def fill() -> None:
+        await apply_batch([event("v1", ERASED_AT - 50, 0, "v")], store, PARAMS, lambda: NOW)
+        await apply_batch([event("a1", ERASED_AT - 40, 1, "a")], store, PARAMS, lambda: NOW)
+
+    asyncio.run(fill())
+    return store, v_to_a, a_to_b
+
+
+def published(result: BatchResult) -> list[tuple[str, int | None]]:
+    """(user, version; None for a tombstone) in the worker's order: tombstones first."""
+    return [(user, None) for user in result.erased] + [
+        (user, orjson.loads(body)["version"]) for user, body in result.changes
+    ]
+
+
+def test_a_merge_replayed_after_its_account_merged_on_publishes_no_empty_account() -> None:
+    """v -> a read again (a crash before its commit) after a -> b: a is gone, its
+    tombstone sent; a message of a's empty marker would bring a back to readers."""
+    store, v_to_a, a_to_b = _chain()
+
+    async def scenario() -> None:
+        await run_commands(store, v_to_a)
+        assert "a" in (await run_commands(store, a_to_b)).erased
+        replay = await run_commands(store, v_to_a)
+        assert replay.commands == {("merge", "repeated"): 1}
+        assert [user for user, _ in replay.changes] == []
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_merging_into_a_user_then_that_user_on_ends_with_the_tombstone() -> None:
+    """One batch of v -> a and a -> b: a's merged profile is gone by the batch's end, so
+    a's last message is its tombstone, the first time and when the batch is replayed."""
+    store, v_to_a, a_to_b = _chain()
+
+    async def scenario() -> None:
+        for _ in ("first", "replay"):
+            result = await run_commands(store, v_to_a, a_to_b)
+            assert [version for user, version in published(result) if user == "a"][-1] is None
+            assert "b" in {user for user, _ in result.changes}
+
+    asyncio.run(scenario())
+
+
 async def _crash(user_id: str) -> None:
     raise ConnectionError(f"gone before dropping {user_id}")
 
