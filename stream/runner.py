@@ -18,13 +18,15 @@ from stream.worker import BatchWorker, WorkerStats, stop_within
 log = logging.getLogger("profiler.runner")
 
 
-# Net allocations of container objects between young collections (CPython's default: 700),
-# per event of the largest batch, and at least (BENCHMARKS.md).
+# The young generation's threshold: net allocations of container objects between young
+# collections (CPython's default: 700), this many per event of the largest batch and
+# never fewer than the minimum (BENCHMARKS.md, "The young GC threshold above a batch's peak").
 YOUNG_OBJECTS_PER_EVENT = 20
 YOUNG_COLLECTION_MIN = 100_000
 
 
 def young_threshold(batch_max_events: int) -> int:
+    """The young threshold for batches of up to `batch_max_events` events."""
     return max(YOUNG_COLLECTION_MIN, YOUNG_OBJECTS_PER_EVENT * batch_max_events)
 
 
