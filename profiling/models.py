@@ -285,6 +285,15 @@ class ProfileModels:
         """Whether the record at this position was learnt before the snapshot we restored."""
         return offset <= self.offsets.get(f"{topic}:{partition}", -1)
 
+    def next_to_learn(self, topic: str, partition: int) -> int | None:
+        """The offset after the last record learnt from this partition; None when none was.
+
+        Where a worker with these models reads the partition's labels from: the
+        offsets committed may be past labels learnt only by models lost since.
+        """
+        last = self.offsets.get(f"{topic}:{partition}")
+        return None if last is None else last + 1
+
     def advance(self, topic: str, partition: int, offset: int) -> None:
         key = f"{topic}:{partition}"
         if offset > self.offsets.get(key, -1):

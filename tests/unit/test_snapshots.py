@@ -39,6 +39,8 @@ def test_signed_models_come_back_and_score_the_same() -> None:
     restored.restore(verified_load(sign(models.snapshot(), SECRET), SECRET))
     assert restored.offsets == {"fraud-labels:2": 41}
     assert restored.learnt("fraud-labels", 2, 41) and not restored.learnt("fraud-labels", 2, 42)
+    assert restored.next_to_learn("fraud-labels", 2) == 42
+    assert restored.next_to_learn("fraud-labels", 0) is None  # nothing learnt from it
     a = models.risk.score(FEATURES, learn=False)
     b = restored.risk.score(FEATURES, learn=False)
     assert a == b
