@@ -26,6 +26,10 @@ skipped, change messages of writes that landed are published again (readers
 drop repeats by `version`), dead letters may repeat. Nothing valid is lost and
 no profile changes twice. A commit refused after a rebalance is counted and
 ignored for the same reason: the partition's new owner replays idempotently.
+Labels are learnt by the models, which are snapshotted less often than offsets
+are committed: a worker reads each labels partition from its models' own
+offsets (`labels_positions`), so labels committed after the last snapshot are
+learnt again rather than lost.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from profiling.currency import AS_SENT, CONVERTED
 from profiling.errors import ProfilerError
 from profiling.events import INTERNAL_ERROR, Rejection
 from profiling.labels import apply_labels
+from profiling.models import ProfileModels
 from profiling.pipeline import (
     BatchResult,
     FoldedBatch,
@@ -263,11 +268,41 @@ def _refused(exc: BaseException) -> bool:
 _PASSING: Final = ("BUSY", "MISCONF", "NOREPLICAS", "MASTERDOWN", "LOADING", "OOM", "READONLY")
 
 
+def labels_positions(
+    topic: str, assigned: AbstractSet[TopicPartition], models: ProfileModels
+) -> dict[TopicPartition, int]:
+    """Where to read each assigned `topic` (`fraud-labels`) partition from: after the
+    last record the models learnt from it. Partitions they learnt nothing from are
+    left where the consumer starts them (the committed offset, or the earliest).
+
+    Labels are committed with each batch, the models snapshotted only now and then:
+    after a crash in between, the committed offsets are past labels the restored
+    models never learnt, and no label comes twice. From the models' own offsets
+    they are read again and learnt (`apply_labels` learns a label again when its
+    features carry it from this very record). At or past the committed offset the
+    position only passes over records the models learnt already, which
+    `apply_labels` would skip anyway.
+    """
+    positions = {}
+    for tp in assigned:
+        offset = models.next_to_learn(tp.topic, tp.partition) if tp.topic == topic else None
+        if offset is not None:
+            positions[tp] = offset
+    return positions
+
+
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
     """The events-topic partitions this worker owns (labels partitions come along unlisted)."""
 
-    def __init__(self, topic: str, positions: dict[TopicPartition, int]) -> None:
+    def __init__(
+        self,
+        topic: str,
+        positions: dict[TopicPartition, int],
+        position_labels: Callable[[AbstractSet[TopicPartition]], None] | None = None,
+    ) -> None:
         self.topic = topic
+        # Seeks the labels partitions assigned (`BatchWorker._position_labels`).
+        self._position_labels = position_labels
         self.partitions: set[TopicPartition] = set()
         self.revoked: set[int] = set()  # events partitions let go since the worker last looked
         self.gained: set[int] = set()  # events partitions given since the worker last looked
@@ -308,6 +343,11 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         if self.partitions:
             self.assigned.set()
         self.joined.set()
+        # With no await before it: the consumer asks for the committed offsets once this
+        # returns, and a label fetched from there and learnt first would have the models
+        # skip the ones before it.
+        if self._position_labels is not None:
+            self._position_labels(assigned)
 
 
 class BatchWorker:
@@ -319,7 +359,7 @@ class BatchWorker:
         self.params = profile_params(settings)
         self.stats = WorkerStats()
         self._positions: dict[TopicPartition, int] = {}  # next offset after the last batch
-        self.assignment = _Assignment(settings.topic_events, self._positions)
+        self.assignment = _Assignment(settings.topic_events, self._positions, self._position_labels)
         self.redis = connect(settings.redis_url, cluster=settings.redis_cluster)
         self.store = RedisProfileStore(
             self.redis,
@@ -363,6 +403,22 @@ class BatchWorker:
         if self.models is not None:
             topics.append(self.settings.topic_labels)
         self.consumer.subscribe(topics, listener=self.assignment)
+
+    def _position_labels(self, assigned: AbstractSet[TopicPartition]) -> None:
+        """Read the labels partitions just assigned from the models' own offsets
+        (`labels_positions`): also after a rebalance, since this worker's models may
+        have learnt more or less of a partition than the worker that committed it."""
+        if self.models is None:
+            return
+        positions = labels_positions(self.settings.topic_labels, assigned, self.models)
+        for tp, offset in sorted(positions.items()):
+            self.consumer.seek(tp, offset)
+        if positions:
+            log.info(
+                "labels read from after the last one the models learnt: %s",
+                ", ".join(f"partition {tp.partition} at {offset}"
+                          for tp, offset in sorted(positions.items())),
+            )  # fmt: skip
 
     async def _check_compact_profiles(self, dim: int) -> None:
         limit = await compact_hash_limit(self.redis)

@@ -18,9 +18,10 @@ from redis.exceptions import (
 )
 
 import stream.worker
+from profiling.models import ProfileModels
 from profiling.pipeline import Record
 from stream.settings import Settings
-from stream.worker import BatchWorker, _Assignment, ledger_ttl_ms, next_offsets
+from stream.worker import BatchWorker, _Assignment, labels_positions, ledger_ttl_ms, next_offsets
 
 
 def test_next_offsets_per_partition_and_topic() -> None:
@@ -80,6 +81,33 @@ def test_what_redis_refuses_is_not_retried_what_may_pass_is(
         with pytest.raises(type(error)):
             asyncio.run(run())
         assert len(calls) == 1
+
+
+def test_labels_partitions_are_read_from_after_the_last_label_the_models_learnt() -> None:
+    """Past the snapshot's offsets, labels committed by a worker that died before its next
+    snapshot are read again; a partition the models learnt nothing from is left alone."""
+    models = ProfileModels(offsets={"labels:0": 41, "labels:2": 0, "events:1": 99})
+    assigned = {TopicPartition("labels", p) for p in range(3)} | {
+        TopicPartition("events", 1),
+        TopicPartition("commands", 0),
+    }
+    assert labels_positions("labels", assigned, models) == {
+        TopicPartition("labels", 0): 42,
+        TopicPartition("labels", 2): 1,
+    }
+    assert labels_positions("labels", assigned, ProfileModels()) == {}
+
+
+def test_every_assignment_positions_its_labels_partitions() -> None:
+    """Also after a rebalance: the worker's own models may have learnt more or less of a
+    partition than the worker that committed it."""
+    seen: list[set[TopicPartition]] = []
+    assignment = _Assignment("events", {}, lambda assigned: seen.append(set(assigned)))
+    first = {TopicPartition("events", 0), TopicPartition("labels", 0)}
+    asyncio.run(assignment.on_partitions_assigned(first))
+    asyncio.run(assignment.on_partitions_revoked(first))
+    asyncio.run(assignment.on_partitions_assigned({TopicPartition("labels", 1)}))
+    assert seen == [first, {TopicPartition("labels", 1)}]
 
 
 def test_partitions_a_rebalance_gives_back_are_not_handed_off() -> None:
