@@ -9,6 +9,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+import stream.worker
 from profiling.models import alert_id
 from profiling.snapshots import SnapshotRefusedError
 from stream.model_setup import segment_report, snapshot_key
@@ -133,3 +134,50 @@ async def test_a_tampered_snapshot_stops_the_worker_with_a_clear_error(
     done = await profiler("run", "--until-idle", "1", env=profiler_env(settings), cwd=tmp_path)
     assert done.returncode != 0 and "signature" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_labels_learnt_after_the_last_snapshot_are_learnt_again_after_a_crash(
+    models_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Labels are committed with each batch, the models snapshotted only now and then: a
+    worker that dies in between leaves committed labels the snapshot never learnt. The
+    next worker reads them again from the snapshot's offsets, and learns each once."""
+    settings = models_settings
+    now = wall_clock_ms()
+    users = [f"u{u}" for u in range(12)]
+    rng = random.Random(3)
+    await send_records(
+        settings, as_records([b for u in users for b in shopper(u, 2, now - 9 * DAY_MS, rng)])
+    )
+    await drain(settings)  # scored: the features are kept for their labels
+
+    def labels(event: str, fraud: set[str]) -> list[tuple[bytes | None, bytes]]:
+        bodies = [
+            {"event_id": f"{u}-{event}", "user_id": u, "label": int(u in fraud), "ts": now}
+            for u in users
+        ]
+        return [(str(b["user_id"]).encode(), orjson.dumps(b)) for b in bodies]
+
+    await send_records(settings, labels("p0", set()), topic=settings.topic_labels)
+    first = BatchWorker(settings)
+    assert (await drain(settings, worker=first)).labels == {"learnt": 12}
+    assert first.models is not None and first.models.risk.labels == {0: 12, 1: 0}
+    # Saved at shutdown with every labels partition's offset; then labels it never holds.
+    await send_records(settings, labels("p1", {"u3", "u5"}), topic=settings.topic_labels)
+
+    async def no_snapshot(*_args: object) -> bool:
+        return False
+
+    learnt_by = []
+    for crashes in (True, True, False, False):  # killed before its snapshot, twice
+        if crashes:
+            monkeypatch.setattr(stream.worker, "save_models", no_snapshot)
+        else:
+            monkeypatch.undo()
+        worker = BatchWorker(settings)
+        stats = await drain(settings, worker=worker)
+        assert worker.models is not None
+        learnt_by.append((stats.labels.get("learnt", 0), dict(worker.models.risk.labels)))
+    # Each worker after the snapshot learns the 12 labels once; the one after the last
+    # snapshot (it carries them) learns none.
+    assert learnt_by == [(12, {0: 22, 1: 2})] * 3 + [(0, {0: 22, 1: 2})]
