@@ -176,22 +176,33 @@ async def test_the_alerts_of_a_batch_replayed_after_a_merge_go_out_again() -> No
     assert again.outcomes["applied"] == 0 and again.alerts == first.alerts
 
 
+async def _trained(store: InMemoryProfileStore) -> ProfileModels:
+    """Models that learnt 100 shoppers' last 40 days (written to `store`), alerting at 0.5."""
+    models = ProfileModels(alert_threshold=0.5)
+    rng = random.Random(2)
+    history = [b for u in range(100) for b in shopper(f"u{u}", 6, NOW - 40 * 86_400_000, rng)]
+    await run(models, sorted(history, key=lambda b: b["ts"]), store)  # type: ignore[arg-type]
+    return models
+
+
+MERGE_U7_INTO_U8 = Record(
+    "profile-commands", 0, 0, b"u8",
+    orjson.dumps({"command": "merge", "from_user_id": "u7", "user_id": "u8"}), NOW,
+)  # fmt: skip
+
+
 async def test_a_merged_visitors_alerts_go_out_again_under_the_visitors_key() -> None:
     """A batch wrote the visitor (alerts raised) and the account; the merge landed before
     its acks. Its replay sends the visitor's alerts again with the account's (the
     merged profile keeps both), each under its own user's key, not the account's."""
-    store, models = InMemoryProfileStore(), ProfileModels(alert_threshold=0.5)
-    rng = random.Random(2)
-    history = [b for u in range(100) for b in shopper(f"u{u}", 6, NOW - 40 * 86_400_000, rng)]
-    await run(models, sorted(history, key=lambda b: b["ts"]), store)  # type: ignore[arg-type]
+    store = InMemoryProfileStore()
+    models = await _trained(store)
     view = {"event_id": "u8-v", "user_id": "u8", "type": "view", "ts": NOW, "item_id": "i2"}
     batch = records([*takeover("u7", NOW - 3_600_000), view], start=10_000)
     stages = Stages(models=models)
     first = await apply_batch(batch, store, PARAMS, lambda: NOW, stages)
     assert first.alerts and {key for key, _ in first.alerts} == {"u7"}
-    body = {"command": "merge", "from_user_id": "u7", "user_id": "u8"}
-    merge = Record("profile-commands", 0, 0, b"u8", orjson.dumps(body), NOW)
-    merged = await apply_commands([merge], store, NOW + 1, PARAMS, stages)
+    merged = await apply_commands([MERGE_U7_INTO_U8], store, NOW + 1, PARAMS, stages)
     assert merged.commands == {("merge", "merged"): 1}
     replay = await apply_batch(batch, store, PARAMS, lambda: NOW + 2, stages)
     assert replay.alerts == first.alerts  # keyed u7, as their bodies say
@@ -202,16 +213,13 @@ async def test_a_visitors_alerts_go_out_with_the_merge_that_lands_before_their_a
     Its replay finds no visitor profile: their events are replays at the merge's
     marker, or older than the merge, forwarded, and duplicates at the account. So
     the merge sends those alerts itself, and again when it is replayed."""
-    store, models = InMemoryProfileStore(), ProfileModels(alert_threshold=0.5)
-    rng = random.Random(2)
-    history = [b for u in range(100) for b in shopper(f"u{u}", 6, NOW - 40 * 86_400_000, rng)]
-    await run(models, sorted(history, key=lambda b: b["ts"]), store)  # type: ignore[arg-type]
+    store = InMemoryProfileStore()
+    models = await _trained(store)
     stages = Stages(models=models)
     batch = records(takeover("u7", NOW - 3_600_000), start=10_000)
     first = await apply_batch(batch, store, PARAMS, lambda: NOW, stages)
     assert first.alerts and {key for key, _ in first.alerts} == {"u7"}
-    body = {"command": "merge", "from_user_id": "u7", "user_id": "u8"}
-    merge = Record("profile-commands", 0, 0, b"u8", orjson.dumps(body), NOW)
+    merge = MERGE_U7_INTO_U8
     merged = await apply_commands([merge], store, NOW + 1, PARAMS, stages)
     assert merged.commands == {("merge", "merged"): 1}
     assert merged.alerts == first.alerts  # keyed u7, as their bodies say
