@@ -272,8 +272,8 @@ def labels_positions(
     topic: str, assigned: AbstractSet[TopicPartition], models: ProfileModels
 ) -> dict[TopicPartition, int]:
     """Where to read each assigned `topic` (`fraud-labels`) partition from: after the
-    last record the models learnt from it. Partitions they learnt nothing from are
-    left where the consumer starts them (the committed offset, or the earliest).
+    last record the models learnt from it, or from its start when they learnt none
+    (offset 0, which the consumer moves up to the earliest one kept).
 
     Labels are committed with each batch, the models snapshotted only now and then:
     after a crash in between, the committed offsets are past labels the restored
@@ -281,13 +281,15 @@ def labels_positions(
     they are read again and learnt (`apply_labels` learns a label again when its
     features carry it from this very record). At or past the committed offset the
     position only passes over records the models learnt already, which
-    `apply_labels` would skip anyway.
+    `apply_labels` would skip anyway. Every label of a partition the models know
+    nothing of is news to them: new models (no snapshot saved, or none allowed
+    without `PROFILER_MODEL_SECRET`) learn each label whose features are kept.
     """
     positions = {}
     for tp in assigned:
-        offset = models.next_to_learn(tp.topic, tp.partition) if tp.topic == topic else None
-        if offset is not None:
-            positions[tp] = offset
+        if tp.topic == topic:
+            offset = models.next_to_learn(tp.topic, tp.partition)
+            positions[tp] = 0 if offset is None else offset
     return positions
 
 

@@ -181,3 +181,26 @@ async def test_labels_learnt_after_the_last_snapshot_are_learnt_again_after_a_cr
     # Each worker after the snapshot learns the 12 labels once; the one after the last
     # snapshot (it carries them) learns none.
     assert learnt_by == [(12, {0: 22, 1: 2})] * 3 + [(0, {0: 22, 1: 2})]
+
+
+async def test_new_models_learn_the_labels_kept_on_the_topic(make_settings) -> None:  # type: ignore[no-untyped-def]
+    """Without snapshots (no `PROFILER_MODEL_SECRET`) every worker starts new models: the
+    labels an earlier worker committed are news to them, so they are read from the
+    topic's start and learnt again (each whose features are kept)."""
+    settings = await make_settings(partitions=3, risk_alert_threshold=0.5)
+    now = wall_clock_ms()
+    users = [f"u{u}" for u in range(12)]
+    rng = random.Random(4)
+    await send_records(
+        settings, as_records([b for u in users for b in shopper(u, 2, now - 9 * DAY_MS, rng)])
+    )
+    await drain(settings)  # scored: the features are kept for their labels
+    bodies = [
+        {"event_id": f"{u}-p0", "user_id": u, "label": int(u == "u3"), "ts": now} for u in users
+    ]
+    labels = [(str(b["user_id"]).encode(), orjson.dumps(b)) for b in bodies]
+    await send_records(settings, labels, topic=settings.topic_labels)
+    for _ in range(2):  # a worker, then another with new models of its own
+        worker = BatchWorker(settings)
+        assert (await drain(settings, worker=worker)).labels == {"learnt": 12}
+        assert worker.models is not None and worker.models.risk.labels == {0: 11, 1: 1}

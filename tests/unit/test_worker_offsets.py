@@ -85,7 +85,7 @@ def test_what_redis_refuses_is_not_retried_what_may_pass_is(
 
 def test_labels_partitions_are_read_from_after_the_last_label_the_models_learnt() -> None:
     """Past the snapshot's offsets, labels committed by a worker that died before its next
-    snapshot are read again; a partition the models learnt nothing from is left alone."""
+    snapshot are read again; a partition the models learnt nothing from, from its start."""
     models = ProfileModels(offsets={"labels:0": 41, "labels:2": 0, "events:1": 99})
     assigned = {TopicPartition("labels", p) for p in range(3)} | {
         TopicPartition("events", 1),
@@ -93,9 +93,12 @@ def test_labels_partitions_are_read_from_after_the_last_label_the_models_learnt(
     }
     assert labels_positions("labels", assigned, models) == {
         TopicPartition("labels", 0): 42,
+        TopicPartition("labels", 1): 0,
         TopicPartition("labels", 2): 1,
     }
-    assert labels_positions("labels", assigned, ProfileModels()) == {}
+    assert labels_positions("labels", assigned, ProfileModels()) == {
+        TopicPartition("labels", p): 0 for p in range(3)
+    }
 
 
 def test_every_assignment_positions_its_labels_partitions() -> None:
