@@ -293,6 +293,26 @@ def labels_positions(
     return positions
 
 
+def position_labels(
+    consumer: AIOKafkaConsumer,
+    topic: str,
+    models: ProfileModels,
+    assigned: AbstractSet[TopicPartition],
+) -> None:
+    """Read the labels partitions just assigned from the models' own offsets
+    (`labels_positions`): also after a rebalance, since this worker's models may
+    have learnt more or less of a partition than the worker that committed it."""
+    positions = labels_positions(topic, assigned, models)
+    for tp, offset in sorted(positions.items()):
+        consumer.seek(tp, offset)
+    if positions:
+        log.info(
+            "labels read from the models' offsets: %s",
+            ", ".join(f"partition {tp.partition} at {offset}"
+                      for tp, offset in sorted(positions.items())),
+        )  # fmt: skip
+
+
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
     """The events-topic partitions this worker owns (labels partitions come along unlisted)."""
 
@@ -303,7 +323,7 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         position_labels: Callable[[AbstractSet[TopicPartition]], None] | None = None,
     ) -> None:
         self.topic = topic
-        # Seeks the labels partitions assigned (`BatchWorker._position_labels`).
+        # Seeks the labels partitions assigned (`position_labels`).
         self._position_labels = position_labels
         self.partitions: set[TopicPartition] = set()
         self.revoked: set[int] = set()  # events partitions let go since the worker last looked
@@ -361,7 +381,6 @@ class BatchWorker:
         self.params = profile_params(settings)
         self.stats = WorkerStats()
         self._positions: dict[TopicPartition, int] = {}  # next offset after the last batch
-        self.assignment = _Assignment(settings.topic_events, self._positions, self._position_labels)
         self.redis = connect(settings.redis_url, cluster=settings.redis_cluster)
         self.store = RedisProfileStore(
             self.redis,
@@ -376,6 +395,14 @@ class BatchWorker:
         self._checkpointed = time.monotonic()
         self._snapshots_allowed = False
         self.consumer: AIOKafkaConsumer = kafka.events_consumer(settings)
+        # The labels hook holds the consumer and the models, not the worker: no cycle.
+        self.assignment = _Assignment(
+            settings.topic_events,
+            self._positions,
+            partial(position_labels, self.consumer, settings.topic_labels, self.models)
+            if self.models is not None
+            else None,
+        )
         self.producer: AIOKafkaProducer = kafka.producer(settings)
         self._stopping = asyncio.Event()
         self._profile_loads = (0, 0)  # the store's (cache, redis) loads at the last batch
@@ -405,22 +432,6 @@ class BatchWorker:
         if self.models is not None:
             topics.append(self.settings.topic_labels)
         self.consumer.subscribe(topics, listener=self.assignment)
-
-    def _position_labels(self, assigned: AbstractSet[TopicPartition]) -> None:
-        """Read the labels partitions just assigned from the models' own offsets
-        (`labels_positions`): also after a rebalance, since this worker's models may
-        have learnt more or less of a partition than the worker that committed it."""
-        if self.models is None:
-            return
-        positions = labels_positions(self.settings.topic_labels, assigned, self.models)
-        for tp, offset in sorted(positions.items()):
-            self.consumer.seek(tp, offset)
-        if positions:
-            log.info(
-                "labels read from after the last one the models learnt: %s",
-                ", ".join(f"partition {tp.partition} at {offset}"
-                          for tp, offset in sorted(positions.items())),
-            )  # fmt: skip
 
     async def _check_compact_profiles(self, dim: int) -> None:
         limit = await compact_hash_limit(self.redis)
