@@ -6,9 +6,21 @@ import contextlib
 from collections.abc import Iterable, Mapping
 
 from aiokafka import TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# The process's memory and CPU, and the garbage collector's collections by generation
+# (`process_*`, `python_gc_*`): RSS should stay flat, and young collections rare.
+REGISTRY.register(PROCESS_COLLECTOR)
+REGISTRY.register(GC_COLLECTOR)
 
 EVENTS = Counter(
     "profiler_events",

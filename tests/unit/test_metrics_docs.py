@@ -32,3 +32,14 @@ def registered() -> dict[str, tuple[str, tuple[str, ...]]]:
 
 def test_the_readme_lists_every_metric_with_its_kind_and_labels() -> None:
     assert documented() == registered()
+
+
+def test_the_process_and_the_garbage_collector_are_in_the_metrics_and_the_readme() -> None:
+    """RSS and the collector's young collections are what "flat memory" and the young
+    threshold are watched by (BENCHMARKS.md)."""
+    served = metrics.REGISTRY.get_sample_value
+    assert (served("process_resident_memory_bytes") or 0) > 0
+    assert served("python_gc_collections_total", {"generation": "0"}) is not None
+    text = README.read_text()
+    assert "`process_resident_memory_bytes`" in text
+    assert "`python_gc_collections_total`" in text
