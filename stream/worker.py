@@ -395,7 +395,8 @@ class BatchWorker:
         self._checkpointed = time.monotonic()
         self._snapshots_allowed = False
         self.consumer: AIOKafkaConsumer = kafka.events_consumer(settings)
-        # The labels hook holds the consumer and the models, not the worker: no cycle.
+        # The labels hook holds the consumer and the models, not the worker, so a worker
+        # never started is freed at once (no cycle through it keeps its clients alive).
         self.assignment = _Assignment(
             settings.topic_events,
             self._positions,
