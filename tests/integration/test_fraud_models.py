@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Final
 
 import orjson
 import pytest
@@ -136,6 +137,26 @@ async def test_a_tampered_snapshot_stops_the_worker_with_a_clear_error(
     assert "Traceback" not in done.stderr
 
 
+LABELLED: Final = [f"u{u}" for u in range(12)]
+
+
+async def scored_shoppers(settings: Settings, now: int, seed: int) -> None:
+    """Two orders each of `LABELLED`, drained: their features are kept for their labels."""
+    rng = random.Random(seed)
+    records = [b for u in LABELLED for b in shopper(u, 2, now - 9 * DAY_MS, rng)]
+    await send_records(settings, as_records(records))
+    await drain(settings)
+
+
+def label_records(event: str, fraud: set[str], now: int) -> list[tuple[bytes | None, bytes]]:
+    """A label of each user's `<user>-<event>`, fraud for the users in `fraud`."""
+    bodies = [
+        {"event_id": f"{u}-{event}", "user_id": u, "label": int(u in fraud), "ts": now}
+        for u in LABELLED
+    ]
+    return [(str(b["user_id"]).encode(), orjson.dumps(b)) for b in bodies]
+
+
 async def test_labels_learnt_after_the_last_snapshot_are_learnt_again_after_a_crash(
     models_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -144,26 +165,15 @@ async def test_labels_learnt_after_the_last_snapshot_are_learnt_again_after_a_cr
     next worker reads them again from the snapshot's offsets, and learns each once."""
     settings = models_settings
     now = wall_clock_ms()
-    users = [f"u{u}" for u in range(12)]
-    rng = random.Random(3)
-    await send_records(
-        settings, as_records([b for u in users for b in shopper(u, 2, now - 9 * DAY_MS, rng)])
-    )
-    await drain(settings)  # scored: the features are kept for their labels
-
-    def labels(event: str, fraud: set[str]) -> list[tuple[bytes | None, bytes]]:
-        bodies = [
-            {"event_id": f"{u}-{event}", "user_id": u, "label": int(u in fraud), "ts": now}
-            for u in users
-        ]
-        return [(str(b["user_id"]).encode(), orjson.dumps(b)) for b in bodies]
-
-    await send_records(settings, labels("p0", set()), topic=settings.topic_labels)
+    await scored_shoppers(settings, now, seed=3)
+    await send_records(settings, label_records("p0", set(), now), topic=settings.topic_labels)
     first = BatchWorker(settings)
     assert (await drain(settings, worker=first)).labels == {"learnt": 12}
     assert first.models is not None and first.models.risk.labels == {0: 12, 1: 0}
     # Saved at shutdown with every labels partition's offset; then labels it never holds.
-    await send_records(settings, labels("p1", {"u3", "u5"}), topic=settings.topic_labels)
+    await send_records(
+        settings, label_records("p1", {"u3", "u5"}, now), topic=settings.topic_labels
+    )
 
     async def no_snapshot(*_args: object) -> bool:
         return False
@@ -189,17 +199,8 @@ async def test_new_models_learn_the_labels_kept_on_the_topic(make_settings) -> N
     topic's start and learnt again (each whose features are kept)."""
     settings = await make_settings(partitions=3, risk_alert_threshold=0.5)
     now = wall_clock_ms()
-    users = [f"u{u}" for u in range(12)]
-    rng = random.Random(4)
-    await send_records(
-        settings, as_records([b for u in users for b in shopper(u, 2, now - 9 * DAY_MS, rng)])
-    )
-    await drain(settings)  # scored: the features are kept for their labels
-    bodies = [
-        {"event_id": f"{u}-p0", "user_id": u, "label": int(u == "u3"), "ts": now} for u in users
-    ]
-    labels = [(str(b["user_id"]).encode(), orjson.dumps(b)) for b in bodies]
-    await send_records(settings, labels, topic=settings.topic_labels)
+    await scored_shoppers(settings, now, seed=4)
+    await send_records(settings, label_records("p0", {"u3"}, now), topic=settings.topic_labels)
     for _ in range(2):  # a worker, then another with new models of its own
         worker = BatchWorker(settings)
         assert (await drain(settings, worker=worker)).labels == {"learnt": 12}
