@@ -161,8 +161,10 @@ class ProfileModels:
         snapshots: list[tuple[str, bytes]] = []
         alerts: list[str] = []
         risks = batch.risks
+        explained: Risk | None = None  # the last event's, when it raised an alert
         for event, features, i in scored:
             snapshots.append((event.event_id, keep_features(features)))
+            explained = None
             if risks[i] >= self.alert_threshold:
                 explained = self.risk.explain_scored(batch, i, features)
                 alerts.append(self._alert(profile.user_id, event, explained, features))
@@ -171,11 +173,11 @@ class ProfileModels:
             _, features, i = scored[-1]
             risk = risks[i]
             changes["risk"] = round(risk, 6)
-            reasons = (
-                self.risk.explain_scored(batch, i, features).reasons_json(features)
-                if risk >= REASONS_FLOOR
-                else []
-            )
+            reasons = []
+            if risk >= REASONS_FLOOR:
+                if explained is None:
+                    explained = self.risk.explain_scored(batch, i, features)
+                reasons = explained.reasons_json(features)
             changes["risk_reasons"] = jsonout.dumps(reasons).decode() if reasons else "[]"
         segment_features = self._profile_features(profile, state, taste)
         return changes, segment_features, tuple(snapshots)
