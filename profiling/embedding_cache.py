@@ -230,7 +230,8 @@ async def embed_events(
     An item event without a title takes the vector of its `item_id`'s latest
     title: the last one before it in `events` (the pipeline passes each user's
     events in event time), else the one remembered from earlier batches, else
-    its brand and category words. Events without text (logins) get no row.
+    its brand and category words. Events without text (logins) get no row, nor do
+    those whose text the encoder gave no finite vector.
 
     Per event this only finds a slot among the batch's distinct vectors (item
     vectors first, then texts); cache work is per distinct text or item.
@@ -273,9 +274,13 @@ async def embed_events(
     if not rows:
         nothing = np.zeros(0, dtype=np.intp)
         return EventVectors(nothing, nothing, np.zeros((0, encoder.dim), np.float32))
-    return EventVectors(
-        np.array(rows, dtype=np.intp), np.array(slots, dtype=np.intp), _rows(vectors)
-    )
+    table, index, row_slots = _rows(vectors), np.array(rows, np.intp), np.array(slots, np.intp)
+    # A zero row is a text the encoder gave no finite vector: no text, so no row. Folded,
+    # its weight still set the scale its user's sum was measured against.
+    given = (np.abs(table).max(axis=1) > 0.0)[row_slots]
+    if not given.all():
+        index, row_slots = index[given], row_slots[given]
+    return EventVectors(index, row_slots, table)
 
 
 def _reuses_item(event: Event) -> bool:

@@ -483,6 +483,27 @@ async def test_a_vector_the_encoder_could_not_give_leaves_the_users_interest() -
     assert text_key(encoder.model_id, "overflow") not in shared.values
 
 
+async def test_a_text_the_encoder_could_not_give_a_vector_is_no_text() -> None:
+    """Its zero row still set the scale of the fold: a day after the last view, the
+    decayed short-term sum looked cancelled out next to it and was emptied."""
+
+    async def interest_after(second: Record) -> tuple[bytes | None, ...]:
+        store = InMemoryProfileStore()
+        model = InterestModel(OverflowingEncoder(dim=DIM), EmbeddingLRU(), params=PARAMS)
+        first = shop_record(0, "u1", "view", T0, item_id="s", title="iron skillet")
+        for record in (first, second):
+            await apply_batch([record], store, ProfileParams(), lambda: T0, Stages(model))
+        interest = (await store.load(["u1"]))["u1"].interest
+        assert interest is not None
+        return interest.vec_long, interest.vec_short
+
+    login = shop_record(1, "u1", "login", T0 + MS_PER_DAY, success=True)
+    overflow = shop_record(1, "u1", "view", T0 + MS_PER_DAY, item_id="o", title="overflow")
+    expected = await interest_after(login)
+    assert expected[1] is not None  # decayed, not gone
+    assert await interest_after(overflow) == expected
+
+
 async def assert_same_vectors_whole_and_split(batch: list[Record], cuts: list[int]) -> None:
     """u1's vectors from `batch` in one batch and cut at `cuts` are the same."""
 
