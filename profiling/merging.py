@@ -35,7 +35,14 @@ from profiling.profile import (
     evolve,
 )
 from profiling.store import public_fields, vector_fields
-from profiling.vectors import Interest, StoredInterest, VectorParams, merge_interests
+from profiling.vectors import (
+    Interest,
+    StoredInterest,
+    VectorParams,
+    decode_vector,
+    drift_sketch,
+    merge_interests,
+)
 
 
 def merge_marker(from_user_id: str, at_ms: int) -> bytes:
@@ -91,6 +98,7 @@ def merge_profiles(
         else known.behaviour or taken.behaviour
     )
     interest, model = _interest(known, taken, last_seen, vectors)
+    interest = _sketched(interest)
     source = known if known.segment is not None else taken  # whose segment and dwell
     # The account's last message carried its segment (a move is published at once); a
     # segment taken from the visitor is a move from there, as the models' would be.
@@ -185,6 +193,16 @@ def _interest(
         ref,
     )
     return stored, known.model
+
+
+def _sketched(interest: StoredInterest | None) -> StoredInterest | None:
+    """`interest` with the drift sketch of its `vec_long`: the merge publishes that vector,
+    so later drift is measured from it, not from either user's last publication."""
+    if interest is None:
+        return None
+    vec_long = interest.vec_long
+    sketch = None if vec_long is None else drift_sketch(decode_vector(vec_long))
+    return interest if sketch == interest.sketch else replace(interest, sketch=sketch)
 
 
 def _dim(interest: StoredInterest) -> int | None:

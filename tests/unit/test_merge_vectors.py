@@ -18,7 +18,7 @@ from profiling.merging import merge_profiles
 from profiling.pipeline import Record, Stages, apply_batch
 from profiling.profile import Profile, ProfileParams
 from profiling.store import InMemoryProfileStore
-from profiling.vectors import VectorParams, decode_vector
+from profiling.vectors import VectorParams, cosine_drift, decode_vector, drift_sketch
 
 NOW = 1_750_000_000_000
 HOUR = 3_600_000
@@ -139,3 +139,32 @@ def test_vectors_of_another_encoder_are_not_summed_the_accounts_stay() -> None:
         account, visitor, b"", params=PARAMS, vectors=VectorParams(), now_ms=NOW
     )
     assert merged.interest is account.interest and merged.model == "another-encoder"
+
+
+def test_drift_after_a_merge_is_measured_from_the_merged_vector_it_published() -> None:
+    """The account kept its own last sketch: turning back to the account's old interest
+    published nothing, though readers held the merged vector, far from it."""
+    quiet = ProfileParams(heartbeat_ms=100 * 24 * HOUR)
+    shoes = {"type": "view", "item_id": "s", "title": "trail running shoes"}
+    mixer = {"type": "purchase", "item_id": "m", "amount": 1.0, "title": "kitchen stand mixer"}
+    account = [{"event_id": "k-1", "ts": NOW - 10 * HOUR} | shoes]
+    visitor = [{"event_id": f"a-{i}", "ts": NOW - 9 * HOUR} | mixer for i in range(5)]
+    back = [{"event_id": f"k-{i}", "ts": NOW - 8 * HOUR + i} | shoes for i in range(2, 40)]
+
+    async def scenario() -> tuple[Profile, Profile, list[Any]]:
+        store, engine = InMemoryProfileStore(), stages()
+        log = records("k", account, 0) + records("anon", visitor, 10)
+        await apply_batch(log, store, quiet, lambda: NOW, engine)
+        merge = {"command": "merge", "from_user_id": "anon", "user_id": "k"}
+        command = Record("profile-commands", 0, 0, b"k", orjson.dumps(merge), NOW)
+        await apply_commands([command], store, NOW, quiet, engine)
+        merged = (await store.load(["k"]))["k"]
+        result = await apply_batch(records("k", back, 100), store, quiet, lambda: NOW, engine)
+        return merged, (await store.load(["k"]))["k"], result.changes
+
+    merged, after, changes = asyncio.run(scenario())
+    assert merged.interest is not None and merged.interest.vec_long is not None
+    assert merged.interest.sketch == drift_sketch(decode_vector(merged.interest.vec_long))
+    assert after.interest is not None
+    assert cosine_drift(merged.interest.vec_long, after.interest.vec_long) > 0.05
+    assert [orjson.loads(body)["user_id"] for _, body in changes] == ["k"]
