@@ -132,7 +132,10 @@ class InterestModel:
         ]
         sketched = [u for u, vec in enumerate(vec_long) if publish[u] and vec is not None]
         codes = drift_sketches(long.directions[sketched])
-        sketches = [before.sketch for before in previous]
+        # Published without a long vector: no sketch, so one that reappears is drift again.
+        sketches = [
+            None if sent else before.sketch for sent, before in zip(publish, previous, strict=True)
+        ]
         for u, row in zip(sketched, codes, strict=True):
             sketches[u] = row.tobytes()
         model = self.encoder.model_id

@@ -415,6 +415,27 @@ async def test_the_model_publishes_when_the_long_vector_drifts() -> None:
     assert interest.sketch == drift_sketch(decode_vector(interest.vec_long)) != sketch_before
 
 
+async def test_a_long_vector_that_comes_back_after_cancelling_out_is_published() -> None:
+    """The sketch of the vector before it cancelled out stayed: the message said the
+    vector was gone, and its return, close to that sketch, went unpublished."""
+    model = InterestModel(HashingEncoder(dim=DIM), EmbeddingLRU(), params=PARAMS)
+    store, quiet = InMemoryProfileStore(), ProfileParams(heartbeat_ms=10 * MS_PER_DAY)
+    skillet = {"item_id": "s", "title": "iron skillet"}
+    batches = [
+        [shop_record(0, "u1", "view", T0, **skillet)],
+        [shop_record(n, "u1", "remove_from_cart", T0, **skillet) for n in (1, 2)],  # cancels
+        [shop_record(3, "u1", "view", T0 + 1000, **skillet)],
+    ]
+    sent = []
+    for batch in batches:
+        result = await apply_batch(batch, store, quiet, lambda: T0, Stages(interests=model))
+        interest = (await store.load(["u1"]))["u1"].interest
+        assert interest is not None
+        changed = [orjson.loads(body)["changed"] for _, body in result.changes]
+        sent.append((interest.vec_long is not None, ["vec_long" in c for c in changed]))
+    assert sent == [(True, [True]), (False, [True]), (True, [True])]
+
+
 async def test_another_encoders_vectors_are_not_folded_with_this_ones() -> None:
     """Most encoders give 384 dimensions: the stored sum of another one was folded with
     this one's vectors (a space of its own) and labelled with this one's name."""
