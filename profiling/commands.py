@@ -151,7 +151,9 @@ async def _merge(  # noqa: PLR0917 - one command's whole context
     if taken is None and erasure is not Erasure.REPEATED:
         return erasure, erasure.value  # nothing to merge: erased, as asked
     marker = merge_marker(command.from_user_id, at_ms)
-    vectors = stages.interests.params if stages.interests is not None else VectorParams()
+    interests = stages.interests
+    vectors = interests.params if interests is not None else VectorParams()
+    models = interests.model_ids if interests is not None else ()
     outcome = Erasure.REPEATED.value
     for _attempt in range(MAX_WRITE_ATTEMPTS):
         (known,) = (await store.load([command.user_id])).values()
@@ -166,7 +168,9 @@ async def _merge(  # noqa: PLR0917 - one command's whole context
             break
         if taken is None:  # a replay with nothing aside, and never merged
             break
-        merged = merge_profiles(known, taken, marker, params=params, vectors=vectors, now_ms=now_ms)
+        merged = merge_profiles(
+            known, taken, marker, params=params, vectors=vectors, now_ms=now_ms, models=models
+        )
         if not await store.save([Write(merged, known.version, (), known.updated)]):
             _publish(merged, result, stages)
             result.alerts += alert_messages(merged.alerts)  # the visitor's, maybe never acked

@@ -59,6 +59,11 @@ class InterestModel:
     drift_threshold: float = 0.05
     cache_ttl_s: int = 7 * 86_400
 
+    @property
+    def model_ids(self) -> tuple[str, ...]:
+        """The ids the encoder's vectors are stored under: its `model_id`, then former ones."""
+        return (self.encoder.model_id, *getattr(self.encoder, "former_ids", ()))
+
     async def update(self, outcomes: Sequence[Outcome], now_ms: int) -> list[Outcome]:
         """The same outcomes with vectors folded in, and publication where vectors drifted.
 
@@ -82,7 +87,7 @@ class InterestModel:
         )
         # Vectors another encoder wrote are in another space (most encoders give 384
         # dimensions): folding them with this one's would mix the two. Start again.
-        same = (self.encoder.model_id, None, *getattr(self.encoder, "former_ids", ()))
+        same = (*self.model_ids, None)
         stored = [
             o.profile.interest if o.profile.interest and o.profile.model in same
             else _NOTHING_STORED

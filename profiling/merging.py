@@ -23,6 +23,7 @@ the window too, last, and a replayed command finds it there.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import replace
 
 from profiling.behaviour import merge_behaviour
@@ -77,8 +78,13 @@ def merge_profiles(
     params: ProfileParams,
     vectors: VectorParams,
     now_ms: int,
+    models: Sequence[str] = (),
 ) -> Profile:
-    """`known` with `taken` folded in: the next version, published whole."""
+    """`known` with `taken` folded in: the next version, published whole.
+
+    `models`: the ids of the encoder's one space (`InterestModel.model_ids`, its
+    current id first): vectors under any two of them are summed, under the first.
+    """
     last_seen = max(known.last_seen, taken.last_seen)
     firsts = [p.first_seen for p in (known, taken) if not p.is_new]
     counts = dict(known.counts)
@@ -97,7 +103,7 @@ def merge_profiles(
         if known.behaviour is not None and taken.behaviour is not None
         else known.behaviour or taken.behaviour
     )
-    interest, model = _interest(known, taken, last_seen, vectors)
+    interest, model = _interest(known, taken, last_seen, vectors, models)
     interest = _sketched(interest)
     source = known if known.segment is not None else taken  # whose segment and dwell
     # The account's last message carried its segment (a move is published at once); a
@@ -150,13 +156,14 @@ def merged_fields(profile: Profile) -> frozenset[str]:
 
 
 def _interest(
-    known: Profile, taken: Profile, last_seen: int, params: VectorParams
+    known: Profile, taken: Profile, last_seen: int, params: VectorParams, models: Sequence[str]
 ) -> tuple[StoredInterest | None, str | None]:
     """The merged vectors and the encoder that made them.
 
     Where only one user has vectors (an account with nothing but logins), theirs
     are the sum. Vectors of different encoders are not comparable: the known
-    user's are kept.
+    user's are kept. Ids of one encoder (a current and a former, `models`) are one
+    space: those are summed.
     """
     mine, theirs = known.interest, taken.interest
     dim = None if mine is None else _dim(mine)
@@ -167,7 +174,12 @@ def _interest(
         if kept is not None and kept.ref_ms is None:  # decayed to a last_seen that moves on
             kept = replace(kept, ref_ms=source.last_seen)
         return kept, source.model
-    if known.model != taken.model or dim != dim_theirs:
+    model = known.model
+    if model != taken.model:
+        if not {model, taken.model} <= set(models):
+            return mine, model
+        model = models[0]
+    if dim != dim_theirs:
         return mine, known.model
     ref_mine = mine.ref_ms if mine.ref_ms is not None else known.last_seen
     ref_theirs = theirs.ref_ms if theirs.ref_ms is not None else taken.last_seen
@@ -192,7 +204,7 @@ def _interest(
         mine.sketch,
         ref,
     )
-    return stored, known.model
+    return stored, model
 
 
 def _sketched(interest: StoredInterest | None) -> StoredInterest | None:

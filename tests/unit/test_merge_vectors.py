@@ -168,3 +168,28 @@ def test_drift_after_a_merge_is_measured_from_the_merged_vector_it_published() -
     assert after.interest is not None
     assert cosine_drift(merged.interest.vec_long, after.interest.vec_long) > 0.05
     assert [orjson.loads(body)["user_id"] for _, body in changes] == ["k"]
+
+
+def test_vectors_under_a_former_id_of_the_encoder_are_summed_with_the_current_ones() -> None:
+    """A model folder was named by its name alone: an account last written under that
+    name lost the visitor's vectors of the same model, named by its digest now."""
+    mine = [{"event_id": "k-9", "type": "view", "ts": NOW - 2 * HOUR, "item_id": "i9",
+             "title": "camping tent"}]  # fmt: skip
+
+    async def scenario() -> tuple[Profile, Profile]:
+        store, engine = InMemoryProfileStore(), stages()
+        assert engine.interests is not None
+        encoder = engine.interests.encoder
+        await apply_batch(records("k", mine, 10), store, PARAMS, lambda: NOW, engine)
+        encoder.former_ids = (encoder.model_id,)  # type: ignore[attr-defined]
+        encoder.model_id = "model-0123456789abcdef"  # type: ignore[misc]
+        await apply_batch(records("anon", BROWSING, 0), store, PARAMS, lambda: NOW, engine)
+        merge = {"command": "merge", "from_user_id": "anon", "user_id": "k"}
+        command = Record("profile-commands", 0, 0, b"k", orjson.dumps(merge), NOW)
+        await apply_commands([command], store, NOW, PARAMS, engine)
+        oracle = await built(records("k", BROWSING + mine, 0), ["k"])
+        return (await store.load(["k"]))["k"], oracle["k"]
+
+    merged, oracle = asyncio.run(scenario())
+    assert merged.model == "model-0123456789abcdef"
+    assert_same_vectors(merged, replace(oracle, model=merged.model))
