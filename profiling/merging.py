@@ -170,17 +170,14 @@ def _interest(
     dim_theirs = None if theirs is None else _dim(theirs)
     if mine is None or theirs is None or dim is None or dim_theirs is None:
         source = taken if dim_theirs is not None or mine is None else known
-        kept = source.interest
-        if kept is not None and kept.ref_ms is None:  # decayed to a last_seen that moves on
-            kept = replace(kept, ref_ms=source.last_seen)
-        return kept, source.model
+        return _timed(source), source.model
     model = known.model
     if model != taken.model:
         if not {model, taken.model} <= set(models):
-            return mine, model
+            return _timed(known), model
         model = models[0]
     if dim != dim_theirs:
-        return mine, known.model
+        return _timed(known), known.model
     ref_mine = mine.ref_ms if mine.ref_ms is not None else known.last_seen
     ref_theirs = theirs.ref_ms if theirs.ref_ms is not None else taken.last_seen
     ref = max(last_seen, ref_mine, ref_theirs)
@@ -205,6 +202,15 @@ def _interest(
         ref,
     )
     return stored, model
+
+
+def _timed(source: Profile) -> StoredInterest | None:
+    """`source`'s vectors alone, with the time they are decayed to: stored without it,
+    that was `source`'s last_seen, which the merged profile's may pass."""
+    kept = source.interest
+    if kept is not None and kept.ref_ms is None:
+        kept = replace(kept, ref_ms=source.last_seen)
+    return kept
 
 
 def _sketched(interest: StoredInterest | None) -> StoredInterest | None:

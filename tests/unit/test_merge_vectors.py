@@ -193,3 +193,17 @@ def test_vectors_under_a_former_id_of_the_encoder_are_summed_with_the_current_on
     merged, oracle = asyncio.run(scenario())
     assert merged.model == "model-0123456789abcdef"
     assert_same_vectors(merged, replace(oracle, model=merged.model))
+
+
+def test_vectors_kept_beside_another_encoders_keep_their_time() -> None:
+    """An account's vectors stored without their time, kept beside a visitor's of another
+    encoder, were taken as decayed to the visitor's later last_seen at the next fold."""
+    profiles = asyncio.run(built(records("k", BROWSING[:1], 10), ["k"]))
+    account = profiles["k"]
+    assert account.interest is not None
+    legacy = replace(account, interest=replace(account.interest, ref_ms=None))
+    visitor = asyncio.run(built(records("anon", BROWSING, 0), ["anon"]))["anon"]
+    visitor = replace(visitor, model="another-encoder")
+    merged = merge_profiles(legacy, visitor, b"", params=PARAMS, vectors=VectorParams(), now_ms=NOW)
+    assert merged.last_seen > account.last_seen and merged.model == account.model
+    assert merged.interest is not None and merged.interest.ref_ms == account.last_seen
