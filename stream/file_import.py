@@ -96,7 +96,8 @@ class MissingColumnError(FileImportError):
 
 
 class UnreadableFileError(FileImportError):
-    """The file cannot be opened or decompressed."""
+    """The file cannot be opened or decompressed; raised part way through a file that
+    breaks off (a gzip file cut short), after the records before the break."""
 
 
 class SkipRow(Exception):

@@ -11,7 +11,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from stream import kafka
-from stream.file_import import ImportReport, read_events
+from stream.file_import import ImportReport, UnreadableFileError, read_events
 from stream.settings import Settings
 
 IN_FLIGHT = 20_000  # sends awaited in groups, so memory stays flat on large inputs
@@ -60,5 +60,11 @@ async def produce_file(
     records = read_events(path, preset, mapping, report=report)
     if limit is not None:
         records = islice(records, limit)
-    sent = await send_records(settings, records)
+    try:
+        sent = await send_records(settings, records)
+    except UnreadableFileError as exc:  # part way through: what went out before it stays out
+        raise UnreadableFileError(
+            f"{exc}; the {report.produced} events before that were sent to "
+            f"{settings.topic_events} ({report.summary()})"
+        ) from exc
     return f"sent {sent} events to {settings.topic_events}; {report.summary()}"
