@@ -221,6 +221,10 @@ def produce(
         typer.Option("--map", help="FIELD=COLUMN for CSV files, repeatable"),
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="stop after this many rows")] = None,
+    format_: Annotated[
+        Literal["csv", "jsonl"] | None,
+        typer.Option("--format", help="csv or jsonl (default: from the file name)"),
+    ] = None,
 ) -> None:
     """Send events from a file to the events topic."""
     settings = load_settings()
@@ -235,7 +239,9 @@ def produce(
 
     try:
         report = _with_servers(
-            settings, produce_file(settings, file, preset, mapping or None, limit), "broker"
+            settings,
+            produce_file(settings, file, preset, mapping or None, limit=limit, fmt=format_),
+            "broker",
         )
     except (OSError, ValueError) as exc:
         _error(str(exc))

@@ -562,7 +562,9 @@ def format_of(path: Path) -> Format:
         return "csv"
     if last in (".json", ".jsonl", ".ndjson"):
         return "jsonl"
-    raise FileImportError(f"{path}: cannot tell the format from the name; pass format=csv|jsonl")
+    raise FileImportError(
+        f"{path}: cannot tell the format from the name; give it (--format csv|jsonl)"
+    )
 
 
 def _mapped(mapping: Mapping[str, str]) -> Converter:

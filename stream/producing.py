@@ -11,7 +11,13 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from stream import kafka
-from stream.file_import import ImportReport, UnreadableFileError, read_events
+from stream.file_import import (
+    CsvOptions,
+    Format,
+    ImportReport,
+    UnreadableFileError,
+    read_events,
+)
 from stream.settings import Settings
 
 IN_FLIGHT = 20_000  # sends awaited in groups, so memory stays flat on large inputs
@@ -53,11 +59,13 @@ async def produce_file(
     path: Path,
     preset: str | None,
     mapping: dict[str, str] | None,
+    *,
     limit: int | None = None,
+    fmt: Format | None = None,
 ) -> str:
     """Convert `path` to events (see `stream.file_import`), send them, return a summary line."""
     report = ImportReport()
-    records = read_events(path, preset, mapping, report=report)
+    records = read_events(path, preset, mapping, options=CsvOptions(format=fmt), report=report)
     if limit is not None:
         records = islice(records, limit)
     try:

@@ -594,6 +594,22 @@ async def test_produce_files_then_run_then_look_profiles_up(
     assert (body["events"], body["count:search"], body["version"]) == (4, 1, 2)
 
 
+async def test_produce_reads_a_file_whose_name_does_not_say_its_format(
+    topics: Settings, tmp_path: Path
+) -> None:
+    env = profiler_env(topics)
+    log = tmp_path / "shop-events.log"
+    log.write_text("".join(orjson.dumps(e).decode() + "\n" for e in jsonl_events(0)))
+
+    unnamed, named = await asyncio.gather(
+        profiler("produce", str(log), env=env, cwd=tmp_path),
+        profiler("produce", str(log), "--format", "jsonl", env=env, cwd=tmp_path),
+    )
+    assert unnamed.returncode == 2 and "--format csv|jsonl" in unnamed.stderr
+    assert named.returncode == 0, named.stderr
+    assert f"sent 4 events to {topics.topic_events}" in named.stderr
+
+
 # --- topics, configuration --------------------------------------------------------
 
 
