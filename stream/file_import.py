@@ -143,7 +143,7 @@ class CsvOptions:
     delimiter: str | None = None  # default: a tab for .tsv files, else a comma
     header: bool = True
     columns: tuple[str, ...] = ()  # names of a header-less file's columns, in order
-    encoding: str = "utf-8"  # undecodable bytes become U+FFFD
+    encoding: str = "utf-8"  # UTF-8: other bytes read as Windows-1252; else: U+FFFD
     format: Format | None = None  # default: from the file suffix
 
 
@@ -571,16 +571,29 @@ def _mapped(mapping: Mapping[str, str]) -> Converter:
     return lambda row, options: convert_mapped(row, mapping, options)
 
 
+def _windows_1252(error: UnicodeError) -> tuple[str, int]:
+    """A codec error handler: bytes that are not UTF-8 read as Windows-1252, the encoding
+    of CSV files saved by Excel on Windows (its `£` is byte 0xA3)."""
+    assert isinstance(error, UnicodeDecodeError)
+    return error.object[error.start : error.end].decode("cp1252", "replace"), error.end
+
+
+codecs.register_error("profiler.windows-1252", _windows_1252)
+
+
 def _open(path: Path, mode: Literal["rb", "rt"], encoding: str = "utf-8") -> IO[Any]:
-    """Open plain or gzip files; a missing or unreadable file is a clear error."""
+    """Open plain or gzip files; a missing or unreadable file is a clear error. A UTF-8
+    text file's bytes that are not UTF-8 read as Windows-1252; other encodings' as U+FFFD."""
+    utf8 = encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig")
+    errors = "profiler.windows-1252" if utf8 else "replace"
     try:
         if path.suffix.lower() == ".gz":
             if mode == "rb":
                 return cast(IO[bytes], gzip.open(path, "rb"))
-            return gzip.open(path, "rt", encoding=encoding, errors="replace", newline="")
+            return gzip.open(path, "rt", encoding=encoding, errors=errors, newline="")
         if mode == "rb":
             return path.open("rb")
-        return path.open("r", encoding=encoding, errors="replace", newline="")
+        return path.open("r", encoding=encoding, errors=errors, newline="")
     except OSError as exc:
         raise UnreadableFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
 

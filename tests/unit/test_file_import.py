@@ -187,6 +187,19 @@ def test_online_retail_times_are_the_uks_wall_clock(tmp_path: Path) -> None:
     ]
 
 
+def test_a_csv_saved_in_windows_1252_keeps_its_characters(tmp_path: Path) -> None:
+    """Excel on Windows saves CSV in Windows-1252: its £ and é are not UTF-8."""
+    header = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+    rows = [
+        "536365,22633,CAFÉ SIGN £5,6,12/1/2010 8:26,1.85,17850,United Kingdom\n",
+        "536366,22634,CRÈME JUG,6,12/1/2010 8:26,1.85,17850,United Kingdom\n",
+    ]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes((header + rows[0]).encode("cp1252") + rows[1].encode())  # one of each
+    events, _ = run(latin, "online-retail")
+    assert [e["title"] for _, e in events] == ["CAFÉ SIGN £5", "CRÈME JUG"]
+
+
 def test_online_retail_ii_header_names_are_understood(tmp_path: Path) -> None:
     path = tmp_path / "online_retail_II.csv"
     path.write_text(
