@@ -603,10 +603,20 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     return _numbered(path, _open(path, "rb"))
 
 
+# The longest line read whole (bytes). A longer one (a JSON array with no line breaks,
+# as long as its file) is yielded cut at one byte more, its rest read past unkept.
+MAX_LINE_BYTES = 1 << 26
+
+
 def _numbered(path: Path, handle: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     try:
         with handle:
-            for number, raw in enumerate(handle, 1):
+            number = 0
+            while raw := handle.readline(MAX_LINE_BYTES + 1):
+                number += 1
+                rest = raw if len(raw) > MAX_LINE_BYTES else b""
+                while rest and not rest.endswith(b"\n"):  # read past the cut line's rest
+                    rest = handle.readline(1 << 20)
                 line = raw.rstrip(b"\r\n")
                 if number == 1:  # Windows tools start a file with a BOM, which is not JSON
                     line = line.removeprefix(codecs.BOM_UTF8)
@@ -620,12 +630,18 @@ def _passthrough(lines: Iterator[tuple[int, bytes]], report: ImportReport) -> It
     for number, line in lines:
         report.rows += 1
         if len(line) > MAX_EVENT_BYTES:  # the producer may refuse it, and stop the import
-            report.skip(number, "too_large", f"{len(line)} bytes > {MAX_EVENT_BYTES}")
+            report.skip(number, "too_large", _too_large(line, MAX_EVENT_BYTES))
             continue
         report.produced += 1
         key = _user_key(line)
         report.unkeyed += key is None
         yield key, line
+
+
+def _too_large(line: bytes, limit: int) -> str:
+    if len(line) > MAX_LINE_BYTES:  # cut: its length is not known
+        return f"over {MAX_LINE_BYTES} bytes"
+    return f"{len(line)} bytes > {limit}"
 
 
 def _user_key(line: bytes) -> bytes | None:
@@ -646,6 +662,9 @@ _UserOnly: Final = msgspec.json.Decoder(_UserIdOnly)
 def _json_rows(lines: Iterator[tuple[int, bytes]], report: ImportReport) -> Iterator[Row]:
     for number, line in lines:
         report.rows += 1
+        if len(line) > MAX_LINE_BYTES:
+            report.skip(number, "too_large", _too_large(line, MAX_LINE_BYTES))
+            continue
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -546,3 +547,25 @@ def test_a_json_line_too_large_for_any_worker_is_skipped_not_sent(tmp_path: Path
     assert [value["event_id"] for _, value in events] == ["e0", "e1", "e2"]
     assert report.skipped == {"too_large": 1}
     assert report.examples["too_large"].startswith("line 2: 1100")
+
+
+@pytest.mark.parametrize("preset", [None, "amazon-reviews"])
+def test_a_file_without_line_breaks_is_not_read_into_memory(
+    tmp_path: Path, preset: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JSON array (an export, not JSON lines) is one line as long as the file: it is
+    skipped as too_large after reading at most the line limit, not the whole file."""
+    monkeypatch.setattr(stream.file_import, "MAX_LINE_BYTES", 1 << 20, raising=False)
+    path = tmp_path / "export.json"
+    item = {"reviewerID": "A1", "asin": "B1", "unixReviewTime": 1699990000, "summary": "ok"}
+    path.write_text("[" + ",".join([json.dumps(item)] * 200_000) + "]\n" + json.dumps(item))
+    assert path.stat().st_size > 10 << 20
+    tracemalloc.start()
+    try:
+        events, report = run(path, preset)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # the line limit a few times over; the file is 18 MB
+    assert (report.rows, len(events), report.skipped) == (2, 1, {"too_large": 1})
+    assert report.examples["too_large"] == f"line 1: over {1 << 20} bytes"
