@@ -75,12 +75,11 @@ _MAX_LENGTH: Final = {
     "ip": 64,
 }
 _DEFAULT_MAX_LENGTH: Final = 128
-_DATETIME_FORMATS: Final = (
-    "%m/%d/%Y %H:%M",
-    "%m/%d/%Y %H:%M:%S",
-    "%d/%m/%Y %H:%M",
-    "%Y/%m/%d %H:%M:%S",
-)
+# Slashed dates in either order (3/4/2011: March 4th month first, April 3rd day first),
+# then a form without that question.
+_MONTH_FIRST: Final = ("%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S")
+_DAY_FIRST: Final = ("%d/%m/%Y %H:%M", "%d/%m/%Y %H:%M:%S")
+_YEAR_FIRST: Final = ("%Y/%m/%d %H:%M:%S",)
 
 
 class FileImportError(ValueError):
@@ -108,6 +107,60 @@ class SkipRow(Exception):
         self.reason, self.detail = reason, detail
 
 
+class DayOrder:
+    """Which order a file's slashed dates are in, once one of them shows it.
+
+    A file keeps one order. Until a date tells (a first number over 12: day
+    first; a second one: month first), dates that could be either read month
+    first, and are counted (`guessed`). Once told, the file's dates read in its
+    order only: one in the other order is no time (the row is skipped with that
+    reason), never a date read the other way round.
+    """
+
+    def __init__(self) -> None:
+        self.day_first: bool | None = None  # None: not told yet
+        self.told_by = ""  # the date that told
+        self.guessed = 0  # dates read month first before the order was told
+
+    def read(self, text: str) -> datetime | None:
+        """`text` as a slashed date in the file's order, or None when it is none."""
+        month, day = _strptime(text, _MONTH_FIRST), _strptime(text, _DAY_FIRST)
+        if month is None and day is None:
+            return _strptime(text, _YEAR_FIRST)
+        if month is not None and day is not None:  # either order reads it
+            if month == day or self.day_first is None:
+                self.guessed += month != day
+                return month
+            return day if self.day_first else month
+        day_first = day is not None  # one order only: the date tells
+        if self.day_first is None:
+            self.day_first, self.told_by = day_first, text
+        elif day_first != self.day_first:
+            order = "day" if self.day_first else "month"
+            raise SkipRow(
+                "bad_value:ts",
+                f"{text!r} is not {order} first, as the file's dates are from {self.told_by!r}"
+                " on (give the format: --ts-format)",
+            )
+        return day if day_first else month
+
+    def warning(self) -> str:
+        """What the report says of dates that may have been read the wrong way round."""
+        if not (self.day_first and self.guessed):
+            return ""
+        return (
+            f"; {self.guessed} dates read month first before {self.told_by!r} showed the "
+            "file's dates are day first: give the format (--ts-format '%d/%m/%Y %H:%M')"
+        )
+
+
+def _strptime(text: str, formats: tuple[str, ...]) -> datetime | None:
+    for candidate in formats:
+        with contextlib.suppress(ValueError):
+            return datetime.strptime(text, candidate)
+    return None
+
+
 @dataclass
 class ImportReport:
     """What an import did: `rows == produced + sum(skipped.values())` once it has finished."""
@@ -117,6 +170,7 @@ class ImportReport:
     unkeyed: int = 0  # produced with a null key (JSON lines the worker will dead-letter)
     skipped: Counter[str] = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)  # first occurrence of each reason
+    dates: DayOrder = field(default_factory=DayOrder)  # the file's slashed dates' order
 
     def skip(self, line: int, reason: str, detail: str = "") -> None:
         self.skipped[reason] += 1
@@ -128,6 +182,7 @@ class ImportReport:
             f"{self.rows} rows read, {self.produced} produced"
             f"{f' ({self.unkeyed} without key)' if self.unkeyed else ''}, "
             f"{sum(self.skipped.values())} skipped{f': {reasons}' if reasons else ''}"
+            f"{self.dates.warning()}"
         )
 
 
@@ -136,7 +191,7 @@ class CsvOptions:
     """How cells become event fields. Naive date-times are taken as UTC."""
 
     ts_unit: Literal["auto", "s", "ms"] = "auto"  # auto: numbers below 1e11 are seconds
-    ts_format: str | None = None  # strptime format; default ISO 8601, then common US/EU forms
+    ts_format: str | None = None  # strptime format; default ISO 8601, then slashed (`DayOrder`)
     type_map: Mapping[str, str] = field(default_factory=dict)  # e.g. {"pv": "view"}
     constants: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"currency": "GBP"}
     default_amount: float | None = None  # purchases with neither amount nor price
@@ -145,6 +200,7 @@ class CsvOptions:
     columns: tuple[str, ...] = ()  # names of a header-less file's columns, in order
     encoding: str = "utf-8"  # UTF-8: other bytes read as Windows-1252; else: U+FFFD
     format: Format | None = None  # default: from the file suffix
+    dates: DayOrder | None = None  # the file's slashed dates' order (`ImportReport.dates`)
 
 
 def parse_pairs(pairs: Iterable[str], flag: str = "--map") -> dict[str, str]:
@@ -161,15 +217,22 @@ def parse_pairs(pairs: Iterable[str], flag: str = "--map") -> dict[str, str]:
 # -- typed cells ------------------------------------------------------------------------------
 
 
-def parse_ts(value: Any, unit: str = "auto", fmt: str | None = None, zone: tzinfo = UTC) -> int:
+def parse_ts(
+    value: Any,
+    unit: str = "auto",
+    fmt: str | None = None,
+    zone: tzinfo = UTC,
+    dates: DayOrder | None = None,
+) -> int:
     """Epoch milliseconds from epoch seconds/ms (number or digits) or a date-time string
-    (one without a time zone read in `zone`)."""
+    (one without a time zone read in `zone`; slashed ones in the order `dates` has
+    seen in the file, if given)."""
     if isinstance(value, str):
         text = value.strip()
         try:
             number = float(text)
         except ValueError:
-            return _parse_datetime(text, fmt, zone)
+            return _parse_datetime(text, fmt, zone, dates or DayOrder())
     elif isinstance(value, int | float) and not isinstance(value, bool):
         number = float(value)
     else:
@@ -180,17 +243,17 @@ def parse_ts(value: Any, unit: str = "auto", fmt: str | None = None, zone: tzinf
     return round(number * 1000) if seconds else round(number)
 
 
-def _parse_datetime(text: str, fmt: str | None, zone: tzinfo) -> int:
-    """`fmt` if given; else ISO 8601, then US before EU forms (3/4/2011 is March 4th)."""
+def _parse_datetime(text: str, fmt: str | None, zone: tzinfo, dates: DayOrder) -> int:
+    """`fmt` if given; else ISO 8601, then a slashed date in the file's order (`dates`)."""
     moment = None
-    if fmt is None:
+    if fmt is not None:
+        with contextlib.suppress(ValueError):
+            moment = datetime.strptime(text, fmt)
+    else:
         with contextlib.suppress(ValueError):
             moment = datetime.fromisoformat(text)
-    for candidate in (fmt,) if fmt else _DATETIME_FORMATS:
-        if moment is not None:
-            break
-        with contextlib.suppress(ValueError):
-            moment = datetime.strptime(text, candidate)
+        if moment is None:
+            moment = dates.read(text)
     if moment is None:
         raise SkipRow("bad_value:ts", f"{text!r} is not a time{f' in {fmt!r}' if fmt else ''}")
     if moment.tzinfo is None:
@@ -270,7 +333,9 @@ def convert_mapped(
         if value is None or value == "":
             continue  # an empty cell is an absent field
         if name == "ts":
-            event["ts"] = parse_ts(value, options.ts_unit, options.ts_format)
+            event["ts"] = parse_ts(
+                value, options.ts_unit, options.ts_format, dates=options.dates
+            )
         else:
             event[name] = _cast(name, value)
     if "type" in event:
@@ -396,7 +461,7 @@ def _online_retail(row: Mapping[str, Any], options: CsvOptions) -> dict[str, Any
         **options.constants,
         "type": "purchase",
         "user_id": customer.removesuffix(".0"),  # pandas wrote the ids as floats
-        "ts": parse_ts(row["InvoiceDate"], "auto", options.ts_format, _UK),
+        "ts": parse_ts(row["InvoiceDate"], "auto", options.ts_format, _UK, options.dates),
         "order_id": _cast("order_id", row["InvoiceNo"]),
         "item_id": _cast("item_id", row["StockCode"]),
         "quantity": quantity,
@@ -528,8 +593,8 @@ def read_events(
     times like the worker does (default: the wall clock).
     """
     path = Path(path)
-    options = typed_constants(options or CsvOptions())
     report = report if report is not None else ImportReport()
+    options = replace(typed_constants(options or CsvOptions()), dates=report.dates)
     chosen = preset_named(preset) if preset is not None else None
     if chosen is not None and mapping is not None:
         raise FileImportError("give a preset or a mapping, not both")

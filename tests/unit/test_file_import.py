@@ -9,6 +9,7 @@ import csv
 import gzip
 import json
 import tracemalloc
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -336,6 +337,28 @@ def test_a_header_less_file_maps_columns_by_position(tmp_path: Path) -> None:
     mapping = {"ts": "1", "user_id": "2", "type": "3", "query": "4"}
     events, _ = run(path, None, mapping, header=False, ts_format="%d/%m/%Y %H:%M")
     assert events[0][1]["query"] == "running shoes" and events[0][1]["ts"] == 1_697_536_800_000
+
+
+def test_a_files_slashed_dates_keep_the_order_one_of_them_shows(tmp_path: Path) -> None:
+    def day(event: dict[str, Any]) -> str:
+        return datetime.fromtimestamp(event["ts"] / 1000, UTC).strftime("%Y-%m-%d")
+
+    mapping = {"user_id": "user", "type": "kind", "ts": "at"}
+    path = tmp_path / "logins.csv"
+    rows = ["05/01/2011 10:00", "13/01/2011 10:00", "04/02/2011 10:00", "12/25/2011 10:00"]
+    path.write_text("user,kind,at\n" + "".join(f"u{i},login,{at}\n" for i, at in enumerate(rows)))
+    events, report = run(path, None, mapping)
+    # Day first from 13/01 on: 04/02 is February 4th, and 12/25 is no day-first date.
+    assert [day(e) for _, e in events] == ["2011-05-01", "2011-01-13", "2011-02-04"]
+    assert report.skipped == {"bad_value:ts": 1}
+    assert "'12/25/2011 10:00' is not day first" in report.examples["bad_value:ts"]
+    # 05/01 came before the file showed its order: read month first, and said so.
+    assert "1 dates read month first before '13/01/2011 10:00'" in report.summary()
+
+    path.write_text("user,kind,at\nu0,login,12/25/2011 10:00\nu1,login,05/01/2011 10:00\n")
+    events, report = run(path, None, mapping)
+    assert [day(e) for _, e in events] == ["2011-12-25", "2011-05-01"]
+    assert "month first" not in report.summary()
 
 
 def test_json_lines_can_be_mapped_too(tmp_path: Path) -> None:
