@@ -256,6 +256,7 @@ class FoldedBatch:
             writes = await _fold_users(
                 self.refold, self.store, self.params, self.clock(), result, stages=self.stages,
                 learn=False,  # the first fold taught the models these events
+                observe=False,  # and counted their scores and moves
             )  # fmt: skip
             lost = await _write_users(writes, self.store, result, self.stages, self.by_user)
             self.refold = {user: self.by_user[user] for user in lost}
@@ -274,10 +275,14 @@ async def _fold_users(
     *,
     stages: Stages,
     learn: bool = True,
+    observe: bool = True,
 ) -> list[tuple[Outcome, Write | None]]:
     """Load and fold these users; each outcome with the write it needs (None: none).
 
     `learn`: whether the models learn from the events (not when folding them again).
+    `observe`: whether the models' scores, drifts and moves go into `result` (not when
+    a write folds users again: the batch's first fold counted them, and a metric would
+    count each scored event once per attempt).
     """
     loaded = await store.load(list(by_user))
     outcomes = [
@@ -289,9 +294,10 @@ async def _fold_users(
     if stages.models is not None:
         outcomes = stages.models.update(outcomes, now_ms, learn=learn)
         scores, drifts, moves = stages.models.observations()
-        result.risk_scores += scores
-        result.model_drifts += drifts
-        result.segment_moves += moves
+        if observe:
+            result.risk_scores += scores
+            result.model_drifts += drifts
+            result.segment_moves += moves
     folded: list[tuple[Outcome, Write | None]] = []
     for o in outcomes:
         write = None
