@@ -25,7 +25,7 @@ from stream.lookup import read_profile_json
 from stream.preflight import check_servers
 from stream.runner import settle_heap
 from stream.settings import Settings
-from stream.web import readiness
+from stream.web import observe_lag, readiness
 from stream.worker import BatchWorker, stop_within
 
 log = logging.getLogger("profiler.app")
@@ -138,7 +138,7 @@ def _failure() -> str:
 @app.page("/metrics")
 async def prometheus_metrics(web: Any, request: Any) -> Any:
     if EventPathService.running is not None:
-        metrics.observe_lag(EventPathService.running.consumer_lag())
+        await observe_lag(EventPathService.running)
     return web.bytes(metrics.exposition(), content_type="text/plain; version=0.0.4")
 
 

@@ -58,6 +58,14 @@ async def _redis_answers(worker: BatchWorker) -> bool | str:
         return f"error: {exc}"
 
 
+async def observe_lag(worker: BatchWorker) -> None:
+    """Set `profiler_consumer_lag` of every owned partition whose end is known: as `/ready`
+    counts it (`BatchWorker.lag_now`), also for a partition no batch came from since its
+    assignment (a quiet one, or one with a backlog not yet fetched)."""
+    lag, _ = await worker.lag_now(READY_TIMEOUT_S)
+    metrics.observe_lag(lag)
+
+
 def build_app(worker: BatchWorker, max_lag: int) -> web.Application:
     started = time.monotonic()
 
@@ -74,7 +82,7 @@ def build_app(worker: BatchWorker, max_lag: int) -> web.Application:
         )
 
     async def prometheus(_: web.Request) -> web.Response:
-        metrics.observe_lag(worker.consumer_lag())
+        await observe_lag(worker)
         return web.Response(body=metrics.exposition(), content_type="text/plain")
 
     async def profile(request: web.Request) -> web.Response:

@@ -147,3 +147,31 @@ async def test_a_partition_that_comes_back_reports_no_lag_until_its_next_batch(
         assert worker.consumer_lag() == {}  # unknown until it is fetched from its commit
     finally:
         await worker.close()
+
+
+async def test_metrics_carry_the_lag_of_every_owned_partition(topics: Settings) -> None:
+    """`profiler_consumer_lag` had a series only for partitions a batch had come from
+    since their assignment: a worker given quiet partitions (after any rebalance) showed
+    none, while `/ready` counted their lag."""
+    event = {"event_id": "q1", "user_id": "ada", "type": "login", "ts": wall_clock_ms()}
+    await send_records(topics, [(b"ada", orjson.dumps(event))])
+    worker = BatchWorker(topics)
+    await worker.start()
+    port = free_port()
+    web = await start_web(worker, port, max_lag=1000)
+    task = asyncio.create_task(worker.run())
+    try:
+        ready = orjson.loads(await wait_for_status(port, "/ready", 200))
+        assert len(ready["checks"]["partitions"]) == 3
+        _, text = await get(port, "/metrics")
+        series = [
+            line
+            for line in text.decode().splitlines()
+            if line.startswith("profiler_consumer_lag{") and f'"{topics.topic_events}"' in line
+        ]
+        assert len(series) == 3, series
+    finally:
+        worker.request_stop()
+        await task
+        await web.cleanup()
+        await worker.close()
