@@ -1,8 +1,9 @@
 """The worker's web endpoints for `profiler run`: liveness, readiness, metrics, lookup.
 
 `/health` answers while the process's event loop turns; `/ready` only when the
-broker and Redis answer, the worker owns partitions, and its consumer lag is
-under the configured bound, so a load balancer or an orchestrator can tell a
+broker and Redis answer (and no batch step is retrying on either: Redis may
+answer a PING and refuse writes), the worker owns partitions, and its consumer
+lag is under the configured bound, so a load balancer or an orchestrator can tell a
 worker that is up from one that is useful. The Faust app serves the same paths.
 """
 
@@ -34,6 +35,10 @@ async def readiness(worker: BatchWorker, max_lag: int) -> dict[str, Any]:
     checks["redis"], checks["broker"] = await asyncio.gather(
         _redis_answers(worker), worker.broker_reachable()
     )
+    for check, component in (("redis", "redis"), ("broker", "kafka")):
+        error = worker.failing(component)
+        if checks[check] is True and error is not None:
+            checks[check] = f"error: a batch step is retrying after {error}"
     partitions = sorted(f"{tp.topic}:{tp.partition}" for tp in worker.assignment.partitions)
     checks["partitions"] = partitions
     lag, unknown = await worker.lag_now(READY_TIMEOUT_S)

@@ -417,6 +417,8 @@ class BatchWorker:
         # How often the loop publishes held-back changes that came due.
         self._held_back_every_s = max(0.05, min(1.0, settings.heartbeat_s))
         self._held_back_at = time.monotonic()
+        # Steps being retried (`_retrying`), each with its component and last error.
+        self._failing: dict[object, tuple[str, str]] = {}
 
     async def start(self) -> None:
         await self.redis.ping()
@@ -1079,26 +1081,47 @@ class BatchWorker:
                         self.settings.model_checkpoint_s, type(exc).__name__, exc)  # fmt: skip
 
     async def _retrying(self, component: str, attempt_once: Callable[[], Awaitable[T]]) -> T:
-        """Run `attempt_once` until it succeeds, backing off; both steps are idempotent."""
-        attempt = 0
-        while True:
-            try:
-                return await attempt_once()
-            except (RedisError, RedisClusterException, KafkaError, ProfilerError, OSError) as exc:
-                # RedisClusterException: a cluster that cannot be reached or has a slot
-                # no node serves (resharding); not a RedisError, yet it passes.
-                if _refused(exc):
-                    raise
-                attempt += 1
-                metrics.RETRIES.labels(component).inc()
-                if self.stopping and attempt > RETRIES_AFTER_STOP:
-                    raise
-                delay = min(MAX_BACKOFF_S, 0.05 * 2 ** min(attempt, 16))  # 2**1024: no float
-                log.warning(
-                    "%s step failed (attempt %d, %s: %s); retrying in %.2fs",
-                    component, attempt, type(exc).__name__, exc, delay,
-                )  # fmt: skip
-                await asyncio.sleep(delay)
+        """Run `attempt_once` until it succeeds, backing off; both steps are idempotent.
+
+        While it fails, its last error is what `failing` reports for `component`.
+        """
+        attempt, retrying = 0, object()
+        try:
+            while True:
+                try:
+                    return await attempt_once()
+                except (
+                    RedisError, RedisClusterException, KafkaError, ProfilerError, OSError
+                ) as exc:  # fmt: skip
+                    # RedisClusterException: a cluster that cannot be reached or has a slot
+                    # no node serves (resharding); not a RedisError, yet it passes.
+                    if _refused(exc):
+                        raise
+                    attempt += 1
+                    metrics.RETRIES.labels(component).inc()
+                    self._failing[retrying] = component, f"{type(exc).__name__}: {exc}"
+                    if self.stopping and attempt > RETRIES_AFTER_STOP:
+                        raise
+                    delay = min(MAX_BACKOFF_S, 0.05 * 2 ** min(attempt, 16))  # 2**1024: no float
+                    log.warning(
+                        "%s step failed (attempt %d, %s: %s); retrying in %.2fs",
+                        component, attempt, type(exc).__name__, exc, delay,
+                    )  # fmt: skip
+                    await asyncio.sleep(delay)
+        finally:
+            self._failing.pop(retrying, None)
+
+    def failing(self, component: str) -> str | None:
+        """The last error of a `component` ("redis" or "kafka") step being retried now.
+
+        Redis may answer a PING while refusing every write (a demoted primary:
+        READONLY; MISCONF, OOM): the worker then retries its batch for ever, and
+        only this tells `/ready` so.
+        """
+        for name, error in self._failing.values():
+            if name == component:
+                return error
+        return None
 
     async def _publish(self, result: BatchResult) -> None:
         settings = self.settings

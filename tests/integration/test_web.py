@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import orjson
+from redis import asyncio as aioredis
 
-from stream.devstack import free_port
+from stream import metrics
+from stream.devstack import LocalRedis, free_port
 from stream.producing import send_records
 from stream.settings import Settings
 from stream.web import readiness, start_web
@@ -175,3 +178,40 @@ async def test_metrics_carry_the_lag_of_every_owned_partition(topics: Settings) 
         await task
         await web.cleanup()
         await worker.close()
+
+
+async def test_a_worker_whose_redis_refuses_writes_is_not_ready_until_they_pass(
+    make_settings: Callable[..., Awaitable[Settings]],
+) -> None:
+    """A Redis demoted to a replica answers PING and refuses every write (READONLY): the
+    worker retried its batch for ever while `/ready` said ready, with a lag of 0."""
+    own = LocalRedis().start()
+    admin = aioredis.Redis.from_url(own.url)
+    topics = await make_settings(redis_url=own.url)
+    worker = BatchWorker(topics)
+    await worker.start()
+    task = asyncio.create_task(worker.run())
+    try:
+        await admin.execute_command("REPLICAOF", "127.0.0.1", "1")  # never reached
+        retries = metrics.RETRIES.labels("redis")._value.get()
+        login = {"event_id": "r1", "user_id": "ada", "type": "login", "ts": wall_clock_ms()}
+        await send_records(topics, [(b"ada", orjson.dumps(login))])
+        deadline = asyncio.get_running_loop().time() + 20
+        while metrics.RETRIES.labels("redis")._value.get() == retries:  # the write refused
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.1)
+        report = await readiness(worker, max_lag=1000)
+        assert report["ready"] is False and "READONLY" in report["checks"]["redis"]
+
+        await admin.execute_command("REPLICAOF", "NO", "ONE")
+        while not (report := await readiness(worker, max_lag=1000))["ready"]:
+            assert asyncio.get_running_loop().time() < deadline + 20, report
+            await asyncio.sleep(0.1)
+        assert worker.stats.applied == 1
+    finally:
+        await admin.execute_command("REPLICAOF", "NO", "ONE")
+        worker.request_stop()
+        await task
+        await worker.close()
+        await admin.aclose()
+        own.stop()
