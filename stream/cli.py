@@ -350,7 +350,7 @@ def status(
     import urllib.error
     import urllib.request
 
-    base = _worker_url(url) if url else f"http://localhost:{load_settings().web_port}"
+    base = _worker_url(url) if url else _local_worker_url()
     try:
         # The worker answers within about twice its checks' bound (READY_TIMEOUT_S).
         with urllib.request.urlopen(f"{base}/ready", timeout=10) as reply:
@@ -368,6 +368,15 @@ def status(
         raise typer.Exit(2) from None
     sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")
     raise typer.Exit(0 if code == 200 else 1)
+
+
+def _local_worker_url() -> str:
+    """This machine's worker, on PROFILER_WEB_PORT; one line when that port is 0 (no web)."""
+    port = load_settings().web_port
+    if not port:
+        _error("PROFILER_WEB_PORT is 0: a worker started so serves no /ready; pass --url")
+        raise typer.Exit(2)
+    return f"http://localhost:{port}"
 
 
 def _worker_url(url: str) -> str:

@@ -947,6 +947,15 @@ async def test_status_of_a_url_that_is_no_worker_url_is_one_line(
     assert one_line(done) == f"error: --url {url}: not a worker URL ({why})"
 
 
+async def test_status_with_the_web_port_off_says_so(tmp_path: Path) -> None:
+    """It asked http://localhost:0, and said only that it was unreachable."""
+    done = await profiler("status", env=base_env(PROFILER_WEB_PORT="0"), cwd=tmp_path)
+    assert done.returncode == 2
+    assert one_line(done) == (
+        "error: PROFILER_WEB_PORT is 0: a worker started so serves no /ready; pass --url"
+    )
+
+
 @pytest.mark.parametrize("code", [200, 404])
 async def test_status_of_a_server_that_answers_no_json_is_one_line(
     code: int, tmp_path: Path
