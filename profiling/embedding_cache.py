@@ -277,7 +277,7 @@ async def embed_events(
     table, index, row_slots = _rows(vectors), np.array(rows, np.intp), np.array(slots, np.intp)
     # A zero row is a text the encoder gave no finite vector: no text, so no row. Folded,
     # its weight still set the scale its user's sum was measured against.
-    given = table.any(axis=1)[row_slots]
+    given = np.count_nonzero(table, axis=1)[row_slots] > 0
     if not given.all():
         index, row_slots = index[given], row_slots[given]
     return EventVectors(index, row_slots, table)
