@@ -95,6 +95,7 @@ class BatchResult:
     errors: Counter[str] = field(default_factory=Counter)  # dead letters per error code
     users_written: int = 0
     event_ts: list[int] = field(default_factory=list)  # ts of each applied event
+    written_ms: int = 0  # when the batch's writes landed (the latest, for parts of one)
     labels: Counter[str] = field(default_factory=Counter)  # label records by outcome
     risk_scores: list[tuple[str, float]] = field(default_factory=list)  # (event_id, risk)
     model_drifts: int = 0  # drifts ADWIN detected in the risk scores
@@ -118,6 +119,7 @@ class BatchResult:
         self.errors.update(other.errors)
         self.users_written += other.users_written
         self.event_ts += other.event_ts
+        self.written_ms = max(self.written_ms, other.written_ms)
         self.labels.update(other.labels)
         self.risk_scores += other.risk_scores
         self.model_drifts += other.model_drifts
@@ -248,6 +250,7 @@ class FoldedBatch:
                 self.refold = {o.profile.user_id: self.by_user[o.profile.user_id] for o, _ in first}
                 result.refolded.update(self.refold)
                 raise
+            result.written_ms = self.clock()
             self.refold.update((user, self.by_user[user]) for user in lost)
             result.refolded.update(self.refold)
         for _attempt in range(1, MAX_WRITE_ATTEMPTS):
@@ -259,6 +262,7 @@ class FoldedBatch:
                 observe=False,  # and counted their scores and moves
             )  # fmt: skip
             lost = await _write_users(writes, self.store, result, self.stages, self.by_user)
+            result.written_ms = self.clock()
             self.refold = {user: self.by_user[user] for user in lost}
             result.refolded.update(self.refold)
         if self.refold:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 from aiokafka import TopicPartition
 from prometheus_client import (
     GC_COLLECTOR,
@@ -15,6 +16,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import HistogramMetricFamily
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 # The process's memory and CPU, and the garbage collector's collections by generation
@@ -50,9 +52,45 @@ BATCH_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     registry=REGISTRY,
 )
-EVENT_TO_STORE_SECONDS = Histogram(
+
+
+class BatchHistogram:
+    """A histogram that takes a batch's values at once: every value counted, in one numpy
+    step (prometheus-client's `observe` takes one value, about a microsecond each)."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation = name, documentation
+        self._bounds = np.array(buckets, dtype=np.float64)
+        self._counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # the last: above them all
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe_all(self, values: Sequence[float] | np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        # Bucket i counts bounds[i-1] < value <= bounds[i]: Prometheus's `le`.
+        at = np.searchsorted(self._bounds, values, side="left")
+        self._counts += np.bincount(at, minlength=len(self._counts))
+        self._sum += float(values.sum())
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation)
+        cumulative = np.cumsum(self._counts).tolist()
+        bounds = [repr(bound) for bound in self._bounds.tolist()]  # as prometheus-client: "1.0"
+        family.add_metric(
+            [], [*zip(bounds, cumulative, strict=False), ("+Inf", cumulative[-1])], self._sum
+        )
+        yield family
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation)
+
+
+EVENT_TO_STORE_SECONDS = BatchHistogram(
     "profiler_event_to_store_seconds",
-    "Event ts to its profile write (includes producer clock skew and replay age)",
+    "Event ts to its profile write, every applied event (includes producer clock skew "
+    "and replay age)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600),
     registry=REGISTRY,
 )

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Final, NamedTuple, TypeVar
 
+import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -1188,9 +1189,10 @@ class BatchWorker:
         events = sum(orjson.loads(body)["topic"] == topic for _, body in result.dead_letters)
         if events:
             metrics.EVENTS.labels("unknown", "dead_lettered").inc(events)
-        now_ms = self.clock()
-        for ts in result.event_ts[:: max(1, len(result.event_ts) // 100)]:
-            metrics.EVENT_TO_STORE_SECONDS.observe(max(0.0, (now_ms - ts) / 1000))
+        if result.event_ts:
+            written = result.written_ms or self.clock()
+            ages = written - np.array(result.event_ts, dtype=np.int64)
+            metrics.EVENT_TO_STORE_SECONDS.observe_all(np.maximum(ages, 0) / 1000)
 
     def _observe_currencies(self, purchases: Mapping[str, int]) -> None:
         """Count purchases in other currencies; say once per currency when their money

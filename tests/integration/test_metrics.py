@@ -54,3 +54,31 @@ async def test_a_write_that_lost_to_another_writer_counts_each_score_once(
         assert sample("profiler_risk_score_count") - scored == 1
     finally:
         await worker.close()
+
+
+async def test_every_applied_event_is_in_the_event_to_store_histogram(topics: Settings) -> None:
+    """One observation per applied event (a sample of a hundred per batch weighed a small
+    batch's events as much as a large one's), its age at the write."""
+    now = wall_clock_ms()
+    ages_s = [0.002, 0.02, 0.2, 2.0, 20.0] * 50  # 250 events, none at a bucket's bound
+    events = [
+        {"event_id": f"e{i}", "user_id": f"u{i % 7}", "type": "view", "item_id": "p1",
+         "ts": now - int(age * 1000)}
+        for i, age in enumerate(ages_s)
+    ]  # fmt: skip
+    await send_records(topics, [(str(e["user_id"]).encode(), orjson.dumps(e)) for e in events])
+    worker = BatchWorker(topics)
+    await worker.start()
+    name = "profiler_event_to_store_seconds"
+    before = {le: sample(f"{name}_bucket", {"le": le}) for le in ("0.01", "0.1", "1.0", "10.0")}
+    count = sample(f"{name}_count")
+    try:
+        records = await take(worker, len(events))
+        await worker.process(records)
+    finally:
+        await worker.close()
+    assert sample(f"{name}_count") - count == len(events)
+    # The ages grow by the time the test took to write them: 50 a decade, whatever the wait.
+    for le, below in (("0.01", 50), ("0.1", 100), ("1.0", 150), ("10.0", 200)):
+        assert sample(f"{name}_bucket", {"le": le}) - before[le] <= below
+    assert sample(f"{name}_bucket", {"le": "10.0"}) - before["10.0"] >= 150

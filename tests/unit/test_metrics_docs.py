@@ -24,6 +24,8 @@ def registered() -> dict[str, tuple[str, tuple[str, ...]]]:
     """Every metric of the worker's registry: name -> (kind, label names)."""
     found = {}
     for value in vars(metrics).values():
+        if isinstance(value, metrics.BatchHistogram):  # ours: no labels
+            found[value.name] = ("histogram", ())
         for cls, kind in KINDS.items():
             if isinstance(value, cls):
                 found[value._name] = (kind, tuple(value._labelnames))
