@@ -56,6 +56,15 @@ CALIBRATION_MIN_SCORES: Final = 500  # anomaly scores learnt before they make an
 FLAT: Final = 1e-9  # a feature whose range is this small next to its values never varied
 # Features whose low values are the unusual, risky side (the rest: high values).
 RISKIER_LOW: Final = frozenset({"account_age_days"})
+# What an event either is or has (1) or not (0): a reason when set, never by its absence
+# ("a login" named for a purchase the classifier had learnt logins were safer than).
+FLAGS: Final = frozenset(
+    {"first_order", "new_device", "new_country", "new_card", "is_login", "login_failed"}
+)
+# A purchase's own features, 0 for a login: no reason for a login's risk.
+PURCHASE_ONLY: Final = frozenset(
+    {"amount_log", "amount_vs_usual", "first_order", "new_card", "cart_to_purchase_min"}
+)
 ANOMALY: Final = "anomaly"  # the raw HalfSpaceTrees score, a feature of the classifier
 KEPT_FEATURES: Final = (*TRANSACTION_FEATURES, ANOMALY)
 _KEPT_FORMAT: Final = b"\x01"  # then float32 little-endian, one per KEPT_FEATURES name
@@ -429,6 +438,7 @@ class RiskModel:
                 for name, z_score in zip(TRANSACTION_FEATURES, z, strict=True)
             }
             _share(shares, pushes, anomalous * (1.0 - supervised))
+        shares = {name: part for name, part in shares.items() if _cited(name, x)}
         total = sum(shares.values())
         if total <= 0:
             return ()
@@ -447,6 +457,14 @@ class RiskModel:
             z = (value - scaler.means.get(name, 0.0)) / spread
             pushes[name] = max(0.0, coefficients.get(name, 0.0) * z)
         return pushes
+
+
+def _cited(name: str, x: Mapping[str, float]) -> bool:
+    """Whether a feature can be a reason for the event `x`: a flag only when set, a
+    purchase's feature only for a purchase (the words say what the event had)."""
+    if name in FLAGS:
+        return x.get(name, 0.0) > 0
+    return name not in PURCHASE_ONLY or not x.get("is_login", 0.0)
 
 
 def _share(parts: dict[str, float], pushes: Mapping[str, float], part: float) -> None:

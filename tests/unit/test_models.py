@@ -544,7 +544,7 @@ def test_a_young_account_is_a_reason_and_an_old_one_is_not() -> None:
 
 def test_the_classifier_names_no_reason_for_an_alarm_it_did_not_raise() -> None:
     """Labels taught that a new device on a purchase is fraud. A login from a new device
-    with a huge amount: the classifier says no fraud, the trees raise the alarm; the
+    in a burst of events: the classifier says no fraud, the trees raise the alarm; the
     reasons went by the label weight (0.95 to the classifier) and named the device."""
     rng = random.Random(7)
     model = RiskModel()
@@ -555,10 +555,11 @@ def test_the_classifier_names_no_reason_for_an_alarm_it_did_not_raise() -> None:
         x = {**ordinary(rng), "new_device": float(rng.random() < 0.5)}
         x["is_login"] = float(rng.random() < 0.5)
         model.learn_label({**x, ANOMALY: 0.5}, bool(x["new_device"] and not x["is_login"]))
-    login = {**ordinary(rng), "new_device": 1.0, "is_login": 1.0, "amount_log": 12.0}
+    login = {**ordinary(rng), "new_device": 1.0, "is_login": 1.0, "amount_log": 0.0,
+             "events_1h": 60.0}  # fmt: skip
     [(risk, _)] = model.score_batch([{**login, ANOMALY: 1.0}], learn=False)
     reasons = model.explain({**login, ANOMALY: 1.0}, max(risk, 0.9)).reasons
-    assert model.label_weight > 0.7 and reasons[0][0] == "amount_log", reasons
+    assert model.label_weight > 0.7 and reasons[0][0] == "events_1h", reasons
 
 
 def test_a_feature_that_never_varied_is_no_reason() -> None:
@@ -572,6 +573,37 @@ def test_a_feature_that_never_varied_is_no_reason() -> None:
     unusual = {**ordinary(rng), "amount_log": 9.0, ANOMALY: 1.0}
     reasons = dict(model.explain(unusual, 0.9).reasons)
     assert "since_login_hours" not in reasons and "amount_log" in reasons
+
+
+def test_a_reason_is_something_the_event_has() -> None:
+    """Labels taught that purchases are the fraud: a purchase's top reason was "a login"
+    (its is_login of 0, below the mean, times a negative weight). And a login's
+    amount_vs_usual of 0 sits above the shop's mean (most orders are under a user's
+    usual amount): its reasons named "order is 1.0x this user's usual amount"."""
+    rng = random.Random(3)
+
+    def event(login: bool) -> dict[str, float]:
+        x = {**ordinary(rng), "is_login": float(login)}
+        if login:
+            x["amount_log"] = 0.0
+        else:
+            x["amount_vs_usual"] = rng.uniform(-3.0, 0.5)
+            x["cart_to_purchase_min"] = rng.uniform(1.0, 5.0)
+        return x
+
+    model = RiskModel()
+    for _ in range(12):
+        model.score_batch([event(rng.random() < 0.5) for _ in range(100)])
+    for _ in range(300):
+        login = rng.random() < 0.5
+        model.learn_label({**event(login), ANOMALY: 0.5}, not login and rng.random() < 0.7)
+    purchase = {**event(False), ANOMALY: 0.5}
+    [(risk, _)] = model.score_batch([purchase], learn=False)
+    assert model.label_weight > 0.5 and risk > 0.2
+    assert "is_login" not in dict(model.explain(purchase, risk).reasons)
+    login = {**event(True), ANOMALY: 1.0}
+    named = dict(model.explain(login, 0.9).reasons)
+    assert named and not named.keys() & {"amount_log", "amount_vs_usual", "cart_to_purchase_min"}
 
 
 def test_reasons_in_words_count_one_thing_in_the_singular() -> None:
