@@ -124,7 +124,11 @@ class SegmentModel:
         *,
         learn: bool = True,
     ) -> list[Assignment]:
-        """A segment for each profile, given each one's (segment, dwell) so far."""
+        """A segment for each profile, given each one's (segment, dwell) so far.
+
+        `learn=False` (a batch assigned again, whose updates were counted once):
+        neither the centres nor what describes a segment learn from it.
+        """
         if not features:
             return []
         matrix = feature_matrix(features, SEGMENT_FEATURES)
@@ -140,7 +144,7 @@ class SegmentModel:
             distances.tolist(), nearest, current, categories, strict=True
         ):
             assigned = self._hysteresis(row, best, segment, dwell)
-            if category:
+            if category and learn:
                 counter = self.top_categories.get(assigned.segment)
                 if counter is None:  # not setdefault: that builds a Counter every time
                     counter = self.top_categories[assigned.segment] = Counter()
@@ -150,7 +154,8 @@ class SegmentModel:
                         dict(counter.most_common(MAX_CATEGORIES))
                     )
             out.append(assigned)
-        self._remember_members(standardised, [a.segment for a in out])
+        if learn:
+            self._remember_members(standardised, [a.segment for a in out])
         return out
 
     def _remember_members(self, standardised: np.ndarray[Any, Any], segments: list[int]) -> None:

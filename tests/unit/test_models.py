@@ -662,6 +662,23 @@ def test_segments_do_not_flap_between_two_close_centres() -> None:
     assert held.moved_from is None and held.since == 2  # min dwell not reached yet
 
 
+def test_a_batch_assigned_again_is_not_counted_again_in_what_describes_a_segment() -> None:
+    """A batch folded again after its write lost assigns without learning: its users'
+    categories and features were counted a second time in the segments' descriptions."""
+    model = SegmentModel(n_segments=2, learn_every=1, seed=4)
+    low = dict.fromkeys(SEGMENT_FEATURES, 0.0)
+    high = {**low, "frequency": 3.0, "monetary": 6.0}
+    for _ in range(50):
+        model.assign([low, high], [(None, 0), (None, 0)], ["books", "toys"])
+    before = copy.deepcopy((model.top_categories, model.member_sums, model.member_counts))
+    described = [model.describe(k) for k in range(2)]
+    for _ in range(100):
+        model.assign([high], [(None, 0)], ["garden"], learn=False)
+    after = (model.top_categories, model.member_sums, model.member_counts)
+    assert repr(after) == repr(before)
+    assert [model.describe(k) for k in range(2)] == described
+
+
 def test_a_segment_is_described_by_its_users_not_by_a_centre_they_never_reached() -> None:
     model = SegmentModel(n_segments=6, learn_every=1, seed=4)
     assert {model.describe(k) for k in range(6)} == {"no users yet"}  # random centres only
