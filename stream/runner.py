@@ -23,11 +23,14 @@ log = logging.getLogger("profiler.runner")
 # never fewer than the minimum (BENCHMARKS.md, "The young GC threshold above a batch's peak").
 YOUNG_OBJECTS_PER_EVENT = 20
 YOUNG_COLLECTION_MIN = 100_000
+# `gc.set_threshold` takes a C int: a larger batch setting would overflow it.
+YOUNG_COLLECTION_MAX = 2**31 - 1
 
 
 def young_threshold(batch_max_events: int) -> int:
     """The young threshold for batches of up to `batch_max_events` events."""
-    return max(YOUNG_COLLECTION_MIN, YOUNG_OBJECTS_PER_EVENT * batch_max_events)
+    wanted = max(YOUNG_COLLECTION_MIN, YOUNG_OBJECTS_PER_EVENT * batch_max_events)
+    return min(YOUNG_COLLECTION_MAX, wanted)
 
 
 def settle_heap(batch_max_events: int) -> None:

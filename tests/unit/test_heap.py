@@ -30,3 +30,26 @@ def test_young_collections_leave_room_for_the_largest_batch() -> None:
     )
     # The threshold set, and start-up's objects hidden from collections (frozen).
     assert done.stdout.split() == ["True", "True"]
+
+
+SETTLED_HUGE = """
+import gc
+from stream.runner import settle_heap
+settle_heap(200_000_000)
+print(gc.get_threshold()[0])
+"""
+
+
+def test_a_batch_setting_past_a_c_int_of_objects_still_starts_the_worker() -> None:
+    """PROFILER_BATCH_MAX_EVENTS=200000000 is accepted; 20 objects per event overflowed
+    `gc.set_threshold` (a C int) and the worker died with a traceback after it started."""
+    assert young_threshold(200_000_000) == 2**31 - 1
+    done = subprocess.run(
+        [sys.executable, "-c", SETTLED_HUGE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(2**31 - 1)]
