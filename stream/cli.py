@@ -330,10 +330,15 @@ def demo(
     """Start a local broker and Redis, stream a synthetic shop through a worker, summarise."""
     _configure_logging(False)
     logging.getLogger().setLevel(logging.WARNING)
+    from profiling.errors import ProfilerError
     from stream.demo import QUICK_GROUPS, run_demo
 
     settings = load_settings(**QUICK_GROUPS)
-    run_demo(settings, users=users, events=events, seed=seed, console=Console())
+    try:
+        run_demo(settings, users=users, events=events, seed=seed, console=Console())
+    except ProfilerError as exc:  # the worker cannot be built: an encoder that cannot load
+        _error(f"the demo's worker cannot start: {exc}")
+        raise typer.Exit(1) from None
 
 
 @app.command()

@@ -1118,6 +1118,19 @@ async def test_a_demo_with_a_bad_value_is_one_line_naming_the_variable(tmp_path:
     assert one_line(done).startswith("error: PROFILER_BATCH_MAX_EVENTS: ")
 
 
+async def test_a_demo_whose_encoder_cannot_load_says_so_in_one_line(tmp_path: Path) -> None:
+    """The demo's own stack starts; its worker's encoder does not: a traceback before."""
+    env = base_env(PROFILER_ENCODER_MODEL=str(tmp_path / "no-model"))
+    done = await profiler("demo", "--users", "1", "--events", "1", env=env, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        f"error: the demo's worker cannot start: no Hugging Face model folder at "
+        f"{tmp_path / 'no-model'} (no config.json)"
+    ], done.stderr
+
+
 @pytest.mark.parametrize("device", ["cuda", "mps"])
 async def test_a_device_this_torch_cannot_use_is_one_line_naming_the_setting(
     device: str, topics: Settings, tmp_path: Path
