@@ -14,22 +14,37 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import tempfile
 from typing import Any, ClassVar
 
 import faust
 from mode import Service
+from pydantic import ValidationError
 
 from stream import kafka, metrics
 from stream.lookup import read_profile_json
 from stream.preflight import check_servers
 from stream.runner import settle_heap
-from stream.settings import Settings
+from stream.settings import Settings, refusals
 from stream.web import observe_lag, readiness
 from stream.worker import BatchWorker, stop_within
 
 log = logging.getLogger("profiler.app")
-settings = Settings()
+
+
+def _load_settings() -> Settings:
+    """The PROFILER_* settings; a bad value is a line naming its variable and exit 2, as
+    `profiler run` says it, not a traceback out of the app's import."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for line in refusals(exc):
+            print(f"error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+settings = _load_settings()
 
 
 def broker_credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:

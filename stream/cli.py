@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from stream.settings import Settings
+from stream.settings import Settings, refusals
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 topics_app = typer.Typer(help="Manage the topics profiler reads and writes.", no_args_is_help=True)
@@ -53,11 +53,8 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
-        for error in exc.errors():
-            field, *within = error["loc"]  # within: the key of a JSON setting's entry
-            name = f"PROFILER_{str(field).upper()}"
-            entry = f" ({'.'.join(map(str, within))})" if within else ""
-            _error(f"{name}{entry}: {error['msg']}")
+        for line in refusals(exc):
+            _error(line)
         raise typer.Exit(2) from None
 
 

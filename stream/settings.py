@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from profiling.currency import CODE_PATTERN, Currencies
@@ -323,3 +323,13 @@ class Settings(BaseSettings):
         if value is not None and 0 < len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
             raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes (empty: none)")
         return value
+
+
+def refusals(exc: ValidationError) -> list[str]:
+    """One line per refused value, naming its variable: `PROFILER_NAME (entry): why`."""
+    lines = []
+    for error in exc.errors():
+        field, *within = error["loc"]  # within: the key of a JSON setting's entry
+        entry = f" ({'.'.join(map(str, within))})" if within else ""
+        lines.append(f"PROFILER_{str(field).upper()}{entry}: {error['msg']}")
+    return lines

@@ -499,6 +499,17 @@ def test_the_faust_app_takes_a_web_port_of_0_as_no_web_server(tmp_path: Path) ->
     assert (done.returncode, done.stdout.strip()) == (0, "False"), done.stderr
 
 
+async def test_the_faust_worker_with_a_bad_value_is_one_line_naming_the_variable(
+    tmp_path: Path,
+) -> None:
+    """`faust -A stream.app worker` printed pydantic's traceback out of the app's import."""
+    env = base_env(PROFILER_BATCH_MAX_EVENTS="abc")
+    argv = [FAUST, "-A", "stream.app", "worker", "-l", "info"]
+    done = await run_command(*argv, env=env, cwd=tmp_path)
+    assert done.returncode == 2
+    assert one_line(done).startswith("error: PROFILER_BATCH_MAX_EVENTS: ")
+
+
 # --- produce, profile -------------------------------------------------------------
 
 RETAIL_CSV = """\
