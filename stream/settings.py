@@ -23,6 +23,16 @@ MAX_DAYS = 36_500
 MAX_SECONDS = MAX_DAYS * 86_400
 # Kafka's protocol carries timeouts and waits as 32-bit integers (ms).
 INT32_MAX = 2**31 - 1
+# The topic settings, in the order they are validated, and those a worker reads.
+TOPICS = (
+    "topic_events",
+    "topic_dlq",
+    "topic_updates",
+    "topic_alerts",
+    "topic_labels",
+    "topic_commands",
+)
+INPUT_TOPICS = frozenset({"topic_events", "topic_labels", "topic_commands"})
 
 
 class Settings(BaseSettings):
@@ -275,6 +285,21 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"SASL ({protocol}) needs PROFILER_KAFKA_SASL_USERNAME and this password"
             )
+        return value
+
+    @field_validator(*TOPICS[1:])
+    @classmethod
+    def _topic_of_its_own(cls, value: str, info: ValidationInfo) -> str:
+        """An input topic shares its name with no other topic: the worker would read what
+        it writes there (a dead letter, read again, dead-lettered again, for ever), or
+        one input's decoder would refuse the other's records."""
+        name = info.field_name
+        for earlier in TOPICS[: TOPICS.index(name)]:
+            if info.data.get(earlier) == value and INPUT_TOPICS & {name, earlier}:
+                raise ValueError(
+                    f"{value!r} is PROFILER_{earlier.upper()} too; an input topic "
+                    "(events, labels, commands) needs a name of its own"
+                )
         return value
 
     @field_validator("scored_ttl_days")

@@ -185,3 +185,29 @@ def test_the_faust_apps_own_clients_get_the_kafka_security_settings() -> None:
     assert credentials.mechanism.value == "SCRAM-SHA-256" and credentials.ssl_context is not None
     tls = broker_credentials(Settings(kafka_security_protocol="SSL"))  # type: ignore[arg-type]
     assert isinstance(tls, faust.SSLCredentials)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("topic_dlq", "behavior-events", "PROFILER_TOPIC_EVENTS"),
+        ("topic_updates", "behavior-events", "PROFILER_TOPIC_EVENTS"),
+        ("topic_commands", "behavior-events", "PROFILER_TOPIC_EVENTS"),
+        ("topic_labels", "behavior-events.dlq", "PROFILER_TOPIC_DLQ"),
+        ("topic_commands", "fraud-labels", "PROFILER_TOPIC_LABELS"),
+        ("topic_commands", "fraud-alerts", "PROFILER_TOPIC_ALERTS"),
+    ],
+)
+def test_an_input_topic_that_is_another_topic_too_is_refused(
+    field: str, value: str, named: str
+) -> None:
+    """A DLQ on the events topic had a worker dead-letter its own dead letters for ever
+    (one bad record: a thousand dead letters in 40 s, and never idle)."""
+    with pytest.raises(ValidationError, match=named) as refused:
+        Settings(**{field: value})  # type: ignore[arg-type]
+    assert [error["loc"] for error in refused.value.errors()] == [(field,)]
+
+
+def test_output_topics_may_share_a_name() -> None:
+    shared = Settings(topic_alerts="profile-updates")
+    assert shared.topic_alerts == shared.topic_updates
