@@ -11,7 +11,7 @@
 # e.g. `--build-arg TORCH_SPEC=torch` for PyPI's CUDA build, and EXTRAS=encoder
 # the transformer encoder for interest vectors (the gpu profile of
 # docker-compose.yml sets both); both empty by default, which gives a worker
-# without vectors (PROFILER_ENCODER=auto finds no encoder and says so).
+# without vectors (PROFILER_ENCODER_MODEL=auto finds no encoder and says so).
 
 FROM python:3.11-slim AS build
 ARG TORCH_SPEC=""

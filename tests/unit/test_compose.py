@@ -209,6 +209,15 @@ def test_dockerfile_runs_a_non_root_worker_with_a_health_probe() -> None:
     assert instructions[-1] == 'CMD ["profiler", "run"]'
 
 
+@pytest.mark.parametrize("path", [DOCKERFILE, COMPOSE, ROOT / "README.md"])
+def test_every_profiler_variable_a_deployment_file_names_is_a_setting(path: Path) -> None:
+    """Comments included: the Dockerfile told of PROFILER_ENCODER, which nothing reads
+    (the setting is PROFILER_ENCODER_MODEL)."""
+    known = {f"PROFILER_{field.upper()}" for field in Settings.model_fields}
+    named = set(re.findall(r"\bPROFILER_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
+    assert named - known == set()
+
+
 # --- the real tool, where it is installed --------------------------------------------
 
 
