@@ -287,6 +287,15 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator(*TOPICS)
+    @classmethod
+    def _not_a_path(cls, value: str) -> str:
+        """Kafka refuses "." and "..", which `TOPIC_NAME` lets through (its engine has no
+        look-ahead to say so)."""
+        if value in (".", ".."):
+            raise ValueError(f"{value!r} is no topic name Kafka accepts")
+        return value
+
     @field_validator(*TOPICS[1:])
     @classmethod
     def _topic_of_its_own(cls, value: str, info: ValidationInfo) -> str:

@@ -26,6 +26,8 @@ from stream.settings import MAX_SECONDS, Settings
         ("topic_dlq", "dead letters"),
         ("topic_updates", "a/b"),
         ("topic_alerts", "x" * 250),
+        ("topic_labels", "."),
+        ("topic_commands", ".."),
     ],
 )
 def test_a_value_kafka_or_torch_would_refuse_is_refused_naming_the_field(
