@@ -311,6 +311,19 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("kafka_heartbeat_interval_ms")
+    @classmethod
+    def _beats_within_the_session(cls, value: int, info: ValidationInfo) -> int:
+        """A member that beats less often than its session lasts is dropped between beats
+        (the client does not check it; a broker that keeps the timeout does)."""
+        session = info.data.get("kafka_session_timeout_ms")
+        if session is not None and value >= session:
+            raise ValueError(
+                f"must be below PROFILER_KAFKA_SESSION_TIMEOUT_MS ({session} ms); a third of "
+                "it is usual"
+            )
+        return value
+
     @field_validator("scored_ttl_days")
     @classmethod
     def _at_least_a_second(cls, value: float) -> float:

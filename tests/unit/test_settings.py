@@ -163,11 +163,13 @@ def test_an_embedding_cache_of_no_entries_is_refused() -> None:
 def test_a_kafka_time_beyond_32_bits_is_refused_at_start(field: str) -> None:
     """The protocol carries these as int32: aiokafka failed on them deep in its fetcher
     (the worker then hung) or in the group's coordination."""
-    assert getattr(Settings(**{field: 2**31 - 1}), field) == 2**31 - 1  # type: ignore[arg-type]
+    # The heartbeat beats within the session, which stops at the same bound.
+    longest = 2**31 - 1 - (field == "kafka_heartbeat_interval_ms")
+    session = {"kafka_session_timeout_ms": 2**31 - 1}
+    assert getattr(Settings(**{**session, field: longest}), field) == longest  # type: ignore[arg-type]
     with pytest.raises(ValidationError) as refused:
-        Settings(**{field: 2**31})  # type: ignore[arg-type]
+        Settings(**{**session, field: 2**31})  # type: ignore[arg-type]
     assert [error["loc"] for error in refused.value.errors()] == [(field,)]
-
 
 
 def test_the_faust_apps_own_clients_get_the_kafka_security_settings() -> None:
@@ -213,3 +215,11 @@ def test_an_input_topic_that_is_another_topic_too_is_refused(
 def test_output_topics_may_share_a_name() -> None:
     shared = Settings(topic_alerts="profile-updates")
     assert shared.topic_alerts == shared.topic_updates
+
+
+def test_a_heartbeat_no_more_often_than_the_session_lasts_is_refused() -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(kafka_session_timeout_ms=10_000, kafka_heartbeat_interval_ms=10_000)
+    assert [error["loc"] for error in refused.value.errors()] == [("kafka_heartbeat_interval_ms",)]
+    assert "PROFILER_KAFKA_SESSION_TIMEOUT_MS" in str(refused.value)
+    Settings(kafka_session_timeout_ms=10_000, kafka_heartbeat_interval_ms=3_000)
