@@ -208,7 +208,7 @@ def topics_create(
 
 
 @app.command()
-def produce(
+def produce(  # noqa: PLR0917 - each option of the command is a parameter
     file: Annotated[Path, typer.Argument(help="JSON lines or CSV file")],
     preset: Annotated[
         str | None, typer.Option(help="taobao, online-retail or amazon-reviews")
@@ -221,6 +221,13 @@ def produce(
     format_: Annotated[
         Literal["csv", "jsonl"] | None,
         typer.Option("--format", help="csv or jsonl (default: from the file name)"),
+    ] = None,
+    ts_format: Annotated[
+        str | None,
+        typer.Option(
+            help="strptime format of the time column, e.g. '%d/%m/%Y %H:%M' (default: ISO "
+            "8601, epoch numbers, or slashed dates in the order the file shows)"
+        ),
     ] = None,
 ) -> None:
     """Send events from a file to the events topic."""
@@ -237,13 +244,21 @@ def produce(
     try:
         report = _with_servers(
             settings,
-            produce_file(settings, file, preset, mapping or None, limit=limit, fmt=format_),
+            produce_file(
+                settings, file, preset, mapping or None, limit=limit, fmt=format_,
+                ts_format=ts_format,
+            ),
             "broker",
-        )
+        )  # fmt: skip
     except (OSError, ValueError) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
-    console.print(report, markup=False)
+    console.print(report.summary(), markup=False)
+    if report.sent == 0 and report.report.rows:
+        for reason, example in report.report.examples.items():
+            console.print(f"  {reason}: {example}", markup=False)
+        _error("no event was sent: every row was skipped (the first of each reason above)")
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
 
@@ -62,10 +62,12 @@ async def produce_file(
     *,
     limit: int | None = None,
     fmt: Format | None = None,
-) -> str:
-    """Convert `path` to events (see `stream.file_import`), send them, return a summary line."""
+    ts_format: str | None = None,
+) -> Produced:
+    """Convert `path` to events (see `stream.file_import`), send them, say what went out."""
     report = ImportReport()
-    records = read_events(path, preset, mapping, options=CsvOptions(format=fmt), report=report)
+    options = CsvOptions(format=fmt, ts_format=ts_format)
+    records = read_events(path, preset, mapping, options=options, report=report)
     if limit is not None:
         records = islice(records, limit)
     try:
@@ -75,4 +77,15 @@ async def produce_file(
             f"{exc}; the {report.produced} events before that were sent to "
             f"{settings.topic_events} ({report.summary()})"
         ) from exc
-    return f"sent {sent} events to {settings.topic_events}; {report.summary()}"
+    return Produced(sent, settings.topic_events, report)
+
+
+class Produced(NamedTuple):
+    """What `produce_file` sent, where, and what the file held."""
+
+    sent: int
+    topic: str
+    report: ImportReport
+
+    def summary(self) -> str:
+        return f"sent {self.sent} events to {self.topic}; {self.report.summary()}"

@@ -621,6 +621,35 @@ async def test_produce_reads_a_file_whose_name_does_not_say_its_format(
     assert f"sent 4 events to {topics.topic_events}" in named.stderr
 
 
+async def test_produce_fails_when_every_row_is_skipped_and_takes_the_time_format(
+    topics: Settings, tmp_path: Path
+) -> None:
+    """A file that sends nothing is no success (a script would carry on as if it was):
+    exit 1, with the first row of each reason. A day-first file given its format."""
+    env = profiler_env(topics)
+    retail = tmp_path / "retail.csv"
+    retail.write_text(RETAIL_CSV)
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text("who,what,when\nu1,login,05/01/2011 10:00\nu2,login,13/01/2011 10:00\n")
+    mapped = ["--map", "user_id=who", "--map", "type=what", "--map", "ts=when"]
+
+    wrong, given = await asyncio.gather(
+        profiler("produce", str(retail), "--preset", "taobao", env=env, cwd=tmp_path),
+        profiler(
+            "produce", str(clicks), *mapped, "--ts-format", "%d/%m/%Y %H:%M", env=env,
+            cwd=tmp_path,
+        ),
+    )  # fmt: skip
+    assert wrong.returncode == 1, wrong.stderr
+    assert "sent 0 events" in wrong.stderr and "every row was skipped" in wrong.stderr
+    assert "unknown_behavior: line 1:" in wrong.stderr  # the first skipped row, its reason
+    assert given.returncode == 0, given.stderr
+    assert "sent 2 events" in given.stderr and "month first" not in given.stderr
+    on_topic = await read_topic(topics.kafka_bootstrap, topics.topic_events)
+    times = sorted(orjson.loads(record.value)["ts"] for record in on_topic)
+    assert times == [1_294_221_600_000, 1_294_912_800_000]  # 5 and 13 January 2011, 10:00
+
+
 # --- topics, configuration --------------------------------------------------------
 
 
