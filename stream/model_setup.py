@@ -21,6 +21,7 @@ from profiling.risk import RiskModel
 from profiling.segments import SegmentModel
 from profiling.snapshots import SnapshotRefusedError, sign, verified_load
 from stream import metrics
+from stream.redis_store import connect
 from stream.settings import Settings
 
 log = logging.getLogger("profiler.models")
@@ -145,7 +146,9 @@ async def _key_batches(
 
 async def segment_report(settings: Settings) -> list[tuple[int, int, str]]:
     """(segment, users, description) for every segment of the group's saved models."""
-    client = aioredis.Redis.from_url(settings.redis_url)
+    # The cluster client on a cluster: it reads the snapshot from the node owning its
+    # slot, and SCAN visits every primary (one node holds only its slots' profiles).
+    client = connect(settings.redis_url, cluster=settings.redis_cluster)
     try:
         models = await load_snapshot(client, settings)
         sizes = await segment_sizes(client)

@@ -1,6 +1,7 @@
 """On a Redis Cluster (`PROFILER_REDIS_CLUSTER=true`): every call stays in one hash slot.
 
-The redis-server here runs in cluster mode, one node owning all 16,384 slots,
+The redis-server here runs in cluster mode, one node owning all 16,384 slots
+(two nodes, half each, where a test needs a key to live on another node),
 so it refuses, as any cluster does, a command whose keys are in different
 slots. The worker with the cluster setting applies a whole stream (vectors,
 models, kept features for labels) through it; the same store serving
@@ -9,10 +10,12 @@ several users per script call is refused.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import orjson
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, ResponseError
@@ -24,8 +27,10 @@ from profiling.store import Erasure, Write, scored_index_key
 from stream.devstack import LocalRedis
 from stream.held_back import HeldBackLedger, LedgerChanges
 from stream.interest_setup import RedisEmbeddingCache
+from stream.model_setup import build_models, save_models, segment_report
 from stream.producing import send_records
 from stream.redis_store import RedisProfileStore, connect
+from stream.settings import Settings
 from stream.synthetic_shop import ShopGenerator
 from tests.conftest import SettingsFactory
 from tests.integration.kafka_io import drain
@@ -174,3 +179,55 @@ async def test_the_shared_embedding_cache_spans_hash_slots(cluster_client: aiore
     values = [bytes([i]) * 8 for i in range(50)]
     await cache.set_many(list(zip(keys, values, strict=True)), ttl_s=600)
     assert await cache.get_many([*keys, text_key("m", "absent")]) == [*values, None]
+
+
+class _SlotlessNode(LocalRedis):
+    """A cluster-mode redis-server that owns no slot yet (the fixture shares them out)."""
+
+    def _own_every_slot(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster() -> Iterator[tuple[LocalRedis, LocalRedis]]:
+    """Two nodes, half of the slots each: a key of the other half is MOVED there."""
+    with _SlotlessNode(cluster=True) as first, _SlotlessNode(cluster=True) as second:
+        clients = [redis.Redis(port=first.port), redis.Redis(port=second.port)]
+        clients[0].execute_command("CLUSTER ADDSLOTS", *range(8192))
+        clients[1].execute_command("CLUSTER ADDSLOTS", *range(8192, 16_384))
+        clients[0].execute_command("CLUSTER MEET", "127.0.0.1", second.port)
+        deadline = time.monotonic() + 30
+        while not all(
+            c.cluster("INFO").get("cluster_state") == "ok" and len(c.cluster("NODES")) == 2
+            for c in clients
+        ):
+            assert time.monotonic() < deadline, "the two nodes never formed a cluster"
+            time.sleep(0.05)
+        for client in clients:
+            client.close()
+        yield first, second
+
+
+async def test_segment_report_reads_every_node_of_a_cluster(
+    two_node_cluster: tuple[LocalRedis, LocalRedis],
+) -> None:
+    """`profiler segments` read through a plain client: from a node without the
+    snapshot's slot it failed (MOVED), from the other it counted that node's users."""
+    users = [f"u{i}" for i in range(20)]
+    assert {key_slot(f"{{{user}}}".encode()) < 8192 for user in users} == {True, False}
+    for node in two_node_cluster:
+        settings = Settings(
+            redis_url=node.url, redis_cluster=True, model_secret="k" * 32, group_id="g"
+        )
+        client = connect(node.url, cluster=True)
+        try:
+            await client.flushall()
+            models = build_models(settings)
+            assert models is not None and await save_models(models, client, settings)
+            profiles = [Profile(u, version=1, events=1, updated=T0, segment=1) for u in users]
+            writes = [Write(profile, 0) for profile in profiles]
+            assert await RedisProfileStore(client).save(writes) == []
+        finally:
+            await client.aclose()
+        report = await segment_report(settings)
+        assert {segment: size for segment, size, _ in report if size} == {1: len(users)}
