@@ -8,7 +8,11 @@ import orjson
 
 from stream.redis_store import RedisProfileStore, connect
 
-INTEGER_FIELDS = frozenset({"version", "first_seen", "last_seen", "updated", "events", "orders"})
+INTEGER_FIELDS = frozenset(
+    {"version", "first_seen", "last_seen", "updated", "events", "orders", "segment"}
+)
+FLOAT_FIELDS = frozenset({"spend", "risk"})
+JSON_FIELDS = frozenset({"categories", "risk_reasons"})
 
 
 def profile_json(fields: dict[str, str]) -> dict[str, Any]:
@@ -17,9 +21,9 @@ def profile_json(fields: dict[str, str]) -> dict[str, Any]:
     for name, value in sorted(fields.items()):
         if name in INTEGER_FIELDS or name.startswith("count:"):
             body[name] = int(value)
-        elif name == "spend":
+        elif name in FLOAT_FIELDS:
             body[name] = float(value)
-        elif name == "categories":
+        elif name in JSON_FIELDS:
             body[name] = orjson.loads(value)
         else:
             body[name] = value
