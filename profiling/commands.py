@@ -156,7 +156,10 @@ async def _merge(  # noqa: PLR0917 - one command's whole context
     models = interests.model_ids if interests is not None else ()
     outcome = Erasure.REPEATED.value
     for _attempt in range(MAX_WRITE_ATTEMPTS):
-        (known,) = (await store.load([command.user_id])).values()
+        # As Redis holds it, not as this worker last wrote it: a worker that held the
+        # partition meanwhile may have merged it already (then this is a replay, and a
+        # stale copy without the merge's digest would publish nothing).
+        (known,) = (await store.load([command.user_id], cached=False)).values()
         if in_window(known.seen, marker):  # merged before a crash: publish again
             if known.is_new:  # the marker of `user_id`, merged on or erased since
                 break  # its tombstone went out: a message now would bring it back

@@ -14,10 +14,12 @@ import zlib
 from collections.abc import Callable
 from dataclasses import astuple
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from profiling.commands import apply_commands
 from profiling.pipeline import (
     BatchResult,
     FoldedBatch,
@@ -275,3 +277,25 @@ async def test_a_write_that_failed_leaves_none_of_its_profiles_cached(
     assert (result.outcomes["applied"], result.refolded) == (1, {"ed"})
     stored = (await RedisProfileStore(redis_client).load(["ed"]))["ed"]
     assert (stored.version, stored.events) == (2, 2)
+
+
+async def test_a_merge_replayed_on_a_worker_that_cached_the_account_publishes_it_again(
+    redis_client: aioredis.Redis,
+) -> None:
+    """The account's partition moved to another worker, which merged the visitor in and
+    died before its acks; replayed back here, the merge is found done (the digest in
+    the account's window) and its message sent again, not judged on the stale copy."""
+    here, there = (RedisProfileStore(redis_client, cache_users=100) for _ in range(2))
+    params, clock = ProfileParams(), ticking()
+    await apply_batch([event("acct", "e1", T0, 0)], here, params, clock)
+    await apply_batch([event("anon", "v1", T0 + 10, 1)], there, params, clock)
+    await apply_batch([event("acct", "e2", T0 + 20, 2)], there, params, clock)
+    body = b'{"command":"merge","from_user_id":"anon","user_id":"acct"}'
+    merge = Record("profile-commands", 0, 7, b"acct", body, T0 + 5000)
+    first = await apply_commands([merge], there, clock(), params, Stages())
+    assert first.commands == {("merge", "merged"): 1}
+    replay = await apply_commands([merge], here, clock(), params, Stages())
+    assert replay.commands == {("merge", "repeated"): 1}
+    assert [(user, orjson.loads(change)["events"]) for user, change in replay.changes] == [
+        ("acct", 3)
+    ]
