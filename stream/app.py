@@ -19,6 +19,7 @@ import tempfile
 from typing import Any, ClassVar
 
 import faust
+from faust.app.base import BootStrategy
 from mode import Service
 from pydantic import ValidationError
 
@@ -62,7 +63,20 @@ def broker_credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLC
     return faust.SSLCredentials(context) if context is not None else None
 
 
-app = faust.App(
+class EventPathBoot(BootStrategy):
+    """Faust's own Kafka clients stay off: the event path (`BatchWorker`) has its own
+    consumer and producer. Faust's consumer would join a second group (`<group>-faust`)
+    and declare a leader-election topic (`<group>-faust-__assignor-__leader`), needing
+    rights to create topics and to join that group, for agents this app does not have."""
+
+    enable_kafka = False
+
+
+class ProfilerApp(faust.App):
+    BootStrategy = EventPathBoot
+
+
+app = ProfilerApp(
     f"{settings.group_id}-faust",
     broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
     broker_credentials=broker_credentials(settings),
@@ -73,7 +87,7 @@ app = faust.App(
     datadir=os.path.join(tempfile.gettempdir(), f"{settings.group_id}-faust"),
     topic_allow_declare=True,
     producer_acks=-1,
-    # Faust's own group (no agents yet) follows the worker's group timing.
+    # Should agents turn Faust's own clients on (`EventPathBoot`), they follow the worker's.
     broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
     broker_rebalance_timeout=settings.kafka_session_timeout_ms / 1000,
     broker_heartbeat_interval=settings.kafka_heartbeat_interval_ms / 1000,

@@ -384,6 +384,41 @@ async def test_faust_worker_applies_events_serves_its_pages_and_stops_on_sigterm
     assert await committed_offsets(settings) == await end_offsets(settings, settings.topic_events)
 
 
+async def test_the_faust_worker_joins_no_group_and_makes_no_topic_of_its_own(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """`profiler run` needs its group and the six topics; so does the Faust worker,
+    and nothing else: no second group to be allowed into, no topic to be allowed to create."""
+    settings = await make_settings(partitions=1)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        topics_before = set(await admin.list_topics())
+        env = profiler_env(settings)
+        argv = [FAUST, "-A", "stream.app", "worker", "-l", "info"]
+        async with (
+            started(argv, env, tmp_path) as worker,
+            aiohttp.ClientSession(f"http://127.0.0.1:{env['PROFILER_WEB_PORT']}") as web,
+        ):
+
+            async def ready() -> bool:
+                assert worker.proc.returncode is None, worker.log()[-5000:]
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with web.get("/ready") as response:
+                        return response.status == 200
+                return False
+
+            await eventually(ready, 40, "the Faust worker ready")
+            topics_after = set(await admin.list_topics())
+            await worker.sigterm(timeout_s=20)
+            log = worker.log()
+    finally:
+        await admin.close()
+    assert topics_after == topics_before
+    groups = set(re.findall(r"Joined group '([^']+)'", log))
+    assert groups == {settings.group_id}, log[-5000:]
+
+
 async def test_faust_worker_stopped_while_starting_closes_its_event_path(
     make_settings: SettingsFactory, tmp_path: Path
 ) -> None:
@@ -396,7 +431,7 @@ async def test_faust_worker_stopped_while_starting_closes_its_event_path(
 
         async def starting() -> bool:
             assert worker.proc.returncode is None, worker.log()[-5000:]
-            return "Waiting for tables to be registered" in worker.log()
+            return "EventPathService]: Starting" in worker.log()
 
         await eventually(starting, 30, "the Faust app starting")
         await worker.sigterm(timeout_s=20)
