@@ -122,6 +122,8 @@ class EventPathService(Service):
         it would keep its partitions (and answer /health) with nobody consuming them."""
         if task.cancelled() or task.exception() is None:
             return
+        if self.worker is not None and self.worker.stopping:
+            return  # the app is stopping: the batch in flight is left to `stop_within`
         error = task.exception()
         assert error is not None
         EventPathService.failed = error

@@ -108,6 +108,8 @@ async def run_worker(settings: Settings, until_idle_s: float | None = None) -> W
             await asyncio.wait({run, asked}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             asked.cancel()
+        if run.done() and not worker.stopping:  # idle, or an error of its own: no stop asked
+            return run.result()
         if await stop_within(run) is None:
             log.warning("stopped without committing the batch in flight: it will be replayed")
         return worker.stats

@@ -103,11 +103,14 @@ CLOSE_STEP_S = 3.0
 
 
 async def stop_within(task: asyncio.Task[T], grace_s: float = SHUTDOWN_GRACE_S) -> T | None:
-    """`task`'s result (a worker's `run`, asked to stop), or None once `grace_s` passed.
+    """`task`'s result (a worker's `run`, asked to stop), or None once `grace_s` passed
+    or once it failed.
 
     Then the task is cancelled: the batch in flight is not committed, and its
     records are applied again (idempotently) by the partitions' next owner. A
     broker or Redis gone at shutdown would otherwise hold the worker for minutes.
+    A worker asked to stop gives a step up after a few retries (`RETRIES_AFTER_STOP`):
+    its batch is then left uncommitted the same way, and the stop is no failure.
     """
     done, _ = await asyncio.wait({task}, timeout=grace_s)
     if not done:
@@ -115,6 +118,11 @@ async def stop_within(task: asyncio.Task[T], grace_s: float = SHUTDOWN_GRACE_S) 
         task.cancel()
         await asyncio.wait({task})
     if task.cancelled():
+        return None
+    error = task.exception()
+    if isinstance(error, Exception):
+        log.warning("the batch in flight failed (%s: %s): stopping without it",
+                    type(error).__name__, error)  # fmt: skip
         return None
     return task.result()
 
@@ -822,10 +830,10 @@ class BatchWorker:
         try:
             return await last.written
         except Exception as exc:
-            if self.stopping:
-                raise
             with contextlib.suppress(Exception):
                 await last.task  # ended with the same exception
+            if self.stopping:
+                raise
             if last.previous is not None:
                 await last.previous
             await self._apply_apart(last.records, last.ends, last.started, exc)

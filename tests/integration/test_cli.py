@@ -37,6 +37,7 @@ from pydantic import SecretStr
 from stream import kafka
 from stream.devstack import (
     LocalBroker,
+    LocalRedis,
     create_topics,
     default_topics,
     free_port,
@@ -523,6 +524,39 @@ async def test_a_worker_whose_broker_is_gone_stops_within_its_grace_on_sigterm(
         assert "Traceback" not in log, log[-5000:]
     finally:
         broker.stop()
+
+
+@pytest.mark.parametrize("argv", [[PROFILER, "run"], [FAUST, "-A", "stream.app", "worker"]])
+async def test_a_worker_whose_redis_is_gone_stops_on_sigterm_without_the_batch_in_flight(
+    make_settings: SettingsFactory, argv: list[str], tmp_path: Path
+) -> None:
+    """The batch in flight cannot be written: after a few retries it is given up, left
+    uncommitted (replayed by the next owner), and the stop is a stop like any other:
+    exit 0, no traceback, no crash (it exited 1, and the Faust app crashed)."""
+    redis_server = LocalRedis().start()  # its own: this test kills it
+    try:
+        settings = await make_settings(
+            partitions=1, redis_url=redis_server.url, encoder_model="none", batch_max_events=500
+        )
+        await send_records(settings, shop_records(20_000, seed=26))
+        async with started(argv, profiler_env(settings), tmp_path) as worker:
+
+            async def applying() -> bool:
+                assert worker.proc.returncode is None, worker.log()[-5000:]
+                return bool(await stored_totals(settings.redis_url))
+
+            await eventually(applying, 60, "the worker applying the backlog")
+            os.killpg(redis_server.pid, signal.SIGKILL)
+            await asyncio.sleep(0.5)  # the batch in flight is retried
+            await worker.sigterm(timeout_s=SHUTDOWN_GRACE_S + 4 * CLOSE_STEP_S + 5)
+            log = worker.log()
+        assert worker.proc.returncode == 0, log[-5000:]
+        assert "stopping without it" in log, log[-5000:]
+        assert "Traceback" not in log, log[-5000:]
+        committed = sum(offset or 0 for offset in (await committed_offsets(settings)).values())
+        assert committed < 20_000
+    finally:
+        redis_server.stop()
 
 
 def test_the_faust_app_takes_a_web_port_of_0_as_no_web_server(tmp_path: Path) -> None:
