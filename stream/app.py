@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import tempfile
 from typing import Any, ClassVar
@@ -135,9 +136,20 @@ class EventPathService(Service):
             return
         self.worker.request_stop()
         if self._task is not None:  # else stopped while its clients were starting
+            _cancel_on_signal(self._task)
             with contextlib.suppress(Exception):  # logged as it ended (`_ended`)
-                await stop_within(self._task)
+                if await stop_within(self._task) is None:
+                    log.warning("stopped without committing the batch in flight: it will be "
+                                "replayed")  # fmt: skip
         await self.worker.close()
+
+
+def _cancel_on_signal(task: asyncio.Task[Any]) -> None:
+    """A second SIGTERM or SIGINT stops without the batch in flight, as under `profiler run`
+    (`stream.runner.run_worker`): Faust's worker ignores every signal after the first."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
 
 
 app.service(EventPathService)

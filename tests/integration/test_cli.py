@@ -527,6 +527,43 @@ async def test_a_worker_whose_broker_is_gone_stops_within_its_grace_on_sigterm(
 
 
 @pytest.mark.parametrize("argv", [[PROFILER, "run"], [FAUST, "-A", "stream.app", "worker"]])
+async def test_a_second_signal_stops_a_worker_waiting_on_its_gone_broker_at_once(
+    redis_url: str, argv: list[str], tmp_path: Path
+) -> None:
+    """The first SIGTERM waits up to SHUTDOWN_GRACE_S for the acks of the batch in
+    flight; a second signal gives it up at once (Faust's worker ignored it)."""
+    broker = LocalBroker().start()  # its own: this test kills it
+    try:
+        settings = Settings(
+            kafka_bootstrap=broker.bootstrap, redis_url=redis_url, encoder_model="none",
+            group_id=f"twice-{uuid.uuid4().hex[:8]}", batch_max_events=500,
+            kafka_session_timeout_ms=2000, kafka_heartbeat_interval_ms=200,
+        )  # fmt: skip
+        await create_topics(broker.bootstrap, default_topics(settings, 1))
+        await send_records(settings, shop_records(20_000, seed=27))
+        async with started(argv, profiler_env(settings), tmp_path) as worker:
+
+            async def applying() -> bool:
+                assert worker.proc.returncode is None, worker.log()[-5000:]
+                return bool(await stored_totals(settings.redis_url))
+
+            await eventually(applying, 60, "the worker applying the backlog")
+            os.killpg(broker.pid, signal.SIGKILL)
+            began = time.monotonic()
+            worker.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(1)
+            await worker.sigterm(timeout_s=SHUTDOWN_GRACE_S + 4 * CLOSE_STEP_S + 5)
+            took = time.monotonic() - began
+            log = worker.log()
+        assert worker.proc.returncode == 0, log[-5000:]
+        assert took < SHUTDOWN_GRACE_S, log[-5000:]
+        assert "stopped without committing the batch in flight" in log, log[-5000:]
+        assert "Traceback" not in log, log[-5000:]
+    finally:
+        broker.stop()
+
+
+@pytest.mark.parametrize("argv", [[PROFILER, "run"], [FAUST, "-A", "stream.app", "worker"]])
 async def test_a_worker_whose_redis_is_gone_stops_on_sigterm_without_the_batch_in_flight(
     make_settings: SettingsFactory, argv: list[str], tmp_path: Path
 ) -> None:
