@@ -101,6 +101,7 @@ class EventPathService(Service):
     running: ClassVar[BatchWorker | None] = None  # the started worker, for the web pages
     failed: ClassVar[BaseException | None] = None  # why the event path stopped on its own
     worker: BatchWorker | None = None
+    _starting: asyncio.Task[None] | None = None  # the worker's `start`
     _task: asyncio.Task[Any] | None = None
     _crashing: asyncio.Future[None] | None = None
 
@@ -111,8 +112,12 @@ class EventPathService(Service):
         if app.should_stop:
             return
         await check_servers(settings)  # before the encoder and models load
+        if self.should_stop:  # stopped meanwhile: no worker for `on_stop` to close
+            return
         self.worker = BatchWorker(settings)
-        await self.worker.start()
+        # A task of its own, for `on_stop` to end before it closes the clients.
+        self._starting = asyncio.ensure_future(self.worker.start())
+        await self._starting
         settle_heap(settings.batch_max_events)
         EventPathService.running = self.worker
         self._task = asyncio.ensure_future(self.worker.run())
@@ -135,6 +140,9 @@ class EventPathService(Service):
         if self.worker is None:
             return
         self.worker.request_stop()
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()  # closed while starting, they would fail in `on_start`
+            await asyncio.wait({self._starting})
         if self._task is not None:  # else stopped while its clients were starting
             _cancel_on_signal(self._task)
             with contextlib.suppress(Exception):  # logged as it ended (`_ended`)

@@ -442,6 +442,66 @@ async def test_faust_worker_stopped_while_starting_closes_its_event_path(
     assert "Traceback" not in log, log[-5000:]
 
 
+# Loaded by the child through PYTHONPATH: Redis busy as the worker's clients start (every
+# client paused), so that a SIGTERM comes while the worker's PING waits for its answer.
+_BUSY_REDIS_AT_START = """
+import importlib.abc, importlib.util, sys
+
+class _Patch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "stream.worker":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            start = module.BatchWorker.start
+
+            async def busy_start(self):
+                await self.redis.execute_command("CLIENT", "PAUSE", "3000")
+                module.log.info("clients starting")
+                await start(self)
+
+            module.BatchWorker.start = busy_start
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _Patch())
+"""
+
+
+async def test_a_faust_worker_stopped_while_its_clients_start_stops_cleanly(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """The stop closed the clients under the start still using them: the start then
+    failed on its closed Redis connection, a traceback and exit 1."""
+    redis_server = LocalRedis().start()  # its own: this test pauses it
+    try:
+        settings = await make_settings(partitions=1, redis_url=redis_server.url)
+        inject = tmp_path / "inject"
+        inject.mkdir()
+        (inject / "sitecustomize.py").write_text(_BUSY_REDIS_AT_START)
+        path = [str(inject), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = profiler_env(settings, PYTHONPATH=os.pathsep.join(path))
+        argv = [FAUST, "-A", "stream.app", "worker", "-l", "info"]
+        async with started(argv, env, tmp_path) as worker:
+
+            async def starting() -> bool:
+                assert worker.proc.returncode is None, worker.log()[-5000:]
+                return "clients starting" in worker.log()
+
+            await eventually(starting, 30, "the worker's clients starting")
+            await worker.sigterm(timeout_s=20)
+            log = worker.log()
+        assert worker.proc.returncode == 0, log[-5000:]
+        assert "Traceback" not in log and "Unclosed AIOKafka" not in log, log[-5000:]
+    finally:
+        redis_server.stop()
+
+
 # Loaded by the child through PYTHONPATH: its third offset commit fails the way a
 # broker's refusal that no retry cures would (the group's ACL revoked).
 _FAILING_COMMIT = """
