@@ -217,7 +217,9 @@ def produce(  # noqa: PLR0917 - each option of the command is a parameter
         list[str] | None,
         typer.Option("--map", help="FIELD=COLUMN for CSV files, repeatable"),
     ] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="stop after this many rows")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="stop after sending this many events")
+    ] = None,
     format_: Annotated[
         Literal["csv", "jsonl"] | None,
         typer.Option("--format", help="csv or jsonl (default: from the file name)"),
@@ -229,27 +231,59 @@ def produce(  # noqa: PLR0917 - each option of the command is a parameter
             "8601, epoch numbers, or slashed dates in the order the file shows)"
         ),
     ] = None,
+    type_map: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="VALUE=TYPE: the file's value of the type column, as an event "
+            "type (pv=view), repeatable"
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="FIELD=VALUE given to every event (currency=GBP, "
+            "type=view for a file without a type column), repeatable",
+        ),
+    ] = None,
+    delimiter: Annotated[
+        str | None, typer.Option(help="CSV cell delimiter (default: a tab for .tsv, else ,)")
+    ] = None,
+    header: Annotated[
+        bool,
+        typer.Option(
+            help="whether a CSV file's first line names its columns (without: "
+            "--map FIELD=N names the Nth column, from 1)"
+        ),
+    ] = True,
 ) -> None:
     """Send events from a file to the events topic."""
-    settings = load_settings()
-    mapping = {}
-    for pair in map_ or []:
-        name, sep, column = pair.partition("=")
-        if not sep or not name or not column:
-            _error(f"--map takes FIELD=COLUMN, got {pair!r}")
-            raise typer.Exit(2)
-        mapping[name] = column
+    from stream.file_import import CsvOptions, parse_pairs
     from stream.producing import produce_file
 
+    settings = load_settings()
+    try:
+        mapping = parse_pairs(map_ or [], "--map")
+        options = CsvOptions(
+            ts_format=ts_format,
+            type_map=parse_pairs(type_map or [], "--type-map"),
+            constants=parse_pairs(set_ or [], "--set"),
+            delimiter=delimiter,
+            header=header,
+            format=format_,
+        )
+    except ValueError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    if delimiter is not None and len(delimiter) != 1:
+        _error(f"--delimiter takes one character, got {delimiter!r}")
+        raise typer.Exit(2)
     try:
         report = _with_servers(
             settings,
-            produce_file(
-                settings, file, preset, mapping or None, limit=limit, fmt=format_,
-                ts_format=ts_format,
-            ),
+            produce_file(settings, file, preset, mapping or None, limit=limit, options=options),
             "broker",
-        )  # fmt: skip
+        )
     except (OSError, ValueError) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None

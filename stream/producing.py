@@ -13,7 +13,6 @@ from aiokafka import AIOKafkaProducer
 from stream import kafka
 from stream.file_import import (
     CsvOptions,
-    Format,
     ImportReport,
     UnreadableFileError,
     read_events,
@@ -61,12 +60,13 @@ async def produce_file(
     mapping: dict[str, str] | None,
     *,
     limit: int | None = None,
-    fmt: Format | None = None,
-    ts_format: str | None = None,
+    options: CsvOptions | None = None,
 ) -> Produced:
-    """Convert `path` to events (see `stream.file_import`), send them, say what went out."""
+    """Convert `path` to events (see `stream.file_import`), send them, say what went out.
+
+    `limit`: events sent at most.
+    """
     report = ImportReport()
-    options = CsvOptions(format=fmt, ts_format=ts_format)
     records = read_events(path, preset, mapping, options=options, report=report)
     if limit is not None:
         records = islice(records, limit)

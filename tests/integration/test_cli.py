@@ -816,6 +816,27 @@ async def test_produce_fails_when_every_row_is_skipped_and_takes_the_time_format
     assert times == [1_294_221_600_000, 1_294_912_800_000]  # 5 and 13 January 2011, 10:00
 
 
+async def test_produce_takes_the_csv_options_a_file_needs(topics: Settings, tmp_path: Path) -> None:
+    """No header, another delimiter, the shop's own type names, a field every row lacks."""
+    env = profiler_env(topics)
+    log = tmp_path / "shop.csv"
+    log.write_text("u1;pv;2011-01-05 10:00;p1\nu2;buy;2011-01-05 10:01;p2\n")
+    done = await profiler(
+        "produce", str(log), "--no-header", "--delimiter", ";", "--map", "user_id=1",
+        "--map", "type=2", "--map", "ts=3", "--map", "item_id=4", "--type-map", "pv=view",
+        "--type-map", "buy=purchase", "--set", "amount=5", env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "sent 2 events" in done.stderr
+    on_topic = await read_topic(topics.kafka_bootstrap, topics.topic_events)
+    events = sorted((orjson.loads(record.value) for record in on_topic), key=lambda e: e["ts"])
+    assert [(e["user_id"], e["type"], e["amount"]) for e in events] == [
+        ("u1", "view", 5.0), ("u2", "purchase", 5.0),
+    ]  # fmt: skip
+    bad = await profiler("produce", str(log), "--set", "amount", env=env, cwd=tmp_path)
+    assert bad.returncode == 2 and "--set expects name=value" in bad.stderr
+
+
 # --- topics, configuration --------------------------------------------------------
 
 
