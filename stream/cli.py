@@ -61,6 +61,7 @@ def load_settings(**overrides: object) -> Settings:
 T = TypeVar("T")
 # Kafka counts a topic's partitions in a signed 32-bit field.
 MAX_PARTITIONS = 2**31 - 1
+MAX_REPLICAS = 2**15 - 1  # the protocol carries a replication factor as an int16
 
 
 def _with_servers(
@@ -188,6 +189,12 @@ def topics_create(
     partitions: Annotated[
         int, typer.Option(min=1, max=MAX_PARTITIONS, help="partitions per topic")
     ] = 6,
+    replication_factor: Annotated[
+        int,
+        typer.Option(
+            min=1, max=MAX_REPLICAS, help="copies of each partition (a production cluster: 3)"
+        ),
+    ] = 1,
 ) -> None:
     """Create the six topics (existing ones are left as they are)."""
     settings = load_settings()
@@ -197,7 +204,10 @@ def topics_create(
     topics = default_topics(settings, partitions)
     try:
         work = create_topics(
-            settings.kafka_bootstrap, topics, security=kafka.security_options(settings)
+            settings.kafka_bootstrap,
+            topics,
+            security=kafka.security_options(settings),
+            replication_factor=replication_factor,
         )
         _with_servers(settings, work, "broker")
     except DevStackError as exc:

@@ -468,12 +468,14 @@ async def create_topics(
     *,
     timeout_s: float = 15.0,
     security: Mapping[str, Any] | None = None,
+    replication_factor: int = 1,
 ) -> None:
     """Create topics (name -> partitions) and wait until metadata shows all partitions.
 
     Existing topics are fine when their partition count matches; a mismatch is an
     error rather than a silent surprise later, when keys land on other partitions.
     `security`: the client's SSL / SASL options (`kafka.security_options`).
+    `replication_factor`: copies of each partition (a broker with fewer refuses it).
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -484,7 +486,10 @@ async def create_topics(
     await admin.start()
     try:
         response = await admin.create_topics(
-            [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items()]
+            [
+                NewTopic(name, num_partitions=n, replication_factor=replication_factor)
+                for name, n in topics.items()
+            ]
         )
         existing = _raise_create_errors(response.topic_errors)
         await _wait_for_partitions(admin, topics, existing, timeout_s)

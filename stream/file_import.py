@@ -333,9 +333,7 @@ def convert_mapped(
         if value is None or value == "":
             continue  # an empty cell is an absent field
         if name == "ts":
-            event["ts"] = parse_ts(
-                value, options.ts_unit, options.ts_format, dates=options.dates
-            )
+            event["ts"] = parse_ts(value, options.ts_unit, options.ts_format, dates=options.dates)
         else:
             event[name] = _cast(name, value)
     if "type" in event:
@@ -761,9 +759,7 @@ def _csv_rows(
     except BaseException:
         handle.close()
         raise
-    return _csv_records(
-        path, handle, lines, reader, names=names, report=report
-    )
+    return _csv_records(path, handle, lines, reader, names=names, report=report)
 
 
 MAX_CSV_CELL: Final = 1 << 26  # characters; a longer one is a csv_error

@@ -46,7 +46,7 @@ from stream.devstack import (
 from stream.lookup import profile_json
 from stream.producing import send_records
 from stream.redis_store import RedisProfileStore, connect
-from stream.settings import Settings
+from stream.settings import TOPICS, Settings
 from stream.synthetic_shop import ShopGenerator
 from stream.worker import CLOSE_STEP_S, SHUTDOWN_GRACE_S, wall_clock_ms
 from tests.integration.kafka_io import committed_offsets, end_offsets, read_topic
@@ -877,6 +877,32 @@ async def test_topics_create_makes_the_six_topics_and_may_run_twice(
     assert [line for line in other.stderr.splitlines() if line.strip()] == [
         f"error: topic {settings.topic_events} exists with 2 partitions, wanted 3"
     ]
+
+
+async def test_topics_create_asks_for_the_replication_factor_given(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """A production cluster wants copies of each partition (it was always 1)."""
+    suffix = uuid.uuid4().hex[:8]
+    settings = Settings(
+        kafka_bootstrap=broker.bootstrap,
+        **{name: f"{name.removeprefix('topic_')}-rf-{suffix}" for name in TOPICS},
+    )
+    env = profiler_env(settings)
+    done = await profiler(
+        "topics", "create", "--partitions", "1", "--replication-factor", "3", env=env,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([settings.topic_events])
+    finally:
+        await admin.close()
+    assert [len(p["replicas"]) for p in described["partitions"]] == [3]  # one broker, 3 copies
+    refused = await profiler("topics", "create", "--replication-factor", "0", env=env, cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
 
 
 async def test_topics_create_speaks_to_the_broker_as_configured(
