@@ -272,6 +272,12 @@ class Settings(BaseSettings):
         so is `auto` for the device."""
         return None if value == "" or (info.field_name == "device" and value == "auto") else value
 
+    @field_validator("encoder_model", mode="before")
+    @classmethod
+    def _empty_is_auto(cls, value: object) -> object:
+        """An empty variable is an unset one: the default choice, not a folder named ""."""
+        return "auto" if isinstance(value, str) and not value.strip() else value
+
     @field_validator("kafka_sasl_password")
     @classmethod
     def _sasl_needs_credentials(

@@ -223,3 +223,8 @@ def test_a_heartbeat_no_more_often_than_the_session_lasts_is_refused() -> None:
     assert [error["loc"] for error in refused.value.errors()] == [("kafka_heartbeat_interval_ms",)]
     assert "PROFILER_KAFKA_SESSION_TIMEOUT_MS" in str(refused.value)
     Settings(kafka_session_timeout_ms=10_000, kafka_heartbeat_interval_ms=3_000)
+
+
+def test_an_empty_encoder_variable_is_the_default_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROFILER_ENCODER_MODEL", "")
+    assert Settings().encoder_model == "auto"
