@@ -239,6 +239,16 @@ class ProfileStore(Protocol):
         ...
 
 
+def decimal(value: float) -> str:
+    """A number as the hash holds numbers: in decimal, its shortest form (Python's repr)
+    where that has no exponent; 1e-05 is "0.00001" (the values are rounded to the
+    millionth, so six places keep them whole)."""
+    text = repr(value)
+    if "e" not in text:
+        return text
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
 def public_fields(profile: Profile, since: Profile | None = None) -> dict[str, str]:
     """The `profile:{u}` hash fields of a profile (DESIGN.md §3).
 
@@ -256,7 +266,7 @@ def public_fields(profile: Profile, since: Profile | None = None) -> dict[str, s
     if since is None or profile.last_seen != since.last_seen:
         fields["last_seen"] = str(profile.last_seen)
     if since is None or profile.spend != since.spend:
-        fields["spend"] = repr(round(profile.spend, 6))
+        fields["spend"] = decimal(round(profile.spend, 6))
     if since is None or profile.orders != since.orders:
         fields["orders"] = str(profile.orders)
     if since is None or profile.category_scores is not since.category_scores:
@@ -272,7 +282,7 @@ def public_fields(profile: Profile, since: Profile | None = None) -> dict[str, s
     if profile.risk is not None and (
         since is None or profile.risk != since.risk or profile.risk_reasons != since.risk_reasons
     ):
-        fields["risk"] = repr(profile.risk)
+        fields["risk"] = decimal(profile.risk)
         fields["risk_reasons"] = profile.risk_reasons or "[]"
     return fields
 

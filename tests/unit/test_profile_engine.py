@@ -251,6 +251,18 @@ def test_the_changed_fields_include_the_models_verdicts() -> None:
         profile = after
 
 
+@given(st.floats(min_value=0, max_value=1e18, allow_nan=False))
+@example(1e-05)
+@example(1e16)
+def test_numbers_in_the_hash_are_decimal_and_read_back_the_same(value: float) -> None:
+    """The layout says numbers in decimal: never an exponent (1e-05, 1e+16)."""
+    rounded = round(value, 6)
+    fields = public_fields(evolve(Profile("ann"), version=1, spend=rounded, risk=rounded))
+    for name in ("spend", "risk"):
+        assert "e" not in fields[name].lower(), fields[name]
+        assert float(fields[name]) == rounded
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.floats(min_value=0, max_value=1e4, allow_nan=False), min_size=2, max_size=30),
        st.integers(min_value=1, max_value=29))  # fmt: skip
