@@ -278,10 +278,12 @@ def decode_record(
 def forwarded_event(event: Event, user_id: str) -> bytes:
     """`event` sent again under `user_id`, marked with the user it was first sent under.
 
-    Fields the event does not set are left out, as a producer leaves them out.
+    Fields the event does not set are left out, as a producer leaves them out,
+    and so is `ip`: the body is kept in the profile's state until its send is
+    acked, and an IP is never stored raw (DESIGN.md §3); no profile uses it.
     """
     fields = {name: getattr(event, name) for name in event.__struct_fields__}
-    body = {name: value for name, value in fields.items() if value is not None}
+    body = {name: value for name, value in fields.items() if value is not None and name != "ip"}
     body["user_id"] = user_id
     body["forwarded_from"] = event.forwarded_from or event.user_id
     return msgspec.json.encode(body)

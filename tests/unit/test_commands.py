@@ -410,6 +410,28 @@ def test_a_visitors_events_older_than_the_merge_are_forwarded_to_the_account() -
     asyncio.run(scenario())
 
 
+def test_a_forwarded_event_kept_in_the_visitors_state_holds_no_raw_ip() -> None:
+    """A write that forwards keeps the bodies in the profile's state until their acks
+    (`fwd`); an IP is never stored raw (DESIGN.md §3)."""
+    store = InMemoryProfileStore()
+
+    async def scenario() -> None:
+        await apply_batch([event("a1", ERASED_AT - 30, 0, "anon")], store, PARAMS, lambda: NOW)
+        merge = command({"command": "merge", "from_user_id": "anon", "user_id": "k"}, key=b"k")
+        await run_commands(store, merge)
+        body = {"event_id": "a2", "user_id": "anon", "type": "login", "ts": ERASED_AT - 10,
+                "ip": "203.0.113.7", "device_id": "d-1"}  # fmt: skip
+        batch = [Record(EVENTS, 0, 1, b"anon", orjson.dumps(body)),
+                 event("a3", ERASED_AT + 10, 2, "anon")]  # fmt: skip
+        late = await apply_batch(batch, store, PARAMS, lambda: NOW)
+        ((key, sent),) = late.forwarded
+        assert key == "k" and orjson.loads(sent)["device_id"] == "d-1"
+        assert "ip" not in orjson.loads(sent)
+        assert b"203.0.113.7" not in store._states["anon"]
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize("again", ["replayed", "resent"])
 def test_a_visitors_event_after_the_merge_time_merged_with_them_counts_once(again: str) -> None:
     """The visitor's checkout has a time just after the merge's and was folded before
