@@ -24,7 +24,7 @@ from profiling.pipeline import BatchResult, Record, Stages, apply_batch
 from profiling.profile import Profile, ProfileParams
 from profiling.store import InMemoryProfileStore, Write
 from profiling.vectors import VectorParams, decode_vector
-from tests.schemas import schema_accepts, validator
+from tests.schemas import load_schema, schema_accepts, validator
 
 NOW = 1_750_000_000_000
 ERASED_AT = NOW - 3_600_000
@@ -75,6 +75,15 @@ def test_decoder_and_schema_agree(raw: bytes, error: str | None) -> None:
     else:
         assert isinstance(verdict, Rejection) and verdict.error == error
     assert schema_accepts("profile_command.v1", raw) == (error is None)
+
+
+def test_a_merge_into_itself_passes_the_schema_whose_comment_says_the_worker_refuses_it() -> None:
+    raw = b'{"command":"merge","from_user_id":"u","user_id":"u"}'
+    assert schema_accepts("profile_command.v1", raw)  # JSON Schema cannot compare two fields
+    done = asyncio.run(run_commands(InMemoryProfileStore(), command(raw)))
+    assert done.errors == {"invalid_command": 1}
+    comment = load_schema("profile_command.v1")["$comment"]
+    assert "`from_user_id` equal to `user_id`" in comment and "`invalid_command`" in comment
 
 
 def test_erase_removes_the_profile_and_suppresses_older_events() -> None:
