@@ -61,11 +61,13 @@ def dead_letter(
 ) -> bytes:
     """A `dead_letter.v1` body: why a record was refused and the record itself, intact.
 
-    Only what would take the dead letter (with `key` as its Kafka key) past
-    `DEAD_LETTER_MAX_BYTES` is left out, the value first, then the key's copy in
-    the body (`value_encoding` / `key_encoding` "omitted"; the detail says so):
-    the record is then read at its topic, partition and offset, while the topic
-    keeps it.
+    The value and the key go as text when they are UTF-8, else as base64
+    (DESIGN.md §3). What would take the dead letter (with `key` as its Kafka
+    key) past `DEAD_LETTER_MAX_BYTES` goes as base64 when that is shorter (text
+    full of control characters, six bytes each in JSON), else is left out, the
+    value first, then the key's copy in the body (`value_encoding` /
+    `key_encoding` "omitted"; the detail says so): the record is then read at
+    its topic, partition and offset, while the topic keeps it.
     """
     value_text, encoding = _as_text(value)
     key_text, key_encoding = _as_text(key)
@@ -87,6 +89,12 @@ def dead_letter(
     for part, raw in (("value", value), ("key", key)):
         if len(document) <= room or raw is None:
             break
+        coded = _base64(raw)
+        if body[f"{part}_encoding"] == "text" and len(coded) + 2 < len(jsonout.dumps(body[part])):
+            body.update({part: coded, f"{part}_encoding": "base64"})
+            document = jsonout.dumps(body)
+            if len(document) <= room:
+                break
         body.update({part: None, f"{part}_encoding": "omitted"})
         left_out.append(f"the {len(raw)}-byte {part}")
         note = f" ({' and '.join(left_out)} left out: too large for a dead letter)"
@@ -99,10 +107,10 @@ def _as_text(raw: bytes | None) -> tuple[str | None, str]:
     if raw is None:
         return None, "text"
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8"), "text"
     except UnicodeDecodeError:
-        return base64.b64encode(raw).decode("ascii"), "base64"
-    # Control characters take six bytes each in JSON: text full of them goes as base64.
-    if len(jsonout.dumps(text)) > 4 * (len(raw) + 2) // 3 + 2:
-        return base64.b64encode(raw).decode("ascii"), "base64"
-    return text, "text"
+        return _base64(raw), "base64"
+
+
+def _base64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")

@@ -146,6 +146,8 @@ def test_a_dead_letter_with_a_huge_key_stays_within_the_limit_with_that_key() ->
     [
         (b'{"type":"view","title":"\\"quoted\\""}', "text"),
         ("é".encode() * 100, "text"),
+        (b'["","","",""]', "text"),  # UTF-8: text, though base64 would be shorter
+        (b"\x00\x01 ctrl", "text"),  # control characters too, while the letter fits
         (b"\x01" * 200_000, "base64"),  # 6 bytes each as JSON text: 1.2 MB
         (b"\xff\xfe", "base64"),
         (b"x" * 2_000_000, "omitted"),  # no broker would take the dead letter
