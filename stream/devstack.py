@@ -207,7 +207,9 @@ class _LocalServer(ABC):
         """True once it answers; False if it exited; DevStackError past the deadline."""
         deadline = time.monotonic() + self.start_timeout_s
         while self._proc is not None and self._proc.poll() is None:
-            if self._answers(port):
+            # Another server may hold the port (taken after `free_port` chose it) and
+            # answer before ours fails to bind it and exits: only our own listener counts.
+            if _listens_on(self._proc.pid, port) is not False and self._answers(port):
                 return True
             if time.monotonic() > deadline:
                 tail = self.log_tail()
@@ -252,6 +254,54 @@ def _terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
             os.killpg(proc.pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout_s)
+
+
+def _listens_on(pid: int, port: int) -> bool | None:
+    """Whether the process group led by `pid` (a server started in its own session, and
+    any process it forked) holds the socket listening on 127.0.0.1:`port`; None where
+    /proc cannot tell (not Linux)."""
+    try:
+        rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    listening = set()
+    for row in rows:
+        fields = row.split()  # local address as HEX_IP:HEX_PORT, state 0A = LISTEN
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            listening.add(f"socket:[{fields[9]}]")
+    if not listening:
+        return False
+    return _holds_any(pid, listening) or any(
+        _holds_any(member, listening) for member in _group_members(pid)
+    )
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit() or int(entry.name) == pgid:
+                continue
+            with contextlib.suppress(OSError, IndexError):  # it exited meanwhile
+                stat = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+                if int(stat[2]) == pgid:
+                    members.append(int(entry.name))
+    return members
+
+
+def _holds_any(pid: int, sockets: set[str]) -> bool:
+    try:
+        with os.scandir(f"/proc/{pid}/fd") as descriptors:  # gone once the process exited
+            return any(_link(fd.path) in sockets for fd in descriptors)
+    except OSError:
+        return False
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
 
 
 # --- protocol probes ----------------------------------------------------------

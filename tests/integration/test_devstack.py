@@ -394,3 +394,18 @@ def test_start_moves_on_when_its_port_was_taken(
     with server_class() as server:
         assert server.port not in (0, taken_port)
         assert server.running
+
+
+@pytest.mark.parametrize("server_class", [LocalBroker, LocalRedis])
+def test_start_moves_on_when_a_server_of_its_kind_took_its_port(
+    server_class: type[LocalBroker | LocalRedis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other server answers on the port at once; ours fails to bind and exits."""
+    with server_class() as other:
+        real_free_port = devstack.free_port
+        offered = iter([other.port])
+        monkeypatch.setattr(devstack, "free_port", lambda: next(offered, None) or real_free_port())
+        with server_class() as server:
+            assert server.port != other.port
+            time.sleep(0.5)  # a server that lost the port has exited by now
+            assert server.running, server.log_tail()
