@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
@@ -352,7 +354,7 @@ def dev_stack(
 
     settings = load_settings()
     try:
-        with DevStack(settings, partitions=partitions) as stack:
+        with _stopped_like_ctrl_c(), DevStack(settings, partitions=partitions) as stack:
             _wait_for_signal(lambda: _announce(stack.env_lines()))
     except DevStackError as exc:
         _error(f"the local stack cannot start: {exc}")
@@ -366,14 +368,34 @@ def _announce(env_lines: list[str]) -> None:
     console.print("broker and redis-server running; Ctrl-C stops them")
 
 
+@contextlib.contextmanager
+def _stopped_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a closed terminal) act as Ctrl-C does, so the local servers
+    are stopped and their directories removed on the way out; by default either
+    signal ends Python at once and leaves the directories in /tmp."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        on_ctrl_c = signal.getsignal(signal.SIGINT)  # asyncio.run's own while a loop runs
+        if not callable(on_ctrl_c):  # SIGINT ignored, as in a background job
+            raise KeyboardInterrupt
+        on_ctrl_c(signal.SIGINT, frame)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _wait_for_signal(announce: Callable[[], None]) -> None:
-    """Handle SIGINT/SIGTERM, then `announce` (a script may signal us as soon as it reads
-    that), then wait for one of them."""
+    """Handle SIGINT/SIGTERM/SIGHUP, then `announce` (a script may signal us as soon as it
+    reads that), then wait for one of them."""
     received = asyncio.Event()
 
     async def wait() -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, received.set)
         announce()
         await received.wait()
@@ -396,7 +418,8 @@ def demo(
 
     settings = load_settings(**QUICK_GROUPS)
     try:
-        run_demo(settings, users=users, events=events, seed=seed, console=Console())
+        with _stopped_like_ctrl_c():
+            run_demo(settings, users=users, events=events, seed=seed, console=Console())
     except DevStackError as exc:  # the broker or redis-server did not come up
         _error(f"the demo's local stack cannot start: {exc}")
         raise typer.Exit(1) from None

@@ -1016,6 +1016,39 @@ async def test_dev_stack_prints_reachable_servers_and_stops_them_on_sigterm(
     assert not any(workdir.exists() for workdir in workdirs)  # logs and data cleaned up
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize(
+    ("command", "ready"),
+    [(["demo", "--users", "50", "--events", "100000"], "broker "), (["dev-stack"], "export ")],
+    ids=["demo", "dev-stack"],
+)
+async def test_a_signal_to_stop_leaves_no_server_directory_behind(
+    command: list[str], ready: str, sig: signal.Signals, tmp_path: Path
+) -> None:
+    """SIGTERM (a service manager, `timeout`) or SIGHUP (a closed terminal) while the
+    stack runs: the servers stop and their logs and data go, as on Ctrl-C."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = base_env(TMPDIR=str(temp))
+    argv = [PROFILER, *command]
+    async with started(argv, env, tmp_path, stdout=asyncio.subprocess.PIPE) as child:
+        assert child.proc.stdout is not None
+        line = ""
+        while not line.startswith(ready):
+            line = (await asyncio.wait_for(child.proc.stdout.readline(), 30)).decode()
+            assert line, f"{command[0]} ended early:\n{child.log()}"
+        servers = children_of(child.proc.pid)
+        assert len(servers) == 2, servers
+        child.proc.send_signal(sig)
+        await asyncio.wait_for(child.proc.wait(), 30)
+
+    async def servers_gone() -> bool:
+        return all(process_gone(pid) for pid in servers)
+
+    await eventually(servers_gone, 5, "the servers exiting with the command")
+    assert sorted(p.name for p in temp.glob("profiler-*")) == []
+
+
 # --- unreachable servers ----------------------------------------------------------
 
 
