@@ -11,6 +11,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from itertools import islice
+from typing import Any
 
 import numpy as np
 import orjson
@@ -70,17 +71,34 @@ async def _stream_shop(
     now = wall_clock_ms()
     shop = ShopGenerator(users=users, seed=seed, start_ms=now - 6 * HOUR_MS, end_ms=now)
     worker = BatchWorker(settings)
-    await worker.start()
+    try:  # a Ctrl-C may come while the worker starts or joins its group: close it then too
+        await worker.start()
+        stats, seconds = await _stream_with_progress(worker, settings, shop, events, console)
+    finally:
+        await worker.close()
+    await _summarise(settings, stats, seconds, console)
+    if worker.stages.interests is not None:
+        await _show_interests(settings, shop, worker.stages.interests, console)
+    if worker.models is not None:
+        await _show_segments(settings, worker.models, console)
+
+
+async def _stream_with_progress(
+    worker: BatchWorker, settings: Settings, shop: ShopGenerator, events: int, console: Console
+) -> tuple[WorkerStats, float]:
+    """Run the started worker until idle while the shop streams; its stats and the seconds."""
     feed = Feed()
     consuming = asyncio.create_task(worker.run(until_idle_s=2.0))
-    # Joining the consumer group takes a few seconds; stream once the worker owns partitions.
-    await asyncio.wait(
-        [asyncio.ensure_future(worker.assignment.assigned.wait()), consuming],
-        return_when=asyncio.FIRST_COMPLETED,
-    )
-    started = time.monotonic()
-    producing = asyncio.create_task(_produce(settings, shop, events, feed))
+    tasks: list[asyncio.Task[Any]] = [consuming]
     try:
+        # Joining the consumer group takes a few seconds; stream once the worker owns partitions.
+        await asyncio.wait(
+            [asyncio.ensure_future(worker.assignment.assigned.wait()), consuming],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        started = time.monotonic()
+        producing = asyncio.create_task(_produce(settings, shop, events, feed))
+        tasks.append(producing)
         with Live(
             _progress(feed, worker.stats, started), console=console, refresh_per_second=4
         ) as live:
@@ -91,14 +109,11 @@ async def _stream_shop(
                     worker.request_stop()
             live.update(_progress(feed, worker.stats, started))
         await producing
-        stats = await consuming
-    finally:
-        await worker.close()
-    await _summarise(settings, stats, time.monotonic() - started, console)
-    if worker.stages.interests is not None:
-        await _show_interests(settings, shop, worker.stages.interests, console)
-    if worker.models is not None:
-        await _show_segments(settings, worker.models, console)
+        return await consuming, time.monotonic() - started
+    finally:  # interrupted: both end before the worker's clients are closed under them
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _produce(settings: Settings, shop: ShopGenerator, events: int, feed: Feed) -> None:

@@ -1016,7 +1016,9 @@ async def test_dev_stack_prints_reachable_servers_and_stops_them_on_sigterm(
     assert not any(workdir.exists() for workdir in workdirs)  # logs and data cleaned up
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"]
+)
 @pytest.mark.parametrize(
     ("command", "ready"),
     [(["demo", "--users", "50", "--events", "100000"], "broker "), (["dev-stack"], "export ")],
@@ -1025,8 +1027,9 @@ async def test_dev_stack_prints_reachable_servers_and_stops_them_on_sigterm(
 async def test_a_signal_to_stop_leaves_no_server_directory_behind(
     command: list[str], ready: str, sig: signal.Signals, tmp_path: Path
 ) -> None:
-    """SIGTERM (a service manager, `timeout`) or SIGHUP (a closed terminal) while the
-    stack runs: the servers stop and their logs and data go, as on Ctrl-C."""
+    """Ctrl-C, SIGTERM (a service manager, `timeout`) or SIGHUP (a closed terminal) while
+    the stack runs (the demo's worker starting): the servers stop and their logs and data
+    go, and the worker's Kafka clients are closed, not left to the garbage collector."""
     temp = tmp_path / "tmp"
     temp.mkdir()
     env = base_env(TMPDIR=str(temp))
@@ -1041,6 +1044,7 @@ async def test_a_signal_to_stop_leaves_no_server_directory_behind(
         assert len(servers) == 2, servers
         child.proc.send_signal(sig)
         await asyncio.wait_for(child.proc.wait(), 30)
+        assert "Unclosed" not in child.log() and "Traceback" not in child.log(), child.log()
 
     async def servers_gone() -> bool:
         return all(process_gone(pid) for pid in servers)
