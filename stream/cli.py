@@ -420,8 +420,8 @@ def demo(
     try:
         with _stopped_like_ctrl_c():
             run_demo(settings, users=users, events=events, seed=seed, console=Console())
-    except DevStackError as exc:  # the broker or redis-server did not come up
-        _error(f"the demo's local stack cannot start: {exc}")
+    except DevStackError as exc:  # the broker or redis-server did not come up, or exited
+        _error(f"the demo's local stack failed: {exc}")
         raise typer.Exit(1) from None
     except ProfilerError as exc:  # the worker cannot be built: an encoder that cannot load
         _error(f"the demo's worker cannot start: {exc}")

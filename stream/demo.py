@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -25,7 +26,7 @@ from profiling.interests import InterestModel
 from profiling.models import ProfileModels
 from profiling.store import user_of_key
 from stream import kafka
-from stream.devstack import DevStack
+from stream.devstack import DevStack, DevStackError
 from stream.lookup import read_profile_json
 from stream.model_setup import segment_sizes
 from stream.producing import send_all
@@ -62,7 +63,22 @@ def run_demo(base_settings: Settings, users: int, events: int, seed: int, consol
     with DevStack(base_settings, partitions=4) as stack:
         settings = stack.settings()
         console.print(f"broker {settings.kafka_bootstrap}, redis {settings.redis_url}")
-        asyncio.run(_stream_shop(settings, users, events, seed, console))
+        asyncio.run(_while_up(stack, _stream_shop(settings, users, events, seed, console)))
+
+
+async def _while_up(stack: DevStack, work: Coroutine[Any, Any, None]) -> None:
+    """Run `work`; DevStackError if a server of the stack exits first (the worker would
+    otherwise retry its broker or Redis for ever)."""
+    working, watching = asyncio.ensure_future(work), asyncio.ensure_future(stack.watch())
+    try:
+        await asyncio.wait([working, watching], return_when=asyncio.FIRST_COMPLETED)
+        if not working.done():
+            working.cancel()
+            await asyncio.gather(working, return_exceptions=True)  # the worker closes
+            raise DevStackError(watching.result())
+        await working
+    finally:
+        watching.cancel()
 
 
 async def _stream_shop(

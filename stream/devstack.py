@@ -647,6 +647,23 @@ class DevStack:
         self.redis.stop()
         self.broker.stop()
 
+    def failure(self) -> str | None:
+        """Why the stack no longer works (a server that exited since its start, with its
+        log tail), or None while both run."""
+        for server in (self.broker, self.redis):
+            proc = server._proc
+            if proc is not None and proc.poll() is not None:
+                return (
+                    f"{server.name} exited with status {proc.returncode}; log:\n{server.log_tail()}"
+                )
+        return None
+
+    async def watch(self, period_s: float = 0.25) -> str:
+        """Return `failure()` once there is one: run it beside work that needs the stack."""
+        while (failure := self.failure()) is None:  # noqa: ASYNC110 - polls the processes
+            await asyncio.sleep(period_s)
+        return failure
+
     def settings(self) -> Settings:
         """The base settings pointed at this stack's broker and Redis."""
         return self.base_settings.model_copy(

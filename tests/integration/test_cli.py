@@ -1053,6 +1053,40 @@ async def test_a_signal_to_stop_leaves_no_server_directory_behind(
     assert sorted(p.name for p in temp.glob("profiler-*")) == []
 
 
+def command_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+
+
+@pytest.mark.parametrize("server", ["tansu", "redis"])
+async def test_a_demo_whose_server_dies_stops_with_an_error(server: str, tmp_path: Path) -> None:
+    """Its worker would retry the gone broker or Redis for ever, flooding the terminal."""
+    argv = [PROFILER, "demo", "--users", "50", "--events", "300000"]
+    async with started(argv, base_env(), tmp_path, stdout=asyncio.subprocess.PIPE) as demo:
+        assert demo.proc.stdout is not None
+        line = ""
+        while not line.startswith("broker "):
+            line = (await asyncio.wait_for(demo.proc.stdout.readline(), 30)).decode()
+            assert line, f"demo ended early:\n{demo.log()}"
+        victims = [pid for pid in children_of(demo.proc.pid) if server in command_of(pid)]
+        client = aioredis.Redis.from_url(line.split("redis ", 1)[1].strip())
+        try:  # mid-stream: the worker has written profiles
+
+            async def streaming() -> bool:
+                return bool(await client.dbsize())
+
+            await eventually(streaming, 60, "the demo's first profiles")
+        finally:
+            await client.aclose()
+        assert len(victims) == 1, victims
+        os.kill(victims[0], signal.SIGKILL)
+        try:
+            await asyncio.wait_for(demo.proc.communicate(), 60)
+        except TimeoutError:
+            pytest.fail(f"the demo still runs 60 s after its {server} died:\n{demo.log()[-2000:]}")
+    assert demo.proc.returncode == 1
+    assert f"error: the demo's local stack failed: {server} exited with status -9" in demo.log()
+
+
 # --- unreachable servers ----------------------------------------------------------
 
 
@@ -1431,8 +1465,9 @@ async def test_a_local_stack_that_cannot_start_is_an_error_not_a_traceback(
     done = await profiler(*command, env=env, cwd=tmp_path)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.startswith("error: the "), done.stderr
-    assert "cannot start: " in done.stderr.splitlines()[0]
+    first = done.stderr.splitlines()[0]
+    assert re.match(r"error: the (local stack cannot start|demo's local stack failed): ", first)
+    assert "tansu" in first.lower(), done.stderr
 
 
 @pytest.mark.parametrize("device", ["cuda", "mps"])
