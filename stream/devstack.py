@@ -263,9 +263,11 @@ def _listens_on(pid: int, port: int) -> bool | None:
     """Whether the process group led by `pid` (a server started in its own session, and
     any process it forked) holds the socket listening on 127.0.0.1:`port`; None where
     /proc cannot tell (not Linux)."""
-    try:
-        rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    except OSError:
+    rows: list[str] = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # a server may listen on either
+        with contextlib.suppress(OSError):
+            rows += Path(table).read_text().splitlines()[1:]
+    if not rows:
         return None
     listening = set()
     for row in rows:
