@@ -207,6 +207,9 @@ async def test_a_worker_whose_redis_refuses_writes_is_not_ready_until_they_pass(
         while not (report := await readiness(worker, max_lag=1000))["ready"]:
             assert asyncio.get_running_loop().time() < deadline + 20, report
             await asyncio.sleep(0.1)
+        while worker.stats.applied < 1:  # counted once the batch is published and committed
+            assert asyncio.get_running_loop().time() < deadline + 20
+            await asyncio.sleep(0.05)
         assert worker.stats.applied == 1
     finally:
         await admin.execute_command("REPLICAOF", "NO", "ONE")
