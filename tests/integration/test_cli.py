@@ -442,9 +442,12 @@ async def test_faust_worker_stopped_while_starting_closes_its_event_path(
     assert "Traceback" not in log, log[-5000:]
 
 
-# Loaded by the child through PYTHONPATH: Redis busy as the worker's clients start (every
-# client paused), so that a SIGTERM comes while the worker's PING waits for its answer.
-_BUSY_REDIS_AT_START = """
+def patched_worker(patch: str) -> str:
+    """A `sitecustomize.py` for a child process (through PYTHONPATH) that runs `patch`
+    once `stream.worker` is imported, with the module as `module`: a fault injected
+    into a real worker (indented as the body of a nested function, 12 spaces)."""
+    return (
+        """
 import importlib.abc, importlib.util, sys
 
 class _Patch(importlib.abc.MetaPathFinder):
@@ -457,6 +460,20 @@ class _Patch(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             run(module)
+"""
+        + patch
+        + """
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _Patch())
+"""
+    )
+
+
+# Loaded by the child through PYTHONPATH: Redis busy as the worker's clients start (every
+# client paused), so that a SIGTERM comes while the worker's PING waits for its answer.
+_BUSY_REDIS_AT_START = patched_worker("""
             start = module.BatchWorker.start
 
             async def busy_start(self):
@@ -465,12 +482,7 @@ class _Patch(importlib.abc.MetaPathFinder):
                 await start(self)
 
             module.BatchWorker.start = busy_start
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-sys.meta_path.insert(0, _Patch())
-"""
+""")
 
 
 async def test_a_faust_worker_stopped_while_its_clients_start_stops_cleanly(
@@ -504,19 +516,7 @@ async def test_a_faust_worker_stopped_while_its_clients_start_stops_cleanly(
 
 # Loaded by the child through PYTHONPATH: its third offset commit fails the way a
 # broker's refusal that no retry cures would (the group's ACL revoked).
-_FAILING_COMMIT = """
-import importlib.abc, importlib.util, sys
-
-class _Patch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name != "stream.worker":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        run = spec.loader.exec_module
-
-        def exec_module(module):
-            run(module)
+_FAILING_COMMIT = patched_worker("""
             from aiokafka.errors import GroupAuthorizationFailedError
             commit, calls = module.BatchWorker._commit, []
 
@@ -527,12 +527,7 @@ class _Patch(importlib.abc.MetaPathFinder):
                 await commit(self, offsets)
 
             module.BatchWorker._commit = failing
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-sys.meta_path.insert(0, _Patch())
-"""
+""")
 
 
 async def test_a_faust_worker_whose_event_path_fails_stops_instead_of_holding_its_partitions(
