@@ -9,7 +9,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, Literal, TypeVar
@@ -355,10 +355,13 @@ def dev_stack(
     settings = load_settings()
     try:
         with _stopped_like_ctrl_c(), DevStack(settings, partitions=partitions) as stack:
-            _wait_for_signal(lambda: _announce(stack.env_lines()))
+            failure = _wait_for_signal(lambda: _announce(stack.env_lines()), stack.watch)
     except DevStackError as exc:
         _error(f"the local stack cannot start: {exc}")
         raise typer.Exit(1) from None
+    if failure is not None:  # a server exited: the other one is stopped on the way out
+        _error(f"the local stack stopped: {failure}")
+        raise typer.Exit(1)
 
 
 def _announce(env_lines: list[str]) -> None:
@@ -388,19 +391,25 @@ def _stopped_like_ctrl_c() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _wait_for_signal(announce: Callable[[], None]) -> None:
+def _wait_for_signal(
+    announce: Callable[[], None], failed: Callable[[], Awaitable[str]]
+) -> str | None:
     """Handle SIGINT/SIGTERM/SIGHUP, then `announce` (a script may signal us as soon as it
-    reads that), then wait for one of them."""
+    reads that), then wait for one of them (None) or for `failed` to say what failed."""
     received = asyncio.Event()
 
-    async def wait() -> None:
+    async def wait() -> str | None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, received.set)
         announce()
-        await received.wait()
+        signalled, failing = asyncio.ensure_future(received.wait()), asyncio.ensure_future(failed())
+        await asyncio.wait([signalled, failing], return_when=asyncio.FIRST_COMPLETED)
+        for task in (signalled, failing):
+            task.cancel()
+        return None if received.is_set() or not failing.done() else failing.result()
 
-    asyncio.run(wait())
+    return asyncio.run(wait())
 
 
 @app.command()

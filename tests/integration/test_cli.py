@@ -1082,6 +1082,33 @@ async def test_a_demo_whose_server_dies_stops_with_an_error(server: str, tmp_pat
     assert f"error: the demo's local stack failed: {server} exited with status -9" in demo.log()
 
 
+async def test_a_dev_stack_whose_server_dies_says_so_and_stops(tmp_path: Path) -> None:
+    """It waited on for Ctrl-C with its broker or Redis gone, saying nothing."""
+    async with started(
+        [PROFILER, "dev-stack"], base_env(), tmp_path, stdout=asyncio.subprocess.PIPE
+    ) as stack:
+        assert stack.proc.stdout is not None
+        line = ""
+        while not line.startswith("export "):
+            line = (await asyncio.wait_for(stack.proc.stdout.readline(), 30)).decode()
+            assert line, f"dev-stack ended early:\n{stack.log()}"
+        servers = children_of(stack.proc.pid)
+        (redis_pid,) = [pid for pid in servers if "redis" in command_of(pid)]
+        os.kill(redis_pid, signal.SIGKILL)
+        try:
+            await asyncio.wait_for(stack.proc.wait(), 30)
+        except TimeoutError:
+            pytest.fail(f"dev-stack still waits 30 s after its redis-server died:\n{stack.log()}")
+        log = stack.log()
+    assert stack.proc.returncode == 1, log
+    assert "error: the local stack stopped: redis exited with status -9" in log, log
+
+    async def servers_gone() -> bool:
+        return all(process_gone(pid) for pid in servers)
+
+    await eventually(servers_gone, 5, "the broker stopped with it")
+
+
 # --- unreachable servers ----------------------------------------------------------
 
 
