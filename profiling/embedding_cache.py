@@ -196,7 +196,7 @@ async def embed_texts(
     if not texts:
         return np.zeros((0, encoder.dim), dtype=np.float32)
     slot = {text: i for i, text in enumerate(dict.fromkeys(texts))}
-    found = await _text_vectors(list(slot), encoder, lru, shared, ttl_s)
+    found, _ = await _text_vectors(list(slot), encoder, lru, shared, ttl_s)
     return _rows(found)[[slot[text] for text in texts]]
 
 
@@ -268,19 +268,18 @@ async def embed_events(
         rows.append(i)
         slots.append(slot)
     lru.stats.items_reused += reused
-    vectors = [*reusable.values(), *await _text_vectors(list(texts), encoder, lru, shared, ttl_s)]
+    text_vectors, unencodable = await _text_vectors(list(texts), encoder, lru, shared, ttl_s)
+    vectors = [*reusable.values(), *text_vectors]
     titles = {item: slot for item, slot in latest.items() if slot >= first_text}
     await _remember_items(titles, vectors, model=model, lru=lru, shared=shared, ttl_s=ttl_s)
     if not rows:
         nothing = np.zeros(0, dtype=np.intp)
         return EventVectors(nothing, nothing, np.zeros((0, encoder.dim), np.float32))
-    table, index, row_slots = _rows(vectors), np.array(rows, np.intp), np.array(slots, np.intp)
-    # A zero row is a text the encoder gave no finite vector: no text, so no row. Folded,
-    # its weight still set the scale its user's sum was measured against.
-    given = np.count_nonzero(table, axis=1)[row_slots] > 0
-    if not given.all():
+    index, row_slots = np.array(rows, np.intp), np.array(slots, np.intp)
+    if unencodable:  # no text, so no row: folded, its zeros still set the sum's scale
+        given = ~np.isin(row_slots, [first_text + i for i in unencodable])
         index, row_slots = index[given], row_slots[given]
-    return EventVectors(index, row_slots, table)
+    return EventVectors(index, row_slots, _rows(vectors))
 
 
 def _reuses_item(event: Event) -> bool:
@@ -298,8 +297,9 @@ async def _text_vectors(
     lru: EmbeddingLRU,
     shared: EmbeddingCache | None,
     ttl_s: int,
-) -> list[Vector]:
-    """One read-only vector per distinct text, in order: the caches first, then one encoder call.
+) -> tuple[list[Vector], list[int]]:
+    """One read-only vector per distinct text, in order: the caches first, then one encoder call;
+    and the places of the texts the encoder gave no finite vector (zeros there, cached nowhere).
 
     Fresh rows are frozen before they are cached, so the LRU, the item entries
     remembered from them and the caller share one array (`_remember_items`
@@ -308,6 +308,7 @@ async def _text_vectors(
     keys = [text_key(cache_space(encoder), text) for text in texts]
     found = await _lookup(keys, lru, shared, encoder.dim)
     missing = [i for i, vector in enumerate(found) if vector is None]
+    unencodable: list[int] = []
     if missing:
         encoded = await asyncio.to_thread(encoder.encode, [texts[i] for i in missing])
         lru.stats.encoded += len(missing)
@@ -318,11 +319,12 @@ async def _text_vectors(
                         "they count as no text", finite.count(False), len(finite))  # fmt: skip
             nothing = _frozen_copy(np.zeros(encoder.dim, dtype=np.float32))
             fresh = [(k, v if ok else nothing) for (k, v), ok in zip(fresh, finite, strict=True)]
+            unencodable = [i for i, ok in zip(missing, finite, strict=True) if not ok]
         kept = [entry for entry, ok in zip(fresh, finite, strict=True) if ok]
         await _store(kept, lru, shared, ttl_s)
         for i, (_, row) in zip(missing, fresh, strict=True):
             found[i] = row
-    return cast("list[Vector]", found)  # every None was just filled
+    return cast("list[Vector]", found), unencodable  # every None was just filled
 
 
 async def _remember_items(
