@@ -33,20 +33,12 @@ from redis import asyncio as aioredis
 
 from stream.devstack import LocalBroker, LocalRedis, create_topics, default_topics
 from stream.redis_store import connect
-from stream.settings import Settings
+from stream.settings import TOPICS, Settings
 
 SettingsFactory = Callable[..., Awaitable[Settings]]
 
 _TESTS = Path(__file__).parent
 _PROCESS_FIXTURES = frozenset({"broker", "redis_server", "redis_url", "make_settings", "topics"})
-_TOPIC_FIELDS = (
-    "topic_events",
-    "topic_dlq",
-    "topic_updates",
-    "topic_alerts",
-    "topic_labels",
-    "topic_commands",
-)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -114,9 +106,7 @@ def make_settings(
 
     async def make(partitions: int = 3, **overrides: Any) -> Settings:
         suffix = f"{slug}-{uuid.uuid4().hex[:8]}"
-        names = {
-            field: f"{Settings.model_fields[field].default}.{suffix}" for field in _TOPIC_FIELDS
-        }
+        names = {field: f"{Settings.model_fields[field].default}.{suffix}" for field in TOPICS}
         fields: dict[str, Any] = {
             "kafka_bootstrap": broker.bootstrap,
             "redis_url": redis_url,
