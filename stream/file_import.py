@@ -124,25 +124,28 @@ class DayOrder:
 
     def read(self, text: str) -> datetime | None:
         """`text` as a slashed date in the file's order, or None when it is none."""
+        if self.day_first is not None:  # told: the file's order, the other only to refuse
+            mine, other = (
+                (_DAY_FIRST, _MONTH_FIRST) if self.day_first else (_MONTH_FIRST, _DAY_FIRST)
+            )
+            if (moment := _strptime(text, mine)) is not None:
+                return moment
+            if _strptime(text, other) is not None:
+                order = "day" if self.day_first else "month"
+                raise SkipRow(
+                    "bad_value:ts",
+                    f"{text!r} is not {order} first, as the file's dates are from "
+                    f"{self.told_by!r} on (give the format: --ts-format)",
+                )
+            return _strptime(text, _YEAR_FIRST)
         month, day = _strptime(text, _MONTH_FIRST), _strptime(text, _DAY_FIRST)
         if month is None and day is None:
             return _strptime(text, _YEAR_FIRST)
         if month is not None and day is not None:  # either order reads it
-            if month == day or self.day_first is None:
-                self.guessed += month != day
-                return month
-            return day if self.day_first else month
-        day_first = day is not None  # one order only: the date tells
-        if self.day_first is None:
-            self.day_first, self.told_by = day_first, text
-        elif day_first != self.day_first:
-            order = "day" if self.day_first else "month"
-            raise SkipRow(
-                "bad_value:ts",
-                f"{text!r} is not {order} first, as the file's dates are from {self.told_by!r}"
-                " on (give the format: --ts-format)",
-            )
-        return day if day_first else month
+            self.guessed += month != day
+            return month
+        self.day_first, self.told_by = day is not None, text  # one order only: it tells
+        return day or month
 
     def warning(self) -> str:
         """What the report says of dates that may have been read the wrong way round."""
