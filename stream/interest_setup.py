@@ -100,7 +100,11 @@ def load_encoder(name: str, device: str | None, max_tokens: int) -> Encoder | No
             raise
         log.warning("no interest vectors: %s", exc)
         return None
-    log.info("encoder %s on %s (%s)", encoder.model_id, encoder.device, encoder.precision)
+    took = encoder.warm_up()
+    log.info(
+        "encoder %s on %s (%s), first pass %.2f s",
+        encoder.model_id, encoder.device, encoder.precision, took,
+    )  # fmt: skip
     return encoder
 
 

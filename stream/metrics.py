@@ -146,6 +146,11 @@ PROFILE_LOADS = Counter(
 ENCODER_CALLS = Counter(
     "profiler_encoder_calls", "Batches that ran the encoder on cache misses", registry=REGISTRY
 )
+ENCODER_SECONDS = Counter(
+    "profiler_encoder_seconds",
+    "Seconds batches waited on the encoder: tokenising, forward passes, copying back",
+    registry=REGISTRY,
+)
 
 
 ALERTS = Counter("profiler_fraud_alerts", "Fraud alerts published", registry=REGISTRY)

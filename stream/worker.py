@@ -179,6 +179,8 @@ class WorkerStats:
     commands: Counter[tuple[str, str]] = field(default_factory=Counter)  # (command, outcome)
     commit_failures: int = 0
     errors: Counter[str] = field(default_factory=Counter)  # dead letters by error code
+    texts_encoded: int = 0  # distinct texts no cache had, run through the encoder
+    encode_s: float = 0.0  # of busy_s, batches waiting on those encoder calls
 
     @property
     def busy_s(self) -> float:
@@ -209,6 +211,8 @@ class WorkerStats:
                 f"{command} {outcome}": n for (command, outcome), n in self.commands.items()
             },
             "commit_failures": self.commit_failures,
+            "texts_encoded": self.texts_encoded,
+            "encode_s": round(self.encode_s, 3),
             "busy_s": round(busy, 3),
             "records_per_s": round(self.records / busy, 1) if busy else None,
         }
@@ -989,6 +993,7 @@ class BatchWorker:
         )
         if lookups is not None:
             metrics.observe_embeddings(lookups, self._embedding_totals() or lookups)
+            self._count_encoding()
         self._advance_models(ends)
         folded.result.add(commanded)
         return folded
@@ -1052,6 +1057,14 @@ class BatchWorker:
         result.dead_letters += learnt.dead_letters
         result.errors.update(learnt.errors)
         result.labels.update(learnt.outcomes)
+
+    def _count_encoding(self) -> None:
+        """Carry the encoder's totals since start into the stats and the metrics."""
+        if self.stages.interests is None:
+            return
+        totals = self.stages.interests.lru.stats
+        metrics.ENCODER_SECONDS.inc(totals.encode_seconds - self.stats.encode_s)
+        self.stats.texts_encoded, self.stats.encode_s = totals.encoded, totals.encode_seconds
 
     def _embedding_totals(self) -> tuple[int, int, int] | None:
         interests = self.stages.interests

@@ -96,7 +96,11 @@ async def test_a_warm_cache_encodes_nothing(make_settings) -> None:
     settings: Settings = await make_settings(encoder_model="minilm")
     records = shop(600)
     await send_records(settings, records)
-    await drain(settings)
+    waited_before = metrics.REGISTRY.get_sample_value("profiler_encoder_seconds_total") or 0.0
+    cold = await drain(settings)
+    assert cold.texts_encoded > 0 and cold.encode_s > 0
+    waited = metrics.REGISTRY.get_sample_value("profiler_encoder_seconds_total")
+    assert waited == pytest.approx(waited_before + cold.encode_s)
     # Forget the profiles, keep the shared embeddings, replay everything with a new group.
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
@@ -116,6 +120,7 @@ async def test_a_warm_cache_encodes_nothing(make_settings) -> None:
     assert stats.applied == len(records)
     cache = worker.stages.interests.lru.stats
     assert cache.encoded == 0
+    assert stats.texts_encoded == 0 and stats.encode_s == 0
     assert cache.shared_hits > 0
     shared_after = metrics.REGISTRY.get_sample_value(
         "profiler_embeddings_total", {"source": "shared"}

@@ -66,9 +66,20 @@ async def test_a_second_batch_hits_the_lru_and_encodes_only_new_texts() -> None:
 
 
 async def test_the_encoder_runs_off_the_event_loop_thread() -> None:
-    encoder = CountingEncoder()
-    await embed_texts(["tent"], encoder, EmbeddingLRU())
+    encoder, lru = CountingEncoder(), EmbeddingLRU()
+    await embed_texts(["tent"], encoder, lru)
     assert threading.get_ident() not in encoder.threads
+    assert lru.stats.encode_seconds > 0
+
+
+async def test_an_encoder_that_says_so_runs_on_the_event_loop_thread() -> None:
+    """A GPU encoder (`in_thread = False`): no thread waiting for the GIL between launches."""
+    encoder, lru = CountingEncoder(), EmbeddingLRU()
+    encoder.in_thread = False
+    await embed_texts(["tent", "kettle"], encoder, lru)
+    assert encoder.threads == {threading.get_ident()} and encoder.encoded == ["tent", "kettle"]
+    assert lru.stats.encode_seconds > 0
+    assert HashingEncoder.in_thread is False  # pure Python: a thread would only wait
 
 
 async def test_the_shared_cache_serves_another_process() -> None:

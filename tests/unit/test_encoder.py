@@ -132,6 +132,7 @@ def test_minilm_shape_norm_and_identity(minilm: TransformerEncoder) -> None:
     assert isinstance(minilm, Encoder)
     assert minilm.model_id == MINILM_ID and minilm.dim == 384
     assert minilm.device == "cpu" and minilm.precision == "float32"
+    assert minilm.in_thread  # seconds of CPU work: off the event loop
     assert rows.shape == (len(TEXTS), 384) and rows.dtype == np.float32
     np.testing.assert_allclose(unit_norms(rows), 1.0, atol=1e-5)
     np.testing.assert_array_equal(rows[1], rows[6])
@@ -173,6 +174,16 @@ def test_minilm_overlapped_tokenising_gives_the_same_rows(minilm: TransformerEnc
                                    atol=1e-5)  # fmt: skip
     finally:
         minilm.overlap, minilm.overlap_chunk = False, OVERLAP_CHUNK
+
+
+def test_minilm_warm_up_runs_the_model_and_starts_the_timers_from_zero(
+    minilm: TransformerEncoder,
+) -> None:
+    before = minilm.encode(TEXTS)
+    assert minilm.tokenize_seconds > 0 and minilm.forward_seconds > 0
+    assert minilm.warm_up() > 0
+    assert minilm.tokenize_seconds == minilm.forward_seconds == 0
+    np.testing.assert_allclose(minilm.encode(TEXTS), before, atol=1e-6)
 
 
 def test_minilm_truncates_to_max_tokens(minilm: TransformerEncoder) -> None:
