@@ -16,6 +16,9 @@ so a run cut short still leaves what it measured:
     weights cast up (what rounding the weights alone costs), then on the device
     in float32 (min cosine >= 0.999, asserted), bfloat16 and float16 (>= 0.99,
     asserted), and sentence-transformers fp16 (reported; fp32 with --device cpu).
+ 1b. a worker's calls: the stream's texts not seen before, about 40 calls of tens
+    to hundreds of texts with shapes the device has not run, timed on a fresh
+    encoder and again with the shapes seen (what a cold worker waits per call).
  2. fixed shapes, eager: model forward + mean pooling on real token ids padded to
     16 tokens (short, titles and queries, ~12 real tokens) and 64 tokens (medium,
     descriptions), batch 64..4096, float32 / bfloat16 / float16; texts/s from
@@ -310,6 +313,69 @@ def st_model(args: argparse.Namespace) -> Any:
     st = st.half() if args.st_dtype == "float16" else st.to(dtype)  # .half(): as the issue asks
     st.max_seq_length = 128  # TransformerEncoder's max_tokens; the texts are shorter anyway
     return st
+
+
+# -- phase 1b: a worker's calls ----------------------------------------------------------------
+
+DRAIN_BATCH = 500  # texts of the mix per worker batch: about 40 calls, as a drain of 200k events
+
+
+def drain_calls(args: argparse.Namespace, data: Data) -> Row:
+    """A cold worker's encoder calls: each batch's texts not seen before, in stream order.
+
+    The worker encodes only what its caches lack, so after its first batch a call
+    holds tens to hundreds of texts, and each call brings (rows, tokens) shapes
+    the device has not run yet; the end-to-end phase warms every shape up before
+    it times. On an H200 the worker waited about 60 ms a call for such texts
+    (BENCHMARKS.md, the worker on one H200). This times each call on a fresh
+    encoder (warmed up as the worker's is), then the same calls again, shapes seen.
+    """
+    from profiling.encoder import TransformerEncoder
+
+    encoder = TransformerEncoder(args.model, device=args.device)
+    warm_up_s = encoder.warm_up()
+    texts, seen, calls = data.sets["mix"], set(), []
+    for start in range(0, len(texts), DRAIN_BATCH):
+        fresh = [t for t in dict.fromkeys(texts[start : start + DRAIN_BATCH]) if t not in seen]
+        seen.update(fresh)
+        if fresh:
+            calls.append(fresh)
+
+    def one_pass() -> tuple[list[float], float, float]:
+        encoder.tokenize_seconds = encoder.forward_seconds = 0.0
+        took = []
+        for call in calls:
+            sync(args.device)
+            start = time.perf_counter()
+            encoder.encode(call)
+            sync(args.device)
+            took.append(time.perf_counter() - start)
+        return took, encoder.tokenize_seconds, encoder.forward_seconds
+
+    row: Row = {
+        "calls": len(calls),
+        "texts": sum(map(len, calls)),
+        "texts_first_call": len(calls[0]) if calls else 0,
+        "texts_median_call": statistics.median(map(len, calls)) if calls else 0,
+        "warm_up_s": round(warm_up_s, 3),
+        "precision": encoder.precision,
+    }
+    for name in ("new shapes", "shapes seen"):
+        took, tokenize_s, forward_s = one_pass()
+        row[name] = {
+            "total_s": round(sum(took), 4),
+            "first_call_ms": round(took[0] * 1e3, 2) if took else None,
+            "median_call_ms": round(statistics.median(took) * 1e3, 2) if took else None,
+            "max_call_ms": round(max(took) * 1e3, 2) if took else None,
+            "tokenize_s": round(tokenize_s, 4),
+            "forward_s": round(forward_s, 4),
+        }
+        log(
+            f"drain   {name:11s} {row['calls']} calls, {row['texts']} texts: "
+            f"{sum(took):.3f} s ({row[name]['median_call_ms']} ms median a call, "
+            f"first {row[name]['first_call_ms']} ms); tokenising {tokenize_s:.3f} s"
+        )
+    return row
 
 
 # -- phase 2: fixed shapes, eager ---------------------------------------------------------------
@@ -912,6 +978,7 @@ def main() -> int:
             "seq_len": SEQ_LEN,
         }
         run_phase(report, "correctness", lambda: correctness(args, data, report), save)
+        run_phase(report, "drain_calls", lambda: drain_calls(args, data), save)
         if not args.skip_fixed:
             run_phase(report, "fixed_shape", lambda: fixed_eager(args, data, clock), save)
         run_phase(report, "end_to_end", lambda: end_to_end(args, data, clock, report), save)
