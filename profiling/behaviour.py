@@ -133,6 +133,8 @@ class Behaviour:
     amount_m2: float = 0.0  # Welford's sum of squared deviations
     price_n: int = 0
     price_sum: float = 0.0
+    # The last successful login's ts. A login whose outcome is not told (`success` absent)
+    # is no success, nor a failure: it counts as an event only.
     last_login: int = 0
     last_cart: int = 0
     # The last order's id, fingerprinted: a purchase with the same order id is a further
@@ -247,7 +249,7 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
             work.purchase(event, fingerprint, amount, order)
         elif failed_login:
             _append(work.failures, ts, RECENT_FAILURES)
-        elif kind == "login":
+        elif kind == "login" and event.success:
             work.last_login = max(work.last_login, ts)
         elif kind == "add_to_cart" and ts > work.last_cart:
             work.last_cart = ts

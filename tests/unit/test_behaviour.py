@@ -56,7 +56,7 @@ def history(seed: int, n: int) -> list[Event]:
                 query="shoes" if kind == "search" else None,
                 amount=round(rng.uniform(1, 500), 2) if kind == "purchase" else None,
                 card_fp=rng.choice(CARDS) if kind == "purchase" else None,
-                success=(rng.random() < 0.7) if kind == "login" else None,
+                success=rng.choice((True, True, False, None)) if kind == "login" else None,
                 price=round(rng.uniform(5, 50), 2) if kind == "view" else None,
             )
         )
@@ -85,7 +85,7 @@ def oracle(past: list[Event], event: Event) -> dict[str, float]:
         }
 
     amounts = np.array([e.amount for e in past if e.type == "purchase"], dtype=float)
-    logins = [e.ts for e in past if e.type == "login" and e.success is not False]
+    logins = [e.ts for e in past if e.type == "login" and e.success is True]
     carts = [e.ts for e in past if e.type == "add_to_cart"]
     recent_cards = {e.card_fp for e in past if e.type == "purchase" and ts - e.ts <= DAY_MS}
     if purchase:
@@ -245,6 +245,19 @@ def test_a_device_is_familiar_a_day_after_its_first_use_and_failures_do_not_coun
     assert [f["new_device"] for f in (first, second, third, fourth)] == [1.0, 1.0, 1.0, 0.0]
 
 
+def test_a_login_whose_outcome_is_not_told_is_neither_a_success_nor_a_failure() -> None:
+    def login(ts: int, success: bool | None) -> Event:
+        return Event(event_id=str(ts), user_id="u", type="login", ts=ts, success=success)
+
+    state, _ = observe(Behaviour(), login(START, True))
+    state, untold = observe(state, login(START + 2 * HOUR_MS, None))
+    assert untold is not None and untold["login_failed"] == 0.0
+    assert state.last_login == START and not state.failures
+    _, features = observe(state, login(START + 3 * HOUR_MS, True))
+    assert features is not None and features["failed_logins_1h"] == 0.0
+    assert math.isclose(features["since_login_hours"], math.log1p(3.0))
+
+
 def test_a_late_event_keeps_the_newest_timestamps() -> None:
     state = Behaviour()
     for ts in (START + 10_000, START + 20_000, START + 5_000):
@@ -261,7 +274,8 @@ def test_a_purchase_or_login_older_than_the_last_cart_or_login_scores_as_just_af
     """
     state = Behaviour()
     for kind, ts in (("login", START + 5 * HOUR_MS), ("add_to_cart", START + 5 * HOUR_MS)):
-        state, _ = observe(state, Event(event_id=kind, user_id="u", type=kind, ts=ts, item_id="i"))
+        state, _ = observe(state, Event(event_id=kind, user_id="u", type=kind, ts=ts, item_id="i",
+                                        success=True if kind == "login" else None))  # fmt: skip
     late_purchase = Event(event_id="p", user_id="u", type="purchase", ts=START, amount=20.0)
     late_login = Event(event_id="l", user_id="u", type="login", ts=START + HOUR_MS)
     for event in (late_purchase, late_login):
