@@ -169,7 +169,9 @@ class ProfileModels:
                 explained = self.risk.explain_scored(batch, i, features)
                 alerts.append(self._alert(profile.user_id, event, explained, features))
         changes: dict[str, Any] = {"behaviour": state, "alerts": tuple(alerts)}
-        if scored:
+        # `risk` is the latest event's in event time: events older than one an earlier
+        # batch scored (late ones) raise their alerts but leave the risk to it.
+        if scored and (profile.risk is None or scored[-1][0].ts >= state.last_scored):
             _, features, i = scored[-1]
             risk = risks[i]
             changes["risk"] = round(risk, 6)

@@ -258,6 +258,14 @@ def test_a_login_whose_outcome_is_not_told_is_neither_a_success_nor_a_failure() 
     assert math.isclose(features["since_login_hours"], math.log1p(3.0))
 
 
+def test_the_last_scored_is_the_newest_purchase_or_login_and_a_merge_keeps_it() -> None:
+    events = history(7, 60)
+    state, _ = observe_all(Behaviour(), events[::-1])  # every one late but the first
+    newest = max(e.ts for e in events if e.type in ("purchase", "login"))
+    assert state.last_scored == newest
+    assert merge_behaviour(Behaviour(), state).last_scored == newest
+
+
 def test_a_late_event_keeps_the_newest_timestamps() -> None:
     state = Behaviour()
     for ts in (START + 10_000, START + 20_000, START + 5_000):
@@ -347,9 +355,9 @@ def test_the_amount_statistics_are_those_of_each_orders_first_line(seed: int, n:
 def test_a_state_stored_before_the_last_fields_loads_with_their_defaults() -> None:
     state, _ = observe_all(Behaviour(), order_lines(3, 40))
     assert state.order and state.away
-    stored = state.to_json()[:-3]  # the last order, the time away and the visit came later
-    older = Behaviour.from_json(orjson.loads(orjson.dumps(stored)))
-    assert (older.order, older.away, older.visit) == ("", 0, 0)
+    stored = state.to_json()[:-4]  # the last order, the time away, the visit and the
+    older = Behaviour.from_json(orjson.loads(orjson.dumps(stored)))  # last scored came later
+    assert (older.order, older.away, older.visit, older.last_scored) == ("", 0, 0, 0)
     assert older.amount_n == state.amount_n
 
 

@@ -236,6 +236,21 @@ async def test_a_visitors_alerts_go_out_with_the_merge_that_lands_before_their_a
     assert set(first.alerts) <= set(again.alerts)
 
 
+async def test_a_late_event_leaves_the_risk_of_a_later_one_scored_before() -> None:
+    """`risk` is of the user's latest purchase or login in event time: a takeover that
+    arrives after the user's later, ordinary purchase raises its alerts, but the
+    profile keeps that purchase's risk and reasons."""
+    store = InMemoryProfileStore()
+    models = await _trained(store)
+    (before,) = (await store.load(["u7"])).values()
+    late = records(takeover("u7", before.last_seen - 3_600_000), start=10_000)
+    result = await apply_batch(late, store, PARAMS, lambda: NOW, Stages(models=models))
+    assert result.outcomes["applied"] == len(late) and result.alerts
+    (after,) = (await store.load(["u7"])).values()
+    assert (after.risk, after.risk_reasons) == (before.risk, before.risk_reasons)
+    assert after.behaviour is not None and after.behaviour.last_scored == before.last_seen
+
+
 async def test_a_customer_written_without_the_models_is_not_scored_as_a_new_account() -> None:
     """Models switched on for an existing store: a long-time customer's purchase was a
     "first order" of an account "0 days old"."""
