@@ -137,6 +137,8 @@ class ProfileModels:
             self._verdicts(o, state, events, batch, taste)
             for o, (state, _), events, taste in zip(written, folded, per_user, tastes, strict=True)
         ]
+        if learn:  # a batch folded again raises the alerts its first fold counted
+            self.alerts_raised += sum(len(changes["alerts"]) for changes, _, _ in verdicts)
         current = [(o.profile.segment, o.profile.segment_dwell) for o in written]
         tops = [_top_category(o.profile) for o in written]
         assignments = self.segments.assign([f for _, f, _ in verdicts], current, tops, learn=learn)
@@ -185,7 +187,6 @@ class ProfileModels:
         return changes, segment_features, tuple(snapshots)
 
     def _alert(self, user_id: str, event: Event, risk: Risk, features: Mapping[str, float]) -> str:
-        self.alerts_raised += 1
         body = {
             "alert_id": alert_id(user_id, event.event_id),
             "user_id": user_id,

@@ -340,6 +340,29 @@ async def test_a_batch_folded_again_after_its_write_lost_does_not_teach_the_mode
     assert (models.risk.scored, models.segments.updates) == learnt
 
 
+async def test_a_batch_folded_again_counts_its_alerts_once() -> None:
+    store = InMemoryProfileStore()
+    models = await _trained(store)
+    attack = records(takeover("u7", NOW - 3_600_000), start=10_000)
+    counted = models.alerts_raised
+    folded = await fold_batch(attack, store, PARAMS, lambda: NOW, Stages(models=models))
+    raised = models.alerts_raised - counted
+    assert raised > 0
+    # Another writer moves the profile on meanwhile: the write loses and is folded again.
+    (profile,) = (await store.load(["u7"])).values()
+    await store.save([Write(evolve(profile, version=profile.version + 1), profile.version)])
+    result = await folded.write()
+    assert result.refolded == {"u7"} and result.alerts
+    assert models.alerts_raised - counted == raised
+    # A batch the worker folds again after the write before it failed: counted already.
+    again = [replace(r, offset=r.offset + 100, value=r.value.replace(b'"u7-x', b'"u7-y'))
+             for r in attack]  # fmt: skip
+    refolded = await fold_batch(again, store, PARAMS, lambda: NOW, Stages(models=models),
+                                learn=False)  # fmt: skip
+    assert (await refolded.write()).alerts
+    assert models.alerts_raised - counted == raised
+
+
 async def test_labels_join_the_features_kept_at_scoring_time() -> None:
     store, models = InMemoryProfileStore(), ProfileModels()
     rng = random.Random(3)
