@@ -271,7 +271,7 @@ def produce(  # noqa: PLR0917 - each option of the command is a parameter
 ) -> None:
     """Send events from a file to the events topic."""
     from stream.file_import import CsvOptions, parse_pairs
-    from stream.producing import produce_file
+    from stream.producing import Produced, produce_file
 
     settings = load_settings()
     try:
@@ -290,15 +290,18 @@ def produce(  # noqa: PLR0917 - each option of the command is a parameter
     if delimiter is not None and len(delimiter) != 1:
         _error(f"--delimiter takes one character, got {delimiter!r}")
         raise typer.Exit(2)
+    report = Produced(settings.topic_events)  # counted as acks come, so a Ctrl-C can tell it
+    sending = produce_file(
+        settings, file, preset, mapping or None, limit=limit, options=options, produced=report
+    )
     try:
-        report = _with_servers(
-            settings,
-            produce_file(settings, file, preset, mapping or None, limit=limit, options=options),
-            "broker",
-        )
+        _with_servers(settings, sending, "broker")
     except (OSError, ValueError) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:  # what went out stays out: a rerun needs to know how far it got
+        console.print(f"interrupted: {report.summary()}", markup=False)
+        raise typer.Exit(130) from None
     console.print(report.summary(), markup=False)
     if report.sent == 0 and report.report.rows:
         for reason, example in report.report.examples.items():

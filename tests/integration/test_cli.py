@@ -44,7 +44,7 @@ from stream.devstack import (
     kafka_metadata_brokers,
 )
 from stream.lookup import profile_json
-from stream.producing import send_records
+from stream.producing import IN_FLIGHT, send_records
 from stream.redis_store import RedisProfileStore, connect
 from stream.settings import TOPICS, Settings
 from stream.synthetic_shop import ShopGenerator
@@ -144,7 +144,11 @@ class Child:
 
 @contextlib.asynccontextmanager
 async def started(
-    argv: Sequence[str], env: dict[str, str], cwd: Path, stdout: int | None = None
+    argv: Sequence[str],
+    env: dict[str, str],
+    cwd: Path,
+    stdout: int | None = None,
+    stdin: int = asyncio.subprocess.DEVNULL,
 ) -> AsyncIterator[Child]:
     """A long-running child, its stderr (and by default stdout) in a log file in `cwd`;
     killed on the way out if the test left it running, so a failed test leaves no process."""
@@ -154,7 +158,7 @@ async def started(
             *argv,
             env=env,
             cwd=cwd,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=stdin,
             stdout=log if stdout is None else stdout,
             stderr=log,
         )
@@ -830,6 +834,48 @@ async def test_produce_takes_the_csv_options_a_file_needs(topics: Settings, tmp_
     ]  # fmt: skip
     bad = await profiler("produce", str(log), "--set", "amount", env=env, cwd=tmp_path)
     assert bad.returncode == 2 and "--set expects name=value" in bad.stderr
+
+
+async def test_produce_stopped_by_ctrl_c_says_what_it_sent_and_where_it_stopped(
+    topics: Settings, tmp_path: Path
+) -> None:
+    """A long import cut short by Ctrl-C: one line with the events the broker acknowledged
+    (all there is on the topic: what the producer held is delivered as it stops) and the
+    rows read, still exit 130. The file is a pipe the test feeds, so the import cannot
+    end before the signal; it is read between acks, so more lines follow the signal."""
+    lines = [
+        orjson.dumps({"event_id": f"c{i}", "user_id": f"u{i % 50}", "type": "login", "ts": i})
+        for i in range(1, 3 * IN_FLIGHT + 1)
+    ]
+    argv = [PROFILER, "produce", "/dev/stdin", "--format", "jsonl"]
+    env = profiler_env(topics)
+    async with started(argv, env, tmp_path, stdin=asyncio.subprocess.PIPE) as child:
+        assert child.proc.stdin is not None
+        child.proc.stdin.write(b"\n".join(lines[: IN_FLIGHT + 1000]) + b"\n")
+        await child.proc.stdin.drain()
+
+        async def sending() -> bool:  # the first acks: the import runs in its event loop
+            assert child.proc.returncode is None, child.log()
+            return sum((await end_offsets(topics, topics.topic_events)).values()) > 0
+
+        await eventually(sending, 30, "the first events on the topic")
+        child.proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(ConnectionError):  # it stops reading: a broken pipe
+            child.proc.stdin.write(b"\n".join(lines[IN_FLIGHT + 1000 :]) + b"\n")
+            await child.proc.stdin.drain()
+            child.proc.stdin.close()
+        await asyncio.wait_for(child.proc.wait(), 30)
+        log = child.log()
+
+    assert child.proc.returncode == 130, log
+    told = re.findall(
+        rf"^interrupted: sent (\d+) events to {topics.topic_events}; (\d+) rows read", log, re.M
+    )
+    assert len(told) == 1 and "Traceback" not in log, log
+    sent, rows = int(told[0][0]), int(told[0][1])
+    on_topic = await read_topic(topics.kafka_bootstrap, topics.topic_events)
+    assert sent == len(on_topic) > 0
+    assert sent <= rows < len(lines)  # stopped part way
 
 
 # --- topics, configuration --------------------------------------------------------
