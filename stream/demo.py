@@ -168,7 +168,9 @@ async def _summarise(
         spends = await _spends(client, keys)
     finally:
         await client.aclose()
-    top_user = max(spends, key=spends.__getitem__) if spends else None
+    # who spent: the top of all-zero spends would name a shopper who bought nothing
+    buyers = {user: spend for user, spend in spends.items() if spend > 0}
+    top_user = max(buyers, key=buyers.__getitem__) if buyers else None
     console.print()
     table = Table(title="what the demo built", show_header=False)
     table.add_row("events streamed", f"{stats.records:,} in {seconds:.1f} s")
@@ -178,11 +180,12 @@ async def _summarise(
     table.add_row("profiles in Redis", f"{len(keys):,}")
     table.add_row(
         "buyers / revenue",
-        f"{sum(1 for s in spends.values() if s > 0):,} / "
-        f"{sum(spends.values()):,.2f} {settings.currency}",
+        f"{len(buyers):,} / {sum(buyers.values()):,.2f} {settings.currency}",
     )
     console.print(table)
-    if top_user is not None:
+    if top_user is None:
+        console.print("no top spender: nobody bought anything")
+    else:
         body = await read_profile_json(settings.redis_url, top_user)
         assert body is not None
         for name in ("vec_long", "vec_short"):

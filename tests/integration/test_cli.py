@@ -1503,6 +1503,17 @@ async def test_a_value_the_worker_would_trip_over_later_is_refused_at_start(
     assert one_line(done).startswith(f"error: {variable}: ")
 
 
+async def test_a_demo_where_nobody_bought_shows_no_top_spender(tmp_path: Path) -> None:
+    """Its shop's one shopper logs in, clicks and views (seed 7): no purchase, so no
+    profile to show as the top spender's."""
+    argv = ["demo", "--users", "1", "--events", "3", "--seed", "7"]
+    done = await profiler(*argv, env=base_env(), cwd=tmp_path, timeout_s=180)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"buyers / revenue\W+0 / 0\.00 ", done.stdout), done.stdout
+    assert "nobody bought anything" in done.stdout
+    assert "top spender's profile" not in done.stdout
+
+
 async def test_a_demo_with_a_bad_value_is_one_line_naming_the_variable(tmp_path: Path) -> None:
     env = base_env(PROFILER_BATCH_MAX_EVENTS="abc")
     done = await profiler("demo", "--users", "1", "--events", "1", env=env, cwd=tmp_path)
