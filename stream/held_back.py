@@ -19,6 +19,7 @@ message (`HeldBackIndex.restored`).
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -190,6 +191,10 @@ class HeldBackLedger:
 
     `profiler:held-back:{<group_id>:<partition>}`: each partition's set has a hash
     tag of its own, so a Redis Cluster spreads the partitions over its slots.
+    Redis ends a tag at its first `}`, so a group id with one would give every
+    partition the same tag (or an empty one): such a group is tagged by its
+    digest, as user ids are (`profiling.store.user_tag`), the id after the tag:
+    `profiler:held-back:{<32 hex digits>:<partition>}=<group_id>`.
     One script call saves every partition's changes on a single node; on a
     cluster, one call per partition, each within one slot.
 
@@ -205,9 +210,13 @@ class HeldBackLedger:
         self.ttl_ms = ttl_ms
         self.per_call = 1 if isinstance(client, RedisCluster) else 1 << 16
         self._shas: dict[str, str] = {}
+        self._tag, self._after = group_id, ""
+        if "}" in group_id:
+            self._tag = hashlib.blake2b(group_id.encode(), digest_size=16).hexdigest()
+            self._after = f"={group_id}"
 
     def key(self, partition: int) -> str:
-        return f"profiler:held-back:{{{self.group_id}:{partition}}}"
+        return f"profiler:held-back:{{{self._tag}:{partition}}}{self._after}"
 
     async def save(self, changes: LedgerChanges) -> list[int]:
         """Add the users that wait (at their due time), drop the ones done; one round trip.

@@ -157,12 +157,15 @@ async def test_a_worker_applies_a_stream_through_the_cluster(
     assert scored and all(value is not None for value in kept)
 
 
+@pytest.mark.parametrize("group", ["group-a", "shop}eu", "a}:1", "}"])
 async def test_the_held_back_ledger_keeps_each_partition_in_a_slot_of_its_own(
-    cluster_client: aioredis.Redis,
+    cluster_client: aioredis.Redis, group: str
 ) -> None:
-    ledger = HeldBackLedger(cluster_client, "group-a")
+    """A group id with a `}` ended every partition's hash tag there: one slot for all."""
+    ledger = HeldBackLedger(cluster_client, group)
     slots = {key_slot(ledger.key(partition).encode()) for partition in range(6)}
     assert len(slots) == 6  # a slot each: a cluster spreads them, and one call serves one
+    assert HeldBackLedger(cluster_client, "group-a").key(3) == "profiler:held-back:{group-a:3}"
     waiting = {p: {f"u{p}-{i}": 1000 * p + i for i in range(3)} for p in range(6)}
     await ledger.save(LedgerChanges(waiting=waiting))
     assert await ledger.read(range(6)) == (waiting, {})
