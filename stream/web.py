@@ -1,10 +1,12 @@
 """The worker's web endpoints for `profiler run`: liveness, readiness, metrics, lookup.
 
-`/health` answers while the process's event loop turns; `/ready` only when the
-broker and Redis answer (and no batch step is retrying on either: Redis may
-answer a PING and refuse writes), the worker owns partitions, and its consumer
-lag is under the configured bound, so a load balancer or an orchestrator can tell a
-worker that is up from one that is useful. The Faust app serves the same paths.
+`/health` answers while the process's event loop turns; `/ready` only when no
+stop has been asked (from SIGTERM on, while the batch in flight drains, traffic
+should go elsewhere), the broker and Redis answer (and no batch step is retrying
+on either: Redis may answer a PING and refuse writes), the worker owns partitions,
+and its consumer lag is under the configured bound, so a load balancer or an
+orchestrator can tell a worker that is up from one that is useful. The Faust app
+serves the same paths.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ async def readiness(worker: BatchWorker, max_lag: int) -> dict[str, Any]:
     Redis and the broker are asked at once, each for at most `READY_TIMEOUT_S`. The
     lag counts every partition the worker owns; one whose lag is not known yet
     (no fetch has told its end) is listed under `lag_unknown`, and the worker is
-    not ready until it knows: right after an assignment it may be far behind.
+    not ready until it knows: right after an assignment it may be far behind. A
+    worker asked to stop is not ready (`worker`: stopping) while its batch drains.
     """
     checks: dict[str, Any] = {}
     checks["redis"], checks["broker"] = await asyncio.gather(
@@ -44,8 +47,11 @@ async def readiness(worker: BatchWorker, max_lag: int) -> dict[str, Any]:
     lag, unknown = await worker.lag_now(READY_TIMEOUT_S)
     checks["lag"] = sum(lag.values())
     checks["lag_unknown"] = sorted(f"{tp.topic}:{tp.partition}" for tp in unknown)
+    # Read last: a stop asked while the servers were asked for still counts.
+    checks["worker"] = "stopping" if worker.stopping else "running"
     ready = (
-        checks["redis"] is True
+        checks["worker"] == "running"
+        and checks["redis"] is True
         and checks["broker"] is True
         and bool(partitions)
         and not unknown

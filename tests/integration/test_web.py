@@ -218,3 +218,47 @@ async def test_a_worker_whose_redis_refuses_writes_is_not_ready_until_they_pass(
         await worker.close()
         await admin.aclose()
         own.stop()
+
+
+async def test_a_worker_asked_to_stop_is_not_ready_while_its_batch_in_flight_drains(
+    make_settings: Callable[..., Awaitable[Settings]],
+) -> None:
+    """After SIGTERM the worker finishes the batch it took (written, published, committed);
+    meanwhile `/ready` said ready, and a load balancer kept sending traffic to it."""
+    own = LocalRedis().start()  # its own: this test pauses its writes
+    admin = aioredis.Redis.from_url(own.url)
+    topics = await make_settings(partitions=1, redis_url=own.url)
+    worker = BatchWorker(topics)
+    await worker.start()
+    port = free_port()
+    web = await start_web(worker, port, max_lag=1000)
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_for_status(port, "/ready", 200)
+        # Writes wait (PING still answers): the batch stays in flight until they resume.
+        await admin.execute_command("CLIENT", "PAUSE", "60000", "WRITE")
+        login = {"event_id": "s1", "user_id": "ada", "type": "login", "ts": wall_clock_ms()}
+        await send_records(topics, [(b"ada", orjson.dumps(login))])
+        (tp,) = worker.assignment.partitions
+        deadline = asyncio.get_running_loop().time() + 20
+        while await worker.consumer.position(tp) < 1:  # the batch taken
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        worker.request_stop()
+
+        code, body = await get(port, "/ready")
+        assert not task.done()  # still draining its batch
+        assert code == 503, body
+        assert orjson.loads(body)["checks"]["worker"] == "stopping"
+
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await asyncio.wait_for(task, 20)
+        assert worker.stats.applied == 1  # drained: written and committed
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        worker.request_stop()
+        await task
+        await web.cleanup()
+        await worker.close()
+        await admin.aclose()
+        own.stop()
