@@ -471,7 +471,8 @@ class BatchWorker:
         """Snapshot the models, then close the clients; each step bounded (`CLOSE_STEP_S`).
 
         A step that fails or hangs (a broker or Redis gone) is logged and the next
-        one runs: every client is closed whatever happened before.
+        one runs: every client is closed whatever happened before. Then the worker
+        owns no partition and holds back no user, and its gauges say so.
         """
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             ("the consumer's stop", self.consumer.stop),
@@ -480,14 +481,20 @@ class BatchWorker:
         ]
         if self.models is not None:
             steps.insert(0, ("the model snapshot at shutdown", self.checkpoint))
-        for what, step in steps:
-            try:
-                await asyncio.wait_for(step(), CLOSE_STEP_S)
-            except (Exception, asyncio.CancelledError) as exc:
-                task = asyncio.current_task()
-                if isinstance(exc, asyncio.CancelledError) and task and task.cancelling():
-                    raise  # this close itself is being cancelled
-                log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
+        try:
+            for what, step in steps:
+                try:
+                    await asyncio.wait_for(step(), CLOSE_STEP_S)
+                except (Exception, asyncio.CancelledError) as exc:
+                    task = asyncio.current_task()
+                    if isinstance(exc, asyncio.CancelledError) and task and task.cancelling():
+                        raise  # this close itself is being cancelled
+                    log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
+        finally:
+            # A stopping consumer calls no rebalance listener, yet a closed worker owns
+            # nothing: its gauges in this process's registry must not say otherwise.
+            await self.assignment.on_partitions_revoked(set(self.assignment.partitions))
+            metrics.HELD_BACK_USERS.set(0)
 
     async def broker_reachable(self) -> bool | str:
         """True when the brokers answer a metadata request now, else the reason."""

@@ -12,6 +12,7 @@ from redis import asyncio as aioredis
 from stream import metrics
 from stream.producing import send_records
 from stream.settings import Settings
+from stream.web import observe_lag
 from stream.worker import BatchWorker, next_offsets, wall_clock_ms
 
 
@@ -82,3 +83,40 @@ async def test_every_applied_event_is_in_the_event_to_store_histogram(topics: Se
     for le, below in (("0.01", 50), ("0.1", 100), ("1.0", 150), ("10.0", 200)):
         assert sample(f"{name}_bucket", {"le": le}) - before[le] <= below
     assert sample(f"{name}_bucket", {"le": "10.0"}) - before["10.0"] >= 150
+
+
+async def test_a_closed_worker_leaves_no_partitions_lag_or_held_back_users_in_its_gauges(
+    topics: Settings,
+) -> None:
+    """The gauges kept a closed worker's last values (its partitions, their lag, the users
+    it held back) for as long as the process ran: a stopping consumer calls no listener."""
+    now = wall_clock_ms()
+    first = {"event_id": "g1", "user_id": "ada", "type": "login", "ts": now}
+    second = {**first, "event_id": "g2"}  # counters only: held back by the heartbeat
+    await send_records(topics, [(b"ada", orjson.dumps(first))])
+    worker = BatchWorker(topics)
+    await worker.start()
+    try:
+        await worker.process(await take(worker, 1))
+        await send_records(topics, [(b"ada", orjson.dumps(second))])
+        await worker.process(await take(worker, 1))
+        await observe_lag(worker)
+        assert sample("profiler_assigned_partitions") == 3
+        assert sample("profiler_held_back_users") == 1
+        assert lag_series(topics.topic_events)
+    finally:
+        await worker.close()
+    assert sample("profiler_assigned_partitions") == 0
+    assert sample("profiler_held_back_users") == 0
+    assert lag_series(topics.topic_events) == []
+
+
+def lag_series(topic: str) -> list[str]:
+    """The partitions of `topic` that `profiler_consumer_lag` has a series for."""
+    return [
+        sample.labels["partition"]
+        for family in metrics.REGISTRY.collect()
+        if family.name == "profiler_consumer_lag"
+        for sample in family.samples
+        if sample.labels["topic"] == topic
+    ]
