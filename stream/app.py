@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from stream import kafka, metrics
 from stream.lookup import read_profile_json
-from stream.preflight import check_servers
+from stream.preflight import StartupError, check_servers
 from stream.runner import settle_heap
 from stream.settings import Settings, refusals
 from stream.web import observe_lag, readiness
@@ -111,7 +111,13 @@ class EventPathService(Service):
         # started now would never be stopped (its Kafka clients left open).
         if app.should_stop:
             return
-        await check_servers(settings)  # before the encoder and models load
+        try:
+            await check_servers(settings)  # before the encoder and models load
+        except StartupError as exc:
+            # One line and exit 1, as `profiler run` says it: an error raised out of a
+            # start, Faust's worker logs with its whole traceback.
+            log.error("cannot start the worker: %s", exc)
+            raise SystemExit(1) from None
         if self.should_stop:  # stopped meanwhile: no worker for `on_stop` to close
             return
         self.worker = BatchWorker(settings)

@@ -675,6 +675,27 @@ async def test_the_faust_worker_with_a_bad_value_is_one_line_naming_the_variable
     assert one_line(done).startswith("error: PROFILER_BATCH_MAX_EVENTS: ")
 
 
+async def test_the_faust_worker_with_redis_unreachable_is_one_error_line(tmp_path: Path) -> None:
+    """`profiler run` says it in one line; `faust -A stream.app worker` logged Faust's
+    whole traceback of the start-up error."""
+    url = f"redis://worker:s3cret@127.0.0.1:{free_port()}/0"  # nothing listens there
+    env = base_env(
+        PROFILER_REDIS_URL=url,
+        PROFILER_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
+        PROFILER_WEB_PORT=str(free_port()),
+    )
+    argv = [FAUST, "-A", "stream.app", "worker", "-l", "info"]
+    done = await run_command(*argv, env=env, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-5000:]
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr[-5000:]
+    levels = ("[WARNING]", "[ERROR]", "[CRITICAL]")
+    said = [line for line in done.stderr.splitlines() if any(lv in line for lv in levels)]
+    assert len(said) == 1, done.stderr[-5000:]
+    error = "[ERROR] cannot start the worker: Redis at PROFILER_REDIS_URL=redis://worker:***@"
+    assert error in said[0], said
+    assert "s3cret" not in done.stderr + done.stdout
+
+
 # --- produce, profile -------------------------------------------------------------
 
 RETAIL_CSV = """\
