@@ -475,7 +475,7 @@ class BatchWorker:
         owns no partition and holds back no user, and its gauges say so.
         """
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
-            ("the consumer's stop", self.consumer.stop),
+            ("the consumer's stop", self._stop_consumer),
             ("the producer's stop", self.producer.stop),
             ("closing Redis", self.redis.aclose),
         ]
@@ -495,6 +495,18 @@ class BatchWorker:
             # nothing: its gauges in this process's registry must not say otherwise.
             await self.assignment.on_partitions_revoked(set(self.assignment.partitions))
             metrics.HELD_BACK_USERS.set(0)
+
+    async def _stop_consumer(self) -> None:
+        try:
+            await self.consumer.stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this stop itself is being cancelled (its bound, or the close)
+            # With the broker gone, a fetch may be waiting out its retry backoff: aiokafka's
+            # fetcher cancels it and lets its cancellation out of `stop()`, which then returns
+            # before it closes the consumer's client, whose metadata task retries for ever.
+            await self.consumer._client.close()
 
     async def broker_reachable(self) -> bool | str:
         """True when the brokers answer a metadata request now, else the reason."""

@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import signal
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +24,12 @@ from profiling.profile import Profile
 from profiling.store import Write
 from stream import metrics, redis_store
 from stream import worker as worker_module
-from stream.devstack import COMPACT_HASH_VALUE_BYTES
+from stream.devstack import (
+    COMPACT_HASH_VALUE_BYTES,
+    LocalBroker,
+    create_topics,
+    default_topics,
+)
 from stream.held_back import HeldBackLedger, LedgerChanges
 from stream.producing import send_records
 from stream.settings import Settings
@@ -641,3 +649,37 @@ async def wait_for_messages(settings: Settings, n: int, timeout_s: float = 15.0)
             assert len(updates) == n, f"{len(updates)} change messages, not {n}"
             return updates
         await asyncio.sleep(0.2)
+
+
+async def test_a_worker_whose_broker_is_gone_closes_its_consumer_to_the_end(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the broker gone, a fetch waiting out its retry backoff is cancelled as the
+    consumer stops, and aiokafka let that cancellation out of its `stop()` before it closed
+    the consumer's client: a warning ("the consumer's stop failed: CancelledError"), and
+    the client's metadata task retrying the gone broker for as long as the process ran."""
+    broker = LocalBroker().start()  # its own: this test kills it
+    try:
+        settings = Settings(
+            kafka_bootstrap=broker.bootstrap, redis_url=redis_url, encoder_model="none",
+            group_id=f"gone-{uuid.uuid4().hex[:8]}",
+            kafka_session_timeout_ms=2000, kafka_heartbeat_interval_ms=200,
+        )  # fmt: skip
+        await create_topics(broker.bootstrap, default_topics(settings, 1))
+        login = {"event_id": "g1", "user_id": "ada", "type": "login", "ts": wall_clock_ms()}
+        await send_records(settings, [(b"ada", orjson.dumps(login))])
+        worker = BatchWorker(settings)
+        await worker.start()
+        task = asyncio.create_task(worker.run())
+        await wait_until(lambda: worker.stats.applied == 1, 20, "the login applied")
+        with caplog.at_level(logging.WARNING):
+            os.killpg(broker.pid, signal.SIGKILL)
+            fetching = "Failed fetch messages"  # from here on, fetches wait out backoffs
+            await wait_until(lambda: fetching in caplog.text, 20, "a fetch failing")
+            worker.request_stop()
+            await task
+            await worker.close()
+        assert "the consumer's stop failed" not in caplog.text
+        assert worker.consumer._client._sync_task is None  # the client closed
+    finally:
+        broker.stop()
