@@ -12,7 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import orjson
 import typer
@@ -21,6 +21,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from stream.settings import Settings, refusals
+
+if TYPE_CHECKING:
+    from stream.worker import WorkerStats
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 topics_app = typer.Typer(help="Manage the topics profiler reads and writes.", no_args_is_help=True)
@@ -143,8 +146,8 @@ def run(
     rate = f", {stats.records / stats.busy_s:,.0f} records/s while busy" if stats.busy_s else ""
     console.print(
         f"consumed {stats.records} records: {stats.applied} applied, {stats.duplicates} "
-        f"duplicates, {stats.dead_letters} dead-lettered; {stats.profiles_written} profile "
-        f"writes{rate}"
+        f"duplicates, {stats.dead_letters} dead-lettered{_the_rest(stats)}; "
+        f"{stats.profiles_written} profile writes{rate}"
     )
     if stats_json is not None:
         try:
@@ -152,6 +155,21 @@ def run(
         except OSError as exc:  # the folder went away during the run, the disk filled
             _error(f"--stats-json {stats_json}: {exc}")
             raise typer.Exit(1) from None
+
+
+def _the_rest(stats: WorkerStats) -> str:
+    """The records a run took that were neither applied, duplicates nor dead-lettered, by
+    what became of them (those there were), so that the summary adds up to its records."""
+    labels = sum(n for outcome, n in stats.labels.items() if outcome != "invalid")
+    commands = sum(n for (_, outcome), n in stats.commands.items() if outcome != "dead_lettered")
+    parts = {
+        "replayed": stats.replayed,
+        "suppressed": stats.suppressed,
+        "forwarded": stats.forwarded,
+        "fraud labels": labels,
+        "profile commands": commands,
+    }
+    return "".join(f", {n} {what}" for what, n in parts.items() if n)
 
 
 def _check_writable(path: Path, option: str) -> None:

@@ -254,6 +254,33 @@ async def test_run_until_idle_applies_a_filled_topic_and_commits_its_end(
     assert letters == len(await read_topic(topics.kafka_bootstrap, topics.topic_dlq)) > 0
 
 
+async def test_the_end_of_run_summary_accounts_for_every_record_it_took(
+    topics: Settings, tmp_path: Path
+) -> None:
+    """A second consumer group reads events the profiles hold already: every one of them
+    is a replay. The line said `consumed N records: 0 applied, 0 duplicates, D
+    dead-lettered` and left the rest of N unexplained; commands and labels likewise."""
+    records = shop_records(400, seed=31)
+    await send_records(topics, records)
+    erase = b'{"command":"erase","user_id":"nobody"}'
+    label = b'{"event_id":"x","user_id":"nobody","label":1,"ts":1700000000000}'
+    await send_records(topics, [(b"nobody", erase)], topics.topic_commands)
+    await send_records(topics, [(b"nobody", label)], topics.topic_labels)
+    first = await profiler("run", "--until-idle", "1", env=profiler_env(topics), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    env = profiler_env(topics, PROFILER_GROUP_ID=f"{topics.group_id}-again")
+    again = await profiler("run", "--until-idle", "1", env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+
+    n_records, applied, duplicates, letters = consumed(again.stderr)
+    rest = re.search(r"dead-lettered((?:, \d+ [a-z ]+)*);", again.stderr)
+    assert rest, again.stderr[-3000:]
+    parts = {what: int(n) for n, what in re.findall(r", (\d+) ([a-z ]+)", rest.group(1))}
+    assert applied == 0 and parts["replayed"] > 0, again.stderr[-3000:]
+    assert parts["profile commands"] == parts["fraud labels"] == 1, again.stderr[-3000:]
+    assert applied + duplicates + letters + sum(parts.values()) == n_records == len(records) + 2
+
+
 async def produce_paced(
     settings: Settings, records: Sequence[Record], stop: asyncio.Event, per_second: int
 ) -> int:
