@@ -538,9 +538,13 @@ def segments() -> None:
 @app.command()
 def config() -> None:
     """Print every setting, its environment variable, value and meaning."""
+    from stream.preflight import redacted
+
     settings = load_settings()
     for name, info in Settings.model_fields.items():
         value = getattr(settings, name)
+        if name == "redis_url":  # an ACL user's password masked, as the secrets are
+            value = redacted(value)
         # Unset prints empty and a JSON setting prints JSON: the lines read back.
         shown = (
             ""

@@ -1050,6 +1050,20 @@ async def test_config_prints_lines_that_read_back_as_the_same_settings(tmp_path:
     assert again.stdout == first.stdout
 
 
+async def test_config_shows_no_password_of_the_redis_url(tmp_path: Path) -> None:
+    """It printed the ACL user's password of PROFILER_REDIS_URL in clear, beside the
+    masked SASL password and model secret."""
+    env = base_env(
+        PROFILER_REDIS_URL="rediss://profiler:s3cret-pw@redis:6379/0",
+        PROFILER_MODEL_SECRET="m0del-secret-0123456789",
+    )
+    done = await profiler("config", env=env, cwd=tmp_path, timeout_s=30)
+    assert done.returncode == 0, done.stderr
+    assert "s3cret-pw" not in done.stdout and "m0del-secret" not in done.stdout
+    variables = dict(line.split("\t# ", 1)[0].split("=", 1) for line in done.stdout.splitlines())
+    assert variables["PROFILER_REDIS_URL"] == "rediss://profiler:***@redis:6379/0"
+
+
 # --- dev-stack --------------------------------------------------------------------
 
 
