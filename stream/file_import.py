@@ -599,6 +599,9 @@ def read_events(
     chosen = preset_named(preset) if preset is not None else None
     if chosen is not None and mapping is not None:
         raise FileImportError("give a preset or a mapping, not both")
+    if chosen is None and options.format is None and (path.is_dir() or not path.exists()):
+        # A folder or a missing file is said so, not taken for a name without a format.
+        _open(path, "rb").close()
     fmt = chosen.format if chosen else options.format or format_of(path)
     if chosen is None and mapping is None:
         if fmt == "csv":

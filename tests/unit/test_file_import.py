@@ -444,6 +444,20 @@ def test_an_unreadable_file_is_reported(tmp_path: Path, name: str) -> None:
         read_events(tmp_path / name, "taobao" if name.endswith(".csv") else None, None)
 
 
+@pytest.mark.parametrize(
+    ("name", "why"), [("missing", "No such file"), ("folder", "Is a directory")]
+)
+def test_a_missing_file_or_a_folder_is_said_so_not_a_name_without_a_format(
+    tmp_path: Path, name: str, why: str
+) -> None:
+    """`profiler produce exports/` (or a mistyped name without a suffix) said "cannot tell
+    the format from the name; give it (--format csv|jsonl)", and with --format then
+    that it could not read it."""
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(UnreadableFileError, match=f"cannot read .*{name}: {why}"):
+        read_events(tmp_path / name)
+
+
 def test_a_corrupt_gzip_file_is_reported_not_half_read(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl.gz"
     path.write_bytes(b"this is not gzip")
