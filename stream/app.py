@@ -20,13 +20,16 @@ import tempfile
 from typing import Any, ClassVar
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.app.base import BootStrategy
 from mode import Service
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
+from profiling.errors import ProfilerError
 from stream import kafka, metrics
 from stream.lookup import read_profile_json
-from stream.preflight import StartupError, check_servers
+from stream.preflight import check_servers
 from stream.runner import settle_heap
 from stream.settings import Settings, refusals
 from stream.web import observe_lag, readiness
@@ -112,22 +115,28 @@ class EventPathService(Service):
         if app.should_stop:
             return
         try:
-            await check_servers(settings)  # before the encoder and models load
-        except StartupError as exc:
-            # One line and exit 1, as `profiler run` says it: an error raised out of a
-            # start, Faust's worker logs with its whole traceback.
+            await self._start_worker()
+        except (ProfilerError, KafkaError, RedisError, OSError) as exc:
+            # One line, as `profiler run` says it, not Faust's traceback of the crash.
             log.error("cannot start the worker: %s", exc)
             raise SystemExit(1) from None
+        if self.worker is None:  # stopped meanwhile
+            return
+        settle_heap(settings.batch_max_events)
+        EventPathService.running = self.worker
+        self._task = asyncio.ensure_future(self.worker.run())
+        self._task.add_done_callback(self._ended)
+
+    async def _start_worker(self) -> None:
+        """Check the servers (before the encoder and models load), build the worker and
+        start its clients; no worker when the service was stopped meanwhile."""
+        await check_servers(settings)
         if self.should_stop:  # stopped meanwhile: no worker for `on_stop` to close
             return
         self.worker = BatchWorker(settings)
         # A task of its own, for `on_stop` to end before it closes the clients.
         self._starting = asyncio.ensure_future(self.worker.start())
         await self._starting
-        settle_heap(settings.batch_max_events)
-        EventPathService.running = self.worker
-        self._task = asyncio.ensure_future(self.worker.run())
-        self._task.add_done_callback(self._ended)
 
     def _ended(self, task: asyncio.Task[Any]) -> None:
         """The event path stopped. On an error, say so and crash the app: left running,

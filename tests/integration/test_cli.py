@@ -723,6 +723,29 @@ async def test_the_faust_worker_with_redis_unreachable_is_one_error_line(tmp_pat
     assert "s3cret" not in done.stderr + done.stdout
 
 
+@pytest.mark.parametrize("unreachable", ["redis", "broker"])
+async def test_the_faust_worker_with_an_unreachable_server_is_one_line_naming_the_setting(
+    redis_url: str, unreachable: str, tmp_path: Path
+) -> None:
+    """It logged the crash with two tracebacks (its own and mode's), as `profiler run` does
+    not; it still exits 1, having stopped the app."""
+    nowhere = f"127.0.0.1:{free_port()}"  # nothing listens there
+    variables = (
+        {"PROFILER_REDIS_URL": f"redis://{nowhere}/0", "PROFILER_KAFKA_BOOTSTRAP": nowhere}
+        if unreachable == "redis"
+        else {"PROFILER_REDIS_URL": redis_url, "PROFILER_KAFKA_BOOTSTRAP": nowhere}
+    )
+    env = base_env(**variables, PROFILER_WEB_PORT=str(free_port()), PROFILER_ENCODER_MODEL="none")
+    argv = [FAUST, "-A", "stream.app", "worker", "-l", "info"]
+    done = await run_command(*argv, env=env, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-5000:]
+    assert "Traceback" not in done.stderr, done.stderr[-5000:]
+    errors = [line for line in done.stderr.splitlines() if "[ERROR]" in line]
+    setting = "Redis at PROFILER_REDIS_URL" if unreachable == "redis" else "the broker at"
+    assert len(errors) == 1, done.stderr[-5000:]
+    assert f"cannot start the worker: {setting}" in errors[0], errors
+
+
 # --- produce, profile -------------------------------------------------------------
 
 RETAIL_CSV = """\
