@@ -14,6 +14,7 @@ read); the commands that only reach one server run them before they start.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
@@ -35,6 +36,7 @@ log = logging.getLogger("profiler.preflight")
 # How long the broker may take to answer the first metadata request. A refused
 # connection fails at once; this bounds an address that never answers.
 BOOTSTRAP_TIMEOUT_MS = 10_000
+CANCEL_GRACE_S = 2.0
 
 
 class StartupError(ProfilerError):
@@ -42,7 +44,25 @@ class StartupError(ProfilerError):
 
 
 async def check_servers(settings: Settings) -> None:
-    """Raise `StartupError` naming the setting when Redis or the broker cannot be reached."""
+    """Raise `StartupError` naming the setting when Redis or the broker cannot be reached.
+
+    A stop asked meanwhile (the task cancelled) lets the check finish first, for up to
+    `CANCEL_GRACE_S`: aiokafka closes a bootstrap connection on errors only, so one
+    cancelled halfway would be left open (the Faust app, stopped while it starts).
+    """
+    check = asyncio.ensure_future(_check_servers(settings))
+    try:
+        await asyncio.shield(check)
+    except asyncio.CancelledError:
+        done, _ = await asyncio.wait([check], timeout=CANCEL_GRACE_S)
+        if not done:  # a server that does not answer: its connection is left to the GC
+            check.cancel()
+        elif not check.cancelled():
+            check.exception()  # retrieved: the stop is the news, not why the check failed
+        raise
+
+
+async def _check_servers(settings: Settings) -> None:
     client = redis_client(settings)
     try:
         await client.ping()
