@@ -7,11 +7,12 @@ decayed sums (category affinity, interest vectors) are both decayed to the new
 last seen and added (they are linear in the events, `profiling.profile` and
 `profiling.vectors`); the behaviour state behind the risk features keeps the
 newest stamps and tokens of both (`merge_behaviour`). What only the known
-user's own history can say stays theirs: partition watermarks, the segment
-and the latest risk (when they have one). The merge is published as a change
-of every public field (but the segment, when the account keeps the one its last
-message carried: `prev_segment` is then that one too), with the visitor's
-alerts that may not have gone out yet (the merged write's `Profile.alerts`).
+user's own history can say stays theirs: partition watermarks and the segment
+(when they have one). The risk is the latest, of whichever user's scored event
+is newer (`_rated`). The merge is published as a change of every public field
+(but the segment, when the account keeps the one its last message carried:
+`prev_segment` is then that one too), with the visitor's alerts that may not
+have gone out yet (the merged write's `Profile.alerts`).
 
 The dedupe window takes both users' event ids: a visitor's event older than
 the merge that arrives after it is forwarded to the known user
@@ -109,7 +110,7 @@ def merge_profiles(
     # The account's last message carried its segment (a move is published at once); a
     # segment taken from the visitor is a move from there, as the models' would be.
     moved = known.is_new or source.segment != known.segment
-    rated = known if known.risk is not None else taken
+    rated = _rated(known, taken)
     version = known.version + 1
     merged = evolve(
         known,
@@ -153,6 +154,20 @@ def merged_fields(profile: Profile) -> frozenset[str]:
     """Every public field of `profile`, vectors included: what a merge's message reports
     (but the segment, when the account keeps the one its last message carried)."""
     return frozenset(public_fields(profile)) | frozenset(vector_fields(profile))
+
+
+def _rated(known: Profile, taken: Profile) -> Profile:
+    """Whose risk and reasons the merged profile keeps: those of the newer scored event,
+    as the events applied as one user's would leave them (`profiling.models`).
+
+    A state written before `last_scored` (0) cannot say which is newer: then, as
+    on a tie, the known user's when they have one.
+    """
+    if known.risk is None or taken.risk is None:
+        return known if known.risk is not None else taken
+    mine = known.behaviour.last_scored if known.behaviour is not None else 0
+    theirs = taken.behaviour.last_scored if taken.behaviour is not None else 0
+    return taken if mine and theirs > mine else known
 
 
 def _interest(

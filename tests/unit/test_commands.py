@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from profiling import commands as commands_module
+from profiling.behaviour import Behaviour
 from profiling.commands import Erase, Merge, apply_commands, decode_command
 from profiling.embedding_cache import EmbeddingLRU
 from profiling.encoder import HashingEncoder
@@ -275,7 +276,7 @@ def test_a_merged_profile_is_the_profile_of_both_users_events(older: str) -> Non
     )
     assert (mine.first_ts, mine.last_ts, mine.last_login, mine.last_cart) == (
         theirs.first_ts, theirs.last_ts, theirs.last_login, theirs.last_cart,
-    )  # fmt: skip
+    )
     assert (mine.amount_n, mine.price_n) == (theirs.amount_n, theirs.price_n)
     assert math.isclose(mine.amount_mean, theirs.amount_mean, rel_tol=1e-9)
     assert math.isclose(mine.amount_m2, theirs.amount_m2, rel_tol=1e-9)
@@ -344,6 +345,38 @@ def test_a_merge_message_reports_the_segment_against_the_accounts_last_message()
         message = orjson.loads(change_message(merged, merged.unpublished))
         assert (message["segment"], message["prev_segment"]) == (3, None)
         assert "segment" in message["changed"]
+
+
+@pytest.mark.parametrize(
+    ("account_scored", "visitor_scored", "kept"),
+    [
+        (NOW - 9_000, NOW - 1_000, "visitor"),  # the visitor's login came after
+        (NOW - 1_000, NOW - 9_000, "account"),
+        (NOW - 5_000, NOW - 5_000, "account"),
+        (0, NOW - 1_000, "account"),  # a state written before `last_scored`: not known
+        (NOW - 9_000, 0, "account"),
+    ],
+)
+def test_a_merge_keeps_the_risk_of_the_newer_scored_event(
+    account_scored: int, visitor_scored: int, kept: str
+) -> None:
+    """The merged risk is the latest, as both users' events applied as one would leave
+    it: the visitor's where their scored event is the newer, else the account's."""
+    risks = {"account": (0.2, "[]"), "visitor": (0.9, '[{"feature":"new_device"}]')}
+
+    def rated(user: str, who: str, last_scored: int) -> Profile:
+        risk, reasons = risks[who]
+        behaviour = Behaviour(last_scored=last_scored)
+        return Profile(user, version=2, risk=risk, risk_reasons=reasons, behaviour=behaviour)
+
+    account = rated("k", "account", account_scored)
+    visitor = rated("anon", "visitor", visitor_scored)
+    merged = merge_profiles(
+        account, visitor, b"m" * 8, params=PARAMS, vectors=VectorParams(), now_ms=NOW
+    )
+    assert (merged.risk, merged.risk_reasons) == risks[kept]
+    assert merged.behaviour is not None
+    assert merged.behaviour.last_scored == max(account_scored, visitor_scored)
 
 
 def test_a_visitors_events_older_than_the_merge_are_forwarded_to_the_account() -> None:
@@ -522,7 +555,7 @@ def _chain() -> tuple[InMemoryProfileStore, Record, Record]:
     a_to_b = command(
         {"command": "merge", "from_user_id": "a", "user_id": "b"},
         key=b"b", offset=1, ts=ERASED_AT + 1_000,
-    )  # fmt: skip
+    )
 
     async def fill() -> None:
         await apply_batch([event("v1", ERASED_AT - 50, 0, "v")], store, PARAMS, lambda: NOW)
