@@ -333,8 +333,8 @@ def convert_mapped(
     event: dict[str, Any] = dict(options.constants)
     for name, column in mapping.items():
         value = row.get(column)
-        if value is None or value == "":
-            continue  # an empty cell is an absent field
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue  # an empty cell, or one of spaces only (`a, b, `), is an absent field
         if name == "ts":
             event["ts"] = parse_ts(value, options.ts_unit, options.ts_format, dates=options.dates)
         else:

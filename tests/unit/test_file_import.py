@@ -370,6 +370,26 @@ def test_json_lines_can_be_mapped_too(tmp_path: Path) -> None:
     assert events[0][1]["success"] is True
 
 
+def test_a_blank_success_cell_is_a_login_whose_outcome_is_not_told(tmp_path: Path) -> None:
+    """The event contract lets a login leave `success` out: a cell with nothing in it, as
+    a file padded after its commas has (`u1, login, 1699990000, `), is no bad value."""
+    path = tmp_path / "logins.csv"
+    path.write_text(
+        "uid,kind,at,ok\n"
+        "u1,login,1699990000,yes\n"
+        "u1,login,1699990001,\n"
+        "u1, login, 1699990002, \n"
+        "u1,login,1699990003,\"\t\"\n"
+        "u1,login,1699990004,no\n"
+    )
+    mapping = {"user_id": "uid", "type": "kind", "ts": "at", "success": "ok"}
+    events, report = run(path, None, mapping)
+    assert not report.skipped and len(events) == 5
+    assert [e.get("success") for _, e in events] == [True, None, None, None, False]
+    assert all("success" not in e for _, e in events[1:4])
+    assert_all_valid(events)
+
+
 def test_row_errors_never_stop_an_import(tmp_path: Path) -> None:
     path = tmp_path / "messy.csv"
     huge = "x" * 200_000  # past the csv module's default field size limit: cut, not refused
