@@ -532,7 +532,8 @@ def segments() -> None:
         raise typer.Exit(2) from None
     total = sum(size for _, size, _ in rows) or 1
     for segment, size, words in rows:
-        sys.stdout.write(f"segment {segment}\t{size} users\t{100 * size / total:.1f} %\t{words}\n")
+        users = "1 user" if size == 1 else f"{size} users"
+        sys.stdout.write(f"segment {segment}\t{users}\t{100 * size / total:.1f} %\t{words}\n")
 
 
 @app.command()
