@@ -550,7 +550,11 @@ async def create_topics(
             ]
         )
         existing = _raise_create_errors(response.topic_errors)
-        await _wait_for_partitions(admin, topics, existing, timeout_s)
+        try:
+            await _wait_for_partitions(admin, topics, existing, timeout_s)
+        except DevStackError as exc:
+            created = [name for name in topics if name not in existing]
+            raise DevStackError(_and_created(str(exc), created)) from None
     finally:
         await admin.close()
 
@@ -559,15 +563,24 @@ def _raise_create_errors(topic_errors: list[Any]) -> set[str]:
     """The names that already existed; DevStackError for any other failure."""
     from aiokafka.errors import for_code
 
-    existing, failures = set(), []
+    existing, created, failures = set(), [], []
     for name, code, *_ in topic_errors:
         if code == _TOPIC_ALREADY_EXISTS:
             existing.add(name)
         elif code:
             failures.append(f"{name}: {for_code(code).__name__}")
+        else:
+            created.append(name)
     if failures:
-        raise DevStackError("could not create topics: " + ", ".join(failures))
+        error = "could not create topics: " + ", ".join(failures)
+        raise DevStackError(_and_created(error, created))
     return existing
+
+
+def _and_created(error: str, created: list[str]) -> str:
+    """`error`, naming the topics made before it: they stay on the broker (a rerun finds
+    them existing), and whoever cleans up after the error needs to know them."""
+    return f"{error} (it created {', '.join(created)} before stopping)" if created else error
 
 
 async def _wait_for_partitions(

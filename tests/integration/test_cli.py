@@ -991,6 +991,35 @@ async def test_topics_create_makes_the_six_topics_and_may_run_twice(
     ]
 
 
+async def test_topics_create_stopped_by_an_existing_topic_names_those_it_created(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """The missing topics are made before the existing one's partitions are checked:
+    they stay, and the error says so."""
+    suffix = uuid.uuid4().hex[:8]
+    settings = Settings(
+        kafka_bootstrap=broker.bootstrap,
+        **{name: f"{name.removeprefix('topic_')}-made-{suffix}" for name in TOPICS},
+    )
+    await create_topics(broker.bootstrap, {settings.topic_events: 2})
+    done = await profiler(
+        "topics", "create", "--partitions", "3", env=profiler_env(settings), cwd=tmp_path
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    created = [name for name in default_topics(settings, 3) if name != settings.topic_events]
+    assert [line for line in done.stderr.splitlines() if line.strip()] == [
+        f"error: topic {settings.topic_events} exists with 2 partitions, wanted 3 "
+        f"(it created {', '.join(created)} before stopping)"
+    ]
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(created)
+    finally:
+        await admin.close()
+    assert {t["topic"]: t["error_code"] for t in described} == dict.fromkeys(created, 0)
+
+
 async def test_topics_create_asks_for_the_replication_factor_given(
     broker: LocalBroker, tmp_path: Path
 ) -> None:
