@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from typing import Any, ClassVar
 
 import faust
@@ -32,7 +33,7 @@ from stream.lookup import read_profile_json
 from stream.preflight import check_servers
 from stream.runner import settle_heap
 from stream.settings import Settings, refusals
-from stream.web import observe_lag, readiness
+from stream.web import health_body, observe_lag, readiness
 from stream.worker import BatchWorker, stop_within
 
 log = logging.getLogger("profiler.app")
@@ -78,6 +79,10 @@ class EventPathBoot(BootStrategy):
 
 class ProfilerApp(faust.App):
     BootStrategy = EventPathBoot
+    web_started = 0.0  # `time.monotonic()` as the web server was set up: /health's uptime
+
+    def on_webserver_init(self, web: Any) -> None:
+        self.web_started = time.monotonic()
 
 
 app = ProfilerApp(
@@ -180,9 +185,10 @@ app.service(EventPathService)
 
 @app.page("/health")
 async def health(web: Any, request: Any) -> Any:
+    body = health_body(app.web_started)
     if EventPathService.failed is not None:
-        return web.json({"status": "failed", "error": _failure()}, status=503)
-    return web.json({"status": "ok"})
+        return web.json({**body, "status": "failed", "error": _failure()}, status=503)
+    return web.json(body)
 
 
 @app.page("/ready")

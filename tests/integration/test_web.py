@@ -46,7 +46,8 @@ async def test_health_ready_metrics_and_profile_lookup(topics: Settings) -> None
     task = asyncio.create_task(worker.run())
     try:
         code, body = await get(port, "/health")
-        assert code == 200 and orjson.loads(body)["status"] == "ok"
+        assert code == 200 and orjson.loads(body).keys() == {"status", "uptime_s"}
+        assert orjson.loads(body)["status"] == "ok"
 
         ready = orjson.loads(await wait_for_status(port, "/ready", 200))
         assert ready["ready"] is True
