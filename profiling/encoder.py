@@ -24,6 +24,7 @@ torch and transformers are imported inside `TransformerEncoder` only, so
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import threading
@@ -40,6 +41,8 @@ import numpy as np
 import numpy.typing as npt
 
 from profiling.errors import ProfilerError
+
+log = logging.getLogger("profiler.encoder")
 
 Vectors = npt.NDArray[np.float32]
 """Rows of float32 embeddings, shape (n, dim)."""
@@ -165,6 +168,10 @@ class TransformerEncoder:
     One encode runs at a time (a lock): Hugging Face fast tokenizers are not
     safe to call from two threads at once (with `overlap`, only the second
     thread tokenises).
+
+    A text the tokenizer fails on (an error, or a panic of its Rust code) gets
+    a row of NaN, which the caches count as no text; the call's other texts
+    get their vectors.
     """
 
     def __init__(
@@ -274,8 +281,8 @@ class TransformerEncoder:
         started = time.perf_counter()
         ids = self._tokenize(texts)
         tokenized = time.perf_counter()
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for batch in plan_batches([len(row) for row in ids], self.token_budget, self.max_batch):
+        out = _no_vectors(len(texts), self.dim)
+        for batch in self._batches(ids):
             out[batch] = self._forward([ids[i] for i in batch])
         self.tokenize_seconds += tokenized - started
         self.forward_seconds += time.perf_counter() - tokenized
@@ -286,7 +293,7 @@ class TransformerEncoder:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # ~ token length
         size = self.overlap_chunk
         chunks = [order[i : i + size] for i in range(0, len(order), size)]
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        out = _no_vectors(len(texts), self.dim)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
             pending = pool.submit(self._tokenize, [texts[i] for i in chunks[0]])
             for k, chunk in enumerate(chunks):
@@ -296,13 +303,39 @@ class TransformerEncoder:
                 self.tokenize_seconds += started - waited
                 if k + 1 < len(chunks):
                     pending = pool.submit(self._tokenize, [texts[i] for i in chunks[k + 1]])
-                lengths = [len(row) for row in ids]
-                for batch in plan_batches(lengths, self.token_budget, self.max_batch):
+                for batch in self._batches(ids):
                     out[[chunk[i] for i in batch]] = self._forward([ids[i] for i in batch])
                 self.forward_seconds += time.perf_counter() - started
         return out
 
+    def _batches(self, ids: list[list[int]]) -> list[list[int]]:
+        """`plan_batches` over the rows that have tokens (a row without any gets no vector)."""
+        taken = [i for i, row in enumerate(ids) if row]
+        lengths = [len(ids[i]) for i in taken]
+        return [
+            [taken[j] for j in batch]
+            for batch in plan_batches(lengths, self.token_budget, self.max_batch)
+        ]
+
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text; none for a text the tokenizer fails on, which then gets no
+        vector (a NaN row: the caller counts it as no text) instead of failing the call.
+
+        The Rust tokenizer's own bugs surface as pyo3's `PanicException`, which is
+        no `Exception`: uncaught, it stopped the worker on every restart, at the same batch.
+        """
+        try:
+            return self._tokenize_all(texts)
+        except BaseException as exc:
+            if not _failed_on_input(exc):
+                raise
+            if len(texts) > 1:  # which texts: one at a time
+                return [row for text in texts for row in self._tokenize([text])]
+            log.warning("the tokenizer fails on a text (%s: %s): it gets no vector",
+                        type(exc).__name__, exc)  # fmt: skip
+            return [[]]
+
+    def _tokenize_all(self, texts: list[str]) -> list[list[int]]:
         if self._fast is not None:  # the Rust tokenizer directly: no Python-side BatchEncoding
             return [encoding.ids for encoding in self._fast(texts)]
         encoded = self._tokenizer(
@@ -492,6 +525,17 @@ def _truncating_backend(tokenizer: Any, max_tokens: int) -> Any:
         return None
     # encode_batch_fast (tokenizers >= 0.21) skips character offsets, which pooling never reads
     return getattr(copy, "encode_batch_fast", copy.encode_batch)
+
+
+def _failed_on_input(exc: BaseException) -> bool:
+    """Whether a tokenizer call failed on what it was given: any error, or a panic of the
+    Rust tokenizer (pyo3's `PanicException` derives from BaseException, not Exception)."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
+def _no_vectors(rows: int, dim: int) -> Vectors:
+    """Rows not yet encoded: NaN, which a row the model never ran keeps (no vector)."""
+    return np.full((rows, dim), np.nan, dtype=np.float32)
 
 
 def _default_dtype(torch: Any, device: str) -> str:

