@@ -169,9 +169,9 @@ class TransformerEncoder:
     safe to call from two threads at once (with `overlap`, only the second
     thread tokenises).
 
-    A text the tokenizer fails on (an error, or a panic of its Rust code) gets
-    a row of NaN, which the caches count as no text; the call's other texts
-    get their vectors.
+    A text the tokenizer fails on (an error, or a panic of its Rust code), or
+    one holding a token the model has no embedding for, gets a row of NaN,
+    which the caches count as no text; the call's other texts get their vectors.
     """
 
     def __init__(
@@ -231,6 +231,7 @@ class TransformerEncoder:
         self._model.to(device=self.device, dtype=getattr(torch, self.precision))
         self._pad_id = int(self._tokenizer.pad_token_id or 0)
         self._fast = _truncating_backend(self._tokenizer, self.max_tokens)
+        self._id_limit = _embedded_ids(self._tokenizer, self._model)
         self.dim = int(self._model.config.hidden_size)
         self.tokenize_seconds = 0.0
         """Seconds spent tokenising, summed over calls (see `forward_seconds`); with
@@ -325,7 +326,7 @@ class TransformerEncoder:
         no `Exception`: uncaught, it stopped the worker on every restart, at the same batch.
         """
         try:
-            return self._tokenize_all(texts)
+            return self._within_embeddings(self._tokenize_all(texts))
         except BaseException as exc:
             if not _failed_on_input(exc):
                 raise
@@ -334,6 +335,19 @@ class TransformerEncoder:
             log.warning("the tokenizer fails on a text (%s: %s): it gets no vector",
                         type(exc).__name__, exc)  # fmt: skip
             return [[]]
+
+    def _within_embeddings(self, rows: list[list[int]]) -> list[list[int]]:
+        """`rows`, none for a row holding an id the model has no embedding for: the forward
+        pass would fail on the whole batch (on CUDA, a device-side assert that leaves the
+        process's CUDA context failing every later call)."""
+        limit = self._id_limit
+        if limit is None:  # the tokenizer's ids all have an embedding: nothing to check
+            return rows
+        kept = [row if max(row, default=0) < limit else [] for row in rows]
+        if dropped := sum(bool(row) and not new for row, new in zip(rows, kept, strict=True)):
+            log.warning("%d texts hold tokens the model has no embedding for (ids from %d): "
+                        "they get no vector", dropped, limit)  # fmt: skip
+        return kept
 
     def _tokenize_all(self, texts: list[str]) -> list[list[int]]:
         if self._fast is not None:  # the Rust tokenizer directly: no Python-side BatchEncoding
@@ -525,6 +539,16 @@ def _truncating_backend(tokenizer: Any, max_tokens: int) -> Any:
         return None
     # encode_batch_fast (tokenizers >= 0.21) skips character offsets, which pooling never reads
     return getattr(copy, "encode_batch_fast", copy.encode_batch)
+
+
+def _embedded_ids(tokenizer: Any, model: Any) -> int | None:
+    """The first token id `model` has no input embedding for, where `tokenizer` can give
+    one (tokens added to the tokenizer, the model's embeddings not resized); else None."""
+    embeddings = model.get_input_embeddings()
+    rows = getattr(embeddings, "num_embeddings", None)
+    if not isinstance(rows, int) or len(tokenizer) <= rows:
+        return None
+    return rows
 
 
 def _failed_on_input(exc: BaseException) -> bool:

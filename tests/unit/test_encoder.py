@@ -358,3 +358,25 @@ def test_a_text_the_tokenizer_panics_on_costs_only_its_own_vector(tmp_path: Path
     shared, lru = InMemoryEmbeddingCache(), EmbeddingLRU()
     rows = asyncio.run(embed_texts(texts, encoder, lru, shared))
     assert not rows[1].any() and len(shared.values) == 2
+
+
+def test_a_token_the_model_has_no_embedding_for_costs_only_its_texts_vector(
+    tmp_path: Path,
+) -> None:
+    """A tokenizer given a token the model's embeddings were never resized for (the
+    usual `add_tokens` without `resize_token_embeddings`): the forward pass failed on the
+    whole call (an IndexError here; on CUDA a device-side assert, after which the
+    process's CUDA context fails every later call)."""
+    require_model()
+    import transformers
+
+    folder = copy_of_minilm(tmp_path / "model")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    tokenizer.add_tokens(["<brand>"])
+    tokenizer.save_pretrained(folder)
+    encoder = TransformerEncoder(folder, max_tokens=32)
+    texts = ["running shoes", "<brand> shoes", "air fryer"]
+    rows = encoder.encode(texts)
+    assert np.isnan(rows[1]).all()
+    reference = TransformerEncoder(max_tokens=32).encode([texts[0], texts[2]])
+    np.testing.assert_allclose(rows[[0, 2]], reference, atol=1e-5)
