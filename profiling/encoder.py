@@ -250,16 +250,33 @@ class TransformerEncoder:
         and a worker should not charge that to the first batch it is given. On
         CUDA a second pass of the probe repeated to a full batch's rows loads the
         kernels of full batches as well. The timers start from zero after it.
+
+        A model that cannot encode the probe here (a folder whose model is no text
+        encoder, a device that fails) is an `EncoderUnavailableError` saying so:
+        the worker then cannot start, in one line, rather than fail every batch.
         """
         started = time.perf_counter()
-        with self._lock:
-            ids = self._tokenize(list(PROBE_TEXTS))
-            self._forward(ids)
-            if self.device.startswith("cuda"):
-                rows = min(self.max_batch, self.token_budget // max(map(len, ids)))
-                self._forward([ids[i % len(ids)] for i in range(max(rows, 1))])
+        try:
+            with self._lock:
+                self._probe()
+        except Exception as exc:
+            raise EncoderUnavailableError(
+                f"the encoder {self.model_id} failed its first pass on {self.device} "
+                f"({type(exc).__name__}: {exc}): the model folder must hold a text encoder "
+                "(its forward pass taking input_ids and attention_mask alone), and the "
+                "device (PROFILER_DEVICE) must run it"
+            ) from exc
         self.tokenize_seconds = self.forward_seconds = 0.0
         return time.perf_counter() - started
+
+    def _probe(self) -> None:
+        ids = [row for row in self._tokenize(list(PROBE_TEXTS)) if row]
+        if not ids:
+            raise ValueError("the tokenizer gives no token for any probe text")
+        self._forward(ids)
+        if self.device.startswith("cuda"):
+            rows = min(self.max_batch, self.token_budget // max(map(len, ids)))
+            self._forward([ids[i % len(ids)] for i in range(max(rows, 1))])
 
     def encode(self, texts: Sequence[str]) -> Vectors:
         """Unit-norm rows for `texts`, in input order; each distinct text is run once."""

@@ -380,3 +380,26 @@ def test_a_token_the_model_has_no_embedding_for_costs_only_its_texts_vector(
     assert np.isnan(rows[1]).all()
     reference = TransformerEncoder(max_tokens=32).encode([texts[0], texts[2]])
     np.testing.assert_allclose(rows[[0, 2]], reference, atol=1e-5)
+
+
+def test_a_model_that_cannot_encode_text_fails_its_load_saying_so(tmp_path: Path) -> None:
+    """A folder `AutoModel` loads but cannot run as a text encoder (here an encoder-decoder,
+    which wants decoder inputs): the warm-up's first pass raised the model's own
+    ValueError, which `profiler run` and the Faust app print as a traceback, not as the
+    one line of a worker that cannot start (they catch the engine's errors)."""
+    require_model()
+    import transformers
+
+    from stream.interest_setup import load_encoder
+
+    folder = tmp_path / "t5"
+    copy_of_minilm(tmp_path / "minilm")
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(tmp_path / "minilm" / name, folder / name)
+    config = transformers.T5Config(
+        vocab_size=30522, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4
+    )
+    transformers.T5Model(config).save_pretrained(folder)
+    with pytest.raises(EncoderUnavailableError, match=r"first pass on cpu .*ValueError"):
+        load_encoder(str(folder), "cpu", 128)
