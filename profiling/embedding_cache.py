@@ -314,11 +314,13 @@ async def _text_vectors(
     unencodable: list[int] = []
     if missing:
         started, fresh_texts = time.perf_counter(), [texts[i] for i in missing]
-        if getattr(encoder, "in_thread", True):
-            encoded = await asyncio.to_thread(encoder.encode, fresh_texts)
-        else:
-            encoded = encoder.encode(fresh_texts)
-        lru.stats.encode_seconds += time.perf_counter() - started
+        try:
+            if getattr(encoder, "in_thread", True):
+                encoded = await asyncio.to_thread(encoder.encode, fresh_texts)
+            else:
+                encoded = encoder.encode(fresh_texts)
+        finally:  # a call that failed (out of memory) was waited on too
+            lru.stats.encode_seconds += time.perf_counter() - started
         lru.stats.encoded += len(missing)
         fresh = [(keys[i], _frozen_copy(row)) for i, row in zip(missing, encoded, strict=True)]
         finite = np.isfinite(encoded).all(axis=1).tolist()

@@ -393,6 +393,7 @@ class BatchWorker:
         self.clock = clock
         self.params = profile_params(settings)
         self.stats = WorkerStats()
+        self._lookups_counted = (0, 0, 0)  # the vector stage's lookups in the metrics so far
         self._positions: dict[TopicPartition, int] = {}  # next offset after the last batch
         self.redis = connect(settings.redis_url, cluster=settings.redis_cluster)
         self.store = RedisProfileStore(
@@ -925,6 +926,7 @@ class BatchWorker:
                     ),
                 ),
             )
+        self._count_encoding()
         self._advance_models(ends)
         for label in (r for r in records if r.topic == self.settings.topic_labels):
             await self._apart(result, [label], partial(self._labels_apart, label))
@@ -1003,15 +1005,14 @@ class BatchWorker:
         commands = self._commands(records) if self._carries_commands(ends) else []
         commanded = await self._apply_commands(commands)
         events = [r for r in records if r.topic == self.settings.topic_events]
-        lookups = self._embedding_totals()
-        folded = await self._retrying(
-            "redis",
-            lambda: fold_batch(
-                events, self.store, self.params, self.clock, self.stages, learn=learn
-            ),
-        )
-        if lookups is not None:
-            metrics.observe_embeddings(lookups, self._embedding_totals() or lookups)
+        try:
+            folded = await self._retrying(
+                "redis",
+                lambda: fold_batch(
+                    events, self.store, self.params, self.clock, self.stages, learn=learn
+                ),
+            )
+        finally:  # a fold that failed looked up and encoded too
             self._count_encoding()
         self._advance_models(ends)
         folded.result.add(commanded)
@@ -1078,9 +1079,14 @@ class BatchWorker:
         result.labels.update(learnt.outcomes)
 
     def _count_encoding(self) -> None:
-        """Carry the encoder's totals since start into the stats and the metrics."""
-        if self.stages.interests is None:
+        """Carry the vector stage's lookups and encoder totals since the last count into the
+        metrics and the stats: after every fold, one that failed included, and after a
+        batch applied apart (`_apply_apart`)."""
+        lookups = self._embedding_totals()
+        if self.stages.interests is None or lookups is None:
             return
+        metrics.observe_embeddings(self._lookups_counted, lookups)
+        self._lookups_counted = lookups
         totals = self.stages.interests.lru.stats
         metrics.ENCODER_SECONDS.inc(totals.encode_seconds - self.stats.encode_s)
         self.stats.texts_encoded, self.stats.encode_s = totals.encoded, totals.encode_seconds

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import time
 from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from profiling.encoder import HashingEncoder
 from profiling.events import Event, decode_event
 from profiling.vectors import VectorParams, event_text, event_weight
 from stream import metrics
@@ -127,3 +130,43 @@ async def test_a_warm_cache_encodes_nothing(make_settings) -> None:
     )
     assert shared_after == shared_before + cache.shared_hits
     assert metrics.REGISTRY.get_sample_value("profiler_embedding_cache_hit_ratio") is not None
+
+
+async def test_lookups_and_encoder_waits_of_a_failed_fold_are_counted(
+    make_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The encoder fails on the first batch (say CUDA out of memory), which is then
+    applied user by user: the metrics and the stats count those lookups and encodes, and
+    the wait on the call that failed, as any other batch's. They were counted only after
+    a fold that succeeded: the failed call's wait never, the batch's lookups never in
+    profiler_embeddings_total, and a run ending on it summed none of its encodes."""
+    settings: Settings = await make_settings(encoder_model="hashing", partitions=1)
+    real = HashingEncoder.encode
+    calls: list[int] = []
+
+    def failing_once(self: HashingEncoder, texts: Sequence[str]) -> np.ndarray:
+        calls.append(len(texts))
+        if len(calls) == 1:
+            time.sleep(0.2)
+            raise RuntimeError("CUDA out of memory")
+        return real(self, texts)
+
+    monkeypatch.setattr(HashingEncoder, "encode", failing_once)
+    await send_records(settings, shop(300))
+
+    def sample(name: str, labels: dict[str, str] | None = None) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    encoded_before = sample("profiler_embeddings_total", {"source": "encoded"})
+    waited_before = sample("profiler_encoder_seconds_total")
+    worker = BatchWorker(settings)
+    assert worker.stages.interests is not None
+    stats = await drain(settings, worker=worker)
+    assert stats.applied == 300 and stats.dead_letters == 0 and len(calls) > 1
+    totals = worker.stages.interests.lru.stats
+    assert stats.texts_encoded == totals.encoded > 0
+    assert sample("profiler_embeddings_total", {"source": "encoded"}) == (
+        encoded_before + totals.encoded
+    )
+    assert stats.encode_s == totals.encode_seconds >= 0.2
+    assert sample("profiler_encoder_seconds_total") == pytest.approx(waited_before + stats.encode_s)
