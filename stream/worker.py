@@ -685,7 +685,10 @@ class BatchWorker:
                 "users' next events, or for the partitions' next owner (the ledger)",
                 len(due) + len(handing), type(exc).__name__, exc, exc_info=exc,
             )  # fmt: skip
-        await self._save_ledger()
+        # Failing as the worker stops, it leaves the users published as waiting in the
+        # ledger: the next owner publishes them again, a harmless repeat.
+        with contextlib.suppress(Exception):
+            await self._save_ledger()
         metrics.HELD_BACK_USERS.set(len(self.held_back))
 
     async def _restore_held_back(self) -> None:
@@ -748,8 +751,12 @@ class BatchWorker:
         """Save what changed in the held-back index to its ledger, in the order it changed.
 
         The ledger only spares users a crash of this worker: a save Redis
-        refuses (a partition's key of another type), or that fails as the
-        worker stops, is logged and dropped, and the batch goes on to its commit.
+        refuses (a partition's key of another type) is logged and dropped, and
+        the batch goes on to its commit. One that fails as the worker stops
+        (Redis gone) is logged and raises: the batch it was saved for is then
+        not committed, and its replay by the partitions' next owner publishes
+        the changes it held back (neither this worker, with Redis gone, nor
+        the ledger would).
         """
         async with self._ledger_saving:
             changes = self.held_back.unsaved()
@@ -758,7 +765,11 @@ class BatchWorker:
             try:
                 refused = await self._retrying("redis", partial(self.ledger.save, changes))
             except Exception as exc:
-                log.error("saving the held-back ledger failed (%s: %s)", type(exc).__name__, exc)
+                log.error("saving the held-back ledger failed (%s: %s)%s", type(exc).__name__, exc,
+                          ": the batch is left to the partitions' next owner to replay"
+                          if self.stopping else "")  # fmt: skip
+                if self.stopping:
+                    raise
                 return
             if refused:
                 log.error("the held-back ledger of partitions %s holds another type of value: "

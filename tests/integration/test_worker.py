@@ -17,6 +17,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import TopicPartition
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from profiling import pipeline
 from profiling.events import Event, decode_event
@@ -29,6 +31,7 @@ from stream.devstack import (
     LocalBroker,
     create_topics,
     default_topics,
+    free_port,
 )
 from stream.held_back import HeldBackLedger, LedgerChanges
 from stream.producing import send_records
@@ -638,6 +641,43 @@ async def test_a_held_back_ledger_redis_refuses_costs_no_event_and_no_commit(
     assert await committed_offsets(settings) == ends
     assert "the held-back ledger of partition 0 cannot be read" in caplog.text
     assert "the held-back ledger of partitions [0] holds another type" in caplog.text
+    await assert_every_last_message_is_the_stored_profile(settings)
+
+
+async def test_changes_held_back_as_redis_goes_at_a_stop_are_published_by_the_next_owner(
+    make_settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis fails at once (a fail-over's READONLY, a restart's LOADING; here a connection
+    refused, not retried by the client) as a stopping worker saves the users its last
+    batch held back, and at its hand-off of them. The batch is then left uncommitted,
+    and its replay by the partition's next owner publishes the changes held back."""
+    settings = await make_settings(partitions=1, heartbeat_s=600.0)
+    users = [f"quiet-{i}" for i in range(5)]
+    await send_records(settings, views(users, 1, wall_clock_ms()))
+    await drain(settings)
+    await send_records(settings, views(users, 2, wall_clock_ms()))  # held back
+    stopping = BatchWorker(settings)
+    gone = aioredis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0))  # nothing listens
+    note = stopping.held_back.note
+
+    def noted_then_redis_gone(held_back: dict[str, tuple[int, int]], published: Any) -> None:
+        note(held_back, published)  # the batch is written and published: then Redis goes
+        stopping.store.client = stopping.ledger.client = gone
+        stopping.request_stop()
+
+    stopping.held_back.note = noted_then_redis_gone  # type: ignore[method-assign]
+    await stopping.start()
+    try:
+        await worker_module.stop_within(asyncio.create_task(stopping.run()))
+    finally:
+        await stopping.close()
+        await gone.aclose()
+    assert stopping.stats.applied == 0  # never counted: the batch was not committed
+    assert "saving the held-back ledger failed" in caplog.text
+    ends = await end_offsets(settings, settings.topic_events)
+    assert await committed_offsets(settings) != ends
+    stats = await drain(settings)
+    assert stats.replayed == len(users) and stats.changes_published == len(users)
     await assert_every_last_message_is_the_stored_profile(settings)
 
 
