@@ -49,7 +49,14 @@ from typing import Final, NamedTuple, TypeVar
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    BrokerNotAvailableError,
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    KafkaTimeoutError,
+    KafkaUnavailableError,
+)
 from redis.exceptions import (
     ClusterCrossSlotError,
     DataError,
@@ -279,6 +286,26 @@ def _refused(exc: BaseException) -> bool:
 
 
 _PASSING: Final = ("BUSY", "MISCONF", "NOREPLICAS", "MASTERDOWN", "LOADING", "OOM", "READONLY")
+# aiokafka leaves these unmarked as retriable, yet a broker away or slow to answer
+# raises them: they pass when it is back.
+_KAFKA_PASSING: Final = (KafkaTimeoutError, BrokerNotAvailableError, KafkaUnavailableError)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether waiting may cure `exc`, so that `BatchWorker._retrying` tries again.
+
+    The engine's errors and Kafka's say so themselves (`retriable`): one that
+    cannot pass (a setting that cannot work, a record the producer refuses)
+    fails its step at once, as a refusal of Redis does (`_refused`). A fold or
+    write then goes the way of a bug (`BatchWorker._apply_apart`); a publish
+    stops the worker with the error, its batch uncommitted. Retried, it held
+    the worker for ever, with `/ready` failing and nothing saying why.
+    """
+    if isinstance(exc, ProfilerError):
+        return exc.retriable
+    if isinstance(exc, KafkaError):
+        return exc.retriable or isinstance(exc, _KAFKA_PASSING)
+    return not _refused(exc)
 
 
 def labels_positions(
@@ -1139,7 +1166,8 @@ class BatchWorker:
                         self.settings.model_checkpoint_s, type(exc).__name__, exc)  # fmt: skip
 
     async def _retrying(self, component: str, attempt_once: Callable[[], Awaitable[T]]) -> T:
-        """Run `attempt_once` until it succeeds, backing off; both steps are idempotent.
+        """Run `attempt_once` until it succeeds or fails on what cannot pass (`_transient`),
+        backing off; both steps are idempotent.
 
         While it fails, its last error is what `failing` reports for `component`.
         """
@@ -1153,7 +1181,7 @@ class BatchWorker:
                 ) as exc:  # fmt: skip
                     # RedisClusterException: a cluster that cannot be reached or has a slot
                     # no node serves (resharding); not a RedisError, yet it passes.
-                    if _refused(exc):
+                    if not _transient(exc):
                         raise
                     attempt += 1
                     metrics.RETRIES.labels(component).inc()

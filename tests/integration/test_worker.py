@@ -21,6 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from profiling import pipeline
+from profiling.errors import ProfilerError
 from profiling.events import Event, decode_event
 from profiling.profile import Profile
 from profiling.store import Write
@@ -222,6 +223,22 @@ async def test_a_user_the_fold_fails_on_is_dead_lettered_and_the_rest_applied(
 
     monkeypatch.setattr(pipeline, "apply_deliveries", failing)
     await drain_with_poison(topics, 9, "ValueError: a bug in the fold")
+
+
+async def test_an_error_that_cannot_pass_is_applied_apart_not_retried_for_ever(
+    topics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine error that says it is not retriable, raised in the fold for one user:
+    retried, it stalled the worker on that batch for good; now the user is dead-lettered."""
+    real = pipeline.apply_deliveries
+
+    def failing(profile: Profile, deliveries: Any, params: Any, now_ms: int) -> Any:
+        if profile.user_id == "poison":
+            raise ProfilerError("a contract the fold cannot meet")
+        return real(profile, deliveries, params, now_ms)
+
+    monkeypatch.setattr(pipeline, "apply_deliveries", failing)
+    await drain_with_poison(topics, 12, "ProfilerError: a contract the fold cannot meet")
 
 
 @pytest.mark.parametrize("batch", [40, 5000])

@@ -6,6 +6,14 @@ import asyncio
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import (
+    BrokerNotAvailableError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    NotLeaderForPartitionError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+)
 from redis.exceptions import (
     ConnectionError,
     DataError,
@@ -18,6 +26,8 @@ from redis.exceptions import (
 )
 
 import stream.worker
+from profiling.encoder import EncoderUnavailableError
+from profiling.errors import ProfilerError, StoreConflictError
 from profiling.models import ProfileModels
 from profiling.pipeline import Record
 from stream.settings import Settings
@@ -74,6 +84,43 @@ def test_what_redis_refuses_is_not_retried_what_may_pass_is(
     async def run() -> str:  # the worker's clients are made in a running loop
         settings = Settings(encoder_model="none", models=False, redis_url="redis://127.0.0.1:1")
         return await BatchWorker(settings)._retrying("redis", attempt)
+
+    if retried:
+        assert asyncio.run(run()) == "done" and len(calls) == 2
+    else:
+        with pytest.raises(type(error)):
+            asyncio.run(run())
+        assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (StoreConflictError("3 users still conflicting after retries"), True),
+        (EncoderUnavailableError("device cuda:1 (PROFILER_DEVICE) is not available"), False),
+        (ProfilerError("a contract broken"), False),
+        (KafkaConnectionError("no connection"), True),
+        (NotLeaderForPartitionError(), True),  # a leader moving
+        (KafkaTimeoutError(), True),  # a broker away: aiokafka leaves it unmarked
+        (BrokerNotAvailableError(), True),
+        (RecordTooLargeError("larger than max_request_size"), False),
+        (TopicAuthorizationFailedError(), False),
+    ],
+)
+def test_only_what_waiting_may_cure_is_retried(error: Exception, retried: bool) -> None:
+    """A step failing on what cannot pass was retried for ever: the worker stalled on
+    it, `/ready` failing, where it should apply the batch apart or stop."""
+    calls: list[int] = []
+
+    async def attempt() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return "done"
+
+    async def run() -> str:
+        settings = Settings(encoder_model="none", models=False, redis_url="redis://127.0.0.1:1")
+        return await BatchWorker(settings)._retrying("kafka", attempt)
 
     if retried:
         assert asyncio.run(run()) == "done" and len(calls) == 2
