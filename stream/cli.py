@@ -313,13 +313,16 @@ def produce(  # noqa: PLR0917 - each option of the command is a parameter
         settings, file, preset, mapping or None, limit=limit, options=options, produced=report
     )
     try:
-        _with_servers(settings, sending, "broker")
+        # A SIGTERM (a job stopped, a container stopped) too: by default it ended the
+        # import at once, with no word of how far it got.
+        with _stopped_like_ctrl_c() as signals:
+            _with_servers(settings, sending, "broker")
     except (OSError, ValueError) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
     except KeyboardInterrupt:  # what went out stays out: a rerun needs to know how far it got
         console.print(f"interrupted: {report.summary()}", markup=False)
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + (signals[0] if signals else signal.SIGINT)) from None
     console.print(report.summary(), markup=False)
     if report.sent == 0 and report.report.rows:
         for reason, example in report.report.examples.items():
@@ -393,12 +396,15 @@ def _announce(env_lines: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def _stopped_like_ctrl_c() -> Iterator[None]:
+def _stopped_like_ctrl_c() -> Iterator[list[int]]:
     """SIGTERM and SIGHUP (a closed terminal) act as Ctrl-C does, so the local servers
     are stopped and their directories removed on the way out; by default either
-    signal ends Python at once and leaves the directories in /tmp."""
+    signal ends Python at once and leaves the directories in /tmp. Yields the
+    signals received so, in order, for an exit code that tells which one it was."""
+    received: list[int] = []
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
         on_ctrl_c = signal.getsignal(signal.SIGINT)  # asyncio.run's own while a loop runs
         if not callable(on_ctrl_c):  # SIGINT ignored, as in a background job
             raise KeyboardInterrupt
@@ -406,7 +412,7 @@ def _stopped_like_ctrl_c() -> Iterator[None]:
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        yield
+        yield received
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -910,13 +910,15 @@ async def test_produce_takes_the_csv_options_a_file_needs(topics: Settings, tmp_
     assert bad.returncode == 2 and "--set expects name=value" in bad.stderr
 
 
-async def test_produce_stopped_by_ctrl_c_says_what_it_sent_and_where_it_stopped(
-    topics: Settings, tmp_path: Path
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+async def test_produce_stopped_by_a_signal_says_what_it_sent_and_where_it_stopped(
+    topics: Settings, tmp_path: Path, sig: signal.Signals, code: int
 ) -> None:
-    """A long import cut short by Ctrl-C: one line with the events the broker acknowledged
-    (all there is on the topic: what the producer held is delivered as it stops) and the
-    rows read, still exit 130. The file is a pipe the test feeds, so the import cannot
-    end before the signal; it is read between acks, so more lines follow the signal."""
+    """A long import cut short by Ctrl-C or SIGTERM: one line with the events the broker
+    acknowledged (all there is on the topic: what the producer held is delivered as it
+    stops) and the rows read, still the signal's exit code (SIGTERM ended it silently).
+    The file is a pipe the test feeds, so the import cannot end before the signal; it is
+    read between acks, so more lines follow the signal."""
     lines = [
         orjson.dumps({"event_id": f"c{i}", "user_id": f"u{i % 50}", "type": "login", "ts": i})
         for i in range(1, 3 * IN_FLIGHT + 1)
@@ -933,7 +935,7 @@ async def test_produce_stopped_by_ctrl_c_says_what_it_sent_and_where_it_stopped(
             return sum((await end_offsets(topics, topics.topic_events)).values()) > 0
 
         await eventually(sending, 30, "the first events on the topic")
-        child.proc.send_signal(signal.SIGINT)
+        child.proc.send_signal(sig)
         with contextlib.suppress(ConnectionError):  # it stops reading: a broken pipe
             child.proc.stdin.write(b"\n".join(lines[IN_FLIGHT + 1000 :]) + b"\n")
             await child.proc.stdin.drain()
@@ -941,7 +943,7 @@ async def test_produce_stopped_by_ctrl_c_says_what_it_sent_and_where_it_stopped(
         await asyncio.wait_for(child.proc.wait(), 30)
         log = child.log()
 
-    assert child.proc.returncode == 130, log
+    assert child.proc.returncode == code, log
     told = re.findall(
         rf"^interrupted: sent (\d+) events to {topics.topic_events}; (\d+) rows read", log, re.M
     )
