@@ -586,19 +586,26 @@ def _and_created(error: str, created: list[str]) -> str:
 async def _wait_for_partitions(
     admin: Any, topics: Mapping[str, int], existing: set[str], timeout_s: float
 ) -> None:
-    """Poll metadata until every topic shows its partitions, each with a leader."""
+    """Poll metadata until every topic shows its partitions, each with a leader.
+
+    Existing topics with another partition count are named all in one error, once
+    every existing topic was seen: fixed one per run, each rerun found the next.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
-        missing = []
+        missing, wrong = [], {}  # wrong: existing topic -> its partitions
         for meta in await admin.describe_topics(list(topics)):
             name, partitions = meta["topic"], meta["partitions"]
             ready = meta["error_code"] == 0 and all(p["leader"] >= 0 for p in partitions)
             if ready and name in existing and len(partitions) != topics[name]:
-                raise DevStackError(
-                    f"topic {name} exists with {len(partitions)} partitions, wanted {topics[name]}"
-                )
-            if not ready or len(partitions) != topics[name]:
+                wrong[name] = len(partitions)
+            elif not ready or len(partitions) != topics[name]:
                 missing.append(name)
+        if wrong and (not existing.intersection(missing) or time.monotonic() > deadline):
+            raise DevStackError("; ".join(
+                f"topic {name} exists with {wrong[name]} partitions, wanted {count}"
+                for name, count in topics.items() if name in wrong
+            ))  # fmt: skip
         if not missing:
             return
         if time.monotonic() > deadline:
