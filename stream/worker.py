@@ -253,6 +253,12 @@ class _Writing(NamedTuple):
     started: float
 
 
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """Mark a finished task's error as retrieved; whoever awaits it still gets it."""
+    if not task.cancelled():
+        task.exception()
+
+
 def ledger_ttl_ms(settings: Settings) -> int:
     """The held-back ledger's TTL: the setting, but never below the heartbeat (a ledger
     that expired before its users were due would lose them when a worker died)."""
@@ -1101,6 +1107,9 @@ class BatchWorker:
             await self._finish(records, ends, result, started)
 
         task = asyncio.create_task(write_then_finish())
+        # A stop may leave it unawaited (the run failed first, on the same Redis or broker):
+        # its error is then told by the stop ("stopping without it"), not as never retrieved.
+        task.add_done_callback(_retrieved)
         return _Writing(written, task, previous, records, folded.by_user.keys(), ends, started)
 
     async def _learn_labels(self, records: Sequence[SourceRecord], result: BatchResult) -> None:
