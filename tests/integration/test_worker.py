@@ -206,10 +206,20 @@ async def drain_with_poison(settings: Settings, seed: int, detail: str) -> None:
     assert await committed_offsets(settings) == await end_offsets(settings, settings.topic_events)
 
 
+@pytest.mark.parametrize(
+    ("error", "seed"),
+    [
+        (ValueError("a bug in the fold"), 9),
+        # Said not retriable: retried, it stalled the worker on that batch for good.
+        (ProfilerError("a contract the fold cannot meet"), 12),
+    ],
+    ids=["bug", "not-retriable"],
+)
 async def test_a_user_the_fold_fails_on_is_dead_lettered_and_the_rest_applied(
-    topics: Settings, monkeypatch: pytest.MonkeyPatch
+    topics: Settings, monkeypatch: pytest.MonkeyPatch, error: Exception, seed: int
 ) -> None:
-    """A bug that raises on some valid events: the worker applies the rest and goes on.
+    """A bug, or an engine error that cannot pass, raised on some valid events: the worker
+    applies the rest and goes on.
 
     The failure is injected into the aggregates fold for one user; the batch is
     then applied user by user.
@@ -218,27 +228,11 @@ async def test_a_user_the_fold_fails_on_is_dead_lettered_and_the_rest_applied(
 
     def failing(profile: Profile, deliveries: Any, params: Any, now_ms: int) -> Any:
         if profile.user_id == "poison":
-            raise ValueError("a bug in the fold")
+            raise error
         return real(profile, deliveries, params, now_ms)
 
     monkeypatch.setattr(pipeline, "apply_deliveries", failing)
-    await drain_with_poison(topics, 9, "ValueError: a bug in the fold")
-
-
-async def test_an_error_that_cannot_pass_is_applied_apart_not_retried_for_ever(
-    topics: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An engine error that says it is not retriable, raised in the fold for one user:
-    retried, it stalled the worker on that batch for good; now the user is dead-lettered."""
-    real = pipeline.apply_deliveries
-
-    def failing(profile: Profile, deliveries: Any, params: Any, now_ms: int) -> Any:
-        if profile.user_id == "poison":
-            raise ProfilerError("a contract the fold cannot meet")
-        return real(profile, deliveries, params, now_ms)
-
-    monkeypatch.setattr(pipeline, "apply_deliveries", failing)
-    await drain_with_poison(topics, 12, "ProfilerError: a contract the fold cannot meet")
+    await drain_with_poison(topics, seed, f"{type(error).__name__}: {error}")
 
 
 @pytest.mark.parametrize("batch", [40, 5000])

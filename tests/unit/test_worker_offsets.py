@@ -73,24 +73,7 @@ def test_next_offsets_per_partition_and_topic() -> None:
 def test_what_redis_refuses_is_not_retried_what_may_pass_is(
     error: Exception, retried: bool
 ) -> None:
-    calls: list[int] = []
-
-    async def attempt() -> str:
-        calls.append(1)
-        if len(calls) == 1:
-            raise error
-        return "done"
-
-    async def run() -> str:  # the worker's clients are made in a running loop
-        settings = Settings(encoder_model="none", models=False, redis_url="redis://127.0.0.1:1")
-        return await BatchWorker(settings)._retrying("redis", attempt)
-
-    if retried:
-        assert asyncio.run(run()) == "done" and len(calls) == 2
-    else:
-        with pytest.raises(type(error)):
-            asyncio.run(run())
-        assert len(calls) == 1
+    assert_retried_once_or_raised(error, retried, "redis")
 
 
 @pytest.mark.parametrize(
@@ -110,6 +93,11 @@ def test_what_redis_refuses_is_not_retried_what_may_pass_is(
 def test_only_what_waiting_may_cure_is_retried(error: Exception, retried: bool) -> None:
     """A step failing on what cannot pass was retried for ever: the worker stalled on
     it, `/ready` failing, where it should apply the batch apart or stop."""
+    assert_retried_once_or_raised(error, retried, "kafka")
+
+
+def assert_retried_once_or_raised(error: Exception, retried: bool, component: str) -> None:
+    """`_retrying` over a step failing once with `error`: tried again, or raised at once."""
     calls: list[int] = []
 
     async def attempt() -> str:
@@ -118,9 +106,9 @@ def test_only_what_waiting_may_cure_is_retried(error: Exception, retried: bool) 
             raise error
         return "done"
 
-    async def run() -> str:
+    async def run() -> str:  # the worker's clients are made in a running loop
         settings = Settings(encoder_model="none", models=False, redis_url="redis://127.0.0.1:1")
-        return await BatchWorker(settings)._retrying("kafka", attempt)
+        return await BatchWorker(settings)._retrying(component, attempt)
 
     if retried:
         assert asyncio.run(run()) == "done" and len(calls) == 2
