@@ -123,8 +123,9 @@ class Behaviour:
     failures: tuple[int, ...] = ()  # ts of the last failed logins
     # (digest, first used ts, last used ts), least recently used first; for devices and
     # countries the last use is refreshed when they become the most recent. A failed
-    # login does not count as use: an attacker's device never becomes familiar
-    # by failing, and a burst of fraud from one new device stays "new" all along.
+    # login does not count as use, nor one whose outcome is not told: an attacker's
+    # device never becomes familiar by failing, and a burst of fraud from one new
+    # device stays "new" all along.
     devices: tuple[tuple[str, int, int], ...] = ()
     countries: tuple[tuple[str, int, int], ...] = ()
     cards: tuple[tuple[str, int, int], ...] = ()
@@ -134,7 +135,8 @@ class Behaviour:
     price_n: int = 0
     price_sum: float = 0.0
     # The last successful login's ts. A login whose outcome is not told (`success` absent)
-    # is no success, nor a failure: it counts as an event only.
+    # is no success, nor a failure: it counts as an event only (its device and country
+    # are not vouched for).
     last_login: int = 0
     last_cart: int = 0
     # The last order's id, fingerprinted: a purchase with the same order id is a further
@@ -246,8 +248,11 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
         last_ts = max(last_ts, ts)
         add_stamp(ts)
         failed_login = kind == "login" and event.success is False
+        # Only a login known to have succeeded vouches for its device and country: one
+        # whose outcome is not told may be an attacker's failure just as well.
+        unvouched = kind == "login" and not event.success
         # Most events of a session share device and country: those are not even digested.
-        if not failed_login and (event.device_id != device or event.country != country):
+        if not unvouched and (event.device_id != device or event.country != country):
             device, country = work.identify(event, device, country, fingerprint)
         if kind == "purchase":
             work.purchase(event, fingerprint, amount, order)

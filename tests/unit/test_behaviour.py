@@ -77,11 +77,12 @@ def oracle(past: list[Event], event: Event) -> dict[str, float]:
         )
 
     def trusted(field: str) -> set[object]:
-        """Values used (not by a failed login) at least TRUST_MS before this event."""
+        """Values used (not by a login that failed or whose outcome is not told) at least
+        TRUST_MS before this event."""
         return {
             getattr(e, field)
             for e in past
-            if not (e.type == "login" and e.success is False) and ts - e.ts >= TRUST_MS
+            if not (e.type == "login" and not e.success) and ts - e.ts >= TRUST_MS
         }
 
     amounts = np.array([e.amount for e in past if e.type == "purchase"], dtype=float)
@@ -218,7 +219,7 @@ def test_keyed_fingerprints_match_only_under_their_key() -> None:
     assert len(keyed_token(b"x" * 100)("d")) == len(token("d"))  # a key past 64 bytes is digested
     events = [
         Event(event_id=str(i), user_id="u", type="login", ts=START + i * DAY_MS,
-              device_id="device-serial-123", country="DE")
+              device_id="device-serial-123", country="DE", success=True)
         for i in range(3)
     ]  # fmt: skip
     state = Behaviour()
@@ -256,6 +257,21 @@ def test_a_login_whose_outcome_is_not_told_is_neither_a_success_nor_a_failure() 
     _, features = observe(state, login(START + 3 * HOUR_MS, True))
     assert features is not None and features["failed_logins_1h"] == 0.0
     assert math.isclose(features["since_login_hours"], math.log1p(3.0))
+
+
+def test_a_login_whose_outcome_is_not_told_makes_no_device_or_country_familiar() -> None:
+    """Like a failed one: an attacker's logins that leave `success` out did not, a day
+    later, make their device and country look like the account's own."""
+
+    def login(ts: int, success: bool | None) -> Event:
+        return Event(event_id=str(ts), user_id="u", type="login", ts=ts, device_id="d",
+                     country="RU", success=success)  # fmt: skip
+
+    state, _ = observe(Behaviour(), login(START, None))
+    assert not state.devices and not state.countries
+    _, features = observe(state, login(START + 2 * DAY_MS, True))
+    assert features is not None
+    assert (features["new_device"], features["new_country"]) == (1.0, 1.0)
 
 
 def test_the_last_scored_is_the_newest_purchase_or_login_and_a_merge_keeps_it() -> None:
