@@ -156,13 +156,18 @@ class Behaviour:
     def from_json(cls, raw: Sequence[Any] | Mapping[str, Any]) -> Behaviour:
         """From `to_json`'s list, or from the object with field names written before."""
         if isinstance(raw, Mapping):
+            written = len(_FIELDS) if "last_scored" in raw else _LAST_SCORED
             raw = [raw.get(name, default) for name, default in _DEFAULTS.items()]
+        else:
+            written = len(raw)
         values = list(raw)
         values += _DEFAULT_VALUES[len(values) :]  # fields added since it was written
         for i in _STAMP_RUNS:
             values[i] = tuple(values[i])
         for i in _TOKEN_SETS:
             values[i] = tuple(map(tuple, values[i]))
+        if written <= _LAST_SCORED:  # written before it: the newest scored event it holds
+            values[_LAST_SCORED] = _newest_scored(*(values[i] for i in _SCORED_SOURCES))
         return _build(*values)
 
     def as_dict(self) -> dict[str, Any]:
@@ -174,8 +179,18 @@ _ALL_VALUES: Final = operator.attrgetter(*_FIELDS)  # every field's value, in or
 _build: Final = slots.builder(Behaviour)  # Behaviour(*values) without the frozen __init__
 _DEFAULTS: Final = {name: getattr(Behaviour(), name) for name in _FIELDS}
 _DEFAULT_VALUES: Final = list(_DEFAULTS.values())
+_LAST_SCORED: Final = _FIELDS.index("last_scored")
+_SCORED_SOURCES: Final = tuple(_FIELDS.index(name) for name in ("orders", "failures", "last_login"))
 _STAMP_RUNS: Final = tuple(_FIELDS.index(name) for name in ("events", "orders", "failures"))
 _TOKEN_SETS: Final = tuple(_FIELDS.index(name) for name in ("devices", "countries", "cards"))
+
+
+def _newest_scored(orders: tuple[int, ...], failures: tuple[int, ...], last_login: int) -> int:
+    """The newest purchase or login a state knows of: its last order, failed or successful
+    login (0: none). A state written before `last_scored` holds the risk of that one (or
+    of a later login whose outcome was not told, which it does not keep), so a late event
+    older than it leaves the risk alone, as with `last_scored`."""
+    return max(orders[-1:] + failures[-1:] + (last_login,))
 
 
 def observe(

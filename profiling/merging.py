@@ -160,8 +160,9 @@ def _rated(known: Profile, taken: Profile) -> Profile:
     """Whose risk and reasons the merged profile keeps: those of the newer scored event,
     as the events applied as one user's would leave them (`profiling.models`).
 
-    A state written before `last_scored` (0) cannot say which is newer: then, as
-    on a tie, the known user's when they have one.
+    A state that knows no scored event (0: only logins whose outcome was not told,
+    written before `last_scored`) cannot say which is newer: then, as on a tie,
+    the known user's when they have one.
     """
     if known.risk is None or taken.risk is None:
         return known if known.risk is not None else taken

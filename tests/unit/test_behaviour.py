@@ -373,8 +373,26 @@ def test_a_state_stored_before_the_last_fields_loads_with_their_defaults() -> No
     assert state.order and state.away
     stored = state.to_json()[:-4]  # the last order, the time away, the visit and the
     older = Behaviour.from_json(orjson.loads(orjson.dumps(stored)))  # last scored came later
-    assert (older.order, older.away, older.visit, older.last_scored) == ("", 0, 0, 0)
+    assert (older.order, older.away, older.visit) == ("", 0, 0)
     assert older.amount_n == state.amount_n
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(0, 80), named=st.booleans())
+def test_a_state_stored_before_last_scored_knows_its_newest_order_or_told_login(
+    seed: int, n: int, named: bool
+) -> None:
+    """Read as 0, a late purchase or login overwrote the risk of a newer one once: as
+    the newest scored event the state holds, one older than it leaves the risk alone."""
+    events = [e for e in history(seed, n) if not (e.type == "login" and e.success is None)]
+    state, _ = observe_all(Behaviour(), events)
+    if named:
+        raw: object = {k: v for k, v in state.as_dict().items() if k != "last_scored"}
+    else:
+        raw = state.to_json()[:-1]
+    older = Behaviour.from_json(orjson.loads(orjson.dumps(raw)))
+    assert older.last_scored == state.last_scored
+    assert Behaviour.from_json(orjson.loads(orjson.dumps(state.to_json()))) == state
 
 
 def test_a_merge_keeps_the_newer_users_last_order() -> None:

@@ -251,6 +251,23 @@ async def test_a_late_event_leaves_the_risk_of_a_later_one_scored_before() -> No
     assert after.behaviour is not None and after.behaviour.last_scored == before.last_seen
 
 
+async def test_a_late_event_leaves_the_risk_of_a_state_stored_before_last_scored() -> None:
+    """A behaviour state written before `last_scored` was kept: a late takeover then
+    overwrote the risk and reasons of the user's later purchase."""
+    store = InMemoryProfileStore()
+    models = await _trained(store)
+    (before,) = (await store.load(["u7"])).values()
+    document, newline, seen = store._states["u7"].partition(b"\n")
+    state = orjson.loads(document)
+    state["beh"] = state["beh"][:-1]  # as written before `last_scored`
+    store._states["u7"] = orjson.dumps(state) + newline + seen
+    late = records(takeover("u7", before.last_seen - 3_600_000), start=10_000)
+    result = await apply_batch(late, store, PARAMS, lambda: NOW, Stages(models=models))
+    assert result.outcomes["applied"] == len(late) and result.alerts
+    (after,) = (await store.load(["u7"])).values()
+    assert (after.risk, after.risk_reasons) == (before.risk, before.risk_reasons)
+
+
 async def test_a_customer_written_without_the_models_is_not_scored_as_a_new_account() -> None:
     """Models switched on for an existing store: a long-time customer's purchase was a
     "first order" of an account "0 days old"."""
