@@ -365,7 +365,10 @@ def _features(
     known = amount_in_base is not None
     amount = float(amount_in_base) if amount_in_base is not None else 0.0
     card = fingerprint(event.card_fp) if purchase and event.card_fp else None
-    cards_24h = {c for c, _, used in v.cards if ts - used <= DAY_MS}
+    # Cards with a use known in the day up to the event: for a late one, a card first
+    # used after it is no card it was paid among (the windows below end at it too).
+    since = ts - DAY_MS
+    cards_24h = {c for c, first, used in v.cards if since <= used <= ts or since <= first <= ts}
     if card is not None:
         cards_24h.add(card)
     device = fingerprint(event.device_id) if event.device_id is not None else None

@@ -290,6 +290,28 @@ def test_a_late_event_keeps_the_newest_timestamps() -> None:
     assert state.last_ts == START + 20_000 and state.first_ts == START + 5_000
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 30), swaps=st.integers(1, 6))
+def test_a_late_purchase_counts_only_cards_used_in_the_day_up_to_it(
+    seed: int, n: int, swaps: int
+) -> None:
+    """`cards_24h` of an event that arrives after newer ones: cards used only after it
+    counted, so the same log gave a late purchase more cards when split into batches."""
+    events = history(seed, n)  # at most 4 cards: none is forgotten
+    rng = random.Random(seed)
+    for _ in range(swaps):  # some events arrive late
+        i, j = rng.randrange(n), rng.randrange(n)
+        events[i], events[j] = events[j], events[i]
+    state = Behaviour()
+    for at, event in enumerate(events):
+        state, features = observe(state, event)
+        if event.type != "purchase":
+            continue
+        used = {e.card_fp for e in events[:at] if e.type == "purchase"
+                and 0 <= event.ts - e.ts <= DAY_MS} | {event.card_fp}  # fmt: skip
+        assert features is not None and features["cards_24h"] <= len(used)
+
+
 def test_a_purchase_or_login_older_than_the_last_cart_or_login_scores_as_just_after_it() -> None:
     """Late arrivals: the state knows only the latest login and cart, which are after them.
 
