@@ -87,8 +87,10 @@ def dead_letter(
     document = jsonout.dumps(body)
     left_out = []
     for part, raw in (("value", value), ("key", key)):
-        if len(document) <= room or raw is None:
+        if len(document) <= room:
             break
+        if raw is None:  # a null value: nothing of it to leave out, the key may still be
+            continue
         coded = _base64(raw)
         if body[f"{part}_encoding"] == "text" and len(coded) + 2 < len(jsonout.dumps(body[part])):
             body.update({part: coded, f"{part}_encoding": "base64"})

@@ -141,6 +141,20 @@ def test_a_dead_letter_with_a_huge_key_stays_within_the_limit_with_that_key() ->
     assert "600000-byte key left out" in letter["detail"]
 
 
+def test_a_dead_letter_of_a_null_value_with_a_huge_key_stays_within_the_limit() -> None:
+    key = b"k" * 600_000  # a record with no value (a tombstone) under a huge key
+    body = dead_letter(
+        Rejection("invalid_json", "record has no value (null)"),
+        topic="behavior-events", partition=0, offset=1, key=key, value=None, now_ms=NOW_MS,
+    )  # fmt: skip
+    assert len(body) + len(key) <= DEAD_LETTER_MAX_BYTES  # the Kafka key is the same bytes
+    letter = orjson.loads(body)
+    validator("dead_letter.v1").validate(letter)
+    assert (letter["key"], letter["key_encoding"]) == (None, "omitted")
+    assert letter["value"] is None
+    assert "600000-byte key left out" in letter["detail"]
+
+
 @pytest.mark.parametrize(
     ("value", "encoding"),
     [
