@@ -31,6 +31,7 @@ import numpy as np
 
 from profiling import jsonout, slots
 from profiling.behaviour import (
+    TRANSACTION_FEATURES,
     Behaviour,
     Fingerprint,
     observe_all,
@@ -49,7 +50,7 @@ from profiling.risk import (
     keep_features,
     risk_band_moved,
 )
-from profiling.segments import Assignment, SegmentModel
+from profiling.segments import SEGMENT_FEATURES, Assignment, SegmentModel
 from profiling.snapshots import SnapshotRefusedError
 
 SNAPSHOT_FORMAT: Final = 1
@@ -366,6 +367,19 @@ def _snapshot_parts(
             raise SnapshotRefusedError(
                 f"model snapshot holds a {type(value).__name__} as {name}: {_FRESH}"
             )
+    # Pickled by a version that scored other features (SNAPSHOT_FORMAT was not always
+    # bumped with them): restored, every batch with a purchase or login would fail on
+    # the features' count, and its events be dead-lettered.
+    kept = getattr(getattr(risk, "population", None), "names", None)
+    member_sums = getattr(segments, "member_sums", None)
+    columns = getattr(member_sums, "shape", (0, 0))[1:]
+    if kept != TRANSACTION_FEATURES or columns != (len(SEGMENT_FEATURES),):
+        raise SnapshotRefusedError(
+            "model snapshot of a version with other features (risk: "
+            f"{len(kept) if isinstance(kept, tuple) else '?'}, this version "
+            f"{len(TRANSACTION_FEATURES)}; segments: {columns[0] if columns else '?'}, this "
+            f"version {len(SEGMENT_FEATURES)}): {_FRESH}"
+        )
     if segments.n_segments != n_segments:
         raise SnapshotRefusedError(
             f"model snapshot has {segments.n_segments} segments, the settings ask for "

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from profiling.models import SNAPSHOT_FORMAT, ProfileModels
-from profiling.risk import Calibration
+from profiling.risk import Calibration, Population
 from profiling.segments import SegmentModel
 from profiling.snapshots import UNBOUND_MAGIC, SnapshotRefusedError, sign, verified_load
 
@@ -123,6 +123,32 @@ def test_a_snapshot_that_does_not_fit_is_refused_and_changes_nothing(
     with pytest.raises(SnapshotRefusedError, match=message):
         models.restore(verified_load(sign(state, SECRET), SECRET))
     assert models.risk is risk and models.segments is segments and models.offsets == {}
+
+
+def _of_another_version(state: dict[str, Any]) -> dict[str, Any]:
+    """The snapshot as a version that scored one transaction feature fewer pickled it."""
+    risk = state["risk"]
+    risk.population = Population(risk.population.names[:-1])
+    return state
+
+
+def _segments_of_another_version(state: dict[str, Any]) -> dict[str, Any]:
+    segments = state["segments"]
+    segments.member_sums = segments.member_sums[:, :-1]
+    return state
+
+
+@pytest.mark.parametrize("change", [_of_another_version, _segments_of_another_version])
+def test_a_snapshot_of_a_version_with_other_features_is_refused(change: Any) -> None:
+    """Restored, its models failed every batch with a purchase or login (the features'
+    count), and the worker dead-lettered those events as internal errors."""
+    state = change(trained(0.8, 8, switch_margin=0.8, min_dwell=3).snapshot())
+    models = ProfileModels()
+    risk = models.risk
+    with pytest.raises(SnapshotRefusedError, match="other features"):
+        models.restore(verified_load(sign(state, SECRET), SECRET))
+    assert models.risk is risk
+    models.risk.score(FEATURES)  # the fresh models it kept score
 
 
 @pytest.mark.parametrize(
