@@ -13,7 +13,8 @@ would pass for. The first format, `b"PRFSNAP1"`, signed the payload alone; it
 is still read (with a warning), and the next checkpoint writes the second.
 
 The MAC is checked with `hmac.compare_digest` before `pickle.loads` sees a
-byte; an unsigned, truncated or tampered snapshot raises `SnapshotRefusedError`.
+byte; an unsigned, truncated or tampered snapshot raises `SnapshotRefusedError`, and
+so does a signed one that does not unpickle here (pickled by another version).
 """
 
 from __future__ import annotations
@@ -76,7 +77,14 @@ def verified_load(blob: bytes, secret: bytes, context: str = "") -> Any:
     if magic == UNBOUND_MAGIC:
         log.warning("a model snapshot of the earlier format, signed for any group: the next "
                     "checkpoint signs it for this one")  # fmt: skip
-    return pickle.loads(payload)  # verified above: these are bytes we signed
+    try:
+        return pickle.loads(payload)  # verified above: these are bytes we signed
+    except Exception as exc:  # signed by a version whose classes are not this one's
+        raise SnapshotRefusedError(
+            f"model snapshot pickled by another version cannot be read here "
+            f"({type(exc).__name__}: {exc}): run the version that wrote it, or delete "
+            "the key to start fresh models"
+        ) from exc
 
 
 def _mac(secret: bytes, context: str, payload: bytes) -> bytes:

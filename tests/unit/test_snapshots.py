@@ -14,7 +14,14 @@ import pytest
 from profiling.models import SNAPSHOT_FORMAT, ProfileModels
 from profiling.risk import Calibration, Population
 from profiling.segments import SegmentModel
-from profiling.snapshots import UNBOUND_MAGIC, SnapshotRefusedError, sign, verified_load
+from profiling.snapshots import (
+    DOMAIN,
+    MAGIC,
+    UNBOUND_MAGIC,
+    SnapshotRefusedError,
+    sign,
+    verified_load,
+)
 
 SECRET = b"a-deployment-secret-of-32-bytes!"
 FEATURES = {"amount_log": 3.2, "new_card": 1.0, "failed_logins_1h": 2.0}
@@ -149,6 +156,20 @@ def test_a_snapshot_of_a_version_with_other_features_is_refused(change: Any) -> 
         models.restore(verified_load(sign(state, SECRET), SECRET))
     assert models.risk is risk
     models.risk.score(FEATURES)  # the fresh models it kept score
+
+
+class Moved:
+    """A class of another version: pickled by reference to a module this one lacks."""
+
+
+def test_a_signed_snapshot_that_does_not_unpickle_here_is_refused() -> None:
+    """Pickled by a version whose classes moved: the refusal that says what to do, not
+    the unpickler's traceback (a worker's start, `profiler segments`)."""
+    payload = pickle.dumps(Moved()).replace(b"tests.unit.test_snapshots", b"tests.unit.gone_away")
+    mac = hmac.new(SECRET, DOMAIN + b"\x1f" + payload, hashlib.sha256).digest()  # group ""
+    signed = MAGIC + mac + payload
+    with pytest.raises(SnapshotRefusedError, match="another version"):
+        verified_load(signed, SECRET)
 
 
 @pytest.mark.parametrize(
