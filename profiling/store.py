@@ -510,8 +510,9 @@ class InMemoryProfileStore:
         self, user_id: str, at_ms: int, merged_into: str
     ) -> tuple[Erasure, Profile | None]:
         (profile,) = (await self.load([user_id])).values()
-        for owner, event_id in [key for key in self._scored if key[0] == user_id]:
-            self._scored[(merged_into, event_id)] = self._scored.pop((owner, event_id))
+        if _erased_at(self._states.get(user_id)) < at_ms:  # a replay moves nothing
+            for owner, event_id in [key for key in self._scored if key[0] == user_id]:
+                self._scored[(merged_into, event_id)] = self._scored.pop((owner, event_id))
         erasure = self._erase(user_id, at_ms, merged_into)
         if erasure is Erasure.ERASED:
             self._aside[user_id] = profile

@@ -342,6 +342,21 @@ async def test_set_aside_moves_the_scored_features_to_the_user_merged_into(
     assert await store.merged_into(["alice", "bob"]) == {"alice": "bob"}
 
 
+async def test_a_replayed_set_aside_leaves_a_rebuilt_profiles_features(
+    store: ProfileStore,
+) -> None:
+    """A merge read again after the user was rebuilt from newer events: the features of
+    the rebuilt profile's scored events stay theirs (the in-memory store moved them to
+    the account, which its labels then followed)."""
+    await store.save([Write(rich_profile(), 0, (("old", b"\x01old"),))])
+    assert (await store.set_aside("alice", T0, "bob"))[0] is Erasure.ERASED
+    rebuilt = Profile("alice", version=1, events=1, updated=T0, erased_before=T0)
+    assert await store.save([Write(rebuilt, 0, (("new", b"\x01new"),))]) == []
+    assert (await store.set_aside("alice", T0, "bob"))[0] is Erasure.REPEATED
+    scored = [("alice", "new"), ("bob", "new"), ("bob", "old")]
+    assert await store.load_scored(scored) == [b"\x01new", None, b"\x01old"]
+
+
 async def test_an_erase_drops_a_profile_set_aside(store: ProfileStore) -> None:
     await write(store, rich_profile(), 0)
     await store.set_aside("alice", T0, "bob")
