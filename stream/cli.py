@@ -23,6 +23,8 @@ from rich.markup import escape
 from stream.settings import Settings, refusals
 
 if TYPE_CHECKING:
+    import urllib.request
+
     from stream.worker import WorkerStats
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -481,7 +483,7 @@ def status(
     base = _worker_url(url) if url else _local_worker_url()
     try:
         # The worker answers within about twice its checks' bound (READY_TIMEOUT_S).
-        with urllib.request.urlopen(f"{base}/ready", timeout=10) as reply:
+        with _opener(base).open(f"{base}/ready", timeout=10) as reply:
             body, code = reply.read(), reply.status
     except urllib.error.HTTPError as exc:
         body, code = exc.read(), exc.code
@@ -496,6 +498,31 @@ def status(
         raise typer.Exit(2) from None
     sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")
     raise typer.Exit(0 if code == 200 else 1)
+
+
+def _opener(base: str) -> urllib.request.OpenerDirector:
+    """What asks `base`: directly when it is this machine, else as urllib would.
+
+    urllib sends every request through the environment's HTTP proxy (`http_proxy`)
+    unless `no_proxy` names the host, localhost included: the proxy then asked its
+    own localhost, and `status` said unreachable, or no worker, of a ready worker.
+    """
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    host = urlsplit(base).hostname or ""
+    if host == "localhost" or _is_loopback(host):
+        return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return urllib.request.build_opener()
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name, not an address
+        return False
 
 
 def _local_worker_url() -> str:

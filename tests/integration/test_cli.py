@@ -48,7 +48,8 @@ from stream.producing import IN_FLIGHT, send_records
 from stream.redis_store import RedisProfileStore, connect
 from stream.settings import TOPICS, Settings
 from stream.synthetic_shop import ShopGenerator
-from stream.worker import CLOSE_STEP_S, SHUTDOWN_GRACE_S, wall_clock_ms
+from stream.web import start_web
+from stream.worker import CLOSE_STEP_S, SHUTDOWN_GRACE_S, BatchWorker, wall_clock_ms
 from tests.integration.kafka_io import committed_offsets, end_offsets, read_topic
 from tests.integration.test_devstack import process_gone
 from tests.integration.test_worker import expected_profiles, stored_profiles
@@ -1466,6 +1467,36 @@ async def test_status_with_the_web_port_off_says_so(tmp_path: Path) -> None:
     assert one_line(done) == (
         "error: PROFILER_WEB_PORT is 0: a worker started so serves no /ready; pass --url"
     )
+
+
+async def test_status_asks_the_local_worker_directly_whatever_the_http_proxy(
+    topics: Settings, tmp_path: Path
+) -> None:
+    """With `http_proxy` set (as in many containers) and no `no_proxy`, urllib asked the
+    proxy for http://localhost:PORT/ready: a ready worker was reported unreachable."""
+    worker = BatchWorker(topics)
+    await worker.start()
+    port = free_port()
+    web_runner = await start_web(worker, port, max_lag=1000)
+    task = asyncio.create_task(worker.run())
+    proxy = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {k: v for k, v in base_env().items() if k.lower() != "no_proxy"}
+    env.update(PROFILER_WEB_PORT=str(port), http_proxy=proxy, HTTP_PROXY=proxy)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            done = await profiler("status", env=env, cwd=tmp_path, timeout_s=30)
+            if done.returncode != 1:  # 1: not ready yet (partitions joining)
+                break
+            assert time.monotonic() < deadline, done.stdout
+            await asyncio.sleep(0.2)
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        assert orjson.loads(done.stdout)["ready"] is True
+    finally:
+        worker.request_stop()
+        await task
+        await web_runner.cleanup()
+        await worker.close()
 
 
 @pytest.mark.parametrize("code", [200, 404])
