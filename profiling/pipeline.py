@@ -90,7 +90,7 @@ class BatchResult:
     forwarded: list[tuple[str, bytes]] = field(default_factory=list)
     commands: Counter[tuple[str, str]] = field(default_factory=Counter)  # (command, outcome)
     by_type: Counter[str] = field(default_factory=Counter)  # applied events per type
-    # Valid purchases per currency other than the base one (`profiling.currency`).
+    # Applied purchases per currency other than the base one (`profiling.currency`).
     foreign_purchases: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)  # dead letters per error code
     users_written: int = 0
@@ -129,14 +129,9 @@ class BatchResult:
 
 
 def decode_batch(
-    records: Sequence[SourceRecord], now_ms: int, result: BatchResult, base_currency: str = "USD"
+    records: Sequence[SourceRecord], now_ms: int, result: BatchResult
 ) -> dict[str, list[Delivery]]:
-    """Validate every record; group the valid ones by user, dead-letter the rest.
-
-    Valid purchases in another currency than `base_currency` are counted per
-    currency (`BatchResult.foreign_purchases`): what their amounts count for
-    depends on the rates the worker has (`profiling.currency`).
-    """
+    """Validate every record; group the valid ones by user, dead-letter the rest."""
     by_user: dict[str, list[Delivery]] = {}
     for record in records:
         value = record.value
@@ -153,8 +148,6 @@ def decode_batch(
             result.dead_letters.append((record.key, dead_letter_for(record, verdict, now_ms)))
             result.errors[verdict.error] += 1
             continue
-        if verdict.type == "purchase" and verdict.currency != base_currency:
-            result.foreign_purchases[verdict.currency] += 1
         deliveries = by_user.get(verdict.user_id)
         if deliveries is None:  # not setdefault: that builds a list for every record
             deliveries = by_user[verdict.user_id] = []
@@ -207,7 +200,7 @@ async def fold_batch(
     `FoldedBatch.write` for what keeps that safe).
     """
     result = BatchResult()
-    by_user = decode_batch(records, clock(), result, params.currencies.base)
+    by_user = decode_batch(records, clock(), result)
     batch = FoldedBatch(by_user, result, store, params, clock, stages)
     if by_user:
         batch.writes = await _fold_users(
@@ -245,7 +238,7 @@ class FoldedBatch:
             sent = [(o, w) for o, w in first if o.profile.user_id not in stale]
             self.refold = {u: self.by_user[u] for u in stale if u in self.by_user}
             try:
-                lost = await _write_users(sent, self.store, result, self.stages, self.by_user)
+                lost = await self._write_once(sent)
             except BaseException:
                 self.refold = {o.profile.user_id: self.by_user[o.profile.user_id] for o, _ in first}
                 result.refolded.update(self.refold)
@@ -261,13 +254,20 @@ class FoldedBatch:
                 learn=False,  # the first fold taught the models these events
                 observe=False,  # and counted their scores and moves
             )  # fmt: skip
-            lost = await _write_users(writes, self.store, result, self.stages, self.by_user)
+            lost = await self._write_once(writes)
             result.written_ms = self.clock()
             self.refold = {user: self.by_user[user] for user in lost}
             result.refolded.update(self.refold)
         if self.refold:
             raise StoreConflictError(f"{len(self.refold)} users still conflicting after retries")
         return result
+
+    async def _write_once(self, folded: Sequence[tuple[Outcome, Write | None]]) -> set[str]:
+        """`_write_users` of this batch's users: the ones whose write lost."""
+        return await _write_users(
+            folded, self.store, self.result, self.stages, self.by_user,
+            base_currency=self.params.currencies.base,
+        )  # fmt: skip
 
 
 async def _fold_users(
@@ -318,17 +318,27 @@ async def _write_users(
     result: BatchResult,
     stages: Stages,
     by_user: dict[str, list[Delivery]],
+    *,
+    base_currency: str,
 ) -> set[str]:
     """Write the folded users once; record the ones written, return the ones whose write lost."""
     conflicts = set(await store.save([w for _, w in folded if w is not None]))
     for outcome, _ in folded:
         user_id = outcome.profile.user_id
         if user_id not in conflicts:
-            _record(outcome, result, stages, by_user[user_id][-1].partition)
+            _record(outcome, result, stages, by_user[user_id][-1].partition, base_currency)
     return conflicts
 
 
-def _record(outcome: Outcome, result: BatchResult, stages: Stages, partition: int) -> None:
+def _record(
+    outcome: Outcome, result: BatchResult, stages: Stages, partition: int, base_currency: str
+) -> None:
+    """Count what a landed write applied and collect what it sends.
+
+    Purchases in another currency than `base_currency` are counted as applied
+    (`BatchResult.foreign_purchases`), not as decoded: a replay, a duplicate or
+    an event forwarded to the account it was merged into is no purchase again.
+    """
     result.outcomes["applied"] += len(outcome.applied)
     result.outcomes["duplicate"] += outcome.duplicates
     result.outcomes["replayed"] += outcome.replayed
@@ -348,6 +358,8 @@ def _record(outcome: Outcome, result: BatchResult, stages: Stages, partition: in
     for event in outcome.applied:
         result.by_type[event.type] += 1
         result.event_ts.append(event.ts)
+        if event.type == "purchase" and event.currency != base_currency:
+            result.foreign_purchases[event.currency] += 1
     if outcome.wrote:
         result.users_written += 1
     if outcome.publish:

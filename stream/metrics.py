@@ -35,8 +35,8 @@ DEAD_LETTERS = Counter(
 )
 FOREIGN_PURCHASES = Counter(
     "profiler_foreign_purchases",
-    "Purchases in a currency other than PROFILER_CURRENCY, by currency and what their amount "
-    "did: converted, as_sent (no rates set) or left_out (no rate for it)",
+    "Purchases applied in a currency other than PROFILER_CURRENCY, by currency and what their "
+    "amount did: converted, as_sent (no rates set) or left_out (no rate for it)",
     ["currency", "amount"],
     registry=REGISTRY,
 )

@@ -120,3 +120,25 @@ def lag_series(topic: str) -> list[str]:
         for sample in family.samples
         if sample.labels["topic"] == topic
     ]
+
+
+async def test_a_replayed_or_duplicate_foreign_purchase_is_counted_once(topics: Settings) -> None:
+    """Foreign purchases were counted as they were decoded: a batch replayed after a crash
+    before its commit, or an event sent twice, counted its purchase again."""
+    purchase = {"event_id": "f1", "user_id": "ada", "type": "purchase", "amount": 30,
+                "currency": "EUR", "ts": wall_clock_ms()}  # fmt: skip
+    body = orjson.dumps(purchase)
+    await send_records(topics, [(b"ada", body), (b"ada", body)])  # the second a duplicate
+    worker = BatchWorker(topics)
+    await worker.start()
+    labels = {"currency": "EUR", "amount": "as_sent"}
+    before = sample("profiler_foreign_purchases_total", labels)
+    try:
+        records = await take(worker, 2)
+        first = await worker.process(records)
+        replay = await worker.process(records)  # as the partition's next owner would
+    finally:
+        await worker.close()
+    assert first.outcomes["applied"] == 1 and first.outcomes["duplicate"] == 1
+    assert replay.outcomes["replayed"] == 2
+    assert sample("profiler_foreign_purchases_total", labels) - before == 1

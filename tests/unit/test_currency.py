@@ -14,8 +14,9 @@ from pydantic import ValidationError
 from profiling.behaviour import Behaviour, observe_all, transaction_features
 from profiling.currency import Currencies
 from profiling.events import Event
-from profiling.pipeline import BatchResult, Record, decode_batch
+from profiling.pipeline import Record, apply_batch
 from profiling.profile import Delivery, Profile, ProfileParams, apply_deliveries
+from profiling.store import InMemoryProfileStore
 from stream.settings import Settings
 from stream.synthetic_shop import RATES, shop_rates
 from tests.unit.test_behaviour import history
@@ -118,7 +119,9 @@ def test_an_order_without_a_rate_counts_as_an_order_but_not_in_the_amount_statis
     assert alone["first_order"] == 1.0 and alone["amount_log"] == 0.0
 
 
-def test_foreign_purchases_are_counted_per_currency_as_they_are_decoded() -> None:
+async def test_foreign_purchases_are_counted_once_each_as_they_are_applied() -> None:
+    """Counted as decoded, a replayed batch (a crash before its commit) and a duplicate
+    event counted their purchases again, though they applied nothing."""
     bodies = [
         {"event_id": "a", "user_id": "u", "type": "purchase", "ts": NOW, "amount": 1.0,
          "currency": "EUR"},
@@ -127,14 +130,18 @@ def test_foreign_purchases_are_counted_per_currency_as_they_are_decoded() -> Non
          "price": 2.0, "currency": "JPY"},
         {"event_id": "d", "user_id": "u", "type": "purchase", "ts": NOW, "amount": 1.0,
          "currency": "EUR"},
+        {"event_id": "a", "user_id": "u", "type": "purchase", "ts": NOW, "amount": 1.0,
+         "currency": "EUR"},  # a duplicate of the first
     ]  # fmt: skip
     records = [Record("t", 0, i, b"u", orjson.dumps(b)) for i, b in enumerate(bodies)]
-    result = BatchResult()
-    decode_batch(records, NOW, result, "USD")
-    assert result.foreign_purchases == {"EUR": 2}
-    result = BatchResult()
-    decode_batch(records, NOW, result, "EUR")
-    assert result.foreign_purchases == {"USD": 1}
+    for base, expected in (("USD", {"EUR": 2}), ("EUR", {"USD": 1})):
+        store = InMemoryProfileStore()
+        params = ProfileParams(currencies=Currencies(base))
+        result = await apply_batch(records, store, params, lambda: NOW)
+        assert result.outcomes["duplicate"] == 1 and result.foreign_purchases == expected
+        replayed = await apply_batch(records, store, params, lambda: NOW)
+        assert replayed.outcomes["replayed"] == len(records)
+        assert replayed.foreign_purchases == {}
 
 
 def test_the_rates_setting_reads_json_and_refuses_what_cannot_convert() -> None:
