@@ -533,7 +533,9 @@ async def create_topics(
     Existing topics are fine when their partition count matches; a mismatch is an
     error rather than a silent surprise later, when keys land on other partitions.
     `security`: the client's SSL / SASL options (`kafka.security_options`).
-    `replication_factor`: copies of each partition (a broker with fewer refuses it).
+    `replication_factor`: copies of each partition, at most one per broker: more is
+    refused before any topic is made, naming the broker count (Kafka refuses it with
+    a bare INVALID_REPLICATION_FACTOR per topic; a broker that fakes replicas takes it).
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -543,6 +545,12 @@ async def create_topics(
     )
     await admin.start()
     try:
+        brokers = len((await admin.describe_cluster())["brokers"])
+        if replication_factor > brokers:
+            raise DevStackError(
+                f"a replication factor of {replication_factor} needs {replication_factor} "
+                f"brokers; the cluster at {bootstrap} has {brokers}"
+            )
         response = await admin.create_topics(
             [
                 NewTopic(name, num_partitions=n, replication_factor=replication_factor)

@@ -1027,28 +1027,41 @@ async def test_topics_create_stopped_by_an_existing_topic_names_those_it_created
     assert {t["topic"]: t["error_code"] for t in described} == dict.fromkeys(created, 0)
 
 
-async def test_topics_create_asks_for_the_replication_factor_given(
+async def test_topics_create_refuses_more_copies_than_the_cluster_has_brokers(
     broker: LocalBroker, tmp_path: Path
 ) -> None:
-    """A production cluster wants copies of each partition (it was always 1)."""
+    """Three copies of each partition on a one-broker cluster: one line naming the broker
+    count and no topic made (this broker fakes the replicas, and it went through silently;
+    Kafka refuses each topic without saying why). The copies a cluster can hold are
+    asked for."""
     suffix = uuid.uuid4().hex[:8]
     settings = Settings(
         kafka_bootstrap=broker.bootstrap,
         **{name: f"{name.removeprefix('topic_')}-rf-{suffix}" for name in TOPICS},
     )
     env = profiler_env(settings)
-    done = await profiler(
+    refused = await profiler(
         "topics", "create", "--partitions", "1", "--replication-factor", "3", env=env,
         cwd=tmp_path,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    assert refused.returncode == 2, refused.stderr
+    assert one_line(refused) == (
+        f"error: a replication factor of 3 needs 3 brokers; the cluster at "
+        f"{broker.bootstrap} has 1"
+    )
     admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
     await admin.start()
     try:
+        assert settings.topic_events not in await admin.list_topics()
+        done = await profiler(
+            "topics", "create", "--partitions", "1", "--replication-factor", "1", env=env,
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
         (described,) = await admin.describe_topics([settings.topic_events])
     finally:
         await admin.close()
-    assert [len(p["replicas"]) for p in described["partitions"]] == [3]  # one broker, 3 copies
+    assert [len(p["replicas"]) for p in described["partitions"]] == [1]
     refused = await profiler("topics", "create", "--replication-factor", "0", env=env, cwd=tmp_path)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
 
