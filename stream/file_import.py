@@ -314,11 +314,16 @@ def check_mapping(mapping: Mapping[str, str], options: CsvOptions) -> None:
 
 
 def typed_constants(options: CsvOptions) -> CsvOptions:
-    """Options whose constants (strings from `--set quantity=2`) have their fields' types."""
+    """Options whose constants (strings from `--set quantity=2`) have their fields' types.
+
+    An empty value (`--set success=`) sets nothing, as an empty cell is an absent field.
+    """
     typed: dict[str, Any] = {}
     for name, value in options.constants.items():
         if name not in EVENT_FIELDS:
             raise FileImportError(f"cannot set {name!r}: not an event field")
+        if isinstance(value, str) and not value.strip():
+            continue
         try:
             typed[name] = parse_ts(value) if name == "ts" else _cast(name, value)
         except SkipRow as exc:

@@ -390,6 +390,22 @@ def test_a_blank_success_cell_is_a_login_whose_outcome_is_not_told(tmp_path: Pat
     assert_all_valid(events)
 
 
+def test_a_field_set_to_nothing_is_absent_as_a_blank_cell_is(tmp_path: Path) -> None:
+    """`--set success=` leaves the field out, as an empty cell does, for every field type:
+    it was refused for a boolean or a number and sent as "" (invalid) for a string."""
+    path = tmp_path / "logins.csv"
+    path.write_text("uid,kind,at\nu1,login,1699990000\n")
+    mapping = {"user_id": "uid", "type": "kind", "ts": "at"}
+    empty = {"success": "", "quantity": " ", "currency": "", "country": ""}
+    events, report = run(path, None, mapping, constants=empty)
+    assert not report.skipped and len(events) == 1
+    assert not set(empty) & set(events[0][1])
+    assert_all_valid(events)
+    unset = CsvOptions(constants={"type": ""})
+    with pytest.raises(FileImportError, match="`type`"):  # set to nothing: still unmapped
+        read_events(path, None, {"user_id": "uid", "ts": "at"}, options=unset)
+
+
 def test_row_errors_never_stop_an_import(tmp_path: Path) -> None:
     path = tmp_path / "messy.csv"
     huge = "x" * 200_000  # past the csv module's default field size limit: cut, not refused
