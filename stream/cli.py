@@ -247,7 +247,11 @@ def produce(  # noqa: PLR0917 - each option of the command is a parameter
     ] = None,
     map_: Annotated[
         list[str] | None,
-        typer.Option("--map", help="FIELD=COLUMN for CSV files, repeatable"),
+        typer.Option(
+            "--map",
+            help="FIELD=COLUMN: the CSV column or JSON key (a.b: key b of object a) "
+            "that gives the event field, repeatable",
+        ),
     ] = None,
     limit: Annotated[
         int | None, typer.Option(min=1, help="stop after sending this many events")

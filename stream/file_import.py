@@ -11,8 +11,8 @@ Three ways in:
   contract's size (64 KiB) is skipped here, as `too_large`: a line over the
   producer's limit (1 MiB) would otherwise stop the import.
 * **A mapping** (`--map field=COLUMN`, for CSV, or for JSON lines whose keys are
-  not ours): cells become typed event fields (`CsvOptions` says how: time
-  format, type value map, constants, default amount).
+  not ours, `a.b` naming key `b` of object `a`): cells become typed event fields
+  (`CsvOptions` says how: time format, type value map, constants, default amount).
 * **A preset** for a public data set: `taobao`, `online-retail`, `amazon-reviews`.
 
 Converted rows are checked with `decode_event` before they leave: a row that
@@ -301,6 +301,10 @@ def _truth(value: Any) -> bool:
 # -- the generic mapping ----------------------------------------------------------------------
 
 
+# The fields every event needs, whatever its type: a mapping must give them.
+_REQUIRED: Final = ("user_id", "type", "ts")
+
+
 def check_mapping(mapping: Mapping[str, str], options: CsvOptions) -> None:
     """Fail early on a mapping that cannot make events (typos, no user or type)."""
     unknown = sorted(set(mapping) - EVENT_FIELDS)
@@ -308,7 +312,7 @@ def check_mapping(mapping: Mapping[str, str], options: CsvOptions) -> None:
         raise FileImportError(
             f"not event fields: {', '.join(unknown)}; choose from {', '.join(sorted(EVENT_FIELDS))}"
         )
-    for needed in ("user_id", "type", "ts"):
+    for needed in _REQUIRED:
         if needed not in mapping and needed not in options.constants:
             raise FileImportError(f"map a column to `{needed}` (--map {needed}=COLUMN)")
 
@@ -334,10 +338,19 @@ def typed_constants(options: CsvOptions) -> CsvOptions:
 def convert_mapped(
     row: Mapping[str, Any], mapping: Mapping[str, str], options: CsvOptions
 ) -> dict[str, Any]:
-    """One row through a `{event_field: column}` mapping and the options' conversions."""
+    """One row through a `{event_field: column}` mapping and the options' conversions.
+
+    A JSON line's column may be a path into its objects (`user.id`). A column the
+    line lacks is an absent field, as a blank cell is; for a field every event needs,
+    the row is skipped as `missing:<field>`, naming the column the mapping gave.
+    """
     event: dict[str, Any] = dict(options.constants)
     for name, column in mapping.items():
-        value = row.get(column)
+        value = _column(row, column)
+        if isinstance(value, _NotThere):
+            if name in _REQUIRED and name not in options.constants:
+                raise SkipRow(f"missing:{name}", f"{value.why} (--map {name}={column})")
+            continue
         if value is None or (isinstance(value, str) and not value.strip()):
             continue  # an empty cell, or one of spaces only (`a, b, `), is an absent field
         if name == "ts":
@@ -352,6 +365,42 @@ def convert_mapped(
         elif options.default_amount is not None:
             event["amount"] = options.default_amount
     return event
+
+
+@dataclass(frozen=True)
+class _NotThere:
+    """A column a row lacks, and why (the part of its path that is not there)."""
+
+    why: str
+
+
+def _column(row: Mapping[str, Any], column: str) -> Any:
+    """The row's `column`: a key of it, else a dotted path through a JSON line's objects."""
+    if column in row:
+        return row[column]
+    if "." not in column:
+        return _NotThere(f"no {column!r} in the line")
+    value: Any = row
+    parts = column.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(value, Mapping):
+            at = ".".join(parts[:depth])
+            return _NotThere(f"{at!r} is {_json_type(value)}, not an object: no {column!r}")
+        if part not in value:
+            return _NotThere(f"no {column!r} in the line")
+        value = value[part]
+    return value
+
+
+def _json_type(value: Any) -> str:
+    """What JSON calls the type of a value it decoded to."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "a string" if isinstance(value, str) else "an array"
 
 
 def natural_event_id(source: str, key: str) -> str:

@@ -370,6 +370,42 @@ def test_json_lines_can_be_mapped_too(tmp_path: Path) -> None:
     assert events[0][1]["success"] is True
 
 
+def test_a_mapping_reaches_keys_nested_in_a_json_lines_objects(tmp_path: Path) -> None:
+    """`--map user_id=user.id`: a path through the line's objects (a key with a dot in its
+    name first). A required field whose path the line lacks skips the row, naming it; an
+    optional one is an absent field, as a blank cell is."""
+    path = tmp_path / "nested.jsonl"
+    lines = [
+        {"user": {"id": "u1"}, "e": {"kind": "view", "at": 1699990000}, "item": {"id": "i1"}},
+        {"user": {"id": "u2"}, "e": {"kind": "login", "at": 1699990001}},
+        {"user.id": "u3", "e": {"kind": "login", "at": 1699990002}},
+        {"user": {"name": "x"}, "e": {"kind": "login", "at": 1699990003}},
+        {"user": "u5", "e": {"kind": "login", "at": 1699990004}},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    mapping = {"user_id": "user.id", "type": "e.kind", "ts": "e.at", "item_id": "item.id"}
+    events, report = run(path, None, mapping)
+    assert [(e["user_id"], e["type"], e.get("item_id")) for _, e in events] == [
+        ("u1", "view", "i1"), ("u2", "login", None), ("u3", "login", None),
+    ]  # fmt: skip
+    assert_all_valid(events)
+    assert report.skipped == {"missing:user_id": 2}
+    assert report.examples["missing:user_id"] == (
+        "line 4: no 'user.id' in the line (--map user_id=user.id)"
+    )
+    flat = tmp_path / "flat.jsonl"
+    flat.write_text('{"kind": "login", "at": 1699990000}\n')
+    _, report = run(flat, None, {"user_id": "uid", "type": "kind", "ts": "at"})
+    assert report.examples == {
+        "missing:user_id": "line 1: no 'uid' in the line (--map user_id=uid)"
+    }
+    _, report = run(path, None, {**mapping, "user_id": "user.id.first"})
+    assert report.examples["missing:user_id"] == (
+        "line 1: 'user.id' is a string, not an object: no 'user.id.first' (--map "
+        "user_id=user.id.first)"
+    )
+
+
 def test_a_blank_success_cell_is_a_login_whose_outcome_is_not_told(tmp_path: Path) -> None:
     """The event contract lets a login leave `success` out: a cell with nothing in it, as
     a file padded after its commas has (`u1, login, 1699990000, `), is no bad value."""
