@@ -955,6 +955,35 @@ async def test_produce_stopped_by_a_signal_says_what_it_sent_and_where_it_stoppe
     assert sent <= rows < len(lines)  # stopped part way
 
 
+async def test_produce_stopped_while_a_line_comes_in_sends_none_of_it(
+    topics: Settings, tmp_path: Path
+) -> None:
+    """A pipe that holds a line and half of the next, its writer still writing: the whole
+    line goes out while the import waits for the rest (the wait blocked the event loop,
+    and with it the send), and Ctrl-C then stops it at once, sending none of the half
+    line (the signal cut the read short, and it went out as an event without key)."""
+    whole = orjson.dumps({"event_id": "w1", "user_id": "u1", "type": "login", "ts": HOUR_MS})
+    argv, env = [PROFILER, "produce", "/dev/stdin", "--format", "jsonl"], profiler_env(topics)
+    async with started(argv, env, tmp_path, stdin=asyncio.subprocess.PIPE) as child:
+        assert child.proc.stdin is not None
+        child.proc.stdin.write(whole + b"\n" + b'{"event_id": "w2", "user_id": "u2", "ty')
+        await child.proc.stdin.drain()
+
+        async def sent() -> bool:
+            assert child.proc.returncode is None, child.log()
+            return sum((await end_offsets(topics, topics.topic_events)).values()) > 0
+
+        await eventually(sent, 30, "the whole line on the topic")
+        child.proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(child.proc.wait(), 10)  # the pipe still open
+        log = child.log()
+
+    assert child.proc.returncode == 130, log
+    assert f"interrupted: sent 1 events to {topics.topic_events}" in log, log
+    on_topic = await read_topic(topics.kafka_bootstrap, topics.topic_events)
+    assert [record.value for record in on_topic] == [whole]
+
+
 # --- topics, configuration --------------------------------------------------------
 
 
