@@ -10,10 +10,24 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 
 from stream.settings import Settings
+
+
+class TopicGoneError(KafkaError):  # type: ignore[misc]
+    """A topic the worker reads or writes is not on the broker: deleted while it ran, or
+    never created where the broker creates none on first use.
+
+    aiokafka marks its `UnknownTopicOrPartitionError` retriable and waits for the
+    topic itself (a metadata wait, a commit retried): a worker retrying on top of
+    that waited for ever, with nothing saying why. Waiting does not bring a
+    deleted topic back, so this one is not retriable, and it names the topic.
+    """
+
+    retriable = False
 
 
 def security_options(settings: Settings) -> dict[str, Any]:
@@ -107,7 +121,7 @@ async def send_all(
     partitions: dict[str, list[int]] = {}
     for topic, key, value in messages:
         if topic not in partitions:
-            partitions[topic] = sorted(await producer.partitions_for(topic))
+            partitions[topic] = sorted(await _partitions(producer, topic))
         every = partitions[topic]
         partition = _PARTITIONER(key, every, every)
         batch = batches.get((topic, partition))
@@ -125,6 +139,17 @@ async def send_all(
     for (topic, partition), batch in batches.items():
         pending.append(await _send_batch(producer, batch, topic, partition, linger))
     return pending
+
+
+async def _partitions(producer: AIOKafkaProducer, topic: str) -> set[int]:
+    """`topic`'s partitions; `TopicGoneError` once the producer waited its request timeout
+    for the broker to know the topic (aiokafka's own wait, refreshing metadata)."""
+    try:
+        found: set[int] = await producer.partitions_for(topic)
+    except UnknownTopicOrPartitionError:
+        message = f"topic {topic} is not on the broker (deleted, or never created)"
+        raise TopicGoneError(message) from None
+    return found
 
 
 async def _send_batch(

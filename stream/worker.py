@@ -56,6 +56,7 @@ from aiokafka.errors import (
     KafkaError,
     KafkaTimeoutError,
     KafkaUnavailableError,
+    UnknownTopicOrPartitionError,
 )
 from redis.exceptions import (
     ClusterCrossSlotError,
@@ -107,6 +108,9 @@ HELD_BACK_CHUNK = 1_000
 # usually allows between SIGTERM and SIGKILL.
 SHUTDOWN_GRACE_S = 15.0
 CLOSE_STEP_S = 3.0
+# How long an offset commit may go unanswered before the worker looks whether its topics
+# are still on the broker (aiokafka retries a commit to a deleted topic for ever).
+COMMIT_CHECK_S = 10.0
 
 
 async def stop_within(task: asyncio.Task[T], grace_s: float = SHUTDOWN_GRACE_S) -> T | None:
@@ -309,6 +313,8 @@ def _transient(exc: BaseException) -> bool:
     """
     if isinstance(exc, ProfilerError):
         return exc.retriable
+    if isinstance(exc, UnknownTopicOrPartitionError):
+        return False  # aiokafka waited its request timeout for the topic already
     if isinstance(exc, KafkaError):
         return exc.retriable or isinstance(exc, _KAFKA_PASSING)
     return not _refused(exc)
@@ -1239,12 +1245,37 @@ class BatchWorker:
             await asyncio.gather(*pending)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit `offsets`; `TopicGoneError` when their topic left the broker meanwhile.
+
+        aiokafka retries a commit the broker refuses with `UnknownTopicOrPartitionError`
+        for ever: while one goes unanswered, the worker looks every `COMMIT_CHECK_S`
+        whether its topics are still there, and stops (the batch uncommitted) once one
+        is not. A broker merely slow or away is waited for, as before.
+        """
+        commit = asyncio.ensure_future(self.consumer.commit(offsets))
         try:
-            await self.consumer.commit(offsets)
+            while not (await asyncio.wait({commit}, timeout=COMMIT_CHECK_S))[0]:
+                gone = await self._topics_gone({tp.topic for tp in offsets})
+                if gone:
+                    raise kafka.TopicGoneError(
+                        f"topic {', '.join(sorted(gone))} is no longer on the broker (deleted?): "
+                        "the batch's offsets cannot be committed"
+                    )
+            await commit
         except (CommitFailedError, IllegalStateError) as exc:
             self.stats.commit_failures += 1
             metrics.COMMIT_FAILURES.inc()
             log.warning("offset commit refused (%s); the new owner replays idempotently", exc)
+        finally:
+            commit.cancel()  # when the commit is given up on (or this task cancelled)
+
+    async def _topics_gone(self, topics: AbstractSet[str]) -> set[str]:
+        """Those of `topics` the broker no longer lists; none when it does not answer."""
+        try:
+            present = await asyncio.wait_for(self.consumer.topics(), timeout=2.0)
+        except (KafkaError, OSError, TimeoutError):
+            return set()
+        return set(topics) - set(present)
 
     def _observe(
         self, records: Sequence[SourceRecord], result: BatchResult, started: float

@@ -17,6 +17,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -35,6 +36,7 @@ from stream.devstack import (
     free_port,
 )
 from stream.held_back import HeldBackLedger, LedgerChanges
+from stream.kafka import TopicGoneError
 from stream.producing import send_records
 from stream.settings import Settings
 from stream.synthetic_shop import RATES, ShopGenerator
@@ -340,6 +342,42 @@ class CrashBeforeCommit(BatchWorker):
 
     async def _commit(self, offsets: object) -> None:
         raise Crash("killed before the offset commit")
+
+
+class TopicDeletedBeforeCommit(BatchWorker):
+    """A worker whose events topic is deleted on the broker as its first batch is committed."""
+
+    deleted = False
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if not self.deleted:
+            self.deleted = True
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+            await admin.start()
+            try:
+                await admin.delete_topics([self.settings.topic_events])
+            finally:
+                await admin.close()
+        await super()._commit(offsets)
+
+
+async def test_a_worker_whose_topic_is_deleted_stops_with_an_error_naming_it(
+    topics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiokafka retries a commit to a deleted topic for ever (it marks the error retriable):
+    the worker sat on its batch for as long as it ran, logging aiokafka's errors. It now
+    stops with an error naming the topic, the batch uncommitted."""
+    monkeypatch.setattr(worker_module, "COMMIT_CHECK_S", 1.0)
+    await send_records(topics, shop_records(300, seed=5))
+    worker = TopicDeletedBeforeCommit(topics)
+    await worker.start()
+    try:
+        with pytest.raises(TopicGoneError, match=f"topic {topics.topic_events} is no longer"):
+            await asyncio.wait_for(worker.run(), 30)
+    finally:
+        await worker.close()
+    assert worker.deleted
+    assert worker.stats.last_commit_at is None and worker.stats.records == 0
 
 
 async def test_batch_replayed_after_a_crash_changes_nothing(topics: Settings) -> None:

@@ -13,6 +13,7 @@ from aiokafka.errors import (
     NotLeaderForPartitionError,
     RecordTooLargeError,
     TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
 )
 from redis.exceptions import (
     ConnectionError,
@@ -88,6 +89,9 @@ def test_what_redis_refuses_is_not_retried_what_may_pass_is(
         (BrokerNotAvailableError(), True),
         (RecordTooLargeError("larger than max_request_size"), False),
         (TopicAuthorizationFailedError(), False),
+        # aiokafka marks it retriable, yet it raises it only once it waited for the topic
+        # (deleted, or never created): retried, the worker waited for ever.
+        (UnknownTopicOrPartitionError(), False),
     ],
 )
 def test_only_what_waiting_may_cure_is_retried(error: Exception, retried: bool) -> None:
