@@ -364,14 +364,18 @@ def _features(
     purchase = event.type == "purchase"
     known = amount_in_base is not None
     amount = float(amount_in_base) if amount_in_base is not None else 0.0
-    card = fingerprint(event.card_fp) if purchase and event.card_fp else None
+    card = _named(event.card_fp) if purchase else None
+    if card is not None:
+        card = fingerprint(card)
     # Cards with a use known in the day up to the event: for a late one, a card first
     # used after it is no card it was paid among (the windows below end at it too).
     since = ts - DAY_MS
     cards_24h = {c for c, first, used in v.cards if since <= used <= ts or since <= first <= ts}
     if card is not None:
         cards_24h.add(card)
-    device = fingerprint(event.device_id) if event.device_id is not None else None
+    device = _named(event.device_id)
+    if device is not None:
+        device = fingerprint(device)
     country = fingerprint(event.country) if event.country is not None else None
     orders = v.orders[-RECENT_ORDERS:]  # a working copy's runs may hold more
     events = v.events[-RECENT_EVENTS:]
@@ -399,6 +403,13 @@ def _features(
         "is_login": float(not purchase),
         "login_failed": float(not purchase and event.success is False),
     }
+
+
+def _named(identifier: str | None) -> str | None:
+    """A device id or card fingerprint, or None when the event names none: the contract
+    lets either be empty, and a blank one is no device or card of its own (the one
+    test of it that scoring and the state both use)."""
+    return identifier if identifier and not identifier.isspace() else None
 
 
 def _familiar(known: tuple[tuple[str, int, int], ...], value: str, ts: int) -> bool:
@@ -470,8 +481,9 @@ class _Working:
     ) -> tuple[str | None, str | None]:
         """Remember the device and country an event came from; the raw ids now most recent."""
         ts = event.ts
-        if event.device_id is not None and event.device_id != device:
-            device = event.device_id
+        named = _named(event.device_id) if event.device_id != device else None
+        if named is not None:
+            device = named
             self.devices = _touch(self.devices, fingerprint(device), ts)
         if event.country is not None and event.country != country:
             country = event.country
@@ -504,8 +516,9 @@ class _Working:
             mean = self.amount_mean + delta / n
             self.amount_n, self.amount_mean = n, mean
             self.amount_m2 += delta * (amount - mean)
-        if event.card_fp is not None:
-            self.cards = _remember(self.cards, fingerprint(event.card_fp), event.ts)
+        card = _named(event.card_fp)
+        if card is not None:
+            self.cards = _remember(self.cards, fingerprint(card), event.ts)
 
 
 _working_copy: Final = slots.copier(_Working)

@@ -484,3 +484,22 @@ def test_a_late_event_in_the_time_away_gives_the_time_away_of_event_time(late_h:
     whole, _ = observe_all(Behaviour(), sorted(events, key=lambda e: e.ts))
     split, _ = observe_all(observe_all(Behaviour(), events[:2])[0], events[2:])
     assert split.away == whole.away
+
+
+# --- blank identifiers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\t "])
+def test_a_blank_card_or_device_is_no_card_or_device(blank: str) -> None:
+    """The contract lets `card_fp` and `device_id` be empty. Scoring took an empty card
+    for none, yet the state remembered it: it counted in later purchases' `cards_24h`."""
+
+    def purchase(i: int, card: str | None, device: str | None) -> Event:
+        return Event(event_id=f"p{i}", user_id="u", type="purchase", ts=START + i * HOUR_MS,
+                     amount=5.0, card_fp=card, device_id=device)  # fmt: skip
+
+    blanks, features = observe_all(Behaviour(), [purchase(0, blank, blank), purchase(1, "c", "d")])
+    absent, expected = observe_all(Behaviour(), [purchase(0, None, None), purchase(1, "c", "d")])
+    assert blanks == absent and features == expected
+    assert features[0] is not None and features[0]["new_device"] == 0.0
+    assert features[1] is not None and features[1]["cards_24h"] == 1.0
