@@ -239,19 +239,17 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
                 price_sum += price
         if kind == "purchase":
             amount, order, line = work.order_of(event, fingerprint, in_base)
-            if line:  # a further line of the last order: one transaction, counted at its first
-                features.append(None)
-                last_ts = max(last_ts, ts)
-                continue
         else:
-            amount, order = None, ""
-        if kind in SCORED_TYPES:
+            amount, order, line = None, "", False
+        if kind in SCORED_TYPES and not line:
             work.first_ts = first_ts
             work.last_scored = max(work.last_scored, ts)
             _newest(stamps, RECENT_EVENTS)
             features.append(_features(work, event, fingerprint, amount))
         else:
             features.append(None)
+        # Every event, a further line of an order too, is activity: it takes part in
+        # the visits (after time away, a line begins one) as in the first and last time.
         if not first_ts or ts < first_ts:
             first_ts = ts
         if ts - last_ts > VISIT_GAP_MS and last_ts:  # a new visit, after time away
@@ -261,6 +259,8 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
         elif not last_ts:
             work.visit = ts
         last_ts = max(last_ts, ts)
+        if line:  # a further line of the last order: one transaction, counted at its first
+            continue
         add_stamp(ts)
         failed_login = kind == "login" and event.success is False
         # Only a login known to have succeeded vouches for its device and country: one

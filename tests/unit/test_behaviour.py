@@ -20,6 +20,7 @@ from profiling.behaviour import (
     NO_HISTORY_MS,
     TRANSACTION_FEATURES,
     TRUST_MS,
+    VISIT_GAP_MS,
     Behaviour,
     _Working,
     keyed_token,
@@ -503,3 +504,40 @@ def test_a_blank_card_or_device_is_no_card_or_device(blank: str) -> None:
     assert blanks == absent and features == expected
     assert features[0] is not None and features[0]["new_device"] == 0.0
     assert features[1] is not None and features[1]["cards_24h"] == 1.0
+
+
+# --- visits ----------------------------------------------------------------------------
+
+
+def visit_oracle(events: list[Event]) -> tuple[int, int]:
+    """(first event, time away before it) of the newest visit, from every event's ts."""
+    times = sorted(e.ts for e in events)
+    for i in range(len(times) - 1, 0, -1):
+        if times[i] - times[i - 1] > VISIT_GAP_MS:
+            return times[i], times[i] - times[i - 1]
+    return times[0], 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 120))
+def test_every_event_an_orders_further_lines_too_takes_part_in_the_visits(
+    seed: int, n: int
+) -> None:
+    """A further line of an order after time away moved the last event's time but began
+    no visit: the events after it counted as the visit before the time away."""
+    events = order_lines(seed, n)
+    state, _ = observe_all(Behaviour(), events)
+    assert (state.visit, state.away) == visit_oracle(events)
+
+
+def test_an_orders_further_line_after_time_away_begins_a_visit_in_any_batch_split() -> None:
+    """A batch is ordered by ts: a line that arrives after the view that follows it
+    began a visit in a batch of its own, and none in one batch with them."""
+    order = [Event(event_id=f"p{i}", user_id="u", type="purchase", ts=START + m * MINUTE_MS,
+                   amount=5.0, order_id="o1") for i, m in ((0, 0), (1, 50))]  # fmt: skip
+    view = [Event(event_id=f"v{i}", user_id="u", type="view", ts=START + m * MINUTE_MS,
+                  item_id="i") for i, m in ((0, 10), (1, 55))]  # fmt: skip
+    arrived = [order[0], view[0], view[1], order[1]]
+    whole, _ = observe_all(Behaviour(), sorted(arrived, key=lambda e: e.ts))
+    split, _ = observe_all(observe_all(Behaviour(), arrived[:3])[0], arrived[3:])
+    assert (whole.visit, whole.away) == (split.visit, split.away) == (order[1].ts, 40 * MINUTE_MS)
