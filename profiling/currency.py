@@ -15,7 +15,6 @@ needs nothing set.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,13 @@ AS_SENT: Final = "as_sent"
 LEFT_OUT: Final = "left_out"
 Handling = Literal["converted", "as_sent", "left_out"]
 CODE_PATTERN: Final = r"^[A-Z]{3}$"  # ISO 4217's form
+# The rates taken: far wider than any two currencies in use are apart (about 1e6 at the
+# widest). Past them a rate is a slip (a unit mixed up, an exponent); a tiny one, even
+# finite and above 0 (1e-320), made every amount in its currency infinite, or its sums
+# and squares in the amount statistics. Within them, an amount up to the contract's
+# 1e7 stays under 1e16 in the base currency.
+MIN_RATE: Final = 1e-9
+MAX_RATE: Final = 1e9
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +42,17 @@ class Currencies:
     rates: Mapping[str, float] = field(default_factory=dict)  # units of each per unit of base
 
     def __post_init__(self) -> None:
-        """Codes of three letters A-Z, finite rates above 0; the base's own rate, if given, 1."""
+        """Codes of three letters A-Z, rates from MIN_RATE to MAX_RATE; the base's own, if
+        given, 1."""
         for code in (self.base, *self.rates):
             if not re.fullmatch(CODE_PATTERN, code):
                 raise ValueError(f"{code!r} is not a currency code (3 letters A-Z, ISO 4217)")
         for code, rate in self.rates.items():
-            if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
-                raise ValueError(f"the rate of {code} must be above 0, not {rate!r}")
+            if not (isinstance(rate, int | float) and MIN_RATE <= rate <= MAX_RATE):
+                raise ValueError(
+                    f"the rate of {code} must be from {MIN_RATE:g} to {MAX_RATE:g} units per "
+                    f"{self.base}, not {rate!r}"
+                )
         own = self.rates.get(self.base, 1)
         if own != 1:
             raise ValueError(f"{self.base} is the base currency: its rate is 1, not {own}")

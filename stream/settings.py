@@ -158,8 +158,8 @@ class Settings(BaseSettings):
     currency_rates: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict,
         description="JSON: units of each other currency per unit of PROFILER_CURRENCY, e.g. "
-        '{"EUR": 0.92, "JPY": 150}; a currency without a rate counts no money; '
-        "empty: every amount counts as sent",
+        '{"EUR": 0.92, "JPY": 150}, each from 1e-9 to 1e9; a currency without a rate counts '
+        "no money; empty: every amount counts as sent",
     )
     profile_cache_users: int = Field(
         20_000,

@@ -54,7 +54,17 @@ def test_a_value_is_brought_to_the_base_currency_or_left_out() -> None:
 
 
 @pytest.mark.parametrize(
-    "rates", [{"EUR": 0.0}, {"EUR": -1.0}, {"EUR": math.inf}, {"EUR": math.nan}, {"USD": 2.0}]
+    "rates",
+    [
+        {"EUR": 0.0},
+        {"EUR": -1.0},
+        {"EUR": math.inf},
+        {"EUR": math.nan},
+        {"USD": 2.0},
+        {"EUR": 1e-320},  # denormal: an amount over it is infinite
+        {"EUR": 1e-300},  # finite amounts, but their sums and squares are not
+        {"EUR": 1e300},
+    ],
 )
 def test_rates_that_cannot_convert_are_refused(rates: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="rate"):
@@ -153,7 +163,8 @@ def test_the_rates_setting_reads_json_and_refuses_what_cannot_convert() -> None:
         ("[" * 100_000, "not JSON"),  # deeper than the parser goes
         ('{"EUR": true}', "not true or false"),
         ('{"eur": 1}', "not a currency code"),
-        ('{"EUR": 0}', "above 0"),
+        ('{"EUR": 0}', "from 1e-09 to 1e\\+09 units per USD, not 0"),
+        ('{"JPY": 1e-320}', "rate of JPY must be from 1e-09"),
         ('{"USD": 2}', "its rate is 1"),
         ('{"EUR": "x"}', "valid number"),
         ("[1]", "valid dictionary"),
@@ -162,6 +173,23 @@ def test_the_rates_setting_reads_json_and_refuses_what_cannot_convert() -> None:
             Settings(currency_rates=value)  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="pattern"):
         Settings(currency="usd")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rate=st.floats(1e-9, 1e9),
+    amounts=st.lists(st.floats(0, 1e7), min_size=1, max_size=20),
+)
+def test_a_rate_that_is_taken_keeps_amounts_their_sums_and_squares_finite(
+    rate: float, amounts: list[float]
+) -> None:
+    """Only above 0 and finite, a denormal rate like 1e-320 was taken and made every
+    amount in its currency infinite: spend, the mean and the variance with it."""
+    events = [purchase(i, amount, "EUR") for i, amount in enumerate(amounts)]
+    state, features = observe_all(Behaviour(), events, currencies=Currencies("USD", {"EUR": rate}))
+    assert math.isfinite(state.amount_mean) and math.isfinite(state.amount_m2)
+    assert all(math.isfinite(v) for f in features if f is not None for v in f.values())
+    assert math.isfinite(spend_of(events, Currencies("USD", {"EUR": rate})).spend)
 
 
 def test_the_synthetic_shops_rates_have_any_of_its_currencies_as_the_unit() -> None:
