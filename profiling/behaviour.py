@@ -588,10 +588,7 @@ def merge_behaviour(a: Behaviour, b: Behaviour) -> Behaviour:
     firsts = [ts for ts in (a.first_ts, b.first_ts) if ts]
     latest = b if b.orders[-1:] > a.orders[-1:] else a  # the last order is the newer one's
     events = tuple(sorted(a.events + b.events)[-RECENT_EVENTS:])
-    # The newest visit and the time away before it, from both users' events: the
-    # newer user's alone said "never away" for a visitor merged into an account.
-    newer = a if a.last_ts >= b.last_ts else b
-    visit, away = _newest_visit(events) or (newer.visit, newer.away)
+    visit, away = _merged_visit(a, b)
     return Behaviour(
         first_ts=min(firsts, default=0),
         last_ts=max(a.last_ts, b.last_ts),
@@ -613,6 +610,39 @@ def merge_behaviour(a: Behaviour, b: Behaviour) -> Behaviour:
         visit=visit,
         last_scored=max(a.last_scored, b.last_scored),
     )
+
+
+def _merged_visit(a: Behaviour, b: Behaviour) -> tuple[int, int]:
+    """The newest visit and the time away before it of both users' events as one user's.
+
+    Each state knows events at its kept stamps, at its visit's start and just before it
+    (the time away), and one run without a gap from its visit's start to its last event
+    (an order's further lines and stamps no longer kept included). Chained in time, the
+    newest run begins after the newest gap over VISIT_GAP_MS: with one user's alone, a
+    visitor merged into an account was "never away", and two halves of one visit began
+    at the newer user's start. Without a gap, it begins at the earliest event known, after
+    the time away its own state knew (the shorter, if both began there).
+    """
+    runs = [(ts, ts) for ts in (*a.events, *b.events)]
+    for side in (a, b):
+        if side.visit:
+            runs.append((side.visit, side.last_ts))
+            if side.away:
+                runs.append((side.visit - side.away, side.visit - side.away))
+        elif side.last_ts:  # an earlier state, its visit not known: its last event
+            runs.append((side.last_ts, side.last_ts))
+    if not runs:
+        return 0, 0
+    runs.sort()
+    start, end = runs[0]
+    away = -1
+    for first, last in runs[1:]:
+        if first - end > VISIT_GAP_MS:
+            start, away = first, first - end
+        end = max(end, last)
+    if away < 0:
+        away = min((s.away for s in (a, b) if s.visit == start and s.away), default=0)
+    return start, away
 
 
 def _merge_tokens(

@@ -541,3 +541,23 @@ def test_an_orders_further_line_after_time_away_begins_a_visit_in_any_batch_spli
     whole, _ = observe_all(Behaviour(), sorted(arrived, key=lambda e: e.ts))
     split, _ = observe_all(observe_all(Behaviour(), arrived[:3])[0], arrived[3:])
     assert (whole.visit, whole.away) == (split.visit, split.away) == (order[1].ts, 40 * MINUTE_MS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 30),
+    sides=st.lists(st.booleans(), min_size=30, max_size=30),
+)
+def test_a_merge_gives_the_visit_of_folding_both_users_events_as_one(
+    seed: int, n: int, sides: list[bool]
+) -> None:
+    """Merged stamps without a gap are one visit, begun at the earlier start: a merge took
+    the newer user's start (under 32 events in all, no bound is reached)."""
+    events = history(seed, n)
+    mine = [e for e, side in zip(events, sides, strict=False) if side]
+    theirs = [e for e, side in zip(events, sides, strict=False) if not side]
+    one, _ = observe_all(Behaviour(), events)
+    a, b = observe_all(Behaviour(), mine)[0], observe_all(Behaviour(), theirs)[0]
+    for merged in (merge_behaviour(a, b), merge_behaviour(b, a)):
+        assert (merged.visit, merged.away) == (one.visit, one.away)
