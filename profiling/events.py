@@ -15,6 +15,7 @@ checks a `pattern` by calling Python's `re`, which took half the decode.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,7 +142,10 @@ def decode_event(raw: bytes, now_ms: int) -> Event | Rejection:
     try:
         event = _decoder.decode(raw)
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
-        return _rejection(raw, exc, _classify_validation)
+        rejection = _rejection(raw, exc, _classify_validation)
+        if rejection.error == OUT_OF_RANGE and rejection.detail.endswith("at `$.ts`"):
+            return _ts_too_old(raw, rejection, now_ms)
+        return rejection
     if not raw.isascii():
         # msgspec skips unknown fields without checking their UTF-8. Inline, not
         # `_utf8_error`: the call costs a valid event about 3%.
@@ -165,7 +169,8 @@ def check_rules(event: Event, now_ms: int) -> Event | Rejection:
     if event.currency != "USD" and event.currency not in _ALPHA3:
         return Rejection(INVALID_VALUE, "`currency` must be 3 letters A-Z (ISO 4217)")
     if event.ts > now_ms + FUTURE_SLACK_MS:
-        return Rejection(TS_IN_FUTURE, f"ts {event.ts} is more than a day ahead of {now_ms}")
+        detail = f"ts {event.ts} is more than a day ahead of {now_ms}"
+        return Rejection(TS_IN_FUTURE, detail + _unit_hint(event.ts, now_ms, "it"))
     kind = event.type
     if kind in NEEDS_ITEM and not event.item_id:
         return Rejection(MISSING_FIELD, f"`item_id` is required for {kind}")
@@ -183,6 +188,38 @@ def check_rules(event: Event, now_ms: int) -> Event | Rejection:
 # build): a set lookup per event instead of a function call and four string methods.
 _ALPHA2: Final = frozenset(map("".join, product(string.ascii_uppercase, repeat=2)))
 _ALPHA3: Final = frozenset(map("".join, product(string.ascii_uppercase, repeat=3)))
+
+
+# A `ts` out of range that is a time in range in another unit: what producers send
+# when they take `time.time()`, `Date.now() * 1000` or a nanosecond clock for
+# milliseconds. The divisor to milliseconds when the unit is finer; the factor, coarser.
+_OTHER_UNITS: Final = (("seconds", 1, 1000), ("microseconds", 1000, 1), ("nanoseconds", 10**6, 1))
+
+
+class _TsOnly(msgspec.Struct):
+    ts: int
+
+
+_ts_only: Final = msgspec.json.Decoder(_TsOnly)
+
+
+def _ts_too_old(raw: bytes, rejection: Rejection, now_ms: int) -> Rejection:
+    """`rejection` (ts below 2000-01-01) saying so when the ts is seconds, not milliseconds."""
+    try:
+        ts = _ts_only.decode(raw).ts  # JSON already: only the type of `ts` was refused
+    except (msgspec.DecodeError, RecursionError):
+        return rejection
+    return Rejection(rejection.error, rejection.detail + _unit_hint(ts, now_ms, str(ts)))
+
+
+def _unit_hint(ts: int, now_ms: int, subject: str) -> str:
+    """`; <subject> looks like seconds since the epoch: ts is in milliseconds (…)` when
+    `ts`, read in another unit, is a time the contract takes; else nothing."""
+    for unit, divisor, factor in _OTHER_UNITS:
+        ms = ts // divisor * factor
+        if MIN_TS_MS <= ms <= now_ms + FUTURE_SLACK_MS:
+            return f"; {subject} looks like {unit} since the epoch: ts is in milliseconds ({ms})"
+    return ""
 
 
 # The checks every contract shares (size, UTF-8, depth, JSON), for `decode_event` and
@@ -220,7 +257,47 @@ def _not_json(raw: bytes, exc: Exception) -> Rejection:
         return Rejection(TOO_DEEP, "nesting exceeds the decoder's depth limit")
     if isinstance(exc, UnicodeDecodeError):
         return Rejection(NOT_UTF8, f"invalid UTF-8 at byte {exc.start}")
-    return _utf8_error(raw) or Rejection(INVALID_JSON, str(exc))
+    return _utf8_error(raw) or Rejection(INVALID_JSON, _json_error(raw, str(exc)))
+
+
+_TRUNCATED: Final = "Input data was truncated"
+# A JSON escape: of a UTF-16 surrogate (group 1: its hex digits), or any other one, so
+# that `\\ud800` (an escaped backslash, then `ud800`) is no surrogate.
+_ESCAPE: Final = re.compile(rb"\\(?:u([dD][89a-fA-F][0-9a-fA-F]{2})|.)", re.DOTALL)
+
+
+def _json_error(raw: bytes, message: str) -> str:
+    """msgspec's word for why `raw` is not JSON, unless it is wrong: a lone surrogate
+    escape (`\ud800` with no low half after it) fewer than six bytes from the end is
+    "truncated" to msgspec, which reads that far ahead for the low half."""
+    if message != _TRUNCATED or (lone := _lone_surrogate(raw)) is None:
+        return message
+    start, end = lone.span()
+    try:  # the record is truncated for that escape only if, with a whole one, it is not
+        _any_json.decode(raw[:start] + b"\\ufffd" + raw[end:])
+    except (msgspec.DecodeError, RecursionError) as exc:
+        if str(exc) == _TRUNCATED:
+            return message
+    escape = lone[0].decode()
+    return f"JSON is malformed: lone utf-16 surrogate {escape}, half of a pair (byte {start})"
+
+
+def _lone_surrogate(raw: bytes) -> re.Match[bytes] | None:
+    """The first surrogate escape of `raw` that is not one half of a pair."""
+    high = None  # a high half whose low half would be the next escape
+    for escape in _ESCAPE.finditer(raw):
+        unit = escape[1]
+        is_high = unit is not None and unit[1:2] in b"89abAB"
+        is_low = unit is not None and not is_high
+        if high is not None:
+            if is_low and escape.start() == high.end():
+                high = None
+                continue
+            return high
+        if is_low:
+            return escape
+        high = escape if is_high else None
+    return high
 
 
 # Any JSON value; a number too large for a float stays text, so it is no error here.

@@ -90,6 +90,39 @@ def test_future_bound_is_one_day_after_the_clock() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("ts", "error", "unit", "ms"),
+    [
+        (1_700_000_000, "out_of_range", "seconds", 1_700_000_000_000),
+        (1_700_000_000_123_456, "ts_in_future", "microseconds", 1_700_000_000_123),
+        (1_700_000_000_123_456_789, "ts_in_future", "nanoseconds", 1_700_000_000_123),
+    ],
+)
+def test_a_ts_in_another_unit_keeps_its_code_and_says_ts_is_milliseconds(
+    ts: int, error: str, unit: str, ms: int
+) -> None:
+    """`time.time()` or a microsecond clock sent as `ts`: the dead letter says what the
+    producer got wrong, not only the bound it broke, and is still a dead letter."""
+    raw = encode({"event_id": "e", "user_id": "u", "type": "login", "ts": ts})
+    verdict = decode_event(raw, NOW_MS)
+    assert isinstance(verdict, Rejection) and verdict.error == error, verdict
+    assert f"looks like {unit} since the epoch: ts is in milliseconds ({ms})" in verdict.detail
+    body = dead_letter(
+        verdict, topic="behavior-events", partition=0, offset=1, key=b"u", value=raw,
+        now_ms=NOW_MS,
+    )  # fmt: skip
+    validator("dead_letter.v1").validate(orjson.loads(body))
+
+
+@pytest.mark.parametrize("ts", [1, -5, MIN_TS_MS - 1, 10**23])
+def test_a_ts_that_is_no_time_in_any_unit_gets_no_unit_hint(ts: int) -> None:
+    raw = encode({"event_id": "e", "user_id": "u", "type": "login", "ts": ts})
+    verdict = decode_event(raw, NOW_MS)
+    assert isinstance(verdict, Rejection), verdict
+    assert verdict.error in ("out_of_range", "ts_in_future")
+    assert "looks like" not in verdict.detail
+
+
 @pytest.mark.parametrize("name", SCHEMA_NAMES)
 def test_schema_is_valid_2020_12(name: str) -> None:
     schema = load_schema(name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,10 +18,12 @@ from hypothesis import strategies as st
 from profiling.commands import decode_command
 from profiling.events import MAX_EVENT_BYTES, Rejection, decode_event
 from profiling.labels import apply_labels, decode_label
+from profiling.messages import dead_letter
 from profiling.models import ProfileModels
 from profiling.pipeline import Record
 from profiling.store import InMemoryProfileStore
 from tests.corpus import NOW_MS
+from tests.schemas import validator
 
 LABEL = b'{"event_id":"e","user_id":"u","label":1,"ts":1700000000000'
 COMMAND = b'{"command":"erase","user_id":"u"'
@@ -54,6 +57,34 @@ def test_a_record_that_is_not_json_gets_the_events_code(
     verdict = decode(head + tail + b"}")
     assert isinstance(verdict, Rejection), f"{defect} accepted"
     assert verdict.error == error, verdict.detail
+
+
+@pytest.mark.parametrize("contract", sorted(DECODERS))
+@pytest.mark.parametrize("tail", [b',"x":"\\ud800"', b',"x":"ab\\ud800c"', b',"x":"\\\\\\ud800"'])
+def test_a_lone_surrogate_near_the_end_is_said_so_not_called_truncated(
+    contract: str, tail: bytes
+) -> None:
+    """msgspec reads six bytes past a high surrogate's escape for its low half: fewer
+    left, and it called the whole record truncated."""
+    head, decode = DECODERS[contract]
+    verdict = decode(head + tail + b"}")
+    assert isinstance(verdict, Rejection) and verdict.error == "invalid_json", verdict
+    assert "lone utf-16 surrogate \\ud800" in verdict.detail, verdict.detail
+    assert "truncated" not in verdict.detail
+    letter = dead_letter(
+        verdict, topic="t", partition=0, offset=1, key=b"u", value=head + tail, now_ms=NOW_MS
+    )
+    validator("dead_letter.v1").validate(orjson.loads(letter))
+
+
+@pytest.mark.parametrize("contract", sorted(DECODERS))
+@pytest.mark.parametrize("tail", [b',"x":"\\ud800', b',"x":"\\ud800\\udc00"', b',"x":"\\\\ud800"'])
+def test_a_record_cut_short_is_still_called_truncated(contract: str, tail: bytes) -> None:
+    """Cut short after a lone surrogate, or with none (a pair, an escaped backslash)."""
+    head, decode = DECODERS[contract]
+    verdict = decode(head + tail)
+    assert isinstance(verdict, Rejection) and verdict.error == "invalid_json", verdict
+    assert verdict.detail == "Input data was truncated"
 
 
 @pytest.mark.parametrize("contract", sorted(DECODERS))
