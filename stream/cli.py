@@ -345,8 +345,7 @@ def erase(user_id: Text) -> None:
 
 @app.command()
 def merge(from_user_id: Text, user_id: Text) -> None:
-    """Ask the workers to merge a user's profile (an anonymous id) into another's, then
-    erase the first."""
+    """Ask the workers to merge a user's profile (an anonymous id) into another's, then erase it."""
     if from_user_id == user_id:
         _error("a merge needs two different users")
         raise typer.Exit(2)

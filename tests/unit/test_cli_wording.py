@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from typer.testing import CliRunner
 
@@ -22,3 +24,13 @@ def test_segments_says_1_user_not_1_users(monkeypatch: pytest.MonkeyPatch) -> No
         "segment 1\t2 users\t66.7 %\taverage shoppers",
         "segment 2\t0 users\t0.0 %\tno users yet",
     ]
+
+
+@pytest.mark.parametrize("command", [[], ["topics"]])
+def test_every_command_is_summed_up_on_one_line_of_help(command: list[str]) -> None:
+    """A docstring's line break is kept in `--help`: its rest stood alone on a line."""
+    done = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    box = done.output.split("Commands")[1].split("╰")[0]
+    rows = [line for line in box.splitlines()[1:] if line.strip()]
+    assert rows and all(re.match(r"│ \S", row) for row in rows), box
