@@ -47,7 +47,8 @@ from profiling.profile import Profile, ProfileParams, in_window
 from profiling.store import Erasure, ProfileStore, Write
 from profiling.vectors import VectorParams
 
-UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+MAX_USER_ID_CHARS = 128  # the events' user_id bound (DESIGN.md §3)
+UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_USER_ID_CHARS)]
 
 
 class Erase(msgspec.Struct, frozen=True, tag_field="command", tag="erase"):

@@ -340,17 +340,35 @@ def produce(  # noqa: PLR0917 - each option of the command is a parameter
 @app.command()
 def erase(user_id: Text) -> None:
     """Ask the workers to erase a user (GDPR): every key, a tombstone, no older events again."""
+    _check_user_id(user_id, "USER_ID")
     _send_command({"command": "erase", "user_id": user_id}, f"an erase of {user_id!r}")
 
 
 @app.command()
 def merge(from_user_id: Text, user_id: Text) -> None:
     """Ask the workers to merge a user's profile (an anonymous id) into another's, then erase it."""
+    _check_user_id(from_user_id, "FROM_USER_ID")
+    _check_user_id(user_id, "USER_ID")
     if from_user_id == user_id:
         _error("a merge needs two different users")
         raise typer.Exit(2)
     body = {"command": "merge", "from_user_id": from_user_id, "user_id": user_id}
     _send_command(body, f"a merge of {from_user_id!r} into {user_id!r}")
+
+
+def _check_user_id(user_id: str, name: str) -> None:
+    """One plain line, and exit 2, for a user id no command may carry (the decoder's own
+    words name a JSON path the user never wrote)."""
+    from profiling.commands import MAX_USER_ID_CHARS
+
+    if not user_id:
+        why = "is empty: give a user id"
+    elif len(user_id) > MAX_USER_ID_CHARS:
+        why = f"has {len(user_id)} characters: a user id has at most {MAX_USER_ID_CHARS}"
+    else:
+        return
+    _error(f"{name} {why}")
+    raise typer.Exit(2)
 
 
 def _send_command(body: dict[str, str], what: str) -> None:

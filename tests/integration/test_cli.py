@@ -829,7 +829,7 @@ async def test_produce_files_then_run_then_look_profiles_up(
     assert f"sent an erase of 'jl-ann' to {topics.topic_commands}" in sent.stderr
     assert merged.returncode == 0, merged.stderr
     assert "sent a merge of 'jl-bo' into 'or:17850'" in merged.stderr
-    assert empty.returncode == 2 and "length >= 1 - at `$.user_id`" in empty.stderr
+    assert empty.returncode == 2 and "USER_ID is empty" in empty.stderr
     assert itself.returncode == 2 and "two different users" in itself.stderr
     done = await profiler("run", "--until-idle", "1", env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -1659,6 +1659,26 @@ async def test_a_command_line_value_that_cannot_be_used_is_a_message(
     assert done.returncode == 2
     output = done.stdout + done.stderr
     assert said in " ".join(output.split()) and "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (["erase", ""], "error: USER_ID is empty: give a user id"),
+        (["merge", "", "b"], "error: FROM_USER_ID is empty: give a user id"),
+        (["merge", "a", ""], "error: USER_ID is empty: give a user id"),
+        (["erase", "é" * 129], "error: USER_ID has 129 characters: a user id has at most 128"),
+    ],
+)
+async def test_a_user_id_no_command_may_carry_is_refused_in_plain_words(
+    command: list[str], said: str, tmp_path: Path
+) -> None:
+    """Not the decoder's wording (`Expected `str` of length >= 1 - at `$.user_id``), and
+    before any broker is asked (none listens here)."""
+    env = base_env(PROFILER_KAFKA_BOOTSTRAP="127.0.0.1:1")
+    done = await profiler(*command, env=env, cwd=tmp_path, timeout_s=60)
+    assert done.returncode == 2
+    assert one_line(done) == said
 
 
 async def test_a_malformed_bootstrap_stops_the_worker_start_with_one_line(
