@@ -283,7 +283,11 @@ def produce(  # noqa: PLR0917 - each option of the command is a parameter
         ),
     ] = None,
     delimiter: Annotated[
-        str | None, typer.Option(help="CSV cell delimiter (default: a tab for .tsv, else ,)")
+        str | None,
+        typer.Option(
+            help="CSV cell delimiter, one character; \\t for a tab (default: a tab for "
+            ".tsv, else ,)"
+        ),
     ] = None,
     header: Annotated[
         bool,
@@ -298,6 +302,11 @@ def produce(  # noqa: PLR0917 - each option of the command is a parameter
     from stream.producing import Produced, produce_file
 
     settings = load_settings()
+    if delimiter == "\\t":  # what a shell passes for '\t': no shell turns it into a tab
+        delimiter = "\t"
+    if delimiter is not None and len(delimiter) != 1:
+        _error(f"--delimiter takes one character (\\t for a tab), got {delimiter!r}")
+        raise typer.Exit(2)
     try:
         mapping = parse_pairs(map_ or [], "--map")
         options = CsvOptions(
@@ -311,9 +320,6 @@ def produce(  # noqa: PLR0917 - each option of the command is a parameter
     except ValueError as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
-    if delimiter is not None and len(delimiter) != 1:
-        _error(f"--delimiter takes one character, got {delimiter!r}")
-        raise typer.Exit(2)
     report = Produced(settings.topic_events)  # counted as acks come, so a Ctrl-C can tell it
     sending = produce_file(
         settings, file, preset, mapping or None, limit=limit, options=options, produced=report

@@ -911,6 +911,26 @@ async def test_produce_takes_the_csv_options_a_file_needs(topics: Settings, tmp_
     assert bad.returncode == 2 and "--set expects name=value" in bad.stderr
 
 
+async def test_produce_takes_a_backslash_t_delimiter_as_a_tab(
+    topics: Settings, tmp_path: Path
+) -> None:
+    """`--delimiter '\\t'`: what a shell passes is a backslash and a t, refused as two
+    characters before; a tab is what anyone typing it means."""
+    env = profiler_env(topics)
+    log = tmp_path / "shop.csv"  # not .tsv: no default tab
+    log.write_text("who\twhat\twhen\nu1\tlogin\t2011-01-05 10:00\n")
+    mapped = ["--map", "user_id=who", "--map", "type=what", "--map", "ts=when"]
+    done, help_ = await asyncio.gather(
+        profiler("produce", str(log), "--delimiter", "\\t", *mapped, env=env, cwd=tmp_path),
+        profiler("produce", "--help", env={**env, "COLUMNS": "200"}, cwd=tmp_path),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "sent 1 events" in done.stderr
+    on_topic = await read_topic(topics.kafka_bootstrap, topics.topic_events)
+    assert [orjson.loads(record.value)["user_id"] for record in on_topic] == ["u1"]
+    assert "\\t for a tab" in help_.stdout
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 async def test_produce_stopped_by_a_signal_says_what_it_sent_and_where_it_stopped(
     topics: Settings, tmp_path: Path, sig: signal.Signals, code: int
