@@ -57,7 +57,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 import orjson
 
-from profiling.events import MAX_EVENT_BYTES, Event, Rejection, decode_event
+from profiling.events import EVENT_TYPES, MAX_EVENT_BYTES, Event, Rejection, decode_event
 
 Record = tuple[bytes | None, bytes]
 Format = Literal["csv", "jsonl"]
@@ -315,6 +315,20 @@ def check_mapping(mapping: Mapping[str, str], options: CsvOptions) -> None:
     for needed in _REQUIRED:
         if needed not in mapping and needed not in options.constants:
             raise FileImportError(f"map a column to `{needed}` (--map {needed}=COLUMN)")
+
+
+def check_event_types(options: CsvOptions) -> None:
+    """Fail early on a type the options give that is no event type (`--type-map pv=vue`,
+    `--set type=vue`): every row it touched would be skipped, one by one."""
+    given = [(f"--type-map {value}={kind}", kind) for value, kind in options.type_map.items()]
+    if "type" in options.constants:
+        given.append((f"--set type={options.constants['type']}", options.constants["type"]))
+    wrong = [flag for flag, kind in given if kind not in EVENT_TYPES]
+    if wrong:
+        raise FileImportError(
+            f"{', '.join(wrong)}: not {'an event type' if len(wrong) == 1 else 'event types'}; "
+            f"the event types are {', '.join(EVENT_TYPES)}"
+        )
 
 
 def typed_constants(options: CsvOptions) -> CsvOptions:
@@ -650,6 +664,7 @@ def read_events(
     path = Path(path)
     report = report if report is not None else ImportReport()
     options = replace(typed_constants(options or CsvOptions()), dates=report.dates)
+    check_event_types(options)
     chosen = preset_named(preset) if preset is not None else None
     if chosen is not None and mapping is not None:
         raise FileImportError("give a preset or a mapping, not both")

@@ -931,6 +931,23 @@ async def test_produce_takes_a_backslash_t_delimiter_as_a_tab(
     assert "\\t for a tab" in help_.stdout
 
 
+async def test_produce_refuses_a_type_map_to_no_event_type_in_one_line(tmp_path: Path) -> None:
+    """Before any row, and before any broker is asked (none listens here): each row the
+    value renamed was skipped, one by one, and the import carried on."""
+    log = tmp_path / "shop.csv"
+    log.write_text("who,what,when\nu1,pv,2011-01-05 10:00\n")
+    done = await profiler(
+        "produce", str(log), "--map", "user_id=who", "--map", "type=what", "--map", "ts=when",
+        "--type-map", "pv=page_view", env=base_env(PROFILER_KAFKA_BOOTSTRAP="127.0.0.1:1"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert one_line(done) == (
+        "error: --type-map pv=page_view: not an event type; the event types are view, click, "
+        "search, add_to_cart, remove_from_cart, purchase, review, login"
+    )
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 async def test_produce_stopped_by_a_signal_says_what_it_sent_and_where_it_stopped(
     topics: Settings, tmp_path: Path, sig: signal.Signals, code: int

@@ -567,6 +567,30 @@ def test_constants_are_typed_and_checked(tmp_path: Path) -> None:
         read_events(path, None, mapping, options=CsvOptions(constants={"quantity": "lots"}))
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"type_map": {"pv": "view", "buy": "buy"}}, "--type-map buy=buy: not an event type; "),
+        ({"type_map": {"pv": "views", "c": "cart"}}, "--type-map pv=views, --type-map c=cart: "),
+        ({"constants": {"type": "logins"}}, "--set type=logins: not an event type; "),
+    ],
+)
+def test_a_type_that_is_no_event_type_is_refused_before_any_row(
+    tmp_path: Path, options: dict[str, Any], message: str
+) -> None:
+    """Each row it renamed was skipped as invalid, one by one, and the import went on."""
+    path = tmp_path / "x.csv"
+    path.write_text("u,k,t\nu1,pv,1699990000\n")
+    with pytest.raises(FileImportError) as refused:
+        mapping = {"user_id": "u", "type": "k", "ts": "t"}
+        read_events(path, None, mapping, options=CsvOptions(**options))
+    assert str(refused.value).startswith(message)
+    assert str(refused.value).endswith(
+        "the event types are view, click, search, add_to_cart, remove_from_cart, purchase, "
+        "review, login"
+    )
+
+
 def test_parse_pairs_and_parse_ts() -> None:
     assert parse_pairs(["user_id=Customer ID", "ts = InvoiceDate"]) == {
         "user_id": "Customer ID",
