@@ -258,7 +258,10 @@ def produce(  # noqa: PLR0917 - each option of the command is a parameter
     ] = None,
     format_: Annotated[
         Literal["csv", "jsonl"] | None,
-        typer.Option("--format", help="csv or jsonl (default: from the file name)"),
+        typer.Option(
+            "--format",
+            help="csv or jsonl (default: from the file name; a preset's own: no other)",
+        ),
     ] = None,
     ts_format: Annotated[
         str | None,

@@ -668,6 +668,11 @@ def read_events(
     chosen = preset_named(preset) if preset is not None else None
     if chosen is not None and mapping is not None:
         raise FileImportError("give a preset or a mapping, not both")
+    if chosen is not None and options.format not in (None, chosen.format):
+        raise FileImportError(
+            f"--preset {chosen.name} reads {chosen.format} files: --format "
+            f"{options.format} contradicts it (leave --format out)"
+        )
     if chosen is None and options.format is None and (path.is_dir() or not path.exists()):
         # A folder or a missing file is said so, not taken for a name without a format.
         _open(path, "rb").close()

@@ -948,6 +948,23 @@ async def test_produce_refuses_a_type_map_to_no_event_type_in_one_line(tmp_path:
     )
 
 
+async def test_produce_refuses_a_format_its_preset_does_not_read_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """--format was silently ignored beside --preset; refused before a broker is asked."""
+    retail = tmp_path / "retail.csv"
+    retail.write_text(RETAIL_CSV)
+    done = await profiler(
+        "produce", str(retail), "--preset", "online-retail", "--format", "jsonl",
+        env=base_env(PROFILER_KAFKA_BOOTSTRAP="127.0.0.1:1"), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert one_line(done) == (
+        "error: --preset online-retail reads csv files: --format jsonl contradicts it "
+        "(leave --format out)"
+    )
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 async def test_produce_stopped_by_a_signal_says_what_it_sent_and_where_it_stopped(
     topics: Settings, tmp_path: Path, sig: signal.Signals, code: int

@@ -555,6 +555,19 @@ def test_unusable_requests_are_refused(
         read_events(path, preset, mapping)
 
 
+def test_a_format_the_preset_does_not_read_is_refused(tmp_path: Path) -> None:
+    """It was ignored: the preset read the file in its own format whatever --format said."""
+    path = tmp_path / "UserBehavior.log"  # a name that tells no format
+    path.write_text("1,2268318,2520377,pv,1511544070\n")
+    with pytest.raises(FileImportError) as refused:
+        read_events(path, "taobao", options=CsvOptions(format="jsonl"))
+    assert str(refused.value) == (
+        "--preset taobao reads csv files: --format jsonl contradicts it (leave --format out)"
+    )
+    events, report = run(path, "taobao", format="csv")  # the preset's own: no contradiction
+    assert report.produced == 1 and events[0][1]["user_id"] == "tb:1"
+
+
 def test_constants_are_typed_and_checked(tmp_path: Path) -> None:
     path = tmp_path / "x.csv"
     path.write_text("u,t\nu1,1699990000\n")
