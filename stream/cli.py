@@ -241,7 +241,7 @@ def topics_create(
 
 @app.command()
 def produce(  # noqa: PLR0917 - each option of the command is a parameter
-    file: Annotated[Path, typer.Argument(help="JSON lines or CSV file")],
+    file: Annotated[Path, typer.Argument(help="JSON lines or CSV file; - reads standard input")],
     preset: Annotated[
         str | None, typer.Option(help="taobao, online-retail or amazon-reviews")
     ] = None,

@@ -42,6 +42,7 @@ import contextlib
 import csv
 import gzip
 import hashlib
+import io
 import math
 import time
 import zlib
@@ -673,13 +674,20 @@ def read_events(
             f"--preset {chosen.name} reads {chosen.format} files: --format "
             f"{options.format} contradicts it (leave --format out)"
         )
-    if chosen is None and options.format is None and (path.is_dir() or not path.exists()):
+    if (
+        chosen is None
+        and options.format is None
+        and path != STDIN
+        and (path.is_dir() or not path.exists())
+    ):
         # A folder or a missing file is said so, not taken for a name without a format.
         _open(path, "rb").close()
     fmt = chosen.format if chosen else options.format or format_of(path)
     if chosen is None and mapping is None:
         if fmt == "csv":
-            raise FileImportError(f"{path}: a CSV file needs --preset or --map field=COLUMN")
+            raise FileImportError(
+                f"{_named(path)}: a CSV file needs --preset or --map field=COLUMN"
+            )
         return _passthrough(_lines(path), report)
     if mapping is not None:
         check_mapping(mapping, options)
@@ -699,6 +707,11 @@ def read_events(
 
 def format_of(path: Path) -> Format:
     """`csv` for .csv/.tsv/.txt, `jsonl` for .json/.jsonl/.ndjson (optionally .gz)."""
+    if path == STDIN:
+        raise FileImportError(
+            "standard input (-) has no file name to tell its format by; give it "
+            "(--format csv|jsonl, or a --preset)"
+        )
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     last = suffixes[-1] if suffixes else ""
     if last in (".csv", ".tsv", ".txt"):
@@ -708,6 +721,16 @@ def format_of(path: Path) -> Format:
     raise FileImportError(
         f"{path}: cannot tell the format from the name; give it (--format csv|jsonl)"
     )
+
+
+# `profiler produce -`: standard input, as files are named on a command line. A file
+# called `-` is `./-`, which a Path shortens to `-`: give its full path.
+STDIN: Final = Path("-")
+
+
+def _named(path: Path) -> str:
+    """`path` as messages name it."""
+    return "standard input" if path == STDIN else str(path)
 
 
 def _mapped(mapping: Mapping[str, str]) -> Converter:
@@ -730,6 +753,11 @@ def _open(path: Path, mode: Literal["rb", "rt"], encoding: str = "utf-8") -> IO[
     utf8 = encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig")
     errors = "profiler.windows-1252" if utf8 else "replace"
     try:
+        if path == STDIN:  # a handle of its own: closing it leaves sys.stdin as it is
+            raw = open(0, "rb", closefd=False)  # noqa: SIM115 - the caller closes it
+            if mode == "rb":
+                return raw
+            return io.TextIOWrapper(raw, encoding=encoding, errors=errors, newline="")
         if path.suffix.lower() == ".gz":
             if mode == "rb":
                 return cast(IO[bytes], gzip.open(path, "rb"))
@@ -738,7 +766,7 @@ def _open(path: Path, mode: Literal["rb", "rt"], encoding: str = "utf-8") -> IO[
             return path.open("rb")
         return path.open("r", encoding=encoding, errors=errors, newline="")
     except OSError as exc:
-        raise UnreadableFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise UnreadableFileError(f"cannot read {_named(path)}: {exc.strerror or exc}") from exc
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -766,7 +794,7 @@ def _numbered(path: Path, handle: IO[bytes]) -> Iterator[tuple[int, bytes]]:
                 if line.strip():
                     yield number, line
     except (OSError, EOFError, zlib.error) as exc:
-        raise UnreadableFileError(f"cannot read {path}: {exc}") from exc
+        raise UnreadableFileError(f"cannot read {_named(path)}: {exc}") from exc
 
 
 def _passthrough(lines: Iterator[tuple[int, bytes]], report: ImportReport) -> Iterator[Record]:
@@ -898,7 +926,7 @@ def _csv_records(
                 lines.again(lines.taken[1:])
                 continue
             except (OSError, EOFError, zlib.error) as exc:
-                raise UnreadableFileError(f"cannot read {path}: {exc}") from exc
+                raise UnreadableFileError(f"cannot read {_named(path)}: {exc}") from exc
             taken = lines.taken
             if not cells or (len(cells) == 1 and not cells[0].strip()):
                 continue
@@ -941,9 +969,9 @@ def _column_names(
         try:
             header = [cell.strip() for cell in next(reader)]
         except StopIteration:
-            raise FileImportError(f"{path} is empty: no header line") from None
+            raise FileImportError(f"{_named(path)} is empty: no header line") from None
         except (csv.Error, OSError, EOFError, zlib.error) as exc:
-            raise UnreadableFileError(f"cannot read the header of {path}: {exc}") from exc
+            raise UnreadableFileError(f"cannot read the header of {_named(path)}: {exc}") from exc
     else:
         header = list(options.columns) if options.columns else []
     mapped = dict.fromkeys((mapping or {}).values())
@@ -955,7 +983,7 @@ def _column_names(
         index = next((header.index(a) for a in alts if a in header), None)
         if index is None:
             raise MissingColumnError(
-                f"{path}: no column {' or '.join(map(repr, alts))}; "
+                f"{_named(path)}: no column {' or '.join(map(repr, alts))}; "
                 f"columns are {', '.join(map(repr, header))}"
             )
         found.append((alts[0], index))

@@ -97,19 +97,24 @@ class Finished:
 
 
 async def run_command(
-    *argv: str, env: dict[str, str], cwd: Path, timeout_s: float = 60.0
+    *argv: str,
+    env: dict[str, str],
+    cwd: Path,
+    timeout_s: float = 60.0,
+    stdin: bytes | None = None,
 ) -> Finished:
-    """Run a command to its end; fail the test (after killing it) past `timeout_s`."""
+    """Run a command to its end, `stdin` its standard input (default: none); fail the
+    test (after killing it) past `timeout_s`."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         env=env,
         cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout_s)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -118,8 +123,10 @@ async def run_command(
     return Finished(proc.returncode, out.decode(), err.decode())
 
 
-async def profiler(*args: str, env: dict[str, str], cwd: Path, timeout_s: float = 60.0) -> Finished:
-    return await run_command(PROFILER, *args, env=env, cwd=cwd, timeout_s=timeout_s)
+async def profiler(
+    *args: str, env: dict[str, str], cwd: Path, timeout_s: float = 60.0, stdin: bytes | None = None
+) -> Finished:
+    return await run_command(PROFILER, *args, env=env, cwd=cwd, timeout_s=timeout_s, stdin=stdin)
 
 
 @dataclass(frozen=True)
@@ -861,6 +868,40 @@ async def test_produce_reads_a_file_whose_name_does_not_say_its_format(
     assert f"sent 4 events to {topics.topic_events}" in named.stderr
 
 
+async def test_produce_dash_reads_standard_input_in_the_format_given_or_the_presets(
+    topics: Settings, tmp_path: Path
+) -> None:
+    """`-` is standard input, as for cat or tar (it was a file called `-`, not there).
+    It has no name to tell its format by: --format gives it, or the preset; else one
+    line says so, before any broker is asked."""
+    env = profiler_env(topics)
+    lines = "".join(orjson.dumps(e).decode() + "\n" for e in jsonl_events(wall_clock_ms()))
+    jsonl, retail = await asyncio.gather(
+        profiler("produce", "-", "--format", "jsonl", env=env, cwd=tmp_path, stdin=lines.encode()),
+        profiler(
+            "produce", "-", "--preset", "online-retail", env=env, cwd=tmp_path,
+            stdin=RETAIL_CSV.encode(),
+        ),
+    )  # fmt: skip
+    assert jsonl.returncode == 0, jsonl.stderr
+    assert f"sent 4 events to {topics.topic_events}" in jsonl.stderr
+    assert retail.returncode == 0, retail.stderr
+    assert "6 rows read, 4 produced, 2 skipped" in retail.stderr
+    on_topic = await read_topic(topics.kafka_bootstrap, topics.topic_events)
+    users = Counter(orjson.loads(record.value)["user_id"] for record in on_topic)
+    assert users == {"jl-ann": 3, "jl-bo": 1, "or:17850": 3, "or:13047": 1}
+
+    unknown = await profiler(
+        "produce", "-", "--map", "user_id=who", "--map", "type=what", "--map", "ts=when",
+        env=base_env(PROFILER_KAFKA_BOOTSTRAP="127.0.0.1:1"), cwd=tmp_path, stdin=b"who,what\n",
+    )  # fmt: skip
+    assert unknown.returncode == 2
+    assert one_line(unknown) == (
+        "error: standard input (-) has no file name to tell its format by; give it "
+        "(--format csv|jsonl, or a --preset)"
+    )
+
+
 async def test_produce_fails_when_every_row_is_skipped_and_takes_the_time_format(
     topics: Settings, tmp_path: Path
 ) -> None:
@@ -1009,15 +1050,16 @@ async def test_produce_stopped_by_a_signal_says_what_it_sent_and_where_it_stoppe
     assert sent <= rows < len(lines)  # stopped part way
 
 
+@pytest.mark.parametrize("stdin", ["/dev/stdin", "-"])
 async def test_produce_stopped_while_a_line_comes_in_sends_none_of_it(
-    topics: Settings, tmp_path: Path
+    topics: Settings, tmp_path: Path, stdin: str
 ) -> None:
     """A pipe that holds a line and half of the next, its writer still writing: the whole
     line goes out while the import waits for the rest (the wait blocked the event loop,
     and with it the send), and Ctrl-C then stops it at once, sending none of the half
     line (the signal cut the read short, and it went out as an event without key)."""
     whole = orjson.dumps({"event_id": "w1", "user_id": "u1", "type": "login", "ts": HOUR_MS})
-    argv, env = [PROFILER, "produce", "/dev/stdin", "--format", "jsonl"], profiler_env(topics)
+    argv, env = [PROFILER, "produce", stdin, "--format", "jsonl"], profiler_env(topics)
     async with started(argv, env, tmp_path, stdin=asyncio.subprocess.PIPE) as child:
         assert child.proc.stdin is not None
         child.proc.stdin.write(whole + b"\n" + b'{"event_id": "w2", "user_id": "u2", "ty')
