@@ -19,7 +19,8 @@ the merged write (compare-and-set), and the profile aside is dropped last. A
 replay finds the profile still aside, or the digest already in the window.
 `from_user_id`'s marker names `user_id`: their events older than the merge
 that arrive after it (a worker may read the command before them, from another
-topic) are forwarded to `user_id` (`Outcome.forwarded`), not suppressed. It
+topic) are forwarded to `user_id`, or to whoever holds its profile now where
+it was merged on in turn (`profiling.forwarding`), not suppressed. It
 also keeps their watermarks and dedupe window a while (`merged_marker`), so
 their events merged already, read again, are not counted a second time.
 """

@@ -173,6 +173,7 @@ class InterestModel:
                     o.scored,
                     o.suppressed,
                     o.forwarded,
+                    o.stranded,
                 )
             )
         return result

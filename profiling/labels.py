@@ -22,11 +22,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Final, Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from profiling.events import INVALID_LABEL, MIN_TS_MS, Rejection, decode_record
+from profiling.forwarding import MAX_MERGE_HOPS
 from profiling.models import ProfileModels
 from profiling.pipeline import SourceRecord, dead_letter_for
 from profiling.risk import LearntLabel, kept_features, learnt_label, with_label
@@ -107,9 +108,6 @@ async def apply_labels(
     return result
 
 
-MAX_MERGE_HOPS: Final = 8  # merges followed from a label's user (a cycle ends there too)
-
-
 async def _follow_merges(
     labels: Sequence[Label],
     kept: list[bytes | None],
@@ -122,8 +120,8 @@ async def _follow_merges(
 
     Merges chain (a visitor into a guest account, the guest into a registered one;
     each merge moves what the user holds then), so each label follows them from
-    user to user, looking at each, up to `MAX_MERGE_HOPS` and never to a user it
-    passed already (two users merged into each other).
+    user to user, looking at each, up to `MAX_MERGE_HOPS` (as a forwarded event does)
+    and never to a user it passed already (two users merged into each other).
     """
     at = {i: labels[i].user_id for i, features in enumerate(kept) if features is None}
     passed = {i: {user} for i, user in at.items()}

@@ -15,8 +15,9 @@ is newer (`_rated`). The merge is published as a change of every public field
 have gone out yet (the merged write's `Profile.alerts`).
 
 The dedupe window takes both users' event ids: a visitor's event older than
-the merge that arrives after it is forwarded to the known user
-(`Outcome.forwarded`), and one already in the merged profile (a replay) is
+the merge that arrives after it is forwarded to the known user, or to whoever
+holds its profile since (`profiling.forwarding`), and one already in the
+merged profile (a replay) is
 then found there. `merge_marker` makes the merge idempotent: its digest joins
 the window too, last, and a replayed command finds it there.
 """

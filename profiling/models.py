@@ -282,6 +282,7 @@ class ProfileModels:
             snapshots,
             outcome.suppressed,
             outcome.forwarded,
+            outcome.stranded,
         )
 
     def learn_label(self, features: Mapping[str, float], label: bool) -> None:

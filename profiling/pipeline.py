@@ -26,7 +26,15 @@ from typing import Final, Protocol
 import orjson
 
 from profiling.errors import StoreConflictError
-from profiling.events import KEY_MISMATCH, Event, Rejection, decode_event, forwarded_event
+from profiling.events import (
+    INTERNAL_ERROR,
+    KEY_MISMATCH,
+    Event,
+    Rejection,
+    decode_event,
+    forwarded_event,
+)
+from profiling.forwarding import MAX_MERGE_HOPS, merge_holders
 from profiling.interests import InterestModel
 from profiling.messages import change_message, dead_letter
 from profiling.models import ProfileModels
@@ -201,7 +209,7 @@ async def fold_batch(
     """
     result = BatchResult()
     by_user = decode_batch(records, clock(), result)
-    batch = FoldedBatch(by_user, result, store, params, clock, stages)
+    batch = FoldedBatch(by_user, result, store, params, clock, stages, records)
     if by_user:
         batch.writes = await _fold_users(
             by_user, store, params, clock(), result, stages=stages, learn=learn
@@ -219,6 +227,7 @@ class FoldedBatch:
     params: ProfileParams
     clock: Callable[[], int]
     stages: Stages
+    records: Sequence[SourceRecord] = ()  # the batch's, for dead letters after the fold
     writes: list[tuple[Outcome, Write | None]] | None = None  # the fold's, until first sent
     refold: dict[str, list[Delivery]] = field(default_factory=dict)  # users to fold again
 
@@ -264,10 +273,32 @@ class FoldedBatch:
 
     async def _write_once(self, folded: Sequence[tuple[Outcome, Write | None]]) -> set[str]:
         """`_write_users` of this batch's users: the ones whose write lost."""
-        return await _write_users(
+        lost = await _write_users(
             folded, self.store, self.result, self.stages, self.by_user,
             base_currency=self.params.currencies.base,
         )  # fmt: skip
+        for outcome, _ in folded:
+            if outcome.stranded and outcome.profile.user_id not in lost:
+                self._dead_letter_stranded(outcome)
+        return lost
+
+    def _dead_letter_stranded(self, outcome: Outcome) -> None:
+        """Dead letters of the events whose holder lies too many merges on: the record
+        itself, so that it can be applied by hand, never dropped unsaid."""
+        records = {(r.partition, r.offset): r for r in self.records}
+        now = self.clock()
+        for event, partition, offset in outcome.stranded:
+            record = records.get((partition, offset))
+            if record is None:  # not this batch's (a caller that passed no records)
+                continue
+            origin = event.forwarded_from or event.user_id
+            rejection = Rejection(
+                INTERNAL_ERROR,
+                f"older than the merge of {origin!r}, whose events moved on through more "
+                f"than {MAX_MERGE_HOPS} merges: the user holding them was not looked for further",
+            )
+            self.result.dead_letters.append((record.key, dead_letter_for(record, rejection, now)))
+            self.result.errors[INTERNAL_ERROR] += 1
 
 
 async def _fold_users(
@@ -289,8 +320,9 @@ async def _fold_users(
     count each scored event once per attempt).
     """
     loaded = await store.load(list(by_user))
+    holders = await merge_holders(loaded, by_user, store)
     outcomes = [
-        apply_deliveries(loaded[user], deliveries, params, now_ms)
+        apply_deliveries(loaded[user], deliveries, params, now_ms, holders)
         for user, deliveries in by_user.items()
     ]
     if stages.interests is not None:
@@ -353,8 +385,7 @@ def _record(
     if outcome.forwarded:
         result.outcomes["forwarded"] += len(outcome.forwarded)
         if not outcome.wrote:  # else kept in the profile's `forwards`, sent above
-            into = profile.merged_into or ""  # set whenever events are forwarded
-            result.forwarded += [(into, forwarded_event(e, into)) for e in outcome.forwarded]
+            result.forwarded += [(to, forwarded_event(e, to)) for to, e in outcome.forwarded]
     for event in outcome.applied:
         result.by_type[event.type] += 1
         result.event_ts.append(event.ts)

@@ -27,6 +27,7 @@ from profiling import slots
 from profiling.behaviour import Behaviour
 from profiling.currency import SAME_CURRENCY, Currencies
 from profiling.events import Event, forwarded_event
+from profiling.forwarding import Holder, Lost, origin_of
 from profiling.vectors import StoredInterest
 
 MS_PER_DAY: Final = 86_400_000
@@ -111,7 +112,8 @@ class Profile:
     # than it are suppressed, never applied (DESIGN.md §9). 0: never erased.
     erased_before: int = 0
     # With `erased_before`, when the erasure was a merge: the user merged into. Events
-    # older than the merge are forwarded to that user instead (`Outcome.forwarded`).
+    # older than the merge are forwarded instead, to that user or to whoever holds its
+    # profile since (`profiling.forwarding`).
     merged_into: str | None = None
 
     @property
@@ -159,30 +161,43 @@ class Outcome(NamedTuple):
     publish: bool
     scored: tuple[tuple[str, bytes], ...] = ()  # (event_id, kept features) for labels
     suppressed: int = 0  # events older than the user's erasure, dropped
-    forwarded: tuple[Event, ...] = ()  # events older than a merge, for `merged_into`
+    # Events older than a merge, each with the user holding that merge's events now.
+    forwarded: tuple[tuple[str, Event], ...] = ()
+    # Events older than a merge whose holder is too many merges on (`Lost.TOO_FAR`).
+    stranded: tuple[Delivery, ...] = ()
 
     @property
     def wrote(self) -> bool:
         return bool(self.applied)
 
 
-NOTHING_FORWARDED: Final[tuple[Event, ...]] = ()
+NOTHING_FORWARDED: Final[tuple[tuple[str, Event], ...]] = ()
+NOTHING_STRANDED: Final[tuple[Delivery, ...]] = ()
+NO_HOLDERS: Final[Mapping[str, Holder]] = {}
 NO_ALERTS: Final[tuple[str, ...]] = ()
 NOTHING_KEPT: Final[tuple[tuple[str, str], ...]] = ()
 
 
 def apply_deliveries(
-    profile: Profile, deliveries: Sequence[Delivery], params: ProfileParams, now_ms: int
+    profile: Profile,
+    deliveries: Sequence[Delivery],
+    params: ProfileParams,
+    now_ms: int,
+    holders: Mapping[str, Holder] = NO_HOLDERS,
 ) -> Outcome:
-    """Fold a batch's deliveries for one user into `profile`; pure."""
+    """Fold a batch's deliveries for one user into `profile`; pure.
+
+    `holders`: for the events older than the user's erasure, the user holding
+    their origin's events now (`profiling.forwarding.merge_holders`). Without
+    one, a merged user's own event goes to `merged_into` and a forwarded one is
+    suppressed.
+    """
     fresh, digests, duplicates, replayed, passed_on, watermarks = _select_fresh(profile, deliveries)
-    suppressed, forwarded = 0, NOTHING_FORWARDED
+    suppressed, forwarded, stranded = 0, NOTHING_FORWARDED, NOTHING_STRANDED
     if passed_on:
-        # Forwarded once at most: an event forwarded before that meets another merge is
-        # suppressed (two users merged into each other would pass it back and forth).
-        if profile.merged_into:
-            forwarded = tuple(e for e in passed_on if e.forwarded_from is None)
-        suppressed = len(passed_on) - len(forwarded)
+        kept, forwarded, stranded = _route(profile, passed_on, holders)
+        suppressed = len(passed_on) - len(kept) - len(forwarded) - len(stranded)
+        duplicates += _take_kept(profile.seen, kept, fresh, digests)
     # A replay of a batch whose write landed but whose change message and alerts may
     # not have been acked (a crash or a rebalance before the commit): publish the
     # user's state again, with what that message carried and that write's alerts,
@@ -192,7 +207,7 @@ def apply_deliveries(
     if not fresh:
         return Outcome(
             profile, [], duplicates, replayed, profile.unpublished, replay, (), suppressed,
-            forwarded,
+            forwarded, stranded,
         )  # fmt: skip
     if replay:  # the replayed writes' alerts and forwards go out again with this one's
         alerts = profile.alerts_before + profile.alerts
@@ -202,8 +217,7 @@ def apply_deliveries(
         alerts, forwards = NO_ALERTS, NOTHING_KEPT
         alerts_before, forwards_before = profile.alerts, profile.forwards
     if forwarded:
-        into = profile.merged_into or ""  # set whenever events are forwarded
-        forwards += tuple((into, forwarded_event(event, into).decode()) for event in forwarded)
+        forwards += tuple((to, forwarded_event(event, to).decode()) for to, event in forwarded)
     fresh.sort(key=lambda event: event.ts)
     counts = dict(profile.counts)
     spend, orders = profile.spend, profile.orders
@@ -262,13 +276,57 @@ def apply_deliveries(
         published_version=version if publish else profile.published_version,
     )
     return Outcome(
-        updated, fresh, duplicates, replayed, all_changed, publish, (), suppressed, forwarded
-    )
+        updated, fresh, duplicates, replayed, all_changed, publish, (), suppressed, forwarded,
+        stranded,
+    )  # fmt: skip
+
+
+def _route(
+    profile: Profile, older: Sequence[Delivery], holders: Mapping[str, Holder]
+) -> tuple[list[Event], tuple[tuple[str, Event], ...], tuple[Delivery, ...]]:
+    """Events older than the user's erasure: those the user holds itself (a merge came
+    back to it), those for another holder, and those whose holder is too far. The
+    rest are suppressed: older than a plain erase, or than the holder's."""
+    kept: list[Event] = []
+    forwarded: list[tuple[str, Event]] = []
+    stranded: list[Delivery] = []
+    for delivery in older:
+        event = delivery.event
+        origin = origin_of(profile, event.forwarded_from)
+        if origin is None:
+            continue
+        # Not walked (a caller without a store): the user's own event goes one merge on.
+        unwalked = Lost.ERASED if event.forwarded_from else profile.merged_into or Lost.ERASED
+        holder = holders.get(origin, unwalked)
+        if holder == profile.user_id:
+            kept.append(event)
+        elif isinstance(holder, str):
+            forwarded.append((holder, event))
+        elif holder is Lost.TOO_FAR:
+            stranded.append(delivery)
+    return kept, tuple(forwarded), tuple(stranded)
+
+
+def _take_kept(seen: bytes, kept: Sequence[Event], fresh: list[Event], digests: list[bytes]) -> int:
+    """Add the events a merge brought back to the user to `fresh` (and their ids'
+    digests to `digests`), but for known ids: the number of those duplicates."""
+    if not kept:
+        return 0
+    batch, duplicates = set(digests), 0
+    for event in kept:
+        digest = event_digest(event.event_id)
+        if digest in batch or in_window(seen, digest):
+            duplicates += 1
+            continue
+        batch.add(digest)
+        digests.append(digest)
+        fresh.append(event)
+    return duplicates
 
 
 def _select_fresh(
     profile: Profile, deliveries: Sequence[Delivery]
-) -> tuple[list[Event], list[bytes], int, int, list[Event], dict[int, int]]:
+) -> tuple[list[Event], list[bytes], int, int, list[Delivery], dict[int, int]]:
     """Drop deliveries at or below the partition watermark (replays), events older than
     the user's erasure, and known event ids.
 
@@ -282,7 +340,7 @@ def _select_fresh(
     digests: list[bytes] = []
     batch: set[bytes] = set()
     fresh: list[Event] = []
-    older: list[Event] = []
+    older: list[Delivery] = []
     duplicates = replayed = 0
     for event, partition, offset in deliveries:
         if offset <= profile.watermarks.get(partition, -1):
@@ -291,7 +349,7 @@ def _select_fresh(
         if offset > watermarks.get(partition, -1):
             watermarks[partition] = offset
         if event.ts < erased_before:
-            older.append(event)
+            older.append(Delivery(event, partition, offset))
             continue
         digest = event_digest(event.event_id)
         if digest in batch or in_window(seen, digest):

@@ -31,6 +31,7 @@ import orjson
 
 from profiling import jsonout
 from profiling.behaviour import Behaviour
+from profiling.forwarding import Marker
 from profiling.profile import Profile
 from profiling.vectors import StoredInterest
 
@@ -232,6 +233,11 @@ class ProfileStore(Protocol):
     async def merged_into(self, user_ids: Sequence[str]) -> dict[str, str]:
         """Of these users, those merged into another, and into whom (read from their
         stored state, never from a cache)."""
+        ...
+
+    async def markers(self, user_ids: Sequence[str]) -> dict[str, Marker]:
+        """Of these users, those erased or merged away, with their marker (read from their
+        stored state, never from a cache): a profile rebuilt since keeps it."""
         ...
 
     async def drop_aside(self, user_id: str) -> None:
@@ -525,11 +531,24 @@ class InMemoryProfileStore:
         found = {user_id: merged_into_of(self._states.get(user_id)) for user_id in user_ids}
         return {user_id: into for user_id, into in found.items() if into}
 
+    async def markers(self, user_ids: Sequence[str]) -> dict[str, Marker]:
+        found = {user_id: marker_of(self._states.get(user_id)) for user_id in user_ids}
+        return {user_id: marker for user_id, marker in found.items() if marker is not None}
+
 
 def merged_into_of(state: bytes | str | None) -> str | None:
     """The user a stored state says its user was merged into; None for any other state."""
     into = _marker_of(state).get("into")
     return into if isinstance(into, str) else None
+
+
+def marker_of(state: bytes | str | None) -> Marker | None:
+    """The erasure marker a stored state carries; None for a user never erased."""
+    document = _marker_of(state)
+    if not document:
+        return None
+    into = document.get("into")
+    return Marker(int(document["erased"]), into if isinstance(into, str) else None)
 
 
 def _erased_at(state: bytes | None) -> int:

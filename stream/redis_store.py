@@ -30,6 +30,7 @@ except ImportError:  # redis[hiredis] brings it; without it redis-py packs in Py
     hiredis = None  # type: ignore[assignment]
 
 from profiling import jsonout
+from profiling.forwarding import Marker
 from profiling.profile import Profile, event_digest, evolve
 from profiling.store import (
     VECTOR_FIELDS,
@@ -41,6 +42,7 @@ from profiling.store import (
     erased_marker,
     gone_vector_fields,
     legacy_keys,
+    marker_of,
     merged_into_of,
     profile_from_storage,
     profile_key,
@@ -450,6 +452,19 @@ class RedisProfileStore:
         return erasure, profile_from_storage(user_id, fields, reply[-1], vectors)
 
     async def merged_into(self, user_ids: Sequence[str]) -> dict[str, str]:
+        states = await self._marker_states(user_ids)
+        merged = zip(user_ids, map(merged_into_of, states), strict=True)
+        return {user: into for user, into in merged if into}
+
+    async def markers(self, user_ids: Sequence[str]) -> dict[str, Marker]:
+        states = await self._marker_states(user_ids)
+        found = zip(user_ids, map(marker_of, states), strict=True)
+        return {user: marker for user, marker in found if marker is not None}
+
+    async def _marker_states(self, user_ids: Sequence[str]) -> list[bytes | str | None]:
+        """Each user's state, or where it expired, the marker kept apart (one MGET)."""
+        if not user_ids:
+            return []
         names = [state_key(user_id) for user_id in user_ids]
         names += [erased_key(user_id) for user_id in user_ids]  # where a state expired
         if isinstance(self.client, RedisCluster):  # one MGET per hash slot
@@ -457,11 +472,10 @@ class RedisProfileStore:
         else:
             values = await self.client.mget(names)
         states, markers = values[: len(user_ids)], values[len(user_ids) :]
-        merged = [
-            (user, merged_into_of(marker if state is None else state))
-            for user, state, marker in zip(user_ids, states, markers, strict=True)
+        return [
+            marker if state is None else state
+            for state, marker in zip(states, markers, strict=True)
         ]
-        return {user: into for user, into in merged if into}
 
     async def drop_aside(self, user_id: str) -> None:
         await self.client.delete(aside_key(user_id), aside_state_key(user_id))

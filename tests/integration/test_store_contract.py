@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
+from profiling.forwarding import Marker
 from profiling.profile import Profile, event_digest
 from profiling.store import (
     Erasure,
@@ -252,6 +253,21 @@ async def test_a_merged_users_marker_names_the_user_merged_into(store: ProfileSt
     # An erase after it is the user's own: events before it are theirs to lose.
     assert await store.erase("alice", T0 + 1) is Erasure.ERASED
     assert await load_one(store, "alice") == Profile("alice", erased_before=T0 + 1)
+
+
+async def test_markers_say_who_was_erased_or_merged_and_when(store: ProfileStore) -> None:
+    """What a walk along merges reads (`profiling.forwarding`): also a rebuilt profile's."""
+    await write(store, rich_profile(), 0)
+    await write(store, rich_profile("bob"), 0)
+    assert await store.markers([]) == {}
+    await store.set_aside("alice", T0, "bob")
+    await store.erase("carol", T0 + 5)
+    rebuilt = replace(rich_profile("carol", version=1), erased_before=T0 + 5)
+    assert await write(store, rebuilt, 0) == []
+    assert await store.markers(["alice", "bob", "carol", "dave"]) == {
+        "alice": Marker(T0, "bob"),
+        "carol": Marker(T0 + 5),
+    }
 
 
 async def test_a_merged_users_marker_keeps_their_watermarks_and_window(

@@ -228,10 +228,10 @@ async def test_a_user_the_fold_fails_on_is_dead_lettered_and_the_rest_applied(
     """
     real = pipeline.apply_deliveries
 
-    def failing(profile: Profile, deliveries: Any, params: Any, now_ms: int) -> Any:
+    def failing(profile: Profile, deliveries: Any, params: Any, now_ms: int, *rest: Any) -> Any:
         if profile.user_id == "poison":
             raise error
-        return real(profile, deliveries, params, now_ms)
+        return real(profile, deliveries, params, now_ms, *rest)
 
     monkeypatch.setattr(pipeline, "apply_deliveries", failing)
     await drain_with_poison(topics, seed, f"{type(error).__name__}: {error}")

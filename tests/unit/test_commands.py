@@ -439,8 +439,8 @@ def test_a_visitors_events_older_than_the_merge_are_forwarded_to_the_account() -
         again = await fold(*(replace(r, offset=r.offset + 2) for r in sent))
         assert again.outcomes["duplicate"] == 2 and not again.forwarded
 
-        # The rebuilt visitor still forwards; an event forwarded once already is not
-        # passed on again (two users merged into each other would bounce it forever).
+        # The rebuilt visitor still forwards; an event forwarded from a user who was never
+        # merged (k) follows no merge: older than anon's erasure, it is suppressed.
         bounced = orjson.dumps({"event_id": "x1", "user_id": "anon", "type": "login",
                                 "ts": ERASED_AT - 5, "forwarded_from": "k"})  # fmt: skip
         older = await fold(

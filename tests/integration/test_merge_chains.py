@@ -1,0 +1,215 @@
+"""Merges that chain or loop, through the engine, over both stores.
+
+A visitor's event older than their merge that arrives after it is forwarded.
+Where the user it was merged into was merged on in turn (a visitor into a guest
+account, the guest into a registered one), or merged back (two ids of one
+person merged each way), the event must end at the user whose profile holds
+the merged events now: nothing valid is lost, and nothing bounces for ever.
+Forwarding is played here as the worker does it: each forwarded record is
+delivered again on the events topic, under the key it was sent with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+
+from profiling.commands import apply_commands
+from profiling.pipeline import BatchResult, Record, Stages, apply_batch
+from profiling.profile import Profile, ProfileParams
+from profiling.store import InMemoryProfileStore, ProfileStore
+from stream.redis_store import RedisProfileStore, connect
+
+NOW = 1_750_000_000_000
+T1 = NOW - 3_600_000  # the first merge
+T2 = T1 + 60_000  # the second
+PARAMS = ProfileParams()
+EVENTS = "behavior-events"
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[ProfileStore]:
+    if request.param == "memory":
+        yield InMemoryProfileStore()
+        return
+    client = connect(request.getfixturevalue("redis_url"))
+    try:
+        yield RedisProfileStore(client, cache_users=100)
+    finally:
+        await client.aclose()
+
+
+class Shop:
+    """The events and commands topics of one store, with their next offsets."""
+
+    def __init__(self, store: ProfileStore) -> None:
+        self.store = store
+        self.offset = 0
+        self.sent: list[tuple[str, bytes]] = []  # forwarded, not delivered yet
+
+    def _next(self) -> int:
+        self.offset += 1
+        return self.offset
+
+    async def events(self, *bodies: dict[str, object]) -> BatchResult:
+        records = [
+            Record(EVENTS, 0, self._next(), str(b["user_id"]).encode(), orjson.dumps(b))
+            for b in bodies
+        ]
+        return await self._fold(records)
+
+    async def deliver_forwarded(self) -> BatchResult:
+        """The records forwarded so far, read from the events topic (once)."""
+        sent, self.sent = self.sent, []
+        records = [Record(EVENTS, 0, self._next(), key.encode(), body) for key, body in sent]
+        return await self._fold(records)
+
+    async def settle(self, most: int = 20) -> list[BatchResult]:
+        """Deliver forwarded records until none is left (or `most` rounds, a loop)."""
+        rounds = []
+        for _ in range(most):
+            if not self.sent:
+                return rounds
+            rounds.append(await self.deliver_forwarded())
+        raise AssertionError(f"still forwarding after {most} rounds: {self.sent}")
+
+    async def _fold(self, records: list[Record]) -> BatchResult:
+        result = await apply_batch(records, self.store, PARAMS, lambda: NOW, Stages())
+        self.sent += result.forwarded
+        return result
+
+    async def merge(self, visitor: str, account: str, at_ms: int) -> BatchResult:
+        body = {"command": "merge", "from_user_id": visitor, "user_id": account}
+        record = Record("profile-commands", 0, self._next(), account.encode(),
+                        orjson.dumps(body), at_ms)  # fmt: skip
+        return await apply_commands([record], self.store, NOW, PARAMS, Stages())
+
+    async def erase(self, user: str, at_ms: int) -> BatchResult:
+        body = {"command": "erase", "user_id": user}
+        record = Record("profile-commands", 0, self._next(), user.encode(),
+                        orjson.dumps(body), at_ms)  # fmt: skip
+        return await apply_commands([record], self.store, NOW, PARAMS, Stages())
+
+    async def profiles(self, *users: str) -> list[Profile]:
+        return list((await self.store.load(list(users), cached=False)).values())
+
+
+def login(event_id: str, user: str, ts: int) -> dict[str, object]:
+    return {"event_id": event_id, "user_id": user, "type": "login", "ts": ts}
+
+
+def events_of(shop_profiles: list[Profile]) -> list[int]:
+    return [p.events for p in shop_profiles]
+
+
+async def test_a_late_event_of_a_visitor_merged_on_twice_reaches_the_last_account(
+    store: ProfileStore,
+) -> None:
+    """v -> a, then a -> b: a late event of v belongs to b, which holds both now."""
+    shop = Shop(store)
+    await shop.events(login("v1", "v", T1 - 500), login("a1", "a", T1 - 400))
+    await shop.events(login("b1", "b", T1 - 300))
+    await shop.merge("v", "a", T1)
+    await shop.merge("a", "b", T2)
+    late = await shop.events(login("v2", "v", T1 - 100))
+    assert late.outcomes["forwarded"] == 1
+    rounds = await shop.settle()
+    applied = sum(r.outcomes["applied"] for r in rounds)
+    suppressed = sum(r.outcomes["suppressed"] for r in [late, *rounds])
+    assert (applied, suppressed) == (1, 0)
+    assert events_of(await shop.profiles("v", "a", "b")) == [0, 0, 4]
+
+
+async def test_an_event_forwarded_before_its_account_merged_on_is_passed_on(
+    store: ProfileStore,
+) -> None:
+    """v's late event is forwarded to a while a is live; a -> b lands before it is read."""
+    shop = Shop(store)
+    await shop.events(login("v1", "v", T1 - 500), login("a1", "a", T1 - 400))
+    await shop.merge("v", "a", T1)
+    await shop.events(login("v2", "v", T1 - 100))
+    assert [key for key, _ in shop.sent] == ["a"]
+    await shop.merge("a", "b", T2)
+    rounds = await shop.settle()
+    assert sum(r.outcomes["applied"] for r in rounds) == 1
+    assert events_of(await shop.profiles("v", "a", "b")) == [0, 0, 3]
+
+
+@pytest.mark.parametrize("forwarded_first", [False, True])
+async def test_users_merged_into_each_other_keep_their_late_events_on_the_live_one(
+    store: ProfileStore, forwarded_first: bool
+) -> None:
+    """A -> B, then B -> A: A holds everything, so A's late events from before the first
+    merge stay with A (also one forwarded to B before B -> A), and B's go to A."""
+    shop = Shop(store)
+    await shop.events(login("x1", "A", T1 - 500), login("y1", "B", T1 - 400))
+    await shop.merge("A", "B", T1)
+    if forwarded_first:
+        await shop.events(login("x2", "A", T1 - 200))
+        assert [key for key, _ in shop.sent] == ["B"]
+    await shop.merge("B", "A", T2)
+    if not forwarded_first:
+        await shop.events(login("x2", "A", T1 - 200))
+    await shop.events(login("y2", "B", T1 - 100))
+    rounds = await shop.settle()
+    assert sum(r.outcomes["suppressed"] for r in rounds) == 0
+    assert events_of(await shop.profiles("A", "B")) == [4, 0]
+
+
+async def test_a_late_event_reaches_an_account_erased_before_the_merge(
+    store: ProfileStore,
+) -> None:
+    """b was erased, then rebuilt, then v merged into it: v's events from before b's
+    erase are v's, in b's profile now, not b's erased past."""
+    shop = Shop(store)
+    await shop.events(login("v1", "v", T1 - 5_000))
+    await shop.erase("b", T1 - 3_000)
+    await shop.events(login("b1", "b", T1 - 1_000))
+    await shop.merge("v", "b", T1)
+    await shop.events(login("v2", "v", T1 - 4_000))
+    rounds = await shop.settle()
+    assert sum(r.outcomes["applied"] for r in rounds) == 1
+    assert events_of(await shop.profiles("v", "b")) == [0, 3]
+
+
+async def test_a_late_event_of_a_visitor_whose_account_was_erased_since_is_suppressed(
+    store: ProfileStore,
+) -> None:
+    """v -> a, then a erased (GDPR), then a -> ... nothing: v's data went with a."""
+    shop = Shop(store)
+    await shop.events(login("v1", "v", T1 - 500), login("a1", "a", T1 - 400))
+    await shop.merge("v", "a", T1)
+    await shop.erase("a", T2)
+    late = await shop.events(login("v2", "v", T1 - 100))
+    rounds = await shop.settle()
+    assert sum(r.outcomes["suppressed"] for r in [late, *rounds]) == 1
+    assert sum(r.outcomes["applied"] for r in rounds) == 0
+    assert events_of(await shop.profiles("v", "a")) == [0, 0]
+
+
+async def test_a_merge_chain_past_the_hop_bound_is_dead_lettered(store: ProfileStore) -> None:
+    """u0 -> u1 -> ... -> u10, each later than the one before: a late event of u0 is not
+    followed past the bound, nor dropped: it goes to the DLQ, saying why."""
+    shop = Shop(store)
+    await shop.events(login("e0", "u0", T1 - 500))
+    for i in range(10):
+        await shop.merge(f"u{i}", f"u{i + 1}", T1 + i)
+    late = await shop.events(login("e1", "u0", T1 - 100))
+    assert not late.forwarded and late.outcomes["applied"] == 0
+    ((key, body),) = late.dead_letters
+    letter = orjson.loads(body)
+    assert key == b"u0" and letter["error"] == "internal_error"
+    assert "merge" in letter["detail"] and orjson.loads(letter["value"])["event_id"] == "e1"
+
+
+async def test_a_chain_within_the_hop_bound_is_followed(store: ProfileStore) -> None:
+    shop = Shop(store)
+    await shop.events(login("e0", "u0", T1 - 500))
+    for i in range(8):
+        await shop.merge(f"u{i}", f"u{i + 1}", T1 + i)
+    late = await shop.events(login("e1", "u0", T1 - 100))
+    assert [key for key, _ in late.forwarded] == ["u8"]
+    await shop.settle()
+    assert events_of(await shop.profiles("u8")) == [2]
