@@ -14,9 +14,10 @@ then erases `from_user_id` as above (a tombstone, a marker). It is safe to
 crash anywhere in it and replay: the profile merged in is first set aside
 under its own hash tag as `from_user_id` is erased (one script), so a worker
 that folds `from_user_id`'s events meanwhile finds the marker, never a half
-merged profile; the merge's digest then joins `user_id`'s dedupe window with
-the merged write (compare-and-set), and the profile aside is dropped last. A
-replay finds the profile still aside, or the digest already in the window.
+merged profile; the merge's digest then joins `user_id`'s dedupe window and
+last merges (`Profile.merges`, which no number of later events pushes out)
+with the merged write (compare-and-set), and the profile aside is dropped
+last. A replay finds the profile still aside, or the digest already there.
 `from_user_id`'s marker names `user_id`: their events older than the merge
 that arrive after it (a worker may read the command before them, from another
 topic) are forwarded to `user_id`, or to whoever holds its profile now where
@@ -34,7 +35,7 @@ import msgspec
 
 from profiling.errors import StoreConflictError
 from profiling.events import INVALID_COMMAND, KEY_MISMATCH, Rejection, decode_record
-from profiling.merging import merge_marker, merge_profiles
+from profiling.merging import merge_marker, merge_profiles, merged_already
 from profiling.messages import change_message
 from profiling.pipeline import (
     MAX_WRITE_ATTEMPTS,
@@ -44,7 +45,7 @@ from profiling.pipeline import (
     alert_messages,
     dead_letter_for,
 )
-from profiling.profile import Profile, ProfileParams, in_window
+from profiling.profile import Profile, ProfileParams
 from profiling.store import Erasure, ProfileStore, Write
 from profiling.vectors import VectorParams
 
@@ -162,7 +163,7 @@ async def _merge(  # noqa: PLR0917 - one command's whole context
         # partition meanwhile may have merged it already (then this is a replay, and a
         # stale copy without the merge's digest would publish nothing).
         (known,) = (await store.load([command.user_id], cached=False)).values()
-        if in_window(known.seen, marker):  # merged before a crash: publish again
+        if merged_already(known, marker):  # merged before a crash: publish again
             if known.is_new:  # the marker of `user_id`, merged on or erased since
                 break  # its tombstone went out: a message now would bring it back
             _publish(known, result, stages)

@@ -17,9 +17,10 @@ have gone out yet (the merged write's `Profile.alerts`).
 The dedupe window takes both users' event ids: a visitor's event older than
 the merge that arrives after it is forwarded to the known user, or to whoever
 holds its profile since (`profiling.forwarding`), and one already in the
-merged profile (a replay) is
-then found there. `merge_marker` makes the merge idempotent: its digest joins
-the window too, last, and a replayed command finds it there.
+merged profile (a replay) is then found there. `merge_marker` makes the merge
+idempotent: its digest joins the window too, last, and the profile's last
+merges (`Profile.merges`), where a replayed command finds it however many
+events the account had since (`merged_already`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Final
 
 from profiling.behaviour import merge_behaviour
 from profiling.profile import (
@@ -36,6 +38,7 @@ from profiling.profile import (
     ProfileParams,
     event_digest,
     evolve,
+    in_window,
 )
 from profiling.store import public_fields, vector_fields
 from profiling.vectors import (
@@ -47,10 +50,25 @@ from profiling.vectors import (
     merge_interests,
 )
 
+MERGES_KEPT: Final = 8  # merges a profile remembers apart from its dedupe window
+
 
 def merge_marker(from_user_id: str, at_ms: int) -> bytes:
     """The dedupe-window entry that says `from_user_id`'s profile, taken at `at_ms`, is in."""
     return event_digest(f"merge\x1f{from_user_id}\x1f{at_ms}")
+
+
+def merged_already(known: Profile, marker: bytes) -> bool:
+    """Whether `known` holds the merge of `marker` (a replayed command after a crash).
+
+    The dedupe window alone would forget it after as many of the account's own
+    events as it holds: the merge's profile aside, not yet dropped, would then be
+    merged a second time. The last `MERGES_KEPT` merges are kept apart; a replay
+    comes before the account's next merges, which wait behind it on its partition
+    of the commands topic. The window is still looked at for profiles merged by
+    earlier versions.
+    """
+    return in_window(known.merges, marker) or in_window(known.seen, marker)
 
 
 def merged_window(mine: bytes, theirs: bytes, marker: bytes, size: int) -> bytes:
@@ -144,6 +162,7 @@ def merge_profiles(
         forwards=(),
         alerts_before=known.alerts,
         forwards_before=known.forwards + taken.forwards,
+        merges=(known.merges + marker)[-DIGEST_BYTES * MERGES_KEPT :],
         published_at=now_ms,
         published_version=version,
     )

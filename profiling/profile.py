@@ -115,6 +115,9 @@ class Profile:
     # older than the merge are forwarded instead, to that user or to whoever holds its
     # profile since (`profiling.forwarding`).
     merged_into: str | None = None
+    # `merging.merge_marker` digests of the last merges folded into this profile, oldest
+    # first: a replayed merge is found here once its entry has left the dedupe window.
+    merges: bytes = b""
 
     @property
     def is_new(self) -> bool:

@@ -360,6 +360,8 @@ def state_blob(profile: Profile) -> bytes:
         state["alerts_b"] = profile.alerts_before
     if profile.forwards_before:
         state["fwd_b"] = profile.forwards_before
+    if profile.merges:
+        state["merges"] = profile.merges.hex()
     if profile.erased_before:
         state = {**_marker(profile.erased_before, profile.merged_into), **state}
     document = jsonout.dumps(state)
@@ -426,6 +428,7 @@ def profile_from_storage(
         forwards=tuple((user, body) for user, body in internal.get("fwd", ())),
         alerts_before=tuple(internal.get("alerts_b", ())),
         forwards_before=tuple((user, body) for user, body in internal.get("fwd_b", ())),
+        merges=bytes.fromhex(internal.get("merges", "")),
         erased_before=int(internal.get("erased", 0)),
         merged_into=internal.get("into"),
     )

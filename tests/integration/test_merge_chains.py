@@ -1,4 +1,4 @@
-"""Merges that chain or loop, through the engine, over both stores.
+"""Merges that chain, loop or are replayed, through the engine, over both stores.
 
 A visitor's event older than their merge that arrives after it is forwarded.
 Where the user it was merged into was merged on in turn (a visitor into a guest
@@ -44,8 +44,9 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[ProfileStore]:
 class Shop:
     """The events and commands topics of one store, with their next offsets."""
 
-    def __init__(self, store: ProfileStore) -> None:
+    def __init__(self, store: ProfileStore, params: ProfileParams = PARAMS) -> None:
         self.store = store
+        self.params = params
         self.offset = 0
         self.sent: list[tuple[str, bytes]] = []  # forwarded, not delivered yet
 
@@ -76,7 +77,7 @@ class Shop:
         raise AssertionError(f"still forwarding after {most} rounds: {self.sent}")
 
     async def _fold(self, records: list[Record]) -> BatchResult:
-        result = await apply_batch(records, self.store, PARAMS, lambda: NOW, Stages())
+        result = await apply_batch(records, self.store, self.params, lambda: NOW, Stages())
         self.sent += result.forwarded
         return result
 
@@ -84,13 +85,13 @@ class Shop:
         body = {"command": "merge", "from_user_id": visitor, "user_id": account}
         record = Record("profile-commands", 0, self._next(), account.encode(),
                         orjson.dumps(body), at_ms)  # fmt: skip
-        return await apply_commands([record], self.store, NOW, PARAMS, Stages())
+        return await apply_commands([record], self.store, NOW, self.params, Stages())
 
     async def erase(self, user: str, at_ms: int) -> BatchResult:
         body = {"command": "erase", "user_id": user}
         record = Record("profile-commands", 0, self._next(), user.encode(),
                         orjson.dumps(body), at_ms)  # fmt: skip
-        return await apply_commands([record], self.store, NOW, PARAMS, Stages())
+        return await apply_commands([record], self.store, NOW, self.params, Stages())
 
     async def profiles(self, *users: str) -> list[Profile]:
         return list((await self.store.load(list(users), cached=False)).values())
@@ -213,3 +214,28 @@ async def test_a_chain_within_the_hop_bound_is_followed(store: ProfileStore) -> 
     assert [key for key, _ in late.forwarded] == ["u8"]
     await shop.settle()
     assert events_of(await shop.profiles("u8")) == [2]
+
+
+async def test_a_merge_replayed_after_its_mark_left_the_window_merges_once(
+    store: ProfileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after the merged write, before the profile aside was dropped; then more
+    events of the account than its dedupe window holds; then the merge read again."""
+    shop = Shop(store, ProfileParams(dedupe_window=4))
+    await shop.events(*(login(f"v{i}", "v", T1 - 900 + i) for i in range(3)))
+    await shop.events(login("a1", "a", T1 - 800))
+
+    async def crash(user_id: str) -> None:
+        raise ConnectionError(f"gone before dropping {user_id}")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "drop_aside", crash)
+        with pytest.raises(ConnectionError):
+            await shop.merge("v", "a", T1)
+    await shop.events(*(login(f"a{i}", "a", T1 + i) for i in range(2, 12)))
+    (account,) = await shop.profiles("a")
+    assert account.events == 14
+    replay = await shop.merge("v", "a", T1)
+    assert replay.commands == {("merge", "repeated"): 1}
+    (account,) = await shop.profiles("a")
+    assert account.events == 14

@@ -72,6 +72,7 @@ def rich_profile(user_id: str = "alice", version: int = 3) -> Profile:
         published_version=version - 1,
         unpublished=frozenset({"events", "count:view", "categories"}),
         seen=b"".join(event_digest(f"e{i}") for i in range(11)),
+        merges=event_digest("merge\x1fanon\x1f1") + event_digest("merge\x1fanon\x1f2"),
     )
 
 
