@@ -156,6 +156,17 @@ class Erasure(enum.Enum):
 ERASED_PREFIX: Final = b'{"erased":'  # a state that starts so carries an erasure time
 
 
+def erasure_time(at_ms: int) -> int:
+    """The time an erase at `at_ms` writes in its marker: at least 1 ms.
+
+    A marker's time 0 reads as never erased (`Profile.erased_before`), and an
+    erase at 0 would find the user erased at or after it already and touch
+    nothing: a command record stamped 0 (a producer whose clock says 1970)
+    still erases. No event is that old, so none is suppressed by it.
+    """
+    return max(at_ms, 1)
+
+
 def erased_marker(at_ms: int, merged_into: str | None = None) -> bytes:
     """The state of a user erased at `at_ms` who has no profile (yet) since; for a merge,
     with the user merged into (`{"erased":<ms>,"into":<user_id>}`)."""
@@ -216,7 +227,8 @@ class ProfileStore(Protocol):
 
     async def erase(self, user_id: str, at_ms: int) -> Erasure:
         """Remove every key of the user, leaving a marker that suppresses events older than
-        `at_ms`. Idempotent: a user already erased at or after `at_ms` is left alone."""
+        `at_ms` (`erasure_time`: 0 erases as 1). Idempotent: a user already erased at or
+        after `at_ms` is left alone."""
         ...
 
     async def set_aside(
@@ -502,6 +514,7 @@ class InMemoryProfileStore:
         return self._erase(user_id, at_ms, None)
 
     def _erase(self, user_id: str, at_ms: int, merged_into: str | None) -> Erasure:
+        at_ms = erasure_time(at_ms)
         if _erased_at(self._states.get(user_id)) >= at_ms:
             return Erasure.REPEATED
         existed = self._hashes.pop(user_id, None) is not None
@@ -519,7 +532,7 @@ class InMemoryProfileStore:
         self, user_id: str, at_ms: int, merged_into: str
     ) -> tuple[Erasure, Profile | None]:
         (profile,) = (await self.load([user_id])).values()
-        if _erased_at(self._states.get(user_id)) < at_ms:  # a replay moves nothing
+        if _erased_at(self._states.get(user_id)) < erasure_time(at_ms):  # a replay: nothing
             for owner, event_id in [key for key in self._scored if key[0] == user_id]:
                 self._scored[(merged_into, event_id)] = self._scored.pop((owner, event_id))
         erasure = self._erase(user_id, at_ms, merged_into)

@@ -40,6 +40,7 @@ from profiling.store import (
     aside_state_key,
     erased_key,
     erased_marker,
+    erasure_time,
     gone_vector_fields,
     legacy_keys,
     marker_of,
@@ -487,6 +488,7 @@ class RedisProfileStore:
         erasing = scored_erasing_key(user_id)
         keys = [*_user_keys([user_id]), aside_key(user_id), aside_state_key(user_id),
                 scored_index_key(user_id), erasing]  # fmt: skip
+        at_ms = erasure_time(at_ms)
         args = [at_ms, erased_marker(at_ms, merged_into), self.erased_ttl_ms, aside_ms]
         (reply,) = await eval_pipelined(self.client, self._shas, [(ERASE_SCRIPT, keys, args)])
         # After the script, not in it: the feature keys are only known from the index,

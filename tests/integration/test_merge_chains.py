@@ -239,3 +239,17 @@ async def test_a_merge_replayed_after_its_mark_left_the_window_merges_once(
     assert replay.commands == {("merge", "repeated"): 1}
     (account,) = await shop.profiles("a")
     assert account.events == 14
+
+
+async def test_commands_stamped_0_still_erase_and_merge(store: ProfileStore) -> None:
+    shop = Shop(store)
+    await shop.events(login("v1", "v", T1 - 500), login("a1", "a", T1 - 400))
+    await shop.events(login("e1", "e", T1 - 300))
+    erased = await shop.erase("e", 0)
+    assert (erased.commands, erased.erased) == ({("erase", "erased"): 1}, ["e"])
+    merged = await shop.merge("v", "a", 0)
+    assert merged.commands == {("merge", "merged"): 1}
+    assert events_of(await shop.profiles("e", "v", "a")) == [0, 0, 2]
+    again = await shop.merge("v", "a", 0)  # a replay
+    assert again.commands == {("merge", "repeated"): 1}
+    assert events_of(await shop.profiles("a")) == [2]

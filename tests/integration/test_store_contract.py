@@ -245,6 +245,23 @@ async def test_erase_is_idempotent_and_keeps_a_profile_rebuilt_since(store: Prof
     assert await load_one(store, "alice") == Profile("alice", erased_before=T0 + 1)
 
 
+async def test_an_erase_at_time_0_erases(store: ProfileStore) -> None:
+    """A command record stamped 0 (a producer's clock at the epoch): a marker of 0 would
+    read as never erased, and the erase would find itself done already."""
+    await write(store, rich_profile(), 0)
+    await write(store, rich_profile("bob"), 0)
+    assert await store.erase("alice", 0) is Erasure.ERASED
+    assert await store.read_profile("alice") is None
+    erased = await load_one(store, "alice")
+    assert erased.is_new and erased.erased_before > 0
+    assert await store.erase("alice", 0) is Erasure.REPEATED
+    assert (await store.set_aside("bob", 0, "carol"))[0] is Erasure.ERASED
+    assert await store.markers(["alice", "bob"]) == {
+        "alice": Marker(erased.erased_before),
+        "bob": Marker(erased.erased_before, "carol"),
+    }
+
+
 async def test_a_merged_users_marker_names_the_user_merged_into(store: ProfileStore) -> None:
     await write(store, rich_profile(), 0)
     await store.set_aside("alice", T0, "bob")
