@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Final
 
 import numpy as np
 from aiokafka import TopicPartition
@@ -35,11 +36,15 @@ DEAD_LETTERS = Counter(
 )
 FOREIGN_PURCHASES = Counter(
     "profiler_foreign_purchases",
-    "Purchases applied in a currency other than PROFILER_CURRENCY, by currency and what their "
-    "amount did: converted, as_sent (no rates set) or left_out (no rate for it)",
+    "Purchases applied in a currency other than PROFILER_CURRENCY, by currency (one of "
+    "PROFILER_CURRENCY_RATES, else other) and what their amount did: converted, as_sent "
+    "(no rates set) or left_out (no rate for it)",
     ["currency", "amount"],
     registry=REGISTRY,
 )
+# The `currency` of purchases in a currency without a rate: events may name any three
+# letters (17,576 series), the rates only what the operator set.
+OTHER_CURRENCY: Final = "other"
 BATCH_SIZE = Histogram(
     "profiler_batch_records",
     "Records per consumer batch",

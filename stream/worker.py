@@ -1320,12 +1320,14 @@ class BatchWorker:
             metrics.EVENT_TO_STORE_SECONDS.observe_all(np.maximum(ages, 0) / 1000)
 
     def _observe_currencies(self, purchases: Mapping[str, int]) -> None:
-        """Count purchases in other currencies; say once per currency when their money
-        is not converted (no rates: summed as sent; no rate for it: left out)."""
+        """Count purchases in other currencies, those without a rate as `other`; say once
+        per currency when their money is not converted (no rates: summed as sent; no rate
+        for it: left out)."""
         currencies = self.params.currencies
         for currency, count in purchases.items():
             handling = currencies.handling(currency)
-            metrics.FOREIGN_PURCHASES.labels(currency, handling).inc(count)
+            label = currency if handling == CONVERTED else metrics.OTHER_CURRENCY
+            metrics.FOREIGN_PURCHASES.labels(label, handling).inc(count)
             if handling == CONVERTED or currency in self._currencies_told:
                 continue
             self._currencies_told.add(currency)

@@ -14,6 +14,7 @@ from stream.producing import send_records
 from stream.settings import Settings
 from stream.web import observe_lag
 from stream.worker import BatchWorker, next_offsets, wall_clock_ms
+from tests.conftest import SettingsFactory
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
@@ -131,7 +132,7 @@ async def test_a_replayed_or_duplicate_foreign_purchase_is_counted_once(topics: 
     await send_records(topics, [(b"ada", body), (b"ada", body)])  # the second a duplicate
     worker = BatchWorker(topics)
     await worker.start()
-    labels = {"currency": "EUR", "amount": "as_sent"}
+    labels = {"currency": "other", "amount": "as_sent"}  # no rates set
     before = sample("profiler_foreign_purchases_total", labels)
     try:
         records = await take(worker, 2)
@@ -142,3 +143,44 @@ async def test_a_replayed_or_duplicate_foreign_purchase_is_counted_once(topics: 
     assert first.outcomes["applied"] == 1 and first.outcomes["duplicate"] == 1
     assert replay.outcomes["replayed"] == 2
     assert sample("profiler_foreign_purchases_total", labels) - before == 1
+
+
+async def test_foreign_purchases_are_labelled_by_the_currencies_with_a_rate_and_other(
+    make_settings: SettingsFactory,
+) -> None:
+    """The `currency` label took any three capital letters an event named: 17,576 series
+    a producer could open. Now the rates' currencies, and `other` for the rest."""
+    settings = await make_settings(encoder_model="none", currency_rates={"EUR": 0.92})
+    now = wall_clock_ms()
+    codes = ["EUR", "XQA", "XQB", "XQC"]  # three the worker has no rate for
+    purchases = [
+        {"event_id": f"p{i}", "user_id": "ada", "type": "purchase", "amount": 30,
+         "currency": code, "ts": now}
+        for i, code in enumerate(codes)
+    ]  # fmt: skip
+    await send_records(settings, [(b"ada", orjson.dumps(p)) for p in purchases])
+    converted = {"currency": "EUR", "amount": "converted"}
+    other = {"currency": "other", "amount": "left_out"}
+    before = sample("profiler_foreign_purchases_total", converted), sample(
+        "profiler_foreign_purchases_total", other
+    )
+    worker = BatchWorker(settings)
+    await worker.start()
+    try:
+        result = await worker.process(await take(worker, len(purchases)))
+    finally:
+        await worker.close()
+    assert result.outcomes["applied"] == len(purchases)
+    assert sample("profiler_foreign_purchases_total", converted) - before[0] == 1
+    assert sample("profiler_foreign_purchases_total", other) - before[1] == 3
+    assert not {"XQA", "XQB", "XQC"} & set(currency_labels())
+
+
+def currency_labels() -> list[str]:
+    """The `currency` values `profiler_foreign_purchases` has a series for."""
+    return [
+        sample.labels["currency"]
+        for family in metrics.REGISTRY.collect()
+        if family.name == "profiler_foreign_purchases"
+        for sample in family.samples
+    ]

@@ -302,9 +302,10 @@ async def test_spend_is_counted_in_one_currency_and_money_without_a_rate_is_told
             if event.currency != "JPY":
                 expected[event.user_id]["spend"] += event.amount / RATES[event.currency]
     assert purchases["JPY"] and purchases["EUR"], "the shop's mix should hold both"
+    labels = {"other"} | purchases.keys()  # the yen, without a rate, counted as other
     counted = {
         (code, handling): metrics.FOREIGN_PURCHASES.labels(code, handling)._value.get()
-        for code in purchases
+        for code in labels
         for handling in ("converted", "left_out")
     }
     await send_records(settings, records)
@@ -314,8 +315,10 @@ async def test_spend_is_counted_in_one_currency_and_money_without_a_rate_is_told
     assert_profiles_match(await stored_profiles(settings.redis_url), expected)
     for (code, handling), before in counted.items():
         now = metrics.FOREIGN_PURCHASES.labels(code, handling)._value.get()
-        left_out = handling == "left_out"
-        want = purchases[code] if code != "USD" and left_out == (code == "JPY") else 0
+        if handling == "left_out":
+            want = purchases["JPY"] if code == "other" else 0
+        else:
+            want = purchases[code] if code not in ("USD", "JPY", "other") else 0
         assert now - before == want, (code, handling)
     told = [r.getMessage() for r in caplog.records if "PROFILER_CURRENCY_RATES" in r.getMessage()]
     assert len(told) == 1 and told[0].startswith("purchases in JPY: no rate"), told
