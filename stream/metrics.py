@@ -222,9 +222,18 @@ CONSUMER_LAG = Gauge(
 )
 
 
-def observe_lag(lag: Mapping[TopicPartition, int]) -> None:
+def observe_lag(
+    lag: Mapping[TopicPartition, int], unknown: Iterable[TopicPartition] = ()
+) -> None:
+    """Set the lag of the partitions in `lag`; drop the series of those whose lag is not
+    known now (`unknown`: their position query timed out, or their end is not fetched).
+
+    A series left at its last value would look current while the partition falls
+    behind; an absent one is what Prometheus calls stale, and `absent()` alerts see.
+    """
     for tp, behind in lag.items():
         CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(behind)
+    forget_partitions(unknown)
 
 
 def forget_partitions(partitions: Iterable[TopicPartition]) -> None:

@@ -72,9 +72,10 @@ async def _redis_answers(worker: BatchWorker) -> bool | str:
 async def observe_lag(worker: BatchWorker) -> None:
     """Set `profiler_consumer_lag` of every owned partition whose end is known: as `/ready`
     counts it (`BatchWorker.lag_now`), also for a partition no batch came from since its
-    assignment (a quiet one, or one with a backlog not yet fetched)."""
-    lag, _ = await worker.lag_now(READY_TIMEOUT_S)
-    metrics.observe_lag(lag)
+    assignment (a quiet one, or one with a backlog not yet fetched). A partition whose
+    lag is not known this time has no series until it is."""
+    lag, unknown = await worker.lag_now(READY_TIMEOUT_S)
+    metrics.observe_lag(lag, unknown)
 
 
 def health_body(started: float) -> dict[str, Any]:

@@ -6,10 +6,11 @@ import time
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka.structs import ConsumerRecord
 from redis import asyncio as aioredis
 
-from stream import metrics
+from stream import metrics, web
 from stream.producing import send_records
 from stream.settings import Settings
 from stream.web import observe_lag
@@ -184,3 +185,28 @@ def currency_labels() -> list[str]:
         if family.name == "profiler_foreign_purchases"
         for sample in family.samples
     ]
+
+
+async def test_a_partition_whose_lag_is_not_known_at_a_scrape_has_no_lag_series(
+    topics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition whose position query found no answer in time kept its last lag, which
+    looked current while it fell behind. Now its series goes until its lag is known."""
+    login = {"event_id": "s1", "user_id": "ada", "type": "login", "ts": wall_clock_ms()}
+    await send_records(topics, [(b"ada", orjson.dumps(login))])
+    worker = BatchWorker(topics)
+    await worker.start()
+    try:
+        records = await take(worker, 1)
+        await worker.process(records)  # ada's partition: its lag known from the batch
+        await observe_lag(worker)  # the other two asked for their positions, and known
+        assert sorted(lag_series(topics.topic_events)) == ["0", "1", "2"]
+        # No answer within the bound: the two partitions no batch came from are unknown.
+        monkeypatch.setattr(web, "READY_TIMEOUT_S", 0)
+        await observe_lag(worker)
+        assert lag_series(topics.topic_events) == [str(records[0].partition)]
+        monkeypatch.undo()
+        await observe_lag(worker)
+        assert sorted(lag_series(topics.topic_events)) == ["0", "1", "2"]
+    finally:
+        await worker.close()
