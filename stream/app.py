@@ -21,16 +21,14 @@ import time
 from typing import Any, ClassVar
 
 import faust
-from aiokafka.errors import KafkaError
 from faust.app.base import BootStrategy
 from mode import Service
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from profiling.errors import ProfilerError
 from stream import kafka, metrics
 from stream.lookup import read_profile_json
-from stream.preflight import check_servers
+from stream.preflight import SERVER_ERRORS, check_servers
 from stream.runner import settle_heap
 from stream.settings import Settings, refusals
 from stream.web import health_body, observe_lag, readiness
@@ -121,7 +119,7 @@ class EventPathService(Service):
             return
         try:
             await self._start_worker()
-        except (ProfilerError, KafkaError, RedisError, OSError) as exc:
+        except (ProfilerError, *SERVER_ERRORS) as exc:
             # One line, as `profiler run` says it, not Faust's traceback of the crash.
             log.error("cannot start the worker: %s", exc)
             raise SystemExit(1) from None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -37,6 +37,10 @@ log = logging.getLogger("profiler.preflight")
 # connection fails at once; this bounds an address that never answers.
 BOOTSTRAP_TIMEOUT_MS = 10_000
 CANCEL_GRACE_S = 2.0
+# What a worker's own start raises when a server it checked here went away since (or
+# stopped answering): one line each (`StartupError`), not a traceback. A Redis
+# Cluster's client raises RedisClusterException, no RedisError, when no node answers.
+SERVER_ERRORS: Final = (KafkaError, RedisError, RedisClusterException, OSError)
 
 
 class StartupError(ProfilerError):

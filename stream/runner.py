@@ -7,11 +7,8 @@ import gc
 import logging
 import signal
 
-from aiokafka.errors import KafkaError
-from redis.exceptions import RedisError
-
 from profiling.errors import ProfilerError
-from stream.preflight import StartupError
+from stream.preflight import SERVER_ERRORS, StartupError
 from stream.settings import Settings
 from stream.worker import BatchWorker, WorkerStats, stop_within
 
@@ -85,7 +82,7 @@ async def run_worker(settings: Settings, until_idle_s: float | None = None) -> W
     try:
         try:
             await worker.start()
-        except (KafkaError, RedisError, OSError) as exc:
+        except SERVER_ERRORS as exc:
             raise StartupError(str(exc)) from exc
         settle_heap(settings.batch_max_events)
         if settings.web_port:

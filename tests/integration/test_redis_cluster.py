@@ -10,6 +10,7 @@ several users per script call is refused.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -24,12 +25,14 @@ from profiling.embedding_cache import text_key
 from profiling.pipeline import Record, apply_batch
 from profiling.profile import Profile, ProfileParams
 from profiling.store import Erasure, Write, scored_index_key
-from stream.devstack import LocalRedis
+from stream.devstack import LocalRedis, free_port
 from stream.held_back import HeldBackLedger, LedgerChanges
 from stream.interest_setup import RedisEmbeddingCache
 from stream.model_setup import build_models, save_models, segment_report
+from stream.preflight import StartupError
 from stream.producing import send_records
 from stream.redis_store import RedisProfileStore, connect
+from stream.runner import run_worker
 from stream.settings import Settings
 from stream.synthetic_shop import ShopGenerator
 from tests.conftest import SettingsFactory
@@ -234,3 +237,43 @@ async def test_segment_report_reads_every_node_of_a_cluster(
             await client.aclose()
         report = await segment_report(settings)
         assert {segment: size for segment, size, _ in report if size} == {1: len(users)}
+
+
+async def unreachable_cluster(make_settings: SettingsFactory) -> Settings:
+    """Settings of a worker whose cluster went away after the check before its start: the
+    preflight is passed by, as a cluster lost between the two would."""
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    return await make_settings(redis_url=url, redis_cluster=True, encoder_model="none")
+
+
+async def test_a_cluster_unreachable_as_profiler_run_starts_the_worker_is_one_line(
+    make_settings: SettingsFactory,
+) -> None:
+    """The cluster client raises RedisClusterException, no RedisError, when no node
+    answers: `profiler run` printed its traceback instead of the start-up error line."""
+    settings = await unreachable_cluster(make_settings)
+    with pytest.raises(StartupError, match=r"^Redis Cluster cannot be connected"):
+        await run_worker(settings)
+
+
+async def test_a_cluster_unreachable_as_the_faust_app_starts_the_worker_is_one_line(
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same in the Faust app's service: Faust logged the crash's traceback."""
+    from stream import app
+
+    async def passed(settings: Settings) -> None:
+        """The check before the start found the cluster; it went away since."""
+
+    monkeypatch.setattr(app, "settings", await unreachable_cluster(make_settings))
+    monkeypatch.setattr(app, "check_servers", passed)
+    service = app.EventPathService()
+    try:
+        with caplog.at_level(logging.ERROR, logger="profiler.app"), pytest.raises(SystemExit):
+            await service.on_start()
+    finally:
+        await service.on_stop()
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "profiler.app"]
+    assert said.startswith("cannot start the worker: Redis Cluster cannot be connected"), said
