@@ -245,6 +245,33 @@ class WorkerStats:
         self.errors.update(result.errors)
 
 
+class _Folded(NamedTuple):
+    """A folded batch (its commands' result in it), and its commands' result alone: should
+    its write fail on a bug, the batch is applied apart without carrying them out again."""
+
+    batch: FoldedBatch
+    commanded: BatchResult
+
+
+class _FoldFailed(Exception):
+    """A batch's fold failed (`failure`) after its commands were carried out (`commanded`).
+
+    Applied apart, the batch takes their result rather than carrying them out
+    again: an erase then finds its own marker and would count as `repeated`.
+    """
+
+    def __init__(self, failure: Exception, commanded: BatchResult) -> None:
+        super().__init__(f"{type(failure).__name__}: {failure}")
+        self.failure, self.commanded = failure, commanded
+
+
+def _fold_failure(exc: Exception) -> tuple[Exception, BatchResult | None]:
+    """What a batch's fold failed on, and its commands' result when they were carried out."""
+    if isinstance(exc, _FoldFailed):
+        return exc.failure, exc.commanded
+    return exc, None
+
+
 class _Writing(NamedTuple):
     """A batch in the background: its write (`written`), then its publishing and commit."""
 
@@ -252,6 +279,7 @@ class _Writing(NamedTuple):
     task: asyncio.Task[None]  # write, acks, commit
     previous: asyncio.Task[None] | None  # the batch before, committed before this one
     records: Sequence[SourceRecord]  # the batch, to apply apart if its write fails on a bug
+    commanded: BatchResult  # its commands' result, carried out in its fold
     users: AbstractSet[str]  # the users it writes
     ends: dict[TopicPartition, int]
     started: float
@@ -640,10 +668,11 @@ class BatchWorker:
                     last = await self._settled_for_commands(last, ends)
                     if len(records) < self.settings.batch_max_events:
                         self._hold_fetches()  # keeping up: fetch late, for freshness
-                    folded = await self._fold_guarded(records, ends, started, last)
-                    if folded is None:  # applied apart, and committed, with the one before
+                    folding = await self._fold_guarded(records, ends, started, last)
+                    if folding is None:  # applied apart, and committed, with the one before
                         last = None
                         continue
+                    folded, commanded = folding
                     stale: AbstractSet[str] = frozenset()
                     if last is not None:
                         after = await self._after_write(last, records, ends, started, folded)
@@ -655,7 +684,7 @@ class BatchWorker:
                     for _ in range(FETCH_TURNS):
                         await asyncio.sleep(0)
                     last = self._write_in_background(
-                        records, ends, folded, stale=stale, started=started, last=last
+                        records, ends, folded, commanded, stale=stale, started=started, last=last
                     )
                     await asyncio.sleep(0)  # the write is packed and sent before the next take
                     continue
@@ -856,11 +885,12 @@ class BatchWorker:
         started = time.monotonic()
         ends = next_offsets(records)
         try:
-            folded = await self._fold(records, ends, started)
+            folded, _ = await self._fold(records, ends, started)
         except Exception as exc:
+            failure, commanded = _fold_failure(exc)
             if self.stopping:
-                raise
-            return await self._apply_apart(records, ends, started, exc)
+                raise failure from None
+            return await self._apply_apart(records, ends, started, failure, commanded)
         result = await self._write(records, folded, frozenset())
         await self._finish(records, ends, result, started)
         return result
@@ -873,7 +903,7 @@ class BatchWorker:
         last: _Writing | None,
         *,
         learn: bool = True,
-    ) -> FoldedBatch | None:
+    ) -> _Folded | None:
         """`_fold`; or, when that fails on neither Redis nor Kafka, `_apply_apart` (None).
 
         The fetch `run` held is let go either way when it fails.
@@ -881,12 +911,13 @@ class BatchWorker:
         try:
             return await self._fold(records, ends, started, learn=learn)
         except Exception as exc:
+            failure, commanded = _fold_failure(exc)
             if self.stopping:  # Redis or Kafka gone as we stop: the batch is replayed later
                 self._fetch_again()
-                raise
+                raise failure from None
             if last is not None:
                 await self._settle(last)  # the batch before: written, published, committed
-            await self._apply_apart(records, ends, started, exc)
+            await self._apply_apart(records, ends, started, failure, commanded)
             self._fetch_again()
             return None
         except BaseException:
@@ -910,7 +941,7 @@ class BatchWorker:
                 raise
             if last.previous is not None:
                 await last.previous
-            await self._apply_apart(last.records, last.ends, last.started, exc)
+            await self._apply_apart(last.records, last.ends, last.started, exc, last.commanded)
             return None
 
     async def _after_write(
@@ -929,7 +960,7 @@ class BatchWorker:
         landed = await self._landed(last)
         if landed is None:  # the models learnt this batch in its first fold
             again = await self._fold_guarded(records, ends, started, None, learn=False)
-            return None if again is None else (again, frozenset(), None)
+            return None if again is None else (again.batch, frozenset(), None)
         if last.previous is not None:
             await last.previous
         return folded, landed.refolded, last
@@ -945,8 +976,12 @@ class BatchWorker:
         ends: dict[TopicPartition, int],
         started: float,
         failure: Exception,
+        commanded: BatchResult | None = None,
     ) -> BatchResult:
         """A batch whose fold or write failed on neither Redis nor Kafka (a bug), user by user.
+
+        `commanded`: the result of its commands when the failed fold carried them
+        out; else they are carried out here, each on its own.
 
         The batch's users are folded and written one at a time, from the store;
         the events of a user whose fold or write fails again are dead-lettered
@@ -962,8 +997,11 @@ class BatchWorker:
         )  # fmt: skip
         events = [r for r in records if r.topic == self.settings.topic_events]
         result = BatchResult()
-        for command in self._commands(records):  # in order, each on its own
-            await self._apart(result, [command], partial(self._apply_commands, [command]))
+        if commanded is not None:  # each counted once, as it was carried out
+            result.add(commanded)
+        else:
+            for command in self._commands(records):  # in order, each on its own
+                await self._apart(result, [command], partial(self._apply_commands, [command]))
         for user_records in _by_key(events):
             await self._apart(
                 result,
@@ -1046,9 +1084,13 @@ class BatchWorker:
         started: float,
         *,
         learn: bool = True,
-    ) -> FoldedBatch:
+    ) -> _Folded:
         """Fold a batch whose next offsets (`next_offsets`) are `ends` (commands first);
-        `learn=False` when the models learnt it already (folded again)."""
+        `learn=False` when the models learnt it already (folded again).
+
+        A fold that fails after the batch's commands were carried out raises
+        `_FoldFailed`, which carries their result.
+        """
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = started
         self._positions.update(ends)
@@ -1062,11 +1104,15 @@ class BatchWorker:
                     events, self.store, self.params, self.clock, self.stages, learn=learn
                 ),
             )
+        except Exception as exc:
+            if commands:
+                raise _FoldFailed(exc, commanded) from exc
+            raise
         finally:  # a fold that failed looked up and encoded too
             self._count_encoding()
         self._advance_models(ends)
         folded.result.add(commanded)
-        return folded
+        return _Folded(folded, commanded)
 
     def _advance_models(self, ends: dict[TopicPartition, int]) -> None:
         """The models have learnt the events up to `ends` (labels advance as they are learnt)."""
@@ -1088,6 +1134,7 @@ class BatchWorker:
         records: Sequence[SourceRecord],
         ends: dict[TopicPartition, int],
         folded: FoldedBatch,
+        commanded: BatchResult,
         *,
         stale: AbstractSet[str],
         started: float,
@@ -1116,7 +1163,9 @@ class BatchWorker:
         # A stop may leave it unawaited (the run failed first, on the same Redis or broker):
         # its error is then told by the stop ("stopping without it"), not as never retrieved.
         task.add_done_callback(_retrieved)
-        return _Writing(written, task, previous, records, folded.by_user.keys(), ends, started)
+        return _Writing(
+            written, task, previous, records, commanded, folded.by_user.keys(), ends, started
+        )
 
     async def _learn_labels(self, records: Sequence[SourceRecord], result: BatchResult) -> None:
         """Teach the models the batch's `fraud-labels` records."""

@@ -49,7 +49,7 @@ async def test_a_write_that_lost_to_another_writer_counts_each_score_once(
         scored = sample("profiler_risk_score_count")
         started = time.monotonic()
         ends = next_offsets(records)
-        folded = await worker._fold(records, ends, started)
+        folded, _ = await worker._fold(records, ends, started)
         await redis_client.hincrby("profile:{ada}", "version", 1)  # another worker wrote ada
         result = await worker._write(records, folded, frozenset())
         await worker._finish(records, ends, result, started)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from profiling import pipeline
+from profiling.profile import Profile
 from profiling.store import Erasure, erased_key, state_key
+from stream import metrics, redis_store
 from stream.producing import send_records
 from stream.redis_store import RedisProfileStore
 from stream.settings import Settings
-from stream.worker import wall_clock_ms
+from stream.worker import BatchWorker, wall_clock_ms
 from tests.integration.kafka_io import drain, read_topic
 from tests.schemas import validator
 
@@ -213,3 +218,79 @@ async def test_a_command_the_worker_fails_on_is_dead_lettered_and_events_applied
         "ValueError: a bug erasing alice",
     )
     assert (letter["topic"], letter["value"]) == (topics.topic_commands, erase.decode())
+
+
+def fail_on_poison(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """A bug in the fold (`fold`) or the write (`write`) of user "poison"'s events."""
+    if where == "fold":
+        real_fold = pipeline.apply_deliveries
+
+        def failing_fold(profile: Profile, deliveries: Any, params: Any, now_ms: int) -> Any:
+            if profile.user_id == "poison":
+                raise ValueError("a bug in the fold")
+            return real_fold(profile, deliveries, params, now_ms)
+
+        monkeypatch.setattr(pipeline, "apply_deliveries", failing_fold)
+    else:
+        real_fields = redis_store.public_fields
+
+        def failing_write(profile: Profile, since: Profile | None = None) -> dict[str, str]:
+            if profile.user_id == "poison":
+                raise ValueError("a bug in the write")
+            return real_fields(profile, since)
+
+        monkeypatch.setattr(redis_store, "public_fields", failing_write)
+
+
+def erase_counts() -> tuple[float, float]:
+    erased = metrics.COMMANDS.labels("erase", "erased")._value.get()
+    return erased, metrics.COMMANDS.labels("erase", "repeated")._value.get()
+
+
+async def test_an_erase_in_a_batch_whose_fold_fails_on_a_bug_counts_as_erased_once(
+    topics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fold failed after the batch's erase was carried out; applied user by user, the
+    batch carried it out again, found its own marker, and counted it `repeated`."""
+    now = wall_clock_ms()
+    await send_records(topics, [event("a-0", "alice", "view", now - HOUR_MS)])
+    await drain(topics)
+    fail_on_poison(monkeypatch, "fold")
+    await send_records(topics, [event("p-0", "poison", "login", now)])
+    erase = orjson.dumps({"command": "erase", "user_id": "alice"})
+    await send_records(topics, [(b"alice", erase)], topics.topic_commands)
+    worker = BatchWorker(topics)
+    await worker.start()
+    before = erase_counts()
+    try:
+        records: list[Any] = []
+        while len(records) < 2:  # the event and the command, in one batch
+            batch = await worker.consumer.getmany(timeout_ms=200)
+            records += [record for part in batch.values() for record in part]
+        result = await worker.process(records)
+    finally:
+        await worker.close()
+    assert result.errors == {"internal_error": 1}  # poison's event: the batch went apart
+    assert result.commands == {("erase", "erased"): 1}
+    assert result.erased == ["alice"]
+    after = erase_counts()
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 0)
+
+
+async def test_an_erase_in_a_batch_whose_write_fails_on_a_bug_counts_as_erased_once(
+    topics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same when the write fails: the batch is applied apart after its commands."""
+    now = wall_clock_ms()
+    await send_records(topics, [event("a-0", "alice", "view", now - HOUR_MS)])
+    await drain(topics)
+    fail_on_poison(monkeypatch, "write")
+    await send_records(topics, [event("p-0", "poison", "login", now)])
+    erase = orjson.dumps({"command": "erase", "user_id": "alice"})
+    await send_records(topics, [(b"alice", erase)], topics.topic_commands)
+    before = erase_counts()
+    stats = await drain(topics)
+    assert stats.errors == {"internal_error": 1}
+    assert stats.summary()["commands"] == {"erase erased": 1}
+    after = erase_counts()
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 0)
