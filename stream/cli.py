@@ -505,7 +505,7 @@ def status(
         ),
     ] = None,
 ) -> None:
-    """Ask a running worker whether it is ready: broker, Redis, partitions, lag."""
+    """Ask a running worker whether it is ready: broker, Redis, batches, partitions, lag."""
     import http.client
     import urllib.error
     import urllib.request

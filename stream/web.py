@@ -3,10 +3,12 @@
 `/health` answers while the process's event loop turns; `/ready` only when no
 stop has been asked (from SIGTERM on, while the batch in flight drains, traffic
 should go elsewhere), the broker and Redis answer (and no batch step is retrying
-on either: Redis may answer a PING and refuse writes), the worker owns partitions,
-and its consumer lag is under the configured bound, so a load balancer or an
-orchestrator can tell a worker that is up from one that is useful. The Faust app
-serves the same paths.
+on either: Redis may answer a PING and refuse writes), its batches apply (not
+`UNREADY_AFTER_FAILED_BATCHES` in a row with nothing applied and records
+dead-lettered as `internal_error`: an encoder broken for good), the worker owns
+partitions, and its consumer lag is under the configured bound, so a load
+balancer or an orchestrator can tell a worker that is up from one that is
+useful. The Faust app serves the same paths.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ async def readiness(worker: BatchWorker, max_lag: int) -> dict[str, Any]:
     lag counts every partition the worker owns; one whose lag is not known yet
     (no fetch has told its end) is listed under `lag_unknown`, and the worker is
     not ready until it knows: right after an assignment it may be far behind. A
-    worker asked to stop is not ready (`worker`: stopping) while its batch drains.
+    worker asked to stop is not ready (`worker`: stopping) while its batch drains,
+    nor one whose last batches applied nothing, failing on a bug (`batches`:
+    `BatchWorker.batches_failing`).
     """
     checks: dict[str, Any] = {}
     checks["redis"], checks["broker"] = await asyncio.gather(
@@ -42,6 +46,7 @@ async def readiness(worker: BatchWorker, max_lag: int) -> dict[str, Any]:
         error = worker.failing(component)
         if checks[check] is True and error is not None:
             checks[check] = f"error: a batch step is retrying after {error}"
+    checks["batches"] = worker.batches_failing() or True
     partitions = sorted(f"{tp.topic}:{tp.partition}" for tp in worker.assignment.partitions)
     checks["partitions"] = partitions
     lag, unknown = await worker.lag_now(READY_TIMEOUT_S)
@@ -53,6 +58,7 @@ async def readiness(worker: BatchWorker, max_lag: int) -> dict[str, Any]:
         checks["worker"] == "running"
         and checks["redis"] is True
         and checks["broker"] is True
+        and checks["batches"] is True
         and bool(partitions)
         and not unknown
         and checks["lag"] <= max_lag

@@ -111,6 +111,10 @@ CLOSE_STEP_S = 3.0
 # How long an offset commit may go unanswered before the worker looks whether its topics
 # are still on the broker (aiokafka retries a commit to a deleted topic for ever).
 COMMIT_CHECK_S = 10.0
+# Batches in a row that applied nothing because the worker failed on every part of them
+# (`internal_error`), after which `/ready` says not ready (`BatchWorker.batches_failing`):
+# an encoder or a model broken for good dead-letters everything while the worker runs on.
+UNREADY_AFTER_FAILED_BATCHES = 3
 
 
 async def stop_within(task: asyncio.Task[T], grace_s: float = SHUTDOWN_GRACE_S) -> T | None:
@@ -500,6 +504,8 @@ class BatchWorker:
         self._held_back_at = time.monotonic()
         # Steps being retried (`_retrying`), each with its component and last error.
         self._failing: dict[object, tuple[str, str]] = {}
+        self._failed_batches = 0  # batches in a row that applied nothing, failing on a bug
+        self._internal_error = ""  # the last failure that dead-lettered records
 
     async def start(self) -> None:
         await self.redis.ping()
@@ -1053,6 +1059,7 @@ class BatchWorker:
             len(records), type(failure).__name__, failure, exc_info=failure,
         )  # fmt: skip
         rejection = Rejection(INTERNAL_ERROR, f"{type(failure).__name__}: {failure}")
+        self._internal_error = rejection.detail
         now = self.clock()
         result.dead_letters += [
             (record.key, dead_letter_for(record, rejection, now)) for record in records
@@ -1215,6 +1222,7 @@ class BatchWorker:
         await self._commit(ends)
         self.stats.last_commit_at = time.monotonic()
         self.stats.add(len(records), result)
+        self._count_failed_batch(result)
         self._observe(records, result, started)
         await self._checkpoint_if_due()
 
@@ -1260,6 +1268,36 @@ class BatchWorker:
                     await asyncio.sleep(delay)
         finally:
             self._failing.pop(retrying, None)
+
+    def _count_failed_batch(self, result: BatchResult) -> None:
+        """Count a committed batch towards `batches_failing`: one with `internal_error`
+        dead letters and nothing applied adds one, one that applied something (an event,
+        a command, a label) starts again from none. Any other (only malformed records,
+        only duplicates or replays) says nothing of the worker and changes nothing."""
+        applied = (
+            result.outcomes["applied"]
+            or result.labels["learnt"]
+            or any(outcome != "dead_lettered" for _, outcome in result.commands)
+        )
+        if applied:
+            self._failed_batches = 0
+        elif result.errors[INTERNAL_ERROR]:
+            self._failed_batches += 1
+
+    def batches_failing(self) -> str | None:
+        """Why the worker is of no use although every server answers, or None.
+
+        After `UNREADY_AFTER_FAILED_BATCHES` batches in a row in which nothing
+        could be applied because the worker failed on it (not the input), it
+        commits batches that only fill the DLQ; an orchestrator should be told,
+        as for a server that fails. The first batch that applies ends it.
+        """
+        if self._failed_batches < UNREADY_AFTER_FAILED_BATCHES:
+            return None
+        return (
+            f"error: the last {self._failed_batches} batches applied nothing: their records "
+            f"were dead-lettered as {INTERNAL_ERROR} (last: {self._internal_error})"
+        )
 
     def failing(self, component: str) -> str | None:
         """The last error of a `component` ("redis" or "kafka") step being retried now.

@@ -7,14 +7,16 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 import orjson
+import pytest
 from redis import asyncio as aioredis
 
+from profiling.encoder import HashingEncoder
 from stream import metrics
 from stream.devstack import LocalRedis, free_port
 from stream.producing import send_records
 from stream.settings import Settings
 from stream.web import readiness, start_web
-from stream.worker import BatchWorker, wall_clock_ms
+from stream.worker import UNREADY_AFTER_FAILED_BATCHES, BatchWorker, wall_clock_ms
 
 
 async def get(port: int, path: str) -> tuple[int, bytes]:
@@ -263,3 +265,63 @@ async def test_a_worker_asked_to_stop_is_not_ready_while_its_batch_in_flight_dra
         await worker.close()
         await admin.aclose()
         own.stop()
+
+
+async def test_a_worker_whose_batches_all_fail_on_a_bug_is_not_ready_until_one_applies(
+    topics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An encoder broken for good: each batch was applied user by user, every event went
+    to the DLQ as `internal_error`, and `/ready` said ready throughout. Batches of only
+    malformed records are the input's fault: they neither make it unready nor ready."""
+    worker = BatchWorker(topics)
+    await worker.start()
+    port = free_port()
+    web = await start_web(worker, port, max_lag=1000)
+    task = asyncio.create_task(worker.run())
+    sent = 0
+
+    async def one_batch(body: bytes) -> None:
+        nonlocal sent
+        sent += 1
+        await send_records(topics, [(b"ada", body)])
+        deadline = asyncio.get_running_loop().time() + 20
+        while worker.stats.batches < sent:  # committed
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+
+    def view(n: int) -> bytes:
+        return orjson.dumps({"event_id": f"v{n}", "user_id": "ada", "type": "view",
+                             "item_id": f"i{n}", "title": f"new title {n}",
+                             "ts": wall_clock_ms()})  # fmt: skip
+
+    def broken(self: HashingEncoder, texts: object) -> object:
+        raise RuntimeError("the encoder's device is gone")
+
+    try:
+        await wait_for_status(port, "/ready", 200)
+        monkeypatch.setattr(HashingEncoder, "encode", broken)
+        for n in range(UNREADY_AFTER_FAILED_BATCHES - 1):
+            await one_batch(view(n))
+            await one_batch(b"not json")  # the input's fault: no step either way
+        code, _ = await get(port, "/ready")
+        assert code == 200  # not yet: the bound is not reached
+        await one_batch(view(99))
+        assert worker.stats.errors["internal_error"] == UNREADY_AFTER_FAILED_BATCHES
+        code, body = await get(port, "/ready")
+        report = orjson.loads(body)
+        assert code == 503 and report["ready"] is False, report
+        reason = report["checks"]["batches"]
+        assert reason.startswith(f"error: the last {UNREADY_AFTER_FAILED_BATCHES} batches")
+        assert "RuntimeError: the encoder's device is gone" in reason
+
+        await one_batch(b"not json")  # still nothing applied
+        assert (await get(port, "/ready"))[0] == 503
+        monkeypatch.undo()  # the encoder back
+        await one_batch(view(100))
+        report = orjson.loads(await wait_for_status(port, "/ready", 200))
+        assert report["checks"]["batches"] is True
+    finally:
+        worker.request_stop()
+        await task
+        await web.cleanup()
+        await worker.close()
