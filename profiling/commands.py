@@ -7,7 +7,8 @@ replaced by a marker holding the erasure time, and the fold drops any event
 of theirs older than it (`Profile.erased_before`), counting it as
 `suppressed`. Events at or after that time build a new profile, which keeps
 the marker. The erasure time is the command record's Kafka timestamp, so a
-replayed command erases nothing new (`Erasure.REPEATED`).
+replayed command erases nothing new (`Erasure.REPEATED`); a record without
+one is dead-lettered (`UNTIMED`).
 
 `merge` folds `from_user_id`'s profile into `user_id`'s (`profiling.merging`),
 then erases `from_user_id` as above (a tombstone, a marker). It is safe to
@@ -29,7 +30,7 @@ their events merged already, read again, are not counted a second time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Protocol
+from typing import Annotated, Final, Protocol
 
 import msgspec
 
@@ -65,9 +66,20 @@ class Merge(msgspec.Struct, frozen=True, tag_field="command", tag="merge"):
 Command = Erase | Merge
 _decoder = msgspec.json.Decoder(Command)
 
+# A command's time is its record's Kafka timestamp: the one time that is the same on
+# every replay. A record without one (-1, from a producer older than Kafka 0.10's
+# record format) has no such time: the worker's clock would give a replay another,
+# and a replayed erase would then erase a profile rebuilt since from newer events,
+# a replayed merge merge it again. Such a command is refused, never guessed at.
+UNTIMED: Final = (
+    "the record has no timestamp (-1): a command takes its time from its record, so "
+    "that a replay does the same; send it again from a producer that stamps records"
+)
+
 
 class CommandRecord(SourceRecord, Protocol):
-    """A consumed command record: its Kafka timestamp is the command's time."""
+    """A consumed command record: its Kafka timestamp is the command's time (none, -1:
+    the command is refused, `UNTIMED`)."""
 
     @property
     def timestamp(self) -> int: ...
@@ -98,14 +110,14 @@ async def apply_commands(
             command = Rejection(KEY_MISMATCH, "record key must be the command's user_id (UTF-8)")
         elif isinstance(command, Merge) and command.from_user_id == command.user_id:
             command = Rejection(INVALID_COMMAND, "a merge needs two users: from_user_id is user_id")
+        elif record.timestamp < 0:
+            command = Rejection(INVALID_COMMAND, UNTIMED)
         if isinstance(command, Rejection):
             result.dead_letters.append((record.key, dead_letter_for(record, command, now_ms)))
             result.errors[command.error] += 1
             result.commands["invalid", "dead_lettered"] += 1
             continue
-        # The record's time, so that a replay finds the same erasure; a record
-        # without one (timestamp -1) takes the worker's clock.
-        at_ms = record.timestamp if record.timestamp >= 0 else now_ms
+        at_ms = record.timestamp  # the record's own: a replay finds the same erasure
         if isinstance(command, Erase):
             erasure = await store.erase(command.user_id, at_ms)
             result.commands["erase", erasure.value] += 1

@@ -169,12 +169,43 @@ def test_command_dead_letters_are_counted_by_error_code() -> None:
     assert done.erased == ["u"]  # the one valid command
 
 
-def test_a_record_without_a_timestamp_erases_at_the_clock() -> None:
+def _replayed_untimed(body: dict[str, str], store: InMemoryProfileStore) -> list[BatchResult]:
+    """`body` on a record without a timestamp (-1), carried out, then the user `u`
+    rebuilt from a newer event, then the same record replayed on a later clock."""
+    untimed = command(body, body["user_id"].encode(), ts=-1)
+    first = asyncio.run(apply_commands([untimed], store, NOW, PARAMS, NO_STAGES))
+    asyncio.run(apply_batch([event("u-new", NOW + 500, 7)], store, PARAMS, lambda: NOW + 500))
+    replay = asyncio.run(apply_commands([untimed], store, NOW + 1_000, PARAMS, NO_STAGES))
+    return [first, replay]
+
+
+ERASE_U = {"command": "erase", "user_id": "u"}
+MERGE_U_INTO_A = {"command": "merge", "from_user_id": "u", "user_id": "a"}
+
+
+@pytest.mark.parametrize("body", [ERASE_U, MERGE_U_INTO_A], ids=["erase", "merge"])
+def test_a_command_without_a_timestamp_is_refused_on_every_replay(body: dict[str, str]) -> None:
+    """No time of its own: the worker's clock would differ on a replay, which would then
+    erase (or merge) the profile rebuilt since from newer events."""
     store = InMemoryProfileStore()
-    untimed = command({"command": "erase", "user_id": "u"}, ts=-1)
-    done = asyncio.run(run_commands(store, untimed))
+    asyncio.run(apply_batch([event("u-old", ERASED_AT - 10, 1)], store, PARAMS, lambda: NOW))
+    asyncio.run(apply_batch([event("a-old", ERASED_AT - 10, 2, "a")], store, PARAMS, lambda: NOW))
+    results = _replayed_untimed(body, store)
+    profiles = asyncio.run(store.load(["u", "a"]))
+    assert profiles["u"].events == 2 and profiles["u"].erased_before == 0  # the replay too
+    assert profiles["a"].events == 1
+    for done in results:
+        assert done.commands == {("invalid", "dead_lettered"): 1}
+        assert done.errors == {"invalid_command": 1} and not done.erased
+        (letter,) = (orjson.loads(body) for _, body in done.dead_letters)
+        assert "no timestamp" in letter["detail"]
+
+
+def test_a_record_stamped_zero_still_erases() -> None:
+    store = InMemoryProfileStore()
+    done = asyncio.run(run_commands(store, command({"command": "erase", "user_id": "u"}, ts=0)))
     assert done.commands == {("erase", "absent"): 1}
-    assert asyncio.run(store.load(["u"]))["u"].erased_before == NOW
+    assert asyncio.run(store.load(["u"]))["u"].erased_before == 1
 
 
 # --- merge ---------------------------------------------------------------------------------

@@ -40,9 +40,11 @@ NOW = 1_750_000_000_000
 PARAMS = ProfileParams(heartbeat_ms=0)
 
 
-def records(bodies: list[dict[str, object]], topic: str = "events", start: int = 0) -> list[Record]:
+def records(
+    bodies: list[dict[str, object]], topic: str = "events", start: int = 0, timestamp: int = -1
+) -> list[Record]:
     return [
-        Record(topic, 0, start + i, str(b["user_id"]).encode(), orjson.dumps(b))
+        Record(topic, 0, start + i, str(b["user_id"]).encode(), orjson.dumps(b), timestamp)
         for i, b in enumerate(bodies)
     ]
 
@@ -462,7 +464,7 @@ async def test_labels_of_a_merged_user_find_the_features_where_the_merge_moved_t
     rng = random.Random(3)
     await run(models, shopper("u1", 3, NOW - 10 * 86_400_000, rng), store)  # type: ignore[arg-type]
     merge = {"command": "merge", "from_user_id": "u1", "user_id": "acct"}
-    (command,) = records([merge], topic="profile-commands")
+    (command,) = records([merge], topic="profile-commands", timestamp=NOW)
     merged = await apply_commands([command], store, NOW, PARAMS, Stages(models=models))
     assert merged.commands == {("merge", "merged"): 1}
     assert await store.load_scored([("u1", "u1-p0")]) == [None]  # moved, not copied
@@ -486,6 +488,7 @@ async def test_labels_follow_a_chain_of_merges_to_the_features() -> None:
     commands = records(
         [{"command": "merge", "from_user_id": a, "user_id": b} for a, b in merges],
         topic="profile-commands",
+        timestamp=NOW,
     )
     done = await apply_commands(commands, store, NOW, PARAMS, Stages(models=models))
     assert done.commands == {("merge", "merged"): 2, ("merge", "absent"): 2}
