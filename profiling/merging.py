@@ -151,17 +151,20 @@ def merge_profiles(
         segment_dwell=source.segment_dwell,
         risk=rated.risk,
         risk_reasons=rated.risk_reasons,
-        # The merge raises no alert and forwards nothing of its own. It sends again the
-        # alerts of the visitor's last two writes, whose acks may still be pending: a
-        # replay of the batch that raised them finds no profile of the visitor, and
-        # the events it forwards are duplicates at the account, where nothing resends
-        # them. The account's last write's alerts and both users' forwards are kept as
-        # a write's are, for the replay of a batch whose acks were lost (a crash with
-        # that batch still publishing as the merge landed).
+        # The merge raises no alert, forwards and dead-letters nothing of its own. It sends
+        # again the alerts of the visitor's last two writes, whose acks may still be
+        # pending: a replay of the batch that raised them finds no profile of the
+        # visitor, and the events it forwards are duplicates at the account, where
+        # nothing resends them. The account's last write's alerts and both users'
+        # forwards and dead letters are kept as a write's are, for the replay of a
+        # batch whose acks were lost (a crash with that batch still publishing as the
+        # merge landed).
         alerts=taken.alerts_before + taken.alerts,
         forwards=(),
         alerts_before=known.alerts,
         forwards_before=known.forwards + taken.forwards,
+        dead_letters=(),
+        dead_letters_before=known.dead_letters + taken.dead_letters,
         merges=(known.merges + marker)[-DIGEST_BYTES * MERGES_KEPT :],
         published_at=now_ms,
         published_version=version,

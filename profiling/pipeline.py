@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Final, Protocol
 
@@ -211,8 +211,8 @@ async def fold_batch(
     by_user = decode_batch(records, clock(), result)
     batch = FoldedBatch(by_user, result, store, params, clock, stages, records)
     if by_user:
-        batch.writes = await _fold_users(
-            by_user, store, params, clock(), result, stages=stages, learn=learn
+        batch.writes = batch.keeping_dead_letters(
+            await _fold_users(by_user, store, params, clock(), result, stages=stages, learn=learn)
         )
     return batch
 
@@ -258,11 +258,11 @@ class FoldedBatch:
         for _attempt in range(1, MAX_WRITE_ATTEMPTS):
             if not self.refold:
                 return result
-            writes = await _fold_users(
+            writes = self.keeping_dead_letters(await _fold_users(
                 self.refold, self.store, self.params, self.clock(), result, stages=self.stages,
                 learn=False,  # the first fold taught the models these events
                 observe=False,  # and counted their scores and moves
-            )  # fmt: skip
+            ))  # fmt: skip
             lost = await self._write_once(writes)
             result.written_ms = self.clock()
             self.refold = {user: self.by_user[user] for user in lost}
@@ -277,16 +277,49 @@ class FoldedBatch:
             folded, self.store, self.result, self.stages, self.by_user,
             base_currency=self.params.currencies.base,
         )  # fmt: skip
-        for outcome, _ in folded:
-            if outcome.stranded and outcome.profile.user_id not in lost:
-                self._dead_letter_stranded(outcome)
+        for outcome, write in folded:
+            # A write's own are in its profile (`keeping_dead_letters`), sent by `_record`.
+            if outcome.stranded and write is None and outcome.profile.user_id not in lost:
+                letters = self._stranded_letters(outcome)
+                self.result.dead_letters += letters
+                self.result.errors[INTERNAL_ERROR] += len(letters)
         return lost
 
-    def _dead_letter_stranded(self, outcome: Outcome) -> None:
+    def keeping_dead_letters(
+        self, folded: list[tuple[Outcome, Write | None]]
+    ) -> list[tuple[Outcome, Write | None]]:
+        """`folded`, each write that dead-letters events (`Outcome.stranded`) with those
+        dead letters in its profile (`Profile.dead_letters`).
+
+        The write moves the user's watermark past those events: a crash after it
+        and before the dead letters' acks replays the batch, which finds them
+        below the watermark and would never dead-letter them again. Kept in the
+        profile, they go out once it lands and again with every replay of it, as
+        its forwards do (`_record`).
+        """
+        if not any(o.stranded for o, w in folded if w is not None):
+            return folded  # the usual batch: nothing to keep
+        return [
+            self._keeping(outcome, write) if outcome.stranded and write is not None
+            else (outcome, write)
+            for outcome, write in folded
+        ]  # fmt: skip
+
+    def _keeping(self, outcome: Outcome, write: Write) -> tuple[Outcome, Write]:
+        letters = tuple(
+            (key.decode(), body.decode())
+            for key, body in self._stranded_letters(outcome)
+            if key is not None  # a valid event's record is keyed by its user
+        )
+        profile = evolve(outcome.profile, dead_letters=outcome.profile.dead_letters + letters)
+        return outcome._replace(profile=profile), replace(write, profile=profile)
+
+    def _stranded_letters(self, outcome: Outcome) -> list[tuple[bytes | None, bytes]]:
         """Dead letters of the events whose holder lies too many merges on: the record
         itself, so that it can be applied by hand, never dropped unsaid."""
         records = {(r.partition, r.offset): r for r in self.records}
         now = self.clock()
+        letters: list[tuple[bytes | None, bytes]] = []
         for event, partition, offset in outcome.stranded:
             record = records.get((partition, offset))
             if record is None:  # not this batch's (a caller that passed no records)
@@ -297,8 +330,8 @@ class FoldedBatch:
                 f"older than the merge of {origin!r}, whose events moved on through more "
                 f"than {MAX_MERGE_HOPS} merges: the user holding them was not looked for further",
             )
-            self.result.dead_letters.append((record.key, dead_letter_for(record, rejection, now)))
-            self.result.errors[INTERNAL_ERROR] += 1
+            letters.append((record.key, dead_letter_for(record, rejection, now)))
+        return letters
 
 
 async def _fold_users(
@@ -379,9 +412,15 @@ def _record(
     profile = outcome.profile
     # Published with nothing written: a replay, whose last two writes' acks may be lost.
     replay = outcome.publish and not outcome.wrote
-    if outcome.wrote or replay:  # a write's own forwards; a replay's again
+    if outcome.wrote or replay:  # a write's own forwards and dead letters; a replay's again
         kept = profile.forwards_before + profile.forwards if replay else profile.forwards
         result.forwarded += [(user, body.encode()) for user, body in kept]
+        letters = (
+            profile.dead_letters_before + profile.dead_letters if replay else profile.dead_letters
+        )
+        if letters:
+            result.dead_letters += [(key.encode(), body.encode()) for key, body in letters]
+            result.errors.update(orjson.loads(body)["error"] for _, body in letters)
     if outcome.forwarded:
         result.outcomes["forwarded"] += len(outcome.forwarded)
         if not outcome.wrote:  # else kept in the profile's `forwards`, sent above

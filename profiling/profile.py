@@ -108,6 +108,12 @@ class Profile:
     # before it still waits for its acks: a crash then replays both writes at once.
     alerts_before: tuple[str, ...] = ()
     forwards_before: tuple[tuple[str, str], ...] = ()
+    # (key, dead letter JSON) of the events this write dead-lettered past its watermark
+    # (`Outcome.stranded`), and the write before's: like its forwards, a replay finds
+    # those events below the watermark, so it sends these again, never the event's
+    # fate unsaid when the crash came before the dead letter's ack.
+    dead_letters: tuple[tuple[str, str], ...] = ()
+    dead_letters_before: tuple[tuple[str, str], ...] = ()
     # The user was erased at this time (epoch ms, `profile-commands`): events older
     # than it are suppressed, never applied (DESIGN.md §9). 0: never erased.
     erased_before: int = 0
@@ -140,7 +146,8 @@ _fold_in: Final = slots.replacer_of(
     Profile,
     ("version", "first_seen", "last_seen", "updated", "events", "counts", "spend", "orders",
      "category_scores", "watermarks", "unpublished", "seen", "alerts", "forwards",
-     "alerts_before", "forwards_before", "published_at", "published_version"),
+     "alerts_before", "forwards_before", "dead_letters", "dead_letters_before", "published_at",
+     "published_version"),
 )  # fmt: skip
 
 
@@ -212,13 +219,15 @@ def apply_deliveries(
             profile, [], duplicates, replayed, profile.unpublished, replay, (), suppressed,
             forwarded, stranded,
         )  # fmt: skip
-    if replay:  # the replayed writes' alerts and forwards go out again with this one's
+    if replay:  # the replayed writes' alerts, forwards, dead letters go out again with this one's
         alerts = profile.alerts_before + profile.alerts
         forwards = profile.forwards_before + profile.forwards
-        alerts_before, forwards_before = NO_ALERTS, NOTHING_KEPT
+        letters = profile.dead_letters_before + profile.dead_letters
+        alerts_before, forwards_before, letters_before = NO_ALERTS, NOTHING_KEPT, NOTHING_KEPT
     else:
-        alerts, forwards = NO_ALERTS, NOTHING_KEPT
+        alerts, forwards, letters = NO_ALERTS, NOTHING_KEPT, NOTHING_KEPT
         alerts_before, forwards_before = profile.alerts, profile.forwards
+        letters_before = profile.dead_letters
     if forwarded:
         forwards += tuple((to, forwarded_event(event, to).decode()) for to, event in forwarded)
     fresh.sort(key=lambda event: event.ts)
@@ -274,6 +283,8 @@ def apply_deliveries(
         forwards=forwards,
         alerts_before=alerts_before,
         forwards_before=forwards_before,
+        dead_letters=letters,  # the batch adds this write's (`pipeline.FoldedBatch`)
+        dead_letters_before=letters_before,
         # A change message is due: the profile records what it publishes.
         published_at=now_ms if publish else profile.published_at,
         published_version=version if publish else profile.published_version,

@@ -372,6 +372,10 @@ def state_blob(profile: Profile) -> bytes:
         state["alerts_b"] = profile.alerts_before
     if profile.forwards_before:
         state["fwd_b"] = profile.forwards_before
+    if profile.dead_letters:
+        state["dlq"] = profile.dead_letters
+    if profile.dead_letters_before:
+        state["dlq_b"] = profile.dead_letters_before
     if profile.merges:
         state["merges"] = profile.merges.hex()
     if profile.erased_before:
@@ -440,6 +444,8 @@ def profile_from_storage(
         forwards=tuple((user, body) for user, body in internal.get("fwd", ())),
         alerts_before=tuple(internal.get("alerts_b", ())),
         forwards_before=tuple((user, body) for user, body in internal.get("fwd_b", ())),
+        dead_letters=tuple((key, body) for key, body in internal.get("dlq", ())),
+        dead_letters_before=tuple((key, body) for key, body in internal.get("dlq_b", ())),
         merges=bytes.fromhex(internal.get("merges", "")),
         erased_before=int(internal.get("erased", 0)),
         merged_into=internal.get("into"),

@@ -23,7 +23,8 @@ commits stay in order.
 
 A crash before 5 replays the batch: events at or below a user's watermark are
 skipped, change messages of writes that landed are published again (readers
-drop repeats by `version`), dead letters may repeat. Nothing valid is lost and
+drop repeats by `version`), dead letters may repeat (those of events a landed
+write moved its watermark past are kept in the profile and sent again). Nothing valid is lost and
 no profile changes twice. A commit refused after a rebalance is counted and
 ignored for the same reason: the partition's new owner replays idempotently.
 Labels are learnt by the models, which are snapshotted less often than offsets

@@ -205,6 +205,28 @@ async def test_a_merge_chain_past_the_hop_bound_is_dead_lettered(store: ProfileS
     assert "merge" in letter["detail"] and orjson.loads(letter["value"])["event_id"] == "e1"
 
 
+async def test_a_dead_letter_past_the_hop_bound_is_sent_again_by_a_replay(
+    store: ProfileStore,
+) -> None:
+    """The late event's batch also rebuilds u0 from a newer event: that write moves u0's
+    watermark past the late one. A crash before the dead letter's ack replays the batch,
+    which finds both below the watermark: the dead letter must go out again."""
+    shop = Shop(store)
+    await shop.events(login("e0", "u0", T1 - 500))
+    for i in range(10):
+        await shop.merge(f"u{i}", f"u{i + 1}", T1 + i)
+    bodies = [login("e1", "u0", T1 - 100), login("e2", "u0", T1 + 100)]
+    batch = [Record(EVENTS, 0, 100 + i, b"u0", orjson.dumps(b)) for i, b in enumerate(bodies)]
+    first = await shop._fold(batch)
+    assert first.outcomes["applied"] == 1 and first.errors == {"internal_error": 1}
+    replay = await shop._fold(batch)  # the crash came before the dead letter was acked
+    assert replay.outcomes["replayed"] == 2
+    assert replay.dead_letters == first.dead_letters
+    again = await shop._fold([Record(EVENTS, 0, 102, b"u0", orjson.dumps(login("e3", "u0", NOW)))])
+    assert again.outcomes["applied"] == 1 and not again.dead_letters  # sent, not kept for ever
+    assert events_of(await shop.profiles("u0")) == [2]
+
+
 async def test_a_chain_within_the_hop_bound_is_followed(store: ProfileStore) -> None:
     shop = Shop(store)
     await shop.events(login("e0", "u0", T1 - 500))
