@@ -10,11 +10,16 @@ one) and loop (two ids of one person merged each way), so the holder is found
 by following the markers in the store from the event's first user, its
 origin (`forwarded_from`, or the user it was sent under).
 
-Each step follows a merge made after the one that brought the events: from
-the origin's merge at time t, the next user holds them unless it was itself
-erased or merged away after t (its marker's time is later). Such a user
-merged away passes them on from its own merge time; one erased (GDPR) took
-them with it, and the event is suppressed. Times only grow along the walk, so
+A user may be merged away more than once (a visitor merged into an account,
+rebuilt from newer events, then merged into another), so a marker keeps the
+user's earlier erasures too (`Marker.earlier`, the last `ERASURES_KEPT`): an
+event went with the first erasure of its user later than the event itself
+(`Marker.after`), which is where its walk starts. Each step follows a merge
+made after the one that brought the events: from a merge at time t, the next
+user holds them unless it was itself erased or merged away after t; then its
+first erasure after t took them. Such a user merged away passes them on from
+that merge's time; one erased (GDPR) took them with it, and the event is
+suppressed. Times only grow along the walk, so
 a loop ends at the user whose profile took the events last (after A -> B and
 then B -> A, A holds all of both); the walk also ends after `MAX_MERGE_HOPS`
 merges, and an event whose holder lies further is dead-lettered, never
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 if TYPE_CHECKING:  # both import this module
@@ -37,39 +43,81 @@ if TYPE_CHECKING:  # both import this module
     from profiling.store import ProfileStore
 
 MAX_MERGE_HOPS: Final = 8  # merges followed from a user (labels follow as many)
-
-
-class Marker(NamedTuple):
-    """What a user's erasure marker says: when they were erased, and for a merge, into whom."""
-
-    erased_at: int
-    merged_into: str | None = None
+ERASURES_KEPT: Final = 8  # a user's erasures before the last one that the marker keeps
 
 
 class Lost(enum.Enum):
     """Why an event older than a merge has no holder to go to."""
 
     ERASED = "erased"  # erased with the user holding it: suppressed, as its erasure says
-    TOO_FAR = "too_far"  # more than `MAX_MERGE_HOPS` merges on: dead-lettered
+    # More than `MAX_MERGE_HOPS` merges on, or older than every erasure of a user that
+    # its marker keeps (`ERASURES_KEPT`): dead-lettered.
+    TOO_FAR = "too_far"
+
+
+Erased = tuple[int, str | None]  # one erasure: its time, and for a merge, into whom
+
+
+class Marker(NamedTuple):
+    """What a user's erasure marker says: when they were erased, and for a merge, into whom;
+    and their erasures before that one, oldest first (a profile rebuilt after each)."""
+
+    erased_at: int
+    merged_into: str | None = None
+    earlier: tuple[Erased, ...] = ()
+
+    def after(self, since: int) -> Erased | Lost | None:
+        """The erasure that took the user's events of time `since`: the first one later
+        than it. None: none is (the user holds them); `Lost.TOO_FAR`: they are older
+        than every erasure the marker keeps, of which there may have been more."""
+        if since >= self.erased_at:
+            return None
+        earlier = self.earlier
+        if len(earlier) >= ERASURES_KEPT and since < earlier[0][0]:
+            return Lost.TOO_FAR
+        for erasure in earlier:
+            if erasure[0] > since:
+                return erasure
+        return self.erased_at, self.merged_into
+
+
+def earlier_erasures(marker: Marker | None) -> tuple[Erased, ...]:
+    """The `earlier` of the marker an erase writes over `marker`, the user's last one."""
+    if marker is None:
+        return ()
+    kept = (*marker.earlier, (marker.erased_at, marker.merged_into))
+    return kept[-ERASURES_KEPT:]
 
 
 Holder = str | Lost  # the user holding an origin's events now, or why there is none
+# Per origin, (erasure time, holder) of each of its erasures its events went with,
+# oldest first: an event goes to the holder of the first one later than it.
+Routes = tuple[tuple[int, Holder], ...]
+EVERY_TIME: Final = 2**63  # later than any event: the routes of an origin with no marker
+
+
+def holder_of(routes: Routes, ts: int) -> Holder:
+    """Where an origin's event of time `ts` goes (`Routes`)."""
+    for until, holder in routes:
+        if ts < until:
+            return holder
+    return Lost.ERASED  # not older than the origin's erasures: never forwarded from it
 
 
 def origin_of(profile: Profile, forwarded_from: str | None) -> str | None:
     """The first user of an event older than `profile`'s erasure: whose merge it follows
-    (None: the user's own event after a plain erase, suppressed without a walk)."""
+    (None: the user's own event after plain erases only, suppressed without a walk)."""
     if forwarded_from is not None:
         return forwarded_from
-    return profile.user_id if profile.merged_into else None
+    merged = profile.merged_into or any(into for _, into in profile.erased_earlier)
+    return profile.user_id if merged else None
 
 
 async def merge_holders(
     loaded: Mapping[str, Profile], by_user: Mapping[str, Sequence[Delivery]], store: ProfileStore
-) -> dict[str, Holder]:
-    """The holder of each origin of this batch's events older than their user's erasure."""
-    starts: dict[str, Marker | None] = {}
-    elsewhere: list[str] = []  # origins not in this batch: their markers are read
+) -> dict[str, Routes]:
+    """The routes of each origin of this batch's events older than their user's erasure."""
+    times: dict[str, set[int]] = {}  # origin -> the times of its events here
     for user_id, deliveries in by_user.items():
         profile = loaded[user_id]
         erased = profile.erased_before
@@ -78,49 +126,72 @@ async def merge_holders(
         for event, _, _ in deliveries:
             if event.ts < erased:
                 origin = origin_of(profile, event.forwarded_from)
-                if origin is None or origin in starts:
-                    continue
-                starts[origin] = _marker(loaded[origin]) if origin in loaded else None
-                if origin not in loaded:
-                    elsewhere.append(origin)
-    if not starts:
+                if origin is not None:
+                    times.setdefault(origin, set()).add(event.ts)
+    if not times:
         return {}
-    if elsewhere:
+    starts = {origin: marker_of_profile(loaded[origin]) for origin in times if origin in loaded}
+    if elsewhere := [origin for origin in times if origin not in loaded]:
         starts.update(await store.markers(elsewhere))
-    return await follow_merges(starts, store)
+    return await follow_merges(starts, times, store)
 
 
 async def follow_merges(
-    starts: Mapping[str, Marker | None], store: ProfileStore
-) -> dict[str, Holder]:
-    """Each origin's holder, from its own marker (None: it has none, its events are its own
-    again, and one forwarded from it is suppressed, as before the walk)."""
-    found: dict[str, Holder] = {}
-    at: dict[str, tuple[int, str]] = {}  # origin -> (time the events moved, user reached)
-    for origin, marker in starts.items():
-        if marker is None or marker.merged_into is None:
-            found[origin] = Lost.ERASED
-        else:
-            at[origin] = (marker.erased_at, marker.merged_into)
+    starts: Mapping[str, Marker | None], times: Mapping[str, AbstractSet[int]], store: ProfileStore
+) -> dict[str, Routes]:
+    """Each origin's routes for its events of `times`, from its own marker (none: its
+    events are its own again, and one forwarded from it is suppressed, as before)."""
+    found, at = _first_steps(starts, times)
     for _hop in range(MAX_MERGE_HOPS):
         if not at:
-            return found
+            break
         markers = await store.markers(list(dict.fromkeys(user for _, user in at.values())))
-        moved: dict[str, tuple[int, str]] = {}
-        for origin, (since, user) in at.items():
+        moved: dict[tuple[str, int], tuple[int, str]] = {}
+        for start, (since, user) in at.items():
             marker = markers.get(user)
-            if marker is None or marker.erased_at <= since:
-                found[origin] = user  # erased before the events came, if ever: live since
-            elif marker.merged_into is None:
-                found[origin] = Lost.ERASED
+            erasure = None if marker is None else marker.after(since)
+            if erasure is None:
+                found[start] = user  # erased before the events came, if ever: live since
+            elif isinstance(erasure, Lost):
+                found[start] = erasure
+            elif erasure[1] is None:
+                found[start] = Lost.ERASED
             else:
-                moved[origin] = (marker.erased_at, marker.merged_into)
+                moved[start] = (erasure[0], erasure[1])
         at = moved
-    found.update((origin, Lost.TOO_FAR) for origin in at)
-    return found
+    found.update((start, Lost.TOO_FAR) for start in at)
+    routes: dict[str, list[tuple[int, Holder]]] = {}
+    for (origin, until), holder in sorted(found.items(), key=lambda item: item[0]):
+        routes.setdefault(origin, []).append((until, holder))
+    return {origin: tuple(route) for origin, route in routes.items()}
 
 
-def _marker(profile: Profile) -> Marker | None:
+def _first_steps(
+    starts: Mapping[str, Marker | None], times: Mapping[str, AbstractSet[int]]
+) -> tuple[dict[tuple[str, int], Holder], dict[tuple[str, int], tuple[int, str]]]:
+    """Where each origin's erasures that took its events of `times` sent them: placed
+    already, by (origin, erasure time), or to walk on from (time, user merged into)."""
+    found: dict[tuple[str, int], Holder] = {}
+    at: dict[tuple[str, int], tuple[int, str]] = {}
+    for origin, moments in times.items():
+        marker = starts.get(origin)
+        if marker is None:
+            found[origin, EVERY_TIME] = Lost.ERASED
+            continue
+        for ts in moments:
+            erasure = marker.after(ts)
+            if isinstance(erasure, Lost):
+                found[origin, marker.earlier[0][0]] = erasure
+            elif erasure is not None:  # None: not older than the origin's erasures
+                if erasure[1] is None:
+                    found[origin, erasure[0]] = Lost.ERASED
+                else:
+                    at[origin, erasure[0]] = (erasure[0], erasure[1])
+    return found, at
+
+
+def marker_of_profile(profile: Profile) -> Marker | None:
+    """The marker a loaded profile carries; None for a user never erased."""
     if not profile.erased_before:
         return None
-    return Marker(profile.erased_before, profile.merged_into)
+    return Marker(profile.erased_before, profile.merged_into, profile.erased_earlier)

@@ -27,7 +27,7 @@ from profiling import slots
 from profiling.behaviour import Behaviour
 from profiling.currency import SAME_CURRENCY, Currencies
 from profiling.events import Event, forwarded_event
-from profiling.forwarding import Holder, Lost, origin_of
+from profiling.forwarding import Erased, Lost, Routes, holder_of, origin_of
 from profiling.vectors import StoredInterest
 
 MS_PER_DAY: Final = 86_400_000
@@ -121,6 +121,10 @@ class Profile:
     # older than the merge are forwarded instead, to that user or to whoever holds its
     # profile since (`profiling.forwarding`).
     merged_into: str | None = None
+    # The user's erasures before `erased_before`, oldest first, the last
+    # `forwarding.ERASURES_KEPT`: (time, user merged into or None). An event older
+    # than one of them went with it, not with the last (`forwarding.Marker.after`).
+    erased_earlier: tuple[Erased, ...] = ()
     # `merging.merge_marker` digests of the last merges folded into this profile, oldest
     # first: a replayed merge is found here once its entry has left the dedupe window.
     merges: bytes = b""
@@ -183,7 +187,7 @@ class Outcome(NamedTuple):
 
 NOTHING_FORWARDED: Final[tuple[tuple[str, Event], ...]] = ()
 NOTHING_STRANDED: Final[tuple[Delivery, ...]] = ()
-NO_HOLDERS: Final[Mapping[str, Holder]] = {}
+NO_HOLDERS: Final[Mapping[str, Routes]] = {}
 NO_ALERTS: Final[tuple[str, ...]] = ()
 NOTHING_KEPT: Final[tuple[tuple[str, str], ...]] = ()
 
@@ -193,14 +197,14 @@ def apply_deliveries(
     deliveries: Sequence[Delivery],
     params: ProfileParams,
     now_ms: int,
-    holders: Mapping[str, Holder] = NO_HOLDERS,
+    holders: Mapping[str, Routes] = NO_HOLDERS,
 ) -> Outcome:
     """Fold a batch's deliveries for one user into `profile`; pure.
 
-    `holders`: for the events older than the user's erasure, the user holding
-    their origin's events now (`profiling.forwarding.merge_holders`). Without
-    one, a merged user's own event goes to `merged_into` and a forwarded one is
-    suppressed.
+    `holders`: for the events older than the user's erasure, per origin, the users
+    holding its events now, by the events' time (`profiling.forwarding.merge_holders`).
+    Without them, a merged user's own event goes to `merged_into` and a forwarded one
+    is suppressed.
     """
     fresh, digests, duplicates, replayed, passed_on, watermarks = _select_fresh(profile, deliveries)
     suppressed, forwarded, stranded = 0, NOTHING_FORWARDED, NOTHING_STRANDED
@@ -296,7 +300,7 @@ def apply_deliveries(
 
 
 def _route(
-    profile: Profile, older: Sequence[Delivery], holders: Mapping[str, Holder]
+    profile: Profile, older: Sequence[Delivery], holders: Mapping[str, Routes]
 ) -> tuple[list[Event], tuple[tuple[str, Event], ...], tuple[Delivery, ...]]:
     """Events older than the user's erasure: those the user holds itself (a merge came
     back to it), those for another holder, and those whose holder is too far. The
@@ -311,7 +315,8 @@ def _route(
             continue
         # Not walked (a caller without a store): the user's own event goes one merge on.
         unwalked = Lost.ERASED if event.forwarded_from else profile.merged_into or Lost.ERASED
-        holder = holders.get(origin, unwalked)
+        routes = holders.get(origin)
+        holder = unwalked if routes is None else holder_of(routes, event.ts)
         if holder == profile.user_id:
             kept.append(event)
         elif isinstance(holder, str):

@@ -31,7 +31,7 @@ import orjson
 
 from profiling import jsonout
 from profiling.behaviour import Behaviour
-from profiling.forwarding import Marker
+from profiling.forwarding import Erased, Marker, earlier_erasures
 from profiling.profile import Profile
 from profiling.vectors import StoredInterest
 
@@ -167,13 +167,18 @@ def erasure_time(at_ms: int) -> int:
     return max(at_ms, 1)
 
 
-def erased_marker(at_ms: int, merged_into: str | None = None) -> bytes:
+def erased_marker(
+    at_ms: int, merged_into: str | None = None, earlier: Sequence[Erased] = ()
+) -> bytes:
     """The state of a user erased at `at_ms` who has no profile (yet) since; for a merge,
-    with the user merged into (`{"erased":<ms>,"into":<user_id>}`)."""
-    return jsonout.dumps(_marker(at_ms, merged_into))
+    with the user merged into (`{"erased":<ms>,"into":<user_id>}`); with the user's
+    erasures before (`"before":[[<ms>,<user_id> or null],...]`) when there were any."""
+    return jsonout.dumps(_marker(at_ms, merged_into, earlier))
 
 
-def merged_marker(at_ms: int, merged_into: str, state: bytes | None) -> bytes:
+def merged_marker(
+    at_ms: int, merged_into: str, state: bytes | None, earlier: Sequence[Erased] = ()
+) -> bytes:
     """The state of a user merged into `merged_into` at `at_ms`, whose state was `state`:
     the marker, with their watermarks and dedupe window when they had a window.
 
@@ -185,15 +190,21 @@ def merged_marker(at_ms: int, merged_into: str, state: bytes | None) -> bytes:
     stays aside (a replay comes sooner), then the marker alone (`erased_marker`).
     """
     document, newline, seen = (state or b"").partition(b"\n")
-    marker = erased_marker(at_ms, merged_into)
+    marker = erased_marker(at_ms, merged_into, earlier)
     if not newline:
         return marker
     watermarks = orjson.loads(document).get("wm", {})
-    return jsonout.dumps({**_marker(at_ms, merged_into), "wm": watermarks}) + b"\n" + seen
+    kept = {**_marker(at_ms, merged_into, earlier), "wm": watermarks}
+    return jsonout.dumps(kept) + b"\n" + seen
 
 
-def _marker(at_ms: int, merged_into: str | None) -> dict[str, object]:
-    return {"erased": at_ms, "into": merged_into} if merged_into else {"erased": at_ms}
+def _marker(at_ms: int, merged_into: str | None, earlier: Sequence[Erased]) -> dict[str, object]:
+    marker: dict[str, object] = {"erased": at_ms}
+    if merged_into:
+        marker["into"] = merged_into
+    if earlier:
+        marker["before"] = [list(erasure) for erasure in earlier]
+    return marker
 
 
 class ProfileStore(Protocol):
@@ -379,7 +390,8 @@ def state_blob(profile: Profile) -> bytes:
     if profile.merges:
         state["merges"] = profile.merges.hex()
     if profile.erased_before:
-        state = {**_marker(profile.erased_before, profile.merged_into), **state}
+        marker = _marker(profile.erased_before, profile.merged_into, profile.erased_earlier)
+        state = {**marker, **state}
     document = jsonout.dumps(state)
     return document + b"\n" + profile.seen if profile.seen else document
 
@@ -405,6 +417,7 @@ def profile_from_storage(
             seen=seen,
             erased_before=int(internal.get("erased", 0)),
             merged_into=internal.get("into"),
+            erased_earlier=_earlier(internal),
         )
     vectors = vectors or {}
     interest_json = internal.get("interest")
@@ -449,6 +462,7 @@ def profile_from_storage(
         merges=bytes.fromhex(internal.get("merges", "")),
         erased_before=int(internal.get("erased", 0)),
         merged_into=internal.get("into"),
+        erased_earlier=_earlier(internal),
     )
 
 
@@ -527,8 +541,11 @@ class InMemoryProfileStore:
         self._vectors.pop(user_id, None)
         self._aside.pop(user_id, None)
         state = self._states.get(user_id)
+        earlier = earlier_erasures(marker_of(state))
         self._states[user_id] = (
-            merged_marker(at_ms, merged_into, state) if merged_into else erased_marker(at_ms)
+            merged_marker(at_ms, merged_into, state, earlier)
+            if merged_into
+            else erased_marker(at_ms, None, earlier)
         )
         for key in [key for key in self._scored if key[0] == user_id]:
             del self._scored[key]
@@ -570,7 +587,14 @@ def marker_of(state: bytes | str | None) -> Marker | None:
     if not document:
         return None
     into = document.get("into")
-    return Marker(int(document["erased"]), into if isinstance(into, str) else None)
+    merged_into = into if isinstance(into, str) else None
+    return Marker(int(document["erased"]), merged_into, _earlier(document))
+
+
+def _earlier(document: Mapping[str, Any]) -> tuple[Erased, ...]:
+    """The erasures before the last one that a marker (or a state that starts with one)
+    keeps: `"before"`, absent when there were none."""
+    return tuple((int(at), into) for at, into in document.get("before", ()))
 
 
 def _erased_at(state: bytes | None) -> int:

@@ -30,7 +30,7 @@ except ImportError:  # redis[hiredis] brings it; without it redis-py packs in Py
     hiredis = None  # type: ignore[assignment]
 
 from profiling import jsonout
-from profiling.forwarding import Marker
+from profiling.forwarding import ERASURES_KEPT, Marker
 from profiling.profile import Profile, event_digest, evolve
 from profiling.store import (
     VECTOR_FIELDS,
@@ -180,13 +180,29 @@ return results
 # was already erased at or after that time (a replayed command: nothing is touched,
 # so a profile rebuilt since from newer events stays, and a merge finds the profile
 # it set aside, if that was not dropped yet).
+# ARGV[5]: how many erasures before the last one a marker keeps. The new marker
+# gains the one it replaces (`"before"`: `[[<ms>, <user_id> or null], ...]`, oldest
+# first), so an event older than an earlier merge still finds where it went.
 ERASE_SCRIPT: Final = """
 local state = redis.call('GET', KEYS[2])
 local marker = state or redis.call('GET', KEYS[4])
 local erased = tonumber(marker and string.match(marker, '^{"erased":(%d+)') or '0')
 local aside, marker_ttl = tonumber(ARGV[4]), tonumber(ARGV[3])
 local found = 2
+local function with_earlier(mark)
+  local last = cjson.decode(string.match(marker, '^[^\\n]*'))
+  local erasures = last.before or {}
+  erasures[#erasures + 1] = {last.erased, last.into or cjson.null}
+  local kept = {}
+  for i = math.max(1, #erasures - tonumber(ARGV[5]) + 1), #erasures do
+    local at, into = erasures[i][1], erasures[i][2]
+    into = into ~= cjson.null and cjson.encode(into) or 'null'
+    kept[#kept + 1] = string.format('[%d,%s]', at, into)
+  end
+  return string.sub(mark, 1, -2) .. ',"before":[' .. table.concat(kept, ',') .. ']}'
+end
 if erased < tonumber(ARGV[1]) then
+  local mark = erased > 0 and with_earlier(ARGV[2]) or ARGV[2]
   local left = redis.call('PTTL', KEYS[7])
   if left ~= -2 then  -- the index exists: joins what an erase cut short left
     local kept = redis.call('PTTL', KEYS[8])
@@ -203,13 +219,13 @@ if erased < tonumber(ARGV[1]) then
   end
   redis.call('DEL', KEYS[1], KEYS[3])
   for _, key in ipairs({KEYS[2], KEYS[4]}) do
-    redis.call('SET', key, ARGV[2])
+    redis.call('SET', key, mark)
     if marker_ttl > 0 then redis.call('PEXPIRE', key, marker_ttl) end
   end
   local nl = aside > 0 and state and string.find(state, '\\n', 1, true)
   if nl then  -- a merge: the state's marker keeps the watermarks and window a while
     local wm = string.match(string.sub(state, 1, nl - 1), '"wm":(%b{})') or '{}'
-    local kept = string.sub(ARGV[2], 1, -2) .. ',"wm":' .. wm .. '}' .. string.sub(state, nl)
+    local kept = string.sub(mark, 1, -2) .. ',"wm":' .. wm .. '}' .. string.sub(state, nl)
     local ttl = marker_ttl > 0 and math.min(marker_ttl, aside) or aside
     redis.call('SET', KEYS[2], kept, 'PX', ttl)
   end
@@ -489,7 +505,8 @@ class RedisProfileStore:
         keys = [*_user_keys([user_id]), aside_key(user_id), aside_state_key(user_id),
                 scored_index_key(user_id), erasing]  # fmt: skip
         at_ms = erasure_time(at_ms)
-        args = [at_ms, erased_marker(at_ms, merged_into), self.erased_ttl_ms, aside_ms]
+        marker = erased_marker(at_ms, merged_into)
+        args = [at_ms, marker, self.erased_ttl_ms, aside_ms, ERASURES_KEPT]
         (reply,) = await eval_pipelined(self.client, self._shas, [(ERASE_SCRIPT, keys, args)])
         # After the script, not in it: the feature keys are only known from the index,
         # which the script set aside. On every call, a replayed one too, so a crash in

@@ -159,6 +159,39 @@ async def test_users_merged_into_each_other_keep_their_late_events_on_the_live_o
     assert events_of(await shop.profiles("A", "B")) == [4, 0]
 
 
+async def test_a_visitor_merged_twice_sends_each_late_event_where_its_time_went(
+    store: ProfileStore,
+) -> None:
+    """v -> a at T1, v rebuilt from newer events, v -> c at T2: v's events older than T1
+    are in a's profile, those between T1 and T2 in c's; a late event goes by its time."""
+    shop = Shop(store)
+    await shop.events(login("v1", "v", T1 - 500), login("a1", "a", T1 - 400))
+    await shop.merge("v", "a", T1)
+    await shop.events(login("v2", "v", T1 + 100), login("c1", "c", T1 + 200))
+    await shop.merge("v", "c", T2)
+    await shop.events(login("v3", "v", T1 - 100), login("v4", "v", T1 + 300))
+    assert sorted(key for key, _ in shop.sent) == ["a", "c"]
+    rounds = await shop.settle()
+    assert sum(r.outcomes["applied"] for r in rounds) == 2
+    assert events_of(await shop.profiles("v", "a", "c")) == [0, 3, 3]
+
+
+async def test_a_visitor_merged_then_erased_keeps_the_merge_for_older_events(
+    store: ProfileStore,
+) -> None:
+    """v -> a at T1, v rebuilt, v erased at T2: what the merge took is a's, what came
+    after it went with the erase."""
+    shop = Shop(store)
+    await shop.events(login("v1", "v", T1 - 500), login("a1", "a", T1 - 400))
+    await shop.merge("v", "a", T1)
+    await shop.events(login("v2", "v", T1 + 100))
+    await shop.erase("v", T2)
+    late = await shop.events(login("v3", "v", T1 - 100), login("v4", "v", T1 + 300))
+    assert [key for key, _ in shop.sent] == ["a"] and late.outcomes["suppressed"] == 1
+    await shop.settle()
+    assert events_of(await shop.profiles("v", "a")) == [0, 3]
+
+
 async def test_a_late_event_reaches_an_account_erased_before_the_merge(
     store: ProfileStore,
 ) -> None:

@@ -103,7 +103,7 @@ async def test_erases_after_the_profile_ttl_read_the_marker_apart(
     assert not await redis_client.exists(state_key("alice"))  # touched nothing
 
     assert await store.erase("alice", ERASED_AT + 1) is Erasure.ABSENT  # a newer one
-    marker = b'{"erased":%d}' % (ERASED_AT + 1)
+    marker = b'{"erased":%d,"before":[[%d,null]]}' % (ERASED_AT + 1, ERASED_AT)
     assert await redis_client.mget(state_key("alice"), erased_key("alice")) == [marker, marker]
 
 

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from profiling.forwarding import Marker
+from profiling.forwarding import ERASURES_KEPT, Marker
 from profiling.profile import Profile, event_digest
 from profiling.store import (
     Erasure,
@@ -242,7 +242,9 @@ async def test_erase_is_idempotent_and_keeps_a_profile_rebuilt_since(store: Prof
     assert await load_one(store, "alice") == rebuilt
 
     assert await store.erase("alice", T0 + 1) is Erasure.ERASED  # a newer one
-    assert await load_one(store, "alice") == Profile("alice", erased_before=T0 + 1)
+    assert await load_one(store, "alice") == Profile(
+        "alice", erased_before=T0 + 1, erased_earlier=((T0, None),)
+    )
 
 
 async def test_an_erase_at_time_0_erases(store: ProfileStore) -> None:
@@ -268,9 +270,35 @@ async def test_a_merged_users_marker_names_the_user_merged_into(store: ProfileSt
     rebuilt = replace(rich_profile(version=1), erased_before=T0, merged_into="bob")
     assert await write(store, rebuilt, 0) == []
     assert await load_one(store, "alice") == rebuilt  # the marker and its target ride along
-    # An erase after it is the user's own: events before it are theirs to lose.
+    # An erase after it is the user's own: events between the two are theirs to lose,
+    # while those older than the merge still go where it took them.
     assert await store.erase("alice", T0 + 1) is Erasure.ERASED
-    assert await load_one(store, "alice") == Profile("alice", erased_before=T0 + 1)
+    assert await load_one(store, "alice") == Profile(
+        "alice", erased_before=T0 + 1, erased_earlier=((T0, "bob"),)
+    )
+
+
+async def test_a_marker_keeps_the_users_last_erasures_before_it(store: ProfileStore) -> None:
+    """Merged away, rebuilt, merged again (or erased): each erasure's time and target stay
+    on record, the last `ERASURES_KEPT` of them, also under a profile rebuilt since."""
+    await write(store, rich_profile(), 0)
+    for i in range(ERASURES_KEPT + 2):
+        if i % 3 == 2:
+            assert await store.erase("alice", T0 + i) is not Erasure.REPEATED
+        else:
+            assert (await store.set_aside("alice", T0 + i, f"u{i}"))[0] is not Erasure.REPEATED
+            await store.drop_aside("alice")
+    history = tuple((T0 + i, None if i % 3 == 2 else f"u{i}") for i in range(ERASURES_KEPT + 2))
+    last = ERASURES_KEPT + 1
+    expected = Marker(T0 + last, None if last % 3 == 2 else f"u{last}", history[1:-1])
+    assert await store.markers(["alice"]) == {"alice": expected}
+    rebuilt = replace(
+        rich_profile(version=1), erased_before=expected.erased_at,
+        merged_into=expected.merged_into, erased_earlier=expected.earlier,
+    )  # fmt: skip
+    assert await write(store, rebuilt, 0) == []
+    assert await load_one(store, "alice") == rebuilt
+    assert await store.markers(["alice"]) == {"alice": expected}
 
 
 async def test_markers_say_who_was_erased_or_merged_and_when(store: ProfileStore) -> None:
@@ -303,10 +331,12 @@ async def test_a_merged_users_marker_keeps_their_watermarks_and_window(
     assert await load_one(store, "alice") == merged
     assert await store.set_aside("alice", T0 + 1, "carol") == (Erasure.ABSENT, None)
     assert await load_one(store, "alice") == replace(
-        merged, erased_before=T0 + 1, merged_into="carol"
+        merged, erased_before=T0 + 1, merged_into="carol", erased_earlier=((T0, "bob"),)
     )
     assert await store.erase("alice", T0 + 2) is Erasure.ABSENT
-    assert await load_one(store, "alice") == Profile("alice", erased_before=T0 + 2)
+    assert await load_one(store, "alice") == Profile(
+        "alice", erased_before=T0 + 2, erased_earlier=((T0, "bob"), (T0 + 1, "carol"))
+    )
 
 
 async def test_a_new_profile_folded_before_an_erase_is_refused(store: ProfileStore) -> None:
