@@ -62,6 +62,7 @@ async def count_events(stream: Any) -> None:
                 continue
         now = time.time()
         pipe.set("baseline:first", now, nx=True)
+        pipe.set("baseline:first_records", len(values), nx=True)  # the batch before `first`
         pipe.set("baseline:last", now)
         pipe.incrby("baseline:records", len(values))
         await pipe.execute()
