@@ -36,7 +36,6 @@ from stream.worker import wall_clock_ms
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).parent.parent
 HOUR_MS = 3_600_000
-LOG = RESULTS / "faust_baseline.log"
 
 
 def clean_env() -> dict[str, str]:
@@ -44,7 +43,7 @@ def clean_env() -> dict[str, str]:
 
 
 def run_faust(
-    settings: Settings, redis_url: str, expected: int, timeout_s: float
+    settings: Settings, redis_url: str, expected: int, timeout_s: float, log_path: Path
 ) -> dict[str, object]:
     env = clean_env() | {
         "BASELINE_BOOTSTRAP": settings.kafka_bootstrap,
@@ -53,7 +52,7 @@ def run_faust(
         "BASELINE_APP_ID": "bench-faust",
     }
     client = redis.Redis.from_url(redis_url)
-    log = open(LOG, "wb")  # noqa: SIM115 - closed with the process below
+    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process below
     command = ["-m", "faust", "-A", "bench.faust_baseline", "worker", "-l", "warn", "--without-web"]
     process = subprocess.Popen(
         [sys.executable, *command], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
@@ -62,7 +61,9 @@ def run_faust(
     try:
         while int(client.get("baseline:records") or 0) < expected:
             if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"the Faust baseline did not consume every record; see {LOG}")
+                raise RuntimeError(
+                    f"the Faust baseline did not consume every record; see {log_path}"
+                )
             time.sleep(0.2)
         first, last = float(client.get("baseline:first")), float(client.get("baseline:last"))
     finally:
@@ -94,7 +95,10 @@ def main() -> None:
         base_url = stack.redis.url.rsplit("/", 1)[0]
         ours_settings = settings.model_copy(update={"redis_url": f"{base_url}/1"})
         ours = {label: run_pass(ours_settings, label, None)[0] for label in PASSES}
-        theirs = run_faust(settings, f"{base_url}/2", sent, timeout_s=600)
+        # The Faust worker's log goes beside the report.
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        log_path = args.out.parent / "faust_baseline.log"
+        theirs = run_faust(settings, f"{base_url}/2", sent, timeout_s=600, log_path=log_path)
     faust_rate = theirs["records_per_s"]
     ratios = {
         label: round(stats["records_per_s"] / faust_rate, 2)  # type: ignore[operator]
