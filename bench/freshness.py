@@ -441,7 +441,9 @@ def main() -> None:
             for _ in range(args.climb):  # every rate held: the maximum is above them all
                 if any(r["target_rate"] > maximum for r in runs):
                     break
-                rate = maximum * 5 // 4 // 500 * 500
+                # A quarter above, to 500 events/s, and at least one step of 500 above
+                # (below 2,000 events/s the rounding would give `maximum` again).
+                rate = max(maximum * 5 // 4 // 500 * 500, maximum + 500)
                 runs.append(run_rate(stack, len(runs), rate, args.feeder[0], args, extra=extra))
                 maximum = highest_sustained(runs, args.seconds)
             for _ in range(args.refine):
