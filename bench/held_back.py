@@ -17,8 +17,8 @@ second one takes its partitions: `after_heartbeat` and `after_stop` are then
 the second worker's, which only knows what the first held back from the
 held-back ledger in Redis.
 
-Each tree given to `--trees` (a `PYTHONPATH` for the worker; `.` is this
-one) runs in turn on its own topic and Redis database, so a tree from before
+Each tree given to `--trees` (a `PYTHONPATH` for the worker; by default
+this one) runs in turn on its own topic and Redis database, so a tree from before
 held-back changes were published shows what a consumer missed. Also recorded:
 messages published (and of them held back, where the tree counts them), and
 the worker's CPU over the feed.
@@ -237,7 +237,9 @@ def held_back_published(port: int) -> int | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trees", nargs="+", default=["."], help="worker PYTHONPATHs, in turn")
+    parser.add_argument(
+        "--trees", nargs="+", default=[str(ROOT)], help="worker PYTHONPATHs, in turn"
+    )
     parser.add_argument("--rate", type=int, default=2000, help="events per second")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--users", type=int, default=5000)
