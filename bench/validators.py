@@ -4,22 +4,24 @@ Each candidate parses and validates the same realistic events (synthetic shop,
 every type) against the v1 contract; msgspec decodes straight into the typed
 `Event` (profiling.events.decode_event, rules included), the schema validators
 run on orjson-parsed dicts against schemas/behavior_event.v1.json. Reported:
-microseconds per event, best of 5 rounds.
+microseconds per event, best of 5 rounds. fastjsonschema is none of the
+project's dependencies: install it first (`pip install fastjsonschema`).
 
     python bench/validators.py
+    python bench/validators.py --out /tmp/validators.json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+from drain import write_report  # bench/drain.py
 
 from profiling.events import decode_event
 from stream.synthetic_shop import ShopGenerator
@@ -41,6 +43,9 @@ def best_us(check: Callable[[bytes], object], values: list[bytes], rounds: int =
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULTS / "validators.json")
+    args = parser.parse_args()
     import fastjsonschema
     import jsonschema_rs
 
@@ -58,17 +63,8 @@ def main() -> None:
         "orjson parse only": orjson.loads,
     }.items():
         results[name] = round(best_us(check, values), 2)
-    report = {
-        "benchmark": "validators",
-        "command": "python bench/validators.py",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}",
-        "events": len(values),
-        "us_per_event": results,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "validators.json").write_text(json.dumps(report, indent=2) + "\n")
-    json.dump(report, sys.stdout, indent=2)
+    write_report(args.out, "validators", events=len(values), us_per_event=results)
+    sys.stdout.write(args.out.read_text())
 
 
 if __name__ == "__main__":
