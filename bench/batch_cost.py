@@ -26,13 +26,14 @@ the worker's shared Redis cache behind the in-process one.
 as the worker does (`sequential`, the default: each batch written before the
 next is folded).
 
-`--breakdown` also splits each run's worker CPU per profile write into the
-batch step's stages (validation, load, the aggregates fold, vectors, models,
-save; the rest is grouping, outcomes and the event loop), by timing those
-functions as they run: wall time for the ones that never wait (the fold's
-two clock reads per user add about 0.1 µs), the thread's CPU time for the
-ones that await Redis, out of the event loop thread's CPU time (OpenBLAS's
-helper threads, busy with text and models both on, are left out).
+`--breakdown` (sequential writes only) also splits each run's worker CPU per
+profile write into the batch step's stages (validation, load, the aggregates
+fold, vectors, models, save; the rest is grouping, outcomes and the event
+loop), by timing those functions as they run: wall time for the ones that
+never wait (the fold's two clock reads per user add about 0.1 µs), the
+thread's CPU time for the ones that await Redis, out of the event loop
+thread's CPU time (OpenBLAS's helper threads, busy with text and models both
+on, are left out).
 """
 
 from __future__ import annotations
@@ -334,6 +335,9 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "batch_cost.json")
     args = parser.parse_args()
+    if args.breakdown and "overlapped" in args.writes:
+        # A write's thread CPU would include the fold of the next batch, run meanwhile.
+        parser.error("--breakdown times stages one after the other: use --writes sequential")
     models = [choice == "on" for choice in args.models]
     vectors = [choice == "on" for choice in args.vectors]
     overlaps = [choice == "overlapped" for choice in args.writes]
