@@ -45,6 +45,7 @@ DAY_MS: Final = 24 * HOUR_MS
 RECENT_EVENTS: Final = 32  # timestamps kept: velocity counts saturate at this
 RECENT_ORDERS: Final = 32
 RECENT_FAILURES: Final = 16
+RECENT_LINES: Final = 32  # an order's further lines: as many as event stamps, for the visits
 KNOWN_TOKENS: Final = 8  # devices, countries, cards remembered per user
 TRUST_MS: Final = 24 * 3_600_000  # a device, country or card is familiar a day after first use
 NO_HISTORY_MS: Final = 30 * DAY_MS  # "never": how far back a missing login or cart counts
@@ -147,10 +148,22 @@ class Behaviour:
     # ts of the newest purchase or login scored: the one the profile's `risk` is of, which
     # a late event leaves alone (0: none, or not known: an earlier state).
     last_scored: int = 0
+    # ts of the last RECENT_LINES further lines of orders. Not in `events`, which the
+    # velocity features count (an order counts once), yet activity that the visits
+    # must see: a late event rebuilds them from both runs of times.
+    lines: tuple[int, ...] = ()
 
     def to_json(self) -> list[Any]:
-        """The stored form: the fields' values in declaration order (no names: ~17 % smaller)."""
-        return list(_ALL_VALUES(self))
+        """The stored form: the fields' values in declaration order (no names: ~17 % smaller).
+
+        Without further lines, `lines` is left out: the form the version before it
+        wrote, which that version reads (it refuses a longer list) while a rolling
+        upgrade runs both.
+        """
+        values = list(_ALL_VALUES(self))
+        if not self.lines:
+            values.pop()
+        return values
 
     @classmethod
     def from_json(cls, raw: Sequence[Any] | Mapping[str, Any]) -> Behaviour:
@@ -181,7 +194,9 @@ _DEFAULTS: Final = {name: getattr(Behaviour(), name) for name in _FIELDS}
 _DEFAULT_VALUES: Final = list(_DEFAULTS.values())
 _LAST_SCORED: Final = _FIELDS.index("last_scored")
 _SCORED_SOURCES: Final = tuple(_FIELDS.index(name) for name in ("orders", "failures", "last_login"))
-_STAMP_RUNS: Final = tuple(_FIELDS.index(name) for name in ("events", "orders", "failures"))
+_STAMP_RUNS: Final = tuple(
+    _FIELDS.index(name) for name in ("events", "orders", "failures", "lines")
+)
 _TOKEN_SETS: Final = tuple(_FIELDS.index(name) for name in ("devices", "countries", "cards"))
 
 
@@ -255,11 +270,12 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
         if ts - last_ts > VISIT_GAP_MS and last_ts:  # a new visit, after time away
             work.away, work.visit = ts - last_ts, ts
         elif ts < work.visit:  # late, and before the current visit began
-            _late_visit(work, ts)
+            _late_visit(work, ts, first_ts)
         elif not last_ts:
             work.visit = ts
         last_ts = max(last_ts, ts)
         if line:  # a further line of the last order: one transaction, counted at its first
+            _append(work.lines, ts, RECENT_LINES)  # kept apart for the visits alone
             continue
         add_stamp(ts)
         failed_login = kind == "login" and event.success is False
@@ -287,41 +303,49 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
     return work.frozen(), features
 
 
-def _late_visit(work: _Working, ts: int) -> None:
+def _late_visit(work: _Working, ts: int, first_ts: int) -> None:
     """A late event before the current visit's start: the visit and the time away before
-    it as event time gives them (batches split anywhere give one answer).
+    it as one batch in ts order gives them (batches split anywhere give one answer).
 
-    The kept stamps of the newest events usually show where the newest visit
-    began: the newest gap over `VISIT_GAP_MS` among them and the late one. A
-    visit longer than they reach falls back to the visit and gap known: within
-    the visit gap of the start, the event begins the visit earlier; further
-    back, the time away is from it; before the previous visit ended, nothing.
+    What the state holds of the current visit is exact: no event in the time away
+    before it, and the previous visit's last event just before that. A late event
+    before that last one changes nothing; one in the time away shortens it or begins
+    the visit earlier. Only one that joins the two visits needs more: where the
+    previous visit began (`_visit_ending`).
     """
-    stamps = work.events
-    times = sorted([*stamps, ts] if stamps and ts >= min(stamps) else stamps)
-    found = _newest_visit(times)
-    if found is not None:
-        work.visit, work.away = found
-        return
     visit, away = work.visit, work.away
-    before = visit - away if away else 0  # the previous visit's last event
+    before = visit - away  # the previous visit's last event (away 0: none known)
     if away and ts <= before:
         return
-    if visit - ts <= VISIT_GAP_MS:
-        work.visit = ts
-        if away and ts - before > VISIT_GAP_MS:
-            work.away = ts - before
-    else:
+    if visit - ts > VISIT_GAP_MS:
         work.away = visit - ts
+    elif not away:
+        work.visit = ts
+    elif ts - before > VISIT_GAP_MS:
+        work.visit, work.away = ts, ts - before
+    else:
+        work.visit, work.away = _visit_ending(work, before, first_ts)
 
 
-def _newest_visit(times: Sequence[int]) -> tuple[int, int] | None:
-    """(first event, time away before it) of the newest visit in these sorted event
-    times, or None when no gap among them shows where it began."""
+def _visit_ending(work: _Working, last: int, first_ts: int) -> tuple[int, int]:
+    """(first event, time away before it) of the visit whose last event is at `last`.
+
+    From the kept times of events and of orders' further lines (every event takes
+    part in the visits) back to where either run was cut: an older gap could hide
+    an event no longer kept. A visit that reaches further back begins at the oldest
+    time known, with the time away known before (a stand-in), or none if that time
+    is the user's first event.
+    """
+    stamps, lines = work.events, work.lines
+    floor = max(
+        min(stamps) if len(stamps) >= RECENT_EVENTS else 0,
+        min(lines) if len(lines) >= RECENT_LINES else 0,
+    )
+    times = sorted({last, *(t for t in (*stamps, *lines) if floor <= t < last)})
     for i in range(len(times) - 1, 0, -1):
         if times[i] - times[i - 1] > VISIT_GAP_MS:
             return times[i], times[i] - times[i - 1]
-    return None
+    return times[0], 0 if times[0] == first_ts else work.away
 
 
 def feature_matrix(
@@ -462,12 +486,13 @@ class _Working:
     away: int
     visit: int
     last_scored: int
+    lines: list[int]
 
     @classmethod
     def of(cls, state: Behaviour) -> _Working:
         work = _working_copy(state)
         work.events, work.orders = list(state.events), list(state.orders)
-        work.failures = list(state.failures)
+        work.failures, work.lines = list(state.failures), list(state.lines)
         return work
 
     def frozen(self) -> Behaviour:
@@ -528,6 +553,7 @@ _RUN_BOUNDS: Final = tuple(
         ("events", RECENT_EVENTS),
         ("orders", RECENT_ORDERS),
         ("failures", RECENT_FAILURES),
+        ("lines", RECENT_LINES),
     )
 )
 
@@ -609,21 +635,22 @@ def merge_behaviour(a: Behaviour, b: Behaviour) -> Behaviour:
         away=away,
         visit=visit,
         last_scored=max(a.last_scored, b.last_scored),
+        lines=tuple(sorted(a.lines + b.lines)[-RECENT_LINES:]),
     )
 
 
 def _merged_visit(a: Behaviour, b: Behaviour) -> tuple[int, int]:
     """The newest visit and the time away before it of both users' events as one user's.
 
-    Each state knows events at its kept stamps, at its visit's start and just before it
-    (the time away), and one run without a gap from its visit's start to its last event
-    (an order's further lines and stamps no longer kept included). Chained in time, the
+    Each state knows events at its kept stamps and orders' further lines, at its visit's
+    start and just before it (the time away), and one run without a gap from its visit's
+    start to its last event (stamps and lines no longer kept included). Chained in time, the
     newest run begins after the newest gap over VISIT_GAP_MS: with one user's alone, a
     visitor merged into an account was "never away", and two halves of one visit began
     at the newer user's start. Without a gap, it begins at the earliest event known, after
     the time away its own state knew (the shorter, if both began there).
     """
-    runs = [(ts, ts) for ts in (*a.events, *b.events)]
+    runs = [(ts, ts) for ts in (*a.events, *b.events, *a.lines, *b.lines)]
     for side in (a, b):
         if side.visit:
             runs.append((side.visit, side.last_ts))

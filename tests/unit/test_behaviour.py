@@ -10,7 +10,7 @@ import msgspec
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from profiling.behaviour import (
@@ -36,6 +36,7 @@ DEVICES = ("phone-a", "laptop-b", "tablet-c")
 COUNTRIES = ("DE", "FR", "US")
 CARDS = ("card-1", "card-2", "card-3", "card-4")
 KINDS = ("view", "add_to_cart", "purchase", "login", "search")
+FIELDS = list(Behaviour.__dataclass_fields__)
 
 
 def history(seed: int, n: int) -> list[Event]:
@@ -394,9 +395,10 @@ def test_the_amount_statistics_are_those_of_each_orders_first_line(seed: int, n:
 def test_a_state_stored_before_the_last_fields_loads_with_their_defaults() -> None:
     state, _ = observe_all(Behaviour(), order_lines(3, 40))
     assert state.order and state.away
-    stored = state.to_json()[:-4]  # the last order, the time away, the visit and the
-    older = Behaviour.from_json(orjson.loads(orjson.dumps(stored)))  # last scored came later
-    assert (older.order, older.away, older.visit) == ("", 0, 0)
+    assert state.lines  # the last order, the time away, the visit, the last scored and
+    stored = state.to_json()[: FIELDS.index("order")]  # the further lines came later
+    older = Behaviour.from_json(orjson.loads(orjson.dumps(stored)))
+    assert (older.order, older.away, older.visit, older.lines) == ("", 0, 0, ())
     assert older.amount_n == state.amount_n
 
 
@@ -412,7 +414,7 @@ def test_a_state_stored_before_last_scored_knows_its_newest_order_or_told_login(
     if named:
         raw: object = {k: v for k, v in state.as_dict().items() if k != "last_scored"}
     else:
-        raw = state.to_json()[:-1]
+        raw = state.to_json()[: FIELDS.index("last_scored")]
     older = Behaviour.from_json(orjson.loads(orjson.dumps(raw)))
     assert older.last_scored == state.last_scored
     assert Behaviour.from_json(orjson.loads(orjson.dumps(state.to_json()))) == state
@@ -561,3 +563,102 @@ def test_a_merge_gives_the_visit_of_folding_both_users_events_as_one(
     a, b = observe_all(Behaviour(), mine)[0], observe_all(Behaviour(), theirs)[0]
     for merged in (merge_behaviour(a, b), merge_behaviour(b, a)):
         assert (merged.visit, merged.away) == (one.visit, one.away)
+
+
+def test_a_late_event_after_an_orders_further_line_gives_the_visit_of_one_sorted_batch() -> None:
+    """Purchase at 0, its further line at 40 min, a view at 45, then a view at 10 min late:
+    no gap over the visit gap among them, yet the late event found one from 10 to 45 min
+    (the line's time was not among the stamps it looked at): visit 45, 35 min away."""
+
+    def purchase(i: int, minute: int) -> Event:
+        return Event(event_id=f"p{i}", user_id="u", type="purchase", ts=START + minute * MINUTE_MS,
+                     amount=5.0, order_id="o1")  # fmt: skip
+
+    def view(i: int, minute: int) -> Event:
+        return Event(event_id=f"v{i}", user_id="u", type="view", ts=START + minute * MINUTE_MS,
+                     item_id="i")  # fmt: skip
+
+    arrived = [purchase(0, 0), purchase(1, 40), view(0, 45), view(1, 10)]
+    whole, _ = observe_all(Behaviour(), sorted(arrived, key=lambda e: e.ts))
+    split, _ = observe_all(observe_all(Behaviour(), arrived[:3])[0], arrived[3:])
+    assert (whole.visit, whole.away) == (split.visit, split.away) == (START, 0)
+
+
+STEPS = (1_000, 10 * MINUTE_MS, 20 * MINUTE_MS, 29 * MINUTE_MS, 35 * MINUTE_MS, 3 * HOUR_MS)
+
+
+def visit_log(steps: list[tuple[int, str]]) -> list[Event]:
+    """Events `steps` apart; "purchase" begins an order, "line" is a further line of the
+    last one (of a new one if none yet). Steps near the visit gap: late events join and
+    split visits."""
+    ts, order, events = START, 0, []
+    for i, (step, kind) in enumerate(steps):
+        ts += step
+        order += kind == "purchase" or not order
+        type_ = "view" if kind == "view" else "purchase"
+        events.append(Event(event_id=f"e{i}", user_id="u", type=type_, ts=ts, item_id="i",
+                            amount=5.0, order_id=f"o{order}"))  # fmt: skip
+    return events
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(STEPS), st.sampled_from(("view", "purchase", "line"))),
+        min_size=1,
+        max_size=30,
+    ),
+    delays=st.lists(st.integers(0, 30), min_size=30, max_size=30),
+    cuts=st.lists(st.integers(0, 30), max_size=6),
+)
+def test_the_visit_with_order_lines_and_late_events_does_not_depend_on_batches(
+    steps: list[tuple[int, str]], delays: list[int], cuts: list[int]
+) -> None:
+    """Events arrive late (each `delays` places after its turn), batches split anywhere and
+    are ordered by ts as the engine orders them: the visit and the time away before it are
+    those of one batch of every event in ts order (under 32 events: no bound is reached)."""
+    events = visit_log(steps)
+    n = len(events)
+    arrived = [events[i] for i in sorted(range(n), key=lambda i: i + delays[i])]
+    whole, _ = observe_all(Behaviour(), events)
+    state = Behaviour()
+    for start, end in itertools.pairwise(sorted({0, n, *(c for c in cuts if c < n)})):
+        state, _ = observe_all(state, sorted(arrived[start:end], key=lambda e: e.ts))
+    assert (state.visit, state.away) == (whole.visit, whole.away) == visit_oracle(events)
+
+
+def test_a_state_without_further_lines_is_stored_as_the_version_before_them_wrote_it() -> None:
+    """That version refuses a longer list: while a rolling upgrade runs both, it reads
+    every state but those of users who sent an order as one purchase per line."""
+    plain, _ = observe_all(Behaviour(), history(3, 40))
+    assert len(plain.to_json()) == FIELDS.index("lines")
+    with_lines, _ = observe_all(Behaviour(), order_lines(3, 40))
+    assert with_lines.lines and len(with_lines.to_json()) == len(FIELDS)
+    for state in (plain, with_lines):
+        assert Behaviour.from_json(orjson.loads(orjson.dumps(state.to_json()))) == state
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(STEPS), st.sampled_from(("view", "purchase", "line"))),
+        min_size=1,
+        max_size=30,
+    ),
+    sides=st.lists(st.booleans(), min_size=30, max_size=30),
+)
+@example(  # the line at 6 s is the last event before 35 min away: away 2,100 s, not 2,101
+    steps=[*[(1_000, "view")] * 5, (1_000, "purchase"), (1_000, "line"),
+           (35 * MINUTE_MS, "view"), (10 * MINUTE_MS, "view"), (29 * MINUTE_MS, "view")],
+    sides=[i == 8 for i in range(30)],
+)  # fmt: skip
+def test_a_merge_with_order_lines_gives_the_visit_of_every_event_as_one_users(
+    steps: list[tuple[int, str]], sides: list[bool]
+) -> None:
+    """A further line's time was in neither user's stamps: a merge found a gap it bridged."""
+    events = visit_log(steps)
+    mine = [e for e, side in zip(events, sides, strict=False) if side]
+    theirs = [e for e, side in zip(events, sides, strict=False) if not side]
+    a, b = observe_all(Behaviour(), mine)[0], observe_all(Behaviour(), theirs)[0]
+    for merged in (merge_behaviour(a, b), merge_behaviour(b, a)):
+        assert (merged.visit, merged.away) == visit_oracle(events)
