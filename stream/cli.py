@@ -267,14 +267,15 @@ def produce(  # noqa: PLR0917 - each option of the command is a parameter
         str | None,
         typer.Option(
             help="strptime format of the time column, e.g. '%d/%m/%Y %H:%M' (default: ISO "
-            "8601, epoch numbers, or slashed dates in the order the file shows)"
+            "8601, epoch numbers, or slashed dates in the order the file shows; of the "
+            "presets, online-retail's only)"
         ),
     ] = None,
     type_map: Annotated[
         list[str] | None,
         typer.Option(
             help="VALUE=TYPE: the file's value of the type column, as an event "
-            "type (pv=view), repeatable"
+            "type (pv=view), repeatable; with --preset taobao, added to its own"
         ),
     ] = None,
     set_: Annotated[
@@ -293,12 +294,12 @@ def produce(  # noqa: PLR0917 - each option of the command is a parameter
         ),
     ] = None,
     header: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            help="whether a CSV file's first line names its columns (without: "
-            "--map FIELD=N names the Nth column, from 1)"
+            help="whether a CSV file's first line names its columns (default: it does; "
+            "without: --map FIELD=N names the Nth column, from 1; a preset's own: no other)"
         ),
-    ] = True,
+    ] = None,
 ) -> None:
     """Send events from a file to the events topic."""
     from stream.file_import import CsvOptions, parse_pairs

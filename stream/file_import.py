@@ -200,7 +200,7 @@ class CsvOptions:
     constants: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"currency": "GBP"}
     default_amount: float | None = None  # purchases with neither amount nor price
     delimiter: str | None = None  # default: a tab for .tsv files, else a comma
-    header: bool = True
+    header: bool | None = None  # default: yes, or the preset's layout (another is refused)
     columns: tuple[str, ...] = ()  # names of a header-less file's columns, in order
     encoding: str = "utf-8"  # UTF-8: other bytes read as Windows-1252; else: U+FFFD
     format: Format | None = None  # default: from the file suffix
@@ -442,6 +442,8 @@ class Preset:
     natural_key: Callable[[Mapping[str, Any]], str] | None
     about: str
     own_users: bool = True  # user ids prefixed with the tag (a public data set's numbering)
+    # Options the data set's layout leaves no use for, and why: given, they are refused.
+    unread: Mapping[str, str] = field(default_factory=dict)
 
 
 _TAOBAO_TYPES: Final = {"pv": "view", "cart": "add_to_cart", "fav": "click", "buy": "purchase"}
@@ -464,7 +466,8 @@ def estimated_taobao_price(item_id: str) -> float:
 
 
 def _taobao(row: Mapping[str, Any], options: CsvOptions) -> dict[str, Any]:
-    kind = _TAOBAO_TYPES.get(row["behavior"].strip())
+    behavior = row["behavior"].strip()
+    kind = options.type_map.get(behavior) or _TAOBAO_TYPES.get(behavior)
     if kind is None:
         raise SkipRow("unknown_behavior", row["behavior"])
     event = {
@@ -578,6 +581,9 @@ def _amazon_review_key(row: Mapping[str, Any]) -> str:
     return f"{row['reviewerID']}|{row['unixReviewTime']}|{hashlib.blake2b(written).hexdigest()}"
 
 
+_EPOCH_SECONDS: Final = "reads its times as epoch seconds"
+_JSON_LINES: Final = "reads JSON lines, which have no cells and no header line"
+
 PRESETS: Final = {
     p.name: p
     for p in (
@@ -590,8 +596,10 @@ PRESETS: Final = {
             convert=_taobao,
             natural_key=None,
             about="Taobao UserBehavior.csv (no header): pv/cart/fav/buy become "
-            "view/add_to_cart/click/purchase; purchases get an estimated CNY amount, "
-            "and a user's buys in the same second one order id (one checkout)",
+            "view/add_to_cart/click/purchase (--type-map adds or renames values); purchases "
+            "get an estimated CNY amount, and a user's buys in the same second one order "
+            "id (one checkout)",
+            unread={"--ts-format": _EPOCH_SECONDS},
         ),
         Preset(
             name="online-retail",
@@ -613,6 +621,7 @@ PRESETS: Final = {
             about="UCI Online Retail (I or II): one purchase per line, in GBP, at UK times; "
             "rows without a customer, returns (quantity <= 0) and lines that are no product "
             "(postage, fees, discounts, vouchers) are skipped",
+            unread={"--type-map": "makes every row a purchase"},
         ),
         Preset(
             name="amazon-reviews",
@@ -624,9 +633,40 @@ PRESETS: Final = {
             natural_key=_amazon_review_key,
             about="Amazon Reviews 2018 (Ni & McAuley) JSON lines: review events, text = summary "
             "+ reviewText; per-variant copies of one review share an event id",
+            unread={
+                "--type-map": "makes every line a review",
+                "--ts-format": _EPOCH_SECONDS,
+                "--delimiter": _JSON_LINES,
+                "--header": _JSON_LINES,
+                "--no-header": _JSON_LINES,
+            },
         ),
     )
 }
+
+
+def check_preset_options(preset: Preset, options: CsvOptions) -> None:
+    """Fail early on an option the preset would ignore or contradict (`--format` aside):
+    it was silently read the preset's way, whatever the option said."""
+    given = {
+        "--type-map": bool(options.type_map),
+        "--ts-format": options.ts_format is not None,
+        "--delimiter": options.delimiter is not None,
+        "--header": options.header is True,
+        "--no-header": options.header is False,
+    }
+    for flag in (flag for flag, on in given.items() if on):
+        if flag in preset.unread:
+            raise FileImportError(
+                f"--preset {preset.name} {preset.unread[flag]}: {flag} does not apply "
+                "(leave it out)"
+            )
+        if flag.endswith("header") and options.header != preset.header:
+            layout = "a header line" if preset.header else "no header line"
+            raise FileImportError(
+                f"--preset {preset.name} reads files with {layout}: {flag} contradicts it "
+                f"(leave {flag} out)"
+            )
 
 
 def preset_named(name: str) -> Preset:
@@ -674,6 +714,8 @@ def read_events(
             f"--preset {chosen.name} reads {chosen.format} files: --format "
             f"{options.format} contradicts it (leave --format out)"
         )
+    if chosen is not None:
+        check_preset_options(chosen, options)
     if (
         chosen is None
         and options.format is None
@@ -698,9 +740,7 @@ def read_events(
     )
     if chosen is None:
         assert mapping is not None
-        chosen = Preset(
-            "mapping", "f", fmt, (), options.header, _mapped(mapping), None, "", own_users=False
-        )
+        chosen = Preset("mapping", "f", fmt, (), True, _mapped(mapping), None, "", own_users=False)
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     return _produce(rows, chosen, options, report, now)
 
@@ -964,7 +1004,7 @@ def _column_names(
     """`(name, index)` of every column a row needs; checks the header has them all."""
     if preset and not preset.header:
         return [(alts[0], i) for i, alts in enumerate(preset.columns)]
-    header_line = preset.header if preset else options.header
+    header_line = preset.header if preset else options.header is not False
     if header_line:
         try:
             header = [cell.strip() for cell in next(reader)]

@@ -1006,6 +1006,35 @@ async def test_produce_refuses_a_format_its_preset_does_not_read_in_one_line(
     )
 
 
+async def test_produce_refuses_an_option_its_preset_would_ignore_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """--type-map and --no-header were silently ignored beside --preset, as --format was;
+    refused before a broker is asked, naming the option and the preset."""
+    retail = tmp_path / "retail.csv"
+    retail.write_text(RETAIL_CSV)
+    env = base_env(PROFILER_KAFKA_BOOTSTRAP="127.0.0.1:1")
+    no_header, type_map = await asyncio.gather(
+        profiler(
+            "produce", str(retail), "--preset", "online-retail", "--no-header", env=env,
+            cwd=tmp_path,
+        ),
+        profiler(
+            "produce", str(retail), "--preset", "online-retail", "--type-map", "C=view",
+            env=env, cwd=tmp_path,
+        ),
+    )  # fmt: skip
+    assert no_header.returncode == 2 and type_map.returncode == 2
+    assert one_line(no_header) == (
+        "error: --preset online-retail reads files with a header line: --no-header "
+        "contradicts it (leave --no-header out)"
+    )
+    assert one_line(type_map) == (
+        "error: --preset online-retail makes every row a purchase: --type-map does not "
+        "apply (leave it out)"
+    )
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 async def test_produce_stopped_by_a_signal_says_what_it_sent_and_where_it_stopped(
     topics: Settings, tmp_path: Path, sig: signal.Signals, code: int

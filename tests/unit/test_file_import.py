@@ -568,6 +568,74 @@ def test_a_format_the_preset_does_not_read_is_refused(tmp_path: Path) -> None:
     assert report.produced == 1 and events[0][1]["user_id"] == "tb:1"
 
 
+@pytest.mark.parametrize(
+    ("preset", "options", "message"),
+    [
+        (
+            "online-retail",
+            {"type_map": {"Invoice": "view"}},
+            "--preset online-retail makes every row a purchase: --type-map does not apply "
+            "(leave it out)",
+        ),
+        (
+            "online-retail",
+            {"header": False},
+            "--preset online-retail reads files with a header line: --no-header contradicts "
+            "it (leave --no-header out)",
+        ),
+        (
+            "taobao",
+            {"header": True},
+            "--preset taobao reads files with no header line: --header contradicts it "
+            "(leave --header out)",
+        ),
+        (
+            "taobao",
+            {"ts_format": "%Y"},
+            "--preset taobao reads its times as epoch seconds: --ts-format does not apply "
+            "(leave it out)",
+        ),
+        (
+            "amazon-reviews",
+            {"header": False},
+            "--preset amazon-reviews reads JSON lines, which have no cells and no header "
+            "line: --no-header does not apply (leave it out)",
+        ),
+        (
+            "amazon-reviews",
+            {"type_map": {"5": "purchase"}},
+            "--preset amazon-reviews makes every line a review: --type-map does not apply "
+            "(leave it out)",
+        ),
+    ],
+)
+def test_an_option_the_preset_would_ignore_is_refused(
+    tmp_path: Path, preset: str, options: dict[str, Any], message: str
+) -> None:
+    """They were ignored: the preset read the file its own way whatever they said."""
+    path = tmp_path / "data.txt"
+    path.write_text("")
+    with pytest.raises(FileImportError) as refused:
+        read_events(path, preset, options=CsvOptions(**options))
+    assert str(refused.value) == message
+
+
+def test_a_type_map_adds_to_the_taobao_presets_own(tmp_path: Path) -> None:
+    """A value the preset does not know is mapped, one it knows renamed; the rest as ever."""
+    path = tmp_path / "UserBehavior.csv"
+    path.write_text(
+        "1,2268318,2520377,pv,1511544070\n"
+        "1,2268318,2520377,share,1511544071\n"
+        "1,2268318,2520377,fav,1511544072\n"
+    )
+    events, report = run(path, "taobao", type_map={"share": "click", "fav": "add_to_cart"})
+    assert_all_valid(events)
+    assert [e["type"] for _, e in events] == ["view", "click", "add_to_cart"]
+    assert report.skipped == {}
+    _, same = run(path, "taobao", header=False)  # the preset's own layout: no contradiction
+    assert same.produced == 2 and same.skipped == {"unknown_behavior": 1}
+
+
 def test_constants_are_typed_and_checked(tmp_path: Path) -> None:
     path = tmp_path / "x.csv"
     path.write_text("u,t\nu1,1699990000\n")
