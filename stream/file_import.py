@@ -44,6 +44,8 @@ import gzip
 import hashlib
 import io
 import math
+import os
+import sys
 import time
 import zlib
 from collections import Counter
@@ -794,6 +796,7 @@ def _open(path: Path, mode: Literal["rb", "rt"], encoding: str = "utf-8") -> IO[
     errors = "profiler.windows-1252" if utf8 else "replace"
     try:
         if path == STDIN:  # a handle of its own: closing it leaves sys.stdin as it is
+            _check_stdin()
             raw = open(0, "rb", closefd=False)  # noqa: SIM115 - the caller closes it
             if mode == "rb":
                 return raw
@@ -807,6 +810,27 @@ def _open(path: Path, mode: Literal["rb", "rt"], encoding: str = "utf-8") -> IO[
         return path.open("r", encoding=encoding, errors=errors, newline="")
     except OSError as exc:
         raise UnreadableFileError(f"cannot read {_named(path)}: {exc.strerror or exc}") from exc
+
+
+def _check_stdin() -> None:
+    """Refuse a standard input that cannot be read (`<&-`, `0>file`) before reading it.
+
+    A process started with descriptor 0 closed has no `sys.__stdin__`, and the
+    first file it opens since (a socket, a module's file) takes descriptor 0:
+    reading it read that file, or failed with a reason that named none of this.
+    """
+    if sys.__stdin__ is None:
+        raise UnreadableFileError(
+            "standard input (-) is closed: nothing to read; pipe the events in, or name a file"
+        )
+    with contextlib.suppress(OSError, ImportError):  # ImportError: no fcntl (Windows)
+        import fcntl
+
+        if fcntl.fcntl(0, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:
+            raise UnreadableFileError(
+                "standard input (-) is open for writing only: nothing to read; pipe the "
+                "events in, or name a file"
+            )
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:

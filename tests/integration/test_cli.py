@@ -902,6 +902,25 @@ async def test_produce_dash_reads_standard_input_in_the_format_given_or_the_pres
     )
 
 
+@pytest.mark.parametrize(
+    ("redirect", "why"),
+    [("<&-", "is closed"), ("0>/dev/null", "is open for writing only")],
+)
+async def test_produce_dash_with_no_standard_input_to_read_says_so_in_one_line(
+    redirect: str, why: str, tmp_path: Path
+) -> None:
+    """With descriptor 0 closed, the first file the process opened took it, and `-` read
+    that (or failed naming the broker): one line now says what standard input is."""
+    done = await run_command(
+        "sh", "-c", f'exec "$0" "$@" {redirect}', PROFILER, "produce", "-", "--format", "jsonl",
+        env=base_env(PROFILER_KAFKA_BOOTSTRAP="127.0.0.1:1"), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert one_line(done) == (
+        f"error: standard input (-) {why}: nothing to read; pipe the events in, or name a file"
+    )
+
+
 async def test_produce_fails_when_every_row_is_skipped_and_takes_the_time_format(
     topics: Settings, tmp_path: Path
 ) -> None:
