@@ -69,6 +69,7 @@ T = TypeVar("T")
 # Kafka counts a topic's partitions in a signed 32-bit field.
 MAX_PARTITIONS = 2**31 - 1
 MAX_REPLICAS = 2**15 - 1  # the protocol carries a replication factor as an int16
+MAX_PORT = 65535
 
 
 def _with_servers(
@@ -566,20 +567,33 @@ def _local_worker_url() -> str:
 
 
 def _worker_url(url: str) -> str:
-    """`url` without a trailing slash, if it is an http(s) URL with a host; else one line."""
+    """`url` without a trailing slash, if it is an http(s) URL with a host and a port
+    a server can listen on (or none); else one line."""
     from urllib.parse import urlsplit
 
     try:
         parts = urlsplit(url)
-        port = parts.port  # ValueError for a port that is no number, or out of range
-    except ValueError as exc:
+    except ValueError as exc:  # a bracket left open: "Invalid IPv6 URL"
         why = str(exc)
     else:
-        if parts.scheme in ("http", "https") and parts.hostname and port != 0:
+        port = _port_text(parts.netloc)
+        if port and not (port.isascii() and port.isdigit() and 0 < int(port) <= MAX_PORT):
+            why = f"port {port}: a port is a number from 1 to {MAX_PORT}"
+        elif parts.scheme in ("http", "https") and parts.hostname:
             return url.rstrip("/")
-        why = "it takes http:// or https://, a host and an optional port"
+        else:
+            why = "it takes http:// or https://, a host and an optional port"
     _error(f"--url {url}: not a worker URL ({why})")
     raise typer.Exit(2)
+
+
+def _port_text(netloc: str) -> str:
+    """The port of a URL's `host:port` as written ("" when none), whatever it holds:
+    urllib refused 0 nowhere, and a port out of its range as "out of range 0-65535"."""
+    host_port = netloc.rpartition("@")[2]
+    if host_port.startswith("["):  # an IPv6 address, whose colons are not the port's
+        host_port = host_port.partition("]")[2]
+    return host_port.rpartition(":")[2] if ":" in host_port else ""
 
 
 @app.command()

@@ -1635,7 +1635,14 @@ def one_line(done: Finished) -> str:
     [
         ("foo", "it takes http:// or https://, a host and an optional port"),
         ("http://[::1", "Invalid IPv6 URL"),
-        ("http://localhost:99999", "Port out of range 0-65535"),
+        ("http://localhost:99999", "port 99999: a port is a number from 1 to 65535"),
+        # A port no server listens on: the scheme and host were blamed, or a range given
+        # that holds 0, or Python's words for a failed cast.
+        ("http://localhost:0", "port 0: a port is a number from 1 to 65535"),
+        ("https://[::1]:0/", "port 0: a port is a number from 1 to 65535"),
+        ("http://localhost:65536", "port 65536: a port is a number from 1 to 65535"),
+        ("http://localhost:-1", "port -1: a port is a number from 1 to 65535"),
+        ("http://localhost:web", "port web: a port is a number from 1 to 65535"),
     ],
 )
 async def test_status_of_a_url_that_is_no_worker_url_is_one_line(
