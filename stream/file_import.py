@@ -30,6 +30,10 @@ text are the same too, which the data set cannot tell from a variant's copy);
 everything else hashes the line number and the raw line (identical rows on
 different lines stay distinct events).
 
+Files compressed with gzip, bzip2 or xz are read decompressed, told by their first
+bytes rather than their name (standard input has none); a zip archive, zstd or
+Parquet is refused, saying what it is (`_REFUSED`).
+
 A preset's user ids carry its tag (`tb:1`, `or:17850`, `az:A3UMNRR89DIZRM`):
 the data sets number their users independently, and Taobao's ids cover UCI's,
 so two data sets imported into one deployment would otherwise share profiles.
@@ -37,14 +41,17 @@ so two data sets imported into one deployment would otherwise share profiles.
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import contextlib
 import csv
 import gzip
 import hashlib
 import io
+import lzma
 import math
 import os
+import stat
 import sys
 import time
 import zlib
@@ -748,13 +755,13 @@ def read_events(
 
 
 def format_of(path: Path) -> Format:
-    """`csv` for .csv/.tsv/.txt, `jsonl` for .json/.jsonl/.ndjson (optionally .gz)."""
+    """`csv` for .csv/.tsv/.txt, `jsonl` for .json/.jsonl/.ndjson (optionally .gz, .bz2, .xz)."""
     if path == STDIN:
         raise FileImportError(
             "standard input (-) has no file name to tell its format by; give it "
             "(--format csv|jsonl, or a --preset)"
         )
-    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+    suffixes = [s.lower() for s in path.suffixes if s.lower() not in _COMPRESSED_SUFFIXES]
     last = suffixes[-1] if suffixes else ""
     if last in (".csv", ".tsv", ".txt"):
         return "csv"
@@ -764,6 +771,8 @@ def format_of(path: Path) -> Format:
         f"{path}: cannot tell the format from the name; give it (--format csv|jsonl)"
     )
 
+
+_COMPRESSED_SUFFIXES: Final = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz"}
 
 # `profiler produce -`: standard input, as files are named on a command line. A file
 # called `-` is `./-`, which a Path shortens to `-`: give its full path.
@@ -790,26 +799,79 @@ codecs.register_error("profiler.windows-1252", _windows_1252)
 
 
 def _open(path: Path, mode: Literal["rb", "rt"], encoding: str = "utf-8") -> IO[Any]:
-    """Open plain or gzip files; a missing or unreadable file is a clear error. A UTF-8
-    text file's bytes that are not UTF-8 read as Windows-1252; other encodings' as U+FFFD."""
+    """Open a file or standard input, decompressed when its first bytes are gzip's, bzip2's
+    or xz's (whatever its name says); a missing or unreadable file, or one in a format
+    this cannot read (`_REFUSED`), is a clear error. A UTF-8 text file's bytes that are
+    not UTF-8 read as Windows-1252; other encodings' as U+FFFD."""
     utf8 = encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig")
     errors = "profiler.windows-1252" if utf8 else "replace"
     try:
-        if path == STDIN:  # a handle of its own: closing it leaves sys.stdin as it is
-            _check_stdin()
-            raw = open(0, "rb", closefd=False)  # noqa: SIM115 - the caller closes it
-            if mode == "rb":
-                return raw
-            return io.TextIOWrapper(raw, encoding=encoding, errors=errors, newline="")
-        if path.suffix.lower() == ".gz":
-            if mode == "rb":
-                return cast(IO[bytes], gzip.open(path, "rb"))
-            return gzip.open(path, "rt", encoding=encoding, errors=errors, newline="")
-        if mode == "rb":
-            return path.open("rb")
-        return path.open("r", encoding=encoding, errors=errors, newline="")
+        binary = _decompressed(path, _open_bytes(path))
     except OSError as exc:
         raise UnreadableFileError(f"cannot read {_named(path)}: {exc.strerror or exc}") from exc
+    if mode == "rb":
+        return binary
+    return io.TextIOWrapper(binary, encoding=encoding, errors=errors, newline="")
+
+
+def _open_bytes(path: Path) -> io.BufferedReader:
+    if path == STDIN:  # a handle of its own: closing it leaves sys.stdin as it is
+        _check_stdin()
+        return open(0, "rb", closefd=False)
+    return path.open("rb")
+
+
+# How compressed files start: gzip, bzip2 (at any level), xz.
+_GZIP: Final = b"\x1f\x8b"
+_BZIP2: Final = tuple(b"BZh%d" % level for level in range(1, 10))
+_XZ: Final = b"\xfd7zXZ\x00"
+# Files this does not read, how they start, and what to do instead.
+_REFUSED: Final = (
+    (b"PK\x03\x04", "a zip archive (as an .xlsx workbook is): extract the CSV or JSON "
+     "lines file from it, or save the sheet as CSV"),
+    (b"PK\x05\x06", "an empty zip archive"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed: decompress it (zstd -d), or pipe it in "
+     "(zstdcat FILE | profiler produce - --format csv|jsonl ...)"),
+    (b"PAR1", "a Parquet file: convert it to JSON lines or CSV first"),
+)  # fmt: skip
+_MAGIC_BYTES: Final = 6
+
+
+def _decompressed(path: Path, handle: io.BufferedReader) -> IO[bytes]:
+    """`handle`, or its content decompressed: by its first bytes, since a name may not
+    tell (`cat x.gz | profiler produce -`, a file renamed) and compressed bytes read as
+    lines went out as events. A regular file's decompressor owns its own handle."""
+    try:
+        head = handle.peek(_MAGIC_BYTES)[:_MAGIC_BYTES]
+        for magic, why in _REFUSED:
+            if head.startswith(magic):
+                raise UnreadableFileError(f"{_named(path)} is {why}")
+        if not head.startswith((_GZIP, *_BZIP2, _XZ)):
+            named = _COMPRESSED_SUFFIXES.get(path.suffix.lower())
+            if named and head:  # a name that says compressed: its bytes are no text
+                raise UnreadableFileError(
+                    f"cannot read {_named(path)}: its name says {named}, but it is not {named}"
+                )
+            return handle
+        if path == STDIN or not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return _decompressor(head, handle)  # a pipe cannot be opened again
+    except BaseException:
+        handle.close()
+        raise
+    handle.close()
+    return _decompressor(head, path)
+
+
+def _decompressor(head: bytes, source: Path | io.BufferedReader) -> IO[bytes]:
+    """`source` (a path, or a file object it leaves open) read through the decompressor
+    its first bytes, `head`, call for. The caller closes it."""
+    if head.startswith(_GZIP):
+        stream: io.BufferedIOBase = gzip.open(source)  # noqa: SIM115
+    elif head.startswith(_BZIP2):
+        stream = bz2.open(source)  # noqa: SIM115
+    else:
+        stream = lzma.open(source)  # noqa: SIM115
+    return cast(IO[bytes], stream)
 
 
 def _check_stdin() -> None:
@@ -831,6 +893,11 @@ def _check_stdin() -> None:
                 "standard input (-) is open for writing only: nothing to read; pipe the "
                 "events in, or name a file"
             )
+
+
+# What reading a file may raise part way through: a disk's error, a compressed stream
+# cut short or corrupt.
+_READ_ERRORS: Final = (OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -857,7 +924,7 @@ def _numbered(path: Path, handle: IO[bytes]) -> Iterator[tuple[int, bytes]]:
                     line = line.removeprefix(codecs.BOM_UTF8)
                 if line.strip():
                     yield number, line
-    except (OSError, EOFError, zlib.error) as exc:
+    except _READ_ERRORS as exc:
         raise UnreadableFileError(f"cannot read {_named(path)}: {exc}") from exc
 
 
@@ -989,7 +1056,7 @@ def _csv_records(
                 report.skip(lines.taken[0][0] if lines.taken else 0, "csv_error", str(exc))
                 lines.again(lines.taken[1:])
                 continue
-            except (OSError, EOFError, zlib.error) as exc:
+            except _READ_ERRORS as exc:
                 raise UnreadableFileError(f"cannot read {_named(path)}: {exc}") from exc
             taken = lines.taken
             if not cells or (len(cells) == 1 and not cells[0].strip()):
@@ -1034,7 +1101,7 @@ def _column_names(
             header = [cell.strip() for cell in next(reader)]
         except StopIteration:
             raise FileImportError(f"{_named(path)} is empty: no header line") from None
-        except (csv.Error, OSError, EOFError, zlib.error) as exc:
+        except (csv.Error, *_READ_ERRORS) as exc:
             raise UnreadableFileError(f"cannot read the header of {_named(path)}: {exc}") from exc
     else:
         header = list(options.columns) if options.columns else []

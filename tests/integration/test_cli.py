@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import math
 import os
 import re
@@ -900,6 +901,21 @@ async def test_produce_dash_reads_standard_input_in_the_format_given_or_the_pres
         "error: standard input (-) has no file name to tell its format by; give it "
         "(--format csv|jsonl, or a --preset)"
     )
+
+
+async def test_produce_dash_reads_a_gzip_stream_piped_in(topics: Settings, tmp_path: Path) -> None:
+    """`cat events.jsonl.gz | profiler produce - --format jsonl`: standard input has no name
+    to say gzip, and its compressed bytes went out as one event without a key."""
+    lines = b"".join(orjson.dumps(e) + b"\n" for e in jsonl_events(wall_clock_ms()))
+    done = await profiler(
+        "produce", "-", "--format", "jsonl", env=profiler_env(topics), cwd=tmp_path,
+        stdin=gzip.compress(lines),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"sent 4 events to {topics.topic_events}; 4 rows read, 4 produced," in done.stderr
+    on_topic = await read_topic(topics.kafka_bootstrap, topics.topic_events)
+    # Each user's events lie on their own partition: the topic keeps no order across them.
+    assert sorted(record.value for record in on_topic) == sorted(lines.splitlines())
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -37,3 +40,32 @@ async def test_a_file_that_breaks_off_says_how_many_events_were_sent(
     on_topic = await read_topic(settings.kafka_bootstrap, settings.topic_events)
     assert 0 < len(on_topic) < 20_000
     assert f"the {len(on_topic)} events before that were sent" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "compress"),
+    [
+        ("events.jsonl", gzip.compress),  # gzip whatever the name says
+        ("events.jsonl.bz2", bz2.compress),
+        ("events.jsonl.xz", lzma.compress),
+    ],
+)
+async def test_a_compressed_file_sends_its_events_whatever_its_name(
+    make_settings: SettingsFactory, tmp_path: Path, name: str, compress: Callable[[bytes], bytes]
+) -> None:
+    """Its compressed bytes were read as lines and went out as events with no key, for
+    the workers to dead-letter (or a .bz2 or .xz file had no format to tell)."""
+    settings = await make_settings(partitions=2)
+    events = [
+        {"event_id": f"c{i}", "user_id": f"u{i % 3}", "type": "view", "item_id": "p1",
+         "ts": 1_700_000_000_000 + i}
+        for i in range(5)
+    ]  # fmt: skip
+    path = tmp_path / name
+    path.write_bytes(compress(b"".join(orjson.dumps(e) + b"\n" for e in events)))
+
+    produced = await produce_file(settings, path, None, None)
+
+    on_topic = await read_topic(settings.kafka_bootstrap, settings.topic_events)
+    assert [orjson.loads(record.value) for record in on_topic] == events
+    assert produced.sent == 5 and produced.report.unkeyed == 0

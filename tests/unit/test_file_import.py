@@ -5,9 +5,11 @@ Each test writes a few lines of its own; none reads the shared data folder.
 
 from __future__ import annotations
 
+import bz2
 import csv
 import gzip
 import json
+import lzma
 import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
@@ -535,6 +537,47 @@ def test_a_corrupt_gzip_file_is_reported_not_half_read(tmp_path: Path) -> None:
     path.write_bytes(b"this is not gzip")
     with pytest.raises(UnreadableFileError):
         list(read_events(path, None, None))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "why"),
+    [
+        ("Online Retail.xlsx", b"PK\x03\x04\x14\x00xl/workbook.xml", "is a zip archive"),
+        ("UserBehavior.csv.zip", b"PK\x03\x04\x14\x00UserBehavior.csv", "is a zip archive"),
+        ("events.jsonl.zst", b"\x28\xb5\x2f\xfd\x00\x58", "is zstd-compressed"),
+        ("reviews.jsonl", b"PAR1\x15\x04\x15", "is a Parquet file"),
+    ],
+)
+def test_a_file_in_a_format_not_read_is_refused_saying_what_it_is(
+    tmp_path: Path, name: str, content: bytes, why: str
+) -> None:
+    """Its bytes were read as CSV (a header of binary columns, or rows skipped one by one,
+    or even sent: a zip stores small files as they are) or as JSON lines sent as events."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(UnreadableFileError, match=f"^{path} {why}"):
+        list(read_events(path, "online-retail"))
+    with pytest.raises(UnreadableFileError, match=f"^{path} {why}"):
+        list(read_events(path, None, None, options=CsvOptions(format="jsonl")))
+
+
+def test_a_compressed_csv_file_reads_as_the_plain_one(tmp_path: Path) -> None:
+    """Gzip by its first bytes under any name; bzip2 and xz as well, their suffixes left
+    out of the name's format."""
+    plain = tmp_path / "retail.csv"
+    plain.write_text(ONLINE_RETAIL)
+    expected, _ = run(plain, "online-retail")
+    renamed = tmp_path / "retail-download.csv"
+    renamed.write_bytes(gzip.compress(ONLINE_RETAIL.encode()))
+    bzip2 = tmp_path / "retail.csv.bz2"
+    bzip2.write_bytes(bz2.compress(ONLINE_RETAIL.encode()))
+    xz = tmp_path / "retail.csv.xz"
+    xz.write_bytes(lzma.compress(ONLINE_RETAIL.encode()))
+    for path in (renamed, bzip2, xz):
+        assert run(path, "online-retail")[0] == expected
+    mapping = {"user_id": "CustomerID", "type": "Country", "ts": "InvoiceDate"}
+    mapped, _ = run(bzip2, None, {**mapping, "item_id": "StockCode"}, type_map={"France": "view"})
+    assert [event["user_id"] for _, event in mapped] == ["13748.0"]
 
 
 @pytest.mark.parametrize(
