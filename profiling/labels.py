@@ -6,9 +6,9 @@ fraud (`schemas/fraud_label.v1.json`). `apply_labels` decodes a batch of them
 at scoring time in one store round trip, and teaches the risk classifier.
 A label whose features are gone (never scored here, or past their TTL) is
 counted as `unknown`, not an error. A label of a user merged into another since
-(`profile-commands`) is joined with the features there, following a chain of
-merges to its end: the merge moved them, or the event was forwarded and scored
-there. Records at or below the offsets the
+(`profile-commands`) is joined with the features where that merge sent them,
+found as a late event of the user is (`profiling.forwarding`): the merge moved
+them, or the event was forwarded and scored there. Records at or below the offsets the
 restored model snapshot had learnt are skipped, so a replay after a restart
 does not teach the same label twice; and the features keep the label learnt
 from them with the record that taught it, so the same label from another
@@ -27,7 +27,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from profiling.events import INVALID_LABEL, MIN_TS_MS, Rejection, decode_record
-from profiling.forwarding import MAX_MERGE_HOPS
+from profiling.forwarding import Erased, Marker, follow_merges
 from profiling.models import ProfileModels
 from profiling.pipeline import SourceRecord, dead_letter_for
 from profiling.risk import LearntLabel, kept_features, learnt_label, with_label
@@ -116,26 +116,39 @@ async def _follow_merges(
 ) -> None:
     """Fill in the features (and where they are) of labels whose user was merged into
     another since: a merge moves the features, and an event forwarded after it is
-    scored under the other user.
+    scored under the user holding the merge's events.
 
-    Merges chain (a visitor into a guest account, the guest into a registered one;
-    each merge moves what the user holds then), so each label follows them from
-    user to user, looking at each, up to `MAX_MERGE_HOPS` (as a forwarded event does)
-    and never to a user it passed already (two users merged into each other).
+    A late event goes to the holder of the first erasure of its user later than
+    the event (`profiling.forwarding`); the label would follow it there, but its
+    `ts` is when the verdict was given, not the event's time, which nothing kept
+    tells (the features are found by event id alone). So a label tries the
+    holder of each merge of its user's marker, routed as an event just older
+    than that merge is: every event between two erasures goes where the later
+    one sent it, so one of these holds the features, if any does, and event ids
+    are unique, so the one holding them is the event's. Merges chain, loop and
+    are bounded as for events; a user erased (GDPR) took them with it.
     """
-    at = {i: labels[i].user_id for i, features in enumerate(kept) if features is None}
-    passed = {i: {user} for i, user in at.items()}
-    for _hop in range(MAX_MERGE_HOPS):
-        if not at:
-            return
-        into = await store.merged_into(list(dict.fromkeys(at.values())))
-        at = {i: into[user] for i, user in at.items() if user in into}
-        at = {i: user for i, user in at.items() if user not in passed[i]}
-        if not at:
-            return
-        found = await store.load_scored([(user, labels[i].event_id) for i, user in at.items()])
-        for (i, user), features in zip(list(at.items()), found, strict=True):
-            passed[i].add(user)
-            if features is not None:
-                kept[i], where[i] = features, (user, labels[i].event_id)
-                del at[i]
+    missing = [i for i, features in enumerate(kept) if features is None]
+    if not missing:
+        return
+    markers = await store.markers(list(dict.fromkeys(labels[i].user_id for i in missing)))
+    times = {  # an event just older than each merge goes where that merge sent them
+        user: {at - 1 for at, into in _erasures(marker) if into is not None}
+        for user, marker in markers.items()
+    }
+    routes = await follow_merges(markers, {u: t for u, t in times.items() if t}, store)
+    tried = [
+        (i, holder)
+        for i in missing
+        for _, holder in routes.get(labels[i].user_id, ())
+        if isinstance(holder, str) and holder != labels[i].user_id  # looked there already
+    ]
+    found = await store.load_scored([(holder, labels[i].event_id) for i, holder in tried])
+    for (i, holder), features in zip(tried, found, strict=True):
+        if features is not None and kept[i] is None:
+            kept[i], where[i] = features, (holder, labels[i].event_id)
+
+
+def _erasures(marker: Marker) -> tuple[Erased, ...]:
+    """Every erasure a marker keeps, oldest first, the last one too."""
+    return (*marker.earlier, (marker.erased_at, marker.merged_into))

@@ -17,6 +17,8 @@ import orjson
 import pytest
 
 from profiling.commands import apply_commands
+from profiling.labels import apply_labels
+from profiling.models import ProfileModels
 from profiling.pipeline import BatchResult, Record, Stages, apply_batch
 from profiling.profile import Profile, ProfileParams
 from profiling.store import InMemoryProfileStore, ProfileStore
@@ -44,9 +46,12 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[ProfileStore]:
 class Shop:
     """The events and commands topics of one store, with their next offsets."""
 
-    def __init__(self, store: ProfileStore, params: ProfileParams = PARAMS) -> None:
+    def __init__(
+        self, store: ProfileStore, params: ProfileParams = PARAMS, stages: Stages | None = None
+    ) -> None:
         self.store = store
         self.params = params
+        self.stages = stages or Stages()
         self.offset = 0
         self.sent: list[tuple[str, bytes]] = []  # forwarded, not delivered yet
 
@@ -77,7 +82,7 @@ class Shop:
         raise AssertionError(f"still forwarding after {most} rounds: {self.sent}")
 
     async def _fold(self, records: list[Record]) -> BatchResult:
-        result = await apply_batch(records, self.store, self.params, lambda: NOW, Stages())
+        result = await apply_batch(records, self.store, self.params, lambda: NOW, self.stages)
         self.sent += result.forwarded
         return result
 
@@ -85,13 +90,13 @@ class Shop:
         body = {"command": "merge", "from_user_id": visitor, "user_id": account}
         record = Record("profile-commands", 0, self._next(), account.encode(),
                         orjson.dumps(body), at_ms)  # fmt: skip
-        return await apply_commands([record], self.store, NOW, self.params, Stages())
+        return await apply_commands([record], self.store, NOW, self.params, self.stages)
 
     async def erase(self, user: str, at_ms: int) -> BatchResult:
         body = {"command": "erase", "user_id": user}
         record = Record("profile-commands", 0, self._next(), user.encode(),
                         orjson.dumps(body), at_ms)  # fmt: skip
-        return await apply_commands([record], self.store, NOW, self.params, Stages())
+        return await apply_commands([record], self.store, NOW, self.params, self.stages)
 
     async def profiles(self, *users: str) -> list[Profile]:
         return list((await self.store.load(list(users), cached=False)).values())
@@ -174,6 +179,30 @@ async def test_a_visitor_merged_twice_sends_each_late_event_where_its_time_went(
     rounds = await shop.settle()
     assert sum(r.outcomes["applied"] for r in rounds) == 2
     assert events_of(await shop.profiles("v", "a", "c")) == [0, 3, 3]
+
+
+async def test_labels_of_a_visitor_merged_twice_find_the_features_where_their_time_went(
+    store: ProfileStore,
+) -> None:
+    """v -> a at T1, v rebuilt, v -> c at T2: the features of v's events scored before T1
+    moved to a, also those of a late event forwarded there, and the ones scored between
+    T1 and T2 moved to c. A label under v finds each where its event went."""
+    models = ProfileModels()
+    shop = Shop(store, stages=Stages(models=models))
+    await shop.events(login("v1", "v", T1 - 500), login("a1", "a", T1 - 400))
+    await shop.merge("v", "a", T1)
+    await shop.events(login("v2", "v", T1 + 100), login("c1", "c", T1 + 200))
+    await shop.merge("v", "c", T2)
+    await shop.events(login("v3", "v", T1 - 100))  # late: forwarded to a, scored there
+    await shop.settle()
+    assert None not in await store.load_scored([("a", "v1"), ("c", "v2"), ("a", "v3")])
+    labels = [
+        {"event_id": event_id, "user_id": "v", "label": 1, "ts": NOW}
+        for event_id in ("v1", "v2", "v3", "never-scored")
+    ]
+    records = [Record("fraud-labels", 0, i, b"v", orjson.dumps(b)) for i, b in enumerate(labels)]
+    result = await apply_labels(records, store, models, NOW)
+    assert result.outcomes == {"learnt": 3, "unknown": 1}
 
 
 async def test_a_visitor_merged_then_erased_keeps_the_merge_for_older_events(

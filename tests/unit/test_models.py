@@ -485,11 +485,12 @@ async def test_labels_follow_a_chain_of_merges_to_the_features() -> None:
     rng = random.Random(3)
     await run(models, shopper("u1", 3, NOW - 10 * 86_400_000, rng), store)  # type: ignore[arg-type]
     merges = [("u1", "guest"), ("guest", "acct"), ("x", "y"), ("y", "x")]
-    commands = records(
-        [{"command": "merge", "from_user_id": a, "user_id": b} for a, b in merges],
-        topic="profile-commands",
-        timestamp=NOW,
-    )
+    commands = [  # each stamped after the one before, as a merge it follows is
+        command
+        for i, (a, b) in enumerate(merges)
+        for command in records([{"command": "merge", "from_user_id": a, "user_id": b}],
+                               topic="profile-commands", start=i, timestamp=NOW + i)
+    ]  # fmt: skip
     done = await apply_commands(commands, store, NOW, PARAMS, Stages(models=models))
     assert done.commands == {("merge", "merged"): 2, ("merge", "absent"): 2}
     assert await store.load_scored([("acct", "u1-p0")]) != [None]
