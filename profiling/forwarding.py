@@ -50,9 +50,11 @@ class Lost(enum.Enum):
     """Why an event older than a merge has no holder to go to."""
 
     ERASED = "erased"  # erased with the user holding it: suppressed, as its erasure says
-    # More than `MAX_MERGE_HOPS` merges on, or older than every erasure of a user that
-    # its marker keeps (`ERASURES_KEPT`): dead-lettered.
+    # Dead-lettered, each saying which: the holder is more than `MAX_MERGE_HOPS` merges
+    # on; or the event is older than every erasure that the marker of a user on its way
+    # keeps (`ERASURES_KEPT` and the last), so which of them took it is not known.
     TOO_FAR = "too_far"
+    OLDER_THAN_KEPT = "older_than_kept"
 
 
 Erased = tuple[int, str | None]  # one erasure: its time, and for a merge, into whom
@@ -68,13 +70,13 @@ class Marker(NamedTuple):
 
     def after(self, since: int) -> Erased | Lost | None:
         """The erasure that took the user's events of time `since`: the first one later
-        than it. None: none is (the user holds them); `Lost.TOO_FAR`: they are older
-        than every erasure the marker keeps, of which there may have been more."""
+        than it. None: none is (the user holds them); `Lost.OLDER_THAN_KEPT`: they
+        are older than every erasure the marker keeps, of which there may have been more."""
         if since >= self.erased_at:
             return None
         earlier = self.earlier
         if len(earlier) >= ERASURES_KEPT and since < earlier[0][0]:
-            return Lost.TOO_FAR
+            return Lost.OLDER_THAN_KEPT
         for erasure in earlier:
             if erasure[0] > since:
                 return erasure

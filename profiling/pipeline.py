@@ -34,7 +34,7 @@ from profiling.events import (
     decode_event,
     forwarded_event,
 )
-from profiling.forwarding import MAX_MERGE_HOPS, merge_holders
+from profiling.forwarding import ERASURES_KEPT, MAX_MERGE_HOPS, Lost, merge_holders
 from profiling.interests import InterestModel
 from profiling.messages import change_message, dead_letter
 from profiling.models import ProfileModels
@@ -315,23 +315,33 @@ class FoldedBatch:
         return outcome._replace(profile=profile), replace(write, profile=profile)
 
     def _stranded_letters(self, outcome: Outcome) -> list[tuple[bytes | None, bytes]]:
-        """Dead letters of the events whose holder lies too many merges on: the record
-        itself, so that it can be applied by hand, never dropped unsaid."""
+        """Dead letters of the events whose holder is not known: the record itself, so
+        that it can be applied by hand, never dropped unsaid, saying why (`Lost`)."""
         records = {(r.partition, r.offset): r for r in self.records}
         now = self.clock()
         letters: list[tuple[bytes | None, bytes]] = []
-        for event, partition, offset in outcome.stranded:
+        for (event, partition, offset), why in outcome.stranded:
             record = records.get((partition, offset))
             if record is None:  # not this batch's (a caller that passed no records)
                 continue
-            origin = event.forwarded_from or event.user_id
-            rejection = Rejection(
-                INTERNAL_ERROR,
-                f"older than the merge of {origin!r}, whose events moved on through more "
-                f"than {MAX_MERGE_HOPS} merges: the user holding them was not looked for further",
-            )
+            rejection = Rejection(INTERNAL_ERROR, _stranded_detail(event, why))
             letters.append((record.key, dead_letter_for(record, rejection, now)))
         return letters
+
+
+def _stranded_detail(event: Event, why: Lost) -> str:
+    """What a dead letter of an event older than a merge, whose holder is not known, says."""
+    origin = event.forwarded_from or event.user_id
+    if why is Lost.OLDER_THAN_KEPT:
+        return (
+            f"older than every erasure that the marker of {origin!r}, or of a user its "
+            f"events were merged into, keeps (a user's last {ERASURES_KEPT + 1}): which "
+            "erasure took it, and so the user holding it, is not known"
+        )
+    return (
+        f"older than the merge of {origin!r}, whose events moved on through more than "
+        f"{MAX_MERGE_HOPS} merges: the user holding them was not looked for further"
+    )
 
 
 async def _fold_users(

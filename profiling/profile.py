@@ -177,8 +177,8 @@ class Outcome(NamedTuple):
     suppressed: int = 0  # events older than the user's erasure, dropped
     # Events older than a merge, each with the user holding that merge's events now.
     forwarded: tuple[tuple[str, Event], ...] = ()
-    # Events older than a merge whose holder is too many merges on (`Lost.TOO_FAR`).
-    stranded: tuple[Delivery, ...] = ()
+    # Events older than a merge whose holder is not known, each with why (`Lost`).
+    stranded: tuple[tuple[Delivery, Lost], ...] = ()
 
     @property
     def wrote(self) -> bool:
@@ -186,7 +186,7 @@ class Outcome(NamedTuple):
 
 
 NOTHING_FORWARDED: Final[tuple[tuple[str, Event], ...]] = ()
-NOTHING_STRANDED: Final[tuple[Delivery, ...]] = ()
+NOTHING_STRANDED: Final[tuple[tuple[Delivery, Lost], ...]] = ()
 NO_HOLDERS: Final[Mapping[str, Routes]] = {}
 NO_ALERTS: Final[tuple[str, ...]] = ()
 NOTHING_KEPT: Final[tuple[tuple[str, str], ...]] = ()
@@ -301,13 +301,13 @@ def apply_deliveries(
 
 def _route(
     profile: Profile, older: Sequence[Delivery], holders: Mapping[str, Routes]
-) -> tuple[list[Event], tuple[tuple[str, Event], ...], tuple[Delivery, ...]]:
+) -> tuple[list[Event], tuple[tuple[str, Event], ...], tuple[tuple[Delivery, Lost], ...]]:
     """Events older than the user's erasure: those the user holds itself (a merge came
-    back to it), those for another holder, and those whose holder is too far. The
+    back to it), those for another holder, and those whose holder is not known (with why). The
     rest are suppressed: older than a plain erase, or than the holder's."""
     kept: list[Event] = []
     forwarded: list[tuple[str, Event]] = []
-    stranded: list[Delivery] = []
+    stranded: list[tuple[Delivery, Lost]] = []
     for delivery in older:
         event = delivery.event
         origin = origin_of(profile, event.forwarded_from)
@@ -321,8 +321,8 @@ def _route(
             kept.append(event)
         elif isinstance(holder, str):
             forwarded.append((holder, event))
-        elif holder is Lost.TOO_FAR:
-            stranded.append(delivery)
+        elif holder is not Lost.ERASED:
+            stranded.append((delivery, holder))
     return kept, tuple(forwarded), tuple(stranded)
 
 

@@ -264,7 +264,30 @@ async def test_a_merge_chain_past_the_hop_bound_is_dead_lettered(store: ProfileS
     ((key, body),) = late.dead_letters
     letter = orjson.loads(body)
     assert key == b"u0" and letter["error"] == "internal_error"
-    assert "merge" in letter["detail"] and orjson.loads(letter["value"])["event_id"] == "e1"
+    assert "through more than 8 merges" in letter["detail"]
+    assert orjson.loads(letter["value"])["event_id"] == "e1"
+
+
+async def test_an_event_older_than_every_erasure_kept_is_dead_lettered_saying_so(
+    store: ProfileStore,
+) -> None:
+    """v merged away 10 times: its marker keeps the last 9 merges, and an event older than
+    all of them may have gone with an earlier one. Dead-lettered, not for the hop bound:
+    each merge here is one hop from v."""
+    shop = Shop(store)
+    await shop.events(login("e0", "v", T1 - 500))
+    for i in range(10):
+        await shop.merge("v", f"a{i}", T1 + i)
+    late = await shop.events(login("e1", "v", T1 - 100))
+    assert not late.forwarded and late.outcomes["applied"] == 0
+    ((key, body),) = late.dead_letters
+    letter = orjson.loads(body)
+    assert key == b"v" and letter["error"] == "internal_error"
+    assert "merges" not in letter["detail"]
+    assert "older than every erasure that the marker of 'v'" in letter["detail"]
+    assert orjson.loads(letter["value"])["event_id"] == "e1"
+    kept = await shop.events(login("e2", "v", T1 + 1))  # the oldest merge kept took it
+    assert [key for key, _ in kept.forwarded] == ["a2"]
 
 
 async def test_a_dead_letter_past_the_hop_bound_is_sent_again_by_a_replay(

@@ -13,11 +13,11 @@ def test_an_event_goes_with_the_first_erasure_later_than_it() -> None:
     assert marker.after(300) is None  # not older than any: the user's own
 
 
-def test_an_event_older_than_every_erasure_kept_is_too_far() -> None:
+def test_an_event_older_than_every_erasure_kept_has_no_known_erasure() -> None:
     """A full history may have lost older erasures: the oldest kept bounds it."""
     full = tuple((100 * (i + 1), f"u{i}") for i in range(ERASURES_KEPT))
     marker = Marker(10_000, None, full)
-    assert marker.after(99) is Lost.TOO_FAR
+    assert marker.after(99) is Lost.OLDER_THAN_KEPT
     assert marker.after(100) == (200, "u1")
     assert Marker(10_000, None, full[1:]).after(99) == (200, "u1")  # not full: all of it
 
