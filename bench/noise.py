@@ -79,9 +79,9 @@ def summary(times: list[float]) -> dict[str, Any]:
 class NoiseProbe:
     """`sample` in a child process for `seconds`; `result()` waits for it and summarises.
 
-        probe = NoiseProbe(seconds=15)
-        ...                       # the measurement the probe runs beside
-        noise = probe.result()
+    probe = NoiseProbe(seconds=15)
+    ...                       # the measurement the probe runs beside
+    noise = probe.result()
     """
 
     def __init__(self, seconds: float, every_s: float = 0.05) -> None:

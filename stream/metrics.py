@@ -222,9 +222,7 @@ CONSUMER_LAG = Gauge(
 )
 
 
-def observe_lag(
-    lag: Mapping[TopicPartition, int], unknown: Iterable[TopicPartition] = ()
-) -> None:
+def observe_lag(lag: Mapping[TopicPartition, int], unknown: Iterable[TopicPartition] = ()) -> None:
     """Set the lag of the partitions in `lag`; drop the series of those whose lag is not
     known now (`unknown`: their position query timed out, or their end is not fetched).
 

@@ -1235,8 +1235,7 @@ async def test_topics_create_refuses_more_copies_than_the_cluster_has_brokers(
     )  # fmt: skip
     assert refused.returncode == 2, refused.stderr
     assert one_line(refused) == (
-        f"error: a replication factor of 3 needs 3 brokers; the cluster at "
-        f"{broker.bootstrap} has 1"
+        f"error: a replication factor of 3 needs 3 brokers; the cluster at {broker.bootstrap} has 1"
     )
     admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
     await admin.start()

@@ -162,8 +162,9 @@ async def test_foreign_purchases_are_labelled_by_the_currencies_with_a_rate_and_
     await send_records(settings, [(b"ada", orjson.dumps(p)) for p in purchases])
     converted = {"currency": "EUR", "amount": "converted"}
     other = {"currency": "other", "amount": "left_out"}
-    before = sample("profiler_foreign_purchases_total", converted), sample(
-        "profiler_foreign_purchases_total", other
+    before = (
+        sample("profiler_foreign_purchases_total", converted),
+        sample("profiler_foreign_purchases_total", other),
     )
     worker = BatchWorker(settings)
     await worker.start()

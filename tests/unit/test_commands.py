@@ -306,7 +306,10 @@ def test_a_merged_profile_is_the_profile_of_both_users_events(older: str) -> Non
         theirs.failures,
     )
     assert (mine.first_ts, mine.last_ts, mine.last_login, mine.last_cart) == (
-        theirs.first_ts, theirs.last_ts, theirs.last_login, theirs.last_cart,
+        theirs.first_ts,
+        theirs.last_ts,
+        theirs.last_login,
+        theirs.last_cart,
     )
     assert (mine.amount_n, mine.price_n) == (theirs.amount_n, theirs.price_n)
     assert math.isclose(mine.amount_mean, theirs.amount_mean, rel_tol=1e-9)
@@ -585,7 +588,9 @@ def _chain() -> tuple[InMemoryProfileStore, Record, Record]:
     v_to_a = command({"command": "merge", "from_user_id": "v", "user_id": "a"}, key=b"a")
     a_to_b = command(
         {"command": "merge", "from_user_id": "a", "user_id": "b"},
-        key=b"b", offset=1, ts=ERASED_AT + 1_000,
+        key=b"b",
+        offset=1,
+        ts=ERASED_AT + 1_000,
     )
 
     async def fill() -> None:

@@ -417,7 +417,7 @@ def test_a_blank_success_cell_is_a_login_whose_outcome_is_not_told(tmp_path: Pat
         "u1,login,1699990000,yes\n"
         "u1,login,1699990001,\n"
         "u1, login, 1699990002, \n"
-        "u1,login,1699990003,\"\t\"\n"
+        'u1,login,1699990003,"\t"\n'
         "u1,login,1699990004,no\n"
     )
     mapping = {"user_id": "uid", "type": "kind", "ts": "at", "success": "ok"}

@@ -20,8 +20,24 @@ from profiling.store import (
 )
 
 # Ids a shop may send (the contract allows any string): braces where a hash tag has them.
-USERS = ["alice", "a", "a}:x", "}evil", "}", "{", "{}", "a{b", "x}y}z", "a}=b", "=b", "ü}ß",
-         "}}", "x}", "shop}42", "0123456789abcdef0123456789abcdef}=q"]
+USERS = [
+    "alice",
+    "a",
+    "a}:x",
+    "}evil",
+    "}",
+    "{",
+    "{}",
+    "a{b",
+    "x}y}z",
+    "a}=b",
+    "=b",
+    "ü}ß",
+    "}}",
+    "x}",
+    "shop}42",
+    "0123456789abcdef0123456789abcdef}=q",
+]
 EVENTS = ["e1", "x}", ":", "}=b", "{x}"]
 PER_USER = (profile_key, state_key, erased_key, seen_key, aside_key, aside_state_key,
             scored_index_key)  # fmt: skip
@@ -63,7 +79,6 @@ def test_only_ids_a_tag_cannot_carry_change_names() -> None:
 def test_the_user_is_read_back_from_a_key(user_id: str) -> None:
     assert user_of_key(profile_key(user_id)) == user_id
     assert user_of_key(state_key(user_id), "profile-state:") == user_id
-
 
 
 @pytest.mark.parametrize("user_id", ["alice", "}evil"])
