@@ -165,8 +165,13 @@ class ReadAside:
                     self._arrived.clear()
                     self._waiting = True
                     if not ready:  # nothing handed since: wait for the thread, a while
+                        # Not `wait_for`: on Python 3.11 it returns the result of a wait
+                        # that ends as the task is cancelled and drops the cancellation
+                        # (the thread sets `_arrived` often), so a Ctrl-C was lost, and
+                        # with it the count of the task's cancellations later timeouts read.
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._arrived.wait(), LOOK_S)
+                            async with asyncio.timeout(LOOK_S):
+                                await self._arrived.wait()
                     self._waiting = False
                     continue
                 item = ready.popleft()

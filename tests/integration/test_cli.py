@@ -1098,7 +1098,8 @@ async def test_produce_stopped_by_a_signal_says_what_it_sent_and_where_it_stoppe
         child.proc.send_signal(sig)
         with contextlib.suppress(ConnectionError):  # it stops reading: a broken pipe
             child.proc.stdin.write(b"\n".join(lines[IN_FLIGHT + 1000 :]) + b"\n")
-            await child.proc.stdin.drain()
+            # Bounded: an import that neither reads nor exits would block the drain for ever.
+            await asyncio.wait_for(child.proc.stdin.drain(), 30)
             child.proc.stdin.close()
         await asyncio.wait_for(child.proc.wait(), 30)
         log = child.log()
