@@ -8,15 +8,14 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from profiling import pipeline
-from profiling.profile import Profile
 from profiling.store import Erasure, erased_key, state_key
-from stream import metrics, redis_store
+from stream import metrics
 from stream.producing import send_records
 from stream.redis_store import RedisProfileStore
 from stream.settings import Settings
 from stream.worker import BatchWorker, wall_clock_ms
 from tests.integration.kafka_io import drain, read_topic
+from tests.integration.poison import fail_on_poison
 from tests.schemas import validator
 
 HOUR_MS = 3_600_000
@@ -218,28 +217,6 @@ async def test_a_command_the_worker_fails_on_is_dead_lettered_and_events_applied
         "ValueError: a bug erasing alice",
     )
     assert (letter["topic"], letter["value"]) == (topics.topic_commands, erase.decode())
-
-
-def fail_on_poison(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
-    """A bug in the fold (`fold`) or the write (`write`) of user "poison"'s events."""
-    if where == "fold":
-        real_fold = pipeline.apply_deliveries
-
-        def failing_fold(profile: Profile, deliveries: Any, params: Any, now_ms: int) -> Any:
-            if profile.user_id == "poison":
-                raise ValueError("a bug in the fold")
-            return real_fold(profile, deliveries, params, now_ms)
-
-        monkeypatch.setattr(pipeline, "apply_deliveries", failing_fold)
-    else:
-        real_fields = redis_store.public_fields
-
-        def failing_write(profile: Profile, since: Profile | None = None) -> dict[str, str]:
-            if profile.user_id == "poison":
-                raise ValueError("a bug in the write")
-            return real_fields(profile, since)
-
-        monkeypatch.setattr(redis_store, "public_fields", failing_write)
 
 
 def erase_counts() -> tuple[float, float]:

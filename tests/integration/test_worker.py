@@ -49,6 +49,7 @@ from tests.integration.kafka_io import (
     read_topic,
     wait_until,
 )
+from tests.integration.poison import fail_on_poison
 from tests.schemas import validator
 
 HOUR_MS = 3_600_000
@@ -226,14 +227,7 @@ async def test_a_user_the_fold_fails_on_is_dead_lettered_and_the_rest_applied(
     The failure is injected into the aggregates fold for one user; the batch is
     then applied user by user.
     """
-    real = pipeline.apply_deliveries
-
-    def failing(profile: Profile, deliveries: Any, params: Any, now_ms: int, *rest: Any) -> Any:
-        if profile.user_id == "poison":
-            raise error
-        return real(profile, deliveries, params, now_ms, *rest)
-
-    monkeypatch.setattr(pipeline, "apply_deliveries", failing)
+    fail_on_poison(monkeypatch, "fold", error)
     await drain_with_poison(topics, seed, f"{type(error).__name__}: {error}")
 
 
@@ -247,14 +241,7 @@ async def test_a_user_whose_write_fails_is_dead_lettered_and_the_rest_applied(
     from profiles never sent: it is folded again once the failed batch is
     applied apart, and no event of the users they share is lost.
     """
-    real = redis_store.public_fields
-
-    def failing(profile: Profile, since: Profile | None = None) -> dict[str, str]:
-        if profile.user_id == "poison":
-            raise ValueError("a bug in the write")
-        return real(profile, since)
-
-    monkeypatch.setattr(redis_store, "public_fields", failing)
+    fail_on_poison(monkeypatch, "write")
     settings = topics.model_copy(update={"batch_max_events": batch})
     await drain_with_poison(settings, 10, "ValueError: a bug in the write")
 
