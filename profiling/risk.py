@@ -155,8 +155,14 @@ class Risk:
     reasons: tuple[tuple[str, float], ...]  # (feature, contribution), top 3
 
     def reasons_json(self, features: Mapping[str, float]) -> list[dict[str, Any]]:
+        # Cut down to 4 places, not rounded: they must not sum above the risk
+        # (the float noise of the product rounded away first, 0.29 stays 0.29).
         return [
-            {"feature": name, "contribution": round(share, 4), "detail": explain(name, features)}
+            {
+                "feature": name,
+                "contribution": math.floor(round(share * 10_000, 6)) / 10_000,
+                "detail": explain(name, features),
+            }
             for name, share in self.reasons
         ]
 

@@ -11,7 +11,7 @@ import pytest
 
 from profiling.models import REASONS_FLOOR, ProfileModels
 from profiling.pipeline import Stages, apply_batch
-from profiling.risk import ANOMALY, CALIBRATION_MIN_SCORES, Population, RiskModel
+from profiling.risk import ANOMALY, CALIBRATION_MIN_SCORES, Population, Risk, RiskModel
 from profiling.store import InMemoryProfileStore
 from tests.unit.test_models import NOW, PARAMS, ordinary, records, shopper, takeover
 
@@ -148,3 +148,19 @@ def test_z_scores_in_turn_are_those_of_the_statistics_learnt_one_event_at_a_time
         expected = oracle.z(dict(zip(names, row.tolist(), strict=True)))
         np.testing.assert_allclose(z, expected, rtol=1e-9, atol=1e-9)
     assert not in_turn[:, 2].any()
+
+
+def test_contributions_never_sum_above_the_risk_they_explain() -> None:
+    """The contract: contributions sum to at most `risk` (published to 6 places). Each
+    is published to 4 places, cut down, not rounded: a reason that is the whole risk
+    must not come out above it."""
+    for score, shares in [
+        (0.123456, (("new_card", 0.123456),)),
+        (0.30005, (("new_card", 0.10005), ("new_device", 0.10005), ("orders_1h", 0.09995))),
+        (0.99999, (("new_card", 0.99999),)),
+    ]:
+        reasons = Risk(score, shares).reasons_json({})
+        total = sum(r["contribution"] for r in reasons)
+        assert total <= round(score, 6) + 1e-12, (score, reasons)
+        for r, (_, share) in zip(reasons, shares, strict=True):
+            assert share - 1e-4 < r["contribution"] <= share
