@@ -85,18 +85,23 @@ def dead_letter(
     }
     room = DEAD_LETTER_MAX_BYTES - len(key or b"")
     document = jsonout.dumps(body)
+    # Base64 for each part where it is shorter, both before anything is left out: text
+    # of a key full of control characters must not cost the value its place.
+    for part, raw in (("value", value), ("key", key)):
+        if len(document) <= room:
+            break
+        if raw is None or body[f"{part}_encoding"] != "text":
+            continue
+        coded = _base64(raw)
+        if len(coded) + 2 < len(jsonout.dumps(body[part])):
+            body.update({part: coded, f"{part}_encoding": "base64"})
+            document = jsonout.dumps(body)
     left_out = []
     for part, raw in (("value", value), ("key", key)):
         if len(document) <= room:
             break
         if raw is None:  # a null value: nothing of it to leave out, the key may still be
             continue
-        coded = _base64(raw)
-        if body[f"{part}_encoding"] == "text" and len(coded) + 2 < len(jsonout.dumps(body[part])):
-            body.update({part: coded, f"{part}_encoding": "base64"})
-            document = jsonout.dumps(body)
-            if len(document) <= room:
-                break
         body.update({part: None, f"{part}_encoding": "omitted"})
         left_out.append(f"the {len(raw)}-byte {part}")
         note = f" ({' and '.join(left_out)} left out: too large for a dead letter)"

@@ -188,6 +188,22 @@ def test_a_dead_letter_of_a_null_value_with_a_huge_key_stays_within_the_limit() 
     assert "600000-byte key left out" in letter["detail"]
 
 
+def test_a_dead_letter_keeps_its_value_when_the_keys_base64_makes_room() -> None:
+    # Each as JSON text is 1 MB (6 bytes per control character); both as base64 fit.
+    key, value = b"\x01" * 170_000, b"\x01" * 170_000
+    body = dead_letter(
+        Rejection("key_mismatch", "record key must be the event's user_id"),
+        topic="behavior-events", partition=0, offset=1, key=key, value=value, now_ms=NOW_MS,
+    )  # fmt: skip
+    assert len(body) + len(key) <= DEAD_LETTER_MAX_BYTES
+    letter = orjson.loads(body)
+    validator("dead_letter.v1").validate(letter)
+    assert (letter["value_encoding"], letter["key_encoding"]) == ("base64", "base64")
+    assert base64.b64decode(letter["value"]) == value
+    assert base64.b64decode(letter["key"]) == key
+    assert "left out" not in letter["detail"]
+
+
 @pytest.mark.parametrize(
     ("value", "encoding"),
     [
