@@ -493,6 +493,12 @@ def _load(transformers: Any, folder: Path) -> tuple[Any, Any]:
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
         model = transformers.AutoModel.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:  # no tokenizer, no weights, unknown type
+        reason = " ".join(str(exc).split())  # transformers' messages run over several lines
+        raise EncoderUnavailableError(
+            f"cannot load the model at {folder} (PROFILER_ENCODER_MODEL): "
+            f"{type(exc).__name__}: {reason}"
+        ) from exc
     finally:
         if bars:
             transformers.utils.logging.enable_progress_bar()

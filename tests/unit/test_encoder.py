@@ -403,3 +403,25 @@ def test_a_model_that_cannot_encode_text_fails_its_load_saying_so(tmp_path: Path
     transformers.T5Model(config).save_pretrained(folder)
     with pytest.raises(EncoderUnavailableError, match=r"first pass on cpu .*ValueError"):
         load_encoder(str(folder), "cpu", 128)
+
+
+@pytest.mark.parametrize("missing", ["tokenizer", "weights"])
+def test_a_model_folder_missing_its_tokenizer_or_weights_fails_its_load_saying_so(
+    tmp_path: Path, missing: str
+) -> None:
+    """A folder with a config.json but no tokenizer transformers can build (its ValueError)
+    or no weights (its OSError): the worker printed a traceback, or said it "stopped",
+    instead of the one line of a worker that cannot start."""
+    require_model()
+    from stream.interest_setup import load_encoder
+
+    folder = tmp_path / "model"
+    if missing == "tokenizer":
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+    else:
+        copy_of_minilm(folder)
+        (folder / "model.safetensors").unlink()
+    with pytest.raises(EncoderUnavailableError, match=rf"cannot load the model at {folder}") as exc:
+        load_encoder(str(folder), "cpu", 128)
+    assert "\n" not in str(exc.value)
