@@ -204,7 +204,9 @@ async def _show_interests(
 ) -> None:
     """What vec_long means: the catalogue titles nearest to a few users' long-term vectors."""
     titles = sorted({product.fields["title"] for product in shop.catalog.products})
-    vectors = await embed_texts(titles, interests.encoder, interests.lru, interests.shared)
+    vectors = await embed_texts(
+        titles, interests.encoder, interests.lru, interests.shared, ttl_s=interests.cache_ttl_s
+    )
     client = connect(settings.redis_url)
     try:
         keys = [key async for key in client.scan_iter(match="profile:{*", count=1000)]

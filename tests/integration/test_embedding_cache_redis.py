@@ -37,3 +37,32 @@ async def test_writes_go_on_after_the_server_forgot_the_script(
     await redis_client.script_flush()  # a restart, or SCRIPT FLUSH by an operator
     await cache.set_many([(second, b"b")], ttl_s=60)
     assert await cache.get_many([first, second]) == [b"a", b"b"]
+
+
+async def test_the_demos_catalogue_titles_are_shared_under_the_configured_ttl(
+    redis_client: aioredis.Redis, redis_url: str
+) -> None:
+    """`profiler demo` embeds the catalogue's titles to show what vec_long means: it
+    shared them for 7 days whatever PROFILER_EMBEDDING_CACHE_TTL_S said."""
+    import io
+
+    from rich.console import Console
+
+    from profiling.embedding_cache import cache_space
+    from stream.demo import _show_interests
+    from stream.interest_setup import interest_model
+    from stream.settings import Settings
+    from stream.synthetic_shop import ShopGenerator
+
+    settings = Settings(redis_url=redis_url, encoder_model="hashing", embedding_cache_ttl_s=600)
+    model = interest_model(settings, redis_client)
+    assert model is not None and model.shared is not None
+    shop = ShopGenerator(users=2, seed=3, start_ms=1_750_000_000_000, end_ms=1_750_000_600_000,
+                         products=5)  # fmt: skip
+    await _show_interests(settings, shop, model, Console(file=io.StringIO()))
+    titles = sorted({product.fields["title"] for product in shop.catalog.products})
+    ttls = [
+        await redis_client.ttl(text_key(cache_space(model.encoder), title).redis_key())
+        for title in titles
+    ]
+    assert all(0 < ttl <= 600 for ttl in ttls), ttls
