@@ -162,8 +162,15 @@ def broker_setting(settings: Settings) -> str:
     return f"PROFILER_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"
 
 
+# A password redis-py reads from the query string (`?password=`, `&ssl_password=`): it
+# takes every query parameter as a keyword of the connection.
+QUERY_PASSWORD: Final = re.compile(r"([?&][^=&#]*password=)[^&#]*", re.IGNORECASE)
+
+
 def redacted(url: str) -> str:
-    """`url` with its password, if any, shown as `***` (it goes to logs and terminals)."""
+    """`url` with its passwords, if any, shown as `***` (it goes to logs and terminals):
+    the one of its user info and those of its query string."""
+    url = QUERY_PASSWORD.sub(r"\1***", url)
     try:
         parts = urlsplit(url)
     except ValueError:  # one urllib cannot read (an unclosed `[`) may still hold a password

@@ -29,6 +29,22 @@ def test_the_password_of_a_redis_url_is_hidden(url: str, shown: str) -> None:
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
+        ("redis://host:6379/0?password=s3cret", "redis://host:6379/0?password=***"),
+        (
+            "rediss://host/0?username=bob&password=s3cret&ssl_password=k3y#x",
+            "rediss://host/0?username=bob&password=***&ssl_password=***#x",
+        ),
+        ("redis://u:pw@[::1/0?password=s3cret", "redis://u:***@[::1/0?password=***"),
+    ],
+)
+def test_a_password_redis_py_reads_from_the_query_string_is_hidden(url: str, shown: str) -> None:
+    """redis-py takes `?password=` (and any other keyword) from the query string as well."""
+    assert redacted(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
         ("redis://user:pw@[::1/0", "redis://user:***@[::1/0"),
         ("redis://:p@ss@[/x]:1", "redis://:***@[/x]:1"),
         ("redis://[/x]:1", "redis://[/x]:1"),
