@@ -85,6 +85,10 @@ class EncoderUnavailableError(ProfilerError):
     """The encoder cannot be built here: install the `encoder` extra or fix the model path."""
 
 
+class DeviceUnavailableError(EncoderUnavailableError):
+    """The encoder is installed, but the device asked for (`PROFILER_DEVICE`) is not usable."""
+
+
 @runtime_checkable
 class Encoder(Protocol):
     """Texts in, unit-norm float32 rows out; the seam between the engine and any model.
@@ -146,7 +150,7 @@ class TransformerEncoder:
     bf16 is unsupported) and the CPU otherwise (float32); pass `device` and
     `dtype` to override. `token_budget` and `max_batch` bound each forward pass
     (padded tokens, rows); unset, they take the device's default (`CPU_BATCH`,
-    `GPU_BATCH`). A device this torch cannot use is an `EncoderUnavailableError`.
+    `GPU_BATCH`). A device this torch cannot use is a `DeviceUnavailableError`.
     Texts are cut to `max_tokens` tokens, special tokens included, or to the
     model's own limit where that is lower (`model_max_tokens`: 512 for MiniLM,
     whose forward pass fails on longer input); `max_tokens` says which was taken.
@@ -507,21 +511,21 @@ def _load(transformers: Any, folder: Path) -> tuple[Any, Any]:
 
 
 def _check_device(torch: Any, device: str) -> None:
-    """`EncoderUnavailableError` when this torch cannot run on `device` (cuda[:n], mps):
+    """`DeviceUnavailableError` when this torch cannot run on `device` (cuda[:n], mps):
     torch itself fails only at the first tensor moved there, with no word of the setting."""
     kind, _, index = device.partition(":")
     if kind == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count <= int(index or 0):
             found = f"{count} CUDA device(s)" if torch.version.cuda else "torch built without CUDA"
-            raise EncoderUnavailableError(
+            raise DeviceUnavailableError(
                 f"device {device} (PROFILER_DEVICE) is not available here ({found}): "
                 "use cpu, or leave it unset for CUDA when there is one"
             )
     elif kind == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise EncoderUnavailableError(
+            raise DeviceUnavailableError(
                 f"device {device} (PROFILER_DEVICE) is not available here (no Apple MPS): "
                 "use cpu, or leave it unset"
             )

@@ -16,7 +16,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from profiling.embedding_cache import CacheKey, EmbeddingLRU
-from profiling.encoder import Encoder, EncoderUnavailableError, HashingEncoder, TransformerEncoder
+from profiling.encoder import (
+    DeviceUnavailableError,
+    Encoder,
+    EncoderUnavailableError,
+    HashingEncoder,
+    TransformerEncoder,
+)
 from profiling.interests import InterestModel
 from profiling.vectors import MS_PER_DAY, MS_PER_HOUR, VectorParams
 from stream.redis_store import eval_pipelined
@@ -96,7 +102,9 @@ def load_encoder(name: str, device: str | None, max_tokens: int) -> Encoder | No
     try:
         encoder = TransformerEncoder(path, device=device, max_tokens=max_tokens)
     except EncoderUnavailableError as exc:
-        if name != "auto":
+        # `auto` goes without vectors when the encoder is not installed, not when it is
+        # and the device set for it cannot be used.
+        if name != "auto" or isinstance(exc, DeviceUnavailableError):
             raise
         log.warning("no interest vectors: %s", exc)
         return None

