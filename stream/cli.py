@@ -221,15 +221,20 @@ def topics_create(
 ) -> None:
     """Create the six topics (existing ones are left as they are)."""
     settings = load_settings()
-    from stream import kafka
     from stream.devstack import DevStackError, create_topics, default_topics
+    from stream.preflight import StartupError, broker_options
 
     topics = default_topics(settings, partitions)
+    try:  # the options are needed before `_with_servers` could check them
+        security = broker_options(settings)
+    except StartupError as exc:  # a bootstrap address or a CA bundle it cannot use
+        _error(str(exc))
+        raise typer.Exit(2) from None
     try:
         work = create_topics(
             settings.kafka_bootstrap,
             topics,
-            security=kafka.security_options(settings),
+            security=security,
             replication_factor=replication_factor,
         )
         _with_servers(settings, work, "broker")

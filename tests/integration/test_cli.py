@@ -1774,6 +1774,11 @@ async def test_status_of_a_server_that_answers_no_json_is_one_line(
             {"PROFILER_KAFKA_SSL_CAFILE": "events.jsonl"},
             "PROFILER_KAFKA_SSL_CAFILE",
         ),
+        (
+            ["topics", "create"],
+            {"PROFILER_KAFKA_SSL_CAFILE": "missing.pem"},
+            "PROFILER_KAFKA_SSL_CAFILE",
+        ),
         (  # an empty DNS label: the resolver refused it with a traceback
             ["topics", "create"],
             {"PROFILER_KAFKA_BOOTSTRAP": "kafka..local:9092"},
