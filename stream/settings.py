@@ -283,10 +283,13 @@ class Settings(BaseSettings):
     def _sasl_needs_credentials(
         cls, value: SecretStr | None, info: ValidationInfo
     ) -> SecretStr | None:
-        """SASL is refused at start without a user and password, not at the broker."""
+        """SASL is refused at start without a user and password, not at the broker (an
+        empty password is none, as an empty user name is)."""
         protocol = info.data.get("kafka_security_protocol", "")
         if protocol.startswith("SASL") and (
-            value is None or not info.data.get("kafka_sasl_username")
+            value is None
+            or not value.get_secret_value()
+            or not info.data.get("kafka_sasl_username")
         ):
             raise ValueError(
                 f"SASL ({protocol}) needs PROFILER_KAFKA_SASL_USERNAME and this password"

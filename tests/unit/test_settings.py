@@ -75,6 +75,17 @@ def test_sasl_without_a_user_and_password_is_refused(protocol: str) -> None:
     )
 
 
+@pytest.mark.parametrize("protocol", ["SASL_PLAINTEXT", "SASL_SSL"])
+def test_sasl_with_an_empty_password_is_refused(protocol: str) -> None:
+    """An empty variable (`${PROFILER_KAFKA_SASL_PASSWORD:-}` in a compose file) is no password."""
+    with pytest.raises(ValidationError, match="PROFILER_KAFKA_SASL_USERNAME and this password"):
+        Settings(
+            kafka_security_protocol=protocol,  # type: ignore[arg-type]
+            kafka_sasl_username="u",
+            kafka_sasl_password="",  # type: ignore[arg-type]
+        )
+
+
 def test_a_fingerprint_key_reaches_the_models_and_a_short_one_is_refused() -> None:
     key = "a-fingerprint-key-of-32-bytes-ok"
     models = build_models(Settings(fingerprint_key=key))  # type: ignore[arg-type]
