@@ -733,6 +733,14 @@ def read_events(
     ):
         # A folder or a missing file is said so, not taken for a name without a format.
         _open(path, "rb").close()
+    if chosen is None and options.format is None and path != STDIN:
+        try:
+            format_of(path)
+        except FileImportError:
+            # A zip (an .xlsx workbook), zstd or Parquet file is said so: --format,
+            # the way out for a name without a format, would only lead to that.
+            _open(path, "rb").close()
+            raise
     fmt = chosen.format if chosen else options.format or format_of(path)
     if chosen is None and mapping is None:
         if fmt == "csv":

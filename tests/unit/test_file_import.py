@@ -561,6 +561,26 @@ def test_a_file_in_a_format_not_read_is_refused_saying_what_it_is(
         list(read_events(path, None, None, options=CsvOptions(format="jsonl")))
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "why"),
+    [
+        ("Online Retail.xlsx", b"PK\x03\x04\x14\x00xl/workbook.xml", "is a zip archive"),
+        ("UserBehavior.zip", b"PK\x03\x04\x14\x00UserBehavior.csv", "is a zip archive"),
+        ("events.jsonl.zst", b"\x28\xb5\x2f\xfd\x00\x58", "is zstd-compressed"),
+        ("reviews.parquet", b"PAR1\x15\x04\x15", "is a Parquet file"),
+    ],
+)
+def test_a_file_not_read_whose_name_tells_no_format_is_refused_saying_what_it_is(
+    tmp_path: Path, name: str, content: bytes, why: str
+) -> None:
+    """`profiler produce "Online Retail.xlsx"` said "cannot tell the format from the name;
+    give it (--format csv|jsonl)": advice that only led to the refusal."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(UnreadableFileError, match=f"^{path} {why}"):
+        read_events(path)
+
+
 def test_a_compressed_csv_file_reads_as_the_plain_one(tmp_path: Path) -> None:
     """Gzip by its first bytes under any name; bzip2 and xz as well, their suffixes left
     out of the name's format."""
