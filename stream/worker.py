@@ -1218,6 +1218,14 @@ class BatchWorker:
         """Publish the batch's messages, wait for every ack, then commit `ends`."""
         await self._retrying("kafka", lambda: self._publish(result))
         self.held_back.note(result.held_back, [user for user, _ in result.changes] + result.erased)
+        if result.held_back:
+            # A partition let go while this batch was written was handed off already: the
+            # users it held back there are handed off at the loop's next look.
+            owned = {tp.partition for tp in self.assignment.partitions}
+            topic = self.settings.topic_events
+            self.assignment.revoked |= {
+                tp.partition for tp in ends if tp.topic == topic and tp.partition not in owned
+            }
         metrics.HELD_BACK_USERS.set(len(self.held_back))
         await self._save_ledger()  # before the commit: a crash then leaves it to the replay
         await self._commit(ends)

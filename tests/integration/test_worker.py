@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import signal
+import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ from stream.kafka import TopicGoneError
 from stream.producing import send_records
 from stream.settings import Settings
 from stream.synthetic_shop import RATES, ShopGenerator
-from stream.worker import BatchWorker, wall_clock_ms
+from stream.worker import BatchWorker, next_offsets, wall_clock_ms
 from tests.corpus import CASES
 from tests.integration.kafka_io import (
     committed_offsets,
@@ -50,6 +51,7 @@ from tests.integration.kafka_io import (
     wait_until,
 )
 from tests.integration.poison import fail_on_poison
+from tests.integration.test_metrics import take
 from tests.schemas import validator
 
 HOUR_MS = 3_600_000
@@ -762,3 +764,36 @@ async def test_a_worker_whose_broker_is_gone_closes_its_consumer_to_the_end(
         assert worker.consumer._client._sync_task is None  # the client closed
     finally:
         broker.stop()
+
+
+async def test_users_held_back_by_a_batch_whose_partition_went_meanwhile_are_handed_off(
+    topics: Settings,
+) -> None:
+    """A partition let go while its batch was being written: the users that batch held
+    back were noted after the hand-off had run, and waited on this worker for their
+    heartbeat instead of being published at once."""
+    now = wall_clock_ms()
+    first = {"event_id": "h1", "user_id": "ada", "type": "login", "ts": now}
+    second = {**first, "event_id": "h2"}  # counters only: held back by the heartbeat
+    await send_records(topics, [(b"ada", orjson.dumps(first))])
+    worker = BatchWorker(topics)
+    await worker.start()
+    try:
+        await worker.process(await take(worker, 1))
+        await send_records(topics, [(b"ada", orjson.dumps(second))])
+        records = await take(worker, 1)
+        started, ends = time.monotonic(), next_offsets(records)
+        folded, _ = await worker._fold(records, ends, started)
+        # The group moves ada's partition to another worker while the batch is written.
+        (tp,) = ends
+        await worker.assignment.on_partitions_revoked({tp})
+        await worker.assignment.on_partitions_assigned(set())
+        await worker._publish_held_back(None)  # the loop's look: nothing held back yet
+        result = await worker._write(records, folded, frozenset())
+        await worker._finish(records, ends, result, started)
+        assert result.held_back and not result.changes
+        await worker._publish_held_back(None)  # the loop's next look
+        assert worker.stats.held_back_published == 1
+        assert "ada" not in worker.held_back
+    finally:
+        await worker.close()
