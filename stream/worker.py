@@ -1265,10 +1265,10 @@ class BatchWorker:
                     if not _transient(exc):
                         raise
                     attempt += 1
-                    metrics.RETRIES.labels(component).inc()
                     self._failing[retrying] = component, f"{type(exc).__name__}: {exc}"
                     if self.stopping and attempt > RETRIES_AFTER_STOP:
                         raise
+                    metrics.RETRIES.labels(component).inc()
                     delay = min(MAX_BACKOFF_S, 0.05 * 2 ** min(attempt, 16))  # 2**1024: no float
                     log.warning(
                         "%s step failed (attempt %d, %s: %s); retrying in %.2fs",

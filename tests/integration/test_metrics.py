@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
 import orjson
 import pytest
+import redis.exceptions
 from aiokafka.structs import ConsumerRecord
 from redis import asyncio as aioredis
 
 from stream import metrics, web
+from stream import worker as worker_module
 from stream.producing import send_records
 from stream.settings import Settings
 from stream.web import observe_lag
@@ -211,3 +214,25 @@ async def test_a_partition_whose_lag_is_not_known_at_a_scrape_has_no_lag_series(
         assert sorted(lag_series(topics.topic_events)) == ["0", "1", "2"]
     finally:
         await worker.close()
+
+
+async def test_a_step_given_up_as_the_worker_stops_counts_only_the_attempts_retried(
+    topics: Settings,
+) -> None:
+    """`profiler_retries` counted the last failed attempt of a stopping worker too, though
+    the step was given up rather than tried again."""
+    with socket.socket() as probe:  # a port nothing listens on: Redis is gone
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gone = aioredis.Redis(port=port, socket_connect_timeout=0.5, retry_on_error=[])
+    worker = BatchWorker(topics)
+    worker.request_stop()
+    before = sample("profiler_retries_total", {"component": "redis"})
+    try:
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await worker._retrying("redis", gone.ping)
+    finally:
+        await gone.aclose()
+        await worker.redis.aclose()  # never started: no Kafka client to stop
+    retried = sample("profiler_retries_total", {"component": "redis"}) - before
+    assert retried == worker_module.RETRIES_AFTER_STOP
