@@ -1348,6 +1348,21 @@ class BatchWorker:
         whether its topics are still there, and stops (the batch uncommitted) once one
         is not. A broker merely slow or away is waited for, as before.
         """
+        # aiokafka refuses a commit naming a partition no longer assigned, whole: the
+        # partitions a rebalance left here are committed, the others are the new owner's.
+        assigned = self.consumer.assignment()
+        let_go = [tp for tp in offsets if tp not in assigned]
+        if let_go:
+            self.stats.commit_failures += 1
+            metrics.COMMIT_FAILURES.inc()
+            log.warning(
+                "offsets of %s not committed: let go in a rebalance, the new owner replays "
+                "idempotently",
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in let_go),
+            )
+            offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+            if not offsets:
+                return
         commit = asyncio.ensure_future(self.consumer.commit(offsets))
         try:
             while not (await asyncio.wait({commit}, timeout=COMMIT_CHECK_S))[0]:
@@ -1359,8 +1374,9 @@ class BatchWorker:
                     )
             await commit
         except (CommitFailedError, IllegalStateError) as exc:
-            self.stats.commit_failures += 1
-            metrics.COMMIT_FAILURES.inc()
+            if not let_go:  # counted once a batch
+                self.stats.commit_failures += 1
+                metrics.COMMIT_FAILURES.inc()
             log.warning("offset commit refused (%s); the new owner replays idempotently", exc)
         finally:
             commit.cancel()  # when the commit is given up on (or this task cancelled)

@@ -797,3 +797,48 @@ async def test_users_held_back_by_a_batch_whose_partition_went_meanwhile_are_han
         assert "ada" not in worker.held_back
     finally:
         await worker.close()
+
+
+async def test_a_batch_over_a_partition_kept_and_one_let_go_commits_the_one_kept(
+    topics: Settings,
+) -> None:
+    """A rebalance while a batch was written took one of its partitions and left the
+    others: aiokafka refuses a commit naming a partition no longer assigned, whole,
+    so the partitions kept were not committed either (replayed after a restart, and
+    shown as the group's lag while no more records came)."""
+    now = wall_clock_ms()
+    bodies = [
+        {"event_id": f"k{i}", "user_id": f"u{i}", "type": "login", "ts": now} for i in range(30)
+    ]
+    await send_records(topics, [(str(b["user_id"]).encode(), orjson.dumps(b)) for b in bodies])
+    first = BatchWorker(topics)
+    await first.start()
+    second = BatchWorker(topics)
+    try:
+        records = await take(first, len(bodies))
+        started, ends = time.monotonic(), next_offsets(records)
+        assert len(ends) == 3
+        folded, _ = await first._fold(records, ends, started)
+        # A second worker joins the group while the batch is written.
+        await second.start()
+        joined = asyncio.ensure_future(take(second, 1))
+
+        def kept() -> set[TopicPartition]:
+            return {tp for tp in first.consumer.assignment() if tp in ends}
+
+        while not 0 < len(kept()) < 3:  # the first rejoins as it polls
+            await first.consumer.getmany(timeout_ms=100)  # (what it fetches again: unused)
+        joined.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await joined
+        result = await first._write(records, folded, frozenset())
+        await first._finish(records, ends, result, started)
+        committed = await committed_offsets(topics)
+        mine = kept()
+        assert {tp.partition: committed[tp.partition] for tp in mine} == {
+            tp.partition: ends[tp] for tp in mine
+        }
+        assert all(committed[tp.partition] is None for tp in ends if tp not in mine)
+    finally:
+        await second.close()
+        await first.close()
