@@ -582,7 +582,9 @@ def _worker_url(url: str) -> str:
         why = str(exc)
     else:
         port = _port_text(parts.netloc)
-        if port and not (port.isascii() and port.isdigit() and 0 < int(port) <= MAX_PORT):
+        if port == "":  # `host:`: urllib takes it for no port, the default one
+            why = f"an empty port: a port is a number from 1 to {MAX_PORT} (or no colon)"
+        elif port and not (port.isascii() and port.isdigit() and 0 < int(port) <= MAX_PORT):
             why = f"port {port}: a port is a number from 1 to {MAX_PORT}"
         elif parts.scheme in ("http", "https") and parts.hostname:
             return url.rstrip("/")
@@ -592,13 +594,14 @@ def _worker_url(url: str) -> str:
     raise typer.Exit(2)
 
 
-def _port_text(netloc: str) -> str:
-    """The port of a URL's `host:port` as written ("" when none), whatever it holds:
-    urllib refused 0 nowhere, and a port out of its range as "out of range 0-65535"."""
+def _port_text(netloc: str) -> str | None:
+    """The port of a URL's `host:port` as written (None when there is no colon; "" when
+    nothing follows it), whatever it holds: urllib refused 0 nowhere, a port out of its
+    range as "out of range 0-65535", and an empty one not at all."""
     host_port = netloc.rpartition("@")[2]
     if host_port.startswith("["):  # an IPv6 address, whose colons are not the port's
         host_port = host_port.partition("]")[2]
-    return host_port.rpartition(":")[2] if ":" in host_port else ""
+    return host_port.rpartition(":")[2] if ":" in host_port else None
 
 
 @app.command()

@@ -1659,6 +1659,9 @@ def one_line(done: Finished) -> str:
         ("http://localhost:65536", "port 65536: a port is a number from 1 to 65535"),
         ("http://localhost:-1", "port -1: a port is a number from 1 to 65535"),
         ("http://localhost:web", "port web: a port is a number from 1 to 65535"),
+        # An empty port: urllib took it for none, and the default port was asked.
+        ("http://localhost:", "an empty port: a port is a number from 1 to 65535 (or no colon)"),
+        ("http://[::1]:/", "an empty port: a port is a number from 1 to 65535 (or no colon)"),
     ],
 )
 async def test_status_of_a_url_that_is_no_worker_url_is_one_line(
