@@ -678,6 +678,21 @@ def check_preset_options(preset: Preset, options: CsvOptions) -> None:
             )
 
 
+def check_json_lines_options(path: Path, options: CsvOptions) -> None:
+    """Fail early on a CSV option given for JSON lines read without a preset (a preset
+    of JSON lines refuses them in `check_preset_options`): it was silently ignored."""
+    given = {
+        "--delimiter": options.delimiter is not None,
+        "--header": options.header is True,
+        "--no-header": options.header is False,
+    }
+    for flag in (flag for flag, on in given.items() if on):
+        raise FileImportError(
+            f"{_named(path)} is read as JSON lines, which have no cells and no header "
+            f"line: {flag} does not apply (leave it out)"
+        )
+
+
 def preset_named(name: str) -> Preset:
     """The preset called `name`, or an error that lists the known ones."""
     try:
@@ -742,6 +757,8 @@ def read_events(
             _open(path, "rb").close()
             raise
     fmt = chosen.format if chosen else options.format or format_of(path)
+    if chosen is None and fmt == "jsonl":
+        check_json_lines_options(path, options)
     if chosen is None and mapping is None:
         if fmt == "csv":
             raise FileImportError(

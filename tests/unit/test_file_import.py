@@ -21,6 +21,7 @@ import pytest
 import stream.file_import
 from profiling.events import Event, decode_event
 from stream.file_import import (
+    STDIN,
     CsvOptions,
     FileImportError,
     ImportReport,
@@ -681,6 +682,29 @@ def test_an_option_the_preset_would_ignore_is_refused(
     with pytest.raises(FileImportError) as refused:
         read_events(path, preset, options=CsvOptions(**options))
     assert str(refused.value) == message
+
+
+@pytest.mark.parametrize(
+    ("options", "flag"),
+    [({"header": False}, "--no-header"), ({"header": True}, "--header"),
+     ({"delimiter": ";"}, "--delimiter")],
+)  # fmt: skip
+@pytest.mark.parametrize("mapping", [None, {"user_id": "uid"}], ids=["as-is", "mapped"])
+def test_a_csv_option_for_json_lines_without_a_preset_is_refused(
+    tmp_path: Path, options: dict[str, Any], flag: str, mapping: dict[str, str] | None
+) -> None:
+    """They were silently ignored (a preset of JSON lines already refused them)."""
+    path = tmp_path / "events.jsonl"
+    path.write_text("")
+    with pytest.raises(FileImportError) as refused:
+        read_events(path, mapping=mapping, options=CsvOptions(**options))
+    assert str(refused.value) == (
+        f"{path} is read as JSON lines, which have no cells and no header line: {flag} "
+        "does not apply (leave it out)"
+    )
+    with pytest.raises(FileImportError) as told:
+        read_events(STDIN, mapping=mapping, options=CsvOptions(format="jsonl", **options))
+    assert str(told.value).startswith("standard input is read as JSON lines, which have no")
 
 
 def test_a_type_map_adds_to_the_taobao_presets_own(tmp_path: Path) -> None:
