@@ -117,16 +117,42 @@ class InMemoryEmbeddingCache:
             self.ttls[key] = ttl_s
 
 
+class LookupTotals(NamedTuple):
+    """Distinct texts and items looked up since start, by where their vector came from."""
+
+    text_lru: int = 0
+    text_shared: int = 0
+    text_encoded: int = 0
+    item_lru: int = 0
+    item_shared: int = 0
+    item_none: int = 0  # an item no cache remembers: its event's own text is looked up
+
+
 @dataclass(slots=True)
 class EmbeddingStats:
-    """Counters of the lookup path, for metrics: where each distinct text's vector came from."""
+    """Counters of the lookup path, for metrics: where each distinct text's or item's
+    vector came from."""
 
-    hits: int = 0  # found in the LRU
-    misses: int = 0  # not in the LRU
-    shared_hits: int = 0  # of the misses, found in the shared cache
-    encoded: int = 0  # of the misses, run through the encoder
+    hits: int = 0  # found in the LRU, texts and items
+    misses: int = 0  # not in the LRU, texts and items
+    shared_hits: int = 0  # of the texts not in the LRU, found in the shared cache
+    encoded: int = 0  # of the texts not in the LRU, run through the encoder
+    item_lookups: int = 0  # distinct items of untitled item events looked up
+    item_hits: int = 0  # of those, found in the LRU
+    item_shared_hits: int = 0  # of those, found in the shared cache
     items_reused: int = 0  # untitled item events that took their item's vector
     encode_seconds: float = 0.0  # waited on encoder calls (tokenise, forward, copy back)
+
+    def totals(self) -> LookupTotals:
+        items = self.item_lookups
+        return LookupTotals(
+            self.hits - self.item_hits,
+            self.shared_hits,
+            self.encoded,
+            self.item_hits,
+            self.item_shared_hits,
+            items - self.item_hits - self.item_shared_hits,
+        )
 
 
 class EmbeddingLRU:
@@ -245,7 +271,11 @@ async def embed_events(
         for e in events
         if (not e.title or e.title.isspace()) and e.item_id is not None and _reuses_item(e)
     }
-    items = await _lookup(list(untitled.values()), lru, shared, encoder.dim) if untitled else []
+    items = (
+        await _lookup(list(untitled.values()), lru, shared, encoder.dim, items=True)
+        if untitled
+        else []
+    )
     reusable = {i: v for i, v in zip(untitled, items, strict=True) if v is not None}
     # Item id -> the slot of its latest vector so far: remembered ones first, each
     # replaced by the item's title as the batch reaches one (text slots follow the items).
@@ -375,20 +405,35 @@ def _frozen_copy(row: Vector) -> Vector:
 
 
 async def _lookup(
-    keys: Sequence[CacheKey], lru: EmbeddingLRU, shared: EmbeddingCache | None, dim: int
+    keys: Sequence[CacheKey],
+    lru: EmbeddingLRU,
+    shared: EmbeddingCache | None,
+    dim: int,
+    *,
+    items: bool = False,
 ) -> list[Vector | None]:
-    """One vector per key, None where no cache has it: the LRU, then one shared round trip."""
+    """One vector per key, None where no cache has it: the LRU, then one shared round trip.
+    `items`: the keys are items' (`item_key`), counted apart from texts."""
     found = lru.get_many(keys)
     absent = [i for i, vector in enumerate(found) if vector is None]
+    stats = lru.stats
+    if items:
+        stats.item_lookups += len(keys)
+        stats.item_hits += len(keys) - len(absent)
     if shared is None or not absent:
         return found
     values = await shared.get_many([keys[i] for i in absent])
+    from_shared = 0
     for i, value in zip(absent, values, strict=True):
         vector = _decode(value, dim)
         if vector is not None:
             lru.put(keys[i], vector)
             found[i] = vector
-            lru.stats.shared_hits += 1
+            from_shared += 1
+    if items:
+        stats.item_shared_hits += from_shared
+    else:
+        stats.shared_hits += from_shared
     return found
 
 

@@ -19,6 +19,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import HistogramMetricFamily
 
+from profiling.embedding_cache import LookupTotals
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 # The process's memory and CPU, and the garbage collector's collections by generation
 # (`process_*`, `python_gc_*`): RSS should stay flat, and young collections rare.
@@ -134,9 +136,10 @@ ASSIGNED_PARTITIONS = Gauge(
 )
 EMBEDDINGS = Counter(
     "profiler_embeddings",
-    "Distinct texts looked up per batch, by where the vector came from: "
-    "lru (in process), shared (Redis), encoded (encoder call)",
-    ["source"],
+    "Distinct texts (kind text) and items of untitled item events (kind item) looked up "
+    "per batch, by where the vector came from: lru (in process), shared (Redis), encoded "
+    "(encoder call: texts), none (no item vector remembered)",
+    ["kind", "source"],
     registry=REGISTRY,
 )
 EMBEDDING_HIT_RATIO = Gauge(
@@ -201,17 +204,20 @@ MODEL_SNAPSHOTS = Counter(
 )
 
 
-def observe_embeddings(before: tuple[int, int, int], after: tuple[int, int, int]) -> None:
-    """Count one batch's lookups from cumulative (lru hits, shared hits, encoded) totals."""
-    lru, shared, encoded = (now - then for now, then in zip(after, before, strict=True))
-    EMBEDDINGS.labels("lru").inc(lru)
-    EMBEDDINGS.labels("shared").inc(shared)
-    EMBEDDINGS.labels("encoded").inc(encoded)
-    if encoded:
+def observe_embeddings(before: LookupTotals, after: LookupTotals) -> None:
+    """Count one batch's lookups from the cumulative totals before and after it."""
+    new = LookupTotals(*(now - then for now, then in zip(after, before, strict=True)))
+    EMBEDDINGS.labels("text", "lru").inc(new.text_lru)
+    EMBEDDINGS.labels("text", "shared").inc(new.text_shared)
+    EMBEDDINGS.labels("text", "encoded").inc(new.text_encoded)
+    EMBEDDINGS.labels("item", "lru").inc(new.item_lru)
+    EMBEDDINGS.labels("item", "shared").inc(new.item_shared)
+    EMBEDDINGS.labels("item", "none").inc(new.item_none)
+    if new.text_encoded:
         ENCODER_CALLS.inc()
-    total = sum(after)
-    if total:
-        EMBEDDING_HIT_RATIO.set(1 - after[2] / total)
+    texts = after.text_lru + after.text_shared + after.text_encoded
+    if texts:  # an item found needs no encoder call, yet its text lookup is not saved
+        EMBEDDING_HIT_RATIO.set(1 - after.text_encoded / texts)
 
 
 CONSUMER_LAG = Gauge(

@@ -69,6 +69,7 @@ from redis.exceptions import (
 
 from profiling.commands import CommandRecord, apply_commands
 from profiling.currency import AS_SENT, CONVERTED
+from profiling.embedding_cache import LookupTotals
 from profiling.errors import ProfilerError
 from profiling.events import INTERNAL_ERROR, Rejection
 from profiling.labels import apply_labels
@@ -465,7 +466,7 @@ class BatchWorker:
         self.clock = clock
         self.params = profile_params(settings)
         self.stats = WorkerStats()
-        self._lookups_counted = (0, 0, 0)  # the vector stage's lookups in the metrics so far
+        self._lookups_counted = LookupTotals()  # the vector stage's lookups in the metrics so far
         self._positions: dict[TopicPartition, int] = {}  # next offset after the last batch
         self.redis = connect(settings.redis_url, cluster=settings.redis_cluster)
         self.store = RedisProfileStore(
@@ -1201,12 +1202,11 @@ class BatchWorker:
         metrics.ENCODER_SECONDS.inc(totals.encode_seconds - self.stats.encode_s)
         self.stats.texts_encoded, self.stats.encode_s = totals.encoded, totals.encode_seconds
 
-    def _embedding_totals(self) -> tuple[int, int, int] | None:
+    def _embedding_totals(self) -> LookupTotals | None:
         interests = self.stages.interests
         if interests is None:
             return None
-        stats = interests.lru.stats
-        return stats.hits, stats.shared_hits, stats.encoded
+        return interests.lru.stats.totals()
 
     async def _finish(
         self,

@@ -115,7 +115,10 @@ async def test_a_warm_cache_encodes_nothing(make_settings) -> None:
         await client.aclose()
     replay = settings.model_copy(update={"group_id": settings.group_id + "-again"})
     shared_before = (
-        metrics.REGISTRY.get_sample_value("profiler_embeddings_total", {"source": "shared"}) or 0.0
+        metrics.REGISTRY.get_sample_value(
+            "profiler_embeddings_total", {"kind": "text", "source": "shared"}
+        )
+        or 0.0
     )
     worker = BatchWorker(replay)
     assert worker.stages.interests is not None
@@ -126,7 +129,7 @@ async def test_a_warm_cache_encodes_nothing(make_settings) -> None:
     assert stats.texts_encoded == 0 and stats.encode_s == 0
     assert cache.shared_hits > 0
     shared_after = metrics.REGISTRY.get_sample_value(
-        "profiler_embeddings_total", {"source": "shared"}
+        "profiler_embeddings_total", {"kind": "text", "source": "shared"}
     )
     assert shared_after == shared_before + cache.shared_hits
     assert metrics.REGISTRY.get_sample_value("profiler_embedding_cache_hit_ratio") is not None
@@ -157,7 +160,7 @@ async def test_lookups_and_encoder_waits_of_a_failed_fold_are_counted(
     def sample(name: str, labels: dict[str, str] | None = None) -> float:
         return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
-    encoded_before = sample("profiler_embeddings_total", {"source": "encoded"})
+    encoded_before = sample("profiler_embeddings_total", {"kind": "text", "source": "encoded"})
     waited_before = sample("profiler_encoder_seconds_total")
     worker = BatchWorker(settings)
     assert worker.stages.interests is not None
@@ -165,7 +168,7 @@ async def test_lookups_and_encoder_waits_of_a_failed_fold_are_counted(
     assert stats.applied == 300 and stats.dead_letters == 0 and len(calls) > 1
     totals = worker.stages.interests.lru.stats
     assert stats.texts_encoded == totals.encoded > 0
-    assert sample("profiler_embeddings_total", {"source": "encoded"}) == (
+    assert sample("profiler_embeddings_total", {"kind": "text", "source": "encoded"}) == (
         encoded_before + totals.encoded
     )
     assert stats.encode_s == totals.encode_seconds >= 0.2

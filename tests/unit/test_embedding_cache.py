@@ -20,6 +20,7 @@ from profiling.embedding_cache import (
 )
 from profiling.encoder import HashingEncoder, Vectors
 from profiling.events import Event
+from stream import metrics
 
 
 class CountingEncoder:
@@ -261,3 +262,38 @@ async def test_repeated_views_do_not_rewrite_the_shared_item_entry() -> None:
 async def test_no_events_give_no_rows() -> None:
     got = await embed_events([event(0, "login")], CountingEncoder(), EmbeddingLRU())
     assert got.rows.shape == (0,) and got.vectors.shape == (0, 32)
+
+
+async def test_the_embeddings_metric_tells_item_lookups_from_text_lookups() -> None:
+    """An untitled item event's lookup of its item's vector was counted in
+    profiler_embeddings as a text found (and in the hit ratio of texts), and one of an
+    item never seen not at all."""
+    shared, encoder = InMemoryEmbeddingCache(), CountingEncoder()
+    await embed_events([event(0, "view", item_id="i1", title="Weber Kettle")], encoder,
+                       EmbeddingLRU(), shared)  # fmt: skip
+    lru = EmbeddingLRU()  # another worker: the item only in the shared cache
+    batch = [
+        event(1, "add_to_cart", item_id="i1"),  # the item's vector, from the shared cache
+        event(2, "purchase", item_id="i9", brand="Garmin", category="sports.watch"),  # none
+        event(3, "search", query="tent"),
+    ]
+
+    def sample(kind: str, source: str) -> float:
+        labels = {"kind": kind, "source": source}
+        return metrics.REGISTRY.get_sample_value("profiler_embeddings_total", labels) or 0.0
+
+    counts = [(kind, source) for kind in ("text", "item") for source in ("lru", "shared")]
+    counts += [("text", "encoded"), ("item", "none")]
+    before = {pair: sample(*pair) for pair in counts}
+    counted = lru.stats.totals()
+    await embed_events(batch, encoder, lru, shared)
+    metrics.observe_embeddings(counted, lru.stats.totals())
+    assert {pair: sample(*pair) - before[pair] for pair in counts} == {
+        ("text", "lru"): 0,
+        ("text", "shared"): 0,
+        ("text", "encoded"): 2,  # the purchase's brand and category, the query
+        ("item", "lru"): 0,
+        ("item", "shared"): 1,
+        ("item", "none"): 1,
+    }
+    assert metrics.REGISTRY.get_sample_value("profiler_embedding_cache_hit_ratio") == 0.0
