@@ -331,18 +331,24 @@ def produce(  # noqa: PLR0917 - each option of the command is a parameter
         _error(str(exc))
         raise typer.Exit(2) from None
     report = Produced(settings.topic_events)  # counted as acks come, so a Ctrl-C can tell it
-    sending = produce_file(
-        settings, file, preset, mapping or None, limit=limit, options=options, produced=report
-    )
+
+    def sending() -> Coroutine[Any, Any, Produced]:
+        return produce_file(
+            settings, file, preset, mapping or None, limit=limit, options=options, produced=report
+        )
+
     try:
         # A SIGTERM (a job stopped, a container stopped) too: by default it ended the
-        # import at once, with no word of how far it got.
+        # import at once, with no word of how far it got. While the event loop runs,
+        # the signals stop the import there (`_stopped_on_signal`); before and after
+        # it, as a Ctrl-C.
         with _stopped_like_ctrl_c() as signals:
-            _with_servers(settings, sending, "broker")
+            _with_servers(settings, _stopped_on_signal(sending, signals), "broker")
     except (OSError, ValueError) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
-    except KeyboardInterrupt:  # what went out stays out: a rerun needs to know how far it got
+    except (KeyboardInterrupt, _Signalled):  # what went out stays out: a rerun needs to
+        # know how far it got
         console.print(f"interrupted: {report.summary()}", markup=False)
         raise typer.Exit(128 + (signals[0] if signals else signal.SIGINT)) from None
     console.print(report.summary(), markup=False)
@@ -455,6 +461,44 @@ def _stopped_like_ctrl_c() -> Iterator[list[int]]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class _Signalled(Exception):
+    """The work `_stopped_on_signal` ran was stopped by a signal."""
+
+
+async def _stopped_on_signal(work: Callable[[], Awaitable[T]], received: list[int]) -> T:
+    """Run `work()` with SIGINT (unless ignored, as in a background job), SIGTERM and SIGHUP
+    handled on the event loop: each appended to `received` and cancelling `work`, which
+    stops in order (a producer delivers what it holds as it closes; a second signal
+    cancels that too), then `_Signalled`. From a plain signal handler, a signal raised
+    KeyboardInterrupt wherever the loop was: a task step ended by it skipped its
+    clean-up, and the loop could hang as asyncio.run closed it."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    handled = [signal.SIGTERM, signal.SIGHUP]
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        handled.append(signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in handled}
+
+    def stop(sig: int) -> None:
+        received.append(sig)
+        task.cancel()
+
+    for sig in handled:
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        return await work()
+    except asyncio.CancelledError:
+        if received:
+            raise _Signalled from None
+        raise
+    finally:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)  # sets the default, not the one before
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def _wait_for_signal(
