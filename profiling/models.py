@@ -41,7 +41,7 @@ from profiling.behaviour import (
 )
 from profiling.currency import SAME_CURRENCY, Currencies
 from profiling.events import Event
-from profiling.profile import SCORE_THEN_NAME, Outcome, Profile
+from profiling.profile import SCORE_THEN_NAME, Outcome, Profile, make_outcome
 from profiling.risk import (
     ANOMALY,
     Risk,
@@ -272,7 +272,7 @@ class ProfileModels:
             published_at=before.updated if newly else before.published_at,
             published_version=before.version if newly else before.published_version,
         )
-        return Outcome(
+        return make_outcome((
             profile,
             outcome.applied,
             outcome.duplicates,
@@ -283,7 +283,7 @@ class ProfileModels:
             outcome.suppressed,
             outcome.forwarded,
             outcome.stranded,
-        )
+        ))  # fmt: skip
 
     def learn_label(self, features: Mapping[str, float], label: bool) -> None:
         self.risk.learn_label(features, label)

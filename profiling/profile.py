@@ -21,6 +21,7 @@ import heapq
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final, NamedTuple
 
 from profiling import slots
@@ -185,6 +186,9 @@ class Outcome(NamedTuple):
         return bool(self.applied)
 
 
+# Outcome(...) with every field, without the named tuple's Python-level __new__ (made
+# twice per user and batch).
+make_outcome: Final = partial(tuple.__new__, Outcome)
 NOTHING_FORWARDED: Final[tuple[tuple[str, Event], ...]] = ()
 NOTHING_STRANDED: Final[tuple[tuple[Delivery, Lost], ...]] = ()
 NO_HOLDERS: Final[Mapping[str, Routes]] = {}
@@ -219,10 +223,10 @@ def apply_deliveries(
     # version they saw and alert ids repeat, so a repeat is harmless).
     replay = replayed > 0 and not profile.is_new
     if not fresh:
-        return Outcome(
+        return make_outcome((
             profile, [], duplicates, replayed, profile.unpublished, replay, (), suppressed,
             forwarded, stranded,
-        )  # fmt: skip
+        ))  # fmt: skip
     if replay:  # the replayed writes' alerts, forwards, dead letters go out again with this one's
         alerts = profile.alerts_before + profile.alerts
         forwards = profile.forwards_before + profile.forwards
@@ -293,10 +297,10 @@ def apply_deliveries(
         published_at=now_ms if publish else profile.published_at,
         published_version=version if publish else profile.published_version,
     )
-    return Outcome(
+    return make_outcome((
         updated, fresh, duplicates, replayed, all_changed, publish, (), suppressed, forwarded,
         stranded,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def _route(
