@@ -686,10 +686,11 @@ def check_json_lines_options(path: Path, options: CsvOptions) -> None:
         "--header": options.header is True,
         "--no-header": options.header is False,
     }
-    for flag in (flag for flag, on in given.items() if on):
+    flags = [flag for flag, on in given.items() if on]
+    if flags:
         raise FileImportError(
             f"{_named(path)} is read as JSON lines, which have no cells and no header "
-            f"line: {flag} does not apply (leave it out)"
+            f"line: {flags[0]} does not apply (leave it out)"
         )
 
 
