@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from profiling import slots
 from profiling.behaviour import Behaviour
-from profiling.profile import Profile, evolve
+from profiling.profile import Delivery, Outcome, Profile, evolve
 
 
 def test_copier_and_builder_match_the_dataclass() -> None:
@@ -41,3 +43,29 @@ def test_a_fixed_replacer_is_replace() -> None:
         slots.replacer_of(Profile, ("version", "no_such_field"))
     with pytest.raises(TypeError):
         slots.replacer_of(Profile, ("version", "version"))
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "record"),
+    [
+        ("profiling/profile.py", "make_outcome", Outcome),
+        ("profiling/models.py", "make_outcome", Outcome),
+        ("profiling/pipeline.py", "_delivery", Delivery),
+    ],
+)
+def test_named_tuples_built_by_tuple_new_are_given_every_field(
+    module: str, name: str, record: type[tuple[object, ...]]
+) -> None:
+    """`tuple.__new__` takes a tuple of any length: a field added to the record and not
+    to a call would give a short record, with no error until the field is read."""
+    tree = ast.parse((Path(__file__).parents[2] / module).read_text())
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == name
+    ]
+    assert calls
+    for call in calls:
+        (values,) = call.args
+        assert isinstance(values, ast.Tuple), ast.unparse(call)
+        assert len(values.elts) == len(record._fields), ast.unparse(call)  # type: ignore[attr-defined]
