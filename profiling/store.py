@@ -368,7 +368,7 @@ def state_blob(profile: Profile) -> bytes:
     """
     state = {
         "cats": profile.category_scores,
-        "wm": {str(p): o for p, o in profile.watermarks.items()},
+        "wm": profile.watermarks,  # msgspec writes int keys as their decimal strings
         "pub_at": profile.published_at,
         "pub_v": profile.published_version,
         "unpub": sorted(profile.unpublished),
