@@ -136,12 +136,20 @@ class Profile:
 
     def top_categories(self, n: int = PUBLISHED_CATEGORIES) -> list[tuple[str, float]]:
         scores = self.category_scores
+        # Loops, not comprehensions, and no sort for the usual one category (speed).
+        if len(scores) == 1 and n > 0:
+            ((name, score),) = scores.items()
+            return [(name, round(score, 6))] if score > 0 else []
         best = (
             sorted(scores.items(), key=SCORE_THEN_NAME, reverse=True)
             if len(scores) <= n
             else heapq.nlargest(n, scores.items(), key=SCORE_THEN_NAME)
         )
-        return [(name, round(score, 6)) for name, score in best if score > 0]
+        top = []
+        for name, score in best:
+            if score > 0:
+                top.append((name, round(score, 6)))
+        return top
 
 
 SCORE_THEN_NAME: Final = operator.itemgetter(1, 0)  # (name, score) pairs: by score, ties by name
@@ -420,11 +428,17 @@ def decay_categories(
     """Decayed category affinity at `new_reference_ms`, bounded to the strongest slots."""
     weights = params.category_weights
     half_life = params.category_half_life_ms
-    tagged = [e for e in events if e.category and weights.get(e.type, 0.0) != 0.0]
+    # Loops, not comprehensions: a user's few events and categories (speed).
+    tagged: list[Event] = []
+    for event in events:
+        if event.category and weights.get(event.type, 0.0) != 0.0:
+            tagged.append(event)
     if not tagged and new_reference_ms == reference_ms:
         return scores
     shift = 2.0 ** (-(new_reference_ms - reference_ms) / half_life)
-    result = {name: score * shift for name, score in scores.items()}
+    result: dict[str, float] = {}
+    for name, score in scores.items():
+        result[name] = score * shift
     for event in tagged:
         name = event.category or ""
         gain = weights[event.type] * 2.0 ** (-(new_reference_ms - event.ts) / half_life)
