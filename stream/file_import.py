@@ -741,22 +741,16 @@ def read_events(
         )
     if chosen is not None:
         check_preset_options(chosen, options)
-    if (
-        chosen is None
-        and options.format is None
-        and path != STDIN
-        and (path.is_dir() or not path.exists())
-    ):
-        # A folder or a missing file is said so, not taken for a name without a format.
-        _open(path, "rb").close()
     if chosen is None and options.format is None and path != STDIN:
-        try:
-            format_of(path)
+        # A folder, a missing file, or a zip (an .xlsx workbook), zstd or Parquet file
+        # whose name tells no format is said so by `_open`, not taken for a name without
+        # a format: --format, the way out of that, would only lead there.
+        try:  # a named pipe whose name tells its format is not opened here: read once
+            named = path.exists() and not path.is_dir() and format_of(path)
         except FileImportError:
-            # A zip (an .xlsx workbook), zstd or Parquet file is said so: --format,
-            # the way out for a name without a format, would only lead to that.
+            named = None
+        if not named:
             _open(path, "rb").close()
-            raise
     fmt = chosen.format if chosen else options.format or format_of(path)
     if chosen is None and fmt == "jsonl":
         check_json_lines_options(path, options)
