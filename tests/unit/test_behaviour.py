@@ -585,6 +585,12 @@ def test_a_late_event_after_an_orders_further_line_gives_the_visit_of_one_sorted
 
 
 STEPS = (1_000, 10 * MINUTE_MS, 20 * MINUTE_MS, 29 * MINUTE_MS, 35 * MINUTE_MS, 3 * HOUR_MS)
+# Up to 30 (time since the event before, kind) steps of a visit log (`visit_log`).
+VISIT_STEPS = st.lists(
+    st.tuples(st.sampled_from(STEPS), st.sampled_from(("view", "purchase", "line"))),
+    min_size=1,
+    max_size=30,
+)
 
 
 def visit_log(steps: list[tuple[int, str]]) -> list[Event]:
@@ -603,11 +609,7 @@ def visit_log(steps: list[tuple[int, str]]) -> list[Event]:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    steps=st.lists(
-        st.tuples(st.sampled_from(STEPS), st.sampled_from(("view", "purchase", "line"))),
-        min_size=1,
-        max_size=30,
-    ),
+    steps=VISIT_STEPS,
     delays=st.lists(st.integers(0, 30), min_size=30, max_size=30),
     cuts=st.lists(st.integers(0, 30), max_size=6),
 )
@@ -640,11 +642,7 @@ def test_a_state_without_further_lines_is_stored_as_the_version_before_them_wrot
 
 @settings(max_examples=200, deadline=None)
 @given(
-    steps=st.lists(
-        st.tuples(st.sampled_from(STEPS), st.sampled_from(("view", "purchase", "line"))),
-        min_size=1,
-        max_size=30,
-    ),
+    steps=VISIT_STEPS,
     sides=st.lists(st.booleans(), min_size=30, max_size=30),
 )
 @example(  # the line at 6 s is the last event before 35 min away: away 2,100 s, not 2,101
