@@ -27,11 +27,10 @@ from pydantic import ValidationError
 
 from profiling.errors import ProfilerError
 from stream import kafka, metrics
-from stream.lookup import read_profile_json
 from stream.preflight import SERVER_ERRORS, check_servers
 from stream.runner import settle_heap
 from stream.settings import Settings, refusals
-from stream.web import health_body, observe_lag, readiness
+from stream.web import health_body, observe_lag, profile_reply, readiness
 from stream.worker import BatchWorker, stop_within
 
 log = logging.getLogger("profiler.app")
@@ -214,7 +213,5 @@ async def prometheus_metrics(web: Any, request: Any) -> Any:
 
 @app.page("/profile/{user_id:.+}")  # any id: `{`, `}` and `/` too
 async def profile_page(web: Any, request: Any, user_id: str) -> Any:
-    body = await read_profile_json(settings.redis_url, user_id, cluster=settings.redis_cluster)
-    if body is None:
-        return web.json({"error": "not_found", "user_id": user_id}, status=404)
-    return web.json(body)
+    status, body = await profile_reply(settings, user_id)
+    return web.json(body, status=status)

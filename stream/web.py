@@ -19,9 +19,13 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream import metrics
 from stream.lookup import read_profile_json
+from stream.settings import Settings
 from stream.worker import BatchWorker
 
 READY_TIMEOUT_S = 2.0
@@ -84,6 +88,26 @@ async def observe_lag(worker: BatchWorker) -> None:
     metrics.observe_lag(lag, unknown)
 
 
+async def profile_reply(settings: Settings, user_id: str) -> tuple[int, dict[str, Any]]:
+    """What `/profile/{user_id}` answers, under `profiler run` and the Faust app alike:
+    200 and the profile, 404 when none is stored, or 503 when Redis is unreachable or
+    gives no answer within `READY_TIMEOUT_S`, saying why as `/ready` does."""
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            body = await read_profile_json(
+                settings.redis_url, user_id, cluster=settings.redis_cluster
+            )
+    except TimeoutError:
+        why = f"error: no answer within {READY_TIMEOUT_S:g} s"
+    except (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError) as exc:
+        why = f"error: {exc}"
+    else:
+        if body is None:
+            return 404, {"error": "not_found", "user_id": user_id}
+        return 200, body
+    return 503, {"error": "redis_unreachable", "user_id": user_id, "redis": why}
+
+
 def health_body(started: float) -> dict[str, Any]:
     """What `/health` answers, under `profiler run` and the Faust app alike; `started`:
     `time.monotonic()` as the web server was set up."""
@@ -109,12 +133,8 @@ def build_app(worker: BatchWorker, max_lag: int) -> web.Application:
         return web.Response(body=metrics.exposition(), content_type="text/plain")
 
     async def profile(request: web.Request) -> web.Response:
-        user_id = request.match_info["user_id"]
-        settings = worker.settings
-        body = await read_profile_json(settings.redis_url, user_id, cluster=settings.redis_cluster)
-        if body is None:
-            return web.json_response({"error": "not_found", "user_id": user_id}, status=404)
-        return web.Response(body=orjson.dumps(body), content_type="application/json")
+        status, body = await profile_reply(worker.settings, request.match_info["user_id"])
+        return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
     app = web.Application()
     app.router.add_get("/health", health)

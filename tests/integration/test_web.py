@@ -325,3 +325,41 @@ async def test_a_worker_whose_batches_all_fail_on_a_bug_is_not_ready_until_one_a
         await task
         await web.cleanup()
         await worker.close()
+
+
+async def test_a_profile_asked_while_redis_is_down_is_503_saying_so(
+    make_settings: Callable[..., Awaitable[Settings]],
+) -> None:
+    """The lookup let Redis's error through: aiohttp's plain-text 500, and a Redis that
+    took every connection and answered nothing held the request for ever."""
+    own = LocalRedis().start()  # its own: this test pauses it, then stops it
+    admin = aioredis.Redis.from_url(own.url)
+    topics = await make_settings(redis_url=own.url)
+    worker = BatchWorker(topics)
+    await worker.start()
+    port = free_port()
+    web = await start_web(worker, port, max_lag=1000)
+    try:
+        code, _ = await get(port, "/profile/ada")
+        assert code == 404
+
+        await admin.execute_command("CLIENT", "PAUSE", "4000", "ALL")  # reads wait too
+        code, body = await get(port, "/profile/ada")
+        assert code == 503, body
+        assert orjson.loads(body) == {
+            "error": "redis_unreachable",
+            "user_id": "ada",
+            "redis": "error: no answer within 2 s",
+        }
+
+        own.stop()
+        code, body = await get(port, "/profile/ada")
+        assert code == 503, body
+        reply = orjson.loads(body)
+        assert reply["error"] == "redis_unreachable" and reply["user_id"] == "ada"
+        assert reply["redis"].startswith("error: ") and "onnect" in reply["redis"], reply
+    finally:
+        await web.cleanup()
+        await worker.close()
+        await admin.aclose()
+        own.stop()
