@@ -506,8 +506,28 @@ def _load(transformers: Any, folder: Path) -> tuple[Any, Any]:
     finally:
         if bars:
             transformers.utils.logging.enable_progress_bar()
+    _check_vocabulary(tokenizer, folder)
     model.eval()
     return tokenizer, model
+
+
+def _check_vocabulary(tokenizer: Any, folder: Path) -> None:
+    """`EncoderUnavailableError` when `tokenizer` makes its unknown token of every word of
+    the probe texts: a folder whose vocabulary file is missing (a BERT folder without
+    vocab.txt or tokenizer.json) still loads, with its special tokens alone, and every
+    text then had the vector of a row of `[UNK]`s."""
+    unknown = tokenizer.unk_token_id
+    if unknown is None:  # a byte-level vocabulary: every text has tokens of its own
+        return
+    rows = tokenizer(list(PROBE_TEXTS), add_special_tokens=False)["input_ids"]
+    if any(token != unknown for row in rows for token in row):
+        return
+    files = sorted(set(getattr(tokenizer, "vocab_files_names", {}).values()))
+    raise EncoderUnavailableError(
+        f"cannot load the model at {folder} (PROFILER_ENCODER_MODEL): its tokenizer knows "
+        f"no word (every text is {tokenizer.unk_token}, {len(tokenizer)} tokens in all): "
+        f"its vocabulary file is missing ({' or '.join(files) or 'none named'})"
+    )
 
 
 def _check_device(torch: Any, device: str) -> None:

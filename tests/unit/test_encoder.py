@@ -438,3 +438,33 @@ def test_a_model_folder_missing_its_tokenizer_or_weights_fails_its_load_saying_s
     with pytest.raises(EncoderUnavailableError, match=rf"cannot load the model at {folder}") as exc:
         load_encoder(str(folder), "cpu", 128)
     assert "\n" not in str(exc.value)
+
+
+def test_a_model_folder_missing_its_vocabulary_fails_its_load_saying_so(tmp_path: Path) -> None:
+    """A BERT folder without vocab.txt (and no tokenizer.json to hold the vocabulary) loaded
+    with its special tokens alone: every text was encoded as `[UNK]`s, one vector for all."""
+    require_model()
+    from stream.interest_setup import load_encoder
+
+    folder = copy_of_minilm(tmp_path / "model")
+    (folder / "tokenizer.json").unlink()
+    (folder / "vocab.txt").unlink()
+    with pytest.raises(EncoderUnavailableError, match=rf"cannot load the model at {folder}") as exc:
+        load_encoder(str(folder), "cpu", 128)
+    message = str(exc.value)
+    assert "\n" not in message
+    assert "PROFILER_ENCODER_MODEL" in message and "vocab.txt" in message, message
+
+
+def test_a_model_folder_with_its_vocabulary_in_tokenizer_json_alone_still_loads(
+    tmp_path: Path,
+) -> None:
+    """vocab.txt is not needed where tokenizer.json holds the vocabulary."""
+    require_model()
+    from stream.interest_setup import load_encoder
+
+    folder = copy_of_minilm(tmp_path / "model")
+    (folder / "vocab.txt").unlink()
+    encoder = load_encoder(str(folder), "cpu", 128)
+    assert encoder is not None
+    assert encoder.token_counts(["red running shoes"]) == [5]
