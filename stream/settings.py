@@ -23,6 +23,12 @@ MAX_DAYS = 36_500
 MAX_SECONDS = MAX_DAYS * 86_400
 # Kafka's protocol carries timeouts and waits as 32-bit integers (ms).
 INT32_MAX = 2**31 - 1
+# Per-user tables kept in the profile state (`profile-state:{u}`), which every batch
+# the user is in reads, parses and writes back whole: 8 times the defaults is more than
+# a shop needs, and a default typed with an extra zero is refused rather than grow
+# every busy user's state. A slot is some 40 bytes of JSON, a window entry 8 bytes.
+MAX_CATEGORY_SLOTS = 512
+MAX_DEDUPE_WINDOW = 16_384
 # The topic settings, in the order they are validated, and those a worker reads.
 TOPICS = (
     "topic_events",
@@ -122,10 +128,25 @@ class Settings(BaseSettings):
         14.0, gt=0, le=MAX_DAYS, description="half-life of category affinity, in event-time days"
     )
     category_slots: int = Field(
-        64, ge=10, description="categories tracked per user (top 10 are published)"
+        64,
+        ge=10,
+        le=MAX_CATEGORY_SLOTS,
+        description=(
+            "categories tracked per user, the table the published top 10 is drawn from; at "
+            "most 512 (8 times the default): some 40 bytes each in the user's state, which "
+            "every batch the user is in reads and rewrites whole"
+        ),
     )
     dedupe_window: int = Field(
-        2048, ge=16, description="recent event_ids remembered per user for de-duplication"
+        2048,
+        ge=16,
+        le=MAX_DEDUPE_WINDOW,
+        description=(
+            "recent event_ids remembered per user for de-duplication; at most 16384 (8 times "
+            "the default): 8 bytes each in the user's state, 128 KB at most, which every "
+            "batch the user is in reads and rewrites whole; a re-send comes within seconds, "
+            "not 16,384 of its user's events later"
+        ),
     )
     heartbeat_s: float = Field(
         60.0,

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from profiling.behaviour import keyed_token, token
 from stream.model_setup import build_models
-from stream.settings import MAX_SECONDS, Settings
+from stream.settings import MAX_SECONDS, Settings, refusals
 
 
 @pytest.mark.parametrize(
@@ -239,3 +239,22 @@ def test_a_heartbeat_no_more_often_than_the_session_lasts_is_refused() -> None:
 def test_an_empty_encoder_variable_is_the_default_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROFILER_ENCODER_MODEL", "")
     assert Settings().encoder_model == "auto"
+
+
+@pytest.mark.parametrize(("field", "longest"), [("category_slots", 512), ("dedupe_window", 16_384)])
+def test_a_per_user_table_past_its_bound_is_refused_at_start_naming_the_variable(
+    field: str, longest: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both had no upper bound: a default typed with an extra zero (640 slots, a window of
+    20480) grew every busy user's state, which each batch reads and rewrites whole."""
+    variable = f"PROFILER_{field.upper()}"
+    monkeypatch.setenv(variable, str(longest))
+    assert getattr(Settings(), field) == longest
+    for value in (longest + 1, Settings.model_fields[field].default * 10):
+        monkeypatch.setenv(variable, str(value))
+        with pytest.raises(ValidationError) as refused:
+            Settings()
+        assert refusals(refused.value) == [
+            f"{variable}: Input should be less than or equal to {longest}"
+        ]
+    assert f"at most {longest}" in str(Settings.model_fields[field].description)
