@@ -1128,7 +1128,8 @@ def _column_names(
     mapped = dict.fromkeys((mapping or {}).values())
     wanted = preset.columns if preset else tuple((column,) for column in mapped)
     if not header:  # header-less, unnamed: columns are 1-based positions, as in cut and awk
-        return [(alts[0], _position(alts[0])) for alts in wanted]
+        fields = {column: name for name, column in (mapping or {}).items()}
+        return [(alts[0], _position(alts[0], fields.get(alts[0]))) for alts in wanted]
     found = []
     for alts in wanted:
         index = next((header.index(a) for a in alts if a in header), None)
@@ -1141,11 +1142,14 @@ def _column_names(
     return found
 
 
-def _position(column: str) -> int:
+def _position(column: str, field: str | None) -> int:
+    """The index of `column` (1-based, as the user gives it) of a file without a header;
+    `field`: the field `--map` gave it to, named in the refusal of a column not a number."""
     if not column.isdigit() or int(column) < 1:
+        given = f"--map {field}={column}" if field else f"column {column!r}"
         raise MissingColumnError(
-            f"column {column!r}: a file without a header names columns by position "
-            "(1, 2, ...) unless CsvOptions.columns names them"
+            f"{given}: a file without a header line (--no-header) names its columns by "
+            f"position: --map {field or 'FIELD'}=N for the Nth, from 1"
         )
     return int(column) - 1
 

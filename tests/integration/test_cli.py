@@ -1024,6 +1024,25 @@ async def test_produce_refuses_a_type_map_to_no_event_type_in_one_line(tmp_path:
     )
 
 
+async def test_produce_without_a_header_refuses_a_column_name_naming_the_map_option(
+    tmp_path: Path,
+) -> None:
+    """The refusal named `CsvOptions.columns`, a name inside the code, as the way to name
+    the columns of a file without a header; it now names the --map the user gave."""
+    log = tmp_path / "shop.csv"
+    log.write_text("u1;pv;2011-01-05 10:00\n")
+    done = await profiler(
+        "produce", str(log), "--no-header", "--delimiter", ";", "--map", "user_id=1",
+        "--map", "type=what", "--map", "ts=3",
+        env=base_env(PROFILER_KAFKA_BOOTSTRAP="127.0.0.1:1"), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert one_line(done) == (
+        "error: --map type=what: a file without a header line (--no-header) names its "
+        "columns by position: --map type=N for the Nth, from 1"
+    )
+
+
 async def test_produce_refuses_a_format_its_preset_does_not_read_in_one_line(
     tmp_path: Path,
 ) -> None:
