@@ -2,7 +2,8 @@
 
 A `fraud-labels` record says, days after the fact, whether one scored event was
 fraud (`schemas/fraud_label.v1.json`). `apply_labels` decodes a batch of them
-(bad records become dead letters, like bad events), fetches the features kept
+(bad records become dead letters, like bad events, and so does a record whose key
+is not its label's `user_id`: `key_mismatch`, as for events and commands), fetches the features kept
 at scoring time in one store round trip, and teaches the risk classifier.
 A label whose features are gone (never scored here, or past their TTL) is
 counted as `unknown`, not an error. A label of a user merged into another since
@@ -26,7 +27,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from profiling.events import INVALID_LABEL, MIN_TS_MS, Rejection, decode_record
+from profiling.events import INVALID_LABEL, KEY_MISMATCH, MIN_TS_MS, Rejection, decode_record
 from profiling.forwarding import Erased, Marker, follow_merges
 from profiling.models import ProfileModels
 from profiling.pipeline import SourceRecord, dead_letter_for
@@ -71,6 +72,8 @@ async def apply_labels(
             result.outcomes["skipped"] += 1
             continue
         verdict = decode_label(record.value)
+        if not isinstance(verdict, Rejection) and record.key != verdict.user_id.encode():
+            verdict = Rejection(KEY_MISMATCH, "record key must be the label's user_id (UTF-8)")
         if isinstance(verdict, Rejection):
             result.outcomes["invalid"] += 1
             result.errors[verdict.error] += 1

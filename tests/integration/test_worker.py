@@ -411,6 +411,23 @@ async def test_key_must_be_the_user_id(topics: Settings) -> None:
     assert stats.errors == Counter({"key_mismatch": 2})
 
 
+async def test_a_label_whose_key_is_not_its_user_id_is_dead_lettered(topics: Settings) -> None:
+    """Events and commands refuse a key that is not their user_id; a label with another
+    key, or none, was learnt as if it had its user's."""
+    label = {"event_id": "k1", "user_id": "alice", "label": 1, "ts": wall_clock_ms()}
+    records = [(b"bob", orjson.dumps(label)), (None, orjson.dumps(label))]
+    await send_records(topics, records, topic=topics.topic_labels)
+    stats = await drain(topics)
+    assert stats.errors == Counter({"key_mismatch": 2})
+    assert stats.labels == Counter({"invalid": 2})
+    letters = await read_topic(topics.kafka_bootstrap, topics.topic_dlq)
+    assert sorted(letter.key or b"" for letter in letters) == [b"", b"bob"]
+    for letter in letters:
+        body = orjson.loads(letter.value)
+        validator("dead_letter.v1").validate(body)
+        assert body["error"] == "key_mismatch" and body["topic"] == topics.topic_labels
+
+
 @pytest.mark.parametrize("limit", [64, COMPACT_HASH_VALUE_BYTES])
 async def test_a_worker_with_vectors_warns_when_redis_would_spill_its_profiles(
     topics: Settings, caplog: pytest.LogCaptureFixture, limit: int
