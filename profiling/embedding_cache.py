@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -346,14 +347,14 @@ async def _text_vectors(
         started, fresh_texts = time.perf_counter(), [texts[i] for i in missing]
         try:
             if getattr(encoder, "in_thread", True):
-                encoded = await asyncio.to_thread(encoder.encode, fresh_texts)
+                encoded = await _encoded_aside(encoder, fresh_texts)
             else:
                 encoded = encoder.encode(fresh_texts)
         finally:  # a call that failed (out of memory) was waited on too
             lru.stats.encode_seconds += time.perf_counter() - started
         lru.stats.encoded += len(missing)
         fresh = [(keys[i], _frozen_copy(row)) for i, row in zip(missing, encoded, strict=True)]
-        finite = np.isfinite(encoded).all(axis=1).tolist()
+        finite = cast("list[bool]", np.isfinite(encoded).all(axis=1).tolist())
         if not all(finite):  # an encoder that overflowed: no vector, and nothing cached
             log.warning("the encoder gave %d of %d texts a vector that is not finite: "
                         "they count as no text", finite.count(False), len(finite))  # fmt: skip
@@ -365,6 +366,18 @@ async def _text_vectors(
         for i, (_, row) in zip(missing, fresh, strict=True):
             found[i] = row
     return cast("list[Vector]", found), unencodable  # every None was just filled
+
+
+async def _encoded_aside(encoder: Encoder, texts: list[str]) -> Vectors:
+    """`encoder.encode(texts)` on another thread. Cancelled, it has the call stop at its
+    next forward pass: a thread runs on after its awaiter is cancelled, and the event
+    loop's close waits for it. A stopped worker with a cold cache stayed seconds to
+    minutes in one call of a batch's thousands of new texts that no one would read."""
+    stop = threading.Event()
+    try:
+        return await asyncio.to_thread(encoder.encode, texts, stop)
+    finally:
+        stop.set()  # done by now, unless cancelled
 
 
 async def _remember_items(

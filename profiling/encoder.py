@@ -85,6 +85,10 @@ class EncoderUnavailableError(ProfilerError):
     """The encoder cannot be built here: install the `encoder` extra or fix the model path."""
 
 
+class EncodeStopped(Exception):
+    """An `encode` call whose `stop` was set gave up before its next forward pass."""
+
+
 class DeviceUnavailableError(EncoderUnavailableError):
     """The encoder is installed, but the device asked for (`PROFILER_DEVICE`) is not usable."""
 
@@ -107,8 +111,13 @@ class Encoder(Protocol):
         """Row width of `encode`'s result."""
         ...
 
-    def encode(self, texts: Sequence[str]) -> Vectors:
-        """(len(texts), dim) float32, each row L2-normalised, row i for texts[i]."""
+    def encode(self, texts: Sequence[str], stop: threading.Event | None = None) -> Vectors:
+        """(len(texts), dim) float32, each row L2-normalised, row i for texts[i].
+
+        `stop`, set from another thread while the call runs there (its awaiter was
+        cancelled), may end the call early with `EncodeStopped`: a thread cannot be
+        cancelled, and a long call would keep a stopping process waiting for it.
+        """
         ...
 
 
@@ -282,35 +291,37 @@ class TransformerEncoder:
             rows = min(self.max_batch, self.token_budget // max(map(len, ids)))
             self._forward([ids[i % len(ids)] for i in range(max(rows, 1))])
 
-    def encode(self, texts: Sequence[str]) -> Vectors:
-        """Unit-norm rows for `texts`, in input order; each distinct text is run once."""
+    def encode(self, texts: Sequence[str], stop: threading.Event | None = None) -> Vectors:
+        """Unit-norm rows for `texts`, in input order; each distinct text is run once.
+        `EncodeStopped` before the next forward pass once `stop` is set."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         with self._lock:
             if not self.dedupe:
-                return self._encode_distinct(list(texts))
+                return self._encode_distinct(list(texts), stop)
             unique, inverse = dedupe(texts)
-            return self._encode_distinct(unique)[inverse]
+            return self._encode_distinct(unique, stop)[inverse]
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text costs after truncation (special tokens included)."""
         with self._lock:
             return [len(ids) for ids in self._tokenize(list(texts))]
 
-    def _encode_distinct(self, texts: list[str]) -> Vectors:
+    def _encode_distinct(self, texts: list[str], stop: threading.Event | None) -> Vectors:
         if self.overlap and len(texts) > self.overlap_chunk:
-            return self._encode_overlapped(texts)
+            return self._encode_overlapped(texts, stop)
         started = time.perf_counter()
         ids = self._tokenize(texts)
         tokenized = time.perf_counter()
         out = _no_vectors(len(texts), self.dim)
         for batch in self._batches(ids):
+            _check_stop(stop)
             out[batch] = self._forward([ids[i] for i in batch])
         self.tokenize_seconds += tokenized - started
         self.forward_seconds += time.perf_counter() - tokenized
         return out
 
-    def _encode_overlapped(self, texts: list[str]) -> Vectors:
+    def _encode_overlapped(self, texts: list[str], stop: threading.Event | None) -> Vectors:
         """`_encode_distinct` with chunk k + 1 tokenised while chunk k runs on the device."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # ~ token length
         size = self.overlap_chunk
@@ -326,6 +337,7 @@ class TransformerEncoder:
                 if k + 1 < len(chunks):
                     pending = pool.submit(self._tokenize, [texts[i] for i in chunks[k + 1]])
                 for batch in self._batches(ids):
+                    _check_stop(stop)
                     out[[chunk[i] for i in batch]] = self._forward([ids[i] for i in batch])
                 self.forward_seconds += time.perf_counter() - started
         return out
@@ -404,14 +416,14 @@ class TransformerEncoder:
     def _try_int8(self, min_cosine: float) -> None:
         """Quantise linear layers to int8; keep it only if the probe vectors barely move."""
         torch = self._torch
-        reference = self._encode_distinct(list(PROBE_TEXTS))
+        reference = self._encode_distinct(list(PROBE_TEXTS), None)
         float_model = self._model
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao.quantization announces its successor
             self._model = torch.ao.quantization.quantize_dynamic(
                 float_model, {torch.nn.Linear}, dtype=torch.qint8
             )
-        candidate = self._encode_distinct(list(PROBE_TEXTS))
+        candidate = self._encode_distinct(list(PROBE_TEXTS), None)
         self.int8_cosine = float(np.min(np.sum(reference * candidate, axis=1)))
         if self.int8_cosine >= min_cosine:
             self.precision = "int8"
@@ -530,6 +542,11 @@ def _check_vocabulary(tokenizer: Any, folder: Path) -> None:
     )
 
 
+def _check_stop(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise EncodeStopped("the call was stopped: its result is no longer wanted")
+
+
 def _check_device(torch: Any, device: str) -> None:
     """`DeviceUnavailableError` when this torch cannot run on `device` (cuda[:n], mps):
     torch itself fails only at the first tensor moved there, with no word of the setting."""
@@ -639,8 +656,8 @@ class HashingEncoder:
         self.dim, self.ngram, self.seed = dim, ngram, seed
         self.model_id = f"hashing-v1-d{dim}-n{ngram}-s{seed}"
 
-    def encode(self, texts: Sequence[str]) -> Vectors:
-        """One unit-norm row per text, in input order."""
+    def encode(self, texts: Sequence[str], stop: threading.Event | None = None) -> Vectors:
+        """One unit-norm row per text, in input order (`stop` is not read: a call is short)."""
         out = np.zeros((len(texts), self.dim), dtype=np.float64)
         for row, text in enumerate(texts):
             for feature in self._features(text):

@@ -32,7 +32,7 @@ class CountingEncoder:
         self.calls: list[list[str]] = []
         self.threads: set[int] = set()
 
-    def encode(self, texts: Sequence[str]) -> Vectors:
+    def encode(self, texts: Sequence[str], stop: threading.Event | None = None) -> Vectors:
         self.calls.append(list(texts))
         self.threads.add(threading.get_ident())
         return self.inner.encode(texts)

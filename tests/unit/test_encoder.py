@@ -6,7 +6,8 @@ import asyncio
 import json
 import os
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,8 +26,10 @@ from profiling.encoder import (
     OVERLAP_CHUNK,
     Encoder,
     EncoderUnavailableError,
+    EncodeStopped,
     HashingEncoder,
     TransformerEncoder,
+    Vectors,
     _import_backend,
     dedupe,
     folder_model_id,
@@ -182,6 +185,69 @@ def test_minilm_overlapped_tokenising_gives_the_same_rows(minilm: TransformerEnc
                                    atol=1e-5)  # fmt: skip
     finally:
         minilm.overlap, minilm.overlap_chunk = False, OVERLAP_CHUNK
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_stopped_encode_call_gives_up_before_its_next_forward_pass(
+    minilm: TransformerEncoder, monkeypatch: pytest.MonkeyPatch, overlap: bool
+) -> None:
+    stop, passes = threading.Event(), []
+    forward = minilm._forward
+
+    def stopped_in_the_first(ids: list[list[int]]) -> Vectors:
+        passes.append(len(ids))
+        stop.set()  # its awaiter cancelled while this pass runs
+        return forward(ids)
+
+    monkeypatch.setattr(minilm, "_forward", stopped_in_the_first)
+    monkeypatch.setattr(minilm, "overlap", overlap)
+    monkeypatch.setattr(minilm, "overlap_chunk", MAX_BATCH)
+    with pytest.raises(EncodeStopped):
+        minilm.encode(TEXTS, stop)  # several passes of MAX_BATCH rows
+    assert len(passes) == 1
+    unset = threading.Event()
+    assert len(minilm.encode(TEXTS, unset)) == len(TEXTS)  # not set: every pass runs
+    assert len(passes) > 3
+
+
+async def test_a_cancelled_embedding_stops_the_encoder_call_in_its_thread(
+    minilm: TransformerEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread runs on after its awaiter is cancelled: a stopped worker's call went
+    through every pass of a batch's new texts, and the event loop's close waited for it
+    (a demo whose broker died kept its terminal for over a minute)."""
+    in_pass, cancelled, passes, ended = threading.Event(), threading.Event(), [], []
+    forward = minilm._forward
+
+    def held_until_cancelled(ids: list[list[int]]) -> Vectors:
+        passes.append(len(ids))
+        in_pass.set()
+        cancelled.wait(30)
+        return forward(ids)
+
+    encode = minilm.encode
+
+    def told(texts: Sequence[str], stop: threading.Event | None = None) -> Vectors:
+        try:
+            return encode(texts, stop)
+        except EncodeStopped as exc:
+            ended.append(exc)
+            raise
+
+    monkeypatch.setattr(minilm, "_forward", held_until_cancelled)
+    monkeypatch.setattr(minilm, "encode", told)
+    texts = [f"{text} {n}" for n in range(3) for text in TEXTS]
+    embedding = asyncio.create_task(embed_texts(texts, minilm, EmbeddingLRU()))
+    assert await asyncio.to_thread(in_pass.wait, 30)
+    embedding.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await embedding
+    cancelled.set()
+    for _ in range(300):  # the thread ends its pass, then stops
+        if ended:
+            break
+        await asyncio.sleep(0.1)
+    assert len(ended) == 1 and len(passes) == 1
 
 
 def test_minilm_warm_up_runs_the_model_and_starts_the_timers_from_zero(

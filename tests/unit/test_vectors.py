@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -479,7 +480,7 @@ async def test_vectors_under_a_former_id_of_the_same_model_are_kept() -> None:
 class OverflowingEncoder(HashingEncoder):
     """A hashing encoder whose rows for one text are NaN, as an fp16 overflow gives."""
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str], stop: threading.Event | None = None) -> np.ndarray:
         rows = super().encode(texts)
         rows[[text == "overflow" for text in texts]] = np.nan
         return rows
