@@ -10,6 +10,7 @@ from profiling import jsonout
 from profiling.events import Rejection
 from profiling.profile import Profile
 from profiling.risk import risk_band
+from profiling.rounding import round6
 
 
 def change_message(
@@ -33,7 +34,7 @@ def change_message(
         "risk": profile.risk,
         "risk_band": risk_band(profile.risk, alert_threshold),
         "events": profile.events,
-        "spend": round(profile.spend, 6),
+        "spend": round6(profile.spend),
         "orders": profile.orders,
         "last_seen": profile.last_seen,
         "categories": profile.top_categories(),

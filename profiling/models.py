@@ -50,6 +50,7 @@ from profiling.risk import (
     keep_features,
     risk_band_moved,
 )
+from profiling.rounding import round6
 from profiling.segments import SEGMENT_FEATURES, Assignment, SegmentModel
 from profiling.snapshots import SnapshotRefusedError
 
@@ -177,7 +178,7 @@ class ProfileModels:
         if scored and (profile.risk is None or scored[-1][0].ts >= state.last_scored):
             _, features, i = scored[-1]
             risk = risks[i]
-            changes["risk"] = round(risk, 6)
+            changes["risk"] = round6(risk)
             reasons = []
             if risk >= REASONS_FLOOR:
                 if explained is None:

@@ -29,6 +29,7 @@ from profiling.behaviour import Behaviour
 from profiling.currency import SAME_CURRENCY, Currencies
 from profiling.events import Event, forwarded_event
 from profiling.forwarding import Erased, Lost, Routes, holder_of, origin_of
+from profiling.rounding import round6
 from profiling.vectors import StoredInterest
 
 MS_PER_DAY: Final = 86_400_000
@@ -139,7 +140,7 @@ class Profile:
         # Loops, not comprehensions, and no sort for the usual one category (speed).
         if len(scores) == 1 and n > 0:
             ((name, score),) = scores.items()
-            return [(name, round(score, 6))] if score > 0 else []
+            return [(name, round6(score))] if score > 0 else []
         best = (
             sorted(scores.items(), key=SCORE_THEN_NAME, reverse=True)
             if len(scores) <= n
@@ -148,7 +149,7 @@ class Profile:
         top = []
         for name, score in best:
             if score > 0:
-                top.append((name, round(score, 6)))
+                top.append((name, round6(score)))
         return top
 
 
@@ -260,7 +261,7 @@ def apply_deliveries(
             if amount is not None:  # None: a currency without a rate
                 # Counted to the millionth, as stored: the sum then does not depend on
                 # how the log was batched (the stored spend is rounded after each batch).
-                spend += round(amount, 6)
+                spend += round6(amount)
                 changed.add("spend")
     # Comparisons, not min() and max(): a tenth of the cost.
     first, last = fresh[0].ts, fresh[-1].ts
@@ -292,7 +293,7 @@ def apply_deliveries(
         now_ms,  # updated
         profile.events + len(fresh),  # events
         counts,
-        round(spend, 6),  # spend, as stored: a reload gives back the same profile
+        round6(spend),  # spend, as stored: a reload gives back the same profile
         orders,
         scores,  # category_scores
         watermarks,

@@ -33,6 +33,7 @@ from profiling import jsonout
 from profiling.behaviour import Behaviour
 from profiling.forwarding import Erased, Marker, earlier_erasures
 from profiling.profile import Profile
+from profiling.rounding import round6
 from profiling.vectors import StoredInterest
 
 
@@ -295,7 +296,7 @@ def public_fields(profile: Profile, since: Profile | None = None) -> dict[str, s
     if since is None or profile.last_seen != since.last_seen:
         fields["last_seen"] = str(profile.last_seen)
     if since is None or profile.spend != since.spend:
-        fields["spend"] = decimal(round(profile.spend, 6))
+        fields["spend"] = decimal(round6(profile.spend))
     if since is None or profile.orders != since.orders:
         fields["orders"] = str(profile.orders)
     if since is None or profile.category_scores is not since.category_scores:
