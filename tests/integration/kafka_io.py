@@ -82,6 +82,20 @@ async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     return ends
 
 
+async def listed_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """What ListOffsets(latest) says of each partition of `topic`, without reading its
+    records: for a topic still being written, which `end_offsets` would chase. At most
+    the true end on Tansu 0.6 (see `read_topic`)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
+
+
 async def drain(
     settings: Settings, idle_s: float = 1.0, worker: BatchWorker | None = None
 ) -> WorkerStats:

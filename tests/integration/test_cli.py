@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import itertools
 import math
 import os
 import re
@@ -51,7 +52,12 @@ from stream.settings import TOPICS, Settings
 from stream.synthetic_shop import ShopGenerator
 from stream.web import start_web
 from stream.worker import CLOSE_STEP_S, SHUTDOWN_GRACE_S, BatchWorker, wall_clock_ms
-from tests.integration.kafka_io import committed_offsets, end_offsets, read_topic
+from tests.integration.kafka_io import (
+    committed_offsets,
+    end_offsets,
+    listed_end_offsets,
+    read_topic,
+)
 from tests.integration.test_devstack import process_gone
 from tests.integration.test_worker import expected_profiles, stored_profiles
 
@@ -1142,10 +1148,14 @@ async def test_produce_with_sigint_ignored_stops_on_sigterm_in_order_while_it_se
     task step or of an ack's callback, so an ack could go uncounted (the line said one
     event fewer than the topic held) or the loop hang as asyncio.run closed it. Signalled
     while it sends at full speed, a few times (where the signal lands is chance)."""
-    lines = [
-        orjson.dumps({"event_id": f"b{i}", "user_id": f"u{i % 50}", "type": "login", "ts": i})
-        for i in range(1, 20 * IN_FLIGHT + 1)
-    ]
+
+    def lines(start: int) -> bytes:
+        return b"".join(
+            orjson.dumps({"event_id": f"b{i}", "user_id": f"u{i % 50}", "type": "login", "ts": i})
+            + b"\n"
+            for i in range(start, start + 1000)
+        )
+
     # What a shell does to a background job when job control is off.
     argv = ["/bin/sh", "-c", 'trap "" INT; exec "$0" "$@"', PROFILER, "produce", "-",
             "--format", "jsonl"]  # fmt: skip
@@ -1157,15 +1167,16 @@ async def test_produce_with_sigint_ignored_stops_on_sigterm_in_order_while_it_se
             assert stdin is not None
 
             async def feed(stdin: asyncio.StreamWriter = stdin) -> None:
+                """Lines without end: on a loaded machine a fixed number of them was all
+                sent before the signal, and the import had ended."""
                 with contextlib.suppress(ConnectionError):  # it stops reading: a broken pipe
-                    for start in range(0, len(lines), 1000):
-                        stdin.write(b"\n".join(lines[start : start + 1000]) + b"\n")
+                    for start in itertools.count(1, 1000):
+                        stdin.write(lines(start))
                         await stdin.drain()
-                    stdin.close()
 
             async def sending(settings: Settings = settings, child: Child = child) -> bool:
                 assert child.proc.returncode is None, child.log()
-                offsets = await end_offsets(settings, settings.topic_events)
+                offsets = await listed_end_offsets(settings, settings.topic_events)
                 return sum(offsets.values()) > IN_FLIGHT  # busy: reading, sending, acking
 
             feeder = asyncio.ensure_future(feed())
