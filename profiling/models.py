@@ -107,7 +107,7 @@ class ProfileModels:
         `learn=False` scores and assigns without learning: for events the models
         learnt already (a batch folded again after a write that did not land).
         """
-        written = [o for o in outcomes if o.wrote]
+        written = [o for o in outcomes if o.applied]  # `o.wrote`, without the property call
         if not written:
             return list(outcomes)
         fingerprint, currencies = self.fingerprint, self.currencies

@@ -383,7 +383,7 @@ async def _fold_users(
     folded: list[tuple[Outcome, Write | None]] = []
     for o in outcomes:
         write = None
-        if o.wrote:
+        if o.applied:  # `o.wrote`
             base = loaded[o.profile.user_id]
             write = _write(o.profile, base.version, o.scored, base.updated)
         folded.append((o, write))
@@ -408,7 +408,7 @@ async def _write_users(
     return conflicts
 
 
-def _record(
+def _record(  # noqa: PLR0912 - one pass per landed user, kept flat: hot path
     outcome: Outcome, result: BatchResult, stages: Stages, partition: int, base_currency: str
 ) -> None:
     """Count what a landed write applied and collect what it sends.
@@ -417,17 +417,21 @@ def _record(
     (`BatchResult.foreign_purchases`), not as decoded: a replay, a duplicate or
     an event forwarded to the account it was merged into is no purchase again.
     """
-    result.outcomes["applied"] += len(outcome.applied)
-    result.outcomes["duplicate"] += outcome.duplicates
-    result.outcomes["replayed"] += outcome.replayed
+    applied = outcome.applied
+    wrote = bool(applied)  # `Outcome.wrote`, once: a property call each time
+    outcomes = result.outcomes
+    outcomes["applied"] += len(applied)
+    outcomes["duplicate"] += outcome.duplicates
+    outcomes["replayed"] += outcome.replayed
     if outcome.suppressed:
-        result.outcomes["suppressed"] += outcome.suppressed
+        outcomes["suppressed"] += outcome.suppressed
     profile = outcome.profile
     # Published with nothing written: a replay, whose last two writes' acks may be lost.
-    replay = outcome.publish and not outcome.wrote
-    if outcome.wrote or replay:  # a write's own forwards and dead letters; a replay's again
+    replay = outcome.publish and not wrote
+    if wrote or replay:  # a write's own forwards and dead letters; a replay's again
         kept = profile.forwards_before + profile.forwards if replay else profile.forwards
-        result.forwarded += [(user, body.encode()) for user, body in kept]
+        if kept:
+            result.forwarded += [(user, body.encode()) for user, body in kept]
         letters = (
             profile.dead_letters_before + profile.dead_letters if replay else profile.dead_letters
         )
@@ -435,23 +439,25 @@ def _record(
             result.dead_letters += [(key.encode(), body.encode()) for key, body in letters]
             result.errors.update(orjson.loads(body)["error"] for _, body in letters)
     if outcome.forwarded:
-        result.outcomes["forwarded"] += len(outcome.forwarded)
-        if not outcome.wrote:  # else kept in the profile's `forwards`, sent above
+        outcomes["forwarded"] += len(outcome.forwarded)
+        if not wrote:  # else kept in the profile's `forwards`, sent above
             result.forwarded += [(to, forwarded_event(e, to)) for to, e in outcome.forwarded]
-    for event in outcome.applied:
-        result.by_type[event.type] += 1
-        result.event_ts.append(event.ts)
+    by_type, event_ts = result.by_type, result.event_ts
+    for event in applied:
+        by_type[event.type] += 1
+        event_ts.append(event.ts)
         if event.type == "purchase" and event.currency != base_currency:
             result.foreign_purchases[event.currency] += 1
-    if outcome.wrote:
+    if wrote:
         result.users_written += 1
     if outcome.publish:
         result.changes.append((profile.user_id, _change_message(profile, outcome.changed, stages)))
-    elif outcome.wrote:
+    elif wrote:
         result.held_back[profile.user_id] = (partition, profile.published_at)
-    if outcome.wrote or replay:  # a replay sends the last writes' alerts again
+    if wrote or replay:  # a replay sends the last writes' alerts again
         alerts = profile.alerts_before + profile.alerts if replay else profile.alerts
-        result.alerts += alert_messages(alerts)
+        if alerts:
+            result.alerts += alert_messages(alerts)
 
 
 def alert_messages(alerts: Sequence[str]) -> list[tuple[str, bytes]]:
