@@ -365,7 +365,7 @@ async def _fold_users(
     a write folds users again: the batch's first fold counted them, and a metric would
     count each scored event once per attempt).
     """
-    loaded = await store.load(list(by_user))
+    loaded = await store.load(list(by_user), fold=True)
     holders = await merge_holders(loaded, by_user, store)
     outcomes = [
         apply_deliveries(loaded[user], deliveries, params, now_ms, holders)

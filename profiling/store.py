@@ -211,11 +211,16 @@ def _marker(at_ms: int, merged_into: str | None, earlier: Sequence[Erased]) -> d
 class ProfileStore(Protocol):
     """Batch-oriented profile storage: one round trip to load, one to write."""
 
-    async def load(self, user_ids: Sequence[str], *, cached: bool = True) -> dict[str, Profile]:
+    async def load(
+        self, user_ids: Sequence[str], *, cached: bool = True, fold: bool = False
+    ) -> dict[str, Profile]:
         """The stored profiles of these users (an empty `Profile` for a new one).
 
         `cached=False`: as the store holds them now, not as this process last wrote
         them (a store that keeps the profiles it wrote reads them again).
+        `fold`: loaded for a batch to fold its events into, the loads a store that
+        keeps profiles counts (`profiler_profile_loads`); not the reads of held-back
+        changes or of commands.
         """
         ...
 
@@ -477,7 +482,9 @@ class InMemoryProfileStore:
         self._scored: dict[tuple[str, str], bytes] = {}
         self._aside: dict[str, Profile] = {}
 
-    async def load(self, user_ids: Sequence[str], *, cached: bool = True) -> dict[str, Profile]:
+    async def load(
+        self, user_ids: Sequence[str], *, cached: bool = True, fold: bool = False
+    ) -> dict[str, Profile]:
         return {
             user_id: profile_from_storage(
                 user_id,

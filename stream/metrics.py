@@ -105,7 +105,10 @@ EVENT_TO_STORE_SECONDS = BatchHistogram(
     registry=REGISTRY,
 )
 PROFILES_WRITTEN = Counter(
-    "profiler_profiles_written", "Profile writes to the store", registry=REGISTRY
+    "profiler_profiles_written",
+    "Profile writes to the store that landed: batches' folds, merges, and the marks of "
+    "held-back change messages as published",
+    registry=REGISTRY,
 )
 CHANGES_PUBLISHED = Counter(
     "profiler_changes_published", "Profile change messages published", registry=REGISTRY
@@ -149,8 +152,9 @@ EMBEDDING_HIT_RATIO = Gauge(
 )
 PROFILE_LOADS = Counter(
     "profiler_profile_loads",
-    "Stored profiles batches built on, by where they came from: "
-    "cache (kept in process after the worker wrote them) or redis",
+    "Stored profiles batches folded their events into, by where they came from: "
+    "cache (kept in process after the worker wrote them) or redis; not the reads of "
+    "held-back change messages or of commands, which always read Redis",
     ["source"],
     registry=REGISTRY,
 )

@@ -348,14 +348,17 @@ class RedisProfileStore:
         self.cache_users = cache_users
         self._cache: OrderedDict[str, Profile] = OrderedDict()  # as last written, oldest first
         self._shas: dict[str, str] = {}
-        self.loads_from_cache = 0  # users whose stored profile came from the cache
+        # Users a fold built on (`load(fold=True)`), by where their stored profile came from.
+        self.loads_from_cache = 0
         self.loads_from_redis = 0
 
     @property
     def cached_users(self) -> int:
         return len(self._cache)
 
-    async def load(self, user_ids: Sequence[str], *, cached: bool = True) -> dict[str, Profile]:
+    async def load(
+        self, user_ids: Sequence[str], *, cached: bool = True, fold: bool = False
+    ) -> dict[str, Profile]:
         loaded: dict[str, Profile] = {}
         missing: list[str] = []
         for user_id in user_ids:
@@ -364,8 +367,9 @@ class RedisProfileStore:
                 missing.append(user_id)
             else:
                 loaded[user_id] = held
-        self.loads_from_cache += len(loaded)
-        self.loads_from_redis += len(missing)
+        if fold:  # what the cache spares folds; held-back changes and commands read Redis
+            self.loads_from_cache += len(loaded)
+            self.loads_from_redis += len(missing)
         if not missing:
             return loaded
         calls: list[tuple[list[str], list[Any]]] = [

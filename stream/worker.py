@@ -821,6 +821,9 @@ class BatchWorker:
         # A refused mark: another worker wrote the user meanwhile, and its ledger entry
         # may be that worker's, due when this one's was.
         self.held_back.settled({u: e for u, e in group.items() if u not in refused})
+        marked = len(held.writes) - len(refused)  # the profiles marked published: writes too
+        self.stats.profiles_written += marked
+        metrics.PROFILES_WRITTEN.inc(marked)
         self.stats.changes_published += len(changes)
         self.stats.held_back_published += len(changes)
         metrics.CHANGES_PUBLISHED.inc(len(changes))

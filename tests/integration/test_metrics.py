@@ -236,3 +236,50 @@ async def test_a_step_given_up_as_the_worker_stops_counts_only_the_attempts_retr
         await worker.redis.aclose()  # never started: no Kafka client to stop
     retried = sample("profiler_retries_total", {"component": "redis"}) - before
     assert retried == worker_module.RETRIES_AFTER_STOP
+
+
+async def test_profile_loads_count_folds_and_profile_writes_count_held_back_marks(
+    topics: Settings,
+) -> None:
+    """`profiler_profile_loads` is what batches fold from (the cache's use): the reads of
+    held-back changes and of commands, always from Redis, were counted as Redis loads.
+    And the writes that mark held-back changes published were left out of
+    `profiler_profiles_written`."""
+    now = wall_clock_ms()
+    first = {"event_id": "p1", "user_id": "ada", "type": "login", "ts": now}
+    second = {**first, "event_id": "p2"}  # counters only: held back by the heartbeat
+    visit = {"event_id": "p3", "user_id": "anon-1", "type": "login", "ts": now}
+    await send_records(topics, [(b"ada", orjson.dumps(first)), (b"anon-1", orjson.dumps(visit))])
+    worker = BatchWorker(topics)
+    await worker.start()
+    loads = {source: {"source": source} for source in ("cache", "redis")}
+
+    def counted() -> tuple[float, float, float]:
+        return (
+            sample("profiler_profile_loads_total", loads["cache"]),
+            sample("profiler_profile_loads_total", loads["redis"]),
+            sample("profiler_profiles_written_total"),
+        )
+
+    try:
+        await worker.process(await take(worker, 2))
+        await send_records(topics, [(b"ada", orjson.dumps(second))])
+        before = counted()
+        await worker.process(await take(worker, 1))
+        assert "ada" in worker.held_back
+        assert [b - a for a, b in zip(before, counted(), strict=True)] == [1, 0, 1]
+
+        before, published = counted(), worker.stats.held_back_published
+        await worker._publish_held_back(None, handing_off=worker.held_back.take_all())
+        assert worker.stats.held_back_published - published == 1
+        assert [b - a for a, b in zip(before, counted(), strict=True)] == [0, 0, 1]
+
+        # Loads are counted as a batch is observed: this one's counts hold the hand-off's.
+        merge = {"command": "merge", "from_user_id": "anon-1", "user_id": "ada"}
+        await send_records(topics, [(b"ada", orjson.dumps(merge))], topics.topic_commands)
+        before = counted()
+        result = await worker.process(await take(worker, 1))
+        assert result.commands == {("merge", "merged"): 1}
+        assert [b - a for a, b in zip(before, counted(), strict=True)] == [0, 0, 1]
+    finally:
+        await worker.close()

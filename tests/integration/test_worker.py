@@ -455,9 +455,9 @@ async def watch_fetching(
     seen: list[tuple[str, set[TopicPartition], set[TopicPartition]]] = []
     load, save = worker.store.load, worker.store.save
 
-    async def watched_load(users: Sequence[str]) -> dict[str, Profile]:
+    async def watched_load(users: Sequence[str], **how: bool) -> dict[str, Profile]:
         seen.append(("load", worker.consumer.paused(), worker.consumer.assignment()))
-        return await load(users)
+        return await load(users, **how)
 
     async def watched_save(writes: Sequence[Write]) -> list[str]:
         seen.append(("save", worker.consumer.paused(), worker.consumer.assignment()))
