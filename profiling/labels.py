@@ -6,7 +6,10 @@ fraud (`schemas/fraud_label.v1.json`). `apply_labels` decodes a batch of them
 is not its label's `user_id`: `key_mismatch`, as for events and commands), fetches the features kept
 at scoring time in one store round trip, and teaches the risk classifier.
 A label whose features are gone (never scored here, or past their TTL) is
-counted as `unknown`, not an error. A label of a user merged into another since
+counted as `unknown`, not an error; one whose features this version cannot read
+(kept by a worker of a version that scored another number of features, during
+a rolling upgrade) as `stale_features`: a valid label, with nothing to learn
+from, that a replay of a dead letter would not change. A label of a user merged into another since
 (`profile-commands`) is joined with the features where that merge sent them,
 found as a late event of the user is (`profiling.forwarding`): the merge moved
 them, or the event was forwarded and scored there. Records at or below the offsets the
@@ -50,7 +53,7 @@ _decoder = msgspec.json.Decoder(Label)
 @dataclass(slots=True)
 class LabelResult:
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
-    # learnt / duplicate / unknown / skipped / invalid
+    # learnt / duplicate / unknown / stale_features / skipped / invalid
     outcomes: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)  # dead letters per error code
 
@@ -91,12 +94,16 @@ async def apply_labels(
         if features is None:
             result.outcomes["unknown"] += 1
             continue
+        readable = kept_features(features)
+        if readable is None:  # kept by a version with other features
+            result.outcomes["stale_features"] += 1
+            continue
         fraud = bool(label.label)
         before = learnt_label(features)
         if before is not None and before.fraud is fraud and before.at != position:
             result.outcomes["duplicate"] += 1  # another record with the same verdict
             continue
-        lessons.append((kept_features(features), fraud))
+        lessons.append((readable, fraud))
         learnt[place] = with_label(features, LearntLabel(fraud, *position))
         result.outcomes["learnt"] += 1
     # Learnt once the labels are stored: a store error here is retried with the batch,

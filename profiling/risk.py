@@ -82,12 +82,19 @@ def keep_features(features: Mapping[str, float]) -> bytes:
     return _KEPT_FORMAT + _KEPT_PACK.pack(*values)
 
 
-def kept_features(raw: bytes) -> dict[str, float]:
-    """The features `keep_features` kept (or a JSON object of them, the earlier format)."""
-    if raw[:1] == _KEPT_FORMAT and len(raw) - 1 - _KEPT_PACK.size in (0, _LEARNT.size):
-        return dict(zip(KEPT_FEATURES, _KEPT_PACK.unpack_from(raw, 1), strict=True))
-    decoded: dict[str, float] = orjson.loads(raw)
-    return decoded
+def kept_features(raw: bytes) -> dict[str, float] | None:
+    """The features `keep_features` kept (or a JSON object of them, the earlier format);
+    None for features this version cannot read: kept by a version that scored another
+    number of features (its floats cannot be told apart), or not features at all."""
+    if raw[:1] == _KEPT_FORMAT:
+        if len(raw) - 1 - _KEPT_PACK.size in (0, _LEARNT.size):
+            return dict(zip(KEPT_FEATURES, _KEPT_PACK.unpack_from(raw, 1), strict=True))
+        return None
+    try:
+        decoded = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return decoded if isinstance(decoded, dict) else None
 
 
 # After the kept features, once a label was learnt from them: the label, and the

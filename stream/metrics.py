@@ -178,8 +178,9 @@ RISK_SCORES = Histogram(
 LABELS = Counter(
     "profiler_fraud_labels",
     "Fraud label records, by outcome: learnt, duplicate (the same label learnt before), "
-    "unknown (features expired or never scored), skipped (learnt before the restored "
-    "snapshot), invalid (dead-lettered)",
+    "unknown (features expired or never scored), stale_features (features kept by a "
+    "version that scored another number of features: not learnt), skipped (learnt before "
+    "the restored snapshot), invalid (dead-lettered)",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -12,7 +12,9 @@ import redis.asyncio as aioredis
 
 import stream.worker
 from profiling.models import alert_id
+from profiling.risk import KEPT_FEATURES
 from profiling.snapshots import SnapshotRefusedError
+from profiling.store import scored_key
 from stream.model_setup import segment_report, snapshot_key
 from stream.producing import send_records
 from stream.settings import Settings
@@ -205,3 +207,28 @@ async def test_new_models_learn_the_labels_kept_on_the_topic(make_settings) -> N
         worker = BatchWorker(settings)
         assert (await drain(settings, worker=worker)).labels == {"learnt": 12}
         assert worker.models is not None and worker.models.risk.labels == {0: 11, 1: 1}
+
+
+async def test_a_label_whose_features_another_version_kept_is_counted_not_dead_lettered(
+    make_settings,  # type: ignore[no-untyped-def]
+) -> None:
+    """Features kept by a worker of a version that scored another number of features (a
+    rolling upgrade) cannot be read by this one: the label failed as `internal_error`,
+    a dead letter whose replay could never succeed. It is `stale_features` now, learnt
+    from by nobody, and the batch's other labels are learnt."""
+    settings = await make_settings(partitions=3, risk_alert_threshold=0.5)
+    now = wall_clock_ms()
+    await scored_shoppers(settings, now, seed=5)
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:  # u3's first order as a version with one feature fewer kept it
+        key = scored_key("u3", "u3-p0")
+        assert await client.exists(key)
+        await client.set(key, b"\x01" + bytes(4 * (len(KEPT_FEATURES) - 1)), keepttl=True)
+    finally:
+        await client.aclose()
+    await send_records(settings, label_records("p0", {"u3"}, now), topic=settings.topic_labels)
+    worker = BatchWorker(settings)
+    stats = await drain(settings, worker=worker)
+    assert stats.labels == {"learnt": len(LABELLED) - 1, "stale_features": 1}
+    assert worker.models is not None and worker.models.risk.labels == {0: len(LABELLED) - 1, 1: 0}
+    assert await read_topic(settings.kafka_bootstrap, settings.topic_dlq) == []

@@ -520,6 +520,15 @@ def test_kept_features_are_what_was_scored_in_73_bytes() -> None:
     assert kept_features(b'{"new_card": 1.0}') == {"new_card": 1.0}  # the earlier JSON format
 
 
+def test_features_kept_by_a_version_with_other_features_are_not_read() -> None:
+    """Another count of floats, after the format byte, cannot be told apart: the label
+    failed on them as invalid JSON."""
+    fewer = b"\x01" + bytes(4 * (len(KEPT_FEATURES) - 1))
+    more = b"\x01" + bytes(4 * (len(KEPT_FEATURES) + 1))
+    assert kept_features(fewer) is None and kept_features(more) is None
+    assert kept_features(b"[1.0]") is None and kept_features(b"\xff") is None
+
+
 def test_a_fresh_risk_model_raises_no_anomaly_risk_until_its_calibration_knows_the_traffic() -> (
     None
 ):
