@@ -385,7 +385,7 @@ async def _fold_users(
         write = None
         if o.applied:  # `o.wrote`
             base = loaded[o.profile.user_id]
-            write = _write(o.profile, base.version, o.scored, base.updated)
+            write = _write(o.profile, base.version, o.scored, base.updated, False)
         folded.append((o, write))
     return folded
 
@@ -516,7 +516,8 @@ async def held_back_changes(
     last wrote: another worker may have erased the user (a merge runs on the
     worker of the user merged into) or, after a rebalance, written them.
     Save `writes` first, then publish the `changes` of the users whose write
-    landed (`HeldBack.landed`): each write marks its profile as published,
+    landed (`HeldBack.landed`): each write marks its profile as published (its
+    TTL kept: publishing is no activity of the user's),
     compare-and-set on the version it was read at, so no message goes out for
     a user erased or written meanwhile (that write publishes or holds back
     their changes itself). A crash between the two leaves the message unsent
@@ -536,5 +537,5 @@ async def held_back_changes(
                 continue  # published meanwhile (another worker's write); due later
         marked = evolve(profile, published_at=now_ms, published_version=profile.version)
         held.changes.append((user_id, _change_message(marked, marked.unpublished, stages)))
-        held.writes.append(Write(marked, profile.version, (), profile.updated))
+        held.writes.append(Write(marked, profile.version, (), profile.updated, keep_ttl=True))
     return held

@@ -137,13 +137,18 @@ class Write:
     """One user's new profile and the version it replaces.
 
     The write is refused unless the stored profile is still `expected_version`
-    with the `updated` stamp `expected_updated` (0: any stamp).
+    with the `updated` stamp `expected_updated` (0: any stamp). `keep_ttl`: the
+    profile keeps the time it has left (`PROFILER_PROFILE_TTL_S`) instead of
+    starting it again, for a write that is not the user's doing (the mark of a
+    held-back change message as published): a profile expires after the user's
+    last event, not after our last message.
     """
 
     profile: Profile
     expected_version: int
     scored: Sequence[tuple[str, bytes]] = ()  # (event_id, kept features) of scored events
     expected_updated: int = 0
+    keep_ttl: bool = False
 
 
 class Erasure(enum.Enum):

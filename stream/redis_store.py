@@ -100,7 +100,8 @@ return out
 #       dedupe key, expected erasure time or 0 for none, scored events: [] or
 #       [KEYS index of the user's scored index, ARGV index of the first event's
 #       features, number of events, time of the write (ms)], vector fields to
-#       delete], ...],
+#       delete, 1 to keep the profile's TTL as it is (a write that is no activity
+#       of the user's: the mark of a held-back change message as published)], ...],
 #       one entry per user, the scored features' TTL in seconds, then the binary
 #       values: vectors, state blobs and scored features, which JSON cannot carry
 #       (the state ends in raw digests).
@@ -143,9 +144,14 @@ for u = 1, #writes do
     local binary = write[4]
     for j = 1, #binary, 2 do redis.call('HSET', KEYS[k], binary[j], ARGV[binary[j + 1]]) end
     if #write[9] > 0 then redis.call('HDEL', KEYS[k], unpack(write[9])) end
-    redis.call('SET', KEYS[k + 1], ARGV[write[2]])
+    if write[10] == 1 then
+      redis.call('SET', KEYS[k + 1], ARGV[write[2]], 'KEEPTTL')
+    else
+      redis.call('SET', KEYS[k + 1], ARGV[write[2]])
+    end
     if write[6] == 1 then redis.call('DEL', KEYS[k + 2]) end
-    if ttl > 0 then
+    if write[10] == 1 then  -- the hash and the state keep the time they have left
+    elseif ttl > 0 then
       redis.call('PEXPIRE', KEYS[k], ttl)
       redis.call('PEXPIRE', KEYS[k + 1], ttl)
     else  -- kept: also a hash an earlier setting gave a TTL (SET cleared the state's)
@@ -630,6 +636,7 @@ def _write_entry(
         write.profile.erased_before,
         _scored_entry(write, keys, binary),
         gone_vector_fields(write.profile, since),
+        1 if write.keep_ttl else 0,
     ]
 
 

@@ -169,6 +169,29 @@ async def test_held_back_changes_of_a_user_erased_elsewhere_are_not_published(
     assert not await redis_client.exists(profile_key("vis"))
 
 
+async def test_publishing_held_back_changes_keeps_the_profiles_ttl(
+    redis_client: aioredis.Redis,
+) -> None:
+    """A profile expires `PROFILER_PROFILE_TTL_S` after the user's last event: the write
+    that marks a held-back change message published started the TTL again, so a user
+    quiet since lived a heartbeat longer, publishing being no activity of theirs."""
+    store = RedisProfileStore(redis_client, ttl_s=3600, cache_users=100)
+    params, clock = ProfileParams(heartbeat_ms=60_000), ticking()
+    await apply_batch([event("ada", "e1", T0, 0)], store, params, clock)
+    quiet = await apply_batch([event("ada", "e2", T0 + 1000, 1)], store, params, clock)
+    assert "ada" in quiet.held_back
+    keys = (profile_key("ada"), state_key("ada"))
+    for key in keys:  # the time the profile has left a while after the user's last event
+        await redis_client.pexpire(key, 1_000_000)
+    held = await held_back_changes(["ada"], store, params, T0 + 120_000, Stages())
+    assert [user for user, _ in held.changes] == ["ada"]
+    assert await store.save(held.writes) == []
+    (stored,) = (await RedisProfileStore(redis_client).load(["ada"])).values()
+    assert stored.published_version == stored.version  # the mark landed
+    for key in keys:
+        assert 0 < await redis_client.pttl(key) <= 1_000_000, key
+
+
 async def test_the_cache_is_bounded_and_off_at_zero(redis_client: aioredis.Redis) -> None:
     records = [event(f"u{i}", f"e{i}", T0 + i, i) for i in range(30)]
     bounded, off = RedisProfileStore(redis_client, cache_users=8), RedisProfileStore(redis_client)
