@@ -538,7 +538,14 @@ def demo(
     settings = load_settings(**QUICK_GROUPS)
     try:
         with _stopped_like_ctrl_c():
-            run_demo(settings, users=users, events=events, seed=seed, console=Console())
+            run_demo(
+                settings,
+                users=users,
+                events=events,
+                seed=seed,
+                console=Console(),
+                say_failed=lambda why: _error(f"the demo's local stack failed: {why}"),
+            )
     except DevStackError as exc:  # the broker or redis-server did not come up, or exited
         _error(f"the demo's local stack failed: {exc}")
         raise typer.Exit(1) from None

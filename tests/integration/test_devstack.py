@@ -409,3 +409,43 @@ def test_start_moves_on_when_a_server_of_its_kind_took_its_port(
             assert server.port != other.port
             time.sleep(0.5)  # a server that lost the port has exited by now
             assert server.running, server.log_tail()
+
+
+def test_a_demo_whose_loop_does_not_stop_after_its_server_died_is_ended() -> None:
+    """The demo cancels its worker when a server of its stack dies; a cancellation that
+    something swallowed (aiokafka does, in places) left it retrying a dead broker for ever.
+    Here an event loop that swallows every cancellation stands for that."""
+    script = textwrap.dedent(
+        """
+        import asyncio, os, signal, sys
+        from stream import demo
+        from stream.devstack import DevStack
+
+        async def deaf() -> None:
+            while True:
+                try:
+                    await asyncio.sleep(0.1)
+                except asyncio.CancelledError:
+                    pass
+
+        demo.STUCK_AFTER_FAILURE_S = 1.0
+        with DevStack() as stack:
+            print(stack.broker.pid, stack.redis.pid, flush=True)
+            os.kill(stack.redis.pid, signal.SIGKILL)
+            with demo._ended_if_stuck(stack, lambda why: print("failed:", why, file=sys.stderr)):
+                asyncio.run(deaf())
+        """
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    broker, redis = (int(pid) for pid in child.stdout.split())
+    assert child.returncode == 1, child.stderr
+    assert child.stderr.startswith("failed: redis exited with status -9"), child.stderr
+    assert wait_gone([broker, redis]), "the broker outlived the demo"
