@@ -90,9 +90,9 @@ def _ended_if_stuck(stack: DevStack, say_failed: Callable[[str], None]) -> Itera
 
     `_while_up` cancels the worker when a server dies, and it closes within its close
     steps. Yet once in a few dozen runs on a loaded machine, with the broker gone, the
-    cancellation did not end it (aiokafka swallows a cancellation in places), and the
-    demo retried its dead broker for ever. Its data lived in the stack: nothing is left
-    to finish.
+    cancellation did not end it, and the demo retried its dead broker for ever (where
+    the cancellation was lost is not known; aiokafka swallows cancellations in places).
+    Its data lived in the stack: nothing is left to finish.
     """
     done = threading.Event()
 
