@@ -290,41 +290,51 @@ def decimal(value: float) -> str:
 
 
 def public_fields(profile: Profile, since: Profile | None = None) -> dict[str, str]:
-    """The `profile:{u}` hash fields of a profile (DESIGN.md §3).
+    """The `profile:{u}` hash fields of a profile (DESIGN.md §3), as `public_items` lists
+    them.
 
     With `since` (the profile whose fields the hash holds now), only the fields
     that may differ from it: each field is a function of the attributes it is
     compared on here, so the hash updated with these equals `public_fields(profile)`.
     """
-    fields = {
-        "version": str(profile.version),
-        "updated": str(profile.updated),
-        "events": str(profile.events),
-    }
+    items = public_items(profile, since)
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def public_items(profile: Profile, since: Profile | None = None) -> list[str]:
+    """`public_fields` flat, name then value: what the save script's HSET takes.
+
+    Built flat, not as a dict flattened after: one write per user and batch
+    spent about as much flattening the dict as building it.
+    """
+    items = [
+        "version", str(profile.version),
+        "updated", str(profile.updated),
+        "events", str(profile.events),
+    ]  # fmt: skip
     if since is None or profile.first_seen != since.first_seen:
-        fields["first_seen"] = str(profile.first_seen)
+        items += ("first_seen", str(profile.first_seen))
     if since is None or profile.last_seen != since.last_seen:
-        fields["last_seen"] = str(profile.last_seen)
+        items += ("last_seen", str(profile.last_seen))
     if since is None or profile.spend != since.spend:
-        fields["spend"] = decimal(round6(profile.spend))
+        items += ("spend", decimal(round6(profile.spend)))
     if since is None or profile.orders != since.orders:
-        fields["orders"] = str(profile.orders)
+        items += ("orders", str(profile.orders))
     if since is None or profile.category_scores is not since.category_scores:
-        fields["categories"] = jsonout.dumps(profile.top_categories()).decode()
+        items += ("categories", jsonout.dumps(profile.top_categories()).decode())
     before = {} if since is None else since.counts
     for kind, count in profile.counts.items():
         if before.get(kind) != count:
-            fields[f"count:{kind}"] = str(count)
+            items += (f"count:{kind}", str(count))
     if profile.model is not None and (since is None or profile.model != since.model):
-        fields["model"] = profile.model
+        items += ("model", profile.model)
     if profile.segment is not None and (since is None or profile.segment != since.segment):
-        fields["segment"] = str(profile.segment)
+        items += ("segment", str(profile.segment))
     if profile.risk is not None and (
         since is None or profile.risk != since.risk or profile.risk_reasons != since.risk_reasons
     ):
-        fields["risk"] = decimal(profile.risk)
-        fields["risk_reasons"] = profile.risk_reasons or "[]"
-    return fields
+        items += ("risk", decimal(profile.risk), "risk_reasons", profile.risk_reasons or "[]")
+    return items
 
 
 VECTOR_FIELDS = ("vec_long", "vec_short")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 from collections import OrderedDict
 from collections.abc import Sequence
-from itertools import chain
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -48,7 +47,7 @@ from profiling.store import (
     merged_into_of,
     profile_from_storage,
     profile_key,
-    public_fields,
+    public_items,
     scored_erasing_key,
     scored_index_key,
     scored_key,
@@ -402,16 +401,19 @@ class RedisProfileStore:
         # when its compare-and-set passes: a refused writer leaves no key behind (an
         # erased user stays erased) and overwrites no other writer's features.
         calls = []
+        cache = self._cache
         for chunk in _chunks(list(writes), self.users_per_call):
             binary: list[bytes] = []
             keys = _user_keys([write.profile.user_id for write in chunk])
-            payload = [_write_entry(write, keys, binary, self._held(write)) for write in chunk]
+            payload = [
+                _write_entry(write, keys, binary, cache.get(write.profile.user_id))
+                for write in chunk
+            ]
             args = [self.ttl_ms, jsonout.dumps(payload), self.scored_ttl_s, *binary]
             calls.append((keys, args))
         # Cached as sent, before the reply: the worker folds its next batch while Redis
         # runs this one, from these profiles. A refused write drops its user; so does an
         # error, when nobody can tell which writes landed.
-        cache = self._cache
         if self.cache_users:
             for write in writes:
                 cache[write.profile.user_id] = write.profile
@@ -430,20 +432,6 @@ class RedisProfileStore:
                 conflicts.append(write.profile.user_id)
                 cache.pop(write.profile.user_id, None)  # someone else wrote it: reload
         return conflicts
-
-    def _held(self, write: Write) -> Profile | None:
-        """The cached profile `write` was computed from, if it is the one Redis holds.
-
-        If the write lands, the hash holds that profile's fields: only the ones
-        that changed need sending. If it does not, nothing was sent in vain.
-        """
-        held = self._cache.get(write.profile.user_id)
-        if held is None or (held.version, held.updated) != (
-            write.expected_version,
-            write.expected_updated,
-        ):
-            return None
-        return held
 
     async def load_scored(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
         if not keys:
@@ -607,35 +595,40 @@ async def _eval_once(
 
 
 def _write_entry(
-    write: Write, keys: list[str], binary: list[bytes], since: Profile | None
+    write: Write, keys: list[str], binary: list[bytes], cached: Profile | None
 ) -> list[Any]:
     """One user's part of the save script's JSON; binary values are appended to `binary`,
     the keys of scored events to `keys`.
 
-    `since`: the profile the stored hash holds, when known (only changed fields are
-    sent). When it is not known, the profile was read from Redis, where an earlier
-    version may have left a dedupe sorted set: the write deletes it (its ids are
-    in the state now).
+    `cached`: the profile the store last wrote for the user, if it holds one. When
+    it is the one `write` was computed from, it is the one Redis holds if the write
+    lands: only the fields that changed since are sent (if the write does not land,
+    nothing was sent in vain). Otherwise the profile was read from Redis, where an
+    earlier version may have left a dedupe sorted set: the write deletes it (its ids
+    are in the state now).
     """
-    # chain, not a nested comprehension: no frame per user
-    fields = list(chain.from_iterable(public_fields(write.profile, since).items()))
+    since = cached
+    if since is not None and (
+        since.version != write.expected_version or since.updated != write.expected_updated
+    ):
+        since = None
+    profile = write.profile
     refs: list[Any] = []
-    for name, value in vector_fields(write.profile, since).items():
-        binary.append(value)
-        refs += (name, BINARY_ARGV + len(binary))  # its ARGV index (1-based)
-    binary.append(state_blob(write.profile))
-    state_ref = BINARY_ARGV + len(binary)
-    legacy = 1 if since is None else 0
+    if profile.interest is not None:  # no vectors without an encoder: no call either
+        for name, value in vector_fields(profile, since).items():
+            binary.append(value)
+            refs += (name, BINARY_ARGV + len(binary))  # its ARGV index (1-based)
+    binary.append(state_blob(profile))
     return [
         write.expected_version,
-        state_ref,
-        fields,
+        BINARY_ARGV + len(binary),  # the state blob's ARGV index
+        public_items(profile, since),
         refs,
         write.expected_updated,
-        legacy,
-        write.profile.erased_before,
-        _scored_entry(write, keys, binary),
-        gone_vector_fields(write.profile, since),
+        1 if since is None else 0,  # delete the earlier version's dedupe key
+        profile.erased_before,
+        _scored_entry(write, keys, binary) if write.scored else [],
+        gone_vector_fields(profile, since),
         1 if write.keep_ttl else 0,
     ]
 
@@ -643,9 +636,7 @@ def _write_entry(
 def _scored_entry(write: Write, keys: list[str], binary: list[bytes]) -> list[int]:
     """Where the save script finds the write's scored events: the KEYS index of the
     user's scored index (their keys follow it), the ARGV index of the first event's
-    features (the others follow it), how many, and the time of the write; [] for none."""
-    if not write.scored:
-        return []
+    features (the others follow it), how many, and the time of the write."""
     user_id = write.profile.user_id
     keys.append(scored_index_key(user_id))
     index = len(keys)

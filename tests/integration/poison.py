@@ -35,12 +35,12 @@ def fail_on_poison(
 
         monkeypatch.setattr(pipeline, "apply_deliveries", failing_fold)
         return
-    real_fields = redis_store.public_fields
+    real_items = redis_store.public_items
     write_error = error or ValueError("a bug in the write")
 
-    def failing_write(profile: Profile, *rest: Any) -> dict[str, str]:
+    def failing_write(profile: Profile, *rest: Any) -> list[str]:
         if profile.user_id == POISON:
             raise write_error
-        return real_fields(profile, *rest)
+        return real_items(profile, *rest)
 
-    monkeypatch.setattr(redis_store, "public_fields", failing_write)
+    monkeypatch.setattr(redis_store, "public_items", failing_write)
