@@ -32,7 +32,14 @@ from profiling.errors import ProfilerError, StoreConflictError
 from profiling.models import ProfileModels
 from profiling.pipeline import Record
 from stream.settings import Settings
-from stream.worker import BatchWorker, _Assignment, labels_positions, ledger_ttl_ms, next_offsets
+from stream.worker import (
+    BatchWorker,
+    _Assignment,
+    fetched_ends,
+    labels_positions,
+    ledger_ttl_ms,
+    next_offsets,
+)
 
 
 def test_next_offsets_per_partition_and_topic() -> None:
@@ -49,6 +56,25 @@ def test_next_offsets_per_partition_and_topic() -> None:
         TopicPartition("labels", 0): 42,
     }
     assert next_offsets([]) == {}
+
+
+def test_fetched_ends_are_the_next_offsets_of_a_fetch() -> None:
+    fetched = {
+        TopicPartition("events", 0): [Record("events", 0, o, b"u", b"{}") for o in (5, 7, 9)],
+        TopicPartition("events", 1): [Record("events", 1, 3, b"u", b"{}")],
+        TopicPartition("labels", 0): [Record("labels", 0, 41, b"u", b"{}")],
+        TopicPartition("labels", 1): [],
+    }
+    records = [record for part in fetched.values() for record in part]
+    assert (
+        fetched_ends(fetched)
+        == next_offsets(records)
+        == {
+            TopicPartition("events", 0): 10,
+            TopicPartition("events", 1): 4,
+            TopicPartition("labels", 0): 42,
+        }
+    )
 
 
 @pytest.mark.parametrize(
