@@ -688,6 +688,20 @@ def _merge_tokens(
 # --- profile features, for segmentation --------------------------------------------------------
 
 
+PROFILE_FEATURES: Final = (
+    "recency_gap_days",
+    "frequency",
+    "monetary",
+    "orders",
+    "avg_order",
+    "avg_price",
+    "category_focus",
+    *(f"share_{kind}" for kind in MIX_TYPES),
+    *(f"taste_{i}" for i in range(VECTOR_PROJECTION_DIMS)),
+)
+_NO_TASTE: Final = (0.0,) * VECTOR_PROJECTION_DIMS
+
+
 def profile_features(
     *,
     counts: Mapping[str, int],
@@ -704,35 +718,47 @@ def profile_features(
 
     `taste` is `vec_long` through `vector_projection` (None without a vector).
     """
+    row = profile_row(
+        counts, events, spend, orders, first_seen, last_seen, behaviour, category_focus, taste
+    )
+    return dict(zip(PROFILE_FEATURES, row, strict=True))
+
+
+def profile_row(  # noqa: PLR0917 - profile_features' arguments, positional: once per user
+    counts: Mapping[str, int],
+    events: int,
+    spend: float,
+    orders: int,
+    first_seen: int,
+    last_seen: int,
+    behaviour: Behaviour,
+    category_focus: float,
+    taste: Sequence[float] | None,
+) -> tuple[float, ...]:
+    """`profile_features`' values in PROFILE_FEATURES order, without the dict: what the
+    segments read (a row of their matrix), for every profile a batch updates."""
+    if taste is None:
+        taste = _NO_TASTE
+    elif len(taste) != VECTOR_PROJECTION_DIMS:
+        raise ValueError(f"taste has {len(taste)} coordinates, not {VECTOR_PROJECTION_DIMS}")
     # Comparisons, not max(): a tenth of the cost.
     days = (last_seen - first_seen) / DAY_MS
     active_days = days if days > 1.0 else 1.0
     total = events if events > 1 else 1
-    features = {
+    share = counts.get
+    return (
         # The time away before the current visit: event time only, so it does not
         # depend on where batches split.
-        "recency_gap_days": math.log1p(behaviour.away / DAY_MS),
-        "frequency": math.log1p(events / active_days),
-        "monetary": math.log1p(spend),
-        "orders": math.log1p(orders),
-        "avg_order": math.log1p(spend / orders) if orders else 0.0,
-        "avg_price": math.log1p(behaviour.price_sum / behaviour.price_n)
-        if behaviour.price_n
-        else 0.0,
-        "category_focus": category_focus,
-    }
-    for kind, name in _SHARE_NAMES:
-        features[name] = counts.get(kind, 0) / total
-    if taste is None:
-        features.update(_NO_TASTE)
-    else:
-        features.update(zip(_TASTE_NAMES, taste, strict=True))
-    return features
-
-
-_SHARE_NAMES: Final = tuple((kind, f"share_{kind}") for kind in MIX_TYPES)
-_TASTE_NAMES: Final = tuple(f"taste_{i}" for i in range(VECTOR_PROJECTION_DIMS))
-_NO_TASTE: Final = dict.fromkeys(_TASTE_NAMES, 0.0)
+        math.log1p(behaviour.away / DAY_MS),
+        math.log1p(events / active_days),
+        math.log1p(spend),
+        math.log1p(orders),
+        math.log1p(spend / orders) if orders else 0.0,
+        math.log1p(behaviour.price_sum / behaviour.price_n) if behaviour.price_n else 0.0,
+        category_focus,
+        *[share(kind, 0) / total for kind in MIX_TYPES],
+        *taste,
+    )
 
 
 def vector_projection(dim: int, seed: int = 20_26) -> np.ndarray[Any, np.dtype[np.float64]]:

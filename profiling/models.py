@@ -25,17 +25,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 
 import numpy as np
 
 from profiling import jsonout, slots
 from profiling.behaviour import (
+    PROFILE_FEATURES,
     TRANSACTION_FEATURES,
     Behaviour,
     Fingerprint,
     observe_all,
-    profile_features,
+    profile_row,
     token,
     vector_projection,
 )
@@ -136,20 +138,26 @@ class ProfileModels:
             self._scores.append((event.event_id, risk))
         tastes = self._tastes(written)
         verdicts = [
-            self._verdicts(o, state, events, batch, taste)
-            for o, (state, _), events, taste in zip(written, folded, per_user, tastes, strict=True)
+            self._verdicts(o, state, events, batch) if events else _UNSCORED
+            for o, (state, _), events in zip(written, folded, per_user, strict=True)
         ]
         if learn:  # a batch folded again raises the alerts its first fold counted
-            self.alerts_raised += sum(len(changes["alerts"]) for changes, _, _ in verdicts)
+            self.alerts_raised += sum(len(changes["alerts"]) for changes, _ in verdicts)
+        rows = [
+            self._profile_row(o.profile, state, taste)
+            for o, (state, _), taste in zip(written, folded, tastes, strict=True)
+        ]
         current = [(o.profile.segment, o.profile.segment_dwell) for o in written]
         tops = [_top_category(o.profile) for o in written]
-        assignments = self.segments.assign([f for _, f, _ in verdicts], current, tops, learn=learn)
-        updated = {}
-        for outcome, (changes, _, kept), assignment in zip(
-            written, verdicts, assignments, strict=True
-        ):
-            updated[id(outcome)] = self._fold(outcome, changes, kept, assignment)
-        return [updated.get(id(o), o) for o in outcomes]
+        assignments = self.segments.assign_rows(rows, current, tops, learn=learn)
+        updated = iter([
+            self._fold(outcome, state, changes, kept, assignment)
+            for outcome, (state, _), (changes, kept), assignment in zip(
+                written, folded, verdicts, assignments, strict=True
+            )
+        ])  # fmt: skip
+        # `written` is `outcomes` less those without applied events, in order.
+        return [next(updated) if o.applied else o for o in outcomes]
 
     def _verdicts(
         self,
@@ -157,10 +165,10 @@ class ProfileModels:
         state: Behaviour,
         scored: list[tuple[Event, dict[str, float], int]],
         batch: ScoredBatch,
-        taste: list[float] | None,
-    ) -> tuple[dict[str, Any], dict[str, float], tuple[tuple[str, bytes], ...]]:
-        """One user's profile changes, segment features and kept features, from their scores
-        (`scored`: each event with its features and its place in the scored `batch`)."""
+    ) -> tuple[dict[str, Any], tuple[tuple[str, bytes], ...]]:
+        """One user's profile changes and kept features, from their scores (`scored`: each
+        event with its features and its place in the scored `batch`; a user without one
+        gets `_UNSCORED`)."""
         profile = outcome.profile
         snapshots: list[tuple[str, bytes]] = []
         alerts: list[str] = []
@@ -172,7 +180,7 @@ class ProfileModels:
             if risks[i] >= self.alert_threshold:
                 explained = self.risk.explain_scored(batch, i, features)
                 alerts.append(self._alert(profile.user_id, event, explained, features))
-        changes: dict[str, Any] = {"behaviour": state, "alerts": tuple(alerts)}
+        changes: dict[str, Any] = {"alerts": tuple(alerts)}
         # `risk` is the latest event's in event time: events older than one an earlier
         # batch scored (late ones) raise their alerts but leave the risk to it.
         if scored and (profile.risk is None or scored[-1][0].ts >= state.last_scored):
@@ -185,8 +193,7 @@ class ProfileModels:
                     explained = self.risk.explain_scored(batch, i, features)
                 reasons = explained.reasons_json(features)
             changes["risk_reasons"] = jsonout.dumps(reasons).decode() if reasons else "[]"
-        segment_features = self._profile_features(profile, state, taste)
-        return changes, segment_features, tuple(snapshots)
+        return changes, tuple(snapshots)
 
     def _alert(self, user_id: str, event: Event, risk: Risk, features: Mapping[str, float]) -> str:
         body = {
@@ -222,26 +229,36 @@ class ProfileModels:
     def _profile_features(
         self, profile: Profile, behaviour: Behaviour, taste: list[float] | None
     ) -> dict[str, float]:
+        """The profile's segment features by name (`_profile_row`'s values)."""
+        return dict(
+            zip(PROFILE_FEATURES, self._profile_row(profile, behaviour, taste), strict=True)
+        )
+
+    def _profile_row(
+        self, profile: Profile, behaviour: Behaviour, taste: list[float] | None
+    ) -> tuple[float, ...]:
+        """`profile_features` of the profile, as a row in SEGMENT_FEATURES order."""
         scores = profile.category_scores
         total = sum(scores.values())
-        return profile_features(
-            counts=profile.counts,
-            events=profile.events,
-            spend=profile.spend,
+        return profile_row(
+            profile.counts,
+            profile.events,
+            profile.spend,
             # Orders, not purchase events: a shop's order of many lines counts once
             # (the behaviour's priced orders; `spend` holds priced money only too).
-            orders=behaviour.amount_n,
-            first_seen=profile.first_seen,
-            last_seen=profile.last_seen,
-            behaviour=behaviour,
-            category_focus=max(scores.values()) / total if total > 0 else 0.0,
-            taste=taste,
+            behaviour.amount_n,
+            profile.first_seen,
+            profile.last_seen,
+            behaviour,
+            max(scores.values()) / total if total > 0 else 0.0,
+            taste,
         )
 
     def _fold(
         self,
         outcome: Outcome,
-        changes: dict[str, Any],
+        behaviour: Behaviour,
+        changes: Mapping[str, Any],
         snapshots: tuple[tuple[str, bytes], ...],
         assignment: Assignment,
     ) -> Outcome:
@@ -249,7 +266,7 @@ class ProfileModels:
         before = outcome.profile
         moved = before.segment != assignment.segment
         risk = changes.get("risk", before.risk)
-        changed = set()
+        changed: set[str] = set()
         if moved:
             changed.add("segment")
             self._moves += before.segment is not None
@@ -262,23 +279,23 @@ class ProfileModels:
         newly = publish and not outcome.publish
         profile = _with_verdicts(
             before,
-            behaviour=changes["behaviour"],
-            alerts=before.alerts + changes["alerts"],  # a replayed write's, then this batch's
-            risk=risk,
-            risk_reasons=changes.get("risk_reasons", before.risk_reasons),
-            segment=assignment.segment,
-            segment_dwell=assignment.since,
-            prev_segment=before.segment if moved else before.prev_segment,
-            unpublished=before.unpublished | changed,
-            published_at=before.updated if newly else before.published_at,
-            published_version=before.version if newly else before.published_version,
-        )
+            behaviour,
+            before.alerts + changes["alerts"],  # a replayed write's, then this batch's
+            risk,
+            changes.get("risk_reasons", before.risk_reasons),
+            assignment.segment,
+            assignment.since,  # segment_dwell
+            before.segment if moved else before.prev_segment,
+            before.unpublished | changed if changed else before.unpublished,
+            before.updated if newly else before.published_at,
+            before.version if newly else before.published_version,
+        )  # positional: the fields `_with_verdicts` names, in its order
         return make_outcome((
             profile,
             outcome.applied,
             outcome.duplicates,
             outcome.replayed,
-            outcome.changed | changed,
+            outcome.changed | changed if changed else outcome.changed,
             publish,
             snapshots,
             outcome.suppressed,
@@ -422,6 +439,13 @@ def _seeded(outcome: Outcome, currencies: Currencies) -> Behaviour:
         amount_n=orders,
         amount_mean=max(0.0, profile.spend - spent) / orders,
     )
+
+
+# A user none of whose events was scored: no alerts, the risk left as it was.
+_UNSCORED: Final[tuple[Mapping[str, Any], tuple[tuple[str, bytes], ...]]] = (
+    MappingProxyType({"alerts": ()}),
+    (),
+)
 
 
 def _top_category(profile: Profile) -> str | None:

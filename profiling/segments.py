@@ -30,8 +30,6 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 from river import cluster, preprocessing
 
-from profiling.behaviour import feature_matrix
-
 SEGMENT_FEATURES: Final = (
     "recency_gap_days",
     "frequency",
@@ -129,11 +127,24 @@ class SegmentModel:
         `learn=False` (a batch assigned again, whose updates were counted once):
         neither the centres nor what describes a segment learn from it.
         """
-        if not features:
+        rows = [tuple([f.get(name, 0.0) for name in SEGMENT_FEATURES]) for f in features]
+        return self.assign_rows(rows, current, categories, learn=learn)
+
+    def assign_rows(
+        self,
+        rows: Sequence[tuple[float, ...]],
+        current: Sequence[tuple[int | None, int]],
+        categories: Sequence[str | None],
+        *,
+        learn: bool = True,
+    ) -> list[Assignment]:
+        """`assign` of the profiles' features as rows in SEGMENT_FEATURES order
+        (`profiling.behaviour.profile_row`): no dict per profile."""
+        if not rows:
             return []
-        matrix = feature_matrix(features, SEGMENT_FEATURES)
+        matrix = np.array(rows, dtype=np.float64)
         if learn:
-            self._learn(features)
+            self._learn(rows)
         means, spread, centres = self._frame()
         standardised = (matrix - means) / spread
         diff = standardised[:, None, :] - centres[None, :, :]
@@ -145,18 +156,19 @@ class SegmentModel:
         ):
             assigned = self._hysteresis(row, best, segment, dwell)
             if category and learn:
-                counter = self.top_categories.get(assigned.segment)
-                if counter is None:  # not setdefault: that builds a Counter every time
-                    counter = self.top_categories[assigned.segment] = Counter()
-                counter[category] += 1
-                if len(counter) > 2 * MAX_CATEGORIES:  # bounded: keep the strongest
-                    self.top_categories[assigned.segment] = Counter(
-                        dict(counter.most_common(MAX_CATEGORIES))
-                    )
+                self._count_category(assigned.segment, category)
             out.append(assigned)
         if learn:
             self._remember_members(standardised, [a.segment for a in out])
         return out
+
+    def _count_category(self, segment: int, category: str) -> None:
+        counter = self.top_categories.get(segment)
+        if counter is None:  # not setdefault: that builds a Counter every time
+            counter = self.top_categories[segment] = Counter()
+        counter[category] += 1
+        if len(counter) > 2 * MAX_CATEGORIES:  # bounded: keep the strongest
+            self.top_categories[segment] = Counter(dict(counter.most_common(MAX_CATEGORIES)))
 
     def _remember_members(self, standardised: np.ndarray[Any, Any], segments: list[int]) -> None:
         sums = getattr(self, "member_sums", None)  # snapshots from before it lack it
@@ -183,12 +195,12 @@ class SegmentModel:
             return Assignment(best, 1, segment)
         return Assignment(segment, dwell + 1, None)
 
-    def _learn(self, features: Sequence[Mapping[str, float]]) -> None:
-        for f in features:
+    def _learn(self, rows: Sequence[tuple[float, ...]]) -> None:
+        for row in rows:
             self.updates += 1
             if self.updates % self.learn_every:
                 continue
-            x = {name: f.get(name, 0.0) for name in SEGMENT_FEATURES}
+            x = dict(zip(SEGMENT_FEATURES, row, strict=True))
             self.scaler.learn_one(x)
             scaled = self.scaler.transform_one(x)
             if self.seeded < self.n_segments and self._distinct(scaled):
