@@ -755,7 +755,14 @@ def profile_row(  # noqa: PLR0917 - profile_features' arguments, positional: onc
         math.log1p(spend / orders) if orders else 0.0,
         math.log1p(behaviour.price_sum / behaviour.price_n) if behaviour.price_n else 0.0,
         category_focus,
-        *[share(kind, 0) / total for kind in MIX_TYPES],
+        # MIX_TYPES' shares, one by one: a comprehension cost a third of the whole row.
+        share("view", 0) / total,
+        share("click", 0) / total,
+        share("search", 0) / total,
+        share("add_to_cart", 0) / total,
+        share("purchase", 0) / total,
+        share("review", 0) / total,
+        share("login", 0) / total,
         *taste,
     )
 

@@ -17,6 +17,7 @@ from profiling.behaviour import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,
+    MIX_TYPES,
     NO_HISTORY_MS,
     TRANSACTION_FEATURES,
     TRUST_MS,
@@ -27,6 +28,7 @@ from profiling.behaviour import (
     merge_behaviour,
     observe,
     observe_all,
+    profile_features,
     token,
 )
 from profiling.events import Event
@@ -660,3 +662,23 @@ def test_a_merge_with_order_lines_gives_the_visit_of_every_event_as_one_users(
     a, b = observe_all(Behaviour(), mine)[0], observe_all(Behaviour(), theirs)[0]
     for merged in (merge_behaviour(a, b), merge_behaviour(b, a)):
         assert (merged.visit, merged.away) == visit_oracle(events)
+
+
+def test_each_share_in_the_profile_features_is_its_own_event_type() -> None:
+    # `profile_row` spells the shares out one by one, in MIX_TYPES order.
+    counts = {kind: i + 1 for i, kind in enumerate(MIX_TYPES)}
+    features = profile_features(
+        counts=counts,
+        events=sum(counts.values()),
+        spend=0.0,
+        orders=0,
+        first_seen=START,
+        last_seen=START,
+        behaviour=Behaviour(),
+        category_focus=0.0,
+        taste=None,
+    )
+    total = sum(counts.values())
+    assert {kind: features[f"share_{kind}"] for kind in MIX_TYPES} == {
+        kind: count / total for kind, count in counts.items()
+    }
