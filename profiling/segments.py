@@ -30,6 +30,8 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 from river import cluster, preprocessing
 
+from profiling.behaviour import float_rows
+
 SEGMENT_FEATURES: Final = (
     "recency_gap_days",
     "frequency",
@@ -142,7 +144,7 @@ class SegmentModel:
         (`profiling.behaviour.profile_row`): no dict per profile."""
         if not rows:
             return []
-        matrix = np.array(rows, dtype=np.float64)
+        matrix = float_rows(rows, len(SEGMENT_FEATURES))
         if learn:
             self._learn(rows)
         means, spread, centres = self._frame()

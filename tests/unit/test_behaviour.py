@@ -24,6 +24,7 @@ from profiling.behaviour import (
     VISIT_GAP_MS,
     Behaviour,
     _Working,
+    float_rows,
     keyed_token,
     merge_behaviour,
     observe,
@@ -682,3 +683,12 @@ def test_each_share_in_the_profile_features_is_its_own_event_type() -> None:
     assert {kind: features[f"share_{kind}"] for kind in MIX_TYPES} == {
         kind: count / total for kind, count in counts.items()
     }
+
+
+def test_float_rows_are_numpys_array_of_the_rows_to_the_bit() -> None:
+    rng = random.Random(7)
+    rows = [(rng.uniform(-1e6, 1e6), 0.1, 3, -0.0, math.log1p(rng.random())) for _ in range(9)]
+    got = float_rows(rows, 5)
+    assert got.dtype == np.float64 and got.shape == (9, 5)
+    assert got.tobytes() == np.array(rows, dtype=np.float64).tobytes()
+    assert float_rows([], 5).shape == (0, 5)
