@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, Final, NamedTuple
 
 import numpy as np
@@ -77,6 +78,11 @@ class Assignment(NamedTuple):
     segment: int
     since: int  # updates spent in this segment (the dwell counter)
     moved_from: int | None  # the previous segment when this update moved the user
+
+
+# Assignment(...) with every field, without the named tuple's Python-level __new__
+# (once per profile and batch).
+_assignment: Final = partial(tuple.__new__, Assignment)
 
 
 class SegmentModel:
@@ -157,20 +163,19 @@ class SegmentModel:
             distances.tolist(), nearest, current, categories, strict=True
         ):
             assigned = self._hysteresis(row, best, segment, dwell)
-            if category and learn:
-                self._count_category(assigned.segment, category)
+            if category and learn:  # inline, not a method: once per profile
+                counter = self.top_categories.get(assigned.segment)
+                if counter is None:  # not setdefault: that builds a Counter every time
+                    counter = self.top_categories[assigned.segment] = Counter()
+                counter[category] += 1
+                if len(counter) > 2 * MAX_CATEGORIES:  # bounded: keep the strongest
+                    self.top_categories[assigned.segment] = Counter(
+                        dict(counter.most_common(MAX_CATEGORIES))
+                    )
             out.append(assigned)
         if learn:
             self._remember_members(standardised, [a.segment for a in out])
         return out
-
-    def _count_category(self, segment: int, category: str) -> None:
-        counter = self.top_categories.get(segment)
-        if counter is None:  # not setdefault: that builds a Counter every time
-            counter = self.top_categories[segment] = Counter()
-        counter[category] += 1
-        if len(counter) > 2 * MAX_CATEGORIES:  # bounded: keep the strongest
-            self.top_categories[segment] = Counter(dict(counter.most_common(MAX_CATEGORIES)))
 
     def _remember_members(self, standardised: np.ndarray[Any, Any], segments: list[int]) -> None:
         sums = getattr(self, "member_sums", None)  # snapshots from before it lack it
@@ -190,12 +195,12 @@ class SegmentModel:
     ) -> Assignment:
         """Where a user with these distances to the centres (nearest: `best`) goes."""
         if segment is None or not 0 <= segment < self.n_segments:
-            return Assignment(best, 1, None)
+            return _assignment((best, 1, None))
         if best == segment or dwell < self.min_dwell:
-            return Assignment(segment, dwell + 1, None)
+            return _assignment((segment, dwell + 1, None))
         if row[best] < self.switch_margin * row[segment]:
-            return Assignment(best, 1, segment)
-        return Assignment(segment, dwell + 1, None)
+            return _assignment((best, 1, segment))
+        return _assignment((segment, dwell + 1, None))
 
     def _learn(self, rows: Sequence[tuple[float, ...]]) -> None:
         for row in rows:
