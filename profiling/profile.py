@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Final, NamedTuple
@@ -29,7 +29,7 @@ from profiling.behaviour import Behaviour
 from profiling.currency import SAME_CURRENCY, Currencies
 from profiling.events import EVENT_TYPES, Event, forwarded_event
 from profiling.forwarding import Erased, Lost, Routes, holder_of, origin_of
-from profiling.rounding import round6
+from profiling.rounding import round6, round6_positive
 from profiling.vectors import StoredInterest
 
 MS_PER_DAY: Final = 86_400_000
@@ -136,21 +136,16 @@ class Profile:
         return self.version == 0
 
     def top_categories(self, n: int = PUBLISHED_CATEGORIES) -> list[tuple[str, float]]:
+        """The `n` highest category scores above 0 (ties: the later name first), `round6`ed."""
         scores = self.category_scores
-        # Loops, not comprehensions, and no sort for the usual one category (speed).
-        if len(scores) == 1 and n > 0:
-            ((name, score),) = scores.items()
-            return [(name, round6(score))] if score > 0 else []
-        best = (
-            sorted(scores.items(), key=SCORE_THEN_NAME, reverse=True)
-            if len(scores) <= n
-            else heapq.nlargest(n, scores.items(), key=SCORE_THEN_NAME)
-        )
-        top = []
-        for name, score in best:
-            if score > 0:
-                top.append((name, round6(score)))
-        return top
+        best: Iterable[tuple[str, float]]
+        if len(scores) > n:
+            best = heapq.nlargest(n, scores.items(), key=SCORE_THEN_NAME)
+        elif len(scores) > 1:
+            best = sorted(scores.items(), key=SCORE_THEN_NAME, reverse=True)
+        else:  # the usual one category, or none: nothing to order
+            best = scores.items()
+        return round6_positive(best)
 
 
 SCORE_THEN_NAME: Final = operator.itemgetter(1, 0)  # (name, score) pairs: by score, ties by name

@@ -21,7 +21,10 @@ product is not within 1e-5 of a half.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Iterable
+from typing import Final, TypeVar
+
+K = TypeVar("K")
 
 _ROUNDER: Final = 6755399441055744.0  # 1.5 * 2**52: x + it - it is x's nearest integer
 
@@ -34,3 +37,23 @@ def round6(x: float) -> float:
         if -0.49999 < scaled - nearest < 0.49999:  # not within 1e-5 of a half
             return nearest / 1e6
     return round(x, 6)
+
+
+def round6_positive(pairs: Iterable[tuple[K, float]]) -> list[tuple[K, float]]:
+    """`(key, round6(value))` of each pair whose value is above 0, in order.
+
+    For a profile's top categories, on every write that changed them: `round6`
+    written out in the loop, as a call per value cost them about a fifth more.
+    Keep the two in step (tests compare this with `round` too).
+    """
+    rounded = []
+    for key, value in pairs:
+        scaled = value * 1e6
+        if 0.0 < scaled < 4e9 and type(value) is float:  # as in `round6`
+            nearest = (scaled + _ROUNDER) - _ROUNDER
+            if -0.49999 < scaled - nearest < 0.49999:
+                rounded.append((key, nearest / 1e6))
+                continue
+        if value > 0:
+            rounded.append((key, round(value, 6)))
+    return rounded
