@@ -29,6 +29,7 @@ from profiling import slots
 from profiling.errors import StoreConflictError
 from profiling.events import (
     INTERNAL_ERROR,
+    INVALID_JSON,
     KEY_MISMATCH,
     Event,
     Rejection,
@@ -144,26 +145,27 @@ def decode_batch(
     by_user: dict[str, list[Delivery]] = {}
     for record in records:
         value = record.value
-        verdict = (
-            decode_event(value, now_ms)
-            if value is not None
-            else Rejection("invalid_json", "record has no value (null)")
-        )
-        if isinstance(verdict, Event) and record.key != verdict.user_id.encode():
-            verdict = Rejection(
-                KEY_MISMATCH, "record key must be the event's user_id (UTF-8): it partitions users"
-            )
-        if isinstance(verdict, Rejection):
-            result.dead_letters.append((record.key, dead_letter_for(record, verdict, now_ms)))
-            result.errors[verdict.error] += 1
-            continue
-        deliveries = by_user.get(verdict.user_id)
-        if deliveries is None:  # not setdefault: that builds a list for every record
-            deliveries = by_user[verdict.user_id] = []
-        deliveries.append(_delivery((verdict, record.partition, record.offset)))
+        verdict = decode_event(value, now_ms) if value is not None else _NO_VALUE
+        if isinstance(verdict, Event):  # the usual record: grouped, then on to the next
+            user_id = verdict.user_id
+            if record.key == user_id.encode():
+                delivery = _delivery((verdict, record.partition, record.offset))
+                deliveries = by_user.get(user_id)
+                if deliveries is None:  # not setdefault: that builds a list for every record
+                    by_user[user_id] = [delivery]
+                else:
+                    deliveries.append(delivery)
+                continue
+            verdict = _KEY_MISMATCH
+        result.dead_letters.append((record.key, dead_letter_for(record, verdict, now_ms)))
+        result.errors[verdict.error] += 1
     return by_user
 
 
+_NO_VALUE: Final = Rejection(INVALID_JSON, "record has no value (null)")
+_KEY_MISMATCH: Final = Rejection(
+    KEY_MISMATCH, "record key must be the event's user_id (UTF-8): it partitions users"
+)
 # Delivery(...) without the named tuple's Python-level __new__.
 _delivery: Final = partial(tuple.__new__, Delivery)
 # Write(...) without the frozen dataclass's __init__ (a third of the cost; one per user).
