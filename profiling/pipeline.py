@@ -403,11 +403,20 @@ async def _write_users(
 ) -> set[str]:
     """Write the folded users once; record the ones written, return the ones whose write lost."""
     conflicts = set(await store.save([w for _, w in folded if w is not None]))
+    if len(conflicts) < len(folded):
+        # Counted by every landed user, most often 0: made here, in the order the
+        # first `_record` would make them, so `_record` adds only counts above 0.
+        for kind in _COUNTED_BY_EVERY_USER:
+            result.outcomes.setdefault(kind, 0)
     for outcome, _ in folded:
         user_id = outcome.profile.user_id
         if user_id not in conflicts:
             _record(outcome, result, stages, by_user[user_id][-1].partition, base_currency)
     return conflicts
+
+
+# The outcomes `_record` counts for every landed user, in the order it first did.
+_COUNTED_BY_EVERY_USER: Final = ("applied", "duplicate", "replayed")
 
 
 def _record(  # noqa: PLR0912 - one pass per landed user, kept flat: hot path
@@ -422,9 +431,12 @@ def _record(  # noqa: PLR0912 - one pass per landed user, kept flat: hot path
     applied = outcome.applied
     wrote = bool(applied)  # `Outcome.wrote`, once: a property call each time
     outcomes = result.outcomes
-    outcomes["applied"] += len(applied)
-    outcomes["duplicate"] += outcome.duplicates
-    outcomes["replayed"] += outcome.replayed
+    if wrote:  # each key there already (`_write_users`)
+        outcomes["applied"] += len(applied)
+    if outcome.duplicates:
+        outcomes["duplicate"] += outcome.duplicates
+    if outcome.replayed:
+        outcomes["replayed"] += outcome.replayed
     if outcome.suppressed:
         outcomes["suppressed"] += outcome.suppressed
     profile = outcome.profile
