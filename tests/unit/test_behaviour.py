@@ -692,3 +692,10 @@ def test_float_rows_are_numpys_array_of_the_rows_to_the_bit() -> None:
     assert got.dtype == np.float64 and got.shape == (9, 5)
     assert got.tobytes() == np.array(rows, dtype=np.float64).tobytes()
     assert float_rows([], 5).shape == (0, 5)
+
+
+def test_the_stored_form_lists_every_field_in_declaration_order() -> None:
+    """`to_json` names each field itself (no attrgetter): a field added to `Behaviour`
+    must be added there too, in its place."""
+    state = Behaviour(*(f"value of {name}" for name in FIELDS))  # type: ignore[arg-type]
+    assert state.to_json() == [getattr(state, name) for name in FIELDS]
