@@ -258,9 +258,13 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
     """
     if not events:
         return state, []
-    work = _Working.of(state)
+    # The working copy (`_Working`), here, not in a method of its own: once per user.
+    work = _working_copy(state)
+    work.events = stamps = list(state.events)
+    work.orders, work.failures = list(state.orders), list(state.failures)
+    work.lines = list(state.lines)
     features: list[dict[str, float] | None] = []
-    first_ts, last_ts, stamps = work.first_ts, work.last_ts, work.events
+    first_ts, last_ts = state.first_ts, state.last_ts
     add_stamp = stamps.append  # in arrival order; sorted and cut to the newest when read
     price_n, price_sum = work.price_n, work.price_sum
     # Without rates every price counts as sent: no call per event for it.
@@ -323,7 +327,7 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
         price_n,
         price_sum,
     )
-    _newest(stamps, RECENT_EVENTS)
+    stamps.sort()  # `frozen` keeps the newest
     return work.frozen(), features
 
 
@@ -504,7 +508,7 @@ class _Working:
 
     The same field names as `Behaviour` (so `_features` reads either); timestamp
     runs are lists here (appended, trimmed now and then) and tuples again in
-    `frozen()`.
+    `frozen()`. `observe_all` makes it (`_working_copy` and the runs as lists).
     """
 
     __slots__ = _FIELDS
@@ -530,25 +534,20 @@ class _Working:
     last_scored: int
     lines: list[int]
 
-    @classmethod
-    def of(cls, state: Behaviour) -> _Working:
-        work = _working_copy(state)
-        work.events, work.orders = list(state.events), list(state.orders)
-        work.failures, work.lines = list(state.failures), list(state.lines)
-        return work
-
     def frozen(self) -> Behaviour:
-        """The working copy as a `Behaviour`; the working copy is not to be used after.
+        """The working copy made the `Behaviour` it mirrors: not a working copy after.
 
-        The runs are cut to their bounds and made tuples here, in place, and the
-        fields copied slot by slot: a tuple of every value and a build from it
-        cost three times as much, once per user and batch.
+        The runs are cut to their bounds and made tuples in place; then the object
+        itself becomes a `Behaviour`. Python allows that class change between classes
+        of the same slots (`slots.copier` relies on it too): no second object and no
+        field copied, which cost about 2,000 instructions once per user and batch.
         """
         self.events = tuple(self.events[-RECENT_EVENTS:])  # type: ignore[assignment]
         self.orders = tuple(self.orders[-RECENT_ORDERS:])  # type: ignore[assignment]
         self.failures = tuple(self.failures[-RECENT_FAILURES:])  # type: ignore[assignment]
         self.lines = tuple(self.lines[-RECENT_LINES:])  # type: ignore[assignment]
-        return _from_working(self)
+        self.__class__ = Behaviour  # type: ignore[assignment]
+        return self  # type: ignore[return-value]
 
     def identify(
         self, event: Event, device: str | None, country: str | None, fingerprint: Fingerprint
@@ -596,7 +595,6 @@ class _Working:
 
 
 _working_copy: Final = slots.copier(_Working)
-_from_working: Final = slots.copier(Behaviour)
 
 
 def _append(stamps: list[int], ts: int, bound: int) -> None:
