@@ -260,12 +260,10 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
         return state, []
     # The working copy (`_Working`), here, not in a method of its own: once per user.
     work = _working_copy(state)
-    work.events = stamps = list(state.events)
-    work.orders, work.failures = list(state.orders), list(state.failures)
-    work.lines = list(state.lines)
+    work.events = stamps = list(state.events)  # the other runs change seldom: tuples still
     features: list[dict[str, float] | None] = []
     first_ts, last_ts = state.first_ts, state.last_ts
-    add_stamp = stamps.append  # in arrival order; sorted and cut to the newest when read
+    add_stamp = stamps.append  # kept sorted (a late event is inserted): `_features` reads it
     price_n, price_sum = work.price_n, work.price_sum
     # Without rates every price counts as sent: no call per event for it.
     base = currencies.base if currencies.rates else None
@@ -287,7 +285,7 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
         if kind in SCORED_TYPES and not line:
             work.first_ts = first_ts
             work.last_scored = ts if ts > work.last_scored else work.last_scored
-            _newest(stamps, RECENT_EVENTS)
+            del stamps[:-RECENT_EVENTS]  # the visits see the same run as the features
             features.append(_features(work, event, fingerprint, amount))
         else:
             features.append(None)
@@ -301,11 +299,15 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
             _late_visit(work, ts, first_ts)
         elif not last_ts:
             work.visit = ts
+        late = ts < last_ts  # no kept time is after last_ts: this one is inserted, in order
         last_ts = ts if ts > last_ts else last_ts  # not max(): a tenth of the cost
         if line:  # a further line of the last order: one transaction, counted at its first
-            _append(work.lines, ts, RECENT_LINES)  # kept apart for the visits alone
+            work.lines = _added(work.lines, ts, RECENT_LINES)  # apart, for the visits alone
             continue
-        add_stamp(ts)
+        if late:
+            insort(stamps, ts)
+        else:
+            add_stamp(ts)
         failed_login = kind == "login" and event.success is False
         # Only a login known to have succeeded vouches for its device and country: one
         # whose outcome is not told may be an attacker's failure just as well.
@@ -316,7 +318,7 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
         if kind == "purchase":
             work.purchase(event, fingerprint, amount, order)
         elif failed_login:
-            _append(work.failures, ts, RECENT_FAILURES)
+            work.failures = _added(work.failures, ts, RECENT_FAILURES)
         elif kind == "login" and event.success:
             work.last_login = ts if ts > work.last_login else work.last_login
         elif kind == "add_to_cart" and ts > work.last_cart:
@@ -327,7 +329,6 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
         price_n,
         price_sum,
     )
-    stamps.sort()  # `frozen` keeps the newest
     return work.frozen(), features
 
 
@@ -506,9 +507,10 @@ def _since(then: int, ts: int) -> float:
 class _Working:
     """A mutable copy of a `Behaviour` while a batch of one user's events is folded in.
 
-    The same field names as `Behaviour` (so `_features` reads either); timestamp
-    runs are lists here (appended, trimmed now and then) and tuples again in
-    `frozen()`. `observe_all` makes it (`_working_copy` and the runs as lists).
+    The same field names as `Behaviour` (so `_features` reads either). The event
+    times, which every event adds to, are a list here (kept sorted, trimmed in
+    `frozen()`); the runs few events change stay tuples (`_added`). `observe_all`
+    makes it.
     """
 
     __slots__ = _FIELDS
@@ -516,8 +518,8 @@ class _Working:
     first_ts: int
     last_ts: int
     events: list[int]
-    orders: list[int]
-    failures: list[int]
+    orders: tuple[int, ...]
+    failures: tuple[int, ...]
     devices: tuple[tuple[str, int, int], ...]
     countries: tuple[tuple[str, int, int], ...]
     cards: tuple[tuple[str, int, int], ...]
@@ -532,7 +534,7 @@ class _Working:
     away: int
     visit: int
     last_scored: int
-    lines: list[int]
+    lines: tuple[int, ...]
 
     def frozen(self) -> Behaviour:
         """The working copy made the `Behaviour` it mirrors: not a working copy after.
@@ -543,9 +545,9 @@ class _Working:
         field copied, which cost about 2,000 instructions once per user and batch.
         """
         self.events = tuple(self.events[-RECENT_EVENTS:])  # type: ignore[assignment]
-        self.orders = tuple(self.orders[-RECENT_ORDERS:])  # type: ignore[assignment]
-        self.failures = tuple(self.failures[-RECENT_FAILURES:])  # type: ignore[assignment]
-        self.lines = tuple(self.lines[-RECENT_LINES:])  # type: ignore[assignment]
+        self.orders = self.orders[-RECENT_ORDERS:]
+        self.failures = self.failures[-RECENT_FAILURES:]
+        self.lines = self.lines[-RECENT_LINES:]
         self.__class__ = Behaviour  # type: ignore[assignment]
         return self  # type: ignore[return-value]
 
@@ -581,7 +583,7 @@ class _Working:
         self, event: Event, fingerprint: Fingerprint, amount: float | None, order: str
     ) -> None:
         """A new order (`order_of`'s parts): `amount` None counts the order, not its money."""
-        _append(self.orders, event.ts, RECENT_ORDERS)
+        self.orders = _added(self.orders, event.ts, RECENT_ORDERS)
         self.order = order
         if amount is not None:
             n = self.amount_n + 1
@@ -597,20 +599,16 @@ class _Working:
 _working_copy: Final = slots.copier(_Working)
 
 
-def _append(stamps: list[int], ts: int, bound: int) -> None:
-    """Add `ts` in order (a late event is inserted); drop the oldest past twice `bound`."""
+def _added(stamps: tuple[int, ...], ts: int, bound: int) -> tuple[int, ...]:
+    """`stamps` with `ts` in order (a late event is inserted); the oldest dropped past twice
+    `bound`. A new tuple each time: orders, failed logins and further lines are few, and
+    as tuples the working copy takes them from the state and gives them back as they are."""
     if not stamps or ts >= stamps[-1]:
-        stamps.append(ts)
+        stamps = (*stamps, ts)
     else:
-        insort(stamps, ts)
-    if len(stamps) > 2 * bound:
-        del stamps[:-bound]
-
-
-def _newest(stamps: list[int], bound: int) -> None:
-    """Sort `stamps` (nearly sorted already: cheap) and keep the newest `bound`."""
-    stamps.sort()
-    del stamps[:-bound]
+        at = bisect_right(stamps, ts)
+        stamps = (*stamps[:at], ts, *stamps[at:])
+    return stamps[-bound:] if len(stamps) > 2 * bound else stamps
 
 
 def _touch(
