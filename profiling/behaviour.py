@@ -260,26 +260,25 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
         return state, []
     # The working copy (`_Working`), here, not in a method of its own: once per user.
     work = _working_copy(state)
+    # The event times are kept sorted (a late one is inserted): `_features` reads them.
     work.events = stamps = list(state.events)  # the other runs change seldom: tuples still
     features: list[dict[str, float] | None] = []
     first_ts, last_ts = state.first_ts, state.last_ts
-    add_stamp = stamps.append  # kept sorted (a late event is inserted): `_features` reads it
     price_n, price_sum = work.price_n, work.price_sum
     # Without rates every price counts as sent: no call per event for it.
     base = currencies.base if currencies.rates else None
-    in_base = currencies.value
     device = country = None  # raw ids of the most recent device and country remembered
     for event in events:
         ts, kind = event.ts, event.type
         price = event.price
         if price is not None:
             if base is not None and event.currency != base:
-                price = in_base(price, event.currency)
+                price = currencies.value(price, event.currency)
             if price is not None:
                 price_n += 1
                 price_sum += price
         if kind == "purchase":
-            amount, order, line = work.order_of(event, fingerprint, in_base)
+            amount, order, line = work.order_of(event, fingerprint, currencies)
         else:
             amount, order, line = None, "", False
         if kind in SCORED_TYPES and not line:
@@ -307,7 +306,7 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
         if late:
             insort(stamps, ts)
         else:
-            add_stamp(ts)
+            stamps.append(ts)
         failed_login = kind == "login" and event.success is False
         # Only a login known to have succeeded vouches for its device and country: one
         # whose outcome is not told may be an attacker's failure just as well.
@@ -569,11 +568,11 @@ class _Working:
         self,
         event: Event,
         fingerprint: Fingerprint,
-        in_base: Callable[[float | None, str], float | None],
+        currencies: Currencies,
     ) -> tuple[float | None, str, bool]:
         """A purchase's amount in the base currency (None: no rate), its order id's
         fingerprint ("" without one), and whether it is a further line of the last order."""
-        amount = in_base(event.amount, event.currency)
+        amount = currencies.value(event.amount, event.currency)
         if event.order_id is None:
             return amount, "", False
         order = fingerprint(event.order_id)
