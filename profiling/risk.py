@@ -312,9 +312,7 @@ class RiskModel:
             return ScoredBatch([], [], [], empty, population.copy(), in_turn=False)
         matrix = feature_matrix(batch, TRANSACTION_FEATURES)
         before = population.copy()  # what the events' z-scores are measured from, in turn
-        scaled = population.scale_in_turn(matrix) if learn else population.scale(matrix)
-        if learn:
-            population.learn(matrix)
+        scaled = population.scale_and_learn(matrix) if learn else population.scale(matrix)
         raws = self._anomaly_scores(scaled, learn)
         weight = self.label_weight
         calibration, drift = self.calibration, self.drift
@@ -547,7 +545,8 @@ class Population:
     """Per feature over every scored event: min and max (for scaling), mean and variance.
 
     Updated a batch at a time (Chan et al.'s pairwise combination of means and
-    sums of squared deviations), so the cost per event is one numpy row.
+    sums of squared deviations), so the cost per event is one numpy row. Learning
+    replaces the arrays and never writes into them (`copy` shares them).
     """
 
     def __init__(self, names: tuple[str, ...]) -> None:
@@ -560,29 +559,54 @@ class Population:
 
     def learn(self, matrix: np.ndarray[Any, Any]) -> None:
         """Fold in a batch of rows (one per event, columns in `names` order)."""
+        self._learn_moments(matrix)
+        self.low = np.minimum(self.low, matrix.min(axis=0))
+        self.high = np.maximum(self.high, matrix.max(axis=0))
+
+    def scale_and_learn(self, matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """`scale_in_turn` of the rows, then `learn` of them: the running range that
+        scales the last row is the range after the batch, so it is not sought twice."""
+        scaled, low, high = self._scaled_in_turn(matrix)
+        self._learn_moments(matrix)
+        self.low, self.high = low[-1].copy(), high[-1].copy()
+        return scaled
+
+    def _learn_moments(self, matrix: np.ndarray[Any, Any]) -> None:
+        """`learn`'s count, means and sums of squared deviations."""
         count = len(matrix)
-        batch_mean = matrix.mean(axis=0)
+        batch_mean = matrix.sum(axis=0) / count  # `mean` to the bit, without its Python layer
         batch_m2 = ((matrix - batch_mean) ** 2).sum(axis=0)
         total = self.n + count
         delta = batch_mean - self.means
         self.m2 = self.m2 + batch_m2 + delta**2 * self.n * count / total
         self.means = self.means + delta * count / total
         self.n = total
-        self.low = np.minimum(self.low, matrix.min(axis=0))
-        self.high = np.maximum(self.high, matrix.max(axis=0))
 
     def scale_in_turn(self, matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Rows min-max scaled as if learnt one at a time: each against the range of
         every row before it and itself, never a later one (so a score does not depend
         on how many events its batch held)."""
-        low = np.minimum(self.low, np.minimum.accumulate(matrix, axis=0))
-        high = np.maximum(self.high, np.maximum.accumulate(matrix, axis=0))
+        return self._scaled_in_turn(matrix)[0]
+
+    def _scaled_in_turn(
+        self, matrix: np.ndarray[Any, Any]
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """`scale_in_turn`, with each row's range (low, high) that scaled it.
+
+        A row lies within its own range, so its scaled values are in [0, 1]
+        already (rounding is monotone): no clip. A feature that has not varied
+        (no span) is left as the row minus its low, which is 0. (Only a -0.0
+        against a low of 0.0 stays -0.0 where a clip made it 0.0; the trees
+        compare it, and it compares the same.)
+        """
+        low = np.minimum.accumulate(matrix, axis=0)
+        np.minimum(self.low, low, out=low)
+        high = np.maximum.accumulate(matrix, axis=0)
+        np.maximum(self.high, high, out=high)
         span = high - low
-        scaled: np.ndarray[Any, Any] = np.clip(
-            (matrix - low) / np.where(span > 0, span, 1.0), 0.0, 1.0
-        )
-        scaled[span <= 0] = 0.0
-        return scaled
+        scaled = matrix - low
+        np.divide(scaled, span, out=scaled, where=span > 0)
+        return scaled, low, high
 
     def scale(self, matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Rows min-max scaled to [0, 1] (clipped), the range the trees split."""
@@ -593,11 +617,14 @@ class Population:
         return scaled
 
     def copy(self) -> Population:
-        """The statistics as they stand now, apart from what this one learns next."""
-        twin = Population(self.names)
-        twin.n = self.n
-        twin.low, twin.high = self.low.copy(), self.high.copy()
-        twin.means, twin.m2 = self.means.copy(), self.m2.copy()
+        """The statistics as they stand now, apart from what this one learns next.
+
+        The arrays are shared, not copied: `learn` replaces them and never writes
+        into them. Nor is `__init__` run again (a copy per batch: its four fresh
+        arrays would be thrown away at once).
+        """
+        twin = Population.__new__(Population)
+        twin.__dict__.update(self.__dict__)
         return twin
 
     def z(self, x: Mapping[str, float]) -> list[float]:

@@ -150,6 +150,37 @@ def test_z_scores_in_turn_are_those_of_the_statistics_learnt_one_event_at_a_time
     assert not in_turn[:, 2].any()
 
 
+@pytest.mark.parametrize("known", [0, 1, 40])
+def test_scale_and_learn_is_scale_in_turn_then_learn_to_the_bit(known: int) -> None:
+    """The one-pass form the model uses, against the two steps it stands for; and a copy
+    taken before keeps the statistics as they were (it shares their arrays)."""
+    rng = np.random.default_rng(9)
+    rows = np.column_stack(
+        [rng.normal(50.0, 10.0, 60 + known), np.full(60 + known, 3.0), rng.random(60 + known)]
+    )
+    names = ("a", "flat", "c")
+    one_pass, two_steps = Population(names), Population(names)
+    if known:
+        one_pass.learn(rows[:known])
+        two_steps.learn(rows[:known])
+    before = one_pass.copy()
+    frozen = {name: np.copy(value) for name, value in vars(before).items() if name != "names"}
+    scaled = one_pass.scale_and_learn(rows[known:])
+    assert scaled.tobytes() == two_steps.scale_in_turn(rows[known:]).tobytes()
+    # The plain formula, clipped and with unvaried features set to 0, comes out the same.
+    low = np.minimum(two_steps.low, np.minimum.accumulate(rows[known:], axis=0))
+    high = np.maximum(two_steps.high, np.maximum.accumulate(rows[known:], axis=0))
+    span = high - low
+    clipped = np.clip((rows[known:] - low) / np.where(span > 0, span, 1.0), 0.0, 1.0)
+    clipped[span <= 0] = 0.0
+    assert scaled.tobytes() == clipped.tobytes()
+    two_steps.learn(rows[known:])
+    for name, value in vars(two_steps).items():
+        np.testing.assert_array_equal(getattr(one_pass, name), value, strict=True)
+    for name, value in frozen.items():
+        np.testing.assert_array_equal(getattr(before, name), value, strict=True)
+
+
 def test_contributions_never_sum_above_the_risk_they_explain() -> None:
     """The contract: contributions sum to at most `risk` (published to 6 places). Each
     is published to 4 places, cut down, not rounded: a reason that is the whole risk
