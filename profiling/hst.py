@@ -48,6 +48,8 @@ class FlatHalfSpaceTrees:
         index = {id(node): i for i, node in enumerate(self._nodes)}
         self.roots = np.array([index[id(tree)] for tree in trees.trees])
         feature, threshold, left, right = [], [], [], []
+        depth = [0] * len(self._nodes)  # a node's parent comes before it in DFS order
+        levels: list[tuple[list[int], list[int]]] = [([], []) for _ in range(self.height)]
         for i, node in enumerate(self._nodes):
             if hasattr(node, "feature"):  # a branch
                 if node.feature not in column:
@@ -56,6 +58,10 @@ class FlatHalfSpaceTrees:
                 threshold.append(node.threshold)
                 left.append(index[id(node.children[0])])
                 right.append(index[id(node.children[1])])
+                for child in left[-1], right[-1]:
+                    depth[child] = depth[i] + 1
+                    levels[depth[i]][0].append(child)
+                    levels[depth[i]][1].append(i)
             else:  # a leaf (all at depth `height`) points at itself
                 feature.append(0)
                 threshold.append(0.0)
@@ -65,19 +71,30 @@ class FlatHalfSpaceTrees:
         self.left, self.right = np.array(left), np.array(right)
         self.r_mass = np.array([node.r_mass for node in self._nodes], dtype=np.int64)
         self.l_mass = np.array([node.l_mass for node in self._nodes], dtype=np.int64)
-        self._weights = 2 ** np.arange(self.height + 1, dtype=np.int64)  # 2**depth
+        self._weights = 2 ** np.array(depth, dtype=np.int64)  # each node's 2**depth
+        # (children, their parents) at each depth from 1 down, for `_count_masses`
+        self._levels = [(np.array(nodes), np.array(parents)) for nodes, parents in levels]
+        self._counted = self._count_masses()
 
     def paths(self, rows: FloatMatrix) -> np.ndarray[Any, np.dtype[np.intp]]:
-        """Node index at each depth of each tree for each row: shape (rows, trees, height + 1)."""
-        count = len(rows)
-        at = np.broadcast_to(self.roots, (count, len(self.roots))).copy()
-        out = np.empty((count, len(self.roots), self.height + 1), dtype=np.intp)
-        line = np.arange(count)[:, None]
+        """Node index at each depth of each tree for each row: shape (height + 1, rows, trees).
+
+        A step costs a few numpy calls whatever the batch's size, which is what
+        weighs at a steady stream's small batches: each row's values are read by
+        one `take` of its place in the flat rows (`starts`) plus the feature, not
+        by (row, feature) pairs, and each depth's nodes are written in place.
+        """
+        count, trees = len(rows), len(self.roots)
+        out = np.empty((self.height + 1, count, trees), dtype=np.intp)
+        out[0] = self.roots
+        flat = rows.ravel()
+        # Where each row starts in `flat`, once per tree: its feature f is flat[start + f].
+        starts = np.empty((count, trees), dtype=np.intp)
+        starts.T[:] = np.arange(0, flat.size, rows.shape[1])
         for depth in range(self.height):
-            out[:, :, depth] = at
-            goes_left = rows[line, self.feature[at]] < self.threshold[at]
-            at = np.where(goes_left, self.left[at], self.right[at])
-        out[:, :, self.height] = at
+            at = out[depth]
+            goes_left = flat[starts + self.feature[at]] < self.threshold[at]
+            out[depth + 1] = np.where(goes_left, self.left[at], self.right[at])
         return out
 
     def score_learn(self, rows: FloatMatrix, *, learn: bool = True) -> list[float]:
@@ -92,29 +109,38 @@ class FlatHalfSpaceTrees:
             end = len(rows)
             if learn:
                 end = min(end, start + self.window_size - self.counter)
-            chunk = paths[start:end]
+            chunk = paths[:, start:end]
             if self.first_window:
-                scores.extend([0.0] * len(chunk))
+                scores.extend([0.0] * (end - start))
             else:
                 scores.extend(self._scores(chunk))
             if learn:
                 self.l_mass += np.bincount(chunk.ravel(), minlength=len(self.l_mass))
-                self.counter += len(chunk)
+                self.counter += end - start
                 if self.counter == self.window_size:
                     self.r_mass, self.l_mass = self.l_mass, np.zeros_like(self.l_mass)
+                    self._counted = self._count_masses()
                     self.first_window = False
                     self.counter = 0
             start = end
         return scores
 
+    def _count_masses(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Each node's term in the score of a walk through it, from the reference masses:
+        its mass times 2**depth, or 0 below where River stops the walk (after the first
+        node whose mass is under the size limit; that node still counts). They change
+        only at a window's end; a score is then the sum of its path's terms."""
+        goes_on = self.r_mass >= self.size_limit
+        reached = np.ones(len(self.r_mass), dtype=bool)
+        for nodes, parents in self._levels:  # a level after its parents'
+            reached[nodes] = reached[parents] & goes_on[parents]
+        counted: np.ndarray[Any, np.dtype[np.int64]] = np.where(
+            reached, self.r_mass * self._weights, 0
+        )
+        return counted
+
     def _scores(self, paths: np.ndarray[Any, np.dtype[np.intp]]) -> list[float]:
-        mass = self.r_mass[paths]  # (rows, trees, depth)
-        # River stops a walk after the first node whose mass is under the size limit
-        # (that node still counts): a node counts while every node above it is not.
-        full = mass >= self.size_limit
-        counts = np.ones_like(full)
-        np.cumprod(full[:, :, :-1], axis=2, out=counts[:, :, 1:])
-        total = (mass * counts * self._weights).sum(axis=(1, 2))
+        total = self._counted[paths].sum(axis=(0, 2))  # over depths and trees
         scores: list[float] = (1.0 - total / self.max_score).tolist()
         return scores
 
