@@ -297,12 +297,17 @@ class Horizon(NamedTuple):
             and log2 is not None
             and math.isfinite(log2)
         ]
-        directions = np.zeros((len(data), dim), dtype=np.float32)
-        exps = np.full(len(data), -math.inf)
         if whole:
             block = np.frombuffer(b"".join(vector for _, vector in whole), dtype="<f4")
             block = block.reshape(len(whole), dim)
             ok = np.isfinite(block).all(axis=1)  # a row with NaN or inf: empty, as one at a time
+            if len(whole) == len(data) and ok.all():
+                # The usual case, every user with a stored vector: the decoded block is
+                # the matrix (read-only, as it views the joined bytes); nothing to scatter.
+                return cls(block, np.array(log2_norms, dtype=np.float64))
+        directions = np.zeros((len(data), dim), dtype=np.float32)
+        exps = np.full(len(data), -math.inf)
+        if whole:
             kept = np.array([u for u, _ in whole], dtype=np.intp)[ok]
             directions[kept] = block[ok]
             exps[kept] = [log2_norms[u] for u in kept.tolist()]
@@ -396,17 +401,27 @@ def _fold(
     old_exp, top_exp, shift, _ = decay
     if not len(users):
         return Horizon(old.directions, old_exp)
+    # `users` is sorted and distinct: as long as the batch, it is every user, in order,
+    # and the usual case (every written user has rows) needs no gather or scatter.
+    every = len(users) == len(old_exp)
+    directions_before = old.directions if every else old.directions[users]
+    if not every:
+        old_exp, top_exp, shift = old_exp[users], top_exp[users], shift[users]
     with np.errstate(under="ignore"):  # exp2(-inf) = 0: empty sums
-        sums = np.exp2(old_exp[users] - shift[users])[:, None] * old.directions[users] + row_sums
+        sums = np.exp2(old_exp - shift)[:, None] * directions_before + row_sums
     norms = np.linalg.norm(sums, axis=1)
-    alive = (norms > _CANCELLED) & np.isfinite(top_exp[users])
+    alive = (norms > _CANCELLED) & np.isfinite(top_exp)
     with np.errstate(divide="ignore", invalid="ignore"):
         unit = (sums / norms[:, None]).astype(np.float32)
-        exps = shift[users] + np.log2(norms)
+        exps = shift + np.log2(norms)
+    folded = unit if alive.all() else np.where(alive[:, None], unit, np.float32(0.0))
+    log2_folded = np.where(alive, exps, -math.inf)
+    if every:
+        return Horizon(_frozen(folded), log2_folded)
     directions = old.directions.copy()
-    directions[users] = np.where(alive[:, None], unit, np.float32(0.0))
-    log2_norms = old_exp.copy()
-    log2_norms[users] = np.where(alive, exps, -math.inf)
+    directions[users] = folded
+    log2_norms = decay.old_exp.copy()
+    log2_norms[users] = log2_folded
     return Horizon(_frozen(directions), log2_norms)
 
 
