@@ -321,11 +321,12 @@ class Horizon(NamedTuple):
 
     def published(self) -> list[bytes | None]:
         """Each user's `Interest.published()`: float32 little-endian bytes, None while empty."""
-        size = 4 * self.directions.shape[1]
-        data = encode_vector(self.directions)
+        # Row by row: a `tobytes` of the whole matrix, then a slice of it per user, copied
+        # every vector twice.
+        rows = np.asarray(self.directions, dtype="<f4")  # `encode_vector`'s wire form
         return [
-            data[u * size : (u + 1) * size] if log2 != -math.inf else None
-            for u, log2 in enumerate(self.log2_norms.tolist())
+            row.tobytes() if log2 != -math.inf else None
+            for row, log2 in zip(rows, self.log2_norms.tolist(), strict=True)
         ]
 
     def finite_log2_norms(self) -> list[float | None]:
