@@ -566,10 +566,13 @@ class StoredInterest:
     ref_ms: int | None = None
 
     def to_json(self) -> dict[str, object]:
+        """The JSON part, for msgspec's encoder (`profiling.jsonout`): the sketch is left as
+        bytes, which msgspec writes as standard padded base64 text, the same text as
+        `base64.b64encode`, at a third of its cost (a write per user and batch)."""
         return {
             "log2_long": self.log2_long,
             "log2_short": self.log2_short,
-            "sketch": base64.b64encode(self.sketch).decode() if self.sketch else None,
+            "sketch": self.sketch or None,
             "ref": self.ref_ms,
         }
 
