@@ -122,33 +122,42 @@ class ProfileModels:
         scored = [
             (user, event, features)
             for user, (outcome, (_, all_features)) in enumerate(zip(written, folded, strict=True))
-            for event, features in zip(outcome.applied, all_features, strict=True)
+            # One entry per applied event (`observe_all`): not strict, whose keyword costs
+            # a dict per user.
+            for event, features in zip(outcome.applied, all_features)  # noqa: B905
             if features is not None
         ]
         # In event time, not user by user: the models learn in turn, and the order must
         # not depend on which users a batch happened to hold.
         scored.sort(key=_in_event_time)
         batch = self.risk.scored_batch([features for _, _, features in scored], learn=learn)
-        per_user: list[list[tuple[Event, dict[str, float], int]]] = [[] for _ in written]
+        # Only the users with a scored event have verdicts to work out: the others
+        # keep `_UNSCORED`, and no list is made for them.
+        per_user: dict[int, list[tuple[Event, dict[str, float], int]]] = {}
+        threshold, alerts = self.alert_threshold, 0
         for i, ((user, event, features), risk, anomaly) in enumerate(
             zip(scored, batch.risks, batch.raws, strict=True)
         ):
             features[ANOMALY] = anomaly  # ours: a fresh dict per event
-            per_user[user].append((event, features, i))
+            events = per_user.get(user)
+            if events is None:
+                per_user[user] = [(event, features, i)]
+            else:
+                events.append((event, features, i))
             self._scores.append((event.event_id, risk))
-        tastes = self._tastes(written)
-        verdicts = [
-            self._verdicts(o, state, events, batch) if events else _UNSCORED
-            for o, (state, _), events in zip(written, folded, per_user, strict=True)
-        ]
+            alerts += risk >= threshold  # `_verdicts` raises one alert for each
         if learn:  # a batch folded again raises the alerts its first fold counted
-            self.alerts_raised += sum(len(changes["alerts"]) for changes, _ in verdicts)
-        rows = [
-            self._profile_row(o.profile, state, taste)
-            for o, (state, _), taste in zip(written, folded, tastes, strict=True)
-        ]
-        current = [(o.profile.segment, o.profile.segment_dwell) for o in written]
-        tops = [_top_category(o.profile) for o in written]
+            self.alerts_raised += alerts
+        verdicts = [_UNSCORED] * len(written)
+        for user in sorted(per_user):  # in the users' order, as they come
+            verdicts[user] = self._verdicts(written[user], folded[user][0], per_user[user], batch)
+        tastes = self._tastes(written)
+        rows, current, tops = [], [], []
+        for o, (state, _), taste in zip(written, folded, tastes, strict=True):
+            row, top = self._segment_inputs(o.profile, state, taste)
+            rows.append(row)
+            current.append((o.profile.segment, o.profile.segment_dwell))
+            tops.append(top)
         assignments = self.segments.assign_rows(rows, current, tops, learn=learn)
         updated = iter([
             self._fold(outcome, state, changes, kept, assignment)
@@ -229,18 +238,23 @@ class ProfileModels:
     def _profile_features(
         self, profile: Profile, behaviour: Behaviour, taste: list[float] | None
     ) -> dict[str, float]:
-        """The profile's segment features by name (`_profile_row`'s values)."""
-        return dict(
-            zip(PROFILE_FEATURES, self._profile_row(profile, behaviour, taste), strict=True)
-        )
+        """The profile's segment features by name (`_segment_inputs`' row)."""
+        row, _ = self._segment_inputs(profile, behaviour, taste)
+        return dict(zip(PROFILE_FEATURES, row, strict=True))
 
-    def _profile_row(
+    def _segment_inputs(
         self, profile: Profile, behaviour: Behaviour, taste: list[float] | None
-    ) -> tuple[float, ...]:
-        """`profile_features` of the profile, as a row in SEGMENT_FEATURES order."""
+    ) -> tuple[tuple[float, ...], str | None]:
+        """`profile_features` of the profile as a row in SEGMENT_FEATURES order, and its
+        top category (None without one): what the segments read of it, in one call."""
         scores = profile.category_scores
-        total = sum(scores.values())
-        return profile_row(
+        top, focus = None, 0.0
+        if scores:
+            # The top category's score is the highest: the category focus's numerator.
+            top, highest = max(scores.items(), key=SCORE_THEN_NAME)
+            total = sum(scores.values())
+            focus = highest / total if total > 0 else 0.0
+        row = profile_row(
             profile.counts,
             profile.events,
             profile.spend,
@@ -250,9 +264,10 @@ class ProfileModels:
             profile.first_seen,
             profile.last_seen,
             behaviour,
-            max(scores.values()) / total if total > 0 else 0.0,
+            focus,
             taste,
         )
+        return row, top
 
     def _fold(
         self,
@@ -446,10 +461,3 @@ _UNSCORED: Final[tuple[Mapping[str, Any], tuple[tuple[str, bytes], ...]]] = (
     MappingProxyType({"alerts": ()}),
     (),
 )
-
-
-def _top_category(profile: Profile) -> str | None:
-    scores = profile.category_scores
-    if not scores:
-        return None
-    return max(scores.items(), key=SCORE_THEN_NAME)[0]

@@ -159,10 +159,19 @@ class SegmentModel:
         distances = np.sqrt((diff * diff).sum(axis=2))
         nearest = distances.argmin(axis=1).tolist()
         out = []
+        n_segments, min_dwell, margin = self.n_segments, self.min_dwell, self.switch_margin
         for row, best, (segment, dwell), category in zip(
             distances.tolist(), nearest, current, categories, strict=True
         ):
-            assigned = self._hysteresis(row, best, segment, dwell)
+            # Hysteresis, inline (once per profile): a user without a segment (or one of
+            # a model with more) takes the nearest; one who has dwelt `min_dwell`
+            # updates moves when the nearest centre is within the switch margin.
+            if segment is None or not 0 <= segment < n_segments:
+                assigned = _assignment((best, 1, None))
+            elif best != segment and dwell >= min_dwell and row[best] < margin * row[segment]:
+                assigned = _assignment((best, 1, segment))
+            else:
+                assigned = _assignment((segment, dwell + 1, None))
             if category and learn:  # inline, not a method: once per profile
                 counter = self.top_categories.get(assigned.segment)
                 if counter is None:  # not setdefault: that builds a Counter every time
@@ -189,18 +198,6 @@ class SegmentModel:
         if full.any():
             sums[full] /= 2
             self.member_counts[full] /= 2
-
-    def _hysteresis(
-        self, row: list[float], best: int, segment: int | None, dwell: int
-    ) -> Assignment:
-        """Where a user with these distances to the centres (nearest: `best`) goes."""
-        if segment is None or not 0 <= segment < self.n_segments:
-            return _assignment((best, 1, None))
-        if best == segment or dwell < self.min_dwell:
-            return _assignment((segment, dwell + 1, None))
-        if row[best] < self.switch_margin * row[segment]:
-            return _assignment((best, 1, segment))
-        return _assignment((segment, dwell + 1, None))
 
     def _learn(self, rows: Sequence[tuple[float, ...]]) -> None:
         for row in rows:
