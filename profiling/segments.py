@@ -31,28 +31,10 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 from river import cluster, preprocessing
 
-from profiling.behaviour import float_rows
+from profiling.behaviour import PROFILE_FEATURES, float_rows
 
-SEGMENT_FEATURES: Final = (
-    "recency_gap_days",
-    "frequency",
-    "monetary",
-    "orders",
-    "avg_order",
-    "avg_price",
-    "category_focus",
-    "share_view",
-    "share_click",
-    "share_search",
-    "share_add_to_cart",
-    "share_purchase",
-    "share_review",
-    "share_login",
-    "taste_0",
-    "taste_1",
-    "taste_2",
-    "taste_3",
-)
+# The profile features `profile_row` computes, in its order: a column of the matrix each.
+SEGMENT_FEATURES: Final = PROFILE_FEATURES
 
 # (feature, words when the centre is above the mean, words when below), strongest first.
 WORDS: Final = (

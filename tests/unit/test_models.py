@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 import pytest
 
-from profiling.behaviour import PROFILE_FEATURES, TRANSACTION_FEATURES, Behaviour
+from profiling.behaviour import TRANSACTION_FEATURES, Behaviour
 from profiling.commands import apply_commands
 from profiling.labels import apply_labels
 from profiling.models import ProfileModels, alert_id
@@ -711,11 +711,6 @@ def test_labels_make_risk_separate_fraud_better() -> None:
     after = auc([model.score(x, learn=False)[0] for x, _ in test], [y for _, y in test])
     assert after > before + 0.05 and after > 0.85, (before, after)
     assert model.label_weight > 0.5
-
-
-def test_profile_rows_are_in_the_order_the_segments_read() -> None:
-    # The models hand `profile_row`'s tuples to the segments as matrix rows, by position.
-    assert PROFILE_FEATURES == SEGMENT_FEATURES
 
 
 def test_segments_do_not_flap_between_two_close_centres() -> None:
