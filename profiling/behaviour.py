@@ -13,7 +13,7 @@ out of the amount statistics and the average price.
 transactional features *as they were when the event happened* (the state
 before it): amount against the user's own history, velocity in the last
 minute / hour / day, what is new about it. Everything is event time, so a
-replay of the same log computes the same features. `profile_features`
+replay of the same log computes the same features. `profile_row`
 summarises a whole profile for segmentation: recency, frequency, monetary
 value, the event-type mix, average price, category concentration and a
 4-dimensional projection of `vec_long`.
@@ -738,29 +738,7 @@ PROFILE_FEATURES: Final = (
 _NO_TASTE: Final = (0.0,) * VECTOR_PROJECTION_DIMS
 
 
-def profile_features(
-    *,
-    counts: Mapping[str, int],
-    events: int,
-    spend: float,
-    orders: int,
-    first_seen: int,
-    last_seen: int,
-    behaviour: Behaviour,
-    category_focus: float,
-    taste: Sequence[float] | None,
-) -> dict[str, float]:
-    """Recency, frequency, monetary value, event mix, price level, focus and taste, as floats.
-
-    `taste` is `vec_long` through `vector_projection` (None without a vector).
-    """
-    row = profile_row(
-        counts, events, spend, orders, first_seen, last_seen, behaviour, category_focus, taste
-    )
-    return dict(zip(PROFILE_FEATURES, row, strict=True))
-
-
-def profile_row(  # noqa: PLR0917 - profile_features' arguments, positional: once per user
+def profile_row(  # noqa: PLR0917 - positional: once per user and batch
     counts: Mapping[str, int],
     events: int,
     spend: float,
@@ -771,8 +749,12 @@ def profile_row(  # noqa: PLR0917 - profile_features' arguments, positional: onc
     category_focus: float,
     taste: Sequence[float] | None,
 ) -> tuple[float, ...]:
-    """`profile_features`' values in PROFILE_FEATURES order, without the dict: what the
-    segments read (a row of their matrix), for every profile a batch updates."""
+    """Recency, frequency, monetary value, event mix, price level, focus and taste, as
+    floats in PROFILE_FEATURES order: a row of the segments' matrix, for every profile a
+    batch updates (no dict per profile).
+
+    `taste` is `vec_long` through `vector_projection` (None without a vector).
+    """
     if taste is None:
         taste = _NO_TASTE
     elif len(taste) != VECTOR_PROJECTION_DIMS:

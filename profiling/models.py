@@ -245,7 +245,7 @@ class ProfileModels:
     def _segment_inputs(
         self, profile: Profile, behaviour: Behaviour, taste: list[float] | None
     ) -> tuple[tuple[float, ...], str | None]:
-        """`profile_features` of the profile as a row in SEGMENT_FEATURES order, and its
+        """`profile_row` of the profile (in SEGMENT_FEATURES order), and its
         top category (None without one): what the segments read of it, in one call."""
         scores = profile.category_scores
         top, focus = None, 0.0

@@ -19,6 +19,7 @@ from profiling.behaviour import (
     MINUTE_MS,
     MIX_TYPES,
     NO_HISTORY_MS,
+    PROFILE_FEATURES,
     TRANSACTION_FEATURES,
     TRUST_MS,
     VISIT_GAP_MS,
@@ -29,7 +30,7 @@ from profiling.behaviour import (
     merge_behaviour,
     observe,
     observe_all,
-    profile_features,
+    profile_row,
     token,
 )
 from profiling.events import Event
@@ -668,17 +669,8 @@ def test_a_merge_with_order_lines_gives_the_visit_of_every_event_as_one_users(
 def test_each_share_in_the_profile_features_is_its_own_event_type() -> None:
     # `profile_row` spells the shares out one by one, in MIX_TYPES order.
     counts = {kind: i + 1 for i, kind in enumerate(MIX_TYPES)}
-    features = profile_features(
-        counts=counts,
-        events=sum(counts.values()),
-        spend=0.0,
-        orders=0,
-        first_seen=START,
-        last_seen=START,
-        behaviour=Behaviour(),
-        category_focus=0.0,
-        taste=None,
-    )
+    row = profile_row(counts, sum(counts.values()), 0.0, 0, START, START, Behaviour(), 0.0, None)
+    features = dict(zip(PROFILE_FEATURES, row, strict=True))
     total = sum(counts.values())
     assert {kind: features[f"share_{kind}"] for kind in MIX_TYPES} == {
         kind: count / total for kind, count in counts.items()
