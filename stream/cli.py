@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from stream.interrupts import run_main
 from stream.settings import Settings, refusals
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def _with_servers(
         raise typer.Exit(2) from None
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its refusals: the line below
     try:
-        return asyncio.run(work)
+        return run_main(work)
     except (RedisError, RedisClusterException) as exc:
         _error(f"Redis at {redis_setting(settings)}: {exc}")
     except KafkaError as exc:
@@ -131,7 +132,7 @@ def run(
     from stream.preflight import StartupError, check_servers
 
     try:
-        asyncio.run(check_servers(settings))  # before the encoder and models load
+        run_main(check_servers(settings))  # before the encoder and models load
     except StartupError as exc:
         _error(f"cannot start the worker: {exc}")
         raise typer.Exit(1) from None
@@ -139,7 +140,7 @@ def run(
     from stream.runner import run_worker
 
     try:
-        stats = asyncio.run(run_worker(settings, until_idle))
+        stats = run_main(run_worker(settings, until_idle))
     except (StartupError, SnapshotRefusedError) as exc:
         _error(f"cannot start the worker: {exc}")
         raise typer.Exit(1) from None
@@ -519,7 +520,7 @@ def _wait_for_signal(
             task.cancel()
         return None if received.is_set() or not failing.done() else failing.result()
 
-    return asyncio.run(wait())
+    return run_main(wait())
 
 
 @app.command()

@@ -31,6 +31,7 @@ from profiling.models import ProfileModels
 from profiling.store import user_of_key
 from stream import kafka
 from stream.devstack import DevStack, DevStackError
+from stream.interrupts import run_main
 from stream.lookup import read_profile_json
 from stream.model_setup import segment_sizes
 from stream.producing import send_all
@@ -80,7 +81,7 @@ def run_demo(
         settings = stack.settings()
         console.print(f"broker {settings.kafka_bootstrap}, redis {settings.redis_url}")
         with _ended_if_stuck(stack, say_failed):
-            asyncio.run(_while_up(stack, _stream_shop(settings, users, events, seed, console)))
+            run_main(_while_up(stack, lambda: _stream_shop(settings, users, events, seed, console)))
 
 
 @contextlib.contextmanager
@@ -113,10 +114,11 @@ def _ended_if_stuck(stack: DevStack, say_failed: Callable[[str], None]) -> Itera
         done.set()
 
 
-async def _while_up(stack: DevStack, work: Coroutine[Any, Any, None]) -> None:
-    """Run `work`; DevStackError if a server of the stack exits first (the worker would
-    otherwise retry its broker or Redis for ever)."""
-    working, watching = asyncio.ensure_future(work), asyncio.ensure_future(stack.watch())
+async def _while_up(stack: DevStack, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run `work()`; DevStackError if a server of the stack exits first (the worker would
+    otherwise retry its broker or Redis for ever). Made here, `work()` is not left unawaited
+    when a Ctrl-C cancels this before its first step."""
+    working, watching = asyncio.ensure_future(work()), asyncio.ensure_future(stack.watch())
     try:
         await asyncio.wait([working, watching], return_when=asyncio.FIRST_COMPLETED)
         if not working.done():

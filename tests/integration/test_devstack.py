@@ -9,12 +9,14 @@ by a successful round trip: a broker could decompress and store plainly.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -449,3 +451,41 @@ def test_a_demo_whose_loop_does_not_stop_after_its_server_died_is_ended() -> Non
     assert child.returncode == 1, child.stderr
     assert child.stderr.startswith("failed: redis exited with status -9"), child.stderr
     assert wait_gone([broker, redis]), "the broker outlived the demo"
+
+
+def test_a_demo_interrupted_before_its_loop_steps_stops_its_stack_cleanly(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A SIGHUP right after the demo printed its servers landed as asyncio.run installed
+    its Ctrl-C handler: the main task was cancelled before its first step, the demo ended
+    with a CancelledError traceback and warned of the shop's coroutine never awaited."""
+    import io
+    import warnings
+
+    from rich.console import Console
+
+    from stream import demo
+    from stream.settings import Settings
+    from tests.unit.test_interrupts import interrupt_as_asyncio_run_installs_its_handler
+
+    printed = io.StringIO()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    failures: list[str] = []
+    servers_printed = interrupt_as_asyncio_run_installs_its_handler(
+        armed=lambda: ", redis " in printed.getvalue()
+    )
+    with servers_printed, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(KeyboardInterrupt):
+            demo.run_demo(
+                Settings(**demo.QUICK_GROUPS),
+                users=5,
+                events=10,
+                seed=1,
+                console=Console(file=printed),
+                say_failed=failures.append,
+            )
+        gc.collect()
+    assert not [str(w.message) for w in caught if "never awaited" in str(w.message)]
+    assert failures == []
+    assert list(tmp_path.iterdir()) == [], "the stack's directories were left behind"
