@@ -169,7 +169,7 @@ ENCODER_SECONDS = Counter(
 
 
 ALERTS = Counter("profiler_fraud_alerts", "Fraud alerts published", registry=REGISTRY)
-RISK_SCORES = Histogram(
+RISK_SCORES = BatchHistogram(
     "profiler_risk_score",
     "Risk scores of purchases and logins",
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),

@@ -1423,8 +1423,8 @@ class BatchWorker:
         metrics.ALERTS.inc(len(result.alerts))
         for outcome, count in result.labels.items():
             metrics.LABELS.labels(outcome).inc(count)
-        for _, score in result.risk_scores:
-            metrics.RISK_SCORES.observe(score)
+        if result.risk_scores:
+            metrics.RISK_SCORES.observe_all([score for _, score in result.risk_scores])
         if result.model_drifts:
             metrics.MODEL_DRIFT.labels("risk").inc(result.model_drifts)
             log.warning("risk score drift detected by ADWIN (%d in this batch)",
