@@ -543,10 +543,17 @@ class _Working:
         of the same slots (`slots.copier` relies on it too): no second object and no
         field copied, which cost about 2,000 instructions once per user and batch.
         """
-        self.events = tuple(self.events[-RECENT_EVENTS:])  # type: ignore[assignment]
-        self.orders = self.orders[-RECENT_ORDERS:]
-        self.failures = self.failures[-RECENT_FAILURES:]
-        self.lines = self.lines[-RECENT_LINES:]
+        events = self.events
+        if len(events) > RECENT_EVENTS:
+            events = events[-RECENT_EVENTS:]
+        self.events = tuple(events)  # type: ignore[assignment]
+        # Cut only when over (mostly they are not): no negated bound and slice each.
+        if len(self.orders) > RECENT_ORDERS:
+            self.orders = self.orders[-RECENT_ORDERS:]
+        if len(self.failures) > RECENT_FAILURES:
+            self.failures = self.failures[-RECENT_FAILURES:]
+        if len(self.lines) > RECENT_LINES:
+            self.lines = self.lines[-RECENT_LINES:]
         self.__class__ = Behaviour  # type: ignore[assignment]
         return self  # type: ignore[return-value]
 
