@@ -440,38 +440,53 @@ def _features(
     # Cards with a use known in the day up to the event: for a late one, a card first
     # used after it is no card it was paid among (the windows below end at it too).
     since = ts - DAY_MS
-    cards_24h = {c for c, first, used in v.cards if since <= used <= ts or since <= first <= ts}
+    cards_24h: set[str] = set()  # a loop, not a comprehension: no closure over `ts` and `since`
+    for known_card, first, used in v.cards:
+        if since <= used <= ts or since <= first <= ts:
+            cards_24h.add(known_card)
     if card is not None:
         cards_24h.add(card)
     device = _named(event.device_id)
     if device is not None:
         device = fingerprint(device)
     country = fingerprint(event.country) if event.country is not None else None
-    orders = v.orders[-RECENT_ORDERS:]  # a working copy's runs may hold more
-    events = v.events[-RECENT_EVENTS:]
+    # A working copy's runs may hold more than their bounds: the counts saturate at them.
+    orders, events, failures = v.orders, v.events, v.failures
+    if len(orders) > RECENT_ORDERS:
+        orders = orders[-RECENT_ORDERS:]
+    if len(events) > RECENT_EVENTS:
+        events = events[-RECENT_EVENTS:]
+    if len(failures) > RECENT_FAILURES:
+        failures = failures[-RECENT_FAILURES:]
+    # The windows end at the event (_within's counts, spelt out: each run's end found once).
+    orders_to = bisect_right(orders, ts)
+    events_to = bisect_right(events, ts)
     amount_n, first_ts = v.amount_n, v.first_ts
+    # Conditionals, not float(bool): a call each.
     return {
         "amount_log": math.log1p(amount),
         "amount_vs_usual": math.log2((amount + 1.0) / (v.amount_mean + 1.0))
         if known and amount_n
         else 0.0,
-        "first_order": float(purchase and not orders),
-        "orders_1m": float(_within(orders, ts, MINUTE_MS)),
-        "orders_1h": float(_within(orders, ts, HOUR_MS)),
-        "events_1m": float(_within(events, ts, MINUTE_MS)),
-        "events_1h": float(_within(events, ts, HOUR_MS)),
-        "new_device": float(device is not None and not _familiar(v.devices, device, ts)),
-        "new_country": float(country is not None and not _familiar(v.countries, country, ts)),
-        "new_card": float(card is not None and not _familiar(v.cards, card, ts)),
+        "first_order": 1.0 if purchase and not orders else 0.0,
+        "orders_1m": float(orders_to - bisect_left(orders, ts - MINUTE_MS)),
+        "orders_1h": float(orders_to - bisect_left(orders, ts - HOUR_MS)),
+        "events_1m": float(events_to - bisect_left(events, ts - MINUTE_MS)),
+        "events_1h": float(events_to - bisect_left(events, ts - HOUR_MS)),
+        "new_device": 1.0 if device is not None and not _familiar(v.devices, device, ts) else 0.0,
+        "new_country": 1.0
+        if country is not None and not _familiar(v.countries, country, ts)
+        else 0.0,
+        "new_card": 1.0 if card is not None and not _familiar(v.cards, card, ts) else 0.0,
         "cards_24h": float(len(cards_24h)),
-        "failed_logins_1h": float(_within(v.failures[-RECENT_FAILURES:], ts, HOUR_MS)),
+        "failed_logins_1h": float(_within(failures, ts, HOUR_MS)),
         "account_age_days": math.log1p(max(0, ts - first_ts) / DAY_MS if first_ts else 0.0),
         "since_login_hours": math.log1p(_since(v.last_login, ts) / HOUR_MS),
         "cart_to_purchase_min": math.log1p(_since(v.last_cart, ts) / MINUTE_MS)
         if purchase
         else 0.0,
-        "is_login": float(not purchase),
-        "login_failed": float(not purchase and event.success is False),
+        "is_login": 0.0 if purchase else 1.0,
+        "login_failed": 1.0 if not purchase and event.success is False else 0.0,
     }
 
 
