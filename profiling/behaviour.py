@@ -312,8 +312,14 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
         # whose outcome is not told may be an attacker's failure just as well.
         unvouched = kind == "login" and not event.success
         # Most events of a session share device and country: those are not even digested.
-        if not unvouched and (event.device_id != device or event.country != country):
-            device, country = work.identify(event, device, country, fingerprint)
+        # (Here, not in a method: a first event of each user's batch comes this way.)
+        if not unvouched:
+            if event.device_id != device and (named := _named(event.device_id)) is not None:
+                device = named
+                work.devices = _touch(work.devices, fingerprint(named), ts)
+            if event.country != country and event.country is not None:
+                country = event.country
+                work.countries = _touch(work.countries, fingerprint(country), ts)
         if kind == "purchase":
             work.purchase(event, fingerprint, amount, order)
         elif failed_login:
@@ -571,20 +577,6 @@ class _Working:
             self.lines = self.lines[-RECENT_LINES:]
         self.__class__ = Behaviour  # type: ignore[assignment]
         return self  # type: ignore[return-value]
-
-    def identify(
-        self, event: Event, device: str | None, country: str | None, fingerprint: Fingerprint
-    ) -> tuple[str | None, str | None]:
-        """Remember the device and country an event came from; the raw ids now most recent."""
-        ts = event.ts
-        named = _named(event.device_id) if event.device_id != device else None
-        if named is not None:
-            device = named
-            self.devices = _touch(self.devices, fingerprint(device), ts)
-        if event.country is not None and event.country != country:
-            country = event.country
-            self.countries = _touch(self.countries, fingerprint(country), ts)
-        return device, country
 
     def order_of(
         self,
