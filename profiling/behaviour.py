@@ -307,27 +307,28 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
             insort(stamps, ts)
         else:
             stamps.append(ts)
-        failed_login = kind == "login" and event.success is False
-        # Only a login known to have succeeded vouches for its device and country: one
-        # whose outcome is not told may be an attacker's failure just as well.
-        unvouched = kind == "login" and not event.success
-        # Most events of a session share device and country: those are not even digested.
-        # (Here, not in a method: a first event of each user's batch comes this way.)
-        if not unvouched:
-            if event.device_id != device and (named := _named(event.device_id)) is not None:
-                device = named
-                work.devices = _touch(work.devices, fingerprint(named), ts)
-            if event.country != country and event.country is not None:
-                country = event.country
-                work.countries = _touch(work.countries, fingerprint(country), ts)
-        if kind == "purchase":
+        if kind == "login":
+            success = event.success
+            if success:
+                work.last_login = ts if ts > work.last_login else work.last_login
+            else:
+                if success is False:
+                    work.failures = _added(work.failures, ts, RECENT_FAILURES)
+                # Only a login known to have succeeded vouches for its device and country:
+                # one whose outcome is not told may be an attacker's failure just as well.
+                continue
+        elif kind == "purchase":
             work.purchase(event, fingerprint, amount, order)
-        elif failed_login:
-            work.failures = _added(work.failures, ts, RECENT_FAILURES)
-        elif kind == "login" and event.success:
-            work.last_login = ts if ts > work.last_login else work.last_login
         elif kind == "add_to_cart" and ts > work.last_cart:
             work.last_cart = ts
+        # Most events of a session share device and country: those are not even digested.
+        # (Here, not in a method: a first event of each user's batch comes this way.)
+        if event.device_id != device and (named := _named(event.device_id)) is not None:
+            device = named
+            work.devices = _touch(work.devices, fingerprint(named), ts)
+        if event.country != country and event.country is not None:
+            country = event.country
+            work.countries = _touch(work.countries, fingerprint(country), ts)
     work.first_ts, work.last_ts, work.price_n, work.price_sum = (
         first_ts,
         last_ts,
