@@ -329,13 +329,26 @@ def observe_all(  # noqa: PLR0912, PLR0915 - one loop over every event, kept fla
         if event.country != country and event.country is not None:
             country = event.country
             work.countries = _touch(work.countries, fingerprint(country), ts)
-    work.first_ts, work.last_ts, work.price_n, work.price_sum = (
-        first_ts,
-        last_ts,
-        price_n,
-        price_sum,
-    )
-    return work.frozen(), features
+    work.first_ts = first_ts
+    work.last_ts = last_ts
+    work.price_n = price_n
+    work.price_sum = price_sum
+    # The working copy made the `Behaviour` it mirrors, here too, not in a method: its runs
+    # cut to their bounds (only when over: mostly they are not) and made tuples in place,
+    # then the object itself a `Behaviour`. Python allows that class change between
+    # classes of the same slots (`slots.copier` relies on it too): no second object and
+    # no field copied, which cost about 2,000 instructions once per user and batch.
+    if len(stamps) > RECENT_EVENTS:
+        del stamps[:-RECENT_EVENTS]
+    work.events = tuple(stamps)  # type: ignore[assignment]
+    if len(work.orders) > RECENT_ORDERS:
+        work.orders = work.orders[-RECENT_ORDERS:]
+    if len(work.failures) > RECENT_FAILURES:
+        work.failures = work.failures[-RECENT_FAILURES:]
+    if len(work.lines) > RECENT_LINES:
+        work.lines = work.lines[-RECENT_LINES:]
+    work.__class__ = Behaviour  # type: ignore[assignment]
+    return work, features  # type: ignore[return-value]
 
 
 def _late_visit(work: _Working, ts: int, first_ts: int) -> None:
@@ -529,9 +542,9 @@ class _Working:
     """A mutable copy of a `Behaviour` while a batch of one user's events is folded in.
 
     The same field names as `Behaviour` (so `_features` reads either). The event
-    times, which every event adds to, are a list here (kept sorted, trimmed in
-    `frozen()`); the runs few events change stay tuples (`_added`). `observe_all`
-    makes it.
+    times, which every event adds to, are a list here (kept sorted, trimmed when
+    frozen); the runs few events change stay tuples (`_added`). `observe_all`
+    makes it, and at its end makes it the `Behaviour` it mirrors.
     """
 
     __slots__ = _FIELDS
@@ -556,28 +569,6 @@ class _Working:
     visit: int
     last_scored: int
     lines: tuple[int, ...]
-
-    def frozen(self) -> Behaviour:
-        """The working copy made the `Behaviour` it mirrors: not a working copy after.
-
-        The runs are cut to their bounds and made tuples in place; then the object
-        itself becomes a `Behaviour`. Python allows that class change between classes
-        of the same slots (`slots.copier` relies on it too): no second object and no
-        field copied, which cost about 2,000 instructions once per user and batch.
-        """
-        events = self.events
-        if len(events) > RECENT_EVENTS:
-            events = events[-RECENT_EVENTS:]
-        self.events = tuple(events)  # type: ignore[assignment]
-        # Cut only when over (mostly they are not): no negated bound and slice each.
-        if len(self.orders) > RECENT_ORDERS:
-            self.orders = self.orders[-RECENT_ORDERS:]
-        if len(self.failures) > RECENT_FAILURES:
-            self.failures = self.failures[-RECENT_FAILURES:]
-        if len(self.lines) > RECENT_LINES:
-            self.lines = self.lines[-RECENT_LINES:]
-        self.__class__ = Behaviour  # type: ignore[assignment]
-        return self  # type: ignore[return-value]
 
     def order_of(
         self,
