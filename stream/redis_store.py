@@ -57,11 +57,12 @@ from profiling.store import (
     vector_fields,
 )
 
-# Both scripts serve several users per call, four keys each (profile, state, the
-# dedupe window's key of earlier versions, and the erasure marker kept apart from
-# the state), and take each call's per-user arguments as one JSON document: packing
-# a few long arguments costs the client far less than thousands of short ones, and
-# the client's CPU, not the server's, is what limits a worker. Every key of one user
+# Both scripts serve several users per call, up to four keys each (profile, state,
+# the dedupe window's key of earlier versions, and the erasure marker kept apart
+# from the state: the save sends the last two only when it may touch them), and
+# take each call's per-user arguments as one JSON document: packing a few long
+# arguments costs the client far less than thousands of short ones, and the
+# client's CPU, not the server's, is what limits a worker. Every key of one user
 # carries the same hash tag: on a Redis Cluster client the store serves one user per
 # call.
 
@@ -90,17 +91,23 @@ end
 return out
 """
 
-# KEYS: four per user (as LOAD_SCRIPT's), then per user with scored events the index
-# of their scored events (`profile-scored:{u}`) and one key per scored event (the
-# index's name, a colon, the event id).
+# KEYS: per user, their profile and state, then the two keys of LOAD_SCRIPT's four
+# that the write may touch, when it may: the dedupe key of earlier versions (to
+# delete) and the erasure marker kept apart (read for a new profile); then, for a
+# user with scored events, the index of their scored events (`profile-scored:{u}`)
+# and one key per scored event (the index's name, a colon, the event id). Each key
+# is one more argument for the client to pack and for Redis to read: a write to a
+# user it holds sends two.
 # ARGV: ttl ms, JSON [[expected version, ARGV index of the state blob,
 #       [field, value, ...], [binary field, ARGV index, ...],
-#       expected updated stamp or 0 for any, 1 to delete an earlier version's
-#       dedupe key, expected erasure time or 0 for none, scored events: [] or
-#       [KEYS index of the user's scored index, ARGV index of the first event's
-#       features, number of events, time of the write (ms)], vector fields to
-#       delete, 1 to keep the profile's TTL as it is (a write that is no activity
-#       of the user's: the mark of a held-back change message as published)], ...],
+#       expected updated stamp or 0 for any, KEYS index of an earlier version's
+#       dedupe key to delete or 0, expected erasure time or 0 for none, scored
+#       events: [] or [KEYS index of the user's scored index, ARGV index of the
+#       first event's features, number of events, time of the write (ms)], vector
+#       fields to delete, 1 to keep the profile's TTL as it is (a write that is no
+#       activity of the user's: the mark of a held-back change message as
+#       published), KEYS index of the profile (the state's follows), KEYS index of
+#       the erasure marker kept apart (a new profile's; else 0)], ...],
 #       one entry per user, the scored features' TTL in seconds, then the binary
 #       values: vectors, state blobs and scored features, which JSON cannot carry
 #       (the state ends in raw digests).
@@ -128,12 +135,13 @@ local function save_scored(index, first, n, now)
   redis.call('EXPIRE', KEYS[index], scored_ttl)
 end
 for u = 1, #writes do
-  local k, write = 4 * u - 3, writes[u]
+  local write = writes[u]
+  local k = write[11]
   local stored = redis.call('HMGET', KEYS[k], 'version', 'updated')
   if tonumber(stored[1] or '0') ~= write[1]
       or (write[5] ~= 0 and tonumber(stored[2] or '0') ~= write[5])
       or (write[1] == 0 and erased_at(
-        redis.call('GET', KEYS[k + 1]) or redis.call('GET', KEYS[k + 3])) ~= write[7]) then
+        redis.call('GET', KEYS[k + 1]) or redis.call('GET', KEYS[write[12]])) ~= write[7]) then
     results[u] = 0
   else
     local fields = write[3]
@@ -148,7 +156,7 @@ for u = 1, #writes do
     else
       redis.call('SET', KEYS[k + 1], ARGV[write[2]])
     end
-    if write[6] == 1 then redis.call('DEL', KEYS[k + 2]) end
+    if write[6] ~= 0 then redis.call('DEL', KEYS[write[6]]) end
     if write[10] == 1 then  -- the hash and the state keep the time they have left
     elseif ttl > 0 then
       redis.call('PEXPIRE', KEYS[k], ttl)
@@ -404,7 +412,7 @@ class RedisProfileStore:
         cache = self._cache
         for chunk in _chunks(list(writes), self.users_per_call):
             binary: list[bytes] = []
-            keys = _user_keys([write.profile.user_id for write in chunk])
+            keys: list[str] = []
             payload = [
                 _write_entry(write, keys, binary, cache.get(write.profile.user_id))
                 for write in chunk
@@ -598,7 +606,7 @@ def _write_entry(
     write: Write, keys: list[str], binary: list[bytes], cached: Profile | None
 ) -> list[Any]:
     """One user's part of the save script's JSON; binary values are appended to `binary`,
-    the keys of scored events to `keys`.
+    the user's keys (those of scored events included) to `keys`.
 
     `cached`: the profile the store last wrote for the user, if it holds one. When
     it is the one `write` was computed from, it is the one Redis holds if the write
@@ -613,6 +621,16 @@ def _write_entry(
     ):
         since = None
     profile = write.profile
+    at = len(keys) + 1  # the profile's KEYS index (1-based); the state's follows
+    hash_key, blob_key, seen_key, marker_key = script_keys(profile.user_id)
+    keys += (hash_key, blob_key)
+    seen_at = erased_at = 0  # their KEYS indexes, when sent
+    if since is None:  # read from Redis: an earlier version may have left a dedupe key
+        keys.append(seen_key)
+        seen_at = len(keys)
+    if write.expected_version == 0:  # a new profile: the script checks the marker
+        keys.append(marker_key)
+        erased_at = len(keys)
     refs: list[Any] = []
     if profile.interest is not None:  # no vectors without an encoder: no call either
         for name, value in vector_fields(profile, since).items():
@@ -625,11 +643,13 @@ def _write_entry(
         public_items(profile, since),
         refs,
         write.expected_updated,
-        1 if since is None else 0,  # delete the earlier version's dedupe key
+        seen_at,  # the earlier version's dedupe key to delete
         profile.erased_before,
         _scored_entry(write, keys, binary) if write.scored else [],
         gone_vector_fields(profile, since),
         1 if write.keep_ttl else 0,
+        at,
+        erased_at,
     ]
 
 
