@@ -138,11 +138,20 @@ class Profile:
     def top_categories(self, n: int = PUBLISHED_CATEGORIES) -> list[tuple[str, float]]:
         """The `n` highest category scores above 0 (ties: the later name first), `round6`ed."""
         scores = self.category_scores
+        size = len(scores)
         best: Iterable[tuple[str, float]]
-        if len(scores) > n:
+        if size > n:
             best = heapq.nlargest(n, scores.items(), key=SCORE_THEN_NAME)
-        elif len(scores) > 1:
-            best = sorted(scores.items(), key=SCORE_THEN_NAME, reverse=True)
+        elif size > 2:
+            # `list.sort`, not `sorted`: no keywords passed on to it.
+            best = list(scores.items())
+            best.sort(key=SCORE_THEN_NAME, reverse=True)
+        elif size == 2:  # as often as three or more: one comparison, not a sort
+            first, second = scores.items()
+            if second[1] > first[1] or (second[1] == first[1] and second[0] > first[0]):
+                best = (second, first)
+            else:
+                best = (first, second)
         else:  # the usual one category, or none: nothing to order
             best = scores.items()
         return round6_positive(best)
