@@ -287,31 +287,37 @@ class Horizon(NamedTuple):
     def from_stored(
         cls, data: Sequence[bytes | None], log2_norms: Sequence[float | None], dim: int
     ) -> Horizon:
-        """`Interest.from_stored` for every user at once: one decode of all the vector bytes."""
+        """`Interest.from_stored` for every user at once: one decode of all the vector bytes.
+
+        A user without a usable vector joins zero bytes in its place, so the decoded
+        block is the matrix, in user order (read-only, as it views the joined bytes):
+        nothing is scattered, nor is a matrix cleared first.
+        """
         size = 4 * dim
-        whole = [
-            (u, vector)
-            for u, (vector, log2) in enumerate(zip(data, log2_norms, strict=True))
-            if vector is not None
-            and len(vector) == size
-            and log2 is not None
-            and math.isfinite(log2)
-        ]
-        if whole:
-            block = np.frombuffer(b"".join(vector for _, vector in whole), dtype="<f4")
-            block = block.reshape(len(whole), dim)
-            ok = np.isfinite(block).all(axis=1)  # a row with NaN or inf: empty, as one at a time
-            if len(whole) == len(data) and ok.all():
-                # The usual case, every user with a stored vector: the decoded block is
-                # the matrix (read-only, as it views the joined bytes); nothing to scatter.
-                return cls(block, np.array(log2_norms, dtype=np.float64))
-        directions = np.zeros((len(data), dim), dtype=np.float32)
-        exps = np.full(len(data), -math.inf)
-        if whole:
-            kept = np.array([u for u, _ in whole], dtype=np.intp)[ok]
-            directions[kept] = block[ok]
-            exps[kept] = [log2_norms[u] for u in kept.tolist()]
-        return cls(_frozen(directions), exps)
+        blank = bytes(size)  # an empty user's row: zeros
+        vectors: list[bytes] = []
+        exps: list[float] = []
+        for vector, log2 in zip(data, log2_norms, strict=True):
+            if (
+                vector is not None
+                and len(vector) == size
+                and log2 is not None
+                and math.isfinite(log2)
+            ):
+                vectors.append(vector)
+                exps.append(log2)
+            else:
+                vectors.append(blank)
+                exps.append(-math.inf)
+        directions = np.frombuffer(b"".join(vectors), dtype="<f4").reshape(len(data), dim)
+        log2s = np.array(exps, dtype=np.float64)
+        ok = np.isfinite(directions).all(axis=1)  # a row with NaN or inf: empty, as one at a time
+        if not ok.all():
+            directions = directions.copy()
+            directions[~ok] = 0.0
+            log2s[~ok] = -math.inf
+            directions = _frozen(directions)
+        return cls(directions, log2s)
 
     def interests(self) -> list[Interest]:
         return [
