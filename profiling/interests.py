@@ -20,7 +20,7 @@ import numpy as np
 from profiling import slots
 from profiling.embedding_cache import EmbeddingCache, EmbeddingLRU, embed_events
 from profiling.encoder import Encoder
-from profiling.profile import Outcome, Profile
+from profiling.profile import Outcome, Profile, make_outcome
 from profiling.vectors import (
     Horizon,
     StoredInterest,
@@ -158,24 +158,15 @@ class InterestModel:
                 profile,
                 interest=stored,
                 model=model,
-                unpublished=profile.unpublished | moved,
+                unpublished=_with_names(profile.unpublished, moved),
                 published_at=now_ms if publish[u] else profile.published_at,
                 published_version=profile.version if publish[u] else profile.published_version,
             )
-            result.append(
-                Outcome(
-                    profile,
-                    o.applied,
-                    o.duplicates,
-                    o.replayed,
-                    o.changed | moved,
-                    publish[u],
-                    o.scored,
-                    o.suppressed,
-                    o.forwarded,
-                    o.stranded,
-                )
-            )
+            outcome = make_outcome((
+                profile, o.applied, o.duplicates, o.replayed, _with_names(o.changed, moved),
+                publish[u], o.scored, o.suppressed, o.forwarded, o.stranded,
+            ))  # fmt: skip
+            result.append(outcome)
         return result
 
     def _drifts(
@@ -199,3 +190,8 @@ class InterestModel:
             for u, d in zip(measured, cosine_drifts(codes, now).tolist(), strict=True):
                 drift[u] = d
         return drift
+
+
+def _with_names(names: frozenset[str], more: frozenset[str]) -> frozenset[str]:
+    """`names | more`, as `names` itself when it holds them already (no copy of the set)."""
+    return names if more <= names else names | more
