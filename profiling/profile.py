@@ -465,8 +465,8 @@ def decay_categories(
     # The decayed scores first, then the events' gains: a user's few categories and
     # events, in plain loops (faster than a comprehension, or than a call).
     result: dict[str, float] = {}
-    for name, score in scores.items():
-        result[name] = score * shift
+    for known, score in scores.items():
+        result[known] = score * shift
     moved = new_reference_ms != reference_ms
     for event in events:
         name = event.category

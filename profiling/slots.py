@@ -87,7 +87,7 @@ def _compile(cls: type[Any], signature: str, values: dict[str, str]) -> Callable
     blank = _blank(cls)
     # A class with object's own `__new__` and `__init__` (the twin always) is called:
     # that makes an empty instance for about 280 instructions less than `object.__new__`.
-    plain = blank.__new__ is object.__new__ and blank.__init__ is object.__init__
+    plain = blank.__new__ is object.__new__ and blank.__init__ is object.__init__  # type: ignore[comparison-overlap]
     body = "".join(f"    new.{name} = {value}\n" for name, value in values.items())
     if blank is not cls:
         body += "    new.__class__ = _cls\n"
