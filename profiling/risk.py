@@ -133,13 +133,12 @@ def learnt_label(raw: bytes) -> LearntLabel | None:
     return LearntLabel(*_LEARNT.unpack_from(raw, 1 + _KEPT_PACK.size))
 
 
+RISK_BANDS: Final = ("low", "medium", "high")
+
+
 def risk_band(risk: float | None, threshold: float = 0.8) -> str | None:
     """A coarse label of risk that changes rarely: publication follows band changes, not noise."""
-    if risk is None:
-        return None
-    if risk >= threshold:
-        return "high"
-    return "medium" if risk >= min(0.5, threshold) else "low"
+    return None if risk is None else RISK_BANDS[_band(risk, threshold)]
 
 
 def risk_band_moved(before: float | None, after: float | None, threshold: float = 0.8) -> bool:
@@ -150,14 +149,13 @@ def risk_band_moved(before: float | None, after: float | None, threshold: float 
     round the heartbeat that holds back counter changes (the risk still rides
     with the next message). A first risk in a higher band is news.
     """
-    # `risk_band`'s bands as 0 (low), 1 (medium), 2 (high), without its calls: once per
-    # user whose risk changed.
-    medium = min(0.5, threshold)
-    if before is None:
-        before = 0.0
-    if after is None:
-        after = 0.0
-    return (before >= medium) + (before >= threshold) != (after >= medium) + (after >= threshold)
+    return _band(before or 0.0, threshold) != _band(after or 0.0, threshold)
+
+
+def _band(risk: float, threshold: float) -> int:
+    """The index of `risk`'s band in `RISK_BANDS`: high from `threshold`, medium from 0.5
+    (or from `threshold`, when it is lower)."""
+    return (risk >= min(0.5, threshold)) + (risk >= threshold)
 
 
 @dataclass(frozen=True, slots=True)
